@@ -1,0 +1,1 @@
+"""Data: reading corpora, series, pairs and audio; vocabularies; batching."""

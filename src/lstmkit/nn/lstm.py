@@ -1,0 +1,196 @@
+"""``lstmkit.nn.LSTM``: a drop-in for ``torch.nn.LSTM`` (layers x directions x time), plus ``lengths``.
+
+Same constructor, parameter names (``weight_ih_l0``, ``weight_hh_l0_reverse``, ``weight_hr_l0``, ...),
+shapes, forward signature and return values as ``torch.nn.LSTM``, so ``state_dict`` s load both ways
+and ``isinstance(m, torch.nn.LSTM)`` holds. Beyond torch, ``forward(input, hx, lengths=...)`` takes
+the true length of each padded sequence (any order, any device): padding is masked, padded outputs
+are zero and each sequence's final state is the one at its own last valid step.
+
+Which code runs is decided by ``lstmkit.kernels`` alone: torch's fused operator when it covers the
+call (cuDNN / oneDNN, so plain use costs nothing over ``torch.nn.LSTM``), otherwise the readable
+loop below:
+
+    for layer in layers:                      x: (T, B, I) time-major
+        for direction in (forward, reverse):  reverse = each sequence flipped within its length
+            gx = x W_ih^T + b_ih + b_hh       one GEMM for all steps: (T, B, 4H)
+            for t in 0..T-1:                  cell.lstm_step, masked where t >= length
+                h, c = step(gx[t], h, c)
+        x = concat(directions) -> dropout -> next layer
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from .. import kernels
+from ._checks import check_lstm_args, check_state
+from .cell import lstm_step
+
+__all__ = ["LSTM", "reverse_padded"]
+
+
+def reverse_padded(x: Tensor, lengths: Tensor | None) -> Tensor:
+    """Flip each sequence of time-major ``x`` (T, B, ...) within its own length; padding stays put.
+
+    Applying it twice gives ``x`` back.
+    """
+    if lengths is None:
+        return x.flip(0)
+    T, B = x.shape[0], x.shape[1]
+    t = torch.arange(T, device=x.device).unsqueeze(1)  # (T, 1)
+    L = lengths.to(x.device).unsqueeze(0)  # (1, B)
+    idx = torch.where(t < L, L - 1 - t, t)  # (T, B): source step of each output step
+    idx = idx.view(T, B, *([1] * (x.dim() - 2))).expand_as(x)
+    return x.gather(0, idx)
+
+
+class LSTM(torch.nn.LSTM):
+    """Multi-layer LSTM, a drop-in for ``torch.nn.LSTM``.
+
+    Args are those of ``torch.nn.LSTM`` (``input_size, hidden_size, num_layers=1, bias=True,
+    batch_first=False, dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None``),
+    plus ``impl``: ``"auto"`` (the fastest kernel that covers the call), ``"native"`` (torch's fused
+    operator or an error) or ``"loop"`` (the pure-torch loop, for reading and testing).
+
+    ``forward(input, hx=None, lengths=None) -> (output, (h_n, c_n))``, shapes as in torch.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        device=None,
+        dtype=None,
+        *,
+        impl: str = "auto",
+    ) -> None:
+        super().__init__(
+            input_size, hidden_size, num_layers, bias=bias, batch_first=batch_first, dropout=dropout,
+            bidirectional=bidirectional, proj_size=proj_size, device=device, dtype=dtype,
+        )  # fmt: skip
+        kernels.select_lstm(impl)  # validates impl
+        self.impl = impl
+
+    def variants(self) -> tuple[str, ...]:
+        """The features beyond ``torch.nn.LSTM`` that are switched on (none yet)."""
+        return ()
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        return s if self.impl == "auto" else f"{s}, impl={self.impl!r}"
+
+    # -- forward ----------------------------------------------------------------------------
+
+    def forward(self, input, hx: tuple[Tensor, Tensor] | None = None, lengths: Tensor | None = None):
+        kernel = kernels.select_lstm(self.impl, self.variants())
+        if isinstance(input, PackedSequence):
+            return self._forward_packed(input, hx, lengths, kernel)
+        is_batched = check_lstm_args(self, input, hx, lengths)
+        if not is_batched:
+            input = input.unsqueeze(0 if self.batch_first else 1)  # (T, I) -> one sequence
+            if hx is not None:
+                hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
+        if hx is None:
+            hx = self._zero_state(input.shape[0] if self.batch_first else input.shape[1], input)
+        if kernel is not None:
+            self._update_flat_weights()
+            out, h, c = kernel(
+                input, hx, self._flat_weights, bias=self.bias, num_layers=self.num_layers, dropout=self.dropout,
+                training=self.training, bidirectional=self.bidirectional, batch_first=self.batch_first,
+                lengths=lengths,
+            )  # fmt: skip
+        else:
+            x = input.transpose(0, 1) if self.batch_first else input  # (T, B, I)
+            out, h, c = self._forward_loop(x, hx, lengths)
+            out = out.transpose(0, 1) if self.batch_first else out
+        if not is_batched:
+            out = out.squeeze(0 if self.batch_first else 1)
+            h, c = h.squeeze(1), c.squeeze(1)
+        return out, (h, c)
+
+    def _zero_state(self, batch: int, like: Tensor) -> tuple[Tensor, Tensor]:
+        layers = self.num_layers * (2 if self.bidirectional else 1)
+        h_size = self.proj_size if self.proj_size > 0 else self.hidden_size
+        h0 = torch.zeros(layers, batch, h_size, dtype=like.dtype, device=like.device)
+        c0 = torch.zeros(layers, batch, self.hidden_size, dtype=like.dtype, device=like.device)
+        return h0, c0
+
+    def _forward_packed(self, packed: PackedSequence, hx, lengths, kernel):
+        """PackedSequence in and out; the loop path unpacks, runs with ``lengths``, and re-packs."""
+        if lengths is not None:
+            raise ValueError("lengths= goes with a padded tensor; a PackedSequence already carries its lengths")
+        data, batch_sizes, sorted_idx, unsorted_idx = packed
+        if data.dim() != 2 or data.shape[-1] != self.input_size:
+            raise ValueError(
+                f"PackedSequence data must be (total steps, {self.input_size}), got {tuple(data.shape)}"
+            )
+        batch = int(batch_sizes[0])
+        if hx is not None:
+            check_state(self, hx, batch, data)
+        else:
+            hx = self._zero_state(batch, data)
+        if kernel is not None:
+            self._update_flat_weights()
+            if sorted_idx is not None:
+                hx = (hx[0].index_select(1, sorted_idx), hx[1].index_select(1, sorted_idx))
+            out, h, c = kernels.native.lstm_packed(
+                data, batch_sizes, hx, self._flat_weights, bias=self.bias, num_layers=self.num_layers,
+                dropout=self.dropout, training=self.training, bidirectional=self.bidirectional,
+            )  # fmt: skip
+            if unsorted_idx is not None:
+                h, c = h.index_select(1, unsorted_idx), c.index_select(1, unsorted_idx)
+            return PackedSequence(out, batch_sizes, sorted_idx, unsorted_idx), (h, c)
+        x, lens = pad_packed_sequence(packed)  # (T, B, I), original batch order
+        out, h, c = self._forward_loop(x, hx, lens)
+        out = pack_padded_sequence(out, lens, enforce_sorted=False)
+        return out, (h, c)
+
+    def _forward_loop(self, x: Tensor, hx: tuple[Tensor, Tensor], lengths: Tensor | None):
+        """The readable path: x (T, B, I) time-major -> (output (T, B, D*P), h_n, c_n)."""
+        T = x.shape[0]
+        dirs = 2 if self.bidirectional else 1
+        mask = None
+        if lengths is not None:
+            lengths = lengths.to(x.device)
+            mask = (torch.arange(T, device=x.device).unsqueeze(1) < lengths.unsqueeze(0)).unsqueeze(-1)  # (T, B, 1)
+        h_n, c_n = [], []
+        for layer in range(self.num_layers):
+            if layer > 0 and self.dropout > 0 and self.training:
+                x = F.dropout(x, self.dropout, training=True)
+            outs = []
+            for d in range(dirs):
+                sfx = f"_l{layer}" + ("_reverse" if d == 1 else "")
+                k = layer * dirs + d
+                w_ih = getattr(self, "weight_ih" + sfx)
+                w_hh = getattr(self, "weight_hh" + sfx)
+                w_hr = getattr(self, "weight_hr" + sfx) if self.proj_size > 0 else None
+                xd = reverse_padded(x, lengths) if d == 1 else x
+                gx = xd @ w_ih.t()  # (T, B, I) -> (T, B, 4H), one GEMM for all steps
+                if self.bias:
+                    gx = gx + (getattr(self, "bias_ih" + sfx) + getattr(self, "bias_hh" + sfx))
+                h, c = hx[0][k], hx[1][k]  # (B, P or H), (B, H)
+                ys = []
+                for t in range(T):
+                    h_t, c_t = lstm_step(gx[t], h, c, w_hh, w_hr)
+                    if mask is not None:
+                        h_t = torch.where(mask[t], h_t, h)
+                        c_t = torch.where(mask[t], c_t, c)
+                    h, c = h_t, c_t
+                    ys.append(h)
+                y = torch.stack(ys)  # T x (B, P) -> (T, B, P)
+                if mask is not None:
+                    y = y * mask
+                outs.append(reverse_padded(y, lengths) if d == 1 else y)
+                h_n.append(h)
+                c_n.append(c)
+            x = torch.cat(outs, dim=2) if dirs == 2 else outs[0]  # (T, B, D*P)
+        return x, torch.stack(h_n), torch.stack(c_n)
