@@ -133,7 +133,9 @@ def test_softmax_cross_entropy_gradient():
     loss, d = ref.softmax_cross_entropy(logits, targets)
     f = lambda: ref.softmax_cross_entropy(logits, targets)[0]
     assert rel_error(d, numeric_grad(f, logits)) < GRAD_RTOL
-    assert loss == pytest.approx(-np.mean(np.log(np.exp(logits) / np.exp(logits).sum(1, keepdims=True))[np.arange(7), targets]))
+    assert loss == pytest.approx(
+        -np.mean(np.log(np.exp(logits) / np.exp(logits).sum(1, keepdims=True))[np.arange(7), targets])
+    )
 
 
 def test_clip_and_sgd_and_one_hot():

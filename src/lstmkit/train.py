@@ -1,4 +1,12 @@
-"""Training utilities shared by every task: atomic checkpoints, seeding, RNG state, progress bars.
+"""The one model-agnostic training loop, and what every task shares: atomic checkpoints, seeding,
+RNG state, progress bars, learning-rate schedules, metric logs and plots.
+
+:func:`fit` runs any :class:`Task` (something that yields batches, computes a loss and evaluates)
+with SGD or Adam, gradient-norm clipping, a schedule (the step decay of Zaremba et al. 2014: constant
+``lr``, then divided by ``decay_factor`` each epoch after epoch ``decay_after``; or divide on a
+validation plateau), validation each epoch, the best checkpoint kept, metrics to JSONL + CSV and a
+PNG plot, and exact resumption (model, optimizer, schedule, RNG, position in the data). Under
+``torchrun`` it wraps the model in DistributedDataParallel; rank 0 writes.
 
 Checkpoints are written atomically: to a temporary file in the same folder, flushed to disk, then
 renamed over the target (``os.replace`` is atomic on POSIX and Windows), so a run killed at any

@@ -8,7 +8,7 @@ sequence's final state is the one at its own last valid step and padded outputs 
 from __future__ import annotations
 
 import torch
-from torch import Tensor, _VF
+from torch import _VF, Tensor
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 __all__ = ["lstm", "lstm_packed", "lstm_cell"]
@@ -35,8 +35,17 @@ def lstm(
     packed = pack_padded_sequence(input, lengths.cpu(), batch_first=batch_first, enforce_sorted=False)
     data, batch_sizes, sorted_idx, unsorted_idx = packed
     hx = (hx[0].index_select(1, sorted_idx), hx[1].index_select(1, sorted_idx))
-    out, h, c = lstm_packed(data, batch_sizes, hx, weights, bias=bias, num_layers=num_layers,
-                            dropout=dropout, training=training, bidirectional=bidirectional)
+    out, h, c = lstm_packed(
+        data,
+        batch_sizes,
+        hx,
+        weights,
+        bias=bias,
+        num_layers=num_layers,
+        dropout=dropout,
+        training=training,
+        bidirectional=bidirectional,
+    )
     packed_out = packed._replace(data=out)
     out, _ = pad_packed_sequence(packed_out, batch_first=batch_first, total_length=T)
     return out, h.index_select(1, unsorted_idx), c.index_select(1, unsorted_idx)

@@ -12,10 +12,10 @@ __all__ = ["check_lstm_args", "check_cell_args", "check_lengths"]
 def _same_place(name: str, t: Tensor, ref: Tensor, ref_name: str) -> None:
     if t.device != ref.device:
         raise ValueError(
-            f"{name} is on {t.device} but {ref_name} is on {ref.device}; move both to one device (.to(device))"
+            f"{name} is on {t.device} and {ref_name} on {ref.device}; move them to one device (.to(device))"
         )
     if t.dtype != ref.dtype:
-        raise ValueError(f"{name} has dtype {t.dtype} but {ref_name} has {ref.dtype}; cast one of them (.to(dtype))")
+        raise ValueError(f"{name} has dtype {t.dtype} and {ref_name} {ref.dtype}; cast one of them (.to(dtype))")
 
 
 def check_lstm_args(m, input: Tensor, hx, lengths: Tensor | None) -> bool:
@@ -89,9 +89,7 @@ def check_cell_args(m, input: Tensor, hx) -> bool:
             f"with shape {tuple(input.shape)}"
         )
     if input.shape[-1] != m.input_size:
-        raise ValueError(
-            f"input has {input.shape[-1]} features but the cell was built with input_size={m.input_size}"
-        )
+        raise ValueError(f"input has {input.shape[-1]} features but the cell was built with input_size={m.input_size}")
     _same_place("input", input, m.weight_ih, "the cell's parameters")
     is_batched = input.dim() == 2
     if hx is not None:

@@ -46,7 +46,9 @@ class LSTMCell(torch.nn.LSTMCell):
     or ``"loop"`` (the readable :func:`lstm_step`).
     """
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *, impl: str = "auto"):
+    def __init__(
+        self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *, impl: str = "auto"
+    ):
         super().__init__(input_size, hidden_size, bias, device=device, dtype=dtype)
         kernels.select_cell(impl)  # validates impl
         self.impl = impl

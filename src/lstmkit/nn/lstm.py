@@ -130,9 +130,7 @@ class LSTM(torch.nn.LSTM):
             raise ValueError("lengths= goes with a padded tensor; a PackedSequence already carries its lengths")
         data, batch_sizes, sorted_idx, unsorted_idx = packed
         if data.dim() != 2 or data.shape[-1] != self.input_size:
-            raise ValueError(
-                f"PackedSequence data must be (total steps, {self.input_size}), got {tuple(data.shape)}"
-            )
+            raise ValueError(f"PackedSequence data must be (total steps, {self.input_size}), got {tuple(data.shape)}")
         batch = int(batch_sizes[0])
         if hx is not None:
             check_state(self, hx, batch, data)
