@@ -15,14 +15,13 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__, tasks
+from .reference import main as reference_main
 
 __all__ = ["build_parser", "main"]
 
 
 def _run_reference(args: argparse.Namespace) -> int:
-    from . import reference
-
-    return reference.main(args.rest)
+    return reference_main(args.rest, prog="lstmkit reference")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,14 +45,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["reference"]:  # its own parser, flags included (argparse.REMAINDER would eat --help)
+        return _guarded(lambda: reference_main(argv[1:], prog="lstmkit reference"))
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
+    return _guarded(lambda: args.func(args))
+
+
+def _guarded(run) -> int:
+    """Run a subcommand; a user error becomes one line on stderr and exit status 2."""
     try:
-        return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as e:
+        return int(run() or 0)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"lstmkit: error: {e}", file=sys.stderr)
         return 2

@@ -500,10 +500,10 @@ def _default_text() -> Path:
     return Path(argparse.__file__)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "python -m lstmkit.reference") -> int:
     """``python -m lstmkit.reference``: train the NumPy char LM on a text file, print perplexity and a sample."""
     ap = argparse.ArgumentParser(
-        prog="python -m lstmkit.reference",
+        prog=prog,
         description="Train the NumPy reference LSTM as a character language model (no torch).",
     )
     ap.add_argument("--data", type=Path, default=None, help="text file (default: the stdlib's argparse.py)")

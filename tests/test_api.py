@@ -1,0 +1,39 @@
+"""The public API is pinned (httpx habit): what ``lstmkit`` and ``lstmkit.nn`` export, and the CLI in-process."""
+
+from __future__ import annotations
+
+import lstmkit
+import lstmkit.nn
+from lstmkit import cli
+
+
+def test_public_api():
+    assert {"LSTM", "LSTMCell", "reference", "__version__"} <= set(lstmkit.__all__)
+    assert {"LSTM", "LSTMCell"} <= set(lstmkit.nn.__all__)
+    for name in lstmkit.__all__:
+        assert hasattr(lstmkit, name)
+    assert lstmkit.reference.GATES == ("i", "f", "g", "o")
+
+
+def test_cli_help_and_version(capsys):
+    assert cli.main([]) == 2
+    assert "reference" in capsys.readouterr().out
+    try:
+        cli.main(["--version"])
+    except SystemExit as e:
+        assert e.code == 0
+    assert lstmkit.__version__ in capsys.readouterr().out
+
+
+def test_cli_reference_demo(tmp_path, capsys):
+    f = tmp_path / "t.txt"
+    f.write_text("to be or not to be, " * 200, encoding="utf-8")
+    rc = cli.main(["reference", "--data", str(f), "--minutes", "0.02", "--hidden", "8", "--log-every", "5"])
+    assert rc == 0
+    assert "sample:" in capsys.readouterr().out
+
+
+def test_cli_user_error_is_one_line_and_exit_2(tmp_path, capsys):
+    assert cli.main(["reference", "--data", str(tmp_path / "nope.txt")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lstmkit: error:") and "no such file" in err
