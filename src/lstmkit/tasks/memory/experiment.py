@@ -161,9 +161,8 @@ def evaluate(model: MemoryNet, spec: TaskSpec, test: data.Batch, chunk: int = 51
         idx = slice(s, s + chunk)
         L = test.lengths[idx]
         T_max = int(L.max())
-        b = data.Batch(test.x[:T_max, idx], L, test.target[..., idx] if spec.readout == "all" else test.target[idx])
-        if spec.readout == "all":
-            b.target = test.target[:, idx]
+        target = test.target[:, idx] if spec.readout == "all" else test.target[idx]
+        b = data.Batch(test.x[:T_max, idx], L, target)
         y = model(b.x, b.lengths)
         wrong += int((~spec.correct(y, b)).sum())
         loss_sum += float(spec.loss(y, b)) * len(b)
@@ -171,7 +170,9 @@ def evaluate(model: MemoryNet, spec: TaskSpec, test: data.Batch, chunk: int = 51
     return wrong, loss_sum / len(test)
 
 
-def train(config: MemoryConfig, *, model: MemoryNet | None = None, show_progress: bool | None = None) -> tuple[Result, MemoryNet]:
+def train(
+    config: MemoryConfig, *, model: MemoryNet | None = None, show_progress: bool | None = None
+) -> tuple[Result, MemoryNet]:
     """Train until solved or out of budget; returns the :class:`Result` and the trained model."""
     if config.batch_size < 1 or config.max_sequences < 1 or config.eval_every < 1:
         raise ValueError("batch_size, max_sequences and eval_every must all be positive")
@@ -190,13 +191,13 @@ def train(config: MemoryConfig, *, model: MemoryNet | None = None, show_progress
     bar = progress(total=config.max_sequences, desc=f"{config.task} T={config.T} {config.model}", enable=show_progress)
     while seen < config.max_sequences:
         b = spec.make(train_rng, config.batch_size)
-        loss = spec.loss(model(b.x, b.lengths), b)
+        loss = spec.loss(model(b.x, b.lengths), b)  # scalar
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
         opt.step()
         seen += len(b)
-        losses.append(float(loss))
+        losses.append(loss.item())
         bar.update(len(b))
         if seen >= next_check or seen >= config.max_sequences:
             next_check += config.eval_every
@@ -218,8 +219,9 @@ def train(config: MemoryConfig, *, model: MemoryNet | None = None, show_progress
                     for g in opt.param_groups:
                         g["lr"] = lr
     bar.close()
+    hidden = getattr(getattr(model, "rnn", None), "hidden_size", 0)
     result = Result(
-        config=asdict(config), parameters=count_parameters(model), hidden=model.rnn.hidden_size, solved=solved,
+        config=asdict(config), parameters=count_parameters(model), hidden=hidden, solved=solved,
         sequences=seen, test_wrong=wrong, n_test=n_test, test_loss=test_loss, seconds=time.perf_counter() - start,
         paper_sequences=PAPER_SEQUENCES.get((config.task, config.T)), history=history,
     )  # fmt: skip

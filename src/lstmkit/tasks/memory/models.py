@@ -20,7 +20,6 @@ treatment so the comparison is fair; a tanh RNN has no gate to set.
 
 from __future__ import annotations
 
-
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -47,8 +46,8 @@ def matched_hidden(model: str, lstm_hidden: int, input_size: int, output_size: i
     if model not in MODELS:
         raise ValueError(f"model must be one of {MODELS}, got {model!r}")
     budget = _net_parameters("lstm", input_size, lstm_hidden, output_size)
-    best = min(range(1, 8 * lstm_hidden + 2), key=lambda h: abs(_net_parameters(model, input_size, h, output_size) - budget))
-    return best
+    gap = lambda h: abs(_net_parameters(model, input_size, h, output_size) - budget)
+    return min(range(1, 8 * lstm_hidden + 2), key=gap)
 
 
 class MemoryNet(nn.Module):
