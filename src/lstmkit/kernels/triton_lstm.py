@@ -1,0 +1,573 @@
+"""LSTM layers on the GPU in Triton: a persistent recurrent kernel, forward and backward.
+
+The equations are those of :mod:`lstmkit.reference`, in torch's gate order (i, f, g, o)::
+
+    a_t = x_t W_ih^T + b_ih + b_hh + h_{t-1} W_hh^T        (B, 4H) pre-activations
+    i_t, f_t, o_t = sigma(a_t[i]), sigma(a_t[f]), sigma(a_t[o])
+    g_t = tanh(a_t[g])                                       candidate c~_t
+    c_t = f_t * c_{t-1} + i_t * g_t
+    h_t = o_t * tanh(c_t)
+
+One layer, one direction, is split as cuDNN splits it:
+
+* the input projection ``gx = x W_ih^T + b`` for all T steps is ONE GEMM (``torch.nn.functional.linear``),
+  left to autograd, so ``dW_ih``, ``db`` and ``dx`` are GEMMs too;
+* the time loop is ONE Triton kernel launch (:func:`_fwd_kernel`), and its BPTT another
+  (:func:`_bwd_kernel`), wrapped in :class:`_Recurrence`, a ``torch.autograd.Function``;
+* ``dW_hh = sum_t da_t^T h_{t-1}`` and ``dh_0 = da_0 W_hh`` are GEMMs after the backward kernel.
+
+Layers and directions are composed in Python (:func:`lstm`), exactly as ``torch.nn.LSTM`` stacks them.
+
+The persistent design (how the time loop runs)
+----------------------------------------------
+
+The hidden units are cut into tiles of ``BLOCK_H`` units, the batch into tiles of ``BLOCK_B`` rows; one
+program (CTA) owns one (batch tile, hidden tile) pair for the whole sequence::
+
+            hidden units 0 .. H-1
+          +--------+--------+-----+--------+
+  batch   | (0, 0) | (0, 1) | ... | (0, n) |   program (pid_b, pid_h) keeps in registers, across all T steps:
+  rows    +--------+--------+-----+--------+     * its rows of W_hh: 4 gates x BLOCK_H units x H  (loaded once)
+  0..B-1  | (1, 0) | ...                   |     * its cell state c (BLOCK_B, BLOCK_H), float32
+          +--------+-----------------------+
+
+  step t, program (b, j):   h_{t-1}[b, :]  (all H units, read from global / L2)
+                            a = h_{t-1}[b, :] @ W_hh[gates of j, :]^T + gx[t, b, gates of j]   fp32 accumulate
+                            c[b, j], h_t[b, j] = cell(a, c[b, j])  -> h_t[b, j] written to global
+                            grid barrier among the programs of batch tile b (one per step)
+
+Batch tiles never talk to each other, so each batch tile has its own barrier counters. The barrier is
+one counter per (batch tile, step) in global memory: every program adds 1 (release) and polls until
+the counter equals the number of hidden tiles (acquire); a counter is used once, so polling for
+equality cannot miss. This needs all programs resident at once, which a cooperative launch
+(``launch_cooperative_grid=True``) guarantees or refuses, so the persistent mode is used only when the
+grid fits the GPU (``programs <= SMs``); the polls carry a timeout that turns a deadlock into an error.
+
+The backward kernel is the mirror image: program (b, j) keeps the *columns* j of W_hh (4H x BLOCK_H),
+reads the whole ``da_{t+1}`` (B, 4H) written by all programs at the previous step, forms
+``dh_t[b, j] = da_{t+1} W_hh[:, j] + dy_t[b, j]``, then its own ``da_t[b, gates of j]`` and the carried
+``dc`` (float32, in registers), writes ``da_t`` and synchronises.
+
+The same kernels also run **step-wise**: ``n_steps = 1`` per launch, T launches, no barrier (kernel
+boundaries synchronise). That mode needs no co-residency; it is the fallback for grids larger than the
+GPU and what the Triton interpreter runs when there is more than one hidden tile (the interpreter runs
+programs one after another, so a grid barrier among several programs could never be passed there).
+
+Precision: ``h`` and the weights are in the input dtype (float32, bfloat16 or float16); products are
+accumulated in float32 (``tl.dot``), gates and the cell state are float32, and the saved activations
+for the backward pass are float32. In float32 the recurrent product uses IEEE fp32 unless
+``torch.backends.cuda.matmul.allow_tf32`` is on. Float64 runs only under the interpreter (tests).
+
+Expected performance (not measured; see docs/gpu.md): per step each program reads ``BLOCK_B x H`` of
+``h`` from L2 and does ``BLOCK_B x 4 BLOCK_H x H`` MACs on resident weights, plus one grid barrier
+(a few microseconds of atomics round-trips through L2). Whether the resident weights really stay in
+registers (no spills) is up to the Triton compiler and is the first thing to check on a GPU.
+
+Hooks for variants (layer norm, zoneout, peephole, ...; owned by ``lstmkit.nn``): every variant that
+changes only the element-wise cell math goes where the comment ``# cell`` marks the kernels; layer norm
+on the recurrent product needs a row reduction over all H, i.e. a second barrier per step or one
+program per batch row holding all of H, and is not attempted here.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+try:  # Triton is optional: without it the dispatcher never selects this module.
+    import triton
+    import triton.language as tl
+    from triton.runtime.interpreter import InterpretedFunction
+
+    HAVE_TRITON = True
+except ImportError:  # pragma: no cover - exercised only where triton is absent
+    triton = None
+    tl = None
+    HAVE_TRITON = False
+
+__all__ = ["HAVE_TRITON", "lstm", "layer", "is_supported", "unsupported_reason", "plan", "Plan"]
+
+#: dtypes the GPU path takes; float64 runs only under the interpreter (CPU tensors).
+GPU_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+#: seconds a program waits at a grid barrier before it gives up and flags a deadlock.
+BARRIER_TIMEOUT_NS = 2_000_000_000
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernels. Plain Python functions, wrapped below by triton.jit (GPU) or InterpretedFunction (CPU).
+# They call no other @triton.jit function (tl.sigmoid etc. are jit functions the interpreter could
+# not call when it is chosen per call rather than by TRITON_INTERPRET), so sigma and tanh are
+# written with tl.exp.
+# ---------------------------------------------------------------------------------------------
+
+
+def _fwd_kernel(
+    gx_ptr,  # (T, B, 4H) x W_ih^T + b, input dtype
+    w_ptr,  # (4H, H) W_hh, input dtype, contiguous
+    hs_ptr,  # (T+1, B, H) input dtype; hs[0] = h_0 on entry, hs[t+1] = h_t on exit
+    cs_ptr,  # (T+1, B, H) ACC; cs[t_start] = c_{t_start-1} on entry, cs[t+1] = c_t on exit
+    gates_ptr,  # (T, B, 4H) ACC: i, f, g, o after activation (written when SAVE)
+    sync_ptr,  # (n_btiles, T) int32 zeros: barrier counters (PERSIST)
+    err_ptr,  # (1,) int32: set to 1 when a barrier times out
+    t_start,  # first step of this launch
+    n_steps,  # steps of this launch (T when persistent, 1 when step-wise)
+    T,
+    B,
+    H,
+    n_htiles,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    H_PAD: tl.constexpr,  # next power of two >= H: the reduction width
+    ACC: tl.constexpr,  # accumulation / cell dtype (float32; float64 in interpreter tests)
+    DOT: tl.constexpr,  # operand dtype of tl.dot (the input dtype; fp32 for bf16 in the interpreter)
+    PRECISION: tl.constexpr,  # "ieee" or "tf32"
+    PERSIST: tl.constexpr,
+    SAVE: tl.constexpr,
+    TIMEOUT_NS: tl.constexpr,
+):
+    pid_h = tl.program_id(0)
+    pid_b = tl.program_id(1)
+    offs_b = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)  # (BLOCK_B,) my batch rows
+    offs_j = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)  # (BLOCK_H,) my hidden units
+    offs_k = tl.arange(0, H_PAD)  # (H_PAD,) all hidden units: the reduction
+    mb = offs_b < B
+    mj = offs_j < H
+    mk = offs_k < H
+    m_bj = mb[:, None] & mj[None, :]  # (BLOCK_B, BLOCK_H)
+    m_bk = mb[:, None] & mk[None, :]  # (BLOCK_B, H_PAD)
+    # Resident weights: W_g^T restricted to my units, (H_PAD, BLOCK_H) per gate, loaded once.
+    w_t = offs_k[:, None] + offs_j[None, :] * H  # element (k, j) -> W_hh[j, k] of gate block 0
+    m_kj = mk[:, None] & mj[None, :]
+    w_i = tl.load(w_ptr + 0 * H * H + w_t, mask=m_kj, other=0.0).to(DOT)
+    w_f = tl.load(w_ptr + 1 * H * H + w_t, mask=m_kj, other=0.0).to(DOT)
+    w_g = tl.load(w_ptr + 2 * H * H + w_t, mask=m_kj, other=0.0).to(DOT)
+    w_o = tl.load(w_ptr + 3 * H * H + w_t, mask=m_kj, other=0.0).to(DOT)
+    bh = offs_b[:, None] * H + offs_j[None, :]  # (BLOCK_B, BLOCK_H) offsets in a (B, H) slab
+    b4h = offs_b[:, None] * (4 * H) + offs_j[None, :]  # same, in a (B, 4H) slab, gate block 0
+    bk = offs_b[:, None] * H + offs_k[None, :]  # (BLOCK_B, H_PAD)
+    c = tl.load(cs_ptr + t_start * B * H + bh, mask=m_bj, other=0.0).to(ACC)  # carried cell state
+    for s in range(n_steps):
+        t = t_start + s
+        h_prev = tl.load(hs_ptr + t * B * H + bk, mask=m_bk, other=0.0, cache_modifier=".cg").to(DOT)
+        gx_t = gx_ptr + t * B * 4 * H + b4h
+        a_i = tl.dot(h_prev, w_i, input_precision=PRECISION, out_dtype=ACC)  # (BLOCK_B, BLOCK_H)
+        a_f = tl.dot(h_prev, w_f, input_precision=PRECISION, out_dtype=ACC)
+        a_g = tl.dot(h_prev, w_g, input_precision=PRECISION, out_dtype=ACC)
+        a_o = tl.dot(h_prev, w_o, input_precision=PRECISION, out_dtype=ACC)
+        a_i += tl.load(gx_t + 0 * H, mask=m_bj, other=0.0).to(ACC)
+        a_f += tl.load(gx_t + 1 * H, mask=m_bj, other=0.0).to(ACC)
+        a_g += tl.load(gx_t + 2 * H, mask=m_bj, other=0.0).to(ACC)
+        a_o += tl.load(gx_t + 3 * H, mask=m_bj, other=0.0).to(ACC)
+        # cell
+        i_t = 1.0 / (1.0 + tl.exp(-a_i))
+        f_t = 1.0 / (1.0 + tl.exp(-a_f))
+        g_t = 2.0 / (1.0 + tl.exp(-2.0 * a_g)) - 1.0  # tanh
+        o_t = 1.0 / (1.0 + tl.exp(-a_o))
+        c = f_t * c + i_t * g_t
+        h_t = o_t * (2.0 / (1.0 + tl.exp(-2.0 * c)) - 1.0)
+        tl.store(hs_ptr + (t + 1) * B * H + bh, h_t.to(hs_ptr.dtype.element_ty), mask=m_bj)
+        tl.store(cs_ptr + (t + 1) * B * H + bh, c, mask=m_bj)
+        if SAVE:
+            sv = gates_ptr + t * B * 4 * H + b4h
+            tl.store(sv + 0 * H, i_t, mask=m_bj)
+            tl.store(sv + 1 * H, f_t, mask=m_bj)
+            tl.store(sv + 2 * H, g_t, mask=m_bj)
+            tl.store(sv + 3 * H, o_t, mask=m_bj)
+        if PERSIST:  # grid barrier among the hidden tiles of this batch tile
+            tl.debug_barrier()  # all threads' stores of h_t precede the release
+            ctr = sync_ptr + pid_b * T + t
+            tl.atomic_add(ctr, 1, sem="release", scope="gpu")
+            ok = tl.atomic_poll(ctr, n_htiles, sem="acquire", scope="gpu", timeout_ns=TIMEOUT_NS)
+            if not ok:
+                tl.atomic_xchg(err_ptr, 1)
+            tl.debug_barrier()
+
+
+def _bwd_kernel(
+    dy_ptr,  # (T, B, H) dLoss/dh_t from above (the output's gradient), any float dtype
+    dhn_ptr,  # (B, H) dLoss/dh_T (the final state's gradient), any float dtype
+    w_ptr,  # (4H, H) W_hh, input dtype
+    cs_ptr,  # (T+1, B, H) ACC: cs[t+1] = c_t
+    gates_ptr,  # (T, B, 4H) ACC: i, f, g, o
+    da_ptr,  # (T+1, B, 4H) input dtype: da[t] = dLoss/da_t on exit; da[T] = 0 on entry
+    dc_ptr,  # (B, H) ACC: dLoss/dc at step t_start on entry, carried dc on exit
+    sync_ptr,  # (n_btiles, T) int32 zeros
+    err_ptr,
+    t_start,  # LAST step index of this launch (the loop goes down)
+    n_steps,
+    T,
+    B,
+    H,
+    n_htiles,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    H_PAD: tl.constexpr,
+    ACC: tl.constexpr,
+    DOT: tl.constexpr,
+    PRECISION: tl.constexpr,
+    PERSIST: tl.constexpr,
+    TIMEOUT_NS: tl.constexpr,
+):
+    pid_h = tl.program_id(0)
+    pid_b = tl.program_id(1)
+    offs_b = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    offs_j = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
+    offs_k = tl.arange(0, H_PAD)
+    mb = offs_b < B
+    mj = offs_j < H
+    mk = offs_k < H
+    m_bj = mb[:, None] & mj[None, :]
+    m_bk = mb[:, None] & mk[None, :]
+    # Resident weights: columns j of each gate block, W_hh[g*H + k, j] as (H_PAD, BLOCK_H).
+    w_c = offs_k[:, None] * H + offs_j[None, :]
+    m_kj = mk[:, None] & mj[None, :]
+    w_i = tl.load(w_ptr + 0 * H * H + w_c, mask=m_kj, other=0.0).to(DOT)
+    w_f = tl.load(w_ptr + 1 * H * H + w_c, mask=m_kj, other=0.0).to(DOT)
+    w_g = tl.load(w_ptr + 2 * H * H + w_c, mask=m_kj, other=0.0).to(DOT)
+    w_o = tl.load(w_ptr + 3 * H * H + w_c, mask=m_kj, other=0.0).to(DOT)
+    bh = offs_b[:, None] * H + offs_j[None, :]
+    b4h = offs_b[:, None] * (4 * H) + offs_j[None, :]
+    b4k = offs_b[:, None] * (4 * H) + offs_k[None, :]  # (BLOCK_B, H_PAD) in a (B, 4H) slab
+    dc = tl.load(dc_ptr + bh, mask=m_bj, other=0.0).to(ACC)  # carried dLoss/dc_t
+    for s in range(n_steps):
+        t = t_start - s
+        # dh_t = da_{t+1} W_hh (recurrence; da_T = 0) + dy_t + [t = T-1] dh_T
+        da_n = da_ptr + (t + 1) * B * 4 * H + b4k
+        dh = tl.dot(tl.load(da_n + 0 * H, mask=m_bk, other=0.0, cache_modifier=".cg").to(DOT), w_i,
+                    input_precision=PRECISION, out_dtype=ACC)  # fmt: skip
+        dh += tl.dot(tl.load(da_n + 1 * H, mask=m_bk, other=0.0, cache_modifier=".cg").to(DOT), w_f,
+                     input_precision=PRECISION, out_dtype=ACC)  # fmt: skip
+        dh += tl.dot(tl.load(da_n + 2 * H, mask=m_bk, other=0.0, cache_modifier=".cg").to(DOT), w_g,
+                     input_precision=PRECISION, out_dtype=ACC)  # fmt: skip
+        dh += tl.dot(tl.load(da_n + 3 * H, mask=m_bk, other=0.0, cache_modifier=".cg").to(DOT), w_o,
+                     input_precision=PRECISION, out_dtype=ACC)  # fmt: skip
+        dh += tl.load(dy_ptr + t * B * H + bh, mask=m_bj, other=0.0).to(ACC)
+        is_last = (t == T - 1).to(ACC)  # dh_T enters at the last step only
+        dh += tl.load(dhn_ptr + bh, mask=m_bj, other=0.0).to(ACC) * is_last
+        sv = gates_ptr + t * B * 4 * H + b4h
+        i_t = tl.load(sv + 0 * H, mask=m_bj, other=0.0)
+        f_t = tl.load(sv + 1 * H, mask=m_bj, other=0.0)
+        g_t = tl.load(sv + 2 * H, mask=m_bj, other=0.0)
+        o_t = tl.load(sv + 3 * H, mask=m_bj, other=0.0)
+        c_t = tl.load(cs_ptr + (t + 1) * B * H + bh, mask=m_bj, other=0.0)
+        c_prev = tl.load(cs_ptr + t * B * H + bh, mask=m_bj, other=0.0)
+        # cell, backwards
+        tanh_c = 2.0 / (1.0 + tl.exp(-2.0 * c_t)) - 1.0
+        do = dh * tanh_c
+        dc = dc + dh * o_t * (1.0 - tanh_c * tanh_c)
+        da_i = dc * g_t * i_t * (1.0 - i_t)
+        da_f = dc * c_prev * f_t * (1.0 - f_t)
+        da_g = dc * i_t * (1.0 - g_t * g_t)
+        da_o = do * o_t * (1.0 - o_t)
+        dc = dc * f_t  # dLoss/dc_{t-1}
+        out = da_ptr + t * B * 4 * H + b4h
+        tl.store(out + 0 * H, da_i.to(da_ptr.dtype.element_ty), mask=m_bj)
+        tl.store(out + 1 * H, da_f.to(da_ptr.dtype.element_ty), mask=m_bj)
+        tl.store(out + 2 * H, da_g.to(da_ptr.dtype.element_ty), mask=m_bj)
+        tl.store(out + 3 * H, da_o.to(da_ptr.dtype.element_ty), mask=m_bj)
+        if PERSIST:
+            tl.debug_barrier()
+            ctr = sync_ptr + pid_b * T + t
+            tl.atomic_add(ctr, 1, sem="release", scope="gpu")
+            ok = tl.atomic_poll(ctr, n_htiles, sem="acquire", scope="gpu", timeout_ns=TIMEOUT_NS)
+            if not ok:
+                tl.atomic_xchg(err_ptr, 1)
+            tl.debug_barrier()
+    tl.store(dc_ptr + bh, dc, mask=m_bj)
+
+
+@functools.cache
+def _compiled(name: str, interpret: bool):
+    """The kernel ``name`` for the GPU (``triton.jit``) or the CPU interpreter."""
+    fn = {"fwd": _fwd_kernel, "bwd": _bwd_kernel}[name]
+    if interpret:
+        return InterpretedFunction(fn)
+    return triton.jit(fn)
+
+
+# ---------------------------------------------------------------------------------------------
+# Launch plan
+# ---------------------------------------------------------------------------------------------
+
+
+class Plan:
+    """How a (B, H, dtype, device) recurrence is tiled and launched; ``repr`` shows it."""
+
+    def __init__(self, B: int, H: int, dtype: torch.dtype, device: torch.device, mode: str = "auto"):
+        self.interpret = device.type != "cuda"
+        self.H_PAD = max(16, _next_pow2(H))
+        # tl.dot needs M, N, K >= 16 when compiled; the interpreter takes anything but we keep the same tiles.
+        self.BLOCK_B = max(16, min(64, _next_pow2(B)))
+        self.BLOCK_H = 16 if H <= 16 or self.interpret else _gpu_block_h(H, dtype)
+        self.n_btiles = math.ceil(B / self.BLOCK_B)
+        self.n_htiles = math.ceil(H / self.BLOCK_H)
+        self.programs = self.n_btiles * self.n_htiles
+        if mode not in ("auto", "persistent", "stepwise"):
+            raise ValueError(f"mode must be 'auto', 'persistent' or 'stepwise', got {mode!r}")
+        if self.interpret:
+            # sequential programs: a barrier among several programs could never be passed
+            can_persist = self.n_htiles == 1
+        else:
+            can_persist = self.programs <= _sm_count(device) and _resident_bytes(self, dtype) <= _RESIDENT_BUDGET
+        if mode == "persistent" and not can_persist:
+            raise ValueError(
+                f"mode='persistent' needs every program resident: {self.programs} programs of "
+                f"{_resident_bytes(self, dtype)} weight bytes each do not fit; use mode='auto'"
+            )
+        self.persistent = can_persist if mode == "auto" else mode == "persistent"
+        self.num_warps = 4 if self.H_PAD * self.BLOCK_H * 4 <= 16384 else 8
+        self.acc = tl.float64 if dtype == torch.float64 else tl.float32
+        if self.interpret and dtype == torch.bfloat16:
+            self.dot = tl.float32  # the interpreter multiplies bf16 bit patterns as integers
+        else:
+            self.dot = {torch.float64: tl.float64, torch.float32: tl.float32, torch.bfloat16: tl.bfloat16,
+                        torch.float16: tl.float16}[dtype]  # fmt: skip
+        allow_tf32 = dtype == torch.float32 and not self.interpret and torch.backends.cuda.matmul.allow_tf32
+        self.precision = "tf32" if allow_tf32 else "ieee"
+
+    def __repr__(self) -> str:
+        mode = "persistent" if self.persistent else "stepwise"
+        return (f"Plan({mode}, tiles {self.n_btiles}x{self.n_htiles} of {self.BLOCK_B}x{self.BLOCK_H}, "
+                f"H_PAD={self.H_PAD}, warps={self.num_warps})")  # fmt: skip
+
+
+#: bytes of resident W_hh one program may hold (4 gates x BLOCK_H x H_PAD) before the persistent mode
+#: is refused. A guess (an H100/H200 SM has 256 KiB of registers, 228 KiB of shared memory) to check on
+#: the GPU: benchmarks/gpu.py times both modes.
+_RESIDENT_BUDGET = 128 * 1024
+
+
+def _resident_bytes(p: Plan, dtype: torch.dtype) -> int:
+    return 4 * p.BLOCK_H * p.H_PAD * torch.empty((), dtype=dtype).element_size()
+
+
+def _gpu_block_h(H: int, dtype: torch.dtype) -> int:
+    """Widest hidden tile whose weights fit the budget; >= 16 (tl.dot's minimum N)."""
+    H_PAD = max(16, _next_pow2(H))
+    size = torch.empty((), dtype=dtype).element_size()
+    block = 64
+    while block > 16 and 4 * block * H_PAD * size > _RESIDENT_BUDGET // 2:
+        block //= 2
+    return block
+
+
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def plan(B: int, H: int, dtype: torch.dtype, device: torch.device | str, mode: str = "auto") -> Plan:
+    """The tiling and mode the kernels would use for this batch, hidden size, dtype and device."""
+    return Plan(B, H, dtype, torch.device(device), mode)
+
+
+def _launch(kernel, p: Plan, ptrs: tuple, consts: dict, n_steps_all: int, t_first: int, down: bool) -> None:
+    """Persistent: one launch over every step. Step-wise: one launch per step (``down``: t decreasing)."""
+    grid = (p.n_htiles, p.n_btiles)
+    extra = {} if p.interpret else {"num_warps": p.num_warps}
+    if p.persistent:
+        if not p.interpret:
+            extra["launch_cooperative_grid"] = True
+        kernel[grid](*ptrs, t_start=t_first, n_steps=n_steps_all, PERSIST=True, **consts, **extra)
+        return
+    for s in range(n_steps_all):
+        t = t_first - s if down else t_first + s
+        kernel[grid](*ptrs, t_start=t, n_steps=1, PERSIST=False, **consts, **extra)
+
+
+def _consts(p: Plan, T: int, B: int, H: int) -> dict:
+    return dict(
+        T=T, B=B, H=H, n_htiles=p.n_htiles, BLOCK_B=p.BLOCK_B, BLOCK_H=p.BLOCK_H, H_PAD=p.H_PAD, ACC=p.acc,
+        DOT=p.dot, PRECISION=p.precision, TIMEOUT_NS=BARRIER_TIMEOUT_NS,
+    )  # fmt: skip
+
+
+def _raise_on_timeout(err: Tensor, where: str) -> None:
+    if int(err.item()) != 0:
+        raise RuntimeError(
+            f"triton LSTM {where}: a grid barrier timed out (programs not co-resident?); "
+            "run with mode='stepwise' and report the GPU and shape"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# One layer, one direction: the autograd Function
+# ---------------------------------------------------------------------------------------------
+
+
+class _Recurrence(torch.autograd.Function):
+    """(gx (T, B, 4H), h0 (B, H), c0 (B, H), W_hh (4H, H)) -> (y (T, B, H), h_T (B, H), c_T (B, H))."""
+
+    @staticmethod
+    def forward(ctx, gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, mode: str):
+        T, B, G = gx.shape
+        H = G // 4
+        dtype, dev = gx.dtype, gx.device
+        p = Plan(B, H, dtype, dev, mode)
+        acc = torch.float64 if dtype == torch.float64 else torch.float32
+        gx = gx.contiguous()
+        w_hh = w_hh.to(dtype).contiguous()
+        save = any(ctx.needs_input_grad[:4])
+        hs = torch.empty(T + 1, B, H, dtype=dtype, device=dev)  # h_0 .. h_T
+        cs = torch.empty(T + 1, B, H, dtype=acc, device=dev)  # c_0 .. c_T
+        hs[0] = h0
+        cs[0] = c0
+        gates = torch.empty(T if save else 1, B, G, dtype=acc, device=dev)  # i, f, g, o per step
+        sync = torch.zeros(p.n_btiles, max(T, 1), dtype=torch.int32, device=dev)
+        err = torch.zeros(1, dtype=torch.int32, device=dev)
+        if T > 0:
+            _launch(_compiled("fwd", p.interpret), p, (gx, w_hh, hs, cs, gates, sync, err),
+                    {**_consts(p, T, B, H), "SAVE": save}, T, 0, down=False)  # fmt: skip
+            _raise_on_timeout(err, "forward")
+        ctx.save_for_backward(hs, cs, gates, w_hh)
+        ctx.plan = p
+        return hs[1:], hs[T].clone(), cs[T].to(dtype)
+
+    @staticmethod
+    def backward(ctx, dy: Tensor | None, dh_n: Tensor | None, dc_n: Tensor | None):
+        hs, cs, gates, w_hh = ctx.saved_tensors
+        p: Plan = ctx.plan
+        T1, B, H = hs.shape
+        T = T1 - 1
+        dtype, dev, acc = hs.dtype, hs.device, cs.dtype
+        dy = torch.zeros(T, B, H, dtype=dtype, device=dev) if dy is None else dy.contiguous()
+        dh_n = torch.zeros(B, H, dtype=dtype, device=dev) if dh_n is None else dh_n.contiguous()
+        dc = torch.zeros(B, H, dtype=acc, device=dev) if dc_n is None else dc_n.to(acc).clone()
+        da = torch.empty(T + 1, B, 4 * H, dtype=dtype, device=dev)  # dLoss/da_t; da[T] = 0: no step after the last
+        da[T] = 0
+        sync = torch.zeros(p.n_btiles, max(T, 1), dtype=torch.int32, device=dev)
+        err = torch.zeros(1, dtype=torch.int32, device=dev)
+        if T > 0:
+            _launch(_compiled("bwd", p.interpret), p, (dy, dh_n, w_hh, cs, gates, da, dc, sync, err),
+                    _consts(p, T, B, H), T, T - 1, down=True)  # fmt: skip
+            _raise_on_timeout(err, "backward")
+        da_t = da[:T]  # (T, B, 4H) = dLoss/dgx
+        # dh_0 = da_0 W_hh: (B, 4H) @ (4H, H) -> (B, H)
+        dh0 = (da[0].to(acc) @ w_hh.to(acc)).to(dtype) if T > 0 else dh_n
+        dw_hh = None
+        if ctx.needs_input_grad[3]:
+            # dW_hh = sum_t da_t^T h_{t-1}: (4H, T*B) @ (T*B, H) -> (4H, H), one GEMM
+            dw_hh = da_t.reshape(T * B, 4 * H).t() @ hs[:T].reshape(T * B, H)
+        return da_t, dh0, dc.to(dtype), dw_hh, None
+
+
+def layer(
+    x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b: Tensor | None, *, mode: str = "auto"
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One LSTM layer, one direction: x (T, B, I) -> (y (T, B, H), h_T (B, H), c_T (B, H)).
+
+    ``b`` is ``b_ih + b_hh`` (or None). Differentiable in every argument.
+    """
+    gx = F.linear(x, w_ih, b)  # (T, B, I) -> (T, B, 4H), one GEMM for all steps
+    y, h, c = _Recurrence.apply(gx, h0, c0, w_hh, mode)
+    return y, h, c
+
+
+# ---------------------------------------------------------------------------------------------
+# The torch.nn.LSTM-shaped entry point and what it supports
+# ---------------------------------------------------------------------------------------------
+
+
+def unsupported_reason(
+    input: Tensor,
+    hx: tuple[Tensor, Tensor],
+    weights: list[Tensor],
+    *,
+    bias: bool,
+    num_layers: int,
+    dropout: float,
+    training: bool,
+    bidirectional: bool,
+    batch_first: bool,
+    lengths: Tensor | None = None,
+    interpret: bool = False,
+) -> str | None:
+    """Why :func:`lstm` cannot run this call, or None when it can (same arguments as :func:`lstm`).
+
+    ``interpret=True`` also accepts CPU tensors (the Triton interpreter: correct, very slow; tests only).
+    """
+    if not HAVE_TRITON:
+        return "triton is not installed"
+    if not isinstance(input, Tensor) or input.dim() != 3:
+        return "only batched (3-D) padded input"
+    if lengths is not None:
+        return "lengths= (padded batches) is not supported"
+    per = 4 if bias else 2
+    dirs = 2 if bidirectional else 1
+    if len(weights) != num_layers * dirs * per:
+        return "projections (proj_size > 0) are not supported"
+    if input.is_cuda:
+        if input.dtype not in GPU_DTYPES:
+            return f"dtype {input.dtype} (GPU path: float32, bfloat16, float16)"
+    elif not interpret:
+        return "not a CUDA tensor"
+    elif input.dtype not in (*GPU_DTYPES, torch.float64):
+        return f"dtype {input.dtype}"
+    tensors = [input, *hx, *weights]
+    if any(t.device != input.device for t in tensors):
+        return "tensors on different devices"
+    if any(t.dtype != input.dtype for t in tensors):
+        return "mixed dtypes (cast the input, states and weights to one dtype)"
+    return None
+
+
+def is_supported(input: Tensor, hx: tuple[Tensor, Tensor], weights: list[Tensor], **kw) -> bool:
+    """True when :func:`lstm` runs this call on the GPU (see :func:`unsupported_reason`)."""
+    return unsupported_reason(input, hx, weights, **kw) is None
+
+
+def lstm(
+    input: Tensor,
+    hx: tuple[Tensor, Tensor],
+    weights: list[Tensor],
+    *,
+    bias: bool,
+    num_layers: int,
+    dropout: float,
+    training: bool,
+    bidirectional: bool,
+    batch_first: bool,
+    lengths: Tensor | None = None,
+    mode: str = "auto",
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``kernels.native.lstm``'s interface on the Triton kernels: (output, h_n, c_n), as torch.nn.LSTM.
+
+    ``weights`` is ``torch.nn.LSTM._flat_weights`` (per layer and direction ``w_ih, w_hh[, b_ih, b_hh]``);
+    ``hx`` is ``(h_0, c_0)``, each (layers * directions, B, H). No projections, no ``lengths``.
+    ``mode`` is ``auto``, ``persistent`` or ``stepwise`` (see the module docstring). CPU tensors run
+    in the Triton interpreter.
+    """
+    why = unsupported_reason(
+        input, hx, weights, bias=bias, num_layers=num_layers, dropout=dropout, training=training,
+        bidirectional=bidirectional, batch_first=batch_first, lengths=lengths, interpret=True,
+    )  # fmt: skip
+    if why is not None:
+        raise ValueError(f"the Triton LSTM cannot run this call: {why}; use kernels.native.lstm")
+    x = input.transpose(0, 1) if batch_first else input  # (B, T, I) -> (T, B, I)
+    dirs = 2 if bidirectional else 1
+    per = 4 if bias else 2
+    h_n, c_n = [], []
+    for layer_idx in range(num_layers):
+        if layer_idx > 0 and dropout > 0 and training:
+            x = F.dropout(x, dropout, training=True)
+        outs = []
+        for d in range(dirs):
+            k = layer_idx * dirs + d
+            w = weights[k * per : (k + 1) * per]
+            b = w[2] + w[3] if bias else None
+            xd = x.flip(0) if d == 1 else x  # reverse direction: time flipped
+            y, h, c = layer(xd, hx[0][k], hx[1][k], w[0], w[1], b, mode=mode)
+            outs.append(y.flip(0) if d == 1 else y)
+            h_n.append(h)
+            c_n.append(c)
+        x = torch.cat(outs, dim=2) if dirs == 2 else outs[0]  # (T, B, D*H)
+    out = x.transpose(0, 1) if batch_first else x
+    return out, torch.stack(h_n), torch.stack(c_n)
