@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,12 +45,18 @@ __all__ = [
     "GATES",
     "PARAM_NAMES",
     "LayerCache",
+    "VARIANT_PARAMS",
+    "VariantCache",
     "init_lstm_params",
     "lstm",
     "forward",
     "backward",
     "layer_forward",
     "layer_backward",
+    "variant_layer_forward",
+    "variant_layer_backward",
+    "stack_forward",
+    "stack_backward",
     "params_to_dict",
     "params_from_dict",
     "to_torch",
@@ -99,8 +106,13 @@ def init_lstm_params(
     rng: np.random.Generator | None = None,
     scale: float = 0.01,
     dtype: np.dtype | type = np.float64,
+    forget_bias: float = 0.0,
 ) -> list[np.ndarray]:
-    """The 14 parameters in :data:`PARAM_NAMES` order: weights N(0, scale^2), biases zero."""
+    """The 14 parameters in :data:`PARAM_NAMES` order: weights N(0, scale^2), biases zero.
+
+    ``forget_bias`` is the ``forget_bias`` variant (Jozefowicz et al. 2015): a constant the
+    forget-gate bias ``b_f`` starts at, so that the cell remembers by default early in training.
+    """
     rng = np.random.default_rng(0) if rng is None else rng
 
     def normal(*shape: int) -> np.ndarray:
@@ -111,6 +123,7 @@ def init_lstm_params(
 
     W_xi, W_hi, b_i = three()  # input gate
     W_xf, W_hf, b_f = three()  # forget gate
+    b_f += forget_bias
     W_xo, W_ho, b_o = three()  # output gate
     W_xc, W_hc, b_c = three()  # candidate cell state
     W_hq = normal(num_hiddens, num_outputs)
@@ -287,6 +300,355 @@ def layer_backward(
         dxs[t] = dX
         dH, dC = dH_prev, dC_prev
     return grads, dxs, (dH, dC)
+
+
+# ---------------------------------------------------------------------------------------------
+# Variants: one layer over time in the stacked (torch) layout, forward and BPTT
+# ---------------------------------------------------------------------------------------------
+#
+# One step with every variant, in the order lstmkit applies them (a (B, 4H) pre-activation is split
+# into gates in GATES order; LN(z) = (z - mean(z)) / sqrt(var(z) + eps) over the last axis):
+#
+#   a_x   = LN(x_t W_ih^T) * g_ih + b_ih + b_hh          (layer_norm: g_ih; else x_t W_ih^T + b)
+#   h_in  = h_{t-1} * m_rec                              (recurrent_dropout: one (B, P) mask per sequence)
+#   a_h   = LN(h_in (W_hh * m_w)^T) * g_hh               (weight_drop: one (4H, P) mask per forward)
+#   i_t   = sigma(a_i + w_ci * c_{t-1})                  (peephole: w_ci, w_cf, w_co = weight_ch)
+#   f_t   = sigma(a_f + w_cf * c_{t-1})
+#   i_t   = 1 - f_t                                      (coupled_input_forget replaces the line above)
+#   c~_t  = tanh(a_g)
+#   c'_t  = clip(f_t * c_{t-1} + i_t * c~_t, -v, v)      (cell_clip v)
+#   o_t   = sigma(a_o + w_co * c'_t)
+#   h'_t  = o_t * tanh(LN(c'_t) * g_c + b_c)             (layer_norm: g_c, b_c)   [then @ W_hr^T]
+#   c_t   = z_c * c_{t-1} + (1 - z_c) * c'_t             (zoneout: z in {0, 1} drawn per step in
+#   h_t   = z_h * h_{t-1} + (1 - z_h) * h'_t              training, z = rate in evaluation)
+#
+# The masks are inputs (``masks=``): scaled dropout masks (values 0 or 1/(1-p)) and zoneout masks,
+# so that every random variant is a deterministic function the torch paths can be checked against.
+# ``forget_bias`` only changes the initial b_f (:func:`init_lstm_params`).
+
+#: The extra parameters of each variant, per layer and direction, as ``lstmkit.nn`` names them
+#: (torch style: ``layernorm_ih_weight_l0``, ``weight_ch_l1_reverse``; an ``LSTMCell`` drops the suffix).
+VARIANT_PARAMS = {
+    "layer_norm": ("layernorm_ih_weight", "layernorm_hh_weight", "layernorm_c_weight", "layernorm_c_bias"),
+    "peephole": ("weight_ch",),
+}
+
+LN_EPS = 1e-5
+
+
+def _layer_norm(z: np.ndarray, eps: float = LN_EPS) -> tuple[np.ndarray, np.ndarray]:
+    """(z - mean) / sqrt(var + eps) over the last axis, and that 1 / sqrt(var + eps) (..., 1)."""
+    mu = z.mean(axis=-1, keepdims=True)
+    var = ((z - mu) ** 2).mean(axis=-1, keepdims=True)
+    rstd = 1.0 / np.sqrt(var + eps)
+    return (z - mu) * rstd, rstd
+
+
+def _layer_norm_backward(dzhat: np.ndarray, zhat: np.ndarray, rstd: np.ndarray) -> np.ndarray:
+    """dL/dz from dL/dzhat for ``zhat, rstd = _layer_norm(z)``."""
+    mean_d = dzhat.mean(axis=-1, keepdims=True)
+    mean_dz = (dzhat * zhat).mean(axis=-1, keepdims=True)
+    return rstd * (dzhat - mean_d - zhat * mean_dz)
+
+
+@dataclass
+class VariantCache:
+    """What :func:`variant_layer_backward` needs: parameters, options, masks and one dict per step."""
+
+    p: dict[str, np.ndarray]
+    opts: dict
+    masks: dict
+    valid: Sequence[np.ndarray] | None
+    steps: list[dict]
+
+
+def variant_layer_forward(
+    xs: Sequence[np.ndarray],
+    state: tuple[np.ndarray, np.ndarray],
+    p: dict[str, np.ndarray],
+    *,
+    layer_norm: bool = False,
+    peephole: bool = False,
+    coupled_input_forget: bool = False,
+    cell_clip: float | None = None,
+    masks: dict | None = None,
+    valid: Sequence[np.ndarray] | None = None,
+    eps: float = LN_EPS,
+) -> tuple[list[np.ndarray], tuple[np.ndarray, np.ndarray], VariantCache]:
+    """One LSTM layer with variants over ``xs`` (T x (B, I)) from ``state = (h_0, c_0)``.
+
+    ``p`` holds torch-layout arrays of one layer and direction, without suffix: ``weight_ih`` (4H, I),
+    ``weight_hh`` (4H, P), optionally ``bias`` (4H,) (= ``bias_ih + bias_hh``), ``weight_hr`` (P, H),
+    and the :data:`VARIANT_PARAMS` of the switched-on variants (``layernorm_*_weight`` (4H,), (4H,),
+    (H,), ``layernorm_c_bias`` (H,); ``weight_ch`` (3H,) = (w_ci, w_cf, w_co)).
+    ``masks`` may hold ``recurrent`` (B, P), ``weight_hh`` (4H, P), ``zoneout_h`` T x (B, P) and
+    ``zoneout_c`` T x (B, H); ``valid`` is T x (B, 1) with 1 where step t lies within the sequence's
+    length (elsewhere the state is carried unchanged). Returns the states h_t of every step, the
+    final (h, c) and the cache for :func:`variant_layer_backward`.
+    """
+    masks = dict(masks or {})
+    opts = dict(layer_norm=layer_norm, peephole=peephole, cifg=coupled_input_forget, clip=cell_clip, eps=eps)
+    W_hh = p["weight_hh"] * masks["weight_hh"] if "weight_hh" in masks else p["weight_hh"]  # (4H, P)
+    W_hr = p.get("weight_hr")
+    if peephole:
+        w_ci, w_cf, w_co = np.split(p["weight_ch"], 3)  # 3 x (H,)
+    H, C = state
+    hs, steps = [], []
+    for t, X in enumerate(xs):
+        s: dict = {"x": X, "h_prev": H, "c_prev": C}
+        a_x = X @ p["weight_ih"].T  # (B, 4H)
+        if layer_norm:
+            s["xhat_x"], s["rstd_x"] = _layer_norm(a_x, eps)
+            a_x = s["xhat_x"] * p["layernorm_ih_weight"]
+        if p.get("bias") is not None:
+            a_x = a_x + p["bias"]
+        h_in = H * masks["recurrent"] if "recurrent" in masks else H  # (B, P)
+        s["h_in"] = h_in
+        a_h = h_in @ W_hh.T  # (B, 4H)
+        if layer_norm:
+            s["xhat_h"], s["rstd_h"] = _layer_norm(a_h, eps)
+            a_h = s["xhat_h"] * p["layernorm_hh_weight"]
+        a_i, a_f, a_g, a_o = np.split(a_x + a_h, 4, axis=1)  # 4 x (B, H)
+        if peephole:
+            a_i = a_i + w_ci * C
+            a_f = a_f + w_cf * C
+        F = sigmoid(a_f)
+        I = 1.0 - F if coupled_input_forget else sigmoid(a_i)
+        G = np.tanh(a_g)
+        C_pre = F * C + I * G
+        C_new = np.clip(C_pre, -cell_clip, cell_clip) if cell_clip is not None else C_pre
+        if peephole:
+            a_o = a_o + w_co * C_new
+        O = sigmoid(a_o)
+        if layer_norm:
+            s["nhat"], s["rstd_c"] = _layer_norm(C_new, eps)
+            N = s["nhat"] * p["layernorm_c_weight"] + p["layernorm_c_bias"]
+        else:
+            N = C_new
+        tanh_N = np.tanh(N)
+        M = O * tanh_N  # (B, H)
+        H_new = M @ W_hr.T if W_hr is not None else M  # (B, H) -> (B, P)
+        if "zoneout_h" in masks:
+            H_new = masks["zoneout_h"][t] * H + (1.0 - masks["zoneout_h"][t]) * H_new
+        C_next = C_new
+        if "zoneout_c" in masks:
+            C_next = masks["zoneout_c"][t] * C + (1.0 - masks["zoneout_c"][t]) * C_new
+        if valid is not None:
+            H_new = valid[t] * H_new + (1.0 - valid[t]) * H
+            C_next = valid[t] * C_next + (1.0 - valid[t]) * C
+        s.update(i=I, f=F, g=G, o=O, c_pre=C_pre, c_new=C_new, tanh_n=tanh_N, m=M)
+        steps.append(s)
+        H, C = H_new, C_next
+        hs.append(H)
+    return hs, (H, C), VariantCache(p, opts, masks, valid, steps)
+
+
+def variant_layer_backward(
+    dhs: Sequence[np.ndarray | None],
+    cache: VariantCache,
+    dstate: tuple[np.ndarray | None, np.ndarray | None] = (None, None),
+) -> tuple[dict[str, np.ndarray], list[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Backpropagation through time for :func:`variant_layer_forward`, written out by hand.
+
+    Returns the gradients of every array in ``cache.p`` (same names; ``bias`` is the gradient of
+    both ``bias_ih`` and ``bias_hh``), of every ``x_t`` and of ``(h_0, c_0)``.
+    """
+    p, o, masks, valid = cache.p, cache.opts, cache.masks, cache.valid
+    W_hh = p["weight_hh"] * masks["weight_hh"] if "weight_hh" in masks else p["weight_hh"]
+    W_hr = p.get("weight_hr")
+    grads = {k: np.zeros_like(v) for k, v in p.items() if v is not None}
+    dW_hh = np.zeros_like(W_hh)  # gradient w.r.t. the masked W_hh
+    if o["peephole"]:
+        w_ci, w_cf, w_co = np.split(p["weight_ch"], 3)
+        dw_ci, dw_cf, dw_co = np.split(grads["weight_ch"], 3)  # views: += writes into grads
+    steps = cache.steps
+    T = len(steps)
+    dH = np.zeros_like(steps[0]["h_prev"]) if dstate[0] is None else dstate[0].copy()  # dL/dh_t
+    dC = np.zeros_like(steps[0]["c_prev"]) if dstate[1] is None else dstate[1].copy()  # dL/dc_t
+    dxs: list[np.ndarray] = [np.empty(0)] * T
+    for t in reversed(range(T)):
+        s = steps[t]
+        if dhs[t] is not None:
+            dH = dH + dhs[t]
+        dH_prev = np.zeros_like(dH)
+        dC_prev = np.zeros_like(dC)
+        if valid is not None:  # h_t = v h_t' + (1 - v) h_{t-1}
+            dH_prev += (1.0 - valid[t]) * dH
+            dC_prev += (1.0 - valid[t]) * dC
+            dH, dC = valid[t] * dH, valid[t] * dC
+        if "zoneout_h" in masks:  # h_t = z h_{t-1} + (1 - z) h'_t
+            dH_prev += masks["zoneout_h"][t] * dH
+            dH = (1.0 - masks["zoneout_h"][t]) * dH
+        if "zoneout_c" in masks:
+            dC_prev += masks["zoneout_c"][t] * dC
+            dC = (1.0 - masks["zoneout_c"][t]) * dC
+        I, F, G, O, tanh_N = s["i"], s["f"], s["g"], s["o"], s["tanh_n"]
+        C_prev, C_new = s["c_prev"], s["c_new"]
+        if W_hr is not None:  # h'_t = m_t W_hr^T
+            grads["weight_hr"] += dH.T @ s["m"]
+            dM = dH @ W_hr  # (B, P) -> (B, H)
+        else:
+            dM = dH
+        # m_t = o_t * tanh(n_t)
+        dO = dM * tanh_N
+        dN = dM * O * (1.0 - tanh_N**2)
+        if o["layer_norm"]:  # n_t = LN(c'_t) g_c + b_c
+            grads["layernorm_c_weight"] += (dN * s["nhat"]).sum(axis=0)
+            grads["layernorm_c_bias"] += dN.sum(axis=0)
+            dC_new = dC + _layer_norm_backward(dN * p["layernorm_c_weight"], s["nhat"], s["rstd_c"])
+        else:
+            dC_new = dC + dN
+        da_o = dO * O * (1.0 - O)
+        if o["peephole"]:  # o_t = sigma(a_o + w_co c'_t)
+            dC_new = dC_new + da_o * w_co
+            dw_co += (da_o * C_new).sum(axis=0)
+        if o["clip"] is not None:  # d clip(c)/dc = 1 inside [-v, v]
+            dC_new = dC_new * ((s["c_pre"] >= -o["clip"]) & (s["c_pre"] <= o["clip"]))
+        # c'_t = f_t * c_{t-1} + i_t * c~_t
+        dF = dC_new * C_prev
+        dI = dC_new * G
+        dG = dC_new * I
+        dC_prev += dC_new * F
+        if o["cifg"]:  # i_t = 1 - f_t
+            dF = dF - dI
+            da_i = np.zeros_like(dI)
+        else:
+            da_i = dI * I * (1.0 - I)
+        da_f = dF * F * (1.0 - F)
+        da_g = dG * (1.0 - G**2)
+        if o["peephole"]:
+            dC_prev += da_i * w_ci + da_f * w_cf
+            dw_ci += (da_i * C_prev).sum(axis=0)
+            dw_cf += (da_f * C_prev).sum(axis=0)
+        da = np.concatenate([da_i, da_f, da_g, da_o], axis=1)  # (B, 4H), GATES order
+        if "bias" in grads:
+            grads["bias"] += da.sum(axis=0)
+        if o["layer_norm"]:
+            grads["layernorm_ih_weight"] += (da * s["xhat_x"]).sum(axis=0)
+            grads["layernorm_hh_weight"] += (da * s["xhat_h"]).sum(axis=0)
+            da_x = _layer_norm_backward(da * p["layernorm_ih_weight"], s["xhat_x"], s["rstd_x"])
+            da_h = _layer_norm_backward(da * p["layernorm_hh_weight"], s["xhat_h"], s["rstd_h"])
+        else:
+            da_x = da_h = da
+        grads["weight_ih"] += da_x.T @ s["x"]
+        dxs[t] = da_x @ p["weight_ih"]  # (B, 4H) -> (B, I)
+        dW_hh += da_h.T @ s["h_in"]
+        dh_in = da_h @ W_hh  # (B, 4H) -> (B, P)
+        dH_prev += dh_in * masks["recurrent"] if "recurrent" in masks else dh_in
+        dH, dC = dH_prev, dC_prev
+    grads["weight_hh"] = dW_hh * masks["weight_hh"] if "weight_hh" in masks else dW_hh
+    return grads, dxs, (dH, dC)
+
+
+# ---------------------------------------------------------------------------------------------
+# Layers x directions x time, with variants and lengths (what lstmkit.nn.LSTM computes)
+# ---------------------------------------------------------------------------------------------
+
+
+def _reverse_padded(x: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
+    """Flip each sequence of time-major ``x`` (T, B, ...) within its own length; padding stays."""
+    if lengths is None:
+        return x[::-1].copy()
+    out = x.copy()
+    for b, n in enumerate(lengths):
+        out[:n, b] = x[:n, b][::-1]
+    return out
+
+
+def _layer_params(sd: dict[str, np.ndarray], sfx: str) -> dict[str, np.ndarray]:
+    """The arrays of one layer and direction of a torch-named state dict, suffix ``sfx`` removed."""
+    p = {}
+    for k, v in sd.items():
+        m = re.fullmatch(r"(.*)(_l\d+(?:_reverse)?)", k)
+        if m is not None and m.group(2) == sfx:
+            base = m.group(1)
+            if base in ("bias_ih", "bias_hh"):
+                p["bias"] = p.get("bias", 0.0) + np.asarray(v)
+            else:
+                p[base] = np.asarray(v)
+    return p
+
+
+def stack_forward(
+    x: np.ndarray,
+    state: tuple[np.ndarray, np.ndarray],
+    sd: dict[str, np.ndarray],
+    num_layers: int,
+    bidirectional: bool = False,
+    lengths: np.ndarray | None = None,
+    masks: dict[int, dict] | None = None,
+    **variants,
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], dict]:
+    """``lstmkit.nn.LSTM`` (time-major, no inter-layer dropout) in NumPy: x (T, B, I) -> (y, (h_n, c_n), cache).
+
+    ``sd`` is the module's ``state_dict`` as NumPy arrays (torch names); ``state`` is (h_0, c_0) of
+    shapes (layers * dirs, B, P or H) and (layers * dirs, B, H); ``lengths`` (B,) masks padding
+    (padded outputs are zero, each final state is the one at its sequence's last step);
+    ``masks[layer * dirs + direction]`` and ``variants`` go to :func:`variant_layer_forward`.
+    """
+    T = x.shape[0]
+    dirs = 2 if bidirectional else 1
+    valid = None
+    if lengths is not None:
+        valid = [(t < np.asarray(lengths))[:, None].astype(x.dtype) for t in range(T)]  # T x (B, 1)
+    cache: dict = {"caches": [], "valid": valid, "lengths": lengths, "dirs": dirs, "inputs": []}
+    h_n, c_n = [], []
+    for layer in range(num_layers):
+        cache["inputs"].append(x)
+        outs = []
+        for d in range(dirs):
+            k = layer * dirs + d
+            sfx = f"_l{layer}" + ("_reverse" if d else "")
+            xd = _reverse_padded(x, lengths) if d else x
+            hs, (h, c), lc = variant_layer_forward(
+                list(xd), (state[0][k], state[1][k]), _layer_params(sd, sfx), masks=(masks or {}).get(k),
+                valid=valid, **variants,
+            )  # fmt: skip
+            y = np.stack(hs)  # (T, B, P)
+            if valid is not None:
+                y = y * np.stack(valid)
+            outs.append(_reverse_padded(y, lengths) if d else y)
+            cache["caches"].append(lc)
+            h_n.append(h)
+            c_n.append(c)
+        x = np.concatenate(outs, axis=2)  # (T, B, D*P)
+    return x, (np.stack(h_n), np.stack(c_n)), cache
+
+
+def stack_backward(
+    dy: np.ndarray,
+    cache: dict,
+    dstate: tuple[np.ndarray | None, np.ndarray | None] = (None, None),
+) -> tuple[dict[str, np.ndarray], np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """Gradients of :func:`stack_forward`: (torch-named parameter grads, dx (T, B, I), (dh_0, dc_0))."""
+    dirs, valid, lengths = cache["dirs"], cache["valid"], cache["lengths"]
+    layers = len(cache["inputs"])
+    grads: dict[str, np.ndarray] = {}
+    dh0: list = [None] * (layers * dirs)
+    dc0: list = [None] * (layers * dirs)
+    for layer in reversed(range(layers)):
+        x = cache["inputs"][layer]
+        dx = np.zeros_like(x)
+        douts = np.split(dy, dirs, axis=2)
+        for d in range(dirs):
+            k = layer * dirs + d
+            sfx = f"_l{layer}" + ("_reverse" if d else "")
+            dyd = _reverse_padded(douts[d], lengths) if d else douts[d]
+            if valid is not None:
+                dyd = dyd * np.stack(valid)
+            ds = tuple(None if g is None else g[k] for g in dstate)
+            g, dxs, (dh, dc) = variant_layer_backward(list(dyd), cache["caches"][k], ds)
+            for name, v in g.items():
+                if name == "bias":
+                    grads["bias_ih" + sfx] = v
+                    grads["bias_hh" + sfx] = v.copy()
+                else:
+                    grads[name + sfx] = v
+            dxd = np.stack(dxs)
+            dx += _reverse_padded(dxd, lengths) if d else dxd
+            dh0[k], dc0[k] = dh, dc
+        dy = dx
+    return grads, dy, (np.stack(dh0), np.stack(dc0))
 
 
 # ---------------------------------------------------------------------------------------------
