@@ -301,12 +301,20 @@ def _compiled(name: str, interpret: bool):
 class Plan:
     """How a (B, H, dtype, device) recurrence is tiled and launched; ``repr`` shows it."""
 
-    def __init__(self, B: int, H: int, dtype: torch.dtype, device: torch.device, mode: str = "auto"):
+    def __init__(
+        self, B: int, H: int, dtype: torch.dtype, device: torch.device, mode: str = "auto",
+        tiles: tuple[int, int] | None = None,
+    ):  # fmt: skip
         self.interpret = device.type != "cuda"
         self.H_PAD = max(16, _next_pow2(H))
         # tl.dot needs M, N, K >= 16 when compiled; the interpreter takes anything but we keep the same tiles.
         self.BLOCK_B = max(16, min(64, _next_pow2(B)))
         self.BLOCK_H = 16 if H <= 16 or self.interpret else _gpu_block_h(H, dtype)
+        if tiles is not None:  # (BLOCK_B, BLOCK_H), e.g. tiny tiles so that interpreter tests cut H into several
+            lo = 1 if self.interpret else 16
+            if any(v < lo or v & (v - 1) for v in tiles):
+                raise ValueError(f"tiles must be powers of two >= {lo} on this device, got {tiles}")
+            self.BLOCK_B, self.BLOCK_H = tiles
         self.n_btiles = math.ceil(B / self.BLOCK_B)
         self.n_htiles = math.ceil(H / self.BLOCK_H)
         self.programs = self.n_btiles * self.n_htiles
@@ -330,8 +338,9 @@ class Plan:
         else:
             self.dot = {torch.float64: tl.float64, torch.float32: tl.float32, torch.bfloat16: tl.bfloat16,
                         torch.float16: tl.float16}[dtype]  # fmt: skip
-        allow_tf32 = dtype == torch.float32 and not self.interpret and torch.backends.cuda.matmul.allow_tf32
-        self.precision = "tf32" if allow_tf32 else "ieee"
+        # "ieee" matters for float32 only (bf16/fp16 products are exact in fp32); tf32 when torch allows it.
+        allow_tf32 = not self.interpret and torch.backends.cuda.matmul.allow_tf32
+        self.precision = "ieee" if dtype in (torch.float32, torch.float64) and not allow_tf32 else "tf32"
 
     def __repr__(self) -> str:
         mode = "persistent" if self.persistent else "stepwise"
@@ -364,9 +373,12 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def plan(B: int, H: int, dtype: torch.dtype, device: torch.device | str, mode: str = "auto") -> Plan:
+def plan(
+    B: int, H: int, dtype: torch.dtype, device: torch.device | str, mode: str = "auto",
+    tiles: tuple[int, int] | None = None,
+) -> Plan:  # fmt: skip
     """The tiling and mode the kernels would use for this batch, hidden size, dtype and device."""
-    return Plan(B, H, dtype, torch.device(device), mode)
+    return Plan(B, H, dtype, torch.device(device), mode, tiles)
 
 
 def _launch(kernel, p: Plan, ptrs: tuple, consts: dict, n_steps_all: int, t_first: int, down: bool) -> None:
@@ -407,11 +419,11 @@ class _Recurrence(torch.autograd.Function):
     """(gx (T, B, 4H), h0 (B, H), c0 (B, H), W_hh (4H, H)) -> (y (T, B, H), h_T (B, H), c_T (B, H))."""
 
     @staticmethod
-    def forward(ctx, gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, mode: str):
+    def forward(ctx, gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, mode: str, tiles: tuple[int, int] | None):
         T, B, G = gx.shape
         H = G // 4
         dtype, dev = gx.dtype, gx.device
-        p = Plan(B, H, dtype, dev, mode)
+        p = Plan(B, H, dtype, dev, mode, tiles)
         acc = torch.float64 if dtype == torch.float64 else torch.float32
         gx = gx.contiguous()
         w_hh = w_hh.to(dtype).contiguous()
@@ -456,18 +468,19 @@ class _Recurrence(torch.autograd.Function):
         if ctx.needs_input_grad[3]:
             # dW_hh = sum_t da_t^T h_{t-1}: (4H, T*B) @ (T*B, H) -> (4H, H), one GEMM
             dw_hh = da_t.reshape(T * B, 4 * H).t() @ hs[:T].reshape(T * B, H)
-        return da_t, dh0, dc.to(dtype), dw_hh, None
+        return da_t, dh0, dc.to(dtype), dw_hh, None, None
 
 
 def layer(
-    x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b: Tensor | None, *, mode: str = "auto"
-) -> tuple[Tensor, Tensor, Tensor]:
+    x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b: Tensor | None, *, mode: str = "auto",
+    tiles: tuple[int, int] | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     """One LSTM layer, one direction: x (T, B, I) -> (y (T, B, H), h_T (B, H), c_T (B, H)).
 
     ``b`` is ``b_ih + b_hh`` (or None). Differentiable in every argument.
     """
     gx = F.linear(x, w_ih, b)  # (T, B, I) -> (T, B, 4H), one GEMM for all steps
-    y, h, c = _Recurrence.apply(gx, h0, c0, w_hh, mode)
+    y, h, c = _Recurrence.apply(gx, h0, c0, w_hh, mode, tiles)
     return y, h, c
 
 
@@ -511,6 +524,10 @@ def unsupported_reason(
         return "not a CUDA tensor"
     elif input.dtype not in (*GPU_DTYPES, torch.float64):
         return f"dtype {input.dtype}"
+    T, B = (input.shape[1], input.shape[0]) if batch_first else (input.shape[0], input.shape[1])
+    H = weights[1].shape[1]
+    if (T + 1) * B * 4 * H >= 2**31:
+        return "T * B * 4H >= 2**31 (the kernels index with int32)"
     tensors = [input, *hx, *weights]
     if any(t.device != input.device for t in tensors):
         return "tensors on different devices"
@@ -537,13 +554,14 @@ def lstm(
     batch_first: bool,
     lengths: Tensor | None = None,
     mode: str = "auto",
+    tiles: tuple[int, int] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``kernels.native.lstm``'s interface on the Triton kernels: (output, h_n, c_n), as torch.nn.LSTM.
 
     ``weights`` is ``torch.nn.LSTM._flat_weights`` (per layer and direction ``w_ih, w_hh[, b_ih, b_hh]``);
     ``hx`` is ``(h_0, c_0)``, each (layers * directions, B, H). No projections, no ``lengths``.
     ``mode`` is ``auto``, ``persistent`` or ``stepwise`` (see the module docstring). CPU tensors run
-    in the Triton interpreter.
+    in the Triton interpreter. ``tiles`` = (BLOCK_B, BLOCK_H) overrides the tiling (tests, tuning).
     """
     why = unsupported_reason(
         input, hx, weights, bias=bias, num_layers=num_layers, dropout=dropout, training=training,
@@ -564,7 +582,7 @@ def lstm(
             w = weights[k * per : (k + 1) * per]
             b = w[2] + w[3] if bias else None
             xd = x.flip(0) if d == 1 else x  # reverse direction: time flipped
-            y, h, c = layer(xd, hx[0][k], hx[1][k], w[0], w[1], b, mode=mode)
+            y, h, c = layer(xd, hx[0][k], hx[1][k], w[0], w[1], b, mode=mode, tiles=tiles)
             outs.append(y.flip(0) if d == 1 else y)
             h_n.append(h)
             c_n.append(c)
