@@ -70,19 +70,22 @@ def triton_case(w, x, h0, c0, gy, dtype, a=1.3, b=0.7, **kw):
     }  # fmt: skip
 
 
-# (T, B, I, H, mode, tiles): one program; several batch tiles (persistent); several hidden tiles (step-wise)
+# (T, B, I, H, mode, tiles, resident): one program; several batch tiles (persistent); several hidden
+# tiles (step-wise); weights streamed in K chunks that do not divide H, persistent and step-wise
 CASES = [
-    (3, 2, 3, 5, "persistent", None),
-    (4, 3, 2, 6, "persistent", (1, 16)),
-    (3, 3, 4, 12, "stepwise", (2, 4)),
+    (3, 2, 3, 5, "persistent", None, None),
+    (4, 3, 2, 6, "persistent", (1, 16), True),
+    (3, 3, 4, 12, "stepwise", (2, 4), True),
+    (3, 2, 3, 10, "persistent", (1, 16, 4), False),
+    (2, 3, 2, 10, "stepwise", (2, 4, 4), False),
 ]
 
 
-@pytest.mark.parametrize("T,B,I,H,mode,tiles", CASES)
-def test_float64_matches_reference(T, B, I, H, mode, tiles):
+@pytest.mark.parametrize("T,B,I,H,mode,tiles,resident", CASES)
+def test_float64_matches_reference(T, B, I, H, mode, tiles, resident):
     w, x, h0, c0, gy = one_layer_case(T, B, I, H, seed=T * 100 + H)
     want = reference_case(w, x, h0, c0, gy)
-    got = triton_case(w, x, h0, c0, gy, torch.float64, mode=mode, tiles=tiles)
+    got = triton_case(w, x, h0, c0, gy, torch.float64, mode=mode, tiles=tiles, resident=resident)
     for k, v in want.items():
         assert rel(got[k], v) < 1e-10, k
     assert rel(got["db_hh"], want["db"]) < 1e-10
@@ -170,5 +173,18 @@ def test_plan_refuses_impossible_persistence():
         tk.plan(3, 12, torch.float32, "cpu", mode="persistent", tiles=(2, 4))
     with pytest.raises(ValueError, match="powers of two"):
         tk.plan(3, 12, torch.float32, "cpu", tiles=(3, 4))
+    assert tk.plan(3, 12, torch.float32, "cpu", tiles=(2, 4, 4), resident=False).resident is False
+
+
+def test_gpu_plans_without_a_gpu():
+    """The GPU heuristics at the issue's shapes (132 SMs, an H200): persistent where the grid fits."""
+    small = tk.plan(8, 256, torch.bfloat16, "cuda", sm_count=132)
+    assert small.persistent and small.resident and small.programs <= 132
+    big = tk.plan(256, 1024, torch.float32, "cuda", sm_count=132)  # 4 batch tiles: weights too big to keep
+    assert big.persistent and not big.resident and big.programs <= 132
+    few_sms = tk.plan(256, 1024, torch.float32, "cuda", sm_count=16)
+    assert not few_sms.persistent
+    with pytest.raises(ValueError, match="persistent"):
+        tk.plan(256, 1024, torch.float32, "cuda", mode="persistent", sm_count=16)
     with pytest.raises(ValueError, match="mode"):
         tk.plan(3, 12, torch.float32, "cpu", mode="fast")

@@ -125,11 +125,13 @@ def _fwd_kernel(
     n_htiles,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
-    H_PAD: tl.constexpr,  # next power of two >= H: the reduction width
+    BLOCK_K: tl.constexpr,  # reduction chunk when the weights are streamed (not RESIDENT)
+    H_PAD: tl.constexpr,  # next power of two >= H: the reduction width of resident weights
     ACC: tl.constexpr,  # accumulation / cell dtype (float32; float64 in interpreter tests)
     DOT: tl.constexpr,  # operand dtype of tl.dot (the input dtype; fp32 for bf16 in the interpreter)
     PRECISION: tl.constexpr,  # "ieee" or "tf32"
-    PERSIST: tl.constexpr,
+    PERSIST: tl.constexpr,  # grid barrier after every step (all programs co-resident)
+    RESIDENT: tl.constexpr,  # W_hh tile loaded once, kept on chip; else streamed from L2 every step
     SAVE: tl.constexpr,
     TIMEOUT_NS: tl.constexpr,
 ):
@@ -137,36 +139,55 @@ def _fwd_kernel(
     pid_b = tl.program_id(1)
     offs_b = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)  # (BLOCK_B,) my batch rows
     offs_j = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)  # (BLOCK_H,) my hidden units
-    offs_k = tl.arange(0, H_PAD)  # (H_PAD,) all hidden units: the reduction
     mb = offs_b < B
     mj = offs_j < H
-    mk = offs_k < H
     m_bj = mb[:, None] & mj[None, :]  # (BLOCK_B, BLOCK_H)
-    m_bk = mb[:, None] & mk[None, :]  # (BLOCK_B, H_PAD)
-    # Resident weights: W_g^T restricted to my units, (H_PAD, BLOCK_H) per gate, loaded once.
-    w_t = offs_k[:, None] + offs_j[None, :] * H  # element (k, j) -> W_hh[j, k] of gate block 0
-    m_kj = mk[:, None] & mj[None, :]
-    w_i = tl.load(w_ptr + 0 * H * H + w_t, mask=m_kj, other=0.0).to(DOT)
-    w_f = tl.load(w_ptr + 1 * H * H + w_t, mask=m_kj, other=0.0).to(DOT)
-    w_g = tl.load(w_ptr + 2 * H * H + w_t, mask=m_kj, other=0.0).to(DOT)
-    w_o = tl.load(w_ptr + 3 * H * H + w_t, mask=m_kj, other=0.0).to(DOT)
     bh = offs_b[:, None] * H + offs_j[None, :]  # (BLOCK_B, BLOCK_H) offsets in a (B, H) slab
     b4h = offs_b[:, None] * (4 * H) + offs_j[None, :]  # same, in a (B, 4H) slab, gate block 0
-    bk = offs_b[:, None] * H + offs_k[None, :]  # (BLOCK_B, H_PAD)
+    if RESIDENT:
+        # W_g^T restricted to my units, (H_PAD, BLOCK_H) per gate, loaded once for all steps.
+        offs_k = tl.arange(0, H_PAD)
+        mk = offs_k < H
+        m_bk = mb[:, None] & mk[None, :]  # (BLOCK_B, H_PAD)
+        bk = offs_b[:, None] * H + offs_k[None, :]
+        w_t = offs_k[:, None] + offs_j[None, :] * H  # element (k, j) -> W_hh[j, k] of gate block 0
+        m_kj = mk[:, None] & mj[None, :]
+        w_i = tl.load(w_ptr + 0 * H * H + w_t, mask=m_kj, other=0.0).to(DOT)
+        w_f = tl.load(w_ptr + 1 * H * H + w_t, mask=m_kj, other=0.0).to(DOT)
+        w_g = tl.load(w_ptr + 2 * H * H + w_t, mask=m_kj, other=0.0).to(DOT)
+        w_o = tl.load(w_ptr + 3 * H * H + w_t, mask=m_kj, other=0.0).to(DOT)
     c = tl.load(cs_ptr + t_start * B * H + bh, mask=m_bj, other=0.0).to(ACC)  # carried cell state
     for s in range(n_steps):
         t = t_start + s
-        h_prev = tl.load(hs_ptr + t * B * H + bk, mask=m_bk, other=0.0, cache_modifier=".cg").to(DOT)
         gx_t = gx_ptr + t * B * 4 * H + b4h
-        a_i = tl.dot(h_prev, w_i, input_precision=PRECISION, out_dtype=ACC)  # (BLOCK_B, BLOCK_H)
-        a_f = tl.dot(h_prev, w_f, input_precision=PRECISION, out_dtype=ACC)
-        a_g = tl.dot(h_prev, w_g, input_precision=PRECISION, out_dtype=ACC)
-        a_o = tl.dot(h_prev, w_o, input_precision=PRECISION, out_dtype=ACC)
-        a_i += tl.load(gx_t + 0 * H, mask=m_bj, other=0.0).to(ACC)
-        a_f += tl.load(gx_t + 1 * H, mask=m_bj, other=0.0).to(ACC)
-        a_g += tl.load(gx_t + 2 * H, mask=m_bj, other=0.0).to(ACC)
-        a_o += tl.load(gx_t + 3 * H, mask=m_bj, other=0.0).to(ACC)
-        # cell
+        a_i = tl.load(gx_t + 0 * H, mask=m_bj, other=0.0).to(ACC)  # (BLOCK_B, BLOCK_H)
+        a_f = tl.load(gx_t + 1 * H, mask=m_bj, other=0.0).to(ACC)
+        a_g = tl.load(gx_t + 2 * H, mask=m_bj, other=0.0).to(ACC)
+        a_o = tl.load(gx_t + 3 * H, mask=m_bj, other=0.0).to(ACC)
+        # a += h_{t-1} W_hh^T for my units: (BLOCK_B, H) @ (H, BLOCK_H) per gate
+        if RESIDENT:
+            h_prev = tl.load(hs_ptr + t * B * H + bk, mask=m_bk, other=0.0, cache_modifier=".cg").to(DOT)
+            a_i = tl.dot(h_prev, w_i, a_i, input_precision=PRECISION, out_dtype=ACC)
+            a_f = tl.dot(h_prev, w_f, a_f, input_precision=PRECISION, out_dtype=ACC)
+            a_g = tl.dot(h_prev, w_g, a_g, input_precision=PRECISION, out_dtype=ACC)
+            a_o = tl.dot(h_prev, w_o, a_o, input_precision=PRECISION, out_dtype=ACC)
+        else:
+            for k0 in range(0, H, BLOCK_K):
+                offs_k = k0 + tl.arange(0, BLOCK_K)
+                mk = offs_k < H
+                h_prev = tl.load(hs_ptr + t * B * H + offs_b[:, None] * H + offs_k[None, :],
+                                 mask=mb[:, None] & mk[None, :], other=0.0, cache_modifier=".cg").to(DOT)  # fmt: skip
+                w_t = w_ptr + offs_k[:, None] + offs_j[None, :] * H  # (BLOCK_K, BLOCK_H)
+                m_kj = mk[:, None] & mj[None, :]
+                w = tl.load(w_t + 0 * H * H, mask=m_kj, other=0.0).to(DOT)
+                a_i = tl.dot(h_prev, w, a_i, input_precision=PRECISION, out_dtype=ACC)
+                w = tl.load(w_t + 1 * H * H, mask=m_kj, other=0.0).to(DOT)
+                a_f = tl.dot(h_prev, w, a_f, input_precision=PRECISION, out_dtype=ACC)
+                w = tl.load(w_t + 2 * H * H, mask=m_kj, other=0.0).to(DOT)
+                a_g = tl.dot(h_prev, w, a_g, input_precision=PRECISION, out_dtype=ACC)
+                w = tl.load(w_t + 3 * H * H, mask=m_kj, other=0.0).to(DOT)
+                a_o = tl.dot(h_prev, w, a_o, input_precision=PRECISION, out_dtype=ACC)
+        # cell (element-wise: the hook for variants that change only the cell math)
         i_t = 1.0 / (1.0 + tl.exp(-a_i))
         f_t = 1.0 / (1.0 + tl.exp(-a_f))
         g_t = 2.0 / (1.0 + tl.exp(-2.0 * a_g)) - 1.0  # tanh
@@ -209,49 +230,65 @@ def _bwd_kernel(
     n_htiles,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
+    BLOCK_K: tl.constexpr,
     H_PAD: tl.constexpr,
     ACC: tl.constexpr,
     DOT: tl.constexpr,
     PRECISION: tl.constexpr,
     PERSIST: tl.constexpr,
+    RESIDENT: tl.constexpr,
     TIMEOUT_NS: tl.constexpr,
 ):
     pid_h = tl.program_id(0)
     pid_b = tl.program_id(1)
     offs_b = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
     offs_j = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
-    offs_k = tl.arange(0, H_PAD)
     mb = offs_b < B
     mj = offs_j < H
-    mk = offs_k < H
     m_bj = mb[:, None] & mj[None, :]
-    m_bk = mb[:, None] & mk[None, :]
-    # Resident weights: columns j of each gate block, W_hh[g*H + k, j] as (H_PAD, BLOCK_H).
-    w_c = offs_k[:, None] * H + offs_j[None, :]
-    m_kj = mk[:, None] & mj[None, :]
-    w_i = tl.load(w_ptr + 0 * H * H + w_c, mask=m_kj, other=0.0).to(DOT)
-    w_f = tl.load(w_ptr + 1 * H * H + w_c, mask=m_kj, other=0.0).to(DOT)
-    w_g = tl.load(w_ptr + 2 * H * H + w_c, mask=m_kj, other=0.0).to(DOT)
-    w_o = tl.load(w_ptr + 3 * H * H + w_c, mask=m_kj, other=0.0).to(DOT)
     bh = offs_b[:, None] * H + offs_j[None, :]
     b4h = offs_b[:, None] * (4 * H) + offs_j[None, :]
-    b4k = offs_b[:, None] * (4 * H) + offs_k[None, :]  # (BLOCK_B, H_PAD) in a (B, 4H) slab
+    if RESIDENT:
+        # columns j of each gate block, W_hh[g*H + k, j] as (H_PAD, BLOCK_H), loaded once
+        offs_k = tl.arange(0, H_PAD)
+        mk = offs_k < H
+        m_bk = mb[:, None] & mk[None, :]
+        b4k = offs_b[:, None] * (4 * H) + offs_k[None, :]  # (BLOCK_B, H_PAD) in a (B, 4H) slab
+        w_c = offs_k[:, None] * H + offs_j[None, :]
+        m_kj = mk[:, None] & mj[None, :]
+        w_i = tl.load(w_ptr + 0 * H * H + w_c, mask=m_kj, other=0.0).to(DOT)
+        w_f = tl.load(w_ptr + 1 * H * H + w_c, mask=m_kj, other=0.0).to(DOT)
+        w_g = tl.load(w_ptr + 2 * H * H + w_c, mask=m_kj, other=0.0).to(DOT)
+        w_o = tl.load(w_ptr + 3 * H * H + w_c, mask=m_kj, other=0.0).to(DOT)
     dc = tl.load(dc_ptr + bh, mask=m_bj, other=0.0).to(ACC)  # carried dLoss/dc_t
     for s in range(n_steps):
         t = t_start - s
-        # dh_t = da_{t+1} W_hh (recurrence; da_T = 0) + dy_t + [t = T-1] dh_T
-        da_n = da_ptr + (t + 1) * B * 4 * H + b4k
-        dh = tl.dot(tl.load(da_n + 0 * H, mask=m_bk, other=0.0, cache_modifier=".cg").to(DOT), w_i,
-                    input_precision=PRECISION, out_dtype=ACC)  # fmt: skip
-        dh += tl.dot(tl.load(da_n + 1 * H, mask=m_bk, other=0.0, cache_modifier=".cg").to(DOT), w_f,
-                     input_precision=PRECISION, out_dtype=ACC)  # fmt: skip
-        dh += tl.dot(tl.load(da_n + 2 * H, mask=m_bk, other=0.0, cache_modifier=".cg").to(DOT), w_g,
-                     input_precision=PRECISION, out_dtype=ACC)  # fmt: skip
-        dh += tl.dot(tl.load(da_n + 3 * H, mask=m_bk, other=0.0, cache_modifier=".cg").to(DOT), w_o,
-                     input_precision=PRECISION, out_dtype=ACC)  # fmt: skip
-        dh += tl.load(dy_ptr + t * B * H + bh, mask=m_bj, other=0.0).to(ACC)
+        # dh_t = dy_t + [t = T-1] dh_T + da_{t+1} W_hh (the recurrence; da_T = 0)
         is_last = (t == T - 1).to(ACC)  # dh_T enters at the last step only
+        dh = tl.load(dy_ptr + t * B * H + bh, mask=m_bj, other=0.0).to(ACC)
         dh += tl.load(dhn_ptr + bh, mask=m_bj, other=0.0).to(ACC) * is_last
+        da_n = da_ptr + (t + 1) * B * 4 * H
+        if RESIDENT:
+            d = tl.load(da_n + b4k + 0 * H, mask=m_bk, other=0.0, cache_modifier=".cg").to(DOT)
+            dh = tl.dot(d, w_i, dh, input_precision=PRECISION, out_dtype=ACC)
+            d = tl.load(da_n + b4k + 1 * H, mask=m_bk, other=0.0, cache_modifier=".cg").to(DOT)
+            dh = tl.dot(d, w_f, dh, input_precision=PRECISION, out_dtype=ACC)
+            d = tl.load(da_n + b4k + 2 * H, mask=m_bk, other=0.0, cache_modifier=".cg").to(DOT)
+            dh = tl.dot(d, w_g, dh, input_precision=PRECISION, out_dtype=ACC)
+            d = tl.load(da_n + b4k + 3 * H, mask=m_bk, other=0.0, cache_modifier=".cg").to(DOT)
+            dh = tl.dot(d, w_o, dh, input_precision=PRECISION, out_dtype=ACC)
+        else:
+            for k0 in range(0, H, BLOCK_K):
+                offs_k = k0 + tl.arange(0, BLOCK_K)
+                mk = offs_k < H
+                m_bk = mb[:, None] & mk[None, :]
+                m_kj = mk[:, None] & mj[None, :]
+                d_t = da_n + offs_b[:, None] * (4 * H) + offs_k[None, :]  # (BLOCK_B, BLOCK_K)
+                w_c = w_ptr + offs_k[:, None] * H + offs_j[None, :]  # (BLOCK_K, BLOCK_H)
+                for g in tl.static_range(4):
+                    d = tl.load(d_t + g * H, mask=m_bk, other=0.0, cache_modifier=".cg").to(DOT)
+                    w = tl.load(w_c + g * H * H, mask=m_kj, other=0.0).to(DOT)
+                    dh = tl.dot(d, w, dh, input_precision=PRECISION, out_dtype=ACC)
         sv = gates_ptr + t * B * 4 * H + b4h
         i_t = tl.load(sv + 0 * H, mask=m_bj, other=0.0)
         f_t = tl.load(sv + 1 * H, mask=m_bj, other=0.0)
@@ -299,39 +336,60 @@ def _compiled(name: str, interpret: bool):
 
 
 class Plan:
-    """How a (B, H, dtype, device) recurrence is tiled and launched; ``repr`` shows it."""
+    """How a (B, H, dtype, device) recurrence is tiled and launched; ``repr`` shows it.
+
+    On a GPU (unmeasured heuristics, see docs/gpu.md): the smallest hidden tile (8 .. 128 units) whose
+    grid fits the SMs and whose weights fit ``RESIDENT_BUDGET`` -> persistent + resident; else a
+    grid that fits the SMs with weights streamed from L2 -> persistent; else step-wise, streamed.
+    ``mode`` forces ``persistent`` or ``stepwise``; ``tiles`` = (BLOCK_B, BLOCK_H[, BLOCK_K]) and
+    ``resident`` override the tiling (tests and tuning); ``sm_count`` lets one plan without a GPU.
+    """
 
     def __init__(
         self, B: int, H: int, dtype: torch.dtype, device: torch.device, mode: str = "auto",
-        tiles: tuple[int, int] | None = None,
+        tiles: tuple[int, ...] | None = None, resident: bool | None = None, sm_count: int | None = None,
     ):  # fmt: skip
+        if mode not in ("auto", "persistent", "stepwise"):
+            raise ValueError(f"mode must be 'auto', 'persistent' or 'stepwise', got {mode!r}")
         self.interpret = device.type != "cuda"
+        self.dtype = dtype
         self.H_PAD = max(16, _next_pow2(H))
-        # tl.dot needs M, N, K >= 16 when compiled; the interpreter takes anything but we keep the same tiles.
-        self.BLOCK_B = max(16, min(64, _next_pow2(B)))
-        self.BLOCK_H = 16 if H <= 16 or self.interpret else _gpu_block_h(H, dtype)
-        if tiles is not None:  # (BLOCK_B, BLOCK_H), e.g. tiny tiles so that interpreter tests cut H into several
-            lo = 1 if self.interpret else 16
-            if any(v < lo or v & (v - 1) for v in tiles):
-                raise ValueError(f"tiles must be powers of two >= {lo} on this device, got {tiles}")
-            self.BLOCK_B, self.BLOCK_H = tiles
+        self.BLOCK_K = 64 if not self.interpret else 16
+        size = torch.empty((), dtype=dtype).element_size()
+        if self.interpret:
+            sms = 1 << 30
+            self.BLOCK_B, self.BLOCK_H = 16, 16
+        else:
+            sms = sm_count if sm_count is not None else _sm_count(device)
+            self.BLOCK_B = 16 if B <= 16 else min(64, _next_pow2(B))
+            self.BLOCK_H = self._gpu_block_h(B, H, size, sms, mode, resident)
+        if tiles is not None:
+            lo = 1 if self.interpret else 8
+            if len(tiles) not in (2, 3) or any(v < lo or v & (v - 1) for v in tiles):
+                raise ValueError(f"tiles must be 2 or 3 powers of two >= {lo} on this device, got {tiles}")
+            self.BLOCK_B, self.BLOCK_H = tiles[:2]
+            if len(tiles) == 3:
+                self.BLOCK_K = tiles[2]
         self.n_btiles = math.ceil(B / self.BLOCK_B)
         self.n_htiles = math.ceil(H / self.BLOCK_H)
         self.programs = self.n_btiles * self.n_htiles
-        if mode not in ("auto", "persistent", "stepwise"):
-            raise ValueError(f"mode must be 'auto', 'persistent' or 'stepwise', got {mode!r}")
+        self.resident_bytes = 4 * self.BLOCK_H * self.H_PAD * size  # W_hh tile held on chip
+        fits = self.resident_bytes <= RESIDENT_BUDGET
+        self.resident = fits if resident is None else resident
+        if self.resident and not fits:
+            raise ValueError(f"resident weights need {self.resident_bytes} bytes per program (> {RESIDENT_BUDGET})")
         if self.interpret:
-            # sequential programs: a barrier among several programs could never be passed
+            # programs run one after another: a barrier among several hidden tiles could never be passed
             can_persist = self.n_htiles == 1
         else:
-            can_persist = self.programs <= _sm_count(device) and _resident_bytes(self, dtype) <= _RESIDENT_BUDGET
+            can_persist = self.programs <= sms
         if mode == "persistent" and not can_persist:
             raise ValueError(
-                f"mode='persistent' needs every program resident: {self.programs} programs of "
-                f"{_resident_bytes(self, dtype)} weight bytes each do not fit; use mode='auto'"
+                f"mode='persistent' needs all {self.programs} programs resident at once, which this device "
+                "cannot give (interpreter: more than one hidden tile; GPU: more programs than SMs); use mode='auto'"
             )
         self.persistent = can_persist if mode == "auto" else mode == "persistent"
-        self.num_warps = 4 if self.H_PAD * self.BLOCK_H * 4 <= 16384 else 8
+        self.num_warps = 4 if self.BLOCK_B * self.BLOCK_H <= 1024 else 8
         self.acc = tl.float64 if dtype == torch.float64 else tl.float32
         if self.interpret and dtype == torch.bfloat16:
             self.dot = tl.float32  # the interpreter multiplies bf16 bit patterns as integers
@@ -342,30 +400,37 @@ class Plan:
         allow_tf32 = not self.interpret and torch.backends.cuda.matmul.allow_tf32
         self.precision = "ieee" if dtype in (torch.float32, torch.float64) and not allow_tf32 else "tf32"
 
+    def _gpu_block_h(self, B: int, H: int, size: int, sms: int, mode: str, resident: bool | None) -> int:
+        n_b = math.ceil(B / self.BLOCK_B)
+        fits_sms = [bh for bh in (8, 16, 32, 64, 128) if n_b * math.ceil(H / bh) <= sms]
+        if mode != "stepwise" and resident is not False:
+            for bh in fits_sms:  # smallest tile = most SMs busy
+                if 4 * bh * self.H_PAD * size <= RESIDENT_BUDGET:
+                    return bh
+        if mode != "stepwise" and fits_sms:
+            return max(16, fits_sms[0])
+        self.BLOCK_B = min(64, max(16, _next_pow2(B)))
+        return 32
+
+    def constants(self, T: int, B: int, H: int) -> dict:
+        """The kernels' size arguments and compile-time constants for a (T, B, H) call."""
+        return dict(
+            T=T, B=B, H=H, n_htiles=self.n_htiles, BLOCK_B=self.BLOCK_B, BLOCK_H=self.BLOCK_H,
+            BLOCK_K=self.BLOCK_K, H_PAD=self.H_PAD, ACC=self.acc, DOT=self.dot, PRECISION=self.precision,
+            PERSIST=self.persistent, RESIDENT=self.resident, TIMEOUT_NS=BARRIER_TIMEOUT_NS,
+        )  # fmt: skip
+
     def __repr__(self) -> str:
         mode = "persistent" if self.persistent else "stepwise"
-        return (f"Plan({mode}, tiles {self.n_btiles}x{self.n_htiles} of {self.BLOCK_B}x{self.BLOCK_H}, "
-                f"H_PAD={self.H_PAD}, warps={self.num_warps})")  # fmt: skip
+        weights = "resident" if self.resident else f"streamed by {self.BLOCK_K}"
+        return (f"Plan({mode}, {self.n_btiles}x{self.n_htiles} programs of {self.BLOCK_B}x{self.BLOCK_H}, "
+                f"weights {weights}, warps={self.num_warps})")  # fmt: skip
 
 
-#: bytes of resident W_hh one program may hold (4 gates x BLOCK_H x H_PAD) before the persistent mode
-#: is refused. A guess (an H100/H200 SM has 256 KiB of registers, 228 KiB of shared memory) to check on
-#: the GPU: benchmarks/gpu.py times both modes.
-_RESIDENT_BUDGET = 128 * 1024
-
-
-def _resident_bytes(p: Plan, dtype: torch.dtype) -> int:
-    return 4 * p.BLOCK_H * p.H_PAD * torch.empty((), dtype=dtype).element_size()
-
-
-def _gpu_block_h(H: int, dtype: torch.dtype) -> int:
-    """Widest hidden tile whose weights fit the budget; >= 16 (tl.dot's minimum N)."""
-    H_PAD = max(16, _next_pow2(H))
-    size = torch.empty((), dtype=dtype).element_size()
-    block = 64
-    while block > 16 and 4 * block * H_PAD * size > _RESIDENT_BUDGET // 2:
-        block //= 2
-    return block
+#: bytes of W_hh one program may keep on chip (4 gates x BLOCK_H x H_PAD). Triton places the resident
+#: tile in shared memory (seen in the TTGIR for sm_90); an H100/H200 SM has 227 KiB of it per block,
+#: and the h_{t-1} tile and the compiler's staging need the rest. To tune on the GPU.
+RESIDENT_BUDGET = 160 * 1024
 
 
 @functools.cache
@@ -373,33 +438,22 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def plan(
-    B: int, H: int, dtype: torch.dtype, device: torch.device | str, mode: str = "auto",
-    tiles: tuple[int, int] | None = None,
-) -> Plan:  # fmt: skip
+def plan(B: int, H: int, dtype: torch.dtype, device: torch.device | str, mode: str = "auto", **kw) -> Plan:
     """The tiling and mode the kernels would use for this batch, hidden size, dtype and device."""
-    return Plan(B, H, dtype, torch.device(device), mode, tiles)
+    return Plan(B, H, dtype, torch.device(device), mode, **kw)
 
 
-def _launch(kernel, p: Plan, ptrs: tuple, consts: dict, n_steps_all: int, t_first: int, down: bool) -> None:
+def _launch(kernel, p: Plan, ptrs: tuple, consts: dict, T: int, t_first: int, down: bool) -> None:
     """Persistent: one launch over every step. Step-wise: one launch per step (``down``: t decreasing)."""
     grid = (p.n_htiles, p.n_btiles)
     extra = {} if p.interpret else {"num_warps": p.num_warps}
     if p.persistent:
         if not p.interpret:
-            extra["launch_cooperative_grid"] = True
-        kernel[grid](*ptrs, t_start=t_first, n_steps=n_steps_all, PERSIST=True, **consts, **extra)
+            extra["launch_cooperative_grid"] = True  # co-residency guaranteed, or the launch fails
+        kernel[grid](*ptrs, t_start=t_first, n_steps=T, **consts, **extra)
         return
-    for s in range(n_steps_all):
-        t = t_first - s if down else t_first + s
-        kernel[grid](*ptrs, t_start=t, n_steps=1, PERSIST=False, **consts, **extra)
-
-
-def _consts(p: Plan, T: int, B: int, H: int) -> dict:
-    return dict(
-        T=T, B=B, H=H, n_htiles=p.n_htiles, BLOCK_B=p.BLOCK_B, BLOCK_H=p.BLOCK_H, H_PAD=p.H_PAD, ACC=p.acc,
-        DOT=p.dot, PRECISION=p.precision, TIMEOUT_NS=BARRIER_TIMEOUT_NS,
-    )  # fmt: skip
+    for s in range(T):
+        kernel[grid](*ptrs, t_start=t_first - s if down else t_first + s, n_steps=1, **consts, **extra)
 
 
 def _raise_on_timeout(err: Tensor, where: str) -> None:
@@ -419,11 +473,11 @@ class _Recurrence(torch.autograd.Function):
     """(gx (T, B, 4H), h0 (B, H), c0 (B, H), W_hh (4H, H)) -> (y (T, B, H), h_T (B, H), c_T (B, H))."""
 
     @staticmethod
-    def forward(ctx, gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, mode: str, tiles: tuple[int, int] | None):
+    def forward(ctx, gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, plan_kw: dict):
         T, B, G = gx.shape
         H = G // 4
         dtype, dev = gx.dtype, gx.device
-        p = Plan(B, H, dtype, dev, mode, tiles)
+        p = Plan(B, H, dtype, dev, **plan_kw)
         acc = torch.float64 if dtype == torch.float64 else torch.float32
         gx = gx.contiguous()
         w_hh = w_hh.to(dtype).contiguous()
@@ -437,7 +491,7 @@ class _Recurrence(torch.autograd.Function):
         err = torch.zeros(1, dtype=torch.int32, device=dev)
         if T > 0:
             _launch(_compiled("fwd", p.interpret), p, (gx, w_hh, hs, cs, gates, sync, err),
-                    {**_consts(p, T, B, H), "SAVE": save}, T, 0, down=False)  # fmt: skip
+                    {**p.constants(T, B, H), "SAVE": save}, T, 0, down=False)  # fmt: skip
             _raise_on_timeout(err, "forward")
         ctx.save_for_backward(hs, cs, gates, w_hh)
         ctx.plan = p
@@ -459,7 +513,7 @@ class _Recurrence(torch.autograd.Function):
         err = torch.zeros(1, dtype=torch.int32, device=dev)
         if T > 0:
             _launch(_compiled("bwd", p.interpret), p, (dy, dh_n, w_hh, cs, gates, da, dc, sync, err),
-                    _consts(p, T, B, H), T, T - 1, down=True)  # fmt: skip
+                    p.constants(T, B, H), T, T - 1, down=True)  # fmt: skip
             _raise_on_timeout(err, "backward")
         da_t = da[:T]  # (T, B, 4H) = dLoss/dgx
         # dh_0 = da_0 W_hh: (B, 4H) @ (4H, H) -> (B, H)
@@ -468,19 +522,20 @@ class _Recurrence(torch.autograd.Function):
         if ctx.needs_input_grad[3]:
             # dW_hh = sum_t da_t^T h_{t-1}: (4H, T*B) @ (T*B, H) -> (4H, H), one GEMM
             dw_hh = da_t.reshape(T * B, 4 * H).t() @ hs[:T].reshape(T * B, H)
-        return da_t, dh0, dc.to(dtype), dw_hh, None, None
+        return da_t, dh0, dc.to(dtype), dw_hh, None
 
 
 def layer(
     x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b: Tensor | None, *, mode: str = "auto",
-    tiles: tuple[int, int] | None = None,
+    tiles: tuple[int, ...] | None = None, resident: bool | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     """One LSTM layer, one direction: x (T, B, I) -> (y (T, B, H), h_T (B, H), c_T (B, H)).
 
-    ``b`` is ``b_ih + b_hh`` (or None). Differentiable in every argument.
+    ``b`` is ``b_ih + b_hh`` (or None). Differentiable in every argument. ``mode``, ``tiles`` and
+    ``resident`` go to :class:`Plan`.
     """
     gx = F.linear(x, w_ih, b)  # (T, B, I) -> (T, B, 4H), one GEMM for all steps
-    y, h, c = _Recurrence.apply(gx, h0, c0, w_hh, mode, tiles)
+    y, h, c = _Recurrence.apply(gx, h0, c0, w_hh, dict(mode=mode, tiles=tiles, resident=resident))
     return y, h, c
 
 
@@ -554,14 +609,15 @@ def lstm(
     batch_first: bool,
     lengths: Tensor | None = None,
     mode: str = "auto",
-    tiles: tuple[int, int] | None = None,
+    tiles: tuple[int, ...] | None = None,
+    resident: bool | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``kernels.native.lstm``'s interface on the Triton kernels: (output, h_n, c_n), as torch.nn.LSTM.
 
     ``weights`` is ``torch.nn.LSTM._flat_weights`` (per layer and direction ``w_ih, w_hh[, b_ih, b_hh]``);
     ``hx`` is ``(h_0, c_0)``, each (layers * directions, B, H). No projections, no ``lengths``.
     ``mode`` is ``auto``, ``persistent`` or ``stepwise`` (see the module docstring). CPU tensors run
-    in the Triton interpreter. ``tiles`` = (BLOCK_B, BLOCK_H) overrides the tiling (tests, tuning).
+    in the Triton interpreter. ``tiles`` and ``resident`` override the tiling (tests, tuning; see :class:`Plan`).
     """
     why = unsupported_reason(
         input, hx, weights, bias=bias, num_layers=num_layers, dropout=dropout, training=training,
@@ -582,7 +638,7 @@ def lstm(
             w = weights[k * per : (k + 1) * per]
             b = w[2] + w[3] if bias else None
             xd = x.flip(0) if d == 1 else x  # reverse direction: time flipped
-            y, h, c = layer(xd, hx[0][k], hx[1][k], w[0], w[1], b, mode=mode, tiles=tiles)
+            y, h, c = layer(xd, hx[0][k], hx[1][k], w[0], w[1], b, mode=mode, tiles=tiles, resident=resident)
             outs.append(y.flip(0) if d == 1 else y)
             h_n.append(h)
             c_n.append(c)
