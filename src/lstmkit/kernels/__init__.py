@@ -5,7 +5,13 @@ means "no kernel covers this configuration", and the module falls back to its re
 loop. Today's kernels:
 
 * ``native``: torch's fused operator (``torch._VF.lstm``): cuDNN on GPU, oneDNN/ATen on CPU. It
-  covers everything ``torch.nn.LSTM`` does, plus padded batches with ``lengths`` (by packing).
+  covers everything ``torch.nn.LSTM`` does, plus padded batches with ``lengths`` (by packing), and
+  nothing else: no variant.
+* ``cpu_fused``: one layer and direction of an LSTM with variants (layer norm, peepholes, CIFG,
+  cell clip, recurrent dropout, zoneout, weight drop; ``lengths``) on the CPU, float32/float64, no
+  projection: the time loop forward and backward in C++ (ATen), JIT-compiled once and cached. It
+  is marked ``per_layer``: the module's loop over layers and directions calls it. If it cannot be
+  compiled, it is unavailable (one logged warning) and the pure-torch loop runs instead.
 
 Kernels never import ``lstmkit.nn`` or ``lstmkit.tasks``.
 """
@@ -14,12 +20,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from . import native
+from torch import Tensor
 
-__all__ = ["IMPLS", "select_lstm", "select_cell", "native"]
+from . import cpu_fused, native
 
-#: What a user may ask for with ``impl=``: ``auto`` (fastest that covers the call), ``native``
-#: (fail unless the fused operator covers it) or ``loop`` (always the readable pure-torch path).
+__all__ = ["IMPLS", "select_lstm", "select_cell", "native", "cpu_fused"]
+
+#: What a user may ask for with ``impl=``: ``auto`` (fastest that covers the call: native without
+#: variants, else the compiled CPU kernel where it covers the call), ``native`` (fail unless torch's
+#: fused operator covers it) or ``loop`` (always the readable pure-torch path).
 IMPLS = ("auto", "native", "loop")
 
 
@@ -28,23 +37,29 @@ def _check_impl(impl: str) -> None:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
 
 
-def select_lstm(impl: str, variants: tuple[str, ...] = ()) -> Callable | None:
-    """The kernel that runs a whole-sequence call, or None for the pure-torch loop.
+def select_lstm(
+    impl: str, variants: tuple[str, ...] = (), *, proj_size: int = 0, like: Tensor | None = None
+) -> Callable | None:
+    """The kernel that runs a call, or None for the pure-torch loop.
 
-    ``variants`` names the features beyond ``torch.nn.LSTM`` that are switched on (none yet has
-    a native kernel).
+    ``variants`` names the features beyond ``torch.nn.LSTM`` that change the computation;
+    ``proj_size`` and ``like`` (a parameter: device and dtype) say what else the kernel must cover.
+    A returned kernel with ``per_layer = True`` runs one layer and direction (``cpu_fused.layer``);
+    otherwise it runs the whole call (``native.lstm``).
     """
     _check_impl(impl)
     if impl == "loop":
         return None
-    if variants:
-        if impl == "native":
+    if impl == "native":
+        if variants:
             raise ValueError(
                 f"impl='native' runs only what torch.nn.LSTM supports, but {', '.join(variants)} "
                 "is switched on; use impl='auto' or 'loop'"
             )
-        return None
-    return native.lstm
+        return native.lstm
+    if not variants:
+        return native.lstm
+    return None if cpu_fused.why_not(proj_size, like) else cpu_fused.layer
 
 
 def select_cell(impl: str, variants: tuple[str, ...] = ()) -> Callable | None:

@@ -6,9 +6,14 @@ and ``isinstance(m, torch.nn.LSTM)`` holds. Beyond torch, ``forward(input, hx, l
 the true length of each padded sequence (any order, any device): padding is masked, padded outputs
 are zero and each sequence's final state is the one at its own last valid step.
 
+Variants (``layer_norm``, ``peephole``, ``forget_bias``, ``coupled_input_forget``,
+``recurrent_dropout``, ``zoneout``, ``weight_drop``, ``cell_clip``; see ``variants.py`` for the
+equations and parameter names) are keyword options; with all of them off the module is plain torch.
+
 Which code runs is decided by ``lstmkit.kernels`` alone: torch's fused operator when it covers the
-call (cuDNN / oneDNN, so plain use costs nothing over ``torch.nn.LSTM``), otherwise the readable
-loop below:
+call (cuDNN / oneDNN, so plain use costs nothing over ``torch.nn.LSTM``); for variants on the CPU a
+compiled per-layer kernel (``kernels.cpu_fused``: the time loop in C++) that takes ``gx`` below and
+the step's masks; otherwise the readable loop below:
 
     for layer in layers:                      x: (T, B, I) time-major
         for direction in (forward, reverse):  reverse = each sequence flipped within its length
@@ -28,6 +33,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from .. import kernels
 from ._checks import check_lstm_args, check_state
 from .cell import lstm_step
+from .variants import Variants, add_variant_params, init_variant_params, input_projection, sample_masks, variant_step
 
 __all__ = ["LSTM", "reverse_padded"]
 
@@ -53,9 +59,13 @@ class LSTM(torch.nn.LSTM):
     Args are those of ``torch.nn.LSTM`` (``input_size, hidden_size, num_layers=1, bias=True,
     batch_first=False, dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None``),
     plus ``impl``: ``"auto"`` (the fastest kernel that covers the call), ``"native"`` (torch's fused
-    operator or an error) or ``"loop"`` (the pure-torch loop, for reading and testing).
+    operator or an error), ``"fused"`` (the compiled CPU kernel or an error) or ``"loop"`` (the
+    pure-torch loop, for reading and testing), and the variants (keyword-only, all off by default):
+    ``layer_norm``, ``peephole``, ``forget_bias``, ``coupled_input_forget``, ``recurrent_dropout``,
+    ``zoneout`` (one rate or ``(rate_h, rate_c)``), ``weight_drop``, ``cell_clip``.
 
-    ``forward(input, hx=None, lengths=None) -> (output, (h_n, c_n))``, shapes as in torch.
+    ``forward(input, hx=None, lengths=None, *, masks=None) -> (output, (h_n, c_n))``, shapes as in
+    torch; ``masks`` (from :meth:`sample_masks`) fixes the random variants' masks of one call.
     """
 
     def __init__(
@@ -72,28 +82,79 @@ class LSTM(torch.nn.LSTM):
         dtype=None,
         *,
         impl: str = "auto",
+        layer_norm: bool = False,
+        peephole: bool = False,
+        forget_bias: float = 0.0,
+        coupled_input_forget: bool = False,
+        recurrent_dropout: float = 0.0,
+        zoneout: float | tuple[float, float] = 0.0,
+        weight_drop: float = 0.0,
+        cell_clip: float | None = None,
     ) -> None:
+        variants = Variants.build(
+            layer_norm=layer_norm, peephole=peephole, forget_bias=forget_bias,
+            coupled_input_forget=coupled_input_forget, recurrent_dropout=recurrent_dropout, zoneout=zoneout,
+            weight_drop=weight_drop, cell_clip=cell_clip, bias=bias,
+        )  # fmt: skip
         super().__init__(
             input_size, hidden_size, num_layers, bias=bias, batch_first=batch_first, dropout=dropout,
             bidirectional=bidirectional, proj_size=proj_size, device=device, dtype=dtype,
         )  # fmt: skip
         kernels.select_lstm(impl)  # validates impl
         self.impl = impl
+        self.variant_config = variants
+        factory = {"device": device, "dtype": dtype}
+        for sfx in self._suffixes():
+            add_variant_params(self, variants, sfx, hidden_size, factory)
+            init_variant_params(self, variants, sfx, hidden_size)
+
+    def _suffixes(self) -> list[str]:
+        dirs = ("", "_reverse") if self.bidirectional else ("",)
+        return [f"_l{k}{d}" for k in range(self.num_layers) for d in dirs]
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        v = getattr(self, "variant_config", None)
+        if v is not None:  # not during torch's __init__, which calls this before the variants exist
+            for sfx in self._suffixes():
+                init_variant_params(self, v, sfx, self.hidden_size)
 
     def variants(self) -> tuple[str, ...]:
-        """The features beyond ``torch.nn.LSTM`` that are switched on (none yet)."""
-        return ()
+        """The features beyond ``torch.nn.LSTM`` that change this call's computation (mode-dependent:
+        dropouts are the identity in evaluation; ``forget_bias`` only changes the initial weights)."""
+        return self.variant_config.names(self.training)
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
-        return s if self.impl == "auto" else f"{s}, impl={self.impl!r}"
+        if self.impl != "auto":
+            s = f"{s}, impl={self.impl!r}"
+        extra = self.variant_config.describe()
+        return f"{s}, {extra}" if extra else s
+
+    def sample_masks(self, batch: int, steps: int, like: Tensor | None = None, generator=None) -> dict[int, dict]:
+        """The random variants' masks for a call on ``batch`` sequences of ``steps`` steps, keyed by
+        ``layer * num_directions + direction`` (shapes in ``lstmkit.nn.variants``); empty dicts when
+        no mask is needed. Depends on ``self.training``."""
+        like = self.weight_ih_l0 if like is None else like
+        h_size = self.proj_size if self.proj_size > 0 else self.hidden_size
+        dirs = 2 if self.bidirectional else 1
+        return {
+            k: sample_masks(self.variant_config, self.training, steps, batch, self.hidden_size, h_size, like, generator)
+            for k in range(self.num_layers * dirs)
+        }
 
     # -- forward ----------------------------------------------------------------------------
 
-    def forward(self, input, hx: tuple[Tensor, Tensor] | None = None, lengths: Tensor | None = None):
-        kernel = kernels.select_lstm(self.impl, self.variants())
+    def forward(
+        self, input, hx: tuple[Tensor, Tensor] | None = None, lengths: Tensor | None = None, *, masks=None
+    ):
+        kernel = kernels.select_lstm(self.impl, self.variants(), proj_size=self.proj_size, like=self.weight_ih_l0)
+        if getattr(kernel, "per_layer", False):  # a kernel for one layer and direction: the loop calls it
+            kernel, layer_kernel = None, kernel
+        else:
+            layer_kernel = None
         if isinstance(input, PackedSequence):
-            return self._forward_packed(input, hx, lengths, kernel)
+            return self._forward_packed(input, hx, lengths, kernel, layer_kernel, masks)
         is_batched = check_lstm_args(self, input, hx, lengths)
         if not is_batched:
             input = input.unsqueeze(0 if self.batch_first else 1)  # (T, I) -> one sequence
@@ -110,7 +171,7 @@ class LSTM(torch.nn.LSTM):
             )  # fmt: skip
         else:
             x = input.transpose(0, 1) if self.batch_first else input  # (T, B, I)
-            out, h, c = self._forward_loop(x, hx, lengths)
+            out, h, c = self._forward_loop(x, hx, lengths, layer_kernel, masks)
             out = out.transpose(0, 1) if self.batch_first else out
         if not is_batched:
             out = out.squeeze(0 if self.batch_first else 1)
@@ -124,7 +185,7 @@ class LSTM(torch.nn.LSTM):
         c0 = torch.zeros(layers, batch, self.hidden_size, dtype=like.dtype, device=like.device)
         return h0, c0
 
-    def _forward_packed(self, packed: PackedSequence, hx, lengths, kernel):
+    def _forward_packed(self, packed: PackedSequence, hx, lengths, kernel, layer_kernel=None, masks=None):
         """PackedSequence in and out; the loop path unpacks, runs with ``lengths``, and re-packs."""
         if lengths is not None:
             raise ValueError("lengths= goes with a padded tensor; a PackedSequence already carries its lengths")
@@ -148,12 +209,15 @@ class LSTM(torch.nn.LSTM):
                 h, c = h.index_select(1, unsorted_idx), c.index_select(1, unsorted_idx)
             return PackedSequence(out, batch_sizes, sorted_idx, unsorted_idx), (h, c)
         x, lens = pad_packed_sequence(packed)  # (T, B, I), original batch order
-        out, h, c = self._forward_loop(x, hx, lens)
+        out, h, c = self._forward_loop(x, hx, lens, layer_kernel, masks)
         out = pack_padded_sequence(out, lens, enforce_sorted=False)
         return out, (h, c)
 
-    def _forward_loop(self, x: Tensor, hx: tuple[Tensor, Tensor], lengths: Tensor | None):
+    def _forward_loop(self, x: Tensor, hx: tuple[Tensor, Tensor], lengths: Tensor | None, layer_kernel=None,
+                      masks=None):  # fmt: skip
         """The readable path: x (T, B, I) time-major -> (output (T, B, D*P), h_n, c_n)."""
+        if self.variants() or layer_kernel is not None:
+            return self._forward_variants(x, hx, lengths, layer_kernel, masks)
         T = x.shape[0]
         dirs = 2 if self.bidirectional else 1
         mask = None
@@ -185,6 +249,61 @@ class LSTM(torch.nn.LSTM):
                     h, c = h_t, c_t
                     ys.append(h)
                 y = torch.stack(ys)  # T x (B, P) -> (T, B, P)
+                if mask is not None:
+                    y = y * mask
+                outs.append(reverse_padded(y, lengths) if d == 1 else y)
+                h_n.append(h)
+                c_n.append(c)
+            x = torch.cat(outs, dim=2) if dirs == 2 else outs[0]  # (T, B, D*P)
+        return x, torch.stack(h_n), torch.stack(c_n)
+
+    def _forward_variants(self, x: Tensor, hx: tuple[Tensor, Tensor], lengths: Tensor | None, layer_kernel, masks):
+        """The loop with variants: x (T, B, I) -> (output (T, B, D*P), h_n, c_n).
+
+        Per layer and direction: ``gx`` for all steps (one GEMM, + LN), then either ``layer_kernel``
+        (the compiled time loop) or :func:`variant_step` per step, masked where t >= length.
+        """
+        T, B = x.shape[0], x.shape[1]
+        v = self.variant_config
+        dirs = 2 if self.bidirectional else 1
+        if masks is None:
+            masks = self.sample_masks(B, T, like=x)
+        mask = None
+        if lengths is not None:
+            lengths = lengths.to(x.device)
+            mask = (torch.arange(T, device=x.device).unsqueeze(1) < lengths.unsqueeze(0)).unsqueeze(-1)  # (T, B, 1)
+        h_n, c_n = [], []
+        for layer in range(self.num_layers):
+            if layer > 0 and self.dropout > 0 and self.training:
+                x = F.dropout(x, self.dropout, training=True)
+            outs = []
+            for d in range(dirs):
+                sfx = f"_l{layer}" + ("_reverse" if d == 1 else "")
+                k = layer * dirs + d
+                m = masks.get(k, {})
+                p = {n: getattr(self, n + sfx, None) for n in ("layernorm_hh_weight", "layernorm_c_weight",
+                                                              "layernorm_c_bias", "weight_ch")}  # fmt: skip
+                w_hh = getattr(self, "weight_hh" + sfx)
+                if "weight_hh" in m:
+                    w_hh = w_hh * m["weight_hh"]  # DropConnect, one mask per forward
+                w_hr = getattr(self, "weight_hr" + sfx) if self.proj_size > 0 else None
+                bias = getattr(self, "bias_ih" + sfx) + getattr(self, "bias_hh" + sfx) if self.bias else None
+                xd = reverse_padded(x, lengths) if d == 1 else x
+                ln_ih = getattr(self, "layernorm_ih_weight" + sfx, None)
+                gx = input_projection(xd, getattr(self, "weight_ih" + sfx), bias, ln_ih)  # (T, B, 4H)
+                h, c = hx[0][k], hx[1][k]  # (B, P or H), (B, H)
+                if layer_kernel is not None:
+                    y, h, c = layer_kernel(gx, h, c, w_hh, v, p, m, mask)
+                else:
+                    ys = []
+                    for t in range(T):
+                        h_t, c_t = variant_step(gx[t], h, c, w_hh, w_hr, v, p, m, t)
+                        if mask is not None:
+                            h_t = torch.where(mask[t], h_t, h)
+                            c_t = torch.where(mask[t], c_t, c)
+                        h, c = h_t, c_t
+                        ys.append(h)
+                    y = torch.stack(ys)  # T x (B, P) -> (T, B, P)
                 if mask is not None:
                     y = y * mask
                 outs.append(reverse_padded(y, lengths) if d == 1 else y)
