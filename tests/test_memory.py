@@ -103,11 +103,12 @@ def test_copy_layout():
 # -- models ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("ragged", ["lengths", "gather"])
 @pytest.mark.parametrize("model", ["lstm", "gru", "rnn"])
-def test_models_have_matched_sizes_and_read_each_sequence_at_its_own_end(model):
+def test_models_have_matched_sizes_and_read_each_sequence_at_its_own_end(model, ragged):
     torch.manual_seed(0)
     H = memory.matched_hidden(model, 16, 2, 1)
-    net = memory.MemoryNet(model, 2, H, 1, forget_bias="chrono", t_max=22)
+    net = memory.MemoryNet(model, 2, H, 1, forget_bias="chrono", t_max=22, ragged=ragged)
     lstm_params = memory.count_parameters(memory.MemoryNet("lstm", 2, 16, 1))
     assert abs(memory.count_parameters(net) - lstm_params) / lstm_params < 0.05
     b = _adding(5, T=20)
@@ -118,6 +119,8 @@ def test_models_have_matched_sizes_and_read_each_sequence_at_its_own_end(model):
     # the step-by-step unroll of the analysis is the same network
     x = memory.fixed_length(b, 20)
     torch.testing.assert_close(memory.unroll(net, x).y, net(x), rtol=1e-5, atol=1e-6)
+    net.readout = "all"  # every step's output: h is zero on the padding either way
+    assert torch.all(net(b.x, b.lengths)[b.lengths.max() - 1, b.lengths < b.lengths.max()] == net.out.bias)
 
 
 def test_chrono_init_opens_the_carousel():

@@ -20,6 +20,7 @@ Bengio et al. 1994); in an LSTM whose forget gates stay near 1 they do not.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,7 +99,11 @@ def gradient_flow(model: MemoryNet, x: Tensor, target: Tensor, *, jacobian: bool
     """Norms against the lag (index 0 = the last step) for adding-problem inputs ``x`` (T, B, 2).
 
     Returns ``dL_dh`` (T,), ``dhT_dh`` (T,) when ``jacobian``, and ``dL_dc`` (T,) for an LSTM.
+    Computed in float64 on a copy of the model, so that norms far below float32's range (a tanh
+    RNN's reach 1e-40 within a hundred steps) are still numbers, not zeros.
     """
+    model = copy.deepcopy(model).double()
+    x, target = x.double(), target.double()
     model.eval()
     with torch.enable_grad():
         run = unroll(model, x, track=True)
@@ -109,7 +114,7 @@ def gradient_flow(model: MemoryNet, x: Tensor, target: Tensor, *, jacobian: bool
             res["dL_dc"] = np.array([float(c.grad.norm(dim=1).mean()) for c in run.c])[::-1].copy()
         if jacobian:
             h_T = run.h[-1]  # (B, H)
-            sq = torch.zeros(len(run.h), x.shape[1])  # (T, B): squared Frobenius norms
+            sq = torch.zeros(len(run.h), x.shape[1], dtype=torch.float64)  # (T, B): squared Frobenius norms
             for j in range(h_T.shape[1]):  # row j of every sequence's Jacobian dh_T/dh_t at once
                 grads = torch.autograd.grad(h_T[:, j].sum(), run.h, retain_graph=True, allow_unused=True)
                 for t, g in enumerate(grads):
@@ -117,8 +122,6 @@ def gradient_flow(model: MemoryNet, x: Tensor, target: Tensor, *, jacobian: bool
                         sq[t] += (g**2).sum(dim=1)
             sq[-1] = float(h_T.shape[1])  # dh_T/dh_T = identity
             res["dhT_dh"] = sq.sqrt().mean(dim=1).numpy()[::-1].copy()
-    model.zero_grad(set_to_none=True)
-    model.train()
     return res
 
 
@@ -134,12 +137,12 @@ def plot_gradient_flow(curves: dict[str, dict[str, np.ndarray]], path: str | Pat
         style = "-" if "trained" in label else "--"
         color = {"lstm": "C0", "rnn": "C3", "gru": "C2"}.get(label.split(",")[0].lower(), "C7")
         lag = np.arange(len(res["dL_dh"]))
-        axes[0].semilogy(lag, np.maximum(res["dL_dh"], 1e-45), style, color=color, label=f"{label}: dL/dh_t")
+        pos = lambda v: np.where(v > 0, v, np.nan)  # an exact zero ends the line
+        axes[0].semilogy(lag, pos(res["dL_dh"]), style, color=color, label=f"{label}: dL/dh_t")
         if "dL_dc" in res:
-            axes[0].semilogy(lag, np.maximum(res["dL_dc"], 1e-45), style, color="C1", alpha=0.8,
-                             label=f"{label}: dL/dc_t")  # fmt: skip
+            axes[0].semilogy(lag, pos(res["dL_dc"]), style, color="C1", alpha=0.8, label=f"{label}: dL/dc_t")
         if "dhT_dh" in res:
-            axes[1].semilogy(lag, np.maximum(res["dhT_dh"], 1e-45), style, color=color, label=label)
+            axes[1].semilogy(lag, pos(res["dhT_dh"]), style, color=color, label=label)
     axes[0].set(xlabel="lag T - t", ylabel="mean norm", title="||dLoss / dh_t|| (and dc_t)")
     axes[1].set(xlabel="lag T - t", title="||dh_T / dh_t||_F")
     for ax in axes:
@@ -178,15 +181,15 @@ def plot_gates(model: MemoryNet, x: Tensor, marks: Tensor, path: str | Path, tit
     for ax, g, name in ((axes[1], i, "input gate i_t"), (axes[2], f, "forget gate f_t")):
         im = ax.imshow(g.T, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
         ax.set(ylabel=f"{name}\nunit")
-        fig.colorbar(im, ax=ax, pad=0.01)
+        fig.colorbar(im, cax=ax.inset_axes([1.01, 0.0, 0.012, 1.0]))  # beside, not shrinking the axes
     axes[3].plot(c, lw=0.8)
     axes[3].set(ylabel="cell c_t", xlabel="step t")
     for ax in axes:
         for m in marks.tolist():
             ax.axvline(m, color="r", lw=0.8, ls=":")
         ax.set_xlim(-0.5, T - 0.5)
-    axes[0].set_title(title or "LSTM gates on an adding sequence (red: marked steps)")
-    fig.tight_layout()
+    axes[0].set_title(title or "LSTM gates on an adding sequence (red: marked steps)", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 0.96, 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)

@@ -79,7 +79,7 @@ def _run_task(args: argparse.Namespace) -> int:
 def _run_plots(args: argparse.Namespace) -> int:
     from .plots import make_plots
 
-    paths = make_plots(T=args.T, out_dir=args.out_dir, lstm=args.lstm, rnn=args.rnn,
+    paths, _ = make_plots(T=args.T, out_dir=args.out_dir, lstm=args.lstm, rnn=args.rnn,
                        max_sequences=args.max_sequences, seed=args.seed)  # fmt: skip
     for p in paths:
         print(p)

@@ -109,6 +109,7 @@ class MemoryConfig:
     max_sequences: int = 100_000  # training budget in sequences
     eval_every: int = 2_560  # check the test set every this many training sequences
     n_test: int | None = None  # test-set size (None: the task's, 2,560 or 2,000)
+    ragged: str = "lengths"  # "lengths" (LSTM lengths= / torch packing) or "gather" (same numbers, faster on CPU)
     seed: int = 0  # one seed: model init and both data streams
     threads: int = 1  # torch threads (the models are tiny; more rarely helps)
 
@@ -149,7 +150,8 @@ def build_model(config: MemoryConfig, spec: TaskSpec | None = None) -> MemoryNet
     hidden = matched_hidden(config.model, config.hidden, spec.input_size, spec.output_size)
     seed_everything(config.seed)
     return MemoryNet(config.model, spec.input_size, hidden, spec.output_size, readout=spec.readout,
-                     forget_bias=_parse_bias(config.forget_bias), t_max=config.T + config.T // 10)  # fmt: skip
+                     forget_bias=_parse_bias(config.forget_bias), t_max=config.T + config.T // 10,
+                     ragged=config.ragged)  # fmt: skip
 
 
 @torch.no_grad()

@@ -37,8 +37,10 @@ def make_plots(
     max_sequences: int = 100_000,
     seed: int = 0,
     n_sequences: int = 64,
-) -> list[Path]:
-    """Write the gradient-flow and gate PNGs for the adding problem at ``T``; returns their paths.
+) -> tuple[list[Path], dict[str, dict[str, list[float]]]]:
+    """Write the gradient-flow and gate PNGs for the adding problem at ``T``.
+
+    Returns their paths and, per curve ("LSTM, trained", ...), the norms at lags 0, T/2 and T-1.
 
     ``lstm`` / ``rnn``: a checkpoint path, a trained :class:`MemoryNet`, or None (train one here).
     """
@@ -61,12 +63,13 @@ def make_plots(
     for name, (config, model) in trained.items():
         curves[f"{name.upper()}, init"] = gradient_flow(build_model(config), x, batch.target)
         curves[f"{name.upper()}, trained"] = gradient_flow(model, x, batch.target)
-    for label, res in curves.items():
-        log.info("%s: %s at lags (0, T/2, T-1)", label, lag_summary(res, (0, T // 2, T - 1)))
+    lags = {label: lag_summary(res, (0, T // 2, T - 1)) for label, res in curves.items()}
+    for label, summary in lags.items():
+        log.info("%s: %s at lags (0, T/2, T-1)", label, summary)
     grad_png = plot_gradient_flow(curves, out_dir / f"memory_gradflow_T{T}.png",
                                   title=f"Adding problem, T = {T}: gradient norms against the lag")  # fmt: skip
     one = data.adding_batch(test_rng, 1, T)
     gates_png = plot_gates(trained["lstm"][1], one.x, one.marks[0], out_dir / f"memory_gates_T{T}.png",
                            title=f"Trained LSTM, adding problem T = {T}: input and forget gates "
                                  f"(red: the marked steps, target {float(one.target[0]):.3f})")  # fmt: skip
-    return [grad_png, gates_png]
+    return [grad_png, gates_png], lags
