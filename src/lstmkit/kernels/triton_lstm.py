@@ -339,7 +339,7 @@ class Plan:
     """How a (B, H, dtype, device) recurrence is tiled and launched; ``repr`` shows it.
 
     On a GPU (unmeasured heuristics, see docs/gpu.md): the smallest hidden tile (8 .. 128 units) whose
-    grid fits the SMs and whose weights fit ``RESIDENT_BUDGET`` -> persistent + resident; else a
+    grid fits the SMs and whose on-chip tiles fit ``SMEM_BUDGET`` -> persistent + resident; else a
     grid that fits the SMs with weights streamed from L2 -> persistent; else step-wise, streamed.
     ``mode`` forces ``persistent`` or ``stepwise``; ``tiles`` = (BLOCK_B, BLOCK_H[, BLOCK_K]) and
     ``resident`` override the tiling (tests and tuning); ``sm_count`` lets one plan without a GPU.
@@ -353,6 +353,11 @@ class Plan:
             raise ValueError(f"mode must be 'auto', 'persistent' or 'stepwise', got {mode!r}")
         self.interpret = device.type != "cuda"
         self.dtype = dtype
+        # Matters for float32 only (bf16/fp16 products are exact in fp32): tf32 when torch allows it, else
+        # FP32_PRECISION. Ignored by the interpreter.
+        allow_tf32 = torch.backends.cuda.matmul.allow_tf32
+        self.precision = FP32_PRECISION if dtype == torch.float32 and not allow_tf32 else "tf32"
+        self._split = self.precision == "tf32x3"
         self.H_PAD = max(16, _next_pow2(H))
         self.BLOCK_K = 64 if not self.interpret else 16
         size = torch.empty((), dtype=dtype).element_size()
@@ -373,11 +378,11 @@ class Plan:
         self.n_btiles = math.ceil(B / self.BLOCK_B)
         self.n_htiles = math.ceil(H / self.BLOCK_H)
         self.programs = self.n_btiles * self.n_htiles
-        self.resident_bytes = 4 * self.BLOCK_H * self.H_PAD * size  # W_hh tile held on chip
-        fits = self.resident_bytes <= RESIDENT_BUDGET
+        self.smem_bytes = _resident_smem(self.BLOCK_B, self.BLOCK_H, self.H_PAD, size, self._split)
+        fits = self.interpret or self.smem_bytes <= SMEM_BUDGET
         self.resident = fits if resident is None else resident
         if self.resident and not fits:
-            raise ValueError(f"resident weights need {self.resident_bytes} bytes per program (> {RESIDENT_BUDGET})")
+            raise ValueError(f"resident weights need {self.smem_bytes} bytes of shared memory (> {SMEM_BUDGET})")
         if self.interpret:
             # programs run one after another: a barrier among several hidden tiles could never be passed
             can_persist = self.n_htiles == 1
@@ -396,16 +401,13 @@ class Plan:
         else:
             self.dot = {torch.float64: tl.float64, torch.float32: tl.float32, torch.bfloat16: tl.bfloat16,
                         torch.float16: tl.float16}[dtype]  # fmt: skip
-        # "ieee" matters for float32 only (bf16/fp16 products are exact in fp32); tf32 when torch allows it.
-        allow_tf32 = not self.interpret and torch.backends.cuda.matmul.allow_tf32
-        self.precision = "ieee" if dtype in (torch.float32, torch.float64) and not allow_tf32 else "tf32"
 
     def _gpu_block_h(self, B: int, H: int, size: int, sms: int, mode: str, resident: bool | None) -> int:
         n_b = math.ceil(B / self.BLOCK_B)
         fits_sms = [bh for bh in (8, 16, 32, 64, 128) if n_b * math.ceil(H / bh) <= sms]
         if mode != "stepwise" and resident is not False:
             for bh in fits_sms:  # smallest tile = most SMs busy
-                if 4 * bh * self.H_PAD * size <= RESIDENT_BUDGET:
+                if _resident_smem(self.BLOCK_B, bh, self.H_PAD, size, self._split) <= SMEM_BUDGET:
                     return bh
         if mode != "stepwise" and fits_sms:
             return max(16, fits_sms[0])
@@ -427,10 +429,21 @@ class Plan:
                 f"weights {weights}, warps={self.num_warps})")  # fmt: skip
 
 
-#: bytes of W_hh one program may keep on chip (4 gates x BLOCK_H x H_PAD). Triton places the resident
-#: tile in shared memory (seen in the TTGIR for sm_90); an H100/H200 SM has 227 KiB of it per block,
-#: and the h_{t-1} tile and the compiler's staging need the rest. To tune on the GPU.
-RESIDENT_BUDGET = 160 * 1024
+#: Shared memory one resident program may use. Triton keeps the resident W_hh tile and the h_{t-1}
+#: (backward: da_{t+1}) operand tile in shared memory (seen in the TTGIR and in the compile report of
+#: benchmarks/gpu.py --compile-only for sm_90); an H100/H200 block may have 227 KiB.
+SMEM_BUDGET = 200 * 1024
+#: tl.dot precision for float32 without TF32: "tf32x3" (three TF32 tensor-core products, about fp32
+#: accuracy) or "ieee" (exact fp32 FMA, no tensor cores: slow, and slow to compile at large H).
+FP32_PRECISION = "tf32x3"
+
+
+def _resident_smem(block_b: int, block_h: int, h_pad: int, size: int, split: bool = False) -> int:
+    """Shared memory of a resident program: 4 gates x (H_PAD, BLOCK_H) weights + a (BLOCK_B, H_PAD) operand.
+
+    ``split``: tf32x3 keeps a high and a low TF32 part of each operand (twice the bytes, as compiled for sm_90).
+    """
+    return (4 * block_h + block_b) * h_pad * size * (2 if split else 1)
 
 
 @functools.cache

@@ -1,0 +1,428 @@
+"""GPU benchmark and check of the Triton LSTM kernels against cuDNN (``torch.nn.LSTM``): ONE prepared script.
+
+On a GPU it (1) checks every kernel (persistent and step-wise launch, resident and streamed weights)
+against the float64 references: the NumPy reference (:mod:`lstmkit.reference`) on the first steps of
+each shape, and cuDNN in float64 on the whole shape, reporting ||out - ref|| / ||ref|| for the output,
+the final state and every gradient; (2) times forward (inference, no autograd) and forward+backward
+of one layer (input size = H) at the issue's five shapes in fp32 (TF32 off), bf16 and fp16 against
+``torch.nn.LSTM`` of the same dtype, with CUDA events, warm-up and medians; (3) prints a table with
+the ratios (cuDNN / ours: > 1 means faster than cuDNN; and against cuDNN fp16, goal 3) and writes it,
+with the GPU's name, to ``--out``. A time budget (``--budget-s``, default 450 s) stops the timing
+early and still writes what was measured, so one run fits in 8 minutes.
+
+Without a GPU:
+
+* ``--compile-only`` compiles every kernel the GPU plan would launch at the five shapes for sm_90
+  (Triton compiles ahead of time without a device) and reports registers, spills and shared memory;
+* ``--dry-run`` runs the whole script end to end at tiny shapes on the CPU (Triton interpreter;
+  timings there are meaningless and are marked so).
+
+Run::
+
+    python benchmarks/gpu.py --out gpu_results.md          # on the GPU, < 8 minutes
+    python benchmarks/gpu.py --dry-run --out /tmp/dry.md     # anywhere, seconds
+    python benchmarks/gpu.py --compile-only                  # anywhere, about a minute
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import math
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lstmkit import reference as ref
+from lstmkit.kernels import triton_lstm as tk
+
+log = logging.getLogger("benchmarks.gpu")
+
+#: The issue's shapes (T, B, H), input size = H, one layer.
+SHAPES = [(35, 20, 650), (1024, 8, 256), (256, 16, 768), (128, 256, 1024), (100, 1, 512)]
+#: --dry-run shapes: tiny, for the interpreter.
+DRY_SHAPES = [(3, 2, 8), (4, 3, 12)]
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: The issue's bounds on ||out - ref|| / ||ref|| (fp32 without TF32; bf16); fp16 gets bf16's.
+TOL = {"fp32": 1e-5, "bf16": 1e-2, "fp16": 1e-2}
+#: Steps of each shape checked against the NumPy reference (it is slow at large shapes).
+REF_STEPS = 12
+
+
+# ---------------------------------------------------------------------------------------------
+# Cases
+# ---------------------------------------------------------------------------------------------
+
+
+def make_case(T: int, B: int, H: int, device: str, seed: int = 0):
+    """torch.nn.LSTM(H, H) in float64 with random (never zero) weights, input, state, output gradient."""
+    g = torch.Generator().manual_seed(seed)
+    m = torch.nn.LSTM(H, H, dtype=torch.float64)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) / math.sqrt(H))
+    x = torch.randn(T, B, H, generator=g, dtype=torch.float64)
+    h0 = torch.randn(1, B, H, generator=g, dtype=torch.float64) * 0.5
+    c0 = torch.randn(1, B, H, generator=g, dtype=torch.float64) * 0.5
+    gy = torch.randn(T, B, H, generator=g, dtype=torch.float64)
+    return m.to(device), x.to(device), h0.to(device), c0.to(device), gy.to(device)
+
+
+def run_ours(weights, x, h0, c0, gy, dtype, **kw):
+    """Outputs and gradients of loss = sum(y * gy) + 1.3 sum(h_T) + 0.7 sum(c_T) on the Triton kernels."""
+    leaf = [t.detach().to(dtype).clone().requires_grad_() for t in (x, h0, c0, *weights)]
+    xt, h0t, c0t, *wt = leaf
+    y, h, c = tk.lstm(xt, (h0t, c0t), wt, bias=True, num_layers=1, dropout=0.0, training=True,
+                      bidirectional=False, batch_first=False, **kw)  # fmt: skip
+    ((y.double() * gy).sum() + 1.3 * h.double().sum() + 0.7 * c.double().sum()).backward()
+    return [y, h, c] + [t.grad for t in leaf]
+
+
+def run_torch64(m, x, h0, c0, gy):
+    """The same on torch.nn.LSTM in float64 (cuDNN / ATen), which the tests tie to the NumPy reference."""
+    leaf = [t.detach().clone().requires_grad_() for t in (x, h0, c0)]
+    m.zero_grad()
+    y, (h, c) = m(*leaf[:1], tuple(leaf[1:]))
+    ((y * gy).sum() + 1.3 * h.sum() + 0.7 * c.sum()).backward()
+    return [y, h, c] + [t.grad for t in leaf] + [p.grad.clone() for p in m._flat_weights]
+
+
+def run_numpy(m, x, h0, c0, gy):
+    """The same on the NumPy reference (float64)."""
+    sd = {k: v.detach().cpu().numpy() for k, v in m.state_dict().items()}
+    p = ref.from_torch(sd)
+    xs = list(x.cpu().numpy())
+    hs, (hT, cT), cache = ref.layer_forward(xs, (h0[0].cpu().numpy(), c0[0].cpu().numpy()), p)
+    grads, dxs, (dh0, dc0) = ref.layer_backward(list(gy.cpu().numpy()), cache,
+                                                (np.full_like(hT, 1.3), np.full_like(cT, 0.7)))  # fmt: skip
+    tg = ref.to_torch(grads)
+    return [np.stack(hs), hT[None], cT[None], np.stack(dxs), dh0[None], dc0[None],
+            tg["weight_ih_l0"], tg["weight_hh_l0"], tg["bias_ih_l0"], tg["bias_ih_l0"]]  # fmt: skip
+
+
+NAMES = ["y", "h_n", "c_n", "dx", "dh0", "dc0", "dW_ih", "dW_hh", "db_ih", "db_hh"]
+
+
+def rel_errors(got, want) -> dict[str, float]:
+    out = {}
+    for name, a, b in zip(NAMES, got, want):
+        a = a.detach().double().cpu().numpy()
+        b = b.detach().cpu().numpy() if isinstance(b, torch.Tensor) else b
+        out[name] = float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
+        if not np.isfinite(a).all():
+            out[name] = float("nan")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Correctness
+# ---------------------------------------------------------------------------------------------
+
+
+def check(shapes, dtypes, device: str) -> list[dict]:
+    """Every kernel variant at every shape and dtype against the float64 references."""
+    rows = []
+    for T, B, H in shapes:
+        m, x, h0, c0, gy = make_case(T, B, H, device)
+        variants = [("auto", {})]
+        if (T, B, H) == shapes[0]:  # the other launch / weight modes, once
+            variants += [("stepwise", {"mode": "stepwise"}), ("streamed", {"resident": False})]
+        Tr = min(T, REF_STEPS)
+        want_np = run_numpy(m, x[:Tr], h0, c0, gy[:Tr])
+        want_t = run_torch64(m, x, h0, c0, gy)
+        for dname in dtypes:
+            for vname, kw in variants:
+                try:
+                    plan = tk.plan(B, H, DTYPES[dname], device, **kw)
+                    e_np = rel_errors(run_ours(m._flat_weights, x[:Tr], h0, c0, gy[:Tr], DTYPES[dname], **kw), want_np)
+                    e_t = rel_errors(run_ours(m._flat_weights, x, h0, c0, gy, DTYPES[dname], **kw), want_t)
+                    worst = max(max(e_np.values()), max(e_t.values()))
+                    ok = worst < TOL[dname]  # nan compares False: a NaN fails
+                    rows.append(dict(shape=(T, B, H), dtype=dname, variant=vname, plan=repr(plan),
+                                     ref_numpy=max(e_np.values()), ref_full=max(e_t.values()),
+                                     worst_field=max({**e_np, **e_t}.items(), key=lambda kv: kv[1])[0],
+                                     ok=ok))  # fmt: skip
+                except Exception as e:  # report, go on: one broken config must not hide the others
+                    nan = float("nan")
+                    rows.append(dict(shape=(T, B, H), dtype=dname, variant=vname, plan="", ref_numpy=nan,
+                                     ref_full=nan, worst_field=f"{type(e).__name__}: {e}"[:200], ok=False))  # fmt: skip
+                log.info("check %s", rows[-1])
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Timing
+# ---------------------------------------------------------------------------------------------
+
+
+def time_ms(fn: Callable[[], object], device: str, warmup: int, iters: int) -> float:
+    """Median milliseconds of ``fn`` (CUDA events on a GPU, perf_counter otherwise)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        if device == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def bench_one(T: int, B: int, H: int, dname: str, device: str, warmup: int, iters: int, stepwise: bool) -> dict:
+    """cuDNN and ours, forward (no autograd) and forward+backward, at one shape and dtype."""
+    dtype = DTYPES[dname]
+    torch.manual_seed(0)
+    m = torch.nn.LSTM(H, H).to(device=device, dtype=dtype)
+    x = torch.randn(T, B, H, device=device, dtype=dtype)
+    h0 = torch.randn(1, B, H, device=device, dtype=dtype)
+    c0 = torch.randn(1, B, H, device=device, dtype=dtype)
+    xg = x.clone().requires_grad_()
+    w = m._flat_weights
+    kw = dict(bias=True, num_layers=1, dropout=0.0, bidirectional=False, batch_first=False)
+
+    def cudnn_fwd():
+        with torch.no_grad():
+            return m(x, (h0, c0))
+
+    def cudnn_fb():
+        y, _ = m(xg, (h0, c0))
+        y.sum().backward()
+
+    def ours_fwd(**mode):
+        with torch.no_grad():
+            return tk.lstm(x, (h0, c0), w, training=False, **kw, **mode)
+
+    def ours_fb(**mode):
+        y, _, _ = tk.lstm(xg, (h0, c0), w, training=True, **kw, **mode)
+        y.sum().backward()
+
+    row = dict(shape=(T, B, H), dtype=dname, plan=repr(tk.plan(B, H, dtype, device)))
+    row["cudnn_fwd"] = time_ms(cudnn_fwd, device, warmup, iters)
+    row["cudnn_fb"] = time_ms(cudnn_fb, device, warmup, iters)
+    for name, mode in (("ours", {}), ("stepwise", {"mode": "stepwise"})):
+        if name == "stepwise" and not stepwise:
+            continue
+        try:
+            row[f"{name}_fwd"] = time_ms(lambda: ours_fwd(**mode), device, warmup, iters)  # noqa: B023
+            row[f"{name}_fb"] = time_ms(lambda: ours_fb(**mode), device, warmup, iters)  # noqa: B023
+        except Exception as e:  # report, go on
+            row[f"{name}_error"] = f"{type(e).__name__}: {e}"[:200]
+    return row
+
+
+def bench(shapes, dtypes, device: str, warmup: int, iters: int, deadline: float) -> list[dict]:
+    rows = []
+    for T, B, H in shapes:
+        for dname in dtypes:
+            if time.monotonic() > deadline:
+                log.warning("time budget spent: %s %s and later not timed", (T, B, H), dname)
+                return rows
+            # the step-wise fallback's timing is the first thing to drop when time runs short
+            rows.append(bench_one(T, B, H, dname, device, warmup, iters, stepwise=time.monotonic() < deadline - 90))
+            log.info("bench %s", rows[-1])
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Compile-only (no GPU needed)
+# ---------------------------------------------------------------------------------------------
+
+_PTR = {torch.float32: "*fp32", torch.bfloat16: "*bf16", torch.float16: "*fp16"}
+
+
+def compile_report(shapes, dtypes, arch: int = 90, sm_count: int = 132) -> list[dict]:
+    """Compile the kernels each shape's GPU plan launches, for sm_``arch``; registers, spills, shared memory."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    rows = []
+    for T, B, H in shapes:
+        for dname in dtypes:
+            dtype = DTYPES[dname]
+            p = tk.plan(B, H, dtype, "cuda", sm_count=sm_count)
+            for kname, fn in (("fwd", tk._fwd_kernel), ("bwd", tk._bwd_kernel)):
+                jf = triton.jit(fn)
+                consts = p.constants(T, B, H)
+                for k in ("T", "B", "H", "n_htiles"):
+                    consts.pop(k)
+                if kname == "fwd":
+                    consts["SAVE"] = True
+                ptr = _PTR[dtype]
+                kinds = {  # pointer arguments: the input dtype, float32 (ACC) or int32
+                    "gx_ptr": ptr, "w_ptr": ptr, "hs_ptr": ptr, "cs_ptr": "*fp32", "gates_ptr": "*fp32",
+                    "sync_ptr": "*i32", "err_ptr": "*i32", "dy_ptr": ptr, "dhn_ptr": ptr, "da_ptr": ptr,
+                    "dc_ptr": "*fp32",
+                }  # fmt: skip
+                sig = {a: kinds.get(a, "i32") for a in jf.arg_names}
+                for k in consts:
+                    sig[k] = "constexpr"
+                cx = {(jf.arg_names.index(k),): v for k, v in consts.items()}
+                src = ASTSource(fn=jf, signature=sig, constexprs=cx)
+                row = dict(shape=(T, B, H), dtype=dname, kernel=kname, plan=repr(p))
+                try:
+                    t0 = time.perf_counter()
+                    kern = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": p.num_warps})
+                    row["compile_s"] = time.perf_counter() - t0
+                    row["shared_bytes"] = kern.metadata.shared
+                    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+                        f.write(kern.asm["cubin"])
+                        f.flush()
+                        res = subprocess.run([str(cuobjdump), "--dump-resource-usage", f.name],
+                                             capture_output=True, text=True, check=True).stdout  # fmt: skip
+                    for field in ("REG", "STACK", "LOCAL"):
+                        tok = [w for w in res.split() if w.startswith(field + ":")]
+                        row[field.lower()] = int(tok[0].split(":")[1]) if tok else None
+                except Exception as e:
+                    row["error"] = f"{type(e).__name__}: {e}"[:300]
+                rows.append(row)
+                log.info("compile %s", row)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------
+
+
+def _f(v, fmt="{:.3g}") -> str:
+    return "—" if v is None else fmt.format(v)
+
+
+def render(machine: str, cmd: str, checks: list[dict], times: list[dict], compiled: list[dict], note: str) -> str:
+    lines = [f"# Triton LSTM vs cuDNN — {machine}", "", f"Command: `{cmd}`  ", f"Date: {_now()}  ", note, ""]
+    if checks:
+        lines += ["## Correctness: ||out - ref|| / ||ref|| over outputs, states and all gradients (worst field)", "",
+                  "| shape (T, B, H) | dtype | kernel | plan | vs NumPy ref (first steps) "
+                  "| vs float64 cuDNN (all steps) | worst | within bound |",
+                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in checks:
+            lines.append(f"| {r['shape']} | {r['dtype']} | {r['variant']} | {r['plan']} "
+                         f"| {_f(r['ref_numpy'], '{:.2e}')} | {_f(r['ref_full'], '{:.2e}')} | {r['worst_field']} "
+                         f"| {'yes' if r['ok'] else 'NO'} |")  # fmt: skip
+        lines.append("")
+    if times:
+        fp16 = {r["shape"]: r for r in times if r["dtype"] == "fp16"}
+        lines += ["## Time, ms (median), one layer, input size = H; speed-up = cuDNN time / ours (> 1: faster)", "",
+                  "| shape | dtype | cuDNN fwd | ours fwd | speed-up | cuDNN fwd+bwd | ours fwd+bwd | speed-up "
+                  "| vs cuDNN fp16 fwd / fwd+bwd | step-wise fwd / fwd+bwd | plan |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in times:
+            of, ob = r.get("ours_fwd"), r.get("ours_fb")
+            h = fp16.get(r["shape"], {})
+            sp = lambda a, b: None if a is None or b is None else a / b  # noqa: E731
+            lines.append(
+                f"| {r['shape']} | {r['dtype']} | {_f(r['cudnn_fwd'])} | {_f(of)} "
+                f"| {_f(sp(r['cudnn_fwd'], of), '{:.2f}x')} "
+                f"| {_f(r['cudnn_fb'])} | {_f(ob)} | {_f(sp(r['cudnn_fb'], ob), '{:.2f}x')} "
+                f"| {_f(sp(h.get('cudnn_fwd'), of), '{:.2f}x')} / {_f(sp(h.get('cudnn_fb'), ob), '{:.2f}x')} "
+                f"| {_f(r.get('stepwise_fwd'))} / {_f(r.get('stepwise_fb'))} | {r['plan']} |"
+            )
+            for k in ("ours_error", "stepwise_error"):
+                if k in r:
+                    lines.append(f"|  | | {k}: {r[k]} | | | | | | | | |")
+        lines.append("")
+    if compiled:
+        lines += ["## Ahead-of-time compile for sm_90 (no GPU needed): resources per program", "",
+                  "| shape | dtype | kernel | plan | registers | spill (LOCAL bytes) | shared bytes | compile s |",
+                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in compiled:
+            if "error" in r:
+                lines.append(f"| {r['shape']} | {r['dtype']} | {r['kernel']} | {r['plan']} "
+                             f"| ERROR: {r['error']} | | | |")  # fmt: skip
+            else:
+                lines.append(f"| {r['shape']} | {r['dtype']} | {r['kernel']} | {r['plan']} | {r.get('reg')} "
+                             f"| {r.get('local')} | {r['shared_bytes']} | {r['compile_s']:.1f} |")  # fmt: skip
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _machine(device: str) -> str:
+    if device == "cuda":
+        p = torch.cuda.get_device_properties(0)
+        return (f"{p.name} ({p.multi_processor_count} SMs), torch {torch.__version__}, "
+                f"cuDNN {torch.backends.cudnn.version()}, triton {_triton_version()}")  # fmt: skip
+    return f"CPU ({platform.processor() or platform.machine()}), Triton interpreter, triton {_triton_version()}"
+
+
+def _triton_version() -> str:
+    import triton
+
+    return triton.__version__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dry-run", action="store_true", help="tiny shapes, CPU interpreter: proves the script runs")
+    ap.add_argument("--compile-only", action="store_true", help="compile for sm_90 and report resources; no GPU")
+    ap.add_argument("--dtypes", default="fp32,bf16,fp16", help="comma-separated subset of fp32,bf16,fp16")
+    ap.add_argument("--shapes", default=None, help="T,B,H;T,B,H;... (default: the issue's five)")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--budget-s", type=float, default=450.0, help="stop timing after this many seconds in all")
+    ap.add_argument("--skip-check", action="store_true")
+    ap.add_argument("--out", type=Path, default=Path("gpu_results.md"))
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    start = time.monotonic()
+    dtypes = [d for d in args.dtypes.split(",") if d]
+    bad = [d for d in dtypes if d not in DTYPES]
+    if bad:
+        raise ValueError(f"--dtypes: unknown {bad}; choose from {sorted(DTYPES)}")
+    if args.shapes:
+        shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes.split(";")]
+    else:
+        shapes = DRY_SHAPES if args.dry_run else SHAPES
+    cmd = "python benchmarks/gpu.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.compile_only:
+        compiled = compile_report(shapes, dtypes)
+        text = render("ahead-of-time compile, no GPU", cmd, [], [], compiled,
+                      "Compile check only: nothing here was run on a GPU.")  # fmt: skip
+        print(text)
+        args.out.write_text(text + "\n")
+        return 0 if all("error" not in r for r in compiled) else 1
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no GPU here; use --dry-run (CPU interpreter) or --compile-only")
+    if args.device == "cpu" and not args.dry_run:
+        raise ValueError("--device cpu runs the Triton interpreter: use it with --dry-run (tiny shapes)")
+    if args.device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False  # the fp32 bound (1e-5) is without TF32
+        torch.backends.cudnn.allow_tf32 = False
+    checks = [] if args.skip_check else check(shapes, dtypes, args.device)
+    deadline = start + args.budget_s
+    times = bench(shapes, dtypes, args.device, args.warmup, args.iters, deadline)
+    note = ("DRY RUN on the CPU interpreter: the times are NOT GPU timings and mean nothing."
+            if args.device == "cpu" else "fp32 with TF32 off (torch and cuDNN).")  # fmt: skip
+    if len(times) < len(shapes) * len(dtypes):
+        note += f" Time budget ({args.budget_s:.0f} s) spent: only {len(times)} of {len(shapes) * len(dtypes)} timed."
+    text = render(_machine(args.device), cmd, checks, times, [], note)
+    print(text)
+    args.out.write_text(text + "\n")
+    log.info("wrote %s in %.0f s", args.out, time.monotonic() - start)
+    return 0 if all(r["ok"] for r in checks) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
