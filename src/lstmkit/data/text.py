@@ -39,6 +39,8 @@ __all__ = [
     "batchify",
     "bptt_windows",
     "load_corpus",
+    "num_random_batches",
+    "num_windows",
     "random_windows",
     "read_text",
     "stdlib_corpus",
@@ -119,7 +121,9 @@ class Corpus:
 def _split_by_fraction(text: str, valid_fraction: float, test_fraction: float) -> dict[str, str]:
     """``text`` -> train | valid | test, in that order (the last fractions are held out)."""
     if not (0 <= valid_fraction < 1 and 0 <= test_fraction < 1 and valid_fraction + test_fraction < 1):
-        raise ValueError(f"valid_fraction={valid_fraction}, test_fraction={test_fraction}: need fractions in [0, 1) summing below 1")
+        raise ValueError(
+            f"valid_fraction={valid_fraction}, test_fraction={test_fraction}: need fractions in [0, 1) summing below 1"
+        )
     n = len(text)
     a = n - int(n * valid_fraction) - int(n * test_fraction)  # exact positions, as nanoGPT's 90/10 split
     b = n - int(n * test_fraction)
@@ -219,7 +223,12 @@ class Vocab:
             kept.append(UNK)
         return cls(kept, level)
 
-    def encode(self, tokens: Sequence[str], what: str = "the data") -> Tensor:
+    def encode(
+        self,
+        tokens: Sequence[str],
+        what: str = "the data",
+        hint: str = "the vocabulary was built from another corpus: use the checkpoint's corpus or retrain",
+    ) -> Tensor:
         """Token ids as a 1-D int64 tensor; unknown tokens map to ``<unk>`` or raise a clear error."""
         unk = self.stoi.get(UNK)
         stoi = self.stoi
@@ -230,8 +239,7 @@ class Vocab:
                 shown = ", ".join(repr(t) for t in missing[:10])
                 raise ValueError(
                     f"{what} has {len(missing)} {'character' if self.level == 'char' else 'word'}(s) not in the "
-                    f"vocabulary ({shown}{', ...' if len(missing) > 10 else ''}); the vocabulary was built from "
-                    f"another corpus: use the checkpoint's corpus or retrain"
+                    f"vocabulary ({shown}{', ...' if len(missing) > 10 else ''}); {hint}"
                 )
             ids = [unk if i < 0 else i for i in ids]
         return torch.tensor(ids, dtype=torch.long)
@@ -273,9 +281,15 @@ def batchify(ids: Tensor, batch_size: int) -> Tensor:
     rows = ids.numel() // batch_size
     if rows < 2:
         raise ValueError(
-            f"{ids.numel()} tokens cannot fill {batch_size} columns of at least 2 tokens; use a longer text or a smaller batch size"
+            f"{ids.numel()} tokens cannot fill {batch_size} columns of at least 2 tokens; "
+            "use a longer text or a smaller batch size"
         )
     return ids[: rows * batch_size].view(batch_size, rows).t().contiguous()  # (rows, B)
+
+
+def num_random_batches(ids: Tensor, batch_size: int, bptt: int) -> int:
+    """How many batches :func:`random_windows` yields."""
+    return ((ids.numel() - bptt) // bptt) // batch_size
 
 
 def num_windows(source: Tensor, bptt: int) -> int:
@@ -313,7 +327,7 @@ def random_windows(
     run sees the same order); ``start`` skips that many batches.
     """
     offset = int(torch.randint(0, bptt, (1,), generator=generator))
-    n = (ids.numel() - offset - 1) // bptt
+    n = (ids.numel() - bptt) // bptt  # the same for every offset, so every epoch has the same length
     if n < batch_size:
         raise ValueError(f"{ids.numel()} tokens give {n} windows of {bptt}; need at least batch_size={batch_size}")
     starts = offset + torch.randperm(n, generator=generator) * bptt
