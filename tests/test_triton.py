@@ -188,3 +188,13 @@ def test_gpu_plans_without_a_gpu():
         tk.plan(256, 1024, torch.float32, "cuda", mode="persistent", sm_count=16)
     with pytest.raises(ValueError, match="mode"):
         tk.plan(3, 12, torch.float32, "cpu", mode="fast")
+
+
+def test_kernels_compile_for_the_gpu_without_one():
+    """Both kernels, persistent with resident weights, build for sm_90 (ahead of time, no device needed)."""
+    kernels = tk.compile_ahead(5, 2, 16, torch.bfloat16)
+    assert set(kernels) == {"fwd", "bwd"}
+    for k in kernels.values():
+        assert len(k.asm["cubin"]) > 0 and 0 < k.metadata.shared <= tk.SMEM_BUDGET
+    with pytest.raises(ValueError, match="CUDA"):
+        tk.warmup(5, 2, 16, torch.float32, "cpu")

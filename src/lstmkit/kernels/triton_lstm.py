@@ -73,6 +73,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -89,7 +90,9 @@ except ImportError:  # pragma: no cover - exercised only where triton is absent
     tl = None
     HAVE_TRITON = False
 
-__all__ = ["HAVE_TRITON", "lstm", "layer", "is_supported", "unsupported_reason", "plan", "Plan"]
+__all__ = [
+    "HAVE_TRITON", "lstm", "layer", "is_supported", "unsupported_reason", "plan", "Plan", "warmup", "compile_ahead",
+]  # fmt: skip
 
 #: dtypes the GPU path takes; float64 runs only under the interpreter (CPU tensors).
 GPU_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -327,7 +330,9 @@ def _compiled(name: str, interpret: bool):
     fn = {"fwd": _fwd_kernel, "bwd": _bwd_kernel}[name]
     if interpret:
         return InterpretedFunction(fn)
-    return triton.jit(fn)
+    # step indices and counts change from launch to launch: specialising on them (== 1, % 16) would compile
+    # the same kernel up to three times
+    return triton.jit(fn, do_not_specialize=["t_start", "n_steps", "T", "n_htiles"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -435,7 +440,8 @@ class Plan:
 SMEM_BUDGET = 200 * 1024
 #: tl.dot precision for float32 without TF32: "tf32x3" (three TF32 tensor-core products, about fp32
 #: accuracy) or "ieee" (exact fp32 FMA, no tensor cores: slow, and slow to compile at large H).
-FP32_PRECISION = "tf32x3"
+#: Environment variable LSTMKIT_TRITON_FP32 overrides it (read at import, so worker processes agree).
+FP32_PRECISION = os.environ.get("LSTMKIT_TRITON_FP32", "tf32x3")
 
 
 def _resident_smem(block_b: int, block_h: int, h_pad: int, size: int, split: bool = False) -> int:
@@ -469,12 +475,75 @@ def _launch(kernel, p: Plan, ptrs: tuple, consts: dict, T: int, t_first: int, do
         kernel[grid](*ptrs, t_start=t_first - s if down else t_first + s, n_steps=1, **consts, **extra)
 
 
+def warmup(
+    T: int, B: int, H: int, dtype: torch.dtype, device: torch.device | str = "cuda", *, inference: bool = True,
+    training: bool = True, stepwise: bool = False, **plan_kw,
+) -> int:  # fmt: skip
+    """Compile, without running, the GPU kernels a (T, B, H, dtype) layer will launch; returns how many.
+
+    Compiled kernels land in Triton's on-disk cache, so worker processes can compile in parallel for a
+    parent that then only loads them (benchmarks/gpu.py does). ``stepwise`` also compiles the step-wise
+    fallback. Arguments must mirror :func:`_launch` exactly, or the cache keys would differ.
+    """
+    acc, i32 = torch.float32, torch.int32
+    n = 0
+    modes = [plan_kw.pop("mode", "auto")] + (["stepwise"] if stepwise else [])
+    for mode in dict.fromkeys(modes):
+        p = Plan(B, H, dtype, torch.device(device), mode, **plan_kw)
+        if p.interpret:
+            raise ValueError("warmup compiles GPU kernels: pass a CUDA device")
+        extra = {"num_warps": p.num_warps, "grid": (p.n_htiles, p.n_btiles)}
+        if p.persistent:
+            extra["launch_cooperative_grid"] = True
+        steps = T if p.persistent else 1
+        fwd = (dtype, dtype, dtype, acc, acc, i32, i32)  # gx, w, hs, cs, gates, sync, err
+        for save in [s for s, on in ((True, training), (False, inference)) if on]:
+            _compiled("fwd", False).warmup(*fwd, t_start=0, n_steps=steps, **p.constants(T, B, H), SAVE=save, **extra)
+            n += 1
+        if training:
+            bwd = (dtype, dtype, dtype, acc, acc, dtype, acc, i32, i32)  # dy, dhn, w, cs, gates, da, dc, sync, err
+            _compiled("bwd", False).warmup(*bwd, t_start=T - 1, n_steps=steps, **p.constants(T, B, H), **extra)
+            n += 1
+    return n
+
+
+def compile_ahead(
+    T: int, B: int, H: int, dtype: torch.dtype, *, arch: int = 90, sm_count: int = 132, **plan_kw
+) -> dict:  # fmt: skip
+    """Compile, for sm_``arch`` and without a GPU, the training kernels a (T, B, H, dtype) layer would use.
+
+    Returns ``{"fwd": CompiledKernel, "bwd": CompiledKernel}`` (``.asm["cubin"]``, ``.metadata.shared``):
+    the check that the kernels build for the GPU at all, and what they cost in shared memory.
+    """
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    p = Plan(B, H, dtype, torch.device("cuda"), sm_count=sm_count, **plan_kw)
+    ptr = {torch.float32: "*fp32", torch.bfloat16: "*bf16", torch.float16: "*fp16"}[dtype]
+    kinds = {  # pointer arguments: the input dtype, float32 (ACC) or int32; the rest are int32
+        "gx_ptr": ptr, "w_ptr": ptr, "hs_ptr": ptr, "cs_ptr": "*fp32", "gates_ptr": "*fp32", "sync_ptr": "*i32",
+        "err_ptr": "*i32", "dy_ptr": ptr, "dhn_ptr": ptr, "da_ptr": ptr, "dc_ptr": "*fp32",
+    }  # fmt: skip
+    out = {}
+    for name in ("fwd", "bwd"):
+        jf = _compiled(name, False)
+        consts = {k: v for k, v in p.constants(T, B, H).items() if k not in ("T", "B", "H", "n_htiles")}
+        if name == "fwd":
+            consts["SAVE"] = True
+        sig = {a: "constexpr" if a in consts else kinds.get(a, "i32") for a in jf.arg_names}
+        cx = {(jf.arg_names.index(k),): v for k, v in consts.items()}
+        src = ASTSource(fn=jf, signature=sig, constexprs=cx)
+        out[name] = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": p.num_warps})
+    return out
+
+
 def _raise_on_timeout(err: Tensor, where: str) -> None:
-    if int(err.item()) != 0:
-        raise RuntimeError(
-            f"triton LSTM {where}: a grid barrier timed out (programs not co-resident?); "
-            "run with mode='stepwise' and report the GPU and shape"
-        )
+    msg = (f"triton LSTM {where}: a grid barrier timed out (programs not co-resident?); "
+           "run with mode='stepwise' and report the GPU and shape")  # fmt: skip
+    if err.is_cuda:  # no host sync: a device-side assert, raised at the next synchronisation
+        torch._assert_async(err[0] == 0, msg)
+    elif int(err.item()) != 0:
+        raise RuntimeError(msg)
 
 
 # ---------------------------------------------------------------------------------------------
