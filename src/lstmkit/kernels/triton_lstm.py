@@ -96,8 +96,21 @@ __all__ = [
 
 #: dtypes the GPU path takes; float64 runs only under the interpreter (CPU tensors).
 GPU_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-#: seconds a program waits at a grid barrier before it gives up and flags a deadlock.
+#: nanoseconds a program waits at a grid barrier before it gives up and flags a deadlock.
 BARRIER_TIMEOUT_NS = 2_000_000_000
+#: the same bound, counted in spins, where triton has no tl.atomic_poll (each spin is an L2 round trip).
+SPIN_LIMIT = 2_000_000
+#: tl.atomic_poll appeared in triton 3.9; older versions spin on tl.atomic_add(ptr, 0).
+HAVE_POLL = HAVE_TRITON and hasattr(tl, "atomic_poll")
+#: cooperative launch (all programs co-resident, or the launch fails) appeared in triton 3.2 or so.
+HAVE_COOPERATIVE = False
+if HAVE_TRITON:
+    try:
+        from triton.backends.nvidia.compiler import CUDAOptions
+
+        HAVE_COOPERATIVE = "launch_cooperative_grid" in CUDAOptions.__dataclass_fields__
+    except Exception:  # pragma: no cover - no NVIDIA backend in this triton
+        pass
 
 
 def _next_pow2(n: int) -> int:
@@ -137,6 +150,8 @@ def _fwd_kernel(
     RESIDENT: tl.constexpr,  # W_hh tile loaded once, kept on chip; else streamed from L2 every step
     SAVE: tl.constexpr,
     TIMEOUT_NS: tl.constexpr,
+    POLL: tl.constexpr,  # tl.atomic_poll exists (triton >= 3.9)
+    SPIN_LIMIT: tl.constexpr,  # barrier spins before a timeout is flagged when there is no atomic_poll
 ):
     pid_h = tl.program_id(0)
     pid_b = tl.program_id(1)
@@ -209,7 +224,15 @@ def _fwd_kernel(
             tl.debug_barrier()  # all threads' stores of h_t precede the release
             ctr = sync_ptr + pid_b * T + t
             tl.atomic_add(ctr, 1, sem="release", scope="gpu")
-            ok = tl.atomic_poll(ctr, n_htiles, sem="acquire", scope="gpu", timeout_ns=TIMEOUT_NS)
+            if POLL:  # triton >= 3.9: one thread spins, with a timeout on the GPU clock
+                ok = tl.atomic_poll(ctr, n_htiles, sem="acquire", scope="gpu", timeout_ns=TIMEOUT_NS)
+            else:  # older triton: spin on an atomic read, at most SPIN_LIMIT times
+                seen = tl.atomic_add(ctr, 0, sem="acquire", scope="gpu")
+                spins = 0
+                while (seen < n_htiles) & (spins < SPIN_LIMIT):
+                    seen = tl.atomic_add(ctr, 0, sem="acquire", scope="gpu")
+                    spins += 1
+                ok = seen >= n_htiles
             if not ok:
                 tl.atomic_xchg(err_ptr, 1)
             tl.debug_barrier()
@@ -241,6 +264,8 @@ def _bwd_kernel(
     PERSIST: tl.constexpr,
     RESIDENT: tl.constexpr,
     TIMEOUT_NS: tl.constexpr,
+    POLL: tl.constexpr,  # tl.atomic_poll exists (triton >= 3.9)
+    SPIN_LIMIT: tl.constexpr,  # barrier spins before a timeout is flagged when there is no atomic_poll
 ):
     pid_h = tl.program_id(0)
     pid_b = tl.program_id(1)
@@ -317,7 +342,15 @@ def _bwd_kernel(
             tl.debug_barrier()
             ctr = sync_ptr + pid_b * T + t
             tl.atomic_add(ctr, 1, sem="release", scope="gpu")
-            ok = tl.atomic_poll(ctr, n_htiles, sem="acquire", scope="gpu", timeout_ns=TIMEOUT_NS)
+            if POLL:  # triton >= 3.9: one thread spins, with a timeout on the GPU clock
+                ok = tl.atomic_poll(ctr, n_htiles, sem="acquire", scope="gpu", timeout_ns=TIMEOUT_NS)
+            else:  # older triton: spin on an atomic read, at most SPIN_LIMIT times
+                seen = tl.atomic_add(ctr, 0, sem="acquire", scope="gpu")
+                spins = 0
+                while (seen < n_htiles) & (spins < SPIN_LIMIT):
+                    seen = tl.atomic_add(ctr, 0, sem="acquire", scope="gpu")
+                    spins += 1
+                ok = seen >= n_htiles
             if not ok:
                 tl.atomic_xchg(err_ptr, 1)
             tl.debug_barrier()
@@ -424,7 +457,8 @@ class Plan:
         return dict(
             T=T, B=B, H=H, n_htiles=self.n_htiles, BLOCK_B=self.BLOCK_B, BLOCK_H=self.BLOCK_H,
             BLOCK_K=self.BLOCK_K, H_PAD=self.H_PAD, ACC=self.acc, DOT=self.dot, PRECISION=self.precision,
-            PERSIST=self.persistent, RESIDENT=self.resident, TIMEOUT_NS=BARRIER_TIMEOUT_NS,
+            PERSIST=self.persistent, RESIDENT=self.resident, TIMEOUT_NS=BARRIER_TIMEOUT_NS, POLL=HAVE_POLL,
+            SPIN_LIMIT=SPIN_LIMIT,
         )  # fmt: skip
 
     def __repr__(self) -> str:
@@ -467,7 +501,7 @@ def _launch(kernel, p: Plan, ptrs: tuple, consts: dict, T: int, t_first: int, do
     grid = (p.n_htiles, p.n_btiles)
     extra = {} if p.interpret else {"num_warps": p.num_warps}
     if p.persistent:
-        if not p.interpret:
+        if not p.interpret and HAVE_COOPERATIVE:
             extra["launch_cooperative_grid"] = True  # co-residency guaranteed, or the launch fails
         kernel[grid](*ptrs, t_start=t_first, n_steps=T, **consts, **extra)
         return
@@ -493,7 +527,7 @@ def warmup(
         if p.interpret:
             raise ValueError("warmup compiles GPU kernels: pass a CUDA device")
         extra = {"num_warps": p.num_warps, "grid": (p.n_htiles, p.n_btiles)}
-        if p.persistent:
+        if p.persistent and HAVE_COOPERATIVE:
             extra["launch_cooperative_grid"] = True
         steps = T if p.persistent else 1
         fwd = (dtype, dtype, dtype, acc, acc, i32, i32)  # gx, w, hs, cs, gates, sync, err
