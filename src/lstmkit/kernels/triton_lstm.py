@@ -26,10 +26,10 @@ program (CTA) owns one (batch tile, hidden tile) pair for the whole sequence::
 
             hidden units 0 .. H-1
           +--------+--------+-----+--------+
-  batch   | (0, 0) | (0, 1) | ... | (0, n) |   program (pid_b, pid_h) keeps in registers, across all T steps:
-  rows    +--------+--------+-----+--------+     * its rows of W_hh: 4 gates x BLOCK_H units x H  (loaded once)
-  0..B-1  | (1, 0) | ...                   |     * its cell state c (BLOCK_B, BLOCK_H), float32
-          +--------+-----------------------+
+  batch   | (0, 0) | (0, 1) | ... | (0, n) |   program (pid_b, pid_h) keeps on chip, across all T steps:
+  rows    +--------+--------+-----+--------+     * its rows of W_hh: 4 gates x BLOCK_H units x H  (loaded once;
+  0..B-1  | (1, 0) | ...                   |       Triton puts them in shared memory)
+          +--------+-----------------------+     * its cell state c (BLOCK_B, BLOCK_H), float32, in registers
 
   step t, program (b, j):   h_{t-1}[b, :]  (all H units, read from global / L2)
                             a = h_{t-1}[b, :] @ W_hh[gates of j, :]^T + gx[t, b, gates of j]   fp32 accumulate
@@ -39,9 +39,14 @@ program (CTA) owns one (batch tile, hidden tile) pair for the whole sequence::
 Batch tiles never talk to each other, so each batch tile has its own barrier counters. The barrier is
 one counter per (batch tile, step) in global memory: every program adds 1 (release) and polls until
 the counter equals the number of hidden tiles (acquire); a counter is used once, so polling for
-equality cannot miss. This needs all programs resident at once, which a cooperative launch
+equality cannot miss (triton < 3.9 has no ``tl.atomic_poll``: a bounded spin on an atomic read does the
+same). This needs all programs resident at once, which a cooperative launch
 (``launch_cooperative_grid=True``) guarantees or refuses, so the persistent mode is used only when the
 grid fits the GPU (``programs <= SMs``); the polls carry a timeout that turns a deadlock into an error.
+
+When the weight tile and the ``h`` tile do not fit in shared memory (large H in float32, large batch
+tiles) the weights are **streamed**: the same loop reads W_hh from L2 in chunks of ``BLOCK_K`` rows at
+every step instead of keeping it (``RESIDENT=False``); the launch can still be persistent.
 
 The backward kernel is the mirror image: program (b, j) keeps the *columns* j of W_hh (4H x BLOCK_H),
 reads the whole ``da_{t+1}`` (B, 4H) written by all programs at the previous step, forms
@@ -55,13 +60,16 @@ programs one after another, so a grid barrier among several programs could never
 
 Precision: ``h`` and the weights are in the input dtype (float32, bfloat16 or float16); products are
 accumulated in float32 (``tl.dot``), gates and the cell state are float32, and the saved activations
-for the backward pass are float32. In float32 the recurrent product uses IEEE fp32 unless
-``torch.backends.cuda.matmul.allow_tf32`` is on. Float64 runs only under the interpreter (tests).
+for the backward pass are float32. In float32 the recurrent product is ``tf32x3`` (three TF32
+tensor-core products, close to fp32; :data:`FP32_PRECISION`, or ``ieee`` for exact fp32 FMA), and
+plain TF32 when ``torch.backends.cuda.matmul.allow_tf32`` is on. Float64 runs only under the
+interpreter (tests).
 
-Expected performance (not measured; see docs/gpu.md): per step each program reads ``BLOCK_B x H`` of
-``h`` from L2 and does ``BLOCK_B x 4 BLOCK_H x H`` MACs on resident weights, plus one grid barrier
-(a few microseconds of atomics round-trips through L2). Whether the resident weights really stay in
-registers (no spills) is up to the Triton compiler and is the first thing to check on a GPU.
+Expected performance (NOT measured; see docs/gpu.md): per step each program reads ``BLOCK_B x H`` of
+``h`` from L2 and does ``BLOCK_B x 4 BLOCK_H x H`` MACs on its resident weights, plus one grid barrier
+(atomic round trips through L2). The compile report (``benchmarks/gpu.py --compile-only``) shows no
+register spills for sm_90 at the issue's shapes; the real per-step latency is the first thing to
+measure on a GPU.
 
 Hooks for variants (layer norm, zoneout, peephole, ...; owned by ``lstmkit.nn``): every variant that
 changes only the element-wise cell math goes where the comment ``# cell`` marks the kernels; layer norm
