@@ -139,7 +139,7 @@ def test_stack_matches_torch_lstm(bidirectional, batch_first, bias):
 
 
 def test_eval_ignores_dropout_and_no_grad_runs():
-    """training=False switches dropout off; under no_grad nothing is saved and outputs are the same."""
+    """training=False switches dropout off; without autograd nothing is saved and the outputs are the same."""
     w, x, h0, c0, _ = one_layer_case(2, 2, 3, 4, seed=11)
     ws = w + [t.clone() for t in w]  # two layers: the second takes H = 4 inputs
     ws[4] = torch.randn(16, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
@@ -148,8 +148,10 @@ def test_eval_ignores_dropout_and_no_grad_runs():
     a = tk.lstm(x, hx, ws, **{**kw, "dropout": 0.5, "training": False})
     with torch.no_grad():
         b = tk.lstm(x, hx, ws, **{**kw, "dropout": 0.0})
-    for u, v in zip(a, b):
+    saved = tk.lstm(x.clone().requires_grad_(), hx, ws, **{**kw, "dropout": 0.0})  # stores every step for backward
+    for u, v, w in zip(a, b, saved):
         torch.testing.assert_close(u, v, rtol=0, atol=0)
+        torch.testing.assert_close(u, w.detach(), rtol=0, atol=0)
 
 
 def test_supported_configurations():

@@ -137,7 +137,8 @@ def _fwd_kernel(
     gx_ptr,  # (T, B, 4H) x W_ih^T + b, input dtype
     w_ptr,  # (4H, H) W_hh, input dtype, contiguous
     hs_ptr,  # (T+1, B, H) input dtype; hs[0] = h_0 on entry, hs[t+1] = h_t on exit
-    cs_ptr,  # (T+1, B, H) ACC; cs[t_start] = c_{t_start-1} on entry, cs[t+1] = c_t on exit
+    cs_ptr,  # (T+1, B, H) ACC; cs[t_start] = c_{t_start-1} on entry; cs[t+1] = c_t on exit: every step
+    # when SAVE, else only the launch's last step (the carry, or c_T)
     gates_ptr,  # (T, B, 4H) ACC: i, f, g, o after activation (written when SAVE)
     sync_ptr,  # (n_btiles, T) int32 zeros: barrier counters (PERSIST)
     err_ptr,  # (1,) int32: set to 1 when a barrier times out
@@ -221,8 +222,8 @@ def _fwd_kernel(
         c = f_t * c + i_t * g_t
         h_t = o_t * (2.0 / (1.0 + tl.exp(-2.0 * c)) - 1.0)
         tl.store(hs_ptr + (t + 1) * B * H + bh, h_t.to(hs_ptr.dtype.element_ty), mask=m_bj)
-        tl.store(cs_ptr + (t + 1) * B * H + bh, c, mask=m_bj)
-        if SAVE:
+        if SAVE:  # what the backward pass needs: c_t and the gates of every step
+            tl.store(cs_ptr + (t + 1) * B * H + bh, c, mask=m_bj)
             sv = gates_ptr + t * B * 4 * H + b4h
             tl.store(sv + 0 * H, i_t, mask=m_bj)
             tl.store(sv + 1 * H, f_t, mask=m_bj)
@@ -244,6 +245,7 @@ def _fwd_kernel(
             if not ok:
                 tl.atomic_xchg(err_ptr, 1)
             tl.debug_barrier()
+    tl.store(cs_ptr + (t_start + n_steps) * B * H + bh, c, mask=m_bj)  # the carried (or final) cell state
 
 
 def _bwd_kernel(
