@@ -318,6 +318,7 @@ def fit(
     last, best_path = out / "last.pt", out / "best.pt"
     rank, world = distributed()
     writer = rank == 0
+    say = log.info if writer else log.debug  # one rank speaks
     model = task.model
     net: torch.nn.Module = model
     if world > 1:
@@ -338,7 +339,7 @@ def fit(
         set_rng_state(ck["rng"])
         epoch, step, gstep, best = ck["epoch"], ck["step_in_epoch"], ck["global_step"], ck["best_loss"]
         metrics.truncate_after(gstep)
-        log.info("resumed from %s at epoch %d, step %d", last, epoch + 1, step)
+        say("resumed from %s at epoch %d, step %d", last, epoch + 1, step)
     else:
         existing = [p for p in (last, best_path) if p.exists()]
         if existing and not overwrite:
@@ -375,7 +376,7 @@ def fit(
         nonlocal best
         m = task.evaluate("valid")
         metrics.write(_metrics_row("valid", epoch_ + 1, gstep, sched.lr, **m, elapsed=time.perf_counter() - t0))
-        log.info(
+        say(
             "epoch %d  valid loss %.4f  ppl %.2f%s", epoch_ + 1, m["loss"], math.exp(min(m["loss"], 50)),
             f"  bpc {m['bpc']:.3f}" if "bpc" in m else "",
         )  # fmt: skip
@@ -423,7 +424,7 @@ def fit(
                 if not bar.disable:
                     log.debug("step %d loss %.4f", gstep, mean)
                 else:
-                    log.info(
+                    say(
                         "epoch %d step %d/%d  loss %.4f  ppl %.2f  %.0f tok/s  lr %.4g",
                         epoch + 1, step, steps_per_epoch, mean, row["ppl"], tok_s, lr,
                     )  # fmt: skip
@@ -438,7 +439,7 @@ def fit(
                 save(last, epoch, step)
         bar.close()
         if stopped:
-            log.info("stopped after %d steps (max_steps=%s, max_minutes=%s)", gstep, cfg.max_steps, cfg.max_minutes)
+            say("stopped after %d steps (max_steps=%s, max_minutes=%s)", gstep, cfg.max_steps, cfg.max_minutes)
             last_valid = validate(epoch)
             break
         last_valid = validate(epoch)

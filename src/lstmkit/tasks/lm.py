@@ -349,7 +349,7 @@ def train(cfg: LMConfig, *, resume: bool = False, overwrite: bool = False, show_
                 )
         task = LMTask(cfg, corpus, vocab, _device(cfg.device))
         n_params = sum(p.numel() for p in task.model.parameters())
-        log.info(
+        (log.info if task.rank == 0 else log.debug)(
             "corpus %s: %d training %ss, vocabulary %d; model %d parameters; %d steps per epoch",
             corpus.source, task.train_ids.numel(), cfg.level, len(vocab), n_params, task.steps_per_epoch(),
         )  # fmt: skip
@@ -458,16 +458,29 @@ def generate_from_checkpoint(checkpoint: str | os.PathLike, prefix: str = "", le
 # CLI
 
 
+def _field_help() -> dict[str, str]:
+    """Each config field's one-line reason: the comment after it in the dataclass source."""
+    import inspect
+    import re
+
+    out: dict[str, str] = {}
+    for cls in (TrainConfig, LMConfig):  # LMConfig last: its comments win
+        for m in re.finditer(r"^\s+(\w+): [^=\n]+= [^#\n]+#\s*(.+)$", inspect.getsource(cls), re.M):
+            out[m.group(1)] = m.group(2).replace("%", "%%")
+    return out
+
+
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
     d = LMConfig()
+    helps = _field_help()
     for f in fields(LMConfig):
         value = getattr(d, f.name)
         flag = "--" + f.name.replace("_", "-")
         if isinstance(value, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=value, help=helps.get(f.name))
         else:
             p.add_argument(flag, type=str if value is None else type(value), default=value,
-                           help=f"(default: {value})")  # fmt: skip
+                           help=f"{helps.get(f.name, '')} (default: {value!r})")  # fmt: skip
 
 
 def _config_from_args(args: argparse.Namespace) -> LMConfig:
