@@ -213,3 +213,23 @@ def test_barrier_without_atomic_poll(monkeypatch):
     got = triton_case(w, x, h0, c0, gy, torch.float64, mode="persistent", tiles=(1, 16))
     for k, v in want.items():
         assert rel(got[k], v) < 1e-10, k
+
+
+@pytest.mark.parametrize("poll", [True, False])
+def test_broken_barrier_is_flagged_not_hung(poll):
+    """A barrier that can never fill (it waits for 2 programs, 1 runs) times out, sets the error flag, and the
+    kernel still finishes every step."""
+    T, B, H = 3, 2, 4
+    p = tk.plan(B, H, torch.float64, "cpu", mode="persistent")
+    g = torch.Generator().manual_seed(0)
+    f64 = dict(dtype=torch.float64)
+    gx, w = torch.randn(T, B, 4 * H, generator=g, **f64), torch.randn(4 * H, H, generator=g, **f64)
+    hs, cs = torch.zeros(T + 1, B, H, **f64), torch.zeros(T + 1, B, H, **f64)
+    sync, err = torch.zeros(1, T, dtype=torch.int32), torch.zeros(1, dtype=torch.int32)
+    consts = {**p.constants(T, B, H), "n_htiles": 2, "TIMEOUT_NS": 1_000_000, "SPIN_LIMIT": 5, "POLL": poll}
+    tk._compiled("fwd", True)[(1, 1)](gx, w, hs, cs, torch.zeros(1), sync, err, t_start=0, n_steps=T, SAVE=False,
+                                      **consts)  # fmt: skip
+    assert err.item() == 1
+    assert sync.tolist() == [[1, 1, 1]]  # every step was reached once
+    with pytest.raises(RuntimeError, match="barrier timed out"):
+        tk._raise_on_timeout(err, "forward")

@@ -184,6 +184,8 @@ def _fwd_kernel(
         w_g = tl.load(w_ptr + 2 * H * H + w_t, mask=m_kj, other=0.0).to(DOT)
         w_o = tl.load(w_ptr + 3 * H * H + w_t, mask=m_kj, other=0.0).to(DOT)
     c = tl.load(cs_ptr + t_start * B * H + bh, mask=m_bj, other=0.0).to(ACC)  # carried cell state
+    wait_ns = tl.full([], TIMEOUT_NS, tl.int64)  # barrier patience; 0 once a barrier has timed out
+    wait_spins = tl.full([], SPIN_LIMIT, tl.int32)
     for s in range(n_steps):
         t = t_start + s
         gx_t = gx_ptr + t * B * 4 * H + b4h
@@ -234,16 +236,18 @@ def _fwd_kernel(
             ctr = sync_ptr + pid_b * T + t
             tl.atomic_add(ctr, 1, sem="release", scope="gpu")
             if POLL:  # triton >= 3.9: one thread spins, with a timeout on the GPU clock
-                ok = tl.atomic_poll(ctr, n_htiles, sem="acquire", scope="gpu", timeout_ns=TIMEOUT_NS)
-            else:  # older triton: spin on an atomic read, at most SPIN_LIMIT times
+                ok = tl.atomic_poll(ctr, n_htiles, sem="acquire", scope="gpu", timeout_ns=wait_ns)
+            else:  # older triton: spin on an atomic read, at most wait_spins times
                 seen = tl.atomic_add(ctr, 0, sem="acquire", scope="gpu")
                 spins = 0
-                while (seen < n_htiles) & (spins < SPIN_LIMIT):
+                while (seen < n_htiles) & (spins < wait_spins):
                     seen = tl.atomic_add(ctr, 0, sem="acquire", scope="gpu")
                     spins += 1
                 ok = seen >= n_htiles
-            if not ok:
+            if not ok:  # flag it, and stop waiting: a broken barrier costs one timeout, not T of them
                 tl.atomic_xchg(err_ptr, 1)
+                wait_ns = wait_ns * 0
+                wait_spins = wait_spins * 0
             tl.debug_barrier()
     tl.store(cs_ptr + (t_start + n_steps) * B * H + bh, c, mask=m_bj)  # the carried (or final) cell state
 
@@ -299,6 +303,8 @@ def _bwd_kernel(
         w_g = tl.load(w_ptr + 2 * H * H + w_c, mask=m_kj, other=0.0).to(DOT)
         w_o = tl.load(w_ptr + 3 * H * H + w_c, mask=m_kj, other=0.0).to(DOT)
     dc = tl.load(dc_ptr + bh, mask=m_bj, other=0.0).to(ACC)  # carried dLoss/dc_t
+    wait_ns = tl.full([], TIMEOUT_NS, tl.int64)
+    wait_spins = tl.full([], SPIN_LIMIT, tl.int32)
     for s in range(n_steps):
         t = t_start - s
         # dh_t = dy_t + [t = T-1] dh_T + da_{t+1} W_hh (the recurrence; da_T = 0)
@@ -353,16 +359,18 @@ def _bwd_kernel(
             ctr = sync_ptr + pid_b * T + t
             tl.atomic_add(ctr, 1, sem="release", scope="gpu")
             if POLL:  # triton >= 3.9: one thread spins, with a timeout on the GPU clock
-                ok = tl.atomic_poll(ctr, n_htiles, sem="acquire", scope="gpu", timeout_ns=TIMEOUT_NS)
-            else:  # older triton: spin on an atomic read, at most SPIN_LIMIT times
+                ok = tl.atomic_poll(ctr, n_htiles, sem="acquire", scope="gpu", timeout_ns=wait_ns)
+            else:  # older triton: spin on an atomic read, at most wait_spins times
                 seen = tl.atomic_add(ctr, 0, sem="acquire", scope="gpu")
                 spins = 0
-                while (seen < n_htiles) & (spins < SPIN_LIMIT):
+                while (seen < n_htiles) & (spins < wait_spins):
                     seen = tl.atomic_add(ctr, 0, sem="acquire", scope="gpu")
                     spins += 1
                 ok = seen >= n_htiles
-            if not ok:
+            if not ok:  # flag it, and stop waiting: a broken barrier costs one timeout, not T of them
                 tl.atomic_xchg(err_ptr, 1)
+                wait_ns = wait_ns * 0
+                wait_spins = wait_spins * 0
             tl.debug_barrier()
     tl.store(dc_ptr + bh, dc, mask=m_bj)
 
