@@ -17,11 +17,13 @@ Without a GPU:
 * ``--dry-run`` runs the whole script end to end at tiny shapes on the CPU (Triton interpreter;
   timings there are meaningless and are marked so).
 
-Run::
+Run (``PYTHONPATH=src`` where lstmkit is not installed, e.g. the device machine's ``python3``)::
 
     python benchmarks/gpu.py --out gpu_results.md          # on the GPU, < 8 minutes
     python benchmarks/gpu.py --dry-run --out /tmp/dry.md     # anywhere, seconds
-    python benchmarks/gpu.py --compile-only                  # anywhere, about a minute
+    python benchmarks/gpu.py --compile-only                  # anywhere, a few minutes
+
+The exit status is 1 when a check misses its bound (or errors), 0 otherwise.
 """
 
 from __future__ import annotations
