@@ -173,7 +173,7 @@ def plot_gates(model: MemoryNet, x: Tensor, marks: Tensor, path: str | Path, tit
     f = torch.stack(run.f)[:, 0].numpy()
     c = torch.stack(run.c)[:, 0].numpy()
     T = x.shape[0]
-    fig, axes = plt.subplots(4, 1, figsize=(10, 8), sharex=True, gridspec_kw={"height_ratios": [1, 2, 2, 1.5]})
+    fig, axes = plt.subplots(5, 1, figsize=(10, 9.5), sharex=True, gridspec_kw={"height_ratios": [1, 2, 2, 1.3, 1.5]})
     axes[0].plot(x[:, 0, 0].numpy(), lw=0.6, color="0.5", label="value")
     axes[0].plot(x[:, 0, 1].numpy(), lw=1.0, color="k", label="marker")
     axes[0].set(ylabel="input")
@@ -182,8 +182,12 @@ def plot_gates(model: MemoryNet, x: Tensor, marks: Tensor, path: str | Path, tit
         im = ax.imshow(g.T, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
         ax.set(ylabel=f"{name}\nunit")
         fig.colorbar(im, cax=ax.inset_axes([1.01, 0.0, 0.012, 1.0]))  # beside, not shrinking the axes
-    axes[3].plot(c, lw=0.8)
-    axes[3].set(ylabel="cell c_t", xlabel="step t")
+    axes[3].plot(i.max(axis=1), lw=0.9, color="C0", label="max over units of i_t")
+    axes[3].plot(f.min(axis=1), lw=0.9, color="C1", label="min over units of f_t")
+    axes[3].set(ylabel="gates", ylim=(-0.05, 1.05))
+    axes[3].legend(fontsize=7, loc="center right")
+    axes[4].plot(c, lw=0.8)
+    axes[4].set(ylabel="cell c_t", xlabel="step t")
     for ax in axes:
         for m in marks.tolist():
             ax.axvline(m, color="r", lw=0.8, ls=":")

@@ -77,8 +77,11 @@ def _run_task(args: argparse.Namespace) -> int:
 
 
 def _run_plots(args: argparse.Namespace) -> int:
+    import torch
+
     from .plots import make_plots
 
+    torch.set_num_threads(args.threads)
     paths, _ = make_plots(T=args.T, out_dir=args.out_dir, lstm=args.lstm, rnn=args.rnn,
                        max_sequences=args.max_sequences, seed=args.seed)  # fmt: skip
     for p in paths:
@@ -106,4 +109,5 @@ def register(subparsers) -> None:
     q.add_argument("--rnn", default=None, help="trained RNN checkpoint (else: train one)")
     q.add_argument("--max-sequences", type=int, default=100_000, help="budget when training here (default: 100000)")
     q.add_argument("--seed", type=int, default=0, help="(default: 0)")
+    q.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     q.set_defaults(func=_run_plots)

@@ -68,7 +68,11 @@ def make_plots(
         log.info("%s: %s at lags (0, T/2, T-1)", label, summary)
     grad_png = plot_gradient_flow(curves, out_dir / f"memory_gradflow_T{T}.png",
                                   title=f"Adding problem, T = {T}: gradient norms against the lag")  # fmt: skip
-    one = data.adding_batch(test_rng, 1, T)
+    one = data.adding_batch(test_rng, 64, T)
+    # shown: the first sequence whose marks are T/4 or more apart and not on the first pair (a documented pick)
+    pick = int(((one.marks > 0).all(dim=1) & ((one.marks[:, 0] - one.marks[:, 1]).abs() >= T // 4)).nonzero()[0])
+    one = data.Batch(one.x[: one.lengths[pick], pick : pick + 1], one.lengths[pick : pick + 1],
+                     one.target[pick : pick + 1], one.marks[pick : pick + 1])  # fmt: skip
     gates_png = plot_gates(trained["lstm"][1], one.x, one.marks[0], out_dir / f"memory_gates_T{T}.png",
                            title=f"Trained LSTM, adding problem T = {T}: input and forget gates "
                                  f"(red: the marked steps, target {float(one.target[0]):.3f})")  # fmt: skip
