@@ -169,11 +169,23 @@ def tables(out_dir: Path) -> str:
     if grads.exists():
         out += ["### Gradient norms at lags 0, T/2, T-1 (mean over 64 test sequences)", "",
                 "| T | network | ‖dL/dh_t‖ | ‖dh_T/dh_t‖_F | ‖dL/dc_t‖ (LSTM) |", "|---|---|---|---|---|"]  # fmt: skip
-        for T, g in json.loads(grads.read_text()).items():
+        summary = json.loads(grads.read_text())
+        for T, g in summary.items():
             for label, v in g["lags"].items():
+                if label == "gates":
+                    continue
                 fmt = lambda xs: " / ".join(f"{x:.1e}" for x in xs)
                 out.append(f"| {T} | {label} | {fmt(v['dL_dh'])} | {fmt(v.get('dhT_dh', []))} | "
                            f"{fmt(v['dL_dc']) if 'dL_dc' in v else ''} |")  # fmt: skip
+        out.append("")
+        out += ["### Trained LSTM gates on 256 adding test sequences", "",
+                "| T | most open input gate at the marked steps (median) | elsewhere (median / max) "
+                "| per-unit mean forget gate (min / max) |", "|---|---|---|---|"]  # fmt: skip
+        for T, g in summary.items():
+            if "gates" in g["lags"]:
+                v = g["lags"]["gates"]
+                out.append(f"| {T} | {v['i_at_marks']:.2f} | {v['i_elsewhere']:.3f} / {v['i_elsewhere_max']:.3f} | "
+                           f"{v['f_unit_min']:.3f} / {v['f_unit_max']:.4f} |")  # fmt: skip
         out.append("")
     return "\n".join(out)
 

@@ -146,6 +146,16 @@ def test_gradient_flow_vanishes_in_the_rnn_not_in_the_lstm_cell():
     assert res["lstm"]["dL_dc"][-1] > 100 * res["rnn"]["dL_dh"][-1]  # the carousel keeps it
 
 
+def test_gate_summary_reads_the_lstm_gates():
+    b = data.adding_batch(data.streams(0)[1], 16, 20)
+    net = memory.build_model(memory.MemoryConfig(T=20, hidden=8))
+    g = memory.gate_summary(net, memory.fixed_length(b, 20), b.marks)
+    assert set(g) == {"i_at_marks", "i_elsewhere", "i_elsewhere_max", "f_unit_min", "f_unit_max"}
+    assert 0 < g["i_elsewhere"] <= g["i_elsewhere_max"] < 1 and 0 < g["f_unit_min"] <= g["f_unit_max"] < 1
+    with pytest.raises(ValueError, match="LSTM only"):
+        memory.gate_summary(memory.build_model(memory.MemoryConfig(T=20, model="rnn")), b.x[:20], b.marks)
+
+
 # -- the loop --------------------------------------------------------------------------------------
 
 

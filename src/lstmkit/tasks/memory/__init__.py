@@ -16,7 +16,7 @@ inside: gradient norms against the lag and the gates on an adding sequence (:mod
 Command line: ``lstmkit memory adding|order|copy|plots`` (see :mod:`.cli`).
 """
 
-from .analysis import fixed_length, gradient_flow, plot_gates, plot_gradient_flow, unroll
+from .analysis import fixed_length, gate_summary, gradient_flow, plot_gates, plot_gradient_flow, unroll
 from .cli import load_run, register, save_run
 from .data import Batch, adding_batch, copy_batch, streams, temporal_order_batch
 from .experiment import TASKS, MemoryConfig, Result, build_model, evaluate, task_spec, train
@@ -43,6 +43,7 @@ __all__ = [
     "unroll",
     "fixed_length",
     "gradient_flow",
+    "gate_summary",
     "plot_gradient_flow",
     "plot_gates",
     "make_plots",

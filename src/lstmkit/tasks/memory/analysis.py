@@ -31,7 +31,7 @@ from torch import Tensor
 from . import data
 from .models import MemoryNet
 
-__all__ = ["Unrolled", "unroll", "fixed_length", "gradient_flow", "plot_gradient_flow", "plot_gates"]
+__all__ = ["Unrolled", "unroll", "fixed_length", "gradient_flow", "gate_summary", "plot_gradient_flow", "plot_gates"]
 
 
 @dataclass
@@ -123,6 +123,29 @@ def gradient_flow(model: MemoryNet, x: Tensor, target: Tensor, *, jacobian: bool
             sq[-1] = float(h_T.shape[1])  # dh_T/dh_T = identity
             res["dhT_dh"] = sq.sqrt().mean(dim=1).numpy()[::-1].copy()
     return res
+
+
+@torch.no_grad()
+def gate_summary(model: MemoryNet, x: Tensor, marks: Tensor) -> dict[str, float]:
+    """LSTM gate statistics over adding sequences ``x`` (T, B, 2) with marks (B, 2).
+
+    ``i_at_marks`` / ``i_elsewhere``: the median over steps of the largest input gate of any unit
+    (at the marked steps / at all other steps), ``i_elsewhere_max`` its maximum; ``f_unit_min`` /
+    ``f_unit_max``: the smallest and largest per-unit mean forget gate.
+    """
+    if model.model != "lstm":
+        raise ValueError("gate statistics are for an LSTM only")
+    run = unroll(model, x)
+    i_max = torch.stack(run.i).amax(-1)  # (T, B): the most open input gate at each step
+    f = torch.stack(run.f)  # (T, B, H)
+    at_mark = torch.zeros_like(i_max, dtype=torch.bool)
+    rows = torch.arange(x.shape[1])
+    at_mark[marks[:, 0], rows] = True
+    at_mark[marks[:, 1], rows] = True
+    f_unit = f.mean(dim=(0, 1))  # (H,)
+    return {"i_at_marks": float(i_max[at_mark].median()), "i_elsewhere": float(i_max[~at_mark].median()),
+            "i_elsewhere_max": float(i_max[~at_mark].max()), "f_unit_min": float(f_unit.min()),
+            "f_unit_max": float(f_unit.max())}  # fmt: skip
 
 
 def plot_gradient_flow(curves: dict[str, dict[str, np.ndarray]], path: str | Path, title: str = "") -> Path:

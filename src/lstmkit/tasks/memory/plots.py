@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from . import data
-from .analysis import fixed_length, gradient_flow, plot_gates, plot_gradient_flow
+from .analysis import fixed_length, gate_summary, gradient_flow, plot_gates, plot_gradient_flow
 from .experiment import MemoryConfig, build_model, train
 
 __all__ = ["make_plots", "lag_summary"]
@@ -40,7 +40,8 @@ def make_plots(
 ) -> tuple[list[Path], dict[str, dict[str, list[float]]]]:
     """Write the gradient-flow and gate PNGs for the adding problem at ``T``.
 
-    Returns their paths and, per curve ("LSTM, trained", ...), the norms at lags 0, T/2 and T-1.
+    Returns their paths and a summary: per curve ("LSTM, trained", ...) the norms at lags 0, T/2
+    and T-1, and under "gates" the trained LSTM's :func:`gate_summary` on 256 test sequences.
 
     ``lstm`` / ``rnn``: a checkpoint path, a trained :class:`MemoryNet`, or None (train one here).
     """
@@ -76,4 +77,6 @@ def make_plots(
     gates_png = plot_gates(trained["lstm"][1], one.x, one.marks[0], out_dir / f"memory_gates_T{T}.png",
                            title=f"Trained LSTM, adding problem T = {T}: input and forget gates "
                                  f"(red: the marked steps, target {float(one.target[0]):.3f})")  # fmt: skip
+    many = data.adding_batch(test_rng, 256, T)
+    lags["gates"] = gate_summary(trained["lstm"][1], fixed_length(many, T), many.marks)
     return [grad_png, gates_png], lags
