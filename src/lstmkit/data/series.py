@@ -221,13 +221,13 @@ def load_series(
         if dup.any():
             at = ts[np.flatnonzero(dup)[0]]
             raise ValueError(
-                f"duplicate timestamp {at}{where} ({int(dup.sum())} duplicates); "
+                f"duplicate timestamp {_fmt(at)}{where} ({int(dup.sum())} duplicates); "
                 "one row per time step and series: aggregate them or add an --id column"
             )
         if not ts.is_monotonic_increasing:
             i = int(np.flatnonzero(np.diff(ts.asi8) < 0)[0])
             raise ValueError(
-                f"timestamps{where} are not sorted: {ts[i]} comes before {ts[i + 1]} (rows {i}, {i + 1}); "
+                f"timestamps{where} are not sorted: {_fmt(ts[i])} comes before {_fmt(ts[i + 1])} (rows {i}, {i + 1}); "
                 "sort the table by time first"
             )
         parsed.append((sid, g.reset_index(drop=True), ts))
@@ -241,8 +241,8 @@ def load_series(
             extra = ts.difference(full)
             if len(extra):
                 raise ValueError(
-                    f"timestamp {extra[0]} of series {sid!r} is off the {freq!r} calendar that starts at "
-                    f"{ts[0]}; give the right --freq or fix the time column"
+                    f"timestamp {_fmt(extra[0])} of series {sid!r} is off the {freq!r} calendar that starts at "
+                    f"{_fmt(ts[0])}; give the right --freq or fix the time column"
                 )
             if len(full) != len(ts):
                 g = g.set_index(ts).reindex(full).reset_index(drop=True)
@@ -270,13 +270,22 @@ def load_series(
     return SeriesSet(out, targets, covariates, freq, int(season), time, id, name or "data")
 
 
+def _fmt(t) -> str:
+    """A timestamp as a date when it is midnight, else in full."""
+    return str(t.date()) if hasattr(t, "date") and t == t.normalize() else str(t)
+
+
 def _infer_freq(indexes: list) -> str | None:
     pd = require("pandas")
     for ts in sorted(indexes, key=len, reverse=True):
         if len(ts) >= 3:
-            f = pd.infer_freq(ts)
+            try:  # pandas >= 3.1 warns unless asked for the future behaviour (an offset)
+                with pd.option_context("future.infer_freq_returns_offset", True):
+                    f = pd.infer_freq(ts)
+            except (KeyError, pd.errors.OptionError):
+                f = pd.infer_freq(ts)
             if f is not None:
-                return f
+                return getattr(f, "freqstr", f)
     # irregular (gaps): take the most common step if it is a whole number of days
     steps = np.concatenate([np.diff(ts.asi8) for ts in indexes if len(ts) > 1])
     if len(steps):
@@ -294,7 +303,7 @@ def _missing_message(block, ts, sid: str | None) -> str:
     rows, cols = np.nonzero(isna)
     places = []
     for r, c in list(zip(rows, cols))[:5]:
-        at = f"row {r}" if ts is None else f"{ts[r].date() if hasattr(ts[r], 'date') else ts[r]}"
+        at = f"row {r}" if ts is None else _fmt(ts[r])
         places.append(f"{block.columns[c]!r} at {at}")
     where = "" if sid is None else f" in series {sid!r}"
     return (

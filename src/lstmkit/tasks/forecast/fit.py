@@ -138,9 +138,10 @@ class Forecaster:
         net = ForecastNet(cfg, len(self.meta["targets"]), train["xc"].shape[-1])
         opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         N = len(train["y"])
-        best, best_state, bad, epoch = math.inf, copy.deepcopy(net.state_dict()), 0, 0
+        best, best_state, bad, epochs = math.inf, copy.deepcopy(net.state_dict()), 0, 0
         bar = progress(range(cfg.max_epochs), desc=f"forecast net {k + 1}/{cfg.ensemble}", enable=show_progress)
-        for epoch in bar:
+        for _ in bar:
+            epochs += 1
             net.train()
             perm = torch.randperm(N)
             total = 0.0
@@ -151,7 +152,7 @@ class Forecaster:
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
                 opt.step()
-                total += float(loss) * len(b)
+                total += loss.item() * len(b)
             net.eval()
             with torch.no_grad():
                 v = float(net.loss(val["y"], val["xc"], val["yf"], val["xf"], horizon_only=True))
@@ -169,8 +170,8 @@ class Forecaster:
         bar.close()
         net.load_state_dict(best_state)
         net.eval()
-        self.history.append({"epochs": epoch + 1, "best_val_loss": best})
-        log.info("forecast net %d: %d epochs, best validation loss %.4f", k + 1, epoch + 1, best)
+        self.history.append({"epochs": epochs, "best_val_loss": best})
+        log.info("forecast net %d: %d epochs, best validation loss %.4f", k + 1, epochs, best)
         return net
 
     # -- forecasting ------------------------------------------------------------------------

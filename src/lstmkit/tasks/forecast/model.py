@@ -36,8 +36,8 @@ class ForecastConfig:
     """What the LSTM forecaster is; every field is a CLI flag (``--hidden-size`` ...)."""
 
     horizon: int = 12  # steps forecast from each origin
-    context: int = 0  # steps of history the LSTM reads; 0: max(3 * season, 4 * horizon)
-    mode: str = "direct"  # "direct" (multi-output head) or "autoregressive" (DeepAR, samples fed back)
+    context: int = 0  # steps of history the LSTM reads; 0: max(2 * season, 3 * horizon, 24)
+    mode: str = "autoregressive"  # "autoregressive" (DeepAR, samples fed back) or "direct" (multi-output head)
     distribution: str = "student_t"  # "gaussian", "student_t" or "quantile"
     scaling: str = "window"  # "window": minus the context mean, over the series' std; "series": series mean/std
     hidden_size: int = 40  # LSTM width; small series want small models
@@ -50,12 +50,12 @@ class ForecastConfig:
     patience: int = 25  # epochs without a better validation loss before stopping
     val_frac: float = 0.15  # fraction of each series' end kept for early stopping (at least a horizon)
     num_samples: int = 200  # sampled paths per forecast (parametric heads)
-    ensemble: int = 1  # networks trained from different seeds; their forecasts are pooled
+    ensemble: int = 5  # networks trained from different seeds; their forecasts are pooled
     seed: int = 0  # seeds torch, NumPy and Python
     quantiles: tuple[float, ...] = field(default=LEVELS)  # levels of the quantile head
 
     def resolved_context(self, season: int) -> int:
-        return self.context if self.context > 0 else max(3 * season, 4 * self.horizon)
+        return self.context if self.context > 0 else max(2 * season, 3 * self.horizon, 24)
 
     def check(self) -> None:
         if self.horizon < 1:
@@ -241,7 +241,7 @@ class ForecastNet(torch.nn.Module):
                 return self.head.values(raw).permute(3, 0, 1, 2)  # (Q, B, H, D)
             return self.head.sample(raw, n_samples)  # (S, B, H, D)
         # autoregressive: teacher-force the context, then feed back one sample per path
-        _, state = self.lstm(self._ar_inputs(y, xc))  # state after reading y_0 .. y_{L-1}
+        _, state = self.lstm(self._ar_inputs(y, xc))  # state after reading y_0 .. y_{L-2}
         S = n_samples
         state = tuple(s.repeat_interleave(S, dim=1) for s in state)  # (layers, B*S, Hd)
         prev = y[:, -1:].repeat_interleave(S, dim=0)  # (B*S, 1, D)
