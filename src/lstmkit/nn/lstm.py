@@ -290,7 +290,8 @@ class LSTM(torch.nn.LSTM):
                 bias = getattr(self, "bias_ih" + sfx) + getattr(self, "bias_hh" + sfx) if self.bias else None
                 xd = reverse_padded(x, lengths) if d == 1 else x
                 ln_ih = getattr(self, "layernorm_ih_weight" + sfx, None)
-                gx = input_projection(xd, getattr(self, "weight_ih" + sfx), bias, ln_ih)  # (T, B, 4H)
+                w_ih = getattr(self, "weight_ih" + sfx)
+                gx = input_projection(xd, w_ih, bias, ln_ih, getattr(layer_kernel, "linear", None))  # (T, B, 4H)
                 h, c = hx[0][k], hx[1][k]  # (B, P or H), (B, H)
                 if layer_kernel is not None:
                     y, h, c = layer_kernel(gx, h, c, w_hh, v, p, m, mask)

@@ -173,9 +173,14 @@ def sample_masks(
     return masks
 
 
-def input_projection(x: Tensor, w_ih: Tensor, bias: Tensor | None, ln_ih: Tensor | None) -> Tensor:
-    """``a_x`` for all steps at once: (..., I) -> (..., 4H), one GEMM (+ LN with gain ``ln_ih``)."""
-    gx = x @ w_ih.t()  # (T, B, I) -> (T, B, 4H)
+def input_projection(
+    x: Tensor, w_ih: Tensor, bias: Tensor | None, ln_ih: Tensor | None, linear=None
+) -> Tensor:
+    """``a_x`` for all steps at once: (..., I) -> (..., 4H), one GEMM (+ LN with gain ``ln_ih``).
+
+    ``linear(x, w) = x @ w^T`` may come from a kernel (a faster GEMM); default torch's.
+    """
+    gx = x @ w_ih.t() if linear is None else linear(x, w_ih)  # (T, B, I) -> (T, B, 4H)
     if ln_ih is not None:
         gx = F.layer_norm(gx, (gx.shape[-1],), weight=ln_ih, eps=LN_EPS)
     if bias is not None:

@@ -1,0 +1,406 @@
+// One LSTM layer and direction with variants, forward and backward, the time loop in C++ (ATen).
+//
+// The equations are lstmkit.reference.variant_layer_forward's (see src/lstmkit/nn/variants.py);
+// this file only makes them fast. Python computes the input projection for all steps at once
+// (gx = LN(x W_ih^T) g_ih + b, one GEMM) and hands it here with the effective recurrent weight
+// (W_hh already multiplied by its DropConnect mask). Per step, forward is
+//
+//     r = h_in W_hh^T            one GEMM (B, H) x (H, 4H), h_in = h_{t-1} * m_rec
+//     fused(r, gx_t, ...)        ONE pass over each batch row: LN of r, the gates, c'_t, LN of c'_t,
+//                                h'_t, zoneout and the lengths mask
+//
+// and backward walks the steps in reverse with one element-wise pass and one GEMM per step
+// (dh_in = da_h W_hh), then forms the weight gradients with single GEMMs / reductions over all
+// steps after the loop (dW_hh = da_h^T h_in over T*B rows).
+//
+// Shapes (T steps, B batch, H hidden; gates stacked (i, f, g, o) as torch does):
+//   gx (T, B, 4H)   h0, c0 (B, H)   w_hh (4H, H)   ln_hh (4H)   ln_c_w, ln_c_b (H)   w_ch (3H)
+//   rec (B, H)      zh, zc (T, B, H)   valid (T, B) with 1 where t < length, else 0
+// Saved for backward (only when `save`): gates (T, B, 4H) activations, cnew (T, B, H) c'_t,
+//   cs (T+1, B, H) the carried cell states, tn (T, B, H) tanh(n_t), and with layer norm
+//   xh (T, B, 4H) normalised r, rh (T, B) its 1/std, nh (T, B, H) normalised c'_t, rc (T, B).
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <optional>
+#include <string>
+#include <vector>
+
+using at::Tensor;
+using OptT = std::optional<Tensor>;
+
+namespace {
+
+// ---- element-wise maths: float gets a branch-free exp that GCC vectorises; double stays exact ----
+
+inline float fast_exp(float x) {  // Cephes expf: |rel err| < 2e-7 on [-87, 88]
+  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  const float n = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
+  const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float e = p * r * r + r + 1.0f;
+  const int bits = (static_cast<int>(n) + 127) << 23;
+  float scale;
+  __builtin_memcpy(&scale, &bits, sizeof(float));
+  return e * scale;
+}
+inline double fast_exp(double x) { return std::exp(x); }
+
+template <typename T>
+inline T sigm(T x) {
+  return T(1) / (T(1) + fast_exp(-x));
+}
+template <typename T>
+inline T tanh_(T x) {
+  return T(1) - T(2) / (T(1) + fast_exp(T(2) * x));
+}
+inline double tanh_(double x) { return std::tanh(x); }
+
+template <typename T>
+inline const T* ptr_or_null(const OptT& t) {
+  return (t.has_value() && t->defined()) ? t->data_ptr<T>() : nullptr;
+}
+
+inline bool has(const OptT& t) { return t.has_value() && t->defined(); }
+
+// Rows per parallel chunk: keep each chunk at >= ~32k elements so small batches stay on one thread.
+inline int64_t grain(int64_t H) { return std::max<int64_t>(1, 32768 / (4 * H)); }
+
+// ---- GEMMs: oneDNN for float32 where torch has it (2x MKL's speed on AMD CPUs), else at::mm ----
+
+// x (M, K) @ w^T with w (N, K) -> (M, N); any strides.
+Tensor linear_nt(const Tensor& x, const Tensor& w) {
+  static const std::optional<c10::OperatorHandle> lp =
+      c10::Dispatcher::singleton().findSchema({"mkldnn::_linear_pointwise", ""});
+  if (lp.has_value() && x.scalar_type() == at::kFloat) {
+    std::vector<c10::IValue> stack = {x, w, c10::IValue(), std::string("none"),
+                                      c10::List<std::optional<at::Scalar>>(), c10::IValue()};
+    lp->callBoxed(&stack);
+    return stack[0].toTensor();
+  }
+  return at::mm(x, w.t());
+}
+
+template <typename T>
+void forward_impl(const Tensor& gx, const Tensor& h0, const Tensor& c0, const Tensor& w_hh, const OptT& ln_hh,
+                  const OptT& ln_c_w, const OptT& ln_c_b, const OptT& w_ch, const OptT& rec, const OptT& zh,
+                  const OptT& zc, const OptT& valid, bool cifg, double clip, double eps, bool save,
+                  std::vector<Tensor>& out) {
+  const int64_t Tn = gx.size(0), B = gx.size(1), H4 = gx.size(2), H = H4 / 4;
+  const bool ln = has(ln_hh), peep = has(w_ch);
+  auto opt = gx.options();
+  const int64_t TS = save ? Tn : 1;  // saved buffers hold every step, or just the current one
+  Tensor y = at::empty({Tn, B, H}, opt);
+  Tensor cs = at::empty({save ? Tn + 1 : 2, B, H}, opt);
+  Tensor gates = at::empty({TS, B, H4}, opt);
+  Tensor cnew = at::empty({TS, B, H}, opt);
+  Tensor tn = at::empty({TS, B, H}, opt);
+  Tensor xh = ln ? at::empty({TS, B, H4}, opt) : Tensor();
+  Tensor rh = ln ? at::empty({TS, B}, opt) : Tensor();
+  Tensor nh = ln ? at::empty({TS, B, H}, opt) : Tensor();
+  Tensor rc = ln ? at::empty({TS, B}, opt) : Tensor();
+  cs[0].copy_(c0);
+  const T *pgx = gx.data_ptr<T>(), *prec = ptr_or_null<T>(rec), *pzh = ptr_or_null<T>(zh), *pzc = ptr_or_null<T>(zc);
+  const T *pv = ptr_or_null<T>(valid), *plnh = ptr_or_null<T>(ln_hh), *plncw = ptr_or_null<T>(ln_c_w);
+  const T *plncb = ptr_or_null<T>(ln_c_b), *pwch = ptr_or_null<T>(w_ch);
+  const T Tclip = T(clip), Teps = T(eps);
+  T* py = y.data_ptr<T>();
+  for (int64_t t = 0; t < Tn; ++t) {
+    const int64_t ts = save ? t : 0;
+    const int64_t cp_i = save ? t : (t % 2), cn_i = save ? t + 1 : ((t + 1) % 2);
+    const T* hp = t == 0 ? h0.data_ptr<T>() : py + (t - 1) * B * H;  // h_{t-1}, (B, H)
+    const T* cp = cs.data_ptr<T>() + cp_i * B * H;                      // c_{t-1}
+    T* cn_out = cs.data_ptr<T>() + cn_i * B * H;                         // c_t
+    Tensor hprev = t == 0 ? h0 : y[t - 1];
+    Tensor r = (prec ? linear_nt(hprev * (*rec), w_hh) : linear_nt(hprev, w_hh)).contiguous();  // (B, 4H)
+    T* pr = r.data_ptr<T>();
+    T* pg = gates.data_ptr<T>() + ts * B * H4;
+    T* pcn = cnew.data_ptr<T>() + ts * B * H;
+    T* ptn = tn.data_ptr<T>() + ts * B * H;
+    T* pxh = ln ? xh.data_ptr<T>() + ts * B * H4 : nullptr;
+    T* prh = ln ? rh.data_ptr<T>() + ts * B : nullptr;
+    T* pnh = ln ? nh.data_ptr<T>() + ts * B * H : nullptr;
+    T* prc = ln ? rc.data_ptr<T>() + ts * B : nullptr;
+    const T* gxt = pgx + t * B * H4;
+    at::parallel_for(0, B, grain(H), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        T* a = pr + b * H4;  // becomes a_t = gx_t + (LN) r, in place
+        const T* gb = gxt + b * H4;
+        if (ln) {
+          T mu = 0, var = 0;
+          for (int64_t j = 0; j < H4; ++j) mu += a[j];
+          mu /= H4;
+          for (int64_t j = 0; j < H4; ++j) var += (a[j] - mu) * (a[j] - mu);
+          const T rs = T(1) / std::sqrt(var / H4 + Teps);
+          prh[b] = rs;
+          T* xb = pxh + b * H4;
+          for (int64_t j = 0; j < H4; ++j) xb[j] = (a[j] - mu) * rs;
+          for (int64_t j = 0; j < H4; ++j) a[j] = gb[j] + plnh[j] * xb[j];
+        } else {
+          for (int64_t j = 0; j < H4; ++j) a[j] += gb[j];
+        }
+        const T* cpb = cp + b * H;
+        T *ai = a, *af = a + H, *ag = a + 2 * H, *ao = a + 3 * H;
+        T *gi = pg + b * H4, *gf = gi + H, *gg = gi + 2 * H, *go = gi + 3 * H;
+        T* c = pcn + b * H;
+        if (peep) {
+          for (int64_t j = 0; j < H; ++j) ai[j] += pwch[j] * cpb[j];
+          for (int64_t j = 0; j < H; ++j) af[j] += pwch[H + j] * cpb[j];
+        }
+        for (int64_t j = 0; j < H; ++j) gf[j] = sigm(af[j]);
+        if (cifg) {
+          for (int64_t j = 0; j < H; ++j) gi[j] = T(1) - gf[j];
+        } else {
+          for (int64_t j = 0; j < H; ++j) gi[j] = sigm(ai[j]);
+        }
+        for (int64_t j = 0; j < H; ++j) gg[j] = tanh_(ag[j]);
+        for (int64_t j = 0; j < H; ++j) c[j] = gf[j] * cpb[j] + gi[j] * gg[j];
+        if (Tclip > 0) {
+          for (int64_t j = 0; j < H; ++j) c[j] = c[j] < -Tclip ? -Tclip : (c[j] > Tclip ? Tclip : c[j]);
+        }
+        if (peep) {
+          for (int64_t j = 0; j < H; ++j) ao[j] += pwch[2 * H + j] * c[j];
+        }
+        for (int64_t j = 0; j < H; ++j) go[j] = sigm(ao[j]);
+        T* tnb = ptn + b * H;
+        if (ln) {
+          T mu = 0, var = 0;
+          for (int64_t j = 0; j < H; ++j) mu += c[j];
+          mu /= H;
+          for (int64_t j = 0; j < H; ++j) var += (c[j] - mu) * (c[j] - mu);
+          const T rs = T(1) / std::sqrt(var / H + Teps);
+          prc[b] = rs;
+          T* nhb = pnh + b * H;
+          for (int64_t j = 0; j < H; ++j) nhb[j] = (c[j] - mu) * rs;
+          for (int64_t j = 0; j < H; ++j) tnb[j] = tanh_(plncw[j] * nhb[j] + plncb[j]);
+        } else {
+          for (int64_t j = 0; j < H; ++j) tnb[j] = tanh_(c[j]);
+        }
+        const T* hpb = hp + b * H;
+        T* yb = py + t * B * H + b * H;
+        T* cob = cn_out + b * H;
+        if (pv && pv[t * B + b] == T(0)) {  // padding: carry the state
+          for (int64_t j = 0; j < H; ++j) yb[j] = hpb[j];
+          for (int64_t j = 0; j < H; ++j) cob[j] = cpb[j];
+          continue;
+        }
+        for (int64_t j = 0; j < H; ++j) yb[j] = go[j] * tnb[j];
+        if (pzh) {
+          const T* z = pzh + t * B * H + b * H;
+          for (int64_t j = 0; j < H; ++j) yb[j] = z[j] * hpb[j] + (T(1) - z[j]) * yb[j];
+        }
+        if (pzc) {
+          const T* z = pzc + t * B * H + b * H;
+          for (int64_t j = 0; j < H; ++j) cob[j] = z[j] * cpb[j] + (T(1) - z[j]) * c[j];
+        } else {
+          for (int64_t j = 0; j < H; ++j) cob[j] = c[j];
+        }
+      }
+    });
+  }
+  Tensor h_n = Tn > 0 ? y[Tn - 1].clone() : h0.clone();
+  Tensor c_n = cs[save ? Tn : (Tn % 2)].clone();
+  out = {y, h_n, c_n, gates, cnew, cs, tn};
+  if (ln) {
+    out.push_back(xh);
+    out.push_back(rh);
+    out.push_back(nh);
+    out.push_back(rc);
+  }
+}
+
+template <typename T>
+void backward_impl(const Tensor& dy, const Tensor& dh_n, const Tensor& dc_n, const Tensor& h0, const Tensor& y,
+                   const Tensor& w_hh, const OptT& ln_hh, const OptT& ln_c_w, const OptT& w_ch, const OptT& rec,
+                   const OptT& zh, const OptT& zc, const OptT& valid, bool cifg, double clip,
+                   const std::vector<Tensor>& saved, std::vector<Tensor>& out) {
+  const Tensor &gates = saved[0], &cnew = saved[1], &cs = saved[2], &tn = saved[3];
+  const bool ln = has(ln_hh), peep = has(w_ch);
+  const int64_t Tn = dy.size(0), B = dy.size(1), H = dy.size(2), H4 = 4 * H;
+  auto opt = dy.options();
+  Tensor dgx = at::empty({Tn, B, H4}, opt);
+  Tensor dah = ln ? at::empty({Tn, B, H4}, opt) : dgx;  // da_h: gradient of h_in W_hh^T
+  Tensor dn = ln ? at::empty({Tn, B, H}, opt) : Tensor();
+  Tensor dh_in = at::zeros({B, H}, opt);   // da_h[t+1] W_hh, before the recurrent-dropout mask
+  Tensor dh_dir = dh_n.clone();            // the direct part of dL/dh_t (zoneout, padding, dh_n)
+  Tensor dc = dc_n.clone();                // dL/dc_t
+  Tensor w_t = w_hh.t();                   // (H, 4H): dh_in = da_h @ w_hh = linear(da_h, w_hh^T)
+  const T *pg = gates.data_ptr<T>(), *pcn = cnew.data_ptr<T>(), *pcs = cs.data_ptr<T>(), *ptn = tn.data_ptr<T>();
+  const T *pxh = ln ? saved[4].data_ptr<T>() : nullptr, *prh = ln ? saved[5].data_ptr<T>() : nullptr;
+  const T *pnh = ln ? saved[6].data_ptr<T>() : nullptr, *prc = ln ? saved[7].data_ptr<T>() : nullptr;
+  const T *pdy = dy.data_ptr<T>(), *prec = ptr_or_null<T>(rec), *pzh = ptr_or_null<T>(zh), *pzc = ptr_or_null<T>(zc);
+  const T *pv = ptr_or_null<T>(valid), *plnh = ptr_or_null<T>(ln_hh), *plncw = ptr_or_null<T>(ln_c_w);
+  const T* pwch = ptr_or_null<T>(w_ch);
+  const T Tclip = T(clip);
+  T *pdgx = dgx.data_ptr<T>(), *pdah = dah.data_ptr<T>(), *pdn = ln ? dn.data_ptr<T>() : nullptr;
+  T *pdhd = dh_dir.data_ptr<T>(), *pdc = dc.data_ptr<T>();
+  for (int64_t t = Tn - 1; t >= 0; --t) {
+    const T* pdhin = dh_in.data_ptr<T>();
+    at::parallel_for(0, B, grain(H), [&](int64_t b0, int64_t b1) {
+      std::vector<T> buf(3 * H);
+      T *dh = buf.data(), *dcn = dh + H, *dcnew = dcn + H;
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t o3 = (t * B + b) * H4, o1 = (t * B + b) * H;
+        T* dhd = pdhd + b * H;
+        T* dcb = pdc + b * H;
+        const T* dhi = pdhin + b * H;
+        const T* dyb = pdy + o1;
+        T* dgb = pdgx + o3;
+        T* dab = pdah + o3;
+        // dL/dh_t = from above + direct (zoneout / padding / dh_n) + recurrent (through the dropout mask)
+        if (prec) {
+          const T* m = prec + b * H;
+          for (int64_t j = 0; j < H; ++j) dh[j] = dyb[j] + dhd[j] + m[j] * dhi[j];
+        } else {
+          for (int64_t j = 0; j < H; ++j) dh[j] = dyb[j] + dhd[j] + dhi[j];
+        }
+        if (pv && pv[t * B + b] == T(0)) {  // padding: h_t = h_{t-1}, c_t = c_{t-1}
+          for (int64_t j = 0; j < H; ++j) dhd[j] = dh[j];
+          for (int64_t j = 0; j < H4; ++j) dgb[j] = T(0);
+          if (ln) {
+            for (int64_t j = 0; j < H4; ++j) dab[j] = T(0);
+            for (int64_t j = 0; j < H; ++j) pdn[o1 + j] = T(0);
+          }
+          continue;
+        }
+        if (pzh) {  // h_t = z h_{t-1} + (1 - z) h'_t
+          const T* z = pzh + o1;
+          for (int64_t j = 0; j < H; ++j) dhd[j] = z[j] * dh[j];
+          for (int64_t j = 0; j < H; ++j) dh[j] = (T(1) - z[j]) * dh[j];
+        } else {
+          for (int64_t j = 0; j < H; ++j) dhd[j] = T(0);
+        }
+        const T *gi = pg + o3, *gf = gi + H, *gg = gi + 2 * H, *go = gi + 3 * H;
+        const T *cn = pcn + o1, *cp = pcs + o1, *th = ptn + o1;  // cs[t] = c_{t-1}
+        T *dai = dgb, *daf = dgb + H, *dag = dgb + 2 * H, *dao = dgb + 3 * H;
+        // h'_t = o_t tanh(n_t)
+        for (int64_t j = 0; j < H; ++j) dao[j] = dh[j] * th[j] * go[j] * (T(1) - go[j]);
+        for (int64_t j = 0; j < H; ++j) dcn[j] = dh[j] * go[j] * (T(1) - th[j] * th[j]);  // dL/dn_t
+        if (ln) {  // n = LN(c') g_c + b_c
+          T* dnb = pdn + o1;
+          const T* nb = pnh + o1;
+          const T rs = prc[t * B + b];
+          for (int64_t j = 0; j < H; ++j) dnb[j] = dcn[j];
+          T m1 = 0, m2 = 0;
+          for (int64_t j = 0; j < H; ++j) m1 += dnb[j] * plncw[j];
+          for (int64_t j = 0; j < H; ++j) m2 += dnb[j] * plncw[j] * nb[j];
+          m1 /= H;
+          m2 /= H;
+          for (int64_t j = 0; j < H; ++j) dcn[j] = rs * (dnb[j] * plncw[j] - m1 - nb[j] * m2);
+        }
+        // c_t = z c_{t-1} + (1 - z) c'_t
+        if (pzc) {
+          const T* z = pzc + o1;
+          for (int64_t j = 0; j < H; ++j) dcnew[j] = (T(1) - z[j]) * dcb[j] + dcn[j];
+          for (int64_t j = 0; j < H; ++j) dcb[j] = z[j] * dcb[j];
+        } else {
+          for (int64_t j = 0; j < H; ++j) dcnew[j] = dcb[j] + dcn[j];
+          for (int64_t j = 0; j < H; ++j) dcb[j] = T(0);
+        }
+        if (peep) {
+          for (int64_t j = 0; j < H; ++j) dcnew[j] += dao[j] * pwch[2 * H + j];
+        }
+        if (Tclip > 0) {
+          for (int64_t j = 0; j < H; ++j) dcnew[j] = (cn[j] > -Tclip && cn[j] < Tclip) ? dcnew[j] : T(0);
+        }
+        // c'_t = f c_{t-1} + i c~
+        for (int64_t j = 0; j < H; ++j) dcb[j] += dcnew[j] * gf[j];
+        for (int64_t j = 0; j < H; ++j) dag[j] = dcnew[j] * gi[j] * (T(1) - gg[j] * gg[j]);
+        if (cifg) {  // i = 1 - f
+          for (int64_t j = 0; j < H; ++j) daf[j] = dcnew[j] * (cp[j] - gg[j]) * gf[j] * (T(1) - gf[j]);
+          for (int64_t j = 0; j < H; ++j) dai[j] = T(0);
+        } else {
+          for (int64_t j = 0; j < H; ++j) daf[j] = dcnew[j] * cp[j] * gf[j] * (T(1) - gf[j]);
+          for (int64_t j = 0; j < H; ++j) dai[j] = dcnew[j] * gg[j] * gi[j] * (T(1) - gi[j]);
+        }
+        if (peep) {
+          for (int64_t j = 0; j < H; ++j) dcb[j] += dai[j] * pwch[j] + daf[j] * pwch[H + j];
+        }
+        if (ln) {  // a_h = LN(r) g_hh
+          const T* xb = pxh + o3;
+          const T rs = prh[t * B + b];
+          T m1 = 0, m2 = 0;
+          for (int64_t j = 0; j < H4; ++j) m1 += dgb[j] * plnh[j];
+          for (int64_t j = 0; j < H4; ++j) m2 += dgb[j] * plnh[j] * xb[j];
+          m1 /= H4;
+          m2 /= H4;
+          for (int64_t j = 0; j < H4; ++j) dab[j] = rs * (dgb[j] * plnh[j] - m1 - xb[j] * m2);
+        }
+      }
+    });
+    dh_in = linear_nt(dah[t], w_t).contiguous();  // (B, 4H) x (4H, H)
+  }
+  // dL/dh_0 = direct part + the recurrent part through the dropout mask
+  Tensor dh0 = has(rec) ? dh_dir + dh_in * (*rec) : dh_dir + dh_in;
+  // weight gradients: one GEMM / reduction over all T*B rows
+  Tensor hprev = Tn > 1 ? at::cat({h0.unsqueeze(0), y.narrow(0, 0, Tn - 1)}, 0) : h0.unsqueeze(0);  // (T, B, H)
+  if (has(rec)) hprev = hprev * (*rec);
+  Tensor dw_hh = linear_nt(dah.view({Tn * B, H4}).t(), hprev.reshape({Tn * B, H}).t());  // (4H, H)
+  Tensor dln_hh, dln_cw, dln_cb, dw_ch;
+  if (ln) {
+    dln_hh = (dgx * saved[4]).sum({0, 1});
+    dln_cw = (dn * saved[6]).sum({0, 1});
+    dln_cb = dn.sum({0, 1});
+  }
+  if (peep) {
+    Tensor da4 = dgx.view({Tn, B, 4, H});
+    Tensor cprev = cs.narrow(0, 0, Tn);
+    dw_ch = at::cat({(da4.select(2, 0) * cprev).sum({0, 1}), (da4.select(2, 1) * cprev).sum({0, 1}),
+                     (da4.select(2, 3) * cnew).sum({0, 1})});
+  }
+  out = {dgx, dh0, dc, dw_hh, dln_hh, dln_cw, dln_cb, dw_ch};
+}
+
+std::vector<Tensor> lstm_forward(const Tensor& gx, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
+                                 const OptT& ln_hh, const OptT& ln_c_w, const OptT& ln_c_b, const OptT& w_ch,
+                                 const OptT& rec, const OptT& zh, const OptT& zc, const OptT& valid, bool cifg,
+                                 double clip, double eps, bool save) {
+  TORCH_CHECK(gx.dim() == 3 && gx.size(2) % 4 == 0, "gx must be (T, B, 4H)");
+  std::vector<Tensor> out;
+  AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "lstmkit_forward", [&] {
+    forward_impl<scalar_t>(gx, h0, c0, w_hh, ln_hh, ln_c_w, ln_c_b, w_ch, rec, zh, zc, valid, cifg, clip, eps, save,
+                           out);
+  });
+  return out;
+}
+
+std::vector<Tensor> lstm_backward(const Tensor& dy, const Tensor& dh_n, const Tensor& dc_n, const Tensor& h0,
+                                  const Tensor& y, const Tensor& w_hh, const OptT& ln_hh, const OptT& ln_c_w,
+                                  const OptT& w_ch, const OptT& rec, const OptT& zh, const OptT& zc,
+                                  const OptT& valid, bool cifg, double clip, at::TensorList saved) {
+  std::vector<Tensor> sv(saved.begin(), saved.end());
+  std::vector<Tensor> out;
+  AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "lstmkit_backward", [&] {
+    backward_impl<scalar_t>(dy, dh_n, dc_n, h0, y, w_hh, ln_hh, ln_c_w, w_ch, rec, zh, zc, valid, cifg, clip, sv,
+                            out);
+  });
+  return out;
+}
+
+}  // namespace
+
+// x (M, K) @ w^T, w (N, K): the GEMM the kernel uses (oneDNN for float32 where available), for Python.
+Tensor linear_op(const Tensor& x, const Tensor& w) { return linear_nt(x, w); }
+
+TORCH_LIBRARY(lstmkit_cpu, m) {
+  m.def("linear(Tensor x, Tensor w) -> Tensor", &linear_op);
+  m.def(
+      "forward(Tensor gx, Tensor h0, Tensor c0, Tensor w_hh, Tensor? ln_hh, Tensor? ln_c_w, Tensor? ln_c_b, "
+      "Tensor? w_ch, Tensor? rec, Tensor? zh, Tensor? zc, Tensor? valid, bool cifg, float clip, float eps, "
+      "bool save) -> Tensor[]",
+      &lstm_forward);
+  m.def(
+      "backward(Tensor dy, Tensor dh_n, Tensor dc_n, Tensor h0, Tensor y, Tensor w_hh, Tensor? ln_hh, "
+      "Tensor? ln_c_w, Tensor? w_ch, Tensor? rec, Tensor? zh, Tensor? zc, Tensor? valid, bool cifg, float clip, "
+      "Tensor[] saved) -> Tensor[]",
+      &lstm_backward);
+}
