@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ref.add_argument("rest", nargs=argparse.REMAINDER)
     ref.set_defaults(func=_run_reference)
+    from . import bench
+
+    bench.register(sub)
     for info in sorted(pkgutil.iter_modules(tasks.__path__), key=lambda m: m.name):
         module = importlib.import_module(f"{tasks.__name__}.{info.name}")
         register = getattr(module, "register", None)
