@@ -39,7 +39,8 @@ class ForecastConfig:
     context: int = 0  # steps of history the LSTM reads; 0: max(2 * season, 3 * horizon, 24)
     mode: str = "autoregressive"  # "autoregressive" (DeepAR, samples fed back) or "direct" (multi-output head)
     distribution: str = "student_t"  # "gaussian", "student_t" or "quantile"
-    scaling: str = "window"  # "window": minus the context mean, over the series' std; "series": series mean/std
+    scaling: str = "window+level"  # "window": minus the context mean, over the series' std; "+level": that mean
+    # is also an input; "series": series mean and std only
     hidden_size: int = 40  # LSTM width; small series want small models
     num_layers: int = 1  # stacked LSTM layers
     dropout: float = 0.1  # dropout on the head's input (and between layers)
@@ -68,8 +69,8 @@ class ForecastConfig:
             raise ValueError(f"distribution must be gaussian, student_t or quantile, got {self.distribution!r}")
         if self.mode == "autoregressive" and self.distribution == "quantile":
             raise ValueError("autoregressive mode samples paths: use --distribution gaussian or student_t")
-        if self.scaling not in ("window", "series"):
-            raise ValueError(f"scaling must be 'window' or 'series', got {self.scaling!r}")
+        if self.scaling not in ("window", "series", "window+level"):
+            raise ValueError(f"scaling must be 'window', 'window+level' or 'series', got {self.scaling!r}")
         missing = [q for q in LEVELS if not any(abs(q - p) < 1e-9 for p in self.quantiles)]
         if self.distribution == "quantile" and missing:
             raise ValueError(f"quantiles must include {LEVELS} (median, 80% and 95% intervals); missing {missing}")
