@@ -25,6 +25,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <optional>
 #include <string>
@@ -72,19 +73,41 @@ inline const T* ptr_or_null(const OptT& t) {
 
 inline bool has(const OptT& t) { return t.has_value() && t->defined(); }
 
-// Rows per parallel chunk: keep each chunk at >= ~32k elements so small batches stay on one thread.
-inline int64_t grain(int64_t H) { return std::max<int64_t>(1, 32768 / (4 * H)); }
+// Rows per parallel chunk: >= ~2k hidden units each, so that tiny batches stay on one thread.
+inline int64_t grain(int64_t H) { return std::max<int64_t>(1, 2048 / H); }
 
 // ---- GEMMs: oneDNN for float32 where torch has it (2x MKL's speed on AMD CPUs), else at::mm ----
 
-// x (M, K) @ w^T with w (N, K) -> (M, N); any strides.
+// Below this many rows (a GEMV, really) MKL's at::mm beats oneDNN's matmul; above, oneDNN wins ~2x.
+constexpr int64_t kOneDnnMinRows = 8;
+
+const std::optional<c10::OperatorHandle>& onednn_op(const char* name) {
+  static std::optional<c10::OperatorHandle> lp = c10::Dispatcher::singleton().findSchema({"mkldnn::_linear_pointwise", ""});
+  static std::optional<c10::OperatorHandle> rw =
+      c10::Dispatcher::singleton().findSchema({"mkldnn::_reorder_linear_weight", ""});
+  return name[0] == 'l' ? lp : rw;
+}
+
+inline bool use_onednn(const Tensor& x) {
+  return x.scalar_type() == at::kFloat && x.size(0) >= kOneDnnMinRows && onednn_op("linear").has_value();
+}
+
+// w (N, K) -> oneDNN's packed layout for `rows`-row inputs (float32 only; else w itself).
+Tensor pack_weight(const Tensor& w, int64_t rows) {
+  const auto& rw = onednn_op("reorder");
+  if (w.scalar_type() != at::kFloat || rows < kOneDnnMinRows || !rw.has_value() || !onednn_op("linear").has_value())
+    return w;
+  std::vector<c10::IValue> stack = {w.contiguous(), c10::IValue(rows)};
+  rw->callBoxed(&stack);
+  return stack[0].toTensor();
+}
+
+// x (M, K) @ w^T with w (N, K) (or w packed by pack_weight) -> (M, N); any strides.
 Tensor linear_nt(const Tensor& x, const Tensor& w) {
-  static const std::optional<c10::OperatorHandle> lp =
-      c10::Dispatcher::singleton().findSchema({"mkldnn::_linear_pointwise", ""});
-  if (lp.has_value() && x.scalar_type() == at::kFloat) {
+  if (use_onednn(x)) {
     std::vector<c10::IValue> stack = {x, w, c10::IValue(), std::string("none"),
                                       c10::List<std::optional<at::Scalar>>(), c10::IValue()};
-    lp->callBoxed(&stack);
+    onednn_op("linear")->callBoxed(&stack);
     return stack[0].toTensor();
   }
   return at::mm(x, w.t());
@@ -109,6 +132,7 @@ void forward_impl(const Tensor& gx, const Tensor& h0, const Tensor& c0, const Te
   Tensor nh = ln ? at::empty({TS, B, H}, opt) : Tensor();
   Tensor rc = ln ? at::empty({TS, B}, opt) : Tensor();
   cs[0].copy_(c0);
+  const Tensor w_run = pack_weight(w_hh, B);  // packed once per call, read T times
   const T *pgx = gx.data_ptr<T>(), *prec = ptr_or_null<T>(rec), *pzh = ptr_or_null<T>(zh), *pzc = ptr_or_null<T>(zc);
   const T *pv = ptr_or_null<T>(valid), *plnh = ptr_or_null<T>(ln_hh), *plncw = ptr_or_null<T>(ln_c_w);
   const T *plncb = ptr_or_null<T>(ln_c_b), *pwch = ptr_or_null<T>(w_ch);
@@ -121,7 +145,7 @@ void forward_impl(const Tensor& gx, const Tensor& h0, const Tensor& c0, const Te
     const T* cp = cs.data_ptr<T>() + cp_i * B * H;                      // c_{t-1}
     T* cn_out = cs.data_ptr<T>() + cn_i * B * H;                         // c_t
     Tensor hprev = t == 0 ? h0 : y[t - 1];
-    Tensor r = (prec ? linear_nt(hprev * (*rec), w_hh) : linear_nt(hprev, w_hh)).contiguous();  // (B, 4H)
+    Tensor r = (prec ? linear_nt(hprev * (*rec), w_run) : linear_nt(hprev, w_run)).contiguous();  // (B, 4H)
     T* pr = r.data_ptr<T>();
     T* pg = gates.data_ptr<T>() + ts * B * H4;
     T* pcn = cnew.data_ptr<T>() + ts * B * H;
@@ -229,7 +253,6 @@ void backward_impl(const Tensor& dy, const Tensor& dh_n, const Tensor& dc_n, con
   auto opt = dy.options();
   Tensor dgx = at::empty({Tn, B, H4}, opt);
   Tensor dah = ln ? at::empty({Tn, B, H4}, opt) : dgx;  // da_h: gradient of h_in W_hh^T
-  Tensor dn = ln ? at::empty({Tn, B, H}, opt) : Tensor();
   Tensor dh_in = at::zeros({B, H}, opt);   // da_h[t+1] W_hh, before the recurrent-dropout mask
   Tensor dh_dir = dh_n.clone();            // the direct part of dL/dh_t (zoneout, padding, dh_n)
   Tensor dc = dc_n.clone();                // dL/dc_t
@@ -241,13 +264,20 @@ void backward_impl(const Tensor& dy, const Tensor& dh_n, const Tensor& dc_n, con
   const T *pv = ptr_or_null<T>(valid), *plnh = ptr_or_null<T>(ln_hh), *plncw = ptr_or_null<T>(ln_c_w);
   const T* pwch = ptr_or_null<T>(w_ch);
   const T Tclip = T(clip);
-  T *pdgx = dgx.data_ptr<T>(), *pdah = dah.data_ptr<T>(), *pdn = ln ? dn.data_ptr<T>() : nullptr;
+  T *pdgx = dgx.data_ptr<T>(), *pdah = dah.data_ptr<T>();
   T *pdhd = dh_dir.data_ptr<T>(), *pdc = dc.data_ptr<T>();
+  // Per-thread accumulators of the vector parameters' gradients, summed after the loop:
+  // [dln_hh (4H) | dln_c_w (H) | dln_c_b (H) | dw_ch (3H)], filled while each row is in cache.
+  const int64_t NA = 9 * H;
+  const int nthreads = at::get_num_threads();
+  std::vector<T> acc(static_cast<size_t>(nthreads) * NA, T(0));
   for (int64_t t = Tn - 1; t >= 0; --t) {
     const T* pdhin = dh_in.data_ptr<T>();
     at::parallel_for(0, B, grain(H), [&](int64_t b0, int64_t b1) {
-      std::vector<T> buf(3 * H);
-      T *dh = buf.data(), *dcn = dh + H, *dcnew = dcn + H;
+      std::vector<T> buf(4 * H);
+      T *dh = buf.data(), *dcn = dh + H, *dcnew = dcn + H, *dnb = dcnew + H;
+      T* ac = acc.data() + static_cast<size_t>(std::min(at::get_thread_num(), nthreads - 1)) * NA;
+      T *a_lnh = ac, *a_lncw = ac + 4 * H, *a_lncb = ac + 5 * H, *a_wch = ac + 6 * H;
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t o3 = (t * B + b) * H4, o1 = (t * B + b) * H;
         T* dhd = pdhd + b * H;
@@ -268,7 +298,6 @@ void backward_impl(const Tensor& dy, const Tensor& dh_n, const Tensor& dc_n, con
           for (int64_t j = 0; j < H4; ++j) dgb[j] = T(0);
           if (ln) {
             for (int64_t j = 0; j < H4; ++j) dab[j] = T(0);
-            for (int64_t j = 0; j < H; ++j) pdn[o1 + j] = T(0);
           }
           continue;
         }
@@ -286,10 +315,11 @@ void backward_impl(const Tensor& dy, const Tensor& dh_n, const Tensor& dc_n, con
         for (int64_t j = 0; j < H; ++j) dao[j] = dh[j] * th[j] * go[j] * (T(1) - go[j]);
         for (int64_t j = 0; j < H; ++j) dcn[j] = dh[j] * go[j] * (T(1) - th[j] * th[j]);  // dL/dn_t
         if (ln) {  // n = LN(c') g_c + b_c
-          T* dnb = pdn + o1;
           const T* nb = pnh + o1;
           const T rs = prc[t * B + b];
           for (int64_t j = 0; j < H; ++j) dnb[j] = dcn[j];
+          for (int64_t j = 0; j < H; ++j) a_lncw[j] += dnb[j] * nb[j];
+          for (int64_t j = 0; j < H; ++j) a_lncb[j] += dnb[j];
           T m1 = 0, m2 = 0;
           for (int64_t j = 0; j < H; ++j) m1 += dnb[j] * plncw[j];
           for (int64_t j = 0; j < H; ++j) m2 += dnb[j] * plncw[j] * nb[j];
@@ -324,11 +354,15 @@ void backward_impl(const Tensor& dy, const Tensor& dh_n, const Tensor& dc_n, con
         }
         if (peep) {
           for (int64_t j = 0; j < H; ++j) dcb[j] += dai[j] * pwch[j] + daf[j] * pwch[H + j];
+          for (int64_t j = 0; j < H; ++j) a_wch[j] += dai[j] * cp[j];
+          for (int64_t j = 0; j < H; ++j) a_wch[H + j] += daf[j] * cp[j];
+          for (int64_t j = 0; j < H; ++j) a_wch[2 * H + j] += dao[j] * cn[j];
         }
         if (ln) {  // a_h = LN(r) g_hh
           const T* xb = pxh + o3;
           const T rs = prh[t * B + b];
           T m1 = 0, m2 = 0;
+          for (int64_t j = 0; j < H4; ++j) a_lnh[j] += dgb[j] * xb[j];
           for (int64_t j = 0; j < H4; ++j) m1 += dgb[j] * plnh[j];
           for (int64_t j = 0; j < H4; ++j) m2 += dgb[j] * plnh[j] * xb[j];
           m1 /= H4;
@@ -345,18 +379,17 @@ void backward_impl(const Tensor& dy, const Tensor& dh_n, const Tensor& dc_n, con
   Tensor hprev = Tn > 1 ? at::cat({h0.unsqueeze(0), y.narrow(0, 0, Tn - 1)}, 0) : h0.unsqueeze(0);  // (T, B, H)
   if (has(rec)) hprev = hprev * (*rec);
   Tensor dw_hh = linear_nt(dah.view({Tn * B, H4}).t(), hprev.reshape({Tn * B, H}).t());  // (4H, H)
+  for (int k = 1; k < nthreads; ++k)
+    for (int64_t j = 0; j < NA; ++j) acc[j] += acc[static_cast<size_t>(k) * NA + j];
+  Tensor sums = at::empty({NA}, opt);
+  std::copy(acc.begin(), acc.begin() + NA, sums.data_ptr<T>());
   Tensor dln_hh, dln_cw, dln_cb, dw_ch;
   if (ln) {
-    dln_hh = (dgx * saved[4]).sum({0, 1});
-    dln_cw = (dn * saved[6]).sum({0, 1});
-    dln_cb = dn.sum({0, 1});
+    dln_hh = sums.narrow(0, 0, 4 * H);
+    dln_cw = sums.narrow(0, 4 * H, H);
+    dln_cb = sums.narrow(0, 5 * H, H);
   }
-  if (peep) {
-    Tensor da4 = dgx.view({Tn, B, 4, H});
-    Tensor cprev = cs.narrow(0, 0, Tn);
-    dw_ch = at::cat({(da4.select(2, 0) * cprev).sum({0, 1}), (da4.select(2, 1) * cprev).sum({0, 1}),
-                     (da4.select(2, 3) * cnew).sum({0, 1})});
-  }
+  if (peep) dw_ch = sums.narrow(0, 6 * H, 3 * H);
   out = {dgx, dh0, dc, dw_hh, dln_hh, dln_cw, dln_cb, dw_ch};
 }
 
