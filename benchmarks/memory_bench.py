@@ -15,7 +15,8 @@ Groups (each model gets the same budget of training sequences within a group):
     adding1000  adding T=1000, budget 128,000 (15% of the 1997 853,000, for the shared CPUs): lstm, gru, rnn
     order       temporal order 6a and 6b (T=100), budget 100,000: lstm, gru, rnn
     copy        copy, T=20 blanks, hidden 64, budget 300,000: lstm, gru, rnn
-    ablation    adding T=100, budget 74,000, lstm and gru with torch's default gate biases (no chrono init)
+    ablation    adding T=100, budget 74,000: lstm and gru with torch's default gate biases (no chrono
+                init); the tanh rnn with learning rate 0.001 instead of 0.01
     ragged      time of one forward+backward, lstmkit lengths= (packing) vs padded + gather
     plots       gradient flow and gates PNGs at T=100 and 500 from the adding runs' checkpoints
 """
@@ -69,6 +70,7 @@ def runs(group: str) -> dict[str, MemoryConfig]:
         for m in ("lstm", "gru"):
             cfg = MemoryConfig(T=100, model=m, max_sequences=74_000, forget_bias="none", **fast)
             out[f"adding_T100_{m}_default-init"] = cfg
+        out["adding_T100_rnn_lr1e-3"] = MemoryConfig(T=100, model="rnn", max_sequences=74_000, lr=1e-3, **fast)
     elif group == "copy":
         for m in MODELS:
             out[f"copy_T20_{m}"] = MemoryConfig(task="copy", T=20, model=m, hidden=64, max_sequences=300_000)

@@ -101,9 +101,7 @@ class MemoryConfig:
     model: str = "lstm"  # lstm | gru | rnn
     hidden: int = 16  # LSTM hidden size; the GRU / RNN get the hidden size with the same parameter count
     batch_size: int = 32  # sequences per Adam step
-    lr: float = 1e-2  # Adam learning rate
-    lr_decay: float = 0.5  # multiply lr by this when test loss has not improved for `patience` checks
-    patience: int = 4  # checks without improvement before the lr decays
+    lr: float = 1e-2  # Adam learning rate, constant
     clip: float = 1.0  # gradient-norm clipping
     forget_bias: str = "chrono"  # LSTM forget-gate / GRU update-gate bias init: "chrono", a number, or "none"
     max_sequences: int = 100_000  # training budget in sequences
@@ -186,7 +184,6 @@ def train(
     train_rng, test_rng = data.streams(config.seed)
     test = spec.make(test_rng, n_test)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-    lr, best, since_best = config.lr, math.inf, 0
     seen, next_check, losses, history = 0, config.eval_every, [], []
     solved, wrong, test_loss = False, n_test, math.nan
     start = time.perf_counter()
@@ -205,21 +202,13 @@ def train(
             next_check += config.eval_every
             wrong, test_loss = evaluate(model, spec, test)
             history.append((seen, float(np.mean(losses)), test_loss, wrong / n_test))
-            log.debug("%d sequences: train loss %.3g, test loss %.3g, %d/%d wrong, lr %.2g",
-                      seen, np.mean(losses), test_loss, wrong, n_test, lr)  # fmt: skip
+            log.debug("%d sequences: train loss %.3g, test loss %.3g, %d/%d wrong",
+                      seen, np.mean(losses), test_loss, wrong, n_test)  # fmt: skip
             bar.set_postfix(loss=f"{test_loss:.3g}", wrong=f"{wrong}/{n_test}")
             losses = []
-            if wrong <= max_wrong:
+            if wrong <= max_wrong:  # the test set only ever decides when to stop
                 solved = True
                 break
-            if test_loss < best * 0.99:
-                best, since_best = test_loss, 0
-            else:
-                since_best += 1
-                if since_best >= config.patience:
-                    lr, since_best = lr * config.lr_decay, 0
-                    for g in opt.param_groups:
-                        g["lr"] = lr
     bar.close()
     hidden = getattr(getattr(model, "rnn", None), "hidden_size", 0)
     result = Result(
