@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("csrc") / "lstm_variants.cpp"
 _NAME = "lstmkit_cpu_fused"
 #: Compiled for the machine that runs it (the build is local and cached per machine user).
-CFLAGS = ["-O3", "-march=native", "-fno-math-errno"]
+CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd"]  # simd: vectorised LN sums
 _state: dict = {"ops": None, "error": None, "seconds": None}
 _lock = threading.Lock()
 
@@ -97,26 +97,28 @@ class LayerFunction(torch.autograd.Function):
     """autograd for one layer and direction: (gx, h0, c0, w_hh, LN gains, peepholes; masks) -> (y, h_n, c_n)."""
 
     @staticmethod
-    def forward(ctx, gx, h0, c0, w_hh, ln_hh, ln_c_w, ln_c_b, w_ch, rec, zh, zc, valid, cifg, clip, eps):
+    def forward(ctx, gx, h0, c0, w_hh, ln_hh, ln_c_w, ln_c_b, w_ch, ln_ih, bias, rec, zh, zc, valid, cifg, clip, eps):
         ops = load()
-        save = any(ctx.needs_input_grad[:8])
-        outs = ops.forward(gx, h0, c0, w_hh, ln_hh, ln_c_w, ln_c_b, w_ch, rec, zh, zc, valid, cifg, clip, eps, save)
+        save = any(ctx.needs_input_grad[:10])
+        outs = ops.forward(gx, h0, c0, w_hh, ln_hh, ln_c_w, ln_c_b, w_ch, rec, zh, zc, valid, ln_ih, bias, cifg, clip,
+                           eps, save)  # fmt: skip
         y, h_n, c_n = outs[0], outs[1], outs[2]
         if save:
-            ctx.save_for_backward(h0, y, w_hh, ln_hh, ln_c_w, w_ch, rec, zh, zc, valid, *outs[3:])
-            ctx.flags = (cifg, clip)
+            ctx.save_for_backward(h0, y, w_hh, ln_hh, ln_c_w, w_ch, ln_ih, rec, zh, zc, valid, *outs[3:])
+            ctx.flags = (cifg, clip, bias is not None)
         return y, h_n, c_n
 
     @staticmethod
     def backward(ctx, dy, dh_n, dc_n):
-        h0, y, w_hh, ln_hh, ln_c_w, w_ch, rec, zh, zc, valid, *saved = ctx.saved_tensors
+        h0, y, w_hh, ln_hh, ln_c_w, w_ch, ln_ih, rec, zh, zc, valid, *saved = ctx.saved_tensors
         dy = torch.zeros_like(y) if dy is None else dy.contiguous()
         dh_n = torch.zeros_like(h0) if dh_n is None else dh_n.contiguous()
         dc_n = torch.zeros_like(h0) if dc_n is None else dc_n.contiguous()
-        cifg, clip = ctx.flags
-        g = load().backward(dy, dh_n, dc_n, h0, y, w_hh, ln_hh, ln_c_w, w_ch, rec, zh, zc, valid, cifg, clip, saved)
-        dgx, dh0, dc0, dw_hh, dln_hh, dln_cw, dln_cb, dw_ch = g
-        return dgx, dh0, dc0, dw_hh, dln_hh, dln_cw, dln_cb, dw_ch, *([None] * 7)
+        cifg, clip, with_bias = ctx.flags
+        g = load().backward(dy, dh_n, dc_n, h0, y, w_hh, ln_hh, ln_c_w, w_ch, rec, zh, zc, valid, ln_ih, with_bias,
+                            cifg, clip, saved)  # fmt: skip
+        dgx, dh0, dc0, dw_hh, dln_hh, dln_cw, dln_cb, dw_ch, dln_ih, dbias = g
+        return dgx, dh0, dc0, dw_hh, dln_hh, dln_cw, dln_cb, dw_ch, dln_ih, dbias, *([None] * 7)
 
 
 class LinearFunction(torch.autograd.Function):
@@ -155,10 +157,11 @@ def layer(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One layer and direction: gx (T, B, 4H), h0/c0 (B, H), w_hh (4H, H) effective -> (y (T, B, H), h_n, c_n).
 
-    ``v`` holds the switched-on variants (``layer_norm``, ``peephole``, ``coupled_input_forget``,
-    ``cell_clip``), ``p`` their parameters by name, ``masks`` the step's masks (``recurrent``,
-    ``zoneout_h``, ``zoneout_c``), ``valid`` (T, B, 1) bool where t < length. ``y`` is the carried
-    state (padding not zeroed).
+    ``gx`` is ``x W_ih^T`` (no bias, no layer norm: the kernel applies ``p["layernorm_ih_weight"]``
+    and adds ``p["bias"]`` = b_ih + b_hh itself). ``v`` holds the switched-on variants
+    (``layer_norm``, ``peephole``, ``coupled_input_forget``, ``cell_clip``), ``p`` their parameters
+    by name, ``masks`` the step's masks (``recurrent``, ``zoneout_h``, ``zoneout_c``), ``valid``
+    (T, B, 1) bool where t < length. ``y`` is the carried state (padding not zeroed).
     """
     c = lambda t: None if t is None else t.contiguous()  # noqa: E731
     ln = v.layer_norm
@@ -168,10 +171,12 @@ def layer(
         gx.contiguous(), h0.contiguous(), c0.contiguous(), w_hh.contiguous(),
         c(p.get("layernorm_hh_weight")) if ln else None, c(p.get("layernorm_c_weight")) if ln else None,
         c(p.get("layernorm_c_bias")) if ln else None, c(p.get("weight_ch")) if v.peephole else None,
+        c(p.get("layernorm_ih_weight")) if ln else None, c(p.get("bias")),
         c(masks.get("recurrent")), c(masks.get("zoneout_h")), c(masks.get("zoneout_c")), vm,
         bool(v.coupled_input_forget), clip, float(eps),
-    )  # fmt: skip
+)  # fmt: skip
 
 
 layer.per_layer = True  # type: ignore[attr-defined]  # the module's loop over layers/directions calls it
 layer.linear = linear  # type: ignore[attr-defined]  # and computes the input projection with this GEMM
+layer.fuses_input_norm = True  # type: ignore[attr-defined]  # gx without bias and LN: the kernel adds them

@@ -291,11 +291,13 @@ class LSTM(torch.nn.LSTM):
                 xd = reverse_padded(x, lengths) if d == 1 else x
                 ln_ih = getattr(self, "layernorm_ih_weight" + sfx, None)
                 w_ih = getattr(self, "weight_ih" + sfx)
-                gx = input_projection(xd, w_ih, bias, ln_ih, getattr(layer_kernel, "linear", None))  # (T, B, 4H)
                 h, c = hx[0][k], hx[1][k]  # (B, P or H), (B, H)
-                if layer_kernel is not None:
-                    y, h, c = layer_kernel(gx, h, c, w_hh, v, p, m, mask)
+                if layer_kernel is not None:  # the kernel adds bias and LN to x W_ih^T itself
+                    gx = input_projection(xd, w_ih, None, None, layer_kernel.linear)  # (T, B, 4H)
+                    pk = {**p, "bias": bias, "layernorm_ih_weight": ln_ih}
+                    y, h, c = layer_kernel(gx, h, c, w_hh, v, pk, m, mask)
                 else:
+                    gx = input_projection(xd, w_ih, bias, ln_ih)  # (T, B, 4H)
                     ys = []
                     for t in range(T):
                         h_t, c_t = variant_step(gx[t], h, c, w_hh, w_hr, v, p, m, t)

@@ -2,8 +2,9 @@
 //
 // The equations are lstmkit.reference.variant_layer_forward's (see src/lstmkit/nn/variants.py);
 // this file only makes them fast. Python computes the input projection for all steps at once
-// (gx = LN(x W_ih^T) g_ih + b, one GEMM) and hands it here with the effective recurrent weight
-// (W_hh already multiplied by its DropConnect mask). Per step, forward is
+// (gx = x W_ih^T, one GEMM) and hands it here with the effective recurrent weight (W_hh already
+// multiplied by its DropConnect mask); the kernel adds LN(gx) g_ih (or gx) and the bias b_ih + b_hh
+// row by row, and returns the gradient of gx. Per step, forward is
 //
 //     r = h_in W_hh^T            one GEMM (B, H) x (H, 4H), h_in = h_{t-1} * m_rec
 //     fused(r, gx_t, ...)        ONE pass over each batch row: LN of r, the gates, c'_t, LN of c'_t,
@@ -16,9 +17,11 @@
 // Shapes (T steps, B batch, H hidden; gates stacked (i, f, g, o) as torch does):
 //   gx (T, B, 4H)   h0, c0 (B, H)   w_hh (4H, H)   ln_hh (4H)   ln_c_w, ln_c_b (H)   w_ch (3H)
 //   rec (B, H)      zh, zc (T, B, H)   valid (T, B) with 1 where t < length, else 0
+//   ln_ih (4H)      bias (4H) = b_ih + b_hh
 // Saved for backward (only when `save`): gates (T, B, 4H) activations, cnew (T, B, H) c'_t,
 //   cs (T+1, B, H) the carried cell states, tn (T, B, H) tanh(n_t), and with layer norm
-//   xh (T, B, 4H) normalised r, rh (T, B) its 1/std, nh (T, B, H) normalised c'_t, rc (T, B).
+//   xh (T, B, 4H) normalised r, rh (T, B) its 1/std, nh (T, B, H) normalised c'_t, rc (T, B);
+//   with ln_ih, xx (T, B, 4H) normalised gx and rx (T, B).
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -38,9 +41,13 @@ namespace {
 
 // ---- element-wise maths: float gets a branch-free exp that GCC vectorises; double stays exact ----
 
-inline float fast_exp(float x) {  // Cephes expf: |rel err| < 2e-7 on [-87, 88]
-  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-  const float n = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
+inline float fast_exp(float x) {  // Cephes expf, branch-free: |rel err| < 1e-7 on [-87, 88]
+  x = x < -87.0f ? -87.0f : x;
+  x = x > 88.0f ? 88.0f : x;
+  const float t = x * 1.44269504088896341f + 12582912.0f;  // round(x / ln 2) in the low mantissa bits
+  const float n = t - 12582912.0f;
+  int ti;
+  __builtin_memcpy(&ti, &t, sizeof(float));
   const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
@@ -49,7 +56,7 @@ inline float fast_exp(float x) {  // Cephes expf: |rel err| < 2e-7 on [-87, 88]
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   const float e = p * r * r + r + 1.0f;
-  const int bits = (static_cast<int>(n) + 127) << 23;
+  const int bits = (ti - 0x4B400000 + 127) << 23;  // 2^n
   float scale;
   __builtin_memcpy(&scale, &bits, sizeof(float));
   return e * scale;
@@ -116,10 +123,10 @@ Tensor linear_nt(const Tensor& x, const Tensor& w) {
 template <typename T>
 void forward_impl(const Tensor& gx, const Tensor& h0, const Tensor& c0, const Tensor& w_hh, const OptT& ln_hh,
                   const OptT& ln_c_w, const OptT& ln_c_b, const OptT& w_ch, const OptT& rec, const OptT& zh,
-                  const OptT& zc, const OptT& valid, bool cifg, double clip, double eps, bool save,
-                  std::vector<Tensor>& out) {
+                  const OptT& zc, const OptT& valid, const OptT& ln_ih, const OptT& bias, bool cifg, double clip,
+                  double eps, bool save, std::vector<Tensor>& out) {
   const int64_t Tn = gx.size(0), B = gx.size(1), H4 = gx.size(2), H = H4 / 4;
-  const bool ln = has(ln_hh), peep = has(w_ch);
+  const bool ln = has(ln_hh), lnx = has(ln_ih), peep = has(w_ch);
   auto opt = gx.options();
   const int64_t TS = save ? Tn : 1;  // saved buffers hold every step, or just the current one
   Tensor y = at::empty({Tn, B, H}, opt);
@@ -131,6 +138,9 @@ void forward_impl(const Tensor& gx, const Tensor& h0, const Tensor& c0, const Te
   Tensor rh = ln ? at::empty({TS, B}, opt) : Tensor();
   Tensor nh = ln ? at::empty({TS, B, H}, opt) : Tensor();
   Tensor rc = ln ? at::empty({TS, B}, opt) : Tensor();
+  Tensor xx = lnx ? at::empty({TS, B, H4}, opt) : Tensor();  // normalised x W_ih^T
+  Tensor rx = lnx ? at::empty({TS, B}, opt) : Tensor();
+  const T *plnx = ptr_or_null<T>(ln_ih), *pbias = ptr_or_null<T>(bias);
   cs[0].copy_(c0);
   const Tensor w_run = pack_weight(w_hh, B);  // packed once per call, read T times
   const T *pgx = gx.data_ptr<T>(), *prec = ptr_or_null<T>(rec), *pzh = ptr_or_null<T>(zh), *pzc = ptr_or_null<T>(zc);
@@ -154,6 +164,8 @@ void forward_impl(const Tensor& gx, const Tensor& h0, const Tensor& c0, const Te
     T* prh = ln ? rh.data_ptr<T>() + ts * B : nullptr;
     T* pnh = ln ? nh.data_ptr<T>() + ts * B * H : nullptr;
     T* prc = ln ? rc.data_ptr<T>() + ts * B : nullptr;
+    T* pxx = lnx ? xx.data_ptr<T>() + ts * B * H4 : nullptr;
+    T* prx = lnx ? rx.data_ptr<T>() + ts * B : nullptr;
     const T* gxt = pgx + t * B * H4;
     at::parallel_for(0, B, grain(H), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
@@ -161,16 +173,34 @@ void forward_impl(const Tensor& gx, const Tensor& h0, const Tensor& c0, const Te
         const T* gb = gxt + b * H4;
         if (ln) {
           T mu = 0, var = 0;
+          #pragma omp simd reduction(+ : mu)
           for (int64_t j = 0; j < H4; ++j) mu += a[j];
           mu /= H4;
+          #pragma omp simd reduction(+ : var)
           for (int64_t j = 0; j < H4; ++j) var += (a[j] - mu) * (a[j] - mu);
           const T rs = T(1) / std::sqrt(var / H4 + Teps);
           prh[b] = rs;
           T* xb = pxh + b * H4;
           for (int64_t j = 0; j < H4; ++j) xb[j] = (a[j] - mu) * rs;
-          for (int64_t j = 0; j < H4; ++j) a[j] = gb[j] + plnh[j] * xb[j];
+          for (int64_t j = 0; j < H4; ++j) a[j] = plnh[j] * xb[j];
+        }
+        if (lnx) {  // a += LN(x W_ih^T) g_ih
+          T mu = 0, var = 0;
+          #pragma omp simd reduction(+ : mu)
+          for (int64_t j = 0; j < H4; ++j) mu += gb[j];
+          mu /= H4;
+          #pragma omp simd reduction(+ : var)
+          for (int64_t j = 0; j < H4; ++j) var += (gb[j] - mu) * (gb[j] - mu);
+          const T rs = T(1) / std::sqrt(var / H4 + Teps);
+          prx[b] = rs;
+          T* xb = pxx + b * H4;
+          for (int64_t j = 0; j < H4; ++j) xb[j] = (gb[j] - mu) * rs;
+          for (int64_t j = 0; j < H4; ++j) a[j] += plnx[j] * xb[j];
         } else {
           for (int64_t j = 0; j < H4; ++j) a[j] += gb[j];
+        }
+        if (pbias) {
+          for (int64_t j = 0; j < H4; ++j) a[j] += pbias[j];
         }
         const T* cpb = cp + b * H;
         T *ai = a, *af = a + H, *ag = a + 2 * H, *ao = a + 3 * H;
@@ -198,8 +228,10 @@ void forward_impl(const Tensor& gx, const Tensor& h0, const Tensor& c0, const Te
         T* tnb = ptn + b * H;
         if (ln) {
           T mu = 0, var = 0;
+          #pragma omp simd reduction(+ : mu)
           for (int64_t j = 0; j < H; ++j) mu += c[j];
           mu /= H;
+          #pragma omp simd reduction(+ : var)
           for (int64_t j = 0; j < H; ++j) var += (c[j] - mu) * (c[j] - mu);
           const T rs = T(1) / std::sqrt(var / H + Teps);
           prc[b] = rs;
@@ -240,19 +272,23 @@ void forward_impl(const Tensor& gx, const Tensor& h0, const Tensor& c0, const Te
     out.push_back(nh);
     out.push_back(rc);
   }
+  if (lnx) {
+    out.push_back(xx);
+    out.push_back(rx);
+  }
 }
 
 template <typename T>
 void backward_impl(const Tensor& dy, const Tensor& dh_n, const Tensor& dc_n, const Tensor& h0, const Tensor& y,
                    const Tensor& w_hh, const OptT& ln_hh, const OptT& ln_c_w, const OptT& w_ch, const OptT& rec,
-                   const OptT& zh, const OptT& zc, const OptT& valid, bool cifg, double clip,
-                   const std::vector<Tensor>& saved, std::vector<Tensor>& out) {
+                   const OptT& zh, const OptT& zc, const OptT& valid, const OptT& ln_ih, bool with_bias,
+                   bool cifg, double clip, const std::vector<Tensor>& saved, std::vector<Tensor>& out) {
   const Tensor &gates = saved[0], &cnew = saved[1], &cs = saved[2], &tn = saved[3];
-  const bool ln = has(ln_hh), peep = has(w_ch);
+  const bool ln = has(ln_hh), lnx = has(ln_ih), peep = has(w_ch);
   const int64_t Tn = dy.size(0), B = dy.size(1), H = dy.size(2), H4 = 4 * H;
   auto opt = dy.options();
   Tensor dgx = at::empty({Tn, B, H4}, opt);
-  Tensor dah = ln ? at::empty({Tn, B, H4}, opt) : dgx;  // da_h: gradient of h_in W_hh^T
+  Tensor dah = (ln || lnx) ? at::empty({Tn, B, H4}, opt) : dgx;  // da_h: gradient of h_in W_hh^T
   Tensor dh_in = at::zeros({B, H}, opt);   // da_h[t+1] W_hh, before the recurrent-dropout mask
   Tensor dh_dir = dh_n.clone();            // the direct part of dL/dh_t (zoneout, padding, dh_n)
   Tensor dc = dc_n.clone();                // dL/dc_t
@@ -260,6 +296,9 @@ void backward_impl(const Tensor& dy, const Tensor& dh_n, const Tensor& dc_n, con
   const T *pg = gates.data_ptr<T>(), *pcn = cnew.data_ptr<T>(), *pcs = cs.data_ptr<T>(), *ptn = tn.data_ptr<T>();
   const T *pxh = ln ? saved[4].data_ptr<T>() : nullptr, *prh = ln ? saved[5].data_ptr<T>() : nullptr;
   const T *pnh = ln ? saved[6].data_ptr<T>() : nullptr, *prc = ln ? saved[7].data_ptr<T>() : nullptr;
+  const size_t kx = ln ? 8 : 4;  // where LN(x W_ih^T)'s saved tensors start
+  const T *pxx = lnx ? saved[kx].data_ptr<T>() : nullptr, *prx = lnx ? saved[kx + 1].data_ptr<T>() : nullptr;
+  const T* plnx = ptr_or_null<T>(ln_ih);
   const T *pdy = dy.data_ptr<T>(), *prec = ptr_or_null<T>(rec), *pzh = ptr_or_null<T>(zh), *pzc = ptr_or_null<T>(zc);
   const T *pv = ptr_or_null<T>(valid), *plnh = ptr_or_null<T>(ln_hh), *plncw = ptr_or_null<T>(ln_c_w);
   const T* pwch = ptr_or_null<T>(w_ch);
@@ -267,8 +306,9 @@ void backward_impl(const Tensor& dy, const Tensor& dh_n, const Tensor& dc_n, con
   T *pdgx = dgx.data_ptr<T>(), *pdah = dah.data_ptr<T>();
   T *pdhd = dh_dir.data_ptr<T>(), *pdc = dc.data_ptr<T>();
   // Per-thread accumulators of the vector parameters' gradients, summed after the loop:
-  // [dln_hh (4H) | dln_c_w (H) | dln_c_b (H) | dw_ch (3H)], filled while each row is in cache.
-  const int64_t NA = 9 * H;
+  // [dln_hh (4H) | dln_c_w (H) | dln_c_b (H) | dw_ch (3H) | dbias (4H) | dln_ih (4H)], filled while
+  // each row is in cache.
+  const int64_t NA = 17 * H;
   const int nthreads = at::get_num_threads();
   std::vector<T> acc(static_cast<size_t>(nthreads) * NA, T(0));
   for (int64_t t = Tn - 1; t >= 0; --t) {
@@ -277,7 +317,8 @@ void backward_impl(const Tensor& dy, const Tensor& dh_n, const Tensor& dc_n, con
       std::vector<T> buf(4 * H);
       T *dh = buf.data(), *dcn = dh + H, *dcnew = dcn + H, *dnb = dcnew + H;
       T* ac = acc.data() + static_cast<size_t>(std::min(at::get_thread_num(), nthreads - 1)) * NA;
-      T *a_lnh = ac, *a_lncw = ac + 4 * H, *a_lncb = ac + 5 * H, *a_wch = ac + 6 * H;
+      T *a_lnh = ac, *a_lncw = ac + 4 * H, *a_lncb = ac + 5 * H, *a_wch = ac + 6 * H, *a_b = ac + 9 * H;
+      T* a_lnx = ac + 13 * H;
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t o3 = (t * B + b) * H4, o1 = (t * B + b) * H;
         T* dhd = pdhd + b * H;
@@ -296,7 +337,7 @@ void backward_impl(const Tensor& dy, const Tensor& dh_n, const Tensor& dc_n, con
         if (pv && pv[t * B + b] == T(0)) {  // padding: h_t = h_{t-1}, c_t = c_{t-1}
           for (int64_t j = 0; j < H; ++j) dhd[j] = dh[j];
           for (int64_t j = 0; j < H4; ++j) dgb[j] = T(0);
-          if (ln) {
+          if (ln || lnx) {
             for (int64_t j = 0; j < H4; ++j) dab[j] = T(0);
           }
           continue;
@@ -321,7 +362,9 @@ void backward_impl(const Tensor& dy, const Tensor& dh_n, const Tensor& dc_n, con
           for (int64_t j = 0; j < H; ++j) a_lncw[j] += dnb[j] * nb[j];
           for (int64_t j = 0; j < H; ++j) a_lncb[j] += dnb[j];
           T m1 = 0, m2 = 0;
+          #pragma omp simd reduction(+ : m1)
           for (int64_t j = 0; j < H; ++j) m1 += dnb[j] * plncw[j];
+          #pragma omp simd reduction(+ : m2)
           for (int64_t j = 0; j < H; ++j) m2 += dnb[j] * plncw[j] * nb[j];
           m1 /= H;
           m2 /= H;
@@ -363,11 +406,31 @@ void backward_impl(const Tensor& dy, const Tensor& dh_n, const Tensor& dc_n, con
           const T rs = prh[t * B + b];
           T m1 = 0, m2 = 0;
           for (int64_t j = 0; j < H4; ++j) a_lnh[j] += dgb[j] * xb[j];
+          #pragma omp simd reduction(+ : m1)
           for (int64_t j = 0; j < H4; ++j) m1 += dgb[j] * plnh[j];
+          #pragma omp simd reduction(+ : m2)
           for (int64_t j = 0; j < H4; ++j) m2 += dgb[j] * plnh[j] * xb[j];
           m1 /= H4;
           m2 /= H4;
           for (int64_t j = 0; j < H4; ++j) dab[j] = rs * (dgb[j] * plnh[j] - m1 - xb[j] * m2);
+        } else if (lnx) {
+          for (int64_t j = 0; j < H4; ++j) dab[j] = dgb[j];
+        }
+        if (with_bias) {
+          for (int64_t j = 0; j < H4; ++j) a_b[j] += dgb[j];
+        }
+        if (lnx) {  // a_x = LN(x W_ih^T) g_ih: dgx becomes the gradient of x W_ih^T, in place
+          const T* xb = pxx + o3;
+          const T rs = prx[t * B + b];
+          T m1 = 0, m2 = 0;
+          for (int64_t j = 0; j < H4; ++j) a_lnx[j] += dgb[j] * xb[j];
+          #pragma omp simd reduction(+ : m1)
+          for (int64_t j = 0; j < H4; ++j) m1 += dgb[j] * plnx[j];
+          #pragma omp simd reduction(+ : m2)
+          for (int64_t j = 0; j < H4; ++j) m2 += dgb[j] * plnx[j] * xb[j];
+          m1 /= H4;
+          m2 /= H4;
+          for (int64_t j = 0; j < H4; ++j) dgb[j] = rs * (dgb[j] * plnx[j] - m1 - xb[j] * m2);
         }
       }
     });
@@ -390,18 +453,20 @@ void backward_impl(const Tensor& dy, const Tensor& dh_n, const Tensor& dc_n, con
     dln_cb = sums.narrow(0, 5 * H, H);
   }
   if (peep) dw_ch = sums.narrow(0, 6 * H, 3 * H);
-  out = {dgx, dh0, dc, dw_hh, dln_hh, dln_cw, dln_cb, dw_ch};
+  Tensor dbias = with_bias ? sums.narrow(0, 9 * H, 4 * H) : Tensor();
+  Tensor dln_ih = lnx ? sums.narrow(0, 13 * H, 4 * H) : Tensor();
+  out = {dgx, dh0, dc, dw_hh, dln_hh, dln_cw, dln_cb, dw_ch, dln_ih, dbias};
 }
 
 std::vector<Tensor> lstm_forward(const Tensor& gx, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
                                  const OptT& ln_hh, const OptT& ln_c_w, const OptT& ln_c_b, const OptT& w_ch,
-                                 const OptT& rec, const OptT& zh, const OptT& zc, const OptT& valid, bool cifg,
-                                 double clip, double eps, bool save) {
+                                 const OptT& rec, const OptT& zh, const OptT& zc, const OptT& valid,
+                                 const OptT& ln_ih, const OptT& bias, bool cifg, double clip, double eps, bool save) {
   TORCH_CHECK(gx.dim() == 3 && gx.size(2) % 4 == 0, "gx must be (T, B, 4H)");
   std::vector<Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "lstmkit_forward", [&] {
-    forward_impl<scalar_t>(gx, h0, c0, w_hh, ln_hh, ln_c_w, ln_c_b, w_ch, rec, zh, zc, valid, cifg, clip, eps, save,
-                           out);
+    forward_impl<scalar_t>(gx, h0, c0, w_hh, ln_hh, ln_c_w, ln_c_b, w_ch, rec, zh, zc, valid, ln_ih, bias, cifg, clip,
+                           eps, save, out);
   });
   return out;
 }
@@ -409,12 +474,13 @@ std::vector<Tensor> lstm_forward(const Tensor& gx, const Tensor& h0, const Tenso
 std::vector<Tensor> lstm_backward(const Tensor& dy, const Tensor& dh_n, const Tensor& dc_n, const Tensor& h0,
                                   const Tensor& y, const Tensor& w_hh, const OptT& ln_hh, const OptT& ln_c_w,
                                   const OptT& w_ch, const OptT& rec, const OptT& zh, const OptT& zc,
-                                  const OptT& valid, bool cifg, double clip, at::TensorList saved) {
+                                  const OptT& valid, const OptT& ln_ih, bool with_bias, bool cifg, double clip,
+                                  at::TensorList saved) {
   std::vector<Tensor> sv(saved.begin(), saved.end());
   std::vector<Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "lstmkit_backward", [&] {
-    backward_impl<scalar_t>(dy, dh_n, dc_n, h0, y, w_hh, ln_hh, ln_c_w, w_ch, rec, zh, zc, valid, cifg, clip, sv,
-                            out);
+    backward_impl<scalar_t>(dy, dh_n, dc_n, h0, y, w_hh, ln_hh, ln_c_w, w_ch, rec, zh, zc, valid, ln_ih, with_bias,
+                            cifg, clip, sv, out);
   });
   return out;
 }
@@ -428,12 +494,12 @@ TORCH_LIBRARY(lstmkit_cpu, m) {
   m.def("linear(Tensor x, Tensor w) -> Tensor", &linear_op);
   m.def(
       "forward(Tensor gx, Tensor h0, Tensor c0, Tensor w_hh, Tensor? ln_hh, Tensor? ln_c_w, Tensor? ln_c_b, "
-      "Tensor? w_ch, Tensor? rec, Tensor? zh, Tensor? zc, Tensor? valid, bool cifg, float clip, float eps, "
-      "bool save) -> Tensor[]",
+      "Tensor? w_ch, Tensor? rec, Tensor? zh, Tensor? zc, Tensor? valid, Tensor? ln_ih, Tensor? bias, bool cifg, "
+      "float clip, float eps, bool save) -> Tensor[]",
       &lstm_forward);
   m.def(
       "backward(Tensor dy, Tensor dh_n, Tensor dc_n, Tensor h0, Tensor y, Tensor w_hh, Tensor? ln_hh, "
-      "Tensor? ln_c_w, Tensor? w_ch, Tensor? rec, Tensor? zh, Tensor? zc, Tensor? valid, bool cifg, float clip, "
-      "Tensor[] saved) -> Tensor[]",
+      "Tensor? ln_c_w, Tensor? w_ch, Tensor? rec, Tensor? zh, Tensor? zc, Tensor? valid, Tensor? ln_ih, "
+      "bool with_bias, bool cifg, float clip, Tensor[] saved) -> Tensor[]",
       &lstm_backward);
 }
