@@ -212,7 +212,7 @@ def register(subparsers) -> None:
     pr.add_argument("--out", help="CSV of quantiles per step (default: stdout)")
     pr.add_argument("--plot", help="PNG of history and forecast (one per series: NAME_ID.png)")
     common(pr)
-    pr.set_defaults(func=cmd_predict, num_samples=None)
+    pr.set_defaults(func=cmd_predict)
 
     b = sub.add_parser("backtest", help="rolling-origin backtest: LSTM vs naive, seasonal naive, ETS, ARIMA")
     _add_data(b, DEFAULT_DATASET)

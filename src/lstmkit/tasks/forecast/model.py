@@ -39,8 +39,7 @@ class ForecastConfig:
     context: int = 0  # steps of history the LSTM reads; 0: max(2 * season, 3 * horizon, 24)
     mode: str = "autoregressive"  # "autoregressive" (DeepAR, samples fed back) or "direct" (multi-output head)
     distribution: str = "student_t"  # "gaussian", "student_t" or "quantile"
-    scaling: str = "window+level"  # "window": minus the context mean, over the series' std; "+level": that mean
-    # is also an input; "series": series mean and std only
+    scaling: str = "window+level"  # minus the context mean, also an input; "window": not an input; "series": none
     hidden_size: int = 40  # LSTM width; small series want small models
     num_layers: int = 1  # stacked LSTM layers
     dropout: float = 0.1  # dropout on the head's input (and between layers)
