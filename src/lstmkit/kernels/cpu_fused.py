@@ -104,19 +104,19 @@ class LayerFunction(torch.autograd.Function):
                            eps, save)  # fmt: skip
         y, h_n, c_n = outs[0], outs[1], outs[2]
         if save:
-            ctx.save_for_backward(h0, y, w_hh, ln_hh, ln_c_w, w_ch, ln_ih, rec, zh, zc, valid, *outs[3:])
+            ctx.save_for_backward(h0, y, w_hh, ln_hh, ln_c_w, ln_c_b, w_ch, ln_ih, rec, zh, zc, valid, *outs[3:])
             ctx.flags = (cifg, clip, bias is not None)
         return y, h_n, c_n
 
     @staticmethod
     def backward(ctx, dy, dh_n, dc_n):
-        h0, y, w_hh, ln_hh, ln_c_w, w_ch, ln_ih, rec, zh, zc, valid, *saved = ctx.saved_tensors
+        h0, y, w_hh, ln_hh, ln_c_w, ln_c_b, w_ch, ln_ih, rec, zh, zc, valid, *saved = ctx.saved_tensors
         dy = torch.zeros_like(y) if dy is None else dy.contiguous()
         dh_n = torch.zeros_like(h0) if dh_n is None else dh_n.contiguous()
         dc_n = torch.zeros_like(h0) if dc_n is None else dc_n.contiguous()
         cifg, clip, with_bias = ctx.flags
-        g = load().backward(dy, dh_n, dc_n, h0, y, w_hh, ln_hh, ln_c_w, w_ch, rec, zh, zc, valid, ln_ih, with_bias,
-                            cifg, clip, saved)  # fmt: skip
+        g = load().backward(dy, dh_n, dc_n, h0, y, w_hh, ln_hh, ln_c_w, ln_c_b, w_ch, rec, zh, zc, valid, ln_ih,
+                            with_bias, cifg, clip, saved)  # fmt: skip
         dgx, dh0, dc0, dw_hh, dln_hh, dln_cw, dln_cb, dw_ch, dln_ih, dbias = g
         return dgx, dh0, dc0, dw_hh, dln_hh, dln_cw, dln_cb, dw_ch, dln_ih, dbias, *([None] * 7)
 

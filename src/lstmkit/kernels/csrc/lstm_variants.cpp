@@ -18,9 +18,10 @@
 //   gx (T, B, 4H)   h0, c0 (B, H)   w_hh (4H, H)   ln_hh (4H)   ln_c_w, ln_c_b (H)   w_ch (3H)
 //   rec (B, H)      zh, zc (T, B, H)   valid (T, B) with 1 where t < length, else 0
 //   ln_ih (4H)      bias (4H) = b_ih + b_hh
-// Saved for backward (only when `save`): gates (T, B, 4H) activations, cnew (T, B, H) c'_t,
-//   cs (T+1, B, H) the carried cell states, tn (T, B, H) tanh(n_t), and with layer norm
-//   xh (T, B, 4H) normalised r, rh (T, B) its 1/std, nh (T, B, H) normalised c'_t, rc (T, B);
+// Saved for backward (only when `save`): gates (T, B, 4H) activations, cnew (T, B, H) c'_t (a view
+//   of cs when nothing separates c'_t from c_t), cs (T+1, B, H) the carried cell states, and with
+//   layer norm xh (T, B, 4H) normalised r, rh (T, B) its 1/std, mc, rc (T, B) mean and 1/std of
+//   c'_t (tanh(n_t) and LN(c'_t) are recomputed in backward, bit for bit);
 //   with ln_ih, xx (T, B, 4H) normalised gx and rx (T, B).
 
 #include <ATen/ATen.h>
@@ -132,11 +133,14 @@ void forward_impl(const Tensor& gx, const Tensor& h0, const Tensor& c0, const Te
   Tensor y = at::empty({Tn, B, H}, opt);
   Tensor cs = at::empty({save ? Tn + 1 : 2, B, H}, opt);
   Tensor gates = at::empty({TS, B, H4}, opt);
-  Tensor cnew = at::empty({TS, B, H}, opt);
-  Tensor tn = at::empty({TS, B, H}, opt);
+  // Without zoneout on c or padding, c'_t is c_t: save it once (a view of cs) instead of twice.
+  const bool alias_c = save && !has(zc) && !has(valid);
+  Tensor cnew = alias_c ? Tensor() : at::empty({TS, B, H}, opt);
+  Tensor tn = at::empty({1, B, H}, opt);  // tanh(n_t) of this step only: backward recomputes it
   Tensor xh = ln ? at::empty({TS, B, H4}, opt) : Tensor();
   Tensor rh = ln ? at::empty({TS, B}, opt) : Tensor();
-  Tensor nh = ln ? at::empty({TS, B, H}, opt) : Tensor();
+  Tensor nh = ln ? at::empty({1, B, H}, opt) : Tensor();  // LN(c'_t) of this step; backward recomputes it
+  Tensor mc = ln ? at::empty({TS, B}, opt) : Tensor();     // ... from c'_t and this mean
   Tensor rc = ln ? at::empty({TS, B}, opt) : Tensor();
   Tensor xx = lnx ? at::empty({TS, B, H4}, opt) : Tensor();  // normalised x W_ih^T
   Tensor rx = lnx ? at::empty({TS, B}, opt) : Tensor();
@@ -158,11 +162,12 @@ void forward_impl(const Tensor& gx, const Tensor& h0, const Tensor& c0, const Te
     Tensor r = (prec ? linear_nt(hprev * (*rec), w_run) : linear_nt(hprev, w_run)).contiguous();  // (B, 4H)
     T* pr = r.data_ptr<T>();
     T* pg = gates.data_ptr<T>() + ts * B * H4;
-    T* pcn = cnew.data_ptr<T>() + ts * B * H;
-    T* ptn = tn.data_ptr<T>() + ts * B * H;
+    T* pcn = alias_c ? cs.data_ptr<T>() + (t + 1) * B * H : cnew.data_ptr<T>() + ts * B * H;
+    T* ptn = tn.data_ptr<T>();
     T* pxh = ln ? xh.data_ptr<T>() + ts * B * H4 : nullptr;
     T* prh = ln ? rh.data_ptr<T>() + ts * B : nullptr;
-    T* pnh = ln ? nh.data_ptr<T>() + ts * B * H : nullptr;
+    T* pnh = ln ? nh.data_ptr<T>() : nullptr;
+    T* pmc = ln ? mc.data_ptr<T>() + ts * B : nullptr;
     T* prc = ln ? rc.data_ptr<T>() + ts * B : nullptr;
     T* pxx = lnx ? xx.data_ptr<T>() + ts * B * H4 : nullptr;
     T* prx = lnx ? rx.data_ptr<T>() + ts * B : nullptr;
@@ -235,6 +240,7 @@ void forward_impl(const Tensor& gx, const Tensor& h0, const Tensor& c0, const Te
           for (int64_t j = 0; j < H; ++j) var += (c[j] - mu) * (c[j] - mu);
           const T rs = T(1) / std::sqrt(var / H + Teps);
           prc[b] = rs;
+          pmc[b] = mu;
           T* nhb = pnh + b * H;
           for (int64_t j = 0; j < H; ++j) nhb[j] = (c[j] - mu) * rs;
           for (int64_t j = 0; j < H; ++j) tnb[j] = tanh_(plncw[j] * nhb[j] + plncb[j]);
@@ -265,11 +271,12 @@ void forward_impl(const Tensor& gx, const Tensor& h0, const Tensor& c0, const Te
   }
   Tensor h_n = Tn > 0 ? y[Tn - 1].clone() : h0.clone();
   Tensor c_n = cs[save ? Tn : (Tn % 2)].clone();
-  out = {y, h_n, c_n, gates, cnew, cs, tn};
+  if (alias_c) cnew = cs.narrow(0, 1, Tn);
+  out = {y, h_n, c_n, gates, cnew, cs};
   if (ln) {
     out.push_back(xh);
     out.push_back(rh);
-    out.push_back(nh);
+    out.push_back(mc);
     out.push_back(rc);
   }
   if (lnx) {
@@ -280,10 +287,11 @@ void forward_impl(const Tensor& gx, const Tensor& h0, const Tensor& c0, const Te
 
 template <typename T>
 void backward_impl(const Tensor& dy, const Tensor& dh_n, const Tensor& dc_n, const Tensor& h0, const Tensor& y,
-                   const Tensor& w_hh, const OptT& ln_hh, const OptT& ln_c_w, const OptT& w_ch, const OptT& rec,
+                   const Tensor& w_hh, const OptT& ln_hh, const OptT& ln_c_w, const OptT& ln_c_b, const OptT& w_ch,
+                   const OptT& rec,
                    const OptT& zh, const OptT& zc, const OptT& valid, const OptT& ln_ih, bool with_bias,
                    bool cifg, double clip, const std::vector<Tensor>& saved, std::vector<Tensor>& out) {
-  const Tensor &gates = saved[0], &cnew = saved[1], &cs = saved[2], &tn = saved[3];
+  const Tensor &gates = saved[0], &cnew = saved[1], &cs = saved[2];
   const bool ln = has(ln_hh), lnx = has(ln_ih), peep = has(w_ch);
   const int64_t Tn = dy.size(0), B = dy.size(1), H = dy.size(2), H4 = 4 * H;
   auto opt = dy.options();
@@ -293,15 +301,15 @@ void backward_impl(const Tensor& dy, const Tensor& dh_n, const Tensor& dc_n, con
   Tensor dh_dir = dh_n.clone();            // the direct part of dL/dh_t (zoneout, padding, dh_n)
   Tensor dc = dc_n.clone();                // dL/dc_t
   Tensor w_t = w_hh.t();                   // (H, 4H): dh_in = da_h @ w_hh = linear(da_h, w_hh^T)
-  const T *pg = gates.data_ptr<T>(), *pcn = cnew.data_ptr<T>(), *pcs = cs.data_ptr<T>(), *ptn = tn.data_ptr<T>();
-  const T *pxh = ln ? saved[4].data_ptr<T>() : nullptr, *prh = ln ? saved[5].data_ptr<T>() : nullptr;
-  const T *pnh = ln ? saved[6].data_ptr<T>() : nullptr, *prc = ln ? saved[7].data_ptr<T>() : nullptr;
-  const size_t kx = ln ? 8 : 4;  // where LN(x W_ih^T)'s saved tensors start
+  const T *pg = gates.data_ptr<T>(), *pcn = cnew.data_ptr<T>(), *pcs = cs.data_ptr<T>();
+  const T *pxh = ln ? saved[3].data_ptr<T>() : nullptr, *prh = ln ? saved[4].data_ptr<T>() : nullptr;
+  const T *pmc = ln ? saved[5].data_ptr<T>() : nullptr, *prc = ln ? saved[6].data_ptr<T>() : nullptr;
+  const size_t kx = ln ? 7 : 3;  // where LN(x W_ih^T)'s saved tensors start
   const T *pxx = lnx ? saved[kx].data_ptr<T>() : nullptr, *prx = lnx ? saved[kx + 1].data_ptr<T>() : nullptr;
   const T* plnx = ptr_or_null<T>(ln_ih);
   const T *pdy = dy.data_ptr<T>(), *prec = ptr_or_null<T>(rec), *pzh = ptr_or_null<T>(zh), *pzc = ptr_or_null<T>(zc);
   const T *pv = ptr_or_null<T>(valid), *plnh = ptr_or_null<T>(ln_hh), *plncw = ptr_or_null<T>(ln_c_w);
-  const T* pwch = ptr_or_null<T>(w_ch);
+  const T *pwch = ptr_or_null<T>(w_ch), *plnc_b = ptr_or_null<T>(ln_c_b);
   const T Tclip = T(clip);
   T *pdgx = dgx.data_ptr<T>(), *pdah = dah.data_ptr<T>();
   T *pdhd = dh_dir.data_ptr<T>(), *pdc = dc.data_ptr<T>();
@@ -314,8 +322,8 @@ void backward_impl(const Tensor& dy, const Tensor& dh_n, const Tensor& dc_n, con
   for (int64_t t = Tn - 1; t >= 0; --t) {
     const T* pdhin = dh_in.data_ptr<T>();
     at::parallel_for(0, B, grain(H), [&](int64_t b0, int64_t b1) {
-      std::vector<T> buf(4 * H);
-      T *dh = buf.data(), *dcn = dh + H, *dcnew = dcn + H, *dnb = dcnew + H;
+      std::vector<T> buf(6 * H);
+      T *dh = buf.data(), *dcn = dh + H, *dcnew = dcn + H, *dnb = dcnew + H, *th = dnb + H, *nb = th + H;
       T* ac = acc.data() + static_cast<size_t>(std::min(at::get_thread_num(), nthreads - 1)) * NA;
       T *a_lnh = ac, *a_lncw = ac + 4 * H, *a_lncb = ac + 5 * H, *a_wch = ac + 6 * H, *a_b = ac + 9 * H;
       T* a_lnx = ac + 13 * H;
@@ -350,13 +358,19 @@ void backward_impl(const Tensor& dy, const Tensor& dh_n, const Tensor& dc_n, con
           for (int64_t j = 0; j < H; ++j) dhd[j] = T(0);
         }
         const T *gi = pg + o3, *gf = gi + H, *gg = gi + 2 * H, *go = gi + 3 * H;
-        const T *cn = pcn + o1, *cp = pcs + o1, *th = ptn + o1;  // cs[t] = c_{t-1}
+        const T *cn = pcn + o1, *cp = pcs + o1;  // cs[t] = c_{t-1}
+        if (ln) {  // recompute LN(c'_t) and tanh(n_t) exactly as forward did
+          const T mu = pmc[t * B + b], rs = prc[t * B + b];
+          for (int64_t j = 0; j < H; ++j) nb[j] = (cn[j] - mu) * rs;
+          for (int64_t j = 0; j < H; ++j) th[j] = tanh_(plncw[j] * nb[j] + plnc_b[j]);
+        } else {
+          for (int64_t j = 0; j < H; ++j) th[j] = tanh_(cn[j]);
+        }
         T *dai = dgb, *daf = dgb + H, *dag = dgb + 2 * H, *dao = dgb + 3 * H;
         // h'_t = o_t tanh(n_t)
         for (int64_t j = 0; j < H; ++j) dao[j] = dh[j] * th[j] * go[j] * (T(1) - go[j]);
         for (int64_t j = 0; j < H; ++j) dcn[j] = dh[j] * go[j] * (T(1) - th[j] * th[j]);  // dL/dn_t
         if (ln) {  // n = LN(c') g_c + b_c
-          const T* nb = pnh + o1;
           const T rs = prc[t * B + b];
           for (int64_t j = 0; j < H; ++j) dnb[j] = dcn[j];
           for (int64_t j = 0; j < H; ++j) a_lncw[j] += dnb[j] * nb[j];
@@ -473,13 +487,13 @@ std::vector<Tensor> lstm_forward(const Tensor& gx, const Tensor& h0, const Tenso
 
 std::vector<Tensor> lstm_backward(const Tensor& dy, const Tensor& dh_n, const Tensor& dc_n, const Tensor& h0,
                                   const Tensor& y, const Tensor& w_hh, const OptT& ln_hh, const OptT& ln_c_w,
-                                  const OptT& w_ch, const OptT& rec, const OptT& zh, const OptT& zc,
+                                  const OptT& ln_c_b, const OptT& w_ch, const OptT& rec, const OptT& zh, const OptT& zc,
                                   const OptT& valid, const OptT& ln_ih, bool with_bias, bool cifg, double clip,
                                   at::TensorList saved) {
   std::vector<Tensor> sv(saved.begin(), saved.end());
   std::vector<Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "lstmkit_backward", [&] {
-    backward_impl<scalar_t>(dy, dh_n, dc_n, h0, y, w_hh, ln_hh, ln_c_w, w_ch, rec, zh, zc, valid, ln_ih, with_bias,
+    backward_impl<scalar_t>(dy, dh_n, dc_n, h0, y, w_hh, ln_hh, ln_c_w, ln_c_b, w_ch, rec, zh, zc, valid, ln_ih, with_bias,
                             cifg, clip, sv, out);
   });
   return out;
@@ -499,7 +513,7 @@ TORCH_LIBRARY(lstmkit_cpu, m) {
       &lstm_forward);
   m.def(
       "backward(Tensor dy, Tensor dh_n, Tensor dc_n, Tensor h0, Tensor y, Tensor w_hh, Tensor? ln_hh, "
-      "Tensor? ln_c_w, Tensor? w_ch, Tensor? rec, Tensor? zh, Tensor? zc, Tensor? valid, Tensor? ln_ih, "
-      "bool with_bias, bool cifg, float clip, Tensor[] saved) -> Tensor[]",
+      "Tensor? ln_c_w, Tensor? ln_c_b, Tensor? w_ch, Tensor? rec, Tensor? zh, Tensor? zc, Tensor? valid, "
+      "Tensor? ln_ih, bool with_bias, bool cifg, float clip, Tensor[] saved) -> Tensor[]",
       &lstm_backward);
 }
