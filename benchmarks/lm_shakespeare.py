@@ -32,7 +32,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespear
 
 SHAKESPEARE = dict(
     level="char", valid_fraction=0.1, test_fraction=0.0, emsize=64, hidden=512, layers=2, dropout=0.25,
-    batch_size=32, bptt=100, optimizer="adam", lr=3e-3, schedule="plateau", decay_factor=2.0, patience=0,
+    batch_size=32, bptt=100, optimizer="adam", lr=2e-3, schedule="plateau", decay_factor=2.0, patience=0,
     clip=1.0, epochs=1000, log_every=50, eval_batch_size=16, samples=0,
 )  # fmt: skip
 
