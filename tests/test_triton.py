@@ -18,6 +18,7 @@ import torch
 pytest.importorskip("triton", reason="triton is not installed (pip install triton); the GPU kernels need it")
 
 from lstmkit import reference as ref  # noqa: E402
+from lstmkit.kernels import native  # noqa: E402
 from lstmkit.kernels import triton_lstm as tk  # noqa: E402
 
 KW = dict(bias=True, num_layers=1, dropout=0.0, training=True, bidirectional=False, batch_first=False)
@@ -167,6 +168,18 @@ def test_supported_configurations():
     assert "mixed" in tk.unsupported_reason(x.float(), hx, w, **KW, interpret=True)
     with pytest.raises(ValueError, match="lengths"):
         tk.lstm(x, hx, w, **KW, lengths=torch.tensor([2, 1]))
+
+
+def test_dispatcher_helpers():
+    """why_not rules a module out at selection time; lstm_or_native falls back per call, with native's numbers."""
+    w, x, h0, c0, _ = one_layer_case(3, 2, 3, 4, seed=2)
+    assert "CUDA" in tk.why_not((), 0, w[0])
+    assert "layer_norm" in tk.why_not(("layer_norm",), 0, w[0])
+    assert "proj" in tk.why_not((), 2, w[0])
+    got = tk.lstm_or_native(x, (h0, c0), w, **KW)  # CPU tensors: torch's operator runs
+    want = native.lstm(x, (h0, c0), w, **KW)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_plan_refuses_impossible_persistence():

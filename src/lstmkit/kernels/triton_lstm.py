@@ -99,7 +99,8 @@ except ImportError:  # pragma: no cover - exercised only where triton is absent
     HAVE_TRITON = False
 
 __all__ = [
-    "HAVE_TRITON", "lstm", "layer", "is_supported", "unsupported_reason", "plan", "Plan", "warmup", "compile_ahead",
+    "HAVE_TRITON", "lstm", "lstm_or_native", "layer", "is_supported", "unsupported_reason", "why_not", "plan", "Plan",
+    "warmup", "compile_ahead",
 ]  # fmt: skip
 
 #: dtypes the GPU path takes; float64 runs only under the interpreter (CPU tensors).
@@ -728,6 +729,34 @@ def unsupported_reason(
 def is_supported(input: Tensor, hx: tuple[Tensor, Tensor], weights: list[Tensor], **kw) -> bool:
     """True when :func:`lstm` runs this call on the GPU (see :func:`unsupported_reason`)."""
     return unsupported_reason(input, hx, weights, **kw) is None
+
+
+def why_not(variants: tuple[str, ...] = (), proj_size: int = 0, like: Tensor | None = None) -> str | None:
+    """Why a module with these settings can never use the Triton kernels, or None when its calls may.
+
+    For the dispatcher, at selection time (``like`` is a parameter: device and dtype); each call is
+    still checked by :func:`lstm_or_native`.
+    """
+    if not HAVE_TRITON:
+        return "triton is not installed"
+    if variants:
+        return f"no Triton kernel for {', '.join(variants)} yet"
+    if proj_size:
+        return "projections (proj_size > 0) are not supported"
+    if like is None or not like.is_cuda:
+        return "parameters are not on a CUDA device"
+    if like.dtype not in GPU_DTYPES:
+        return f"dtype {like.dtype} (GPU path: float32, bfloat16, float16)"
+    return None
+
+
+def lstm_or_native(input: Tensor, hx: tuple[Tensor, Tensor], weights: list[Tensor], **kw):
+    """:func:`lstm` when it covers the call (CUDA, no ``lengths``, one dtype, ...), else ``native.lstm``."""
+    if is_supported(input, hx, weights, **kw):
+        return lstm(input, hx, weights, **kw)
+    from . import native
+
+    return native.lstm(input, hx, weights, **kw)
 
 
 def lstm(
