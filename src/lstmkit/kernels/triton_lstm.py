@@ -187,13 +187,18 @@ def _fwd_kernel(
     c = tl.load(cs_ptr + t_start * B * H + bh, mask=m_bj, other=0.0).to(ACC)  # carried cell state
     wait_ns = tl.full([], TIMEOUT_NS, tl.int64)  # barrier patience; 0 once a barrier has timed out
     wait_spins = tl.full([], SPIN_LIMIT, tl.int32)
+    # gx of the first step; the next step's is loaded before each barrier, off the critical path
+    gx_t = gx_ptr + t_start * B * 4 * H + b4h
+    gx_i = tl.load(gx_t + 0 * H, mask=m_bj, other=0.0)  # (BLOCK_B, BLOCK_H)
+    gx_f = tl.load(gx_t + 1 * H, mask=m_bj, other=0.0)
+    gx_g = tl.load(gx_t + 2 * H, mask=m_bj, other=0.0)
+    gx_o = tl.load(gx_t + 3 * H, mask=m_bj, other=0.0)
     for s in range(n_steps):
         t = t_start + s
-        gx_t = gx_ptr + t * B * 4 * H + b4h
-        a_i = tl.load(gx_t + 0 * H, mask=m_bj, other=0.0).to(ACC)  # (BLOCK_B, BLOCK_H)
-        a_f = tl.load(gx_t + 1 * H, mask=m_bj, other=0.0).to(ACC)
-        a_g = tl.load(gx_t + 2 * H, mask=m_bj, other=0.0).to(ACC)
-        a_o = tl.load(gx_t + 3 * H, mask=m_bj, other=0.0).to(ACC)
+        a_i = gx_i.to(ACC)
+        a_f = gx_f.to(ACC)
+        a_g = gx_g.to(ACC)
+        a_o = gx_o.to(ACC)
         # a += h_{t-1} W_hh^T for my units: (BLOCK_B, H) @ (H, BLOCK_H) per gate
         if RESIDENT:
             h_prev = tl.load(hs_ptr + t * B * H + bk, mask=m_bk, other=0.0, cache_modifier=".cg").to(DOT)
@@ -232,6 +237,12 @@ def _fwd_kernel(
             tl.store(sv + 1 * H, f_t, mask=m_bj)
             tl.store(sv + 2 * H, g_t, mask=m_bj)
             tl.store(sv + 3 * H, o_t, mask=m_bj)
+        # prefetch: the next step's gx depends on no other program (after the last step: reread, unused)
+        gx_t = gx_ptr + tl.minimum(t + 1, T - 1) * B * 4 * H + b4h
+        gx_i = tl.load(gx_t + 0 * H, mask=m_bj, other=0.0)
+        gx_f = tl.load(gx_t + 1 * H, mask=m_bj, other=0.0)
+        gx_g = tl.load(gx_t + 2 * H, mask=m_bj, other=0.0)
+        gx_o = tl.load(gx_t + 3 * H, mask=m_bj, other=0.0)
         if PERSIST:  # grid barrier among the hidden tiles of this batch tile
             tl.debug_barrier()  # all threads' stores of h_t precede the release
             ctr = sync_ptr + pid_b * T + t
@@ -306,12 +317,22 @@ def _bwd_kernel(
     dc = tl.load(dc_ptr + bh, mask=m_bj, other=0.0).to(ACC)  # carried dLoss/dc_t
     wait_ns = tl.full([], TIMEOUT_NS, tl.int64)
     wait_spins = tl.full([], SPIN_LIMIT, tl.int32)
+    dh_n = tl.load(dhn_ptr + bh, mask=m_bj, other=0.0).to(ACC)
+    # what step t_start needs from this program alone; later steps' is loaded before each barrier
+    dy_t = tl.load(dy_ptr + t_start * B * H + bh, mask=m_bj, other=0.0)
+    sv = gates_ptr + t_start * B * 4 * H + b4h
+    i_n = tl.load(sv + 0 * H, mask=m_bj, other=0.0)
+    f_n = tl.load(sv + 1 * H, mask=m_bj, other=0.0)
+    g_n = tl.load(sv + 2 * H, mask=m_bj, other=0.0)
+    o_n = tl.load(sv + 3 * H, mask=m_bj, other=0.0)
+    c_n = tl.load(cs_ptr + (t_start + 1) * B * H + bh, mask=m_bj, other=0.0)
+    c_p = tl.load(cs_ptr + t_start * B * H + bh, mask=m_bj, other=0.0)
     for s in range(n_steps):
         t = t_start - s
+        i_t, f_t, g_t, o_t, c_t, c_prev = i_n, f_n, g_n, o_n, c_n, c_p
         # dh_t = dy_t + [t = T-1] dh_T + da_{t+1} W_hh (the recurrence; da_T = 0)
         is_last = (t == T - 1).to(ACC)  # dh_T enters at the last step only
-        dh = tl.load(dy_ptr + t * B * H + bh, mask=m_bj, other=0.0).to(ACC)
-        dh += tl.load(dhn_ptr + bh, mask=m_bj, other=0.0).to(ACC) * is_last
+        dh = dy_t.to(ACC) + dh_n * is_last
         da_n = da_ptr + (t + 1) * B * 4 * H
         if RESIDENT:
             d = tl.load(da_n + b4k + 0 * H, mask=m_bk, other=0.0, cache_modifier=".cg").to(DOT)
@@ -334,13 +355,6 @@ def _bwd_kernel(
                     d = tl.load(d_t + g * H, mask=m_bk, other=0.0, cache_modifier=".cg").to(DOT)
                     w = tl.load(w_c + g * H * H, mask=m_kj, other=0.0).to(DOT)
                     dh = tl.dot(d, w, dh, input_precision=PRECISION, out_dtype=ACC)
-        sv = gates_ptr + t * B * 4 * H + b4h
-        i_t = tl.load(sv + 0 * H, mask=m_bj, other=0.0)
-        f_t = tl.load(sv + 1 * H, mask=m_bj, other=0.0)
-        g_t = tl.load(sv + 2 * H, mask=m_bj, other=0.0)
-        o_t = tl.load(sv + 3 * H, mask=m_bj, other=0.0)
-        c_t = tl.load(cs_ptr + (t + 1) * B * H + bh, mask=m_bj, other=0.0)
-        c_prev = tl.load(cs_ptr + t * B * H + bh, mask=m_bj, other=0.0)
         # cell, backwards
         tanh_c = 2.0 / (1.0 + tl.exp(-2.0 * c_t)) - 1.0
         do = dh * tanh_c
@@ -355,6 +369,16 @@ def _bwd_kernel(
         tl.store(out + 1 * H, da_f.to(da_ptr.dtype.element_ty), mask=m_bj)
         tl.store(out + 2 * H, da_g.to(da_ptr.dtype.element_ty), mask=m_bj)
         tl.store(out + 3 * H, da_o.to(da_ptr.dtype.element_ty), mask=m_bj)
+        # prefetch step t-1's own inputs (after step 0: reread, unused); its c_t is this step's c_prev
+        t_n = tl.maximum(t - 1, 0)
+        dy_t = tl.load(dy_ptr + t_n * B * H + bh, mask=m_bj, other=0.0)
+        sv = gates_ptr + t_n * B * 4 * H + b4h
+        i_n = tl.load(sv + 0 * H, mask=m_bj, other=0.0)
+        f_n = tl.load(sv + 1 * H, mask=m_bj, other=0.0)
+        g_n = tl.load(sv + 2 * H, mask=m_bj, other=0.0)
+        o_n = tl.load(sv + 3 * H, mask=m_bj, other=0.0)
+        c_n = c_prev
+        c_p = tl.load(cs_ptr + t_n * B * H + bh, mask=m_bj, other=0.0)
         if PERSIST:
             tl.debug_barrier()
             ctr = sync_ptr + pid_b * T + t
