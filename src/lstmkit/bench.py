@@ -8,9 +8,9 @@ repeat by repeat so that machine noise hits all alike:
     <variant>/loop   the same module with impl="loop": a plain PyTorch loop of the same maths
 
 and reports medians and the ratios ``time / torch time`` and ``time / loop time`` (< 1 is faster).
-With ``--memory`` (CPU) each model's peak resident memory in a fresh process (``ru_maxrss`` after a
-few training steps, and its growth over the process's size before the first step) is measured too,
-because torch's allocations are invisible to ``tracemalloc``.
+With ``--memory`` (CPU) each model's peak resident memory in a fresh process (``VmHWM`` after three
+training steps, and its growth over the peak before the first step) is measured too, because
+torch's allocations are invisible to ``tracemalloc``.
 
     lstmkit bench                                   # the four standard shapes, CPU
     lstmkit bench --shape 50,16,128,1 --json        # plus a shape of yours, machine-readable
@@ -151,11 +151,24 @@ def _memory_child(spec: str) -> None:
         from lstmkit.kernels import cpu_fused
 
         cpu_fused.available()  # load the extension before the baseline
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = _peak_rss_kib()
     for _ in range(3):
         _step(m, x, True)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = _peak_rss_kib()
     print(json.dumps({"peak_kib": peak, "growth_kib": peak - before}))
+
+
+def _peak_rss_kib() -> int:
+    """This process's peak resident set (KiB): VmHWM on Linux; ``ru_maxrss`` elsewhere (Linux keeps
+    ``ru_maxrss`` across exec, so a child would report its parent's size)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def peak_memory(kind: str, shape: tuple[int, int, int, int], threads: int = 0) -> dict[str, float]:
