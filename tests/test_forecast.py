@@ -244,3 +244,11 @@ def test_cli_bad_input_and_missing_dependency_exit_2(tmp_path, capsys, monkeypat
     monkeypatch.setitem(sys.modules, "pandas", None)
     assert main(["forecast", "backtest", "--data", str(csv)]) == 2
     assert "pip install 'lstmkit[forecast]'" in capsys.readouterr().err
+
+
+def test_backtest_can_retrain_at_every_origin():
+    d = data()
+    res = backtest(d, ForecastConfig(**TINY), BacktestConfig(windows=2, stride=2, baselines="", retrain=True))
+    assert res.origins == {"a": [55, 57]}  # stride 2: overlapping windows
+    assert [fc.median.shape for fc in res.forecasts["lstm"]["a"]] == [(3, 1), (3, 1)]
+    assert len(res.rows) == 2
