@@ -33,7 +33,11 @@ def save_run(path: str | Path, config: MemoryConfig, result: Result, model) -> P
 def load_run(path: str | Path):
     """(config, model) from :func:`save_run`'s file."""
     ckpt = load_checkpoint(path)
-    config = MemoryConfig(**ckpt["config"])
+    known = {f.name for f in dataclasses.fields(MemoryConfig)}
+    dropped = sorted(set(ckpt["config"]) - known)
+    if dropped:  # fields of older versions (the plateau schedule's lr_decay, patience)
+        log.warning("%s: ignoring config fields this version does not have: %s", path, ", ".join(dropped))
+    config = MemoryConfig(**{k: v for k, v in ckpt["config"].items() if k in known})
     model = build_model(config)
     model.load_state_dict(ckpt["state_dict"])
     return config, model
