@@ -214,3 +214,10 @@ def test_cli_user_errors(capsys):
     assert cli.main(["memory", "order", "--classes", "5", "--max-sequences", "8"]) == 2
     assert cli.main(["memory", "adding", "--T", "5"]) == 2
     assert "T >= 20" in capsys.readouterr().err
+
+
+def test_public_api_is_pinned():
+    expected = {"adding_batch", "temporal_order_batch", "copy_batch", "streams", "MemoryNet", "MemoryConfig",
+                "train", "evaluate", "gradient_flow", "gate_summary", "make_plots", "register"}  # fmt: skip
+    assert expected <= set(memory.__all__)
+    assert all(hasattr(memory, name) for name in memory.__all__)
