@@ -62,6 +62,9 @@ def save_checkpoint(obj: Any, path: str | os.PathLike, *, overwrite: bool = True
         raise FileExistsError(f"{path} exists; pass overwrite=True (or --overwrite) to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 -> the permissions a plain open() would give
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
