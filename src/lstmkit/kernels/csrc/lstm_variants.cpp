@@ -30,6 +30,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cmath>
 #include <optional>
@@ -97,8 +98,12 @@ const std::optional<c10::OperatorHandle>& onednn_op(const char* name) {
   return name[0] == 'l' ? lp : rw;
 }
 
+std::atomic<bool> onednn_broken{false};  // set if a oneDNN call ever throws (another torch's schema)
+std::atomic<bool> onednn_ok{false};      // set by the first oneDNN call that worked: only then pack
+
 inline bool use_onednn(const Tensor& x) {
-  return x.scalar_type() == at::kFloat && x.size(0) >= kOneDnnMinRows && onednn_op("linear").has_value();
+  return x.scalar_type() == at::kFloat && x.size(0) >= kOneDnnMinRows && onednn_op("linear").has_value() &&
+         !onednn_broken.load();
 }
 
 // Whether to prepack W_hh for the per-step GEMM: LSTMKIT_ONEDNN_PACK=1 always, 0 never; unset: only
@@ -115,20 +120,30 @@ bool want_pack() {
 Tensor pack_weight(const Tensor& w, int64_t rows) {
   const auto& rw = onednn_op("reorder");
   if (w.scalar_type() != at::kFloat || rows < kOneDnnMinRows || !rw.has_value() || !onednn_op("linear").has_value() ||
-      !want_pack())
+      !want_pack() || onednn_broken.load() || !onednn_ok.load())
     return w;
-  std::vector<c10::IValue> stack = {w.contiguous(), c10::IValue(rows)};
-  rw->callBoxed(&stack);
-  return stack[0].toTensor();
+  try {
+    std::vector<c10::IValue> stack = {w.contiguous(), c10::IValue(rows)};
+    rw->callBoxed(&stack);
+    return stack[0].toTensor();
+  } catch (const std::exception&) {
+    onednn_broken.store(true);
+    return w;
+  }
 }
 
 // x (M, K) @ w^T with w (N, K) (or w packed by pack_weight) -> (M, N); any strides.
 Tensor linear_nt(const Tensor& x, const Tensor& w) {
   if (use_onednn(x)) {
-    std::vector<c10::IValue> stack = {x, w, c10::IValue(), std::string("none"),
-                                      c10::List<std::optional<at::Scalar>>(), c10::IValue()};
-    onednn_op("linear")->callBoxed(&stack);
-    return stack[0].toTensor();
+    try {
+      std::vector<c10::IValue> stack = {x, w, c10::IValue(), std::string("none"),
+                                        c10::List<std::optional<at::Scalar>>(), c10::IValue()};
+      onednn_op("linear")->callBoxed(&stack);
+      onednn_ok.store(true);
+      return stack[0].toTensor();
+    } catch (const std::exception&) {
+      onednn_broken.store(true);  // from now on at::mm; w is never packed once this is set
+    }
   }
   return at::mm(x, w.t());
 }
