@@ -89,7 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             }
             rows.append(row)
             print(
-                f"{row['shape']:>20} {row['pass']:>8}  torch {row['torch_ms']:8.2f} ms  lstmkit {row['ours_ms']:8.2f} ms"
+                f"{row['shape']:>20} {row['pass']:>8}  torch {row['torch_ms']:8.2f} ms"
+                f"  lstmkit {row['ours_ms']:8.2f} ms"
                 f"  speed ratio {row['ratio']:.3f}   loop {row['loop_ms']:8.2f} ms ({row['loop_ratio']:.2f}x)",
                 flush=True,
             )
