@@ -81,7 +81,7 @@ def test_mixed_devices(lstm):
 
 
 def test_unknown_impl():
-    with pytest.raises(ValueError, match=r"impl must be one of \('auto', 'native', 'loop'\), got 'fast'"):
+    with pytest.raises(ValueError, match=r"impl must be one of \('auto', 'native', 'loop', 'triton'\), got 'fast'"):
         LSTM(3, 4, impl="fast")
 
 

@@ -28,8 +28,9 @@ __all__ = ["IMPLS", "select_lstm", "select_cell", "native", "cpu_fused"]
 
 #: What a user may ask for with ``impl=``: ``auto`` (fastest that covers the call: native without
 #: variants, else the compiled CPU kernel where it covers the call), ``native`` (fail unless torch's
-#: fused operator covers it) or ``loop`` (always the readable pure-torch path).
-IMPLS = ("auto", "native", "loop")
+#: fused operator covers it), ``loop`` (always the readable pure-torch path) or ``triton`` (the
+#: persistent GPU kernels of ``triton_lstm``; CUDA only, not yet measured on a GPU).
+IMPLS = ("auto", "native", "loop", "triton")
 
 
 def _check_impl(impl: str) -> None:
@@ -38,7 +39,12 @@ def _check_impl(impl: str) -> None:
 
 
 def select_lstm(
-    impl: str, variants: tuple[str, ...] = (), *, proj_size: int = 0, like: Tensor | None = None
+    impl: str,
+    variants: tuple[str, ...] = (),
+    *,
+    proj_size: int = 0,
+    like: Tensor | None = None,
+    ragged: bool = False,
 ) -> Callable | None:
     """The kernel that runs a call, or None for the pure-torch loop.
 
@@ -46,10 +52,23 @@ def select_lstm(
     ``proj_size`` and ``like`` (a parameter: device and dtype) say what else the kernel must cover.
     A returned kernel with ``per_layer = True`` runs one layer and direction (``cpu_fused.layer``);
     otherwise it runs the whole call (``native.lstm``).
+
+    ``ragged``: the call has per-sequence lengths (``lengths=`` or a PackedSequence). On the CPU,
+    torch's packed operator pays for ragged batches with a backward pass whose cost grows with the
+    square of the length (measured: T=1000, B=32, H=16, lengths in [T/2, T]: 0.33 s against 0.012 s
+    padded), so ``auto`` runs such calls on the compiled kernel, which masks instead of packing.
+    ``impl="triton"`` asks for the GPU kernels of ``triton_lstm`` (error when they cannot run).
     """
     _check_impl(impl)
     if impl == "loop":
         return None
+    if impl == "triton":
+        from . import triton_lstm  # imports triton only when asked for
+
+        why = triton_lstm.why_not(variants, proj_size, like)
+        if why is not None:
+            raise ValueError(f"impl='triton' cannot run this module: {why}; use impl='auto' or 'native'")
+        return triton_lstm.lstm_or_native  # per call: Triton, else native.lstm (lengths=, mixed dtypes)
     if impl == "native":
         if variants:
             raise ValueError(
@@ -57,7 +76,9 @@ def select_lstm(
                 "is switched on; use impl='auto' or 'loop'"
             )
         return native.lstm
-    if not variants:
+    if not variants:  # plain: torch's operator, unless a ragged CPU batch is cheaper masked
+        if ragged and like is not None and not cpu_fused.why_not(proj_size, like):
+            return cpu_fused.layer
         return native.lstm
     return None if cpu_fused.why_not(proj_size, like) else cpu_fused.layer
 

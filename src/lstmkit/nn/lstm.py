@@ -148,7 +148,10 @@ class LSTM(torch.nn.LSTM):
     def forward(
         self, input, hx: tuple[Tensor, Tensor] | None = None, lengths: Tensor | None = None, *, masks=None
     ):
-        kernel = kernels.select_lstm(self.impl, self.variants(), proj_size=self.proj_size, like=self.weight_ih_l0)
+        kernel = kernels.select_lstm(
+            self.impl, self.variants(), proj_size=self.proj_size, like=self.weight_ih_l0,
+            ragged=lengths is not None or isinstance(input, PackedSequence),
+        )  # fmt: skip
         if getattr(kernel, "per_layer", False):  # a kernel for one layer and direction: the loop calls it
             kernel, layer_kernel = None, kernel
         else:
