@@ -12,28 +12,16 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Sequence
 
 import torch
 
+from lstmkit.bench import cpu_name
 from lstmkit.nn import LSTM
 
 SHAPES = [(35, 20, 200, 2), (35, 20, 650, 2), (100, 1, 256, 1), (100, 32, 256, 1)]
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def step(m: torch.nn.Module, x: torch.Tensor, backward: bool) -> None:
