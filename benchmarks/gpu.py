@@ -136,31 +136,39 @@ def rel_errors(got, want) -> dict[str, float]:
 
 
 def _warm(task) -> tuple[str, int, float, str]:
-    T, B, H, dname, first = task
+    T, B, H, dname, kw = task
     t0 = time.perf_counter()
     try:
-        n = tk.warmup(T, B, H, DTYPES[dname], "cuda", stepwise=True)
-        if first:  # check() also runs the streamed-weights kernels at the first shape
-            n += tk.warmup(T, B, H, DTYPES[dname], "cuda", inference=False, resident=False)
-        return f"{(T, B, H)} {dname}", n, time.perf_counter() - t0, ""
+        n = tk.warmup(T, B, H, DTYPES[dname], "cuda", tune=False, **kw)
+        return f"{(T, B, H)} {dname} {kw}", n, time.perf_counter() - t0, ""
     except Exception as e:
-        return f"{(T, B, H)} {dname}", 0, time.perf_counter() - t0, f"{type(e).__name__}: {e}"[:200]
+        return f"{(T, B, H)} {dname} {kw}", 0, time.perf_counter() - t0, f"{type(e).__name__}: {e}"[:200]
 
 
 def precompile(shapes, dtypes, workers: int) -> None:
-    """Compile every kernel the run will launch, ``workers`` processes at a time."""
+    """Compile every kernel the run will launch (each tuning candidate's, the checks'), ``workers`` processes
+    at a time, one task per plan."""
     import concurrent.futures as cf
     import multiprocessing as mp
 
-    tasks = [(T, B, H, d, (T, B, H) == shapes[0]) for T, B, H in shapes for d in dtypes]
+    tasks = []
+    for T, B, H in shapes:
+        for d in dtypes:
+            kws = tk.candidates(B, H, DTYPES[d], "cuda") if tk.TUNE else [{}]
+            kws += [{"mode": "stepwise"}] + ([{"resident": False}] if (T, B, H) == shapes[0] else [])
+            for kw in {repr(tk.plan(B, H, DTYPES[d], "cuda", **kw)): kw for kw in kws}.values():
+                tasks.append((T, B, H, d, kw))
+    tasks.sort(key=lambda t: -t[2])  # large H first: they compile longest
     t0 = time.perf_counter()
+    n_all = 0
     with cf.ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=mp.get_context("spawn")) as ex:
         for what, n, sec, err in ex.map(_warm, tasks):
+            n_all += n
             if err:
                 log.warning("precompile %s failed (%s); the run will compile it itself", what, err)
             else:
-                log.info("precompiled %s: %d kernels in %.1f s", what, n, sec)
-    log.info("precompile: %.0f s", time.perf_counter() - t0)
+                log.debug("precompiled %s: %d kernels in %.1f s", what, n, sec)
+    log.info("precompile: %d kernels of %d plans in %.0f s", n_all, len(tasks), time.perf_counter() - t0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,12 +195,13 @@ def check(shapes, dtypes, device: str) -> list[dict]:
                 e_cudnn = float("nan")
             for vname, kw in variants:
                 try:
-                    plan = tk.plan(B, H, DTYPES[dname], device, **kw)
                     e_np = rel_errors(run_ours(m._flat_weights, x[:Tr], h0, c0, gy[:Tr], DTYPES[dname], **kw), want_np)
                     e_t = rel_errors(run_ours(m._flat_weights, x, h0, c0, gy, DTYPES[dname], **kw), want_t)
+                    dt = DTYPES[dname]
+                    plan = tuned_plans(B, H, dt, device) if not kw else tk.plan(B, H, dt, device, **kw)
                     worst = max(max(e_np.values()), max(e_t.values()))
                     ok = worst < TOL[dname]  # nan compares False: a NaN fails
-                    rows.append(dict(shape=(T, B, H), dtype=dname, variant=vname, plan=repr(plan),
+                    rows.append(dict(shape=(T, B, H), dtype=dname, variant=vname, plan=str(plan),
                                      ref_numpy=max(e_np.values()), ref_full=max(e_t.values()), cudnn=e_cudnn,
                                      worst_field=max({**e_np, **e_t}.items(), key=lambda kv: kv[1])[0],
                                      ok=ok))  # fmt: skip
@@ -269,7 +278,32 @@ def bench_one(T: int, B: int, H: int, dname: str, device: str, warmup: int, iter
             row[f"{name}_fb"] = time_ms(lambda: ours_fb(**mode), device, warmup, iters)  # noqa: B023
         except Exception as e:  # report, go on
             row[f"{name}_error"] = f"{type(e).__name__}: {e}"[:200]
+    row["plan"] = tuned_plans(B, H, dtype, device)
     return row
+
+
+def tuned_plans(B: int, H: int, dtype: torch.dtype, device: str) -> str:
+    """The plans the kernels ran with (tuned on the first call when tuning is on): 'fwd; bwd'."""
+    dev = torch.device(device)
+    fwd, bwd = (repr(tk.tuned_plan(k, B, H, dtype, dev)) for k in ("fwd", "bwd"))
+    return fwd if fwd == bwd else f"fwd {fwd}; bwd {bwd}"
+
+
+def tuning_table() -> str:
+    """What the kernels' plan tuning measured (triton_lstm.TUNE_LOG): microseconds per step of each candidate."""
+    if not tk.TUNE_LOG:
+        return ""
+    names = {v: k for k, v in DTYPES.items()}
+    lines = ["", f"## Plan tuning: microseconds per step of each candidate ({tk.TUNE_STEPS} steps, median of 3)", "",
+             "| kernel | B | H | dtype | candidate | us/step | chosen |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for (kind, B, H, dtype, _), rows in tk.TUNE_LOG.items():
+        done = [r for r in rows if r[1] is not None]
+        best = min(done, key=lambda r: r[1])[0] if done else None
+        for plan, ms in rows:
+            us = "refused / timed out" if ms is None else f"{ms * 1e3 / tk.TUNE_STEPS:.2f}"
+            mark = "yes" if plan == best else ""
+            lines.append(f"| {kind} | {B} | {H} | {names.get(dtype, dtype)} | {plan} | {us} | {mark} |")
+    return "\n".join(lines) + "\n"
 
 
 def bench(shapes, dtypes, device: str, warmup: int, iters: int, deadline: float) -> list[dict]:
@@ -411,7 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--skip-check", action="store_true")
     ap.add_argument("--fp32-precision", choices=("tf32x3", "ieee"), default=None,
                     help="tl.dot precision of the float32 kernels (default: the module's, tf32x3)")
-    ap.add_argument("--workers", type=int, default=min(12, os.cpu_count() or 1),
+    ap.add_argument("--workers", type=int, default=min(15, os.cpu_count() or 1),
                     help="processes that compile the kernels first (0: compile on first use)")
     ap.add_argument("--out", type=Path, default=Path("gpu_results.md"))
     args = ap.parse_args(argv)
@@ -451,7 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.device == "cpu" else "fp32 with TF32 off (torch and cuDNN).")  # fmt: skip
     if len(times) < len(shapes) * len(dtypes):
         note += f" Time budget ({args.budget_s:.0f} s) spent: only {len(times)} of {len(shapes) * len(dtypes)} timed."
-    text = render(_machine(args.device), cmd, checks, times, [], note)
+    text = render(_machine(args.device), cmd, checks, times, [], note) + tuning_table()
     print(text)
     args.out.write_text(text + "\n")
     log.info("wrote %s in %.0f s", args.out, time.monotonic() - start)

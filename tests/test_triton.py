@@ -218,17 +218,30 @@ def test_kernels_compile_for_the_gpu_without_one():
         tk.warmup(5, 2, 16, torch.float32, "cpu")
 
 
-def test_barrier_without_atomic_poll(monkeypatch):
-    """Older triton has no tl.atomic_poll: the spin-loop barrier gives the same numbers."""
-    monkeypatch.setattr(tk, "HAVE_POLL", False)
+POLLS = [0, 2] if tk.HAVE_POLL else [0]  # 1 (inline PTX acquire load) cannot run in the interpreter
+
+
+@pytest.mark.parametrize("poll", POLLS)
+def test_barrier_kinds_give_the_same_numbers(poll):
+    """tl.atomic_poll (triton >= 3.9) and the atomic spin loop give the reference's numbers."""
     w, x, h0, c0, gy = one_layer_case(3, 3, 2, 6, seed=9)
     want = reference_case(w, x, h0, c0, gy)
-    got = triton_case(w, x, h0, c0, gy, torch.float64, mode="persistent", tiles=(1, 16))
+    got = triton_case(w, x, h0, c0, gy, torch.float64, mode="persistent", tiles=(1, 16), poll=poll)
     for k, v in want.items():
         assert rel(got[k], v) < 1e-10, k
 
 
-@pytest.mark.parametrize("poll", [True, False])
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="TRITON_INTERPRET=1 turns triton.jit off")
+def test_acquire_load_barrier_compiles_to_ld_acquire():
+    """The barrier of older triton (poll=1) spins on a gpu-scope acquire load, not an atomic."""
+    kernels = tk.compile_ahead(5, 2, 16, torch.bfloat16, poll=1)
+    for k in kernels.values():
+        assert "ld.acquire.gpu.global.b32" in k.asm["ptx"]
+    with pytest.raises(ValueError, match="poll"):
+        tk.plan(2, 16, torch.float64, "cpu", poll=1)
+
+
+@pytest.mark.parametrize("poll", POLLS)
 def test_broken_barrier_is_flagged_not_hung(poll):
     """A barrier that can never fill (it waits for 2 programs, 1 runs) times out, sets the error flag, and the
     kernel still finishes every step."""
@@ -246,3 +259,40 @@ def test_broken_barrier_is_flagged_not_hung(poll):
     assert sync.tolist() == [[1, 1, 1]]  # every step was reached once
     with pytest.raises(RuntimeError, match="barrier timed out"):
         tk._raise_on_timeout(err, "forward")
+
+
+def test_tuning_times_each_candidate_and_keeps_the_fastest_working_one(monkeypatch):
+    """_tune (what tuned_plan runs once per GPU shape) times every candidate, logs it, skips a plan whose
+    barrier times out, and returns the keywords of the fastest; interpreter, float64."""
+    monkeypatch.setattr(tk, "TUNE_STEPS", 4)
+    key = ("test", 2, 6)
+    cands = [dict(mode="persistent"), dict(mode="stepwise"), dict(mode="persistent", tiles=(2, 8))]
+    for kind in ("fwd", "bwd"):
+        tk.TUNE_LOG.pop(key, None)
+        kw = tk._tune(kind, 2, 6, torch.float64, torch.device("cpu"), cands, key)
+        assert kw in cands
+        log = tk.TUNE_LOG.pop(key)
+        assert [r[0] for r in log] == [repr(tk.plan(2, 6, torch.float64, "cpu", **c)) for c in cands]
+        assert all(ms is not None and ms > 0 for _, ms in log)
+        best = min(range(3), key=lambda i: log[i][1])
+        assert kw == cands[best]
+    # on the CPU (and with explicit keywords) there is no tuning: the heuristic / the given plan
+    cpu = torch.device("cpu")
+    assert repr(tk.tuned_plan("fwd", 2, 6, torch.float64, cpu)) == repr(tk.plan(2, 6, torch.float64, "cpu"))
+    p = tk.tuned_plan("bwd", 2, 6, torch.float64, torch.device("cpu"), mode="stepwise", tiles=None)
+    assert not p.persistent
+
+
+def test_candidates_cover_the_tilings_and_fit_the_gpu():
+    """The plans tuning may choose at the issue's small-batch bf16 shape: several hidden tiles, resident and
+    streamed, step-wise, and the atomic-spin barrier; every persistent one fits 132 SMs."""
+    cands = tk.candidates(8, 256, torch.bfloat16, "cuda", sm_count=132)
+    plans = [tk.plan(8, 256, torch.bfloat16, "cuda", sm_count=132, **kw) for kw in cands]
+    assert len({repr(p) for p in plans}) == len(plans) >= 6
+    assert {p.BLOCK_H for p in plans} >= {8, 16, 32, 64}
+    assert any(not p.persistent for p in plans) and any(p.persistent and not p.resident for p in plans)
+    assert any(p.persistent and p.poll == 0 for p in plans)
+    assert all(p.programs <= 132 for p in plans if p.persistent)
+    big = [tk.plan(256, 1024, torch.float16, "cuda", sm_count=132, **kw) for kw in
+           tk.candidates(256, 1024, torch.float16, "cuda", sm_count=132)]  # fmt: skip
+    assert {p.BLOCK_B for p in big} == {64, 128}

@@ -82,6 +82,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import time
 
 import torch
 import torch.nn.functional as F
@@ -100,7 +101,7 @@ except ImportError:  # pragma: no cover - exercised only where triton is absent
 
 __all__ = [
     "HAVE_TRITON", "lstm", "lstm_or_native", "layer", "is_supported", "unsupported_reason", "why_not", "plan", "Plan",
-    "warmup", "compile_ahead",
+    "warmup", "compile_ahead", "candidates", "tuned_plan",
 ]  # fmt: skip
 
 #: dtypes the GPU path takes; float64 runs only under the interpreter (CPU tensors).
@@ -109,8 +110,13 @@ GPU_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 BARRIER_TIMEOUT_NS = 2_000_000_000
 #: the same bound, counted in spins, where triton has no tl.atomic_poll (each spin is an L2 round trip).
 SPIN_LIMIT = 2_000_000
-#: tl.atomic_poll appeared in triton 3.9; older versions spin on tl.atomic_add(ptr, 0).
+#: tl.atomic_poll appeared in triton 3.9; older versions spin on an acquire load (inline PTX).
 HAVE_POLL = HAVE_TRITON and hasattr(tl, "atomic_poll")
+#: how the GPU kernels wait at the grid barrier: 2 = tl.atomic_poll, 1 = spin on ``ld.acquire.gpu`` (every
+#: thread, no read-modify-write), 0 = spin on ``tl.atomic_add(ptr, 0)`` (one thread, an L2 atomic and a CTA
+#: barrier per spin). Environment variable LSTMKIT_TRITON_POLL overrides; the interpreter always uses 0.
+GPU_POLL = int(os.environ.get("LSTMKIT_TRITON_POLL", "2" if HAVE_POLL else "1"))
+_LD_ACQUIRE = tl.constexpr("ld.acquire.gpu.global.b32 $0, [$1];") if HAVE_TRITON else None
 #: cooperative launch (all programs co-resident, or the launch fails) appeared in triton 3.2 or so.
 HAVE_COOPERATIVE = False
 if HAVE_TRITON:
@@ -160,7 +166,7 @@ def _fwd_kernel(
     RESIDENT: tl.constexpr,  # W_hh tile loaded once, kept on chip; else streamed from L2 every step
     SAVE: tl.constexpr,
     TIMEOUT_NS: tl.constexpr,
-    POLL: tl.constexpr,  # tl.atomic_poll exists (triton >= 3.9)
+    POLL: tl.constexpr,  # barrier wait: 2 tl.atomic_poll (triton >= 3.9), 1 acquire-load spin, 0 atomic spin
     SPIN_LIMIT: tl.constexpr,  # barrier spins before a timeout is flagged when there is no atomic_poll
 ):
     pid_h = tl.program_id(0)
@@ -247,9 +253,16 @@ def _fwd_kernel(
             tl.debug_barrier()  # all threads' stores of h_t precede the release
             ctr = sync_ptr + pid_b * T + t
             tl.atomic_add(ctr, 1, sem="release", scope="gpu")
-            if POLL:  # triton >= 3.9: one thread spins, with a timeout on the GPU clock
+            if POLL == 2:  # triton >= 3.9: one thread spins, with a timeout on the GPU clock
                 ok = tl.atomic_poll(ctr, n_htiles, sem="acquire", scope="gpu", timeout_ns=wait_ns)
-            else:  # older triton: spin on an atomic read, at most wait_spins times
+            elif POLL == 1:  # every thread spins on a plain acquire load: no read-modify-write, no CTA barrier
+                seen = tl.inline_asm_elementwise(_LD_ACQUIRE, "=r,l", [ctr], dtype=tl.int32, is_pure=False, pack=1)
+                spins = 0
+                while (seen < n_htiles) & (spins < wait_spins):
+                    seen = tl.inline_asm_elementwise(_LD_ACQUIRE, "=r,l", [ctr], dtype=tl.int32, is_pure=False, pack=1)
+                    spins += 1
+                ok = seen >= n_htiles
+            else:  # spin on an atomic read (each one an L2 read-modify-write), at most wait_spins times
                 seen = tl.atomic_add(ctr, 0, sem="acquire", scope="gpu")
                 spins = 0
                 while (seen < n_htiles) & (spins < wait_spins):
@@ -290,7 +303,7 @@ def _bwd_kernel(
     PERSIST: tl.constexpr,
     RESIDENT: tl.constexpr,
     TIMEOUT_NS: tl.constexpr,
-    POLL: tl.constexpr,  # tl.atomic_poll exists (triton >= 3.9)
+    POLL: tl.constexpr,  # barrier wait: 2 tl.atomic_poll (triton >= 3.9), 1 acquire-load spin, 0 atomic spin
     SPIN_LIMIT: tl.constexpr,  # barrier spins before a timeout is flagged when there is no atomic_poll
 ):
     pid_h = tl.program_id(0)
@@ -383,9 +396,16 @@ def _bwd_kernel(
             tl.debug_barrier()
             ctr = sync_ptr + pid_b * T + t
             tl.atomic_add(ctr, 1, sem="release", scope="gpu")
-            if POLL:  # triton >= 3.9: one thread spins, with a timeout on the GPU clock
+            if POLL == 2:  # triton >= 3.9: one thread spins, with a timeout on the GPU clock
                 ok = tl.atomic_poll(ctr, n_htiles, sem="acquire", scope="gpu", timeout_ns=wait_ns)
-            else:  # older triton: spin on an atomic read, at most wait_spins times
+            elif POLL == 1:  # every thread spins on a plain acquire load: no read-modify-write, no CTA barrier
+                seen = tl.inline_asm_elementwise(_LD_ACQUIRE, "=r,l", [ctr], dtype=tl.int32, is_pure=False, pack=1)
+                spins = 0
+                while (seen < n_htiles) & (spins < wait_spins):
+                    seen = tl.inline_asm_elementwise(_LD_ACQUIRE, "=r,l", [ctr], dtype=tl.int32, is_pure=False, pack=1)
+                    spins += 1
+                ok = seen >= n_htiles
+            else:  # spin on an atomic read (each one an L2 read-modify-write), at most wait_spins times
                 seen = tl.atomic_add(ctr, 0, sem="acquire", scope="gpu")
                 spins = 0
                 while (seen < n_htiles) & (spins < wait_spins):
@@ -429,6 +449,7 @@ class Plan:
     def __init__(
         self, B: int, H: int, dtype: torch.dtype, device: torch.device, mode: str = "auto",
         tiles: tuple[int, ...] | None = None, resident: bool | None = None, sm_count: int | None = None,
+        poll: int | None = None,
     ):  # fmt: skip
         if mode not in ("auto", "persistent", "stepwise"):
             raise ValueError(f"mode must be 'auto', 'persistent' or 'stepwise', got {mode!r}")
@@ -476,6 +497,9 @@ class Plan:
             )
         self.persistent = can_persist if mode == "auto" else mode == "persistent"
         self.num_warps = 4 if self.BLOCK_B * self.BLOCK_H <= 1024 else 8
+        self.poll = (0 if self.interpret else GPU_POLL) if poll is None else poll
+        if self.poll not in (0, 1, 2) or (self.poll == 2 and not HAVE_POLL) or (self.poll == 1 and self.interpret):
+            raise ValueError(f"poll must be 0, 1 (GPU only) or 2 (triton >= 3.9), got {self.poll}")
         self.acc = tl.float64 if dtype == torch.float64 else tl.float32
         if self.interpret and dtype == torch.bfloat16:
             self.dot = tl.float32  # the interpreter multiplies bf16 bit patterns as integers
@@ -500,15 +524,16 @@ class Plan:
         return dict(
             T=T, B=B, H=H, n_htiles=self.n_htiles, BLOCK_B=self.BLOCK_B, BLOCK_H=self.BLOCK_H,
             BLOCK_K=self.BLOCK_K, H_PAD=self.H_PAD, ACC=self.acc, DOT=self.dot, PRECISION=self.precision,
-            PERSIST=self.persistent, RESIDENT=self.resident, TIMEOUT_NS=BARRIER_TIMEOUT_NS, POLL=HAVE_POLL,
+            PERSIST=self.persistent, RESIDENT=self.resident, TIMEOUT_NS=BARRIER_TIMEOUT_NS, POLL=self.poll,
             SPIN_LIMIT=SPIN_LIMIT,
         )  # fmt: skip
 
     def __repr__(self) -> str:
         mode = "persistent" if self.persistent else "stepwise"
         weights = "resident" if self.resident else f"streamed by {self.BLOCK_K}"
+        wait = {0: ", atomic-spin barrier", 1: ", acquire-load barrier", 2: ""}[self.poll] if self.persistent else ""
         return (f"Plan({mode}, {self.n_btiles}x{self.n_htiles} programs of {self.BLOCK_B}x{self.BLOCK_H}, "
-                f"weights {weights}, warps={self.num_warps})")  # fmt: skip
+                f"weights {weights}, warps={self.num_warps}{wait})")  # fmt: skip
 
 
 #: Shared memory one resident program may use. Triton keeps the resident W_hh tile and the h_{t-1}
@@ -539,6 +564,128 @@ def plan(B: int, H: int, dtype: torch.dtype, device: torch.device | str, mode: s
     return Plan(B, H, dtype, torch.device(device), mode, **kw)
 
 
+#: Measure the candidate launch plans on the first GPU call per (kernel, B, H, dtype, device) and keep the
+#: fastest (:func:`tuned_plan`). ``LSTMKIT_TRITON_TUNE=0`` uses the heuristic :class:`Plan` instead.
+TUNE = os.environ.get("LSTMKIT_TRITON_TUNE", "1") != "0"
+#: steps of the recurrence a tuning launch runs (per-step cost does not depend on T)
+TUNE_STEPS = 32
+_TUNED: dict[tuple, dict] = {}
+#: what tuning measured: key -> [(plan repr, milliseconds for TUNE_STEPS steps, or None if refused)]
+TUNE_LOG: dict[tuple, list] = {}
+
+
+def candidates(
+    B: int, H: int, dtype: torch.dtype, device: torch.device | str, sm_count: int | None = None
+) -> list[dict]:  # fmt: skip
+    """The :class:`Plan` keyword sets :func:`tuned_plan` times on a GPU: the heuristic plan, every hidden tile
+    of 8..64 units whose grid fits the SMs with resident weights (where they fit in shared memory), two
+    streamed tilings (more for B > 16: larger batch and hidden tiles), the step-wise launch, and the
+    heuristic tiling with the atomic-spin barrier. Duplicates (same ``repr``) are dropped."""
+    device = torch.device(device)
+    base = Plan(B, H, dtype, device, sm_count=sm_count)
+    if base.interpret:
+        return [{}]
+    sms = sm_count if sm_count is not None else _sm_count(device)
+    size = torch.empty((), dtype=dtype).element_size()
+    bb = base.BLOCK_B
+    n_b = math.ceil(B / bb)
+    out: list[dict] = [{}]
+    for bh in (8, 16, 32, 64):
+        if n_b * math.ceil(H / bh) > sms:
+            continue
+        if _resident_smem(bb, bh, base.H_PAD, size, base._split) <= SMEM_BUDGET:
+            out.append(dict(mode="persistent", tiles=(bb, bh), resident=True))
+        if bh in (16, 32):
+            out.append(dict(mode="persistent", tiles=(bb, bh), resident=False))
+    if B > 16:  # large batch: bigger streamed tiles use the tensor cores better, at fewer programs
+        for bb2, bh in ((bb, 64), (2 * bb, 32), (2 * bb, 64)):
+            if bb2 <= 128 and bb2 <= _next_pow2(B) and math.ceil(B / bb2) * math.ceil(H / bh) <= sms:
+                out.append(dict(mode="persistent", tiles=(bb2, bh), resident=False))
+    out.append(dict(mode="stepwise"))
+    if base.poll != 0 and base.persistent:  # the same tiling with the atomic-spin barrier
+        out.append(dict(poll=0))
+    seen, unique = set(), []
+    for kw in out:
+        r = repr(Plan(B, H, dtype, device, sm_count=sm_count, **kw))
+        if r not in seen:
+            seen.add(r)
+            unique.append(kw)
+    return unique
+
+
+def _time_launch(fn, device: torch.device, reps: int = 3) -> float:
+    """Median milliseconds of ``fn`` after one untimed call (compile or load, warm-up)."""
+    fn()
+    times = []
+    for _ in range(reps):
+        if device.type == "cuda":
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return sorted(times)[len(times) // 2]
+
+
+def tuned_plan(kind: str, B: int, H: int, dtype: torch.dtype, device: torch.device, **plan_kw) -> Plan:
+    """The launch plan for kernel ``kind`` ("fwd" or "bwd"): given keywords win; on a GPU with :data:`TUNE`
+    on, the fastest of :func:`candidates`, timed once per process (:func:`_tune`); else the heuristic."""
+    plan_kw = {k: v for k, v in plan_kw.items() if v is not None and not (k == "mode" and v == "auto")}
+    if plan_kw or device.type != "cuda" or not TUNE:
+        return Plan(B, H, dtype, device, **plan_kw)
+    key = (kind, B, H, dtype, device.index if device.index is not None else torch.cuda.current_device())
+    if key not in _TUNED:
+        _TUNED[key] = _tune(kind, B, H, dtype, device, candidates(B, H, dtype, device), key)
+    return Plan(B, H, dtype, device, **_TUNED[key])
+
+
+def _tune(kind: str, B: int, H: int, dtype: torch.dtype, device: torch.device, cands: list[dict], key) -> dict:
+    """The fastest of ``cands`` for kernel ``kind`` on random data over :data:`TUNE_STEPS` steps; what each
+    took goes to :data:`TUNE_LOG` [key]. A candidate that fails to launch or whose barrier times out is
+    never chosen; when all fail, the heuristic plan ({})."""
+    T = TUNE_STEPS
+    gen = torch.Generator(device=device).manual_seed(0)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+
+    def rnd(*shape, dt=dtype, lo=-1.0, hi=1.0):
+        return (torch.rand(*shape, generator=gen, device=device, dtype=acc) * (hi - lo) + lo).to(dt)
+
+    w = rnd(4 * H, H) / math.sqrt(H)
+    log = TUNE_LOG.setdefault(key, [])
+    best = None
+    for kw in cands:
+        p = Plan(B, H, dtype, device, **kw)
+        err = torch.zeros(1, dtype=torch.int32, device=device)
+        if kind == "fwd":
+            args = (rnd(T, B, 4 * H), w, rnd(T + 1, B, H), rnd(T + 1, B, H, dt=acc),
+                    torch.empty(T, B, 4 * H, dtype=acc, device=device))  # gx, w, hs, cs, gates  # fmt: skip
+            consts, t_first, down = {**p.constants(T, B, H), "SAVE": True}, 0, False
+        else:
+            args = (rnd(T, B, H), rnd(B, H), w, rnd(T + 1, B, H, dt=acc), rnd(T, B, 4 * H, dt=acc, lo=0.0),
+                    torch.zeros(T + 1, B, 4 * H, dtype=dtype, device=device), rnd(B, H, dt=acc))  # fmt: skip
+            consts, t_first, down = p.constants(T, B, H), T - 1, True
+
+        def run(p=p, args=args, consts=consts, t_first=t_first, down=down, err=err):
+            sync = torch.zeros(p.n_btiles, T, dtype=torch.int32, device=device)
+            _launch(_compiled(kind, p.interpret), p, (*args, sync, err), consts, T, t_first, down=down)
+
+        try:
+            ms = _time_launch(run, device)
+        except Exception:  # a plan this GPU refuses (e.g. a cooperative grid too large): not a candidate
+            ms = None
+        if ms is not None and int(err.item()) != 0:  # a barrier timed out: never choose this plan
+            ms = None
+        log.append((repr(p), ms))
+        if ms is not None and (best is None or ms < best[0]):
+            best = (ms, kw)
+    return best[1] if best is not None else {}
+
+
 def _launch(kernel, p: Plan, ptrs: tuple, consts: dict, T: int, t_first: int, down: bool) -> None:
     """Persistent: one launch over every step. Step-wise: one launch per step (``down``: t decreasing)."""
     grid = (p.n_htiles, p.n_btiles)
@@ -554,19 +701,26 @@ def _launch(kernel, p: Plan, ptrs: tuple, consts: dict, T: int, t_first: int, do
 
 def warmup(
     T: int, B: int, H: int, dtype: torch.dtype, device: torch.device | str = "cuda", *, inference: bool = True,
-    training: bool = True, stepwise: bool = False, **plan_kw,
+    training: bool = True, stepwise: bool = False, tune: bool | None = None, **plan_kw,
 ) -> int:  # fmt: skip
     """Compile, without running, the GPU kernels a (T, B, H, dtype) layer will launch; returns how many.
 
     Compiled kernels land in Triton's on-disk cache, so worker processes can compile in parallel for a
     parent that then only loads them (benchmarks/gpu.py does). ``stepwise`` also compiles the step-wise
-    fallback. Arguments must mirror :func:`_launch` exactly, or the cache keys would differ.
+    fallback. ``tune`` (default: :data:`TUNE` and no plan keywords) compiles every plan of :func:`candidates`.
+    Arguments must mirror :func:`_launch` exactly, or the cache keys would differ.
     """
     acc, i32 = torch.float32, torch.int32
     n = 0
-    modes = [plan_kw.pop("mode", "auto")] + (["stepwise"] if stepwise else [])
-    for mode in dict.fromkeys(modes):
-        p = Plan(B, H, dtype, torch.device(device), mode, **plan_kw)
+    device = torch.device(device)
+    plan_kw = {k: v for k, v in plan_kw.items() if v is not None}
+    if (TUNE and not plan_kw if tune is None else tune) and device.type == "cuda":  # tuned_plan times them all
+        kws = candidates(B, H, dtype, device)
+    else:
+        mode = plan_kw.pop("mode", "auto")
+        kws = [dict(plan_kw, mode=m) for m in dict.fromkeys([mode] + (["stepwise"] if stepwise else []))]
+    for kw in kws:
+        p = Plan(B, H, dtype, device, **kw)
         if p.interpret:
             raise ValueError("warmup compiles GPU kernels: pass a CUDA device")
         extra = {"num_warps": p.num_warps, "grid": (p.n_htiles, p.n_btiles)}
@@ -636,7 +790,7 @@ class _Recurrence(torch.autograd.Function):
         T, B, G = gx.shape
         H = G // 4
         dtype, dev = gx.dtype, gx.device
-        p = Plan(B, H, dtype, dev, **plan_kw)
+        p = tuned_plan("fwd", B, H, dtype, dev, **plan_kw)
         acc = torch.float64 if dtype == torch.float64 else torch.float32
         gx = gx.contiguous()
         w_hh = w_hh.to(dtype).contiguous()
@@ -653,16 +807,16 @@ class _Recurrence(torch.autograd.Function):
                     {**p.constants(T, B, H), "SAVE": save}, T, 0, down=False)  # fmt: skip
             _raise_on_timeout(err, "forward")
         ctx.save_for_backward(hs, cs, gates, w_hh)
-        ctx.plan = p
+        ctx.plan_kw = plan_kw
         return hs[1:], hs[T].clone(), cs[T].to(dtype)
 
     @staticmethod
     def backward(ctx, dy: Tensor | None, dh_n: Tensor | None, dc_n: Tensor | None):
         hs, cs, gates, w_hh = ctx.saved_tensors
-        p: Plan = ctx.plan
         T1, B, H = hs.shape
         T = T1 - 1
         dtype, dev, acc = hs.dtype, hs.device, cs.dtype
+        p = tuned_plan("bwd", B, H, dtype, dev, **ctx.plan_kw)  # its own tiling: the saved layout is plan-free
         dy = torch.zeros(T, B, H, dtype=dtype, device=dev) if dy is None else dy.contiguous()
         dh_n = torch.zeros(B, H, dtype=dtype, device=dev) if dh_n is None else dh_n.contiguous()
         dc = torch.zeros(B, H, dtype=acc, device=dev) if dc_n is None else dc_n.to(acc).clone()
@@ -686,15 +840,15 @@ class _Recurrence(torch.autograd.Function):
 
 def layer(
     x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b: Tensor | None, *, mode: str = "auto",
-    tiles: tuple[int, ...] | None = None, resident: bool | None = None,
+    tiles: tuple[int, ...] | None = None, resident: bool | None = None, poll: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     """One LSTM layer, one direction: x (T, B, I) -> (y (T, B, H), h_T (B, H), c_T (B, H)).
 
-    ``b`` is ``b_ih + b_hh`` (or None). Differentiable in every argument. ``mode``, ``tiles`` and
-    ``resident`` go to :class:`Plan`.
+    ``b`` is ``b_ih + b_hh`` (or None). Differentiable in every argument. ``mode``, ``tiles``,
+    ``resident`` and ``poll`` go to :class:`Plan` (all None / "auto": the tuned plan, :func:`tuned_plan`).
     """
     gx = F.linear(x, w_ih, b)  # (T, B, I) -> (T, B, 4H), one GEMM for all steps
-    y, h, c = _Recurrence.apply(gx, h0, c0, w_hh, dict(mode=mode, tiles=tiles, resident=resident))
+    y, h, c = _Recurrence.apply(gx, h0, c0, w_hh, dict(mode=mode, tiles=tiles, resident=resident, poll=poll))
     return y, h, c
 
 
@@ -798,6 +952,7 @@ def lstm(
     mode: str = "auto",
     tiles: tuple[int, ...] | None = None,
     resident: bool | None = None,
+    poll: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``kernels.native.lstm``'s interface on the Triton kernels: (output, h_n, c_n), as torch.nn.LSTM.
 
@@ -825,7 +980,8 @@ def lstm(
             w = weights[k * per : (k + 1) * per]
             b = w[2] + w[3] if bias else None
             xd = x.flip(0) if d == 1 else x  # reverse direction: time flipped
-            y, h, c = layer(xd, hx[0][k], hx[1][k], w[0], w[1], b, mode=mode, tiles=tiles, resident=resident)
+            y, h, c = layer(xd, hx[0][k], hx[1][k], w[0], w[1], b, mode=mode, tiles=tiles, resident=resident,
+                            poll=poll)  # fmt: skip
             outs.append(y.flip(0) if d == 1 else y)
             h_n.append(h)
             c_n.append(c)
