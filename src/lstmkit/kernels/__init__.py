@@ -7,6 +7,9 @@ loop. Today's kernels:
 * ``native``: torch's fused operator (``torch._VF.lstm``): cuDNN on GPU, oneDNN/ATen on CPU. It
   covers everything ``torch.nn.LSTM`` does, plus padded batches with ``lengths`` (by packing), and
   nothing else: no variant.
+* ``triton_lstm``: persistent Triton kernels for CUDA (float32, bfloat16, float16): ``impl="triton"``
+  for the plain LSTM; with variants (all but layer norm) ``impl="auto"`` runs them on a GPU, one
+  layer and direction per call (``variant_layer``), and the launch plan is tuned on the first call.
 * ``cpu_fused``: one layer and direction of an LSTM with variants (layer norm, peepholes, CIFG,
   cell clip, recurrent dropout, zoneout, weight drop; ``lengths``) on the CPU, float32/float64, no
   projection: the time loop forward and backward in C++ (ATen), JIT-compiled once and cached. It
@@ -29,7 +32,7 @@ __all__ = ["IMPLS", "select_lstm", "select_cell", "native", "cpu_fused"]
 #: What a user may ask for with ``impl=``: ``auto`` (fastest that covers the call: native without
 #: variants, else the compiled CPU kernel where it covers the call), ``native`` (fail unless torch's
 #: fused operator covers it), ``loop`` (always the readable pure-torch path) or ``triton`` (the
-#: persistent GPU kernels of ``triton_lstm``; CUDA only, not yet measured on a GPU).
+#: persistent GPU kernels of ``triton_lstm``; CUDA only; see docs/gpu.md for the measured speed).
 IMPLS = ("auto", "native", "loop", "triton")
 
 
@@ -65,9 +68,11 @@ def select_lstm(
     if impl == "triton":
         from . import triton_lstm  # imports triton only when asked for
 
-        why = triton_lstm.why_not(variants, proj_size, like)
+        why = triton_lstm.why_not_variants(variants, proj_size, like)
         if why is not None:
             raise ValueError(f"impl='triton' cannot run this module: {why}; use impl='auto' or 'native'")
+        if variants:
+            return triton_lstm.variant_layer  # per layer and direction, lengths= as a padding mask
         return triton_lstm.lstm_or_native  # per call: Triton, else native.lstm (lengths=, mixed dtypes)
     if impl == "native":
         if variants:
@@ -80,6 +85,10 @@ def select_lstm(
         if ragged and like is not None and not cpu_fused.why_not(proj_size, like):
             return cpu_fused.layer
         return native.lstm
+    if like is not None and like.is_cuda:  # variants on the GPU: the Triton kernels where they cover them
+        from . import triton_lstm
+
+        return None if triton_lstm.why_not_variants(variants, proj_size, like) else triton_lstm.variant_layer
     return None if cpu_fused.why_not(proj_size, like) else cpu_fused.layer
 
 

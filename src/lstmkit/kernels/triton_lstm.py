@@ -168,6 +168,20 @@ def _fwd_kernel(
     TIMEOUT_NS: tl.constexpr,
     POLL: tl.constexpr,  # barrier wait: 2 tl.atomic_poll (triton >= 3.9), 1 acquire-load spin, 0 atomic spin
     SPIN_LIMIT: tl.constexpr,  # barrier spins before a timeout is flagged when there is no atomic_poll
+    # variants (lstmkit.nn.variants has the equations); None / False: the plain LSTM, compiled without them
+    rec_ptr=None,  # (B, H) recurrent-dropout mask: h_{t-1} * rec enters the recurrent product
+    wch_ptr=None,  # (3H) peepholes w_ci, w_cf, w_co
+    zh_ptr=None,  # (T, B, H) zoneout of h: 1 (or the rate) where h_{t-1} is kept
+    zc_ptr=None,  # (T, B, H) zoneout of c
+    valid_ptr=None,  # (T, B) 1 where t < length: elsewhere h and c are carried unchanged
+    clip=0.0,  # cell clip value (CLIP)
+    RDROP: tl.constexpr = False,
+    PEEP: tl.constexpr = False,
+    CIFG: tl.constexpr = False,  # i_t = 1 - f_t
+    CLIP: tl.constexpr = False,
+    ZONE_H: tl.constexpr = False,
+    ZONE_C: tl.constexpr = False,
+    VALID: tl.constexpr = False,
 ):
     pid_h = tl.program_id(0)
     pid_b = tl.program_id(1)
@@ -191,6 +205,12 @@ def _fwd_kernel(
         w_g = tl.load(w_ptr + 2 * H * H + w_t, mask=m_kj, other=0.0).to(DOT)
         w_o = tl.load(w_ptr + 3 * H * H + w_t, mask=m_kj, other=0.0).to(DOT)
     c = tl.load(cs_ptr + t_start * B * H + bh, mask=m_bj, other=0.0).to(ACC)  # carried cell state
+    if ZONE_H or VALID:  # my own tile of h_{t-1}, as stored (zoneout and padding carry it)
+        h_own = tl.load(hs_ptr + t_start * B * H + bh, mask=m_bj, other=0.0).to(ACC)
+    if PEEP:
+        w_ci = tl.load(wch_ptr + offs_j, mask=mj, other=0.0).to(ACC)[None, :]
+        w_cf = tl.load(wch_ptr + H + offs_j, mask=mj, other=0.0).to(ACC)[None, :]
+        w_co = tl.load(wch_ptr + 2 * H + offs_j, mask=mj, other=0.0).to(ACC)[None, :]
     wait_ns = tl.full([], TIMEOUT_NS, tl.int64)  # barrier patience; 0 once a barrier has timed out
     wait_spins = tl.full([], SPIN_LIMIT, tl.int32)
     # gx of the first step; the next step's is loaded before each barrier, off the critical path
@@ -207,7 +227,10 @@ def _fwd_kernel(
         a_o = gx_o.to(ACC)
         # a += h_{t-1} W_hh^T for my units: (BLOCK_B, H) @ (H, BLOCK_H) per gate
         if RESIDENT:
-            h_prev = tl.load(hs_ptr + t * B * H + bk, mask=m_bk, other=0.0, cache_modifier=".cg").to(DOT)
+            h_prev = tl.load(hs_ptr + t * B * H + bk, mask=m_bk, other=0.0, cache_modifier=".cg")
+            if RDROP:
+                h_prev = h_prev.to(ACC) * tl.load(rec_ptr + bk, mask=m_bk, other=0.0).to(ACC)
+            h_prev = h_prev.to(DOT)
             a_i = tl.dot(h_prev, w_i, a_i, input_precision=PRECISION, out_dtype=ACC)
             a_f = tl.dot(h_prev, w_f, a_f, input_precision=PRECISION, out_dtype=ACC)
             a_g = tl.dot(h_prev, w_g, a_g, input_precision=PRECISION, out_dtype=ACC)
@@ -216,8 +239,12 @@ def _fwd_kernel(
             for k0 in range(0, H, BLOCK_K):
                 offs_k = k0 + tl.arange(0, BLOCK_K)
                 mk = offs_k < H
-                h_prev = tl.load(hs_ptr + t * B * H + offs_b[:, None] * H + offs_k[None, :],
-                                 mask=mb[:, None] & mk[None, :], other=0.0, cache_modifier=".cg").to(DOT)  # fmt: skip
+                bkk = offs_b[:, None] * H + offs_k[None, :]
+                h_prev = tl.load(hs_ptr + t * B * H + bkk, mask=mb[:, None] & mk[None, :], other=0.0,
+                                 cache_modifier=".cg")  # fmt: skip
+                if RDROP:
+                    h_prev = h_prev.to(ACC) * tl.load(rec_ptr + bkk, mask=mb[:, None] & mk[None, :], other=0.0).to(ACC)
+                h_prev = h_prev.to(DOT)
                 w_t = w_ptr + offs_k[:, None] + offs_j[None, :] * H  # (BLOCK_K, BLOCK_H)
                 m_kj = mk[:, None] & mj[None, :]
                 w = tl.load(w_t + 0 * H * H, mask=m_kj, other=0.0).to(DOT)
@@ -228,14 +255,43 @@ def _fwd_kernel(
                 a_g = tl.dot(h_prev, w, a_g, input_precision=PRECISION, out_dtype=ACC)
                 w = tl.load(w_t + 3 * H * H, mask=m_kj, other=0.0).to(DOT)
                 a_o = tl.dot(h_prev, w, a_o, input_precision=PRECISION, out_dtype=ACC)
-        # cell (element-wise: the hook for variants that change only the cell math)
-        i_t = 1.0 / (1.0 + tl.exp(-a_i))
+        # cell (element-wise; the variants that change only the cell math live here)
+        if PEEP:  # i and f see c_{t-1}
+            a_i += w_ci * c
+            a_f += w_cf * c
         f_t = 1.0 / (1.0 + tl.exp(-a_f))
+        if CIFG:
+            i_t = 1.0 - f_t
+        else:
+            i_t = 1.0 / (1.0 + tl.exp(-a_i))
         g_t = 2.0 / (1.0 + tl.exp(-2.0 * a_g)) - 1.0  # tanh
+        c_new = f_t * c + i_t * g_t
+        if CLIP:
+            c_new = tl.minimum(tl.maximum(c_new, -clip), clip)
+        if PEEP:  # o sees c_t
+            a_o += w_co * c_new
         o_t = 1.0 / (1.0 + tl.exp(-a_o))
-        c = f_t * c + i_t * g_t
-        h_t = o_t * (2.0 / (1.0 + tl.exp(-2.0 * c)) - 1.0)
-        tl.store(hs_ptr + (t + 1) * B * H + bh, h_t.to(hs_ptr.dtype.element_ty), mask=m_bj)
+        h_t = o_t * (2.0 / (1.0 + tl.exp(-2.0 * c_new)) - 1.0)
+        if ZONE_H or VALID:
+            keep_h = h_t * 0.0
+            if ZONE_H:
+                keep_h = tl.load(zh_ptr + t * B * H + bh, mask=m_bj, other=0.0).to(ACC)
+            if VALID:  # padding: keep everything
+                ok = tl.load(valid_ptr + t * B + offs_b, mask=mb, other=0.0).to(ACC)[:, None]
+                keep_h = ok * keep_h + (1.0 - ok)
+            h_t = keep_h * h_own + (1.0 - keep_h) * h_t
+        if ZONE_C or VALID:
+            keep_c = c_new * 0.0
+            if ZONE_C:
+                keep_c = tl.load(zc_ptr + t * B * H + bh, mask=m_bj, other=0.0).to(ACC)
+            if VALID:
+                keep_c = ok * keep_c + (1.0 - ok)
+            c_new = keep_c * c + (1.0 - keep_c) * c_new
+        c = c_new
+        h_st = h_t.to(hs_ptr.dtype.element_ty)
+        if ZONE_H or VALID:
+            h_own = h_st.to(ACC)
+        tl.store(hs_ptr + (t + 1) * B * H + bh, h_st, mask=m_bj)
         if SAVE:  # what the backward pass needs: c_t and the gates of every step
             tl.store(cs_ptr + (t + 1) * B * H + bh, c, mask=m_bj)
             sv = gates_ptr + t * B * 4 * H + b4h
@@ -305,6 +361,22 @@ def _bwd_kernel(
     TIMEOUT_NS: tl.constexpr,
     POLL: tl.constexpr,  # barrier wait: 2 tl.atomic_poll (triton >= 3.9), 1 acquire-load spin, 0 atomic spin
     SPIN_LIMIT: tl.constexpr,  # barrier spins before a timeout is flagged when there is no atomic_poll
+    # variants: as in _fwd_kernel, plus
+    rec_ptr=None,
+    wch_ptr=None,
+    zh_ptr=None,
+    zc_ptr=None,
+    valid_ptr=None,
+    dhc_ptr=None,  # (B, H) ACC: dLoss/dh carried by zoneout / padding; zeros on the first launch, on exit
+    # the part of dLoss/dh_0 carried past step 0
+    clip=0.0,
+    RDROP: tl.constexpr = False,
+    PEEP: tl.constexpr = False,
+    CIFG: tl.constexpr = False,
+    CLIP: tl.constexpr = False,
+    ZONE_H: tl.constexpr = False,
+    ZONE_C: tl.constexpr = False,
+    VALID: tl.constexpr = False,
 ):
     pid_h = tl.program_id(0)
     pid_b = tl.program_id(1)
@@ -328,6 +400,15 @@ def _bwd_kernel(
         w_g = tl.load(w_ptr + 2 * H * H + w_c, mask=m_kj, other=0.0).to(DOT)
         w_o = tl.load(w_ptr + 3 * H * H + w_c, mask=m_kj, other=0.0).to(DOT)
     dc = tl.load(dc_ptr + bh, mask=m_bj, other=0.0).to(ACC)  # carried dLoss/dc_t
+    if RDROP:  # my units' recurrent-dropout mask: dh_{t-1} gets (da_t W_hh)[:, j] * rec[:, j]
+        rec_own = tl.load(rec_ptr + bh, mask=m_bj, other=0.0).to(ACC)
+    if PEEP:
+        w_ci = tl.load(wch_ptr + offs_j, mask=mj, other=0.0).to(ACC)[None, :]
+        w_cf = tl.load(wch_ptr + H + offs_j, mask=mj, other=0.0).to(ACC)[None, :]
+        w_co = tl.load(wch_ptr + 2 * H + offs_j, mask=mj, other=0.0).to(ACC)[None, :]
+    dh_keep = tl.full([BLOCK_B, BLOCK_H], 0.0, ACC)  # dLoss/dh_t carried from step t+1 by zoneout / padding
+    if ZONE_H or VALID:  # ... and from the previous launch (step-wise mode)
+        dh_keep = tl.load(dhc_ptr + bh, mask=m_bj, other=0.0).to(ACC)
     wait_ns = tl.full([], TIMEOUT_NS, tl.int64)
     wait_spins = tl.full([], SPIN_LIMIT, tl.int32)
     dh_n = tl.load(dhn_ptr + bh, mask=m_bj, other=0.0).to(ACC)
@@ -345,7 +426,7 @@ def _bwd_kernel(
         i_t, f_t, g_t, o_t, c_t, c_prev = i_n, f_n, g_n, o_n, c_n, c_p
         # dh_t = dy_t + [t = T-1] dh_T + da_{t+1} W_hh (the recurrence; da_T = 0)
         is_last = (t == T - 1).to(ACC)  # dh_T enters at the last step only
-        dh = dy_t.to(ACC) + dh_n * is_last
+        dh = tl.full([BLOCK_B, BLOCK_H], 0.0, ACC)  # the recurrent part first (RDROP scales it)
         da_n = da_ptr + (t + 1) * B * 4 * H
         if RESIDENT:
             d = tl.load(da_n + b4k + 0 * H, mask=m_bk, other=0.0, cache_modifier=".cg").to(DOT)
@@ -368,15 +449,51 @@ def _bwd_kernel(
                     d = tl.load(d_t + g * H, mask=m_bk, other=0.0, cache_modifier=".cg").to(DOT)
                     w = tl.load(w_c + g * H * H, mask=m_kj, other=0.0).to(DOT)
                     dh = tl.dot(d, w, dh, input_precision=PRECISION, out_dtype=ACC)
+        if RDROP:
+            dh = dh * rec_own
+        dh += dy_t.to(ACC) + dh_n * is_last + dh_keep  # dLoss/dh_t, all of it
         # cell, backwards
+        if PEEP or CLIP or ZONE_C or VALID:  # c'_t (before zoneout / padding) recomputed from the gates
+            u = f_t * c_prev + i_t * g_t
+            c_t = u
+            if CLIP:
+                c_t = tl.minimum(tl.maximum(u, -clip), clip)
+        if ZONE_H or VALID:  # h_t = k h_{t-1} + (1 - k) h'_t
+            keep_h = dh * 0.0
+            if ZONE_H:
+                keep_h = tl.load(zh_ptr + t * B * H + bh, mask=m_bj, other=0.0).to(ACC)
+            if VALID:
+                ok = tl.load(valid_ptr + t * B + offs_b, mask=mb, other=0.0).to(ACC)[:, None]
+                keep_h = ok * keep_h + (1.0 - ok)
+            dh_keep = keep_h * dh
+            dh = (1.0 - keep_h) * dh
+        dc_keep = dc * 0.0
+        if ZONE_C or VALID:  # c_t = k c_{t-1} + (1 - k) c'_t
+            keep_c = dc * 0.0
+            if ZONE_C:
+                keep_c = tl.load(zc_ptr + t * B * H + bh, mask=m_bj, other=0.0).to(ACC)
+            if VALID:
+                keep_c = ok * keep_c + (1.0 - ok)
+            dc_keep = keep_c * dc
+            dc = (1.0 - keep_c) * dc
         tanh_c = 2.0 / (1.0 + tl.exp(-2.0 * c_t)) - 1.0
         do = dh * tanh_c
-        dc = dc + dh * o_t * (1.0 - tanh_c * tanh_c)
-        da_i = dc * g_t * i_t * (1.0 - i_t)
-        da_f = dc * c_prev * f_t * (1.0 - f_t)
-        da_g = dc * i_t * (1.0 - g_t * g_t)
+        dc = dc + dh * o_t * (1.0 - tanh_c * tanh_c)  # dLoss/dc'_t
         da_o = do * o_t * (1.0 - o_t)
-        dc = dc * f_t  # dLoss/dc_{t-1}
+        if PEEP:
+            dc += da_o * w_co
+        if CLIP:  # d clip(u)/du = 1 inside [-clip, clip]
+            dc = tl.where((u >= -clip) & (u <= clip), dc, 0.0)
+        if CIFG:  # i = 1 - f: di flows into f with a minus sign
+            da_i = dc * 0.0
+            da_f = dc * (c_prev - g_t) * f_t * (1.0 - f_t)
+        else:
+            da_i = dc * g_t * i_t * (1.0 - i_t)
+            da_f = dc * c_prev * f_t * (1.0 - f_t)
+        da_g = dc * i_t * (1.0 - g_t * g_t)
+        dc = dc * f_t + dc_keep  # dLoss/dc_{t-1}
+        if PEEP:
+            dc += da_i * w_ci + da_f * w_cf
         out = da_ptr + t * B * 4 * H + b4h
         tl.store(out + 0 * H, da_i.to(da_ptr.dtype.element_ty), mask=m_bj)
         tl.store(out + 1 * H, da_f.to(da_ptr.dtype.element_ty), mask=m_bj)
@@ -418,6 +535,8 @@ def _bwd_kernel(
                 wait_spins = wait_spins * 0
             tl.debug_barrier()
     tl.store(dc_ptr + bh, dc, mask=m_bj)
+    if ZONE_H or VALID:
+        tl.store(dhc_ptr + bh, dh_keep, mask=m_bj)
 
 
 @functools.cache
@@ -739,10 +858,12 @@ def warmup(
 
 
 def compile_ahead(
-    T: int, B: int, H: int, dtype: torch.dtype, *, arch: int = 90, sm_count: int = 132, **plan_kw
+    T: int, B: int, H: int, dtype: torch.dtype, *, arch: int = 90, sm_count: int = 132,
+    variants: tuple[str, ...] = (), **plan_kw,
 ) -> dict:  # fmt: skip
     """Compile, for sm_``arch`` and without a GPU, the training kernels a (T, B, H, dtype) layer would use.
 
+    ``variants``: kernel flags of :data:`VARIANT_FLAGS` to compile in (e.g. ``("PEEP", "ZONE_H")``).
     Returns ``{"fwd": CompiledKernel, "bwd": CompiledKernel}`` (``.asm["cubin"]``, ``.metadata.shared``):
     the check that the kernels build for the GPU at all, and what they cost in shared memory.
     """
@@ -761,10 +882,30 @@ def compile_ahead(
         consts = {k: v for k, v in p.constants(T, B, H).items() if k not in ("T", "B", "H", "n_htiles")}
         if name == "fwd":
             consts["SAVE"] = True
+        for flag in VARIANT_FLAGS:
+            consts[flag] = flag in variants
+        used = _variant_ptrs(variants, name)
+        consts.update({a: None for a in VARIANT_PTRS if a in jf.arg_names and a not in used})
+        kinds.update(rec_ptr=ptr, wch_ptr=ptr, zh_ptr=ptr, zc_ptr=ptr, valid_ptr=ptr, dhc_ptr="*fp32", clip="fp32")
         sig = {a: "constexpr" if a in consts else kinds.get(a, "i32") for a in jf.arg_names}
         cx = {(jf.arg_names.index(k),): v for k, v in consts.items()}
         src = ASTSource(fn=jf, signature=sig, constexprs=cx)
         out[name] = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": p.num_warps})
+    return out
+
+
+#: the kernels' compile-time variant switches, and the pointer each one needs
+VARIANT_FLAGS = ("RDROP", "PEEP", "CIFG", "CLIP", "ZONE_H", "ZONE_C", "VALID")
+VARIANT_PTRS = ("rec_ptr", "wch_ptr", "zh_ptr", "zc_ptr", "valid_ptr", "dhc_ptr")
+
+
+def _variant_ptrs(flags, kind: str) -> set[str]:
+    """The variant pointer arguments kernel ``kind`` reads or writes with these flags on."""
+    need = {"RDROP": ["rec_ptr"], "PEEP": ["wch_ptr"], "ZONE_H": ["zh_ptr"], "ZONE_C": ["zc_ptr"],
+            "VALID": ["valid_ptr"]}  # fmt: skip
+    out = {a for f in flags for a in need.get(f, [])}
+    if kind == "bwd" and ("ZONE_H" in flags or "VALID" in flags):
+        out.add("dhc_ptr")
     return out
 
 
@@ -783,10 +924,14 @@ def _raise_on_timeout(err: Tensor, where: str) -> None:
 
 
 class _Recurrence(torch.autograd.Function):
-    """(gx (T, B, 4H), h0 (B, H), c0 (B, H), W_hh (4H, H)) -> (y (T, B, H), h_T (B, H), c_T (B, H))."""
+    """(gx (T, B, 4H), h0 (B, H), c0 (B, H), W_hh (4H, H), w_ch (3H) or None) -> (y (T, B, H), h_T, c_T).
+
+    ``var``: the variants (:func:`_variant_args`): compile-time flags and the masks / valid tensors,
+    which get no gradient; ``w_ch`` (peepholes) does.
+    """
 
     @staticmethod
-    def forward(ctx, gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, plan_kw: dict):
+    def forward(ctx, gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_ch: Tensor | None, plan_kw: dict, var: dict):
         T, B, G = gx.shape
         H = G // 4
         dtype, dev = gx.dtype, gx.device
@@ -794,7 +939,7 @@ class _Recurrence(torch.autograd.Function):
         acc = torch.float64 if dtype == torch.float64 else torch.float32
         gx = gx.contiguous()
         w_hh = w_hh.to(dtype).contiguous()
-        save = any(ctx.needs_input_grad[:4])
+        save = any(ctx.needs_input_grad[:5])
         hs = torch.empty(T + 1, B, H, dtype=dtype, device=dev)  # h_0 .. h_T
         cs = torch.empty(T + 1, B, H, dtype=acc, device=dev)  # c_0 .. c_T
         hs[0] = h0
@@ -802,17 +947,19 @@ class _Recurrence(torch.autograd.Function):
         gates = torch.empty(T if save else 1, B, G, dtype=acc, device=dev)  # i, f, g, o per step
         sync = torch.zeros(p.n_btiles, max(T, 1), dtype=torch.int32, device=dev)
         err = torch.zeros(1, dtype=torch.int32, device=dev)
+        vk = _variant_kwargs(var, w_ch, "fwd")
         if T > 0:
             _launch(_compiled("fwd", p.interpret), p, (gx, w_hh, hs, cs, gates, sync, err),
-                    {**p.constants(T, B, H), "SAVE": save}, T, 0, down=False)  # fmt: skip
+                    {**p.constants(T, B, H), "SAVE": save, **vk}, T, 0, down=False)  # fmt: skip
             _raise_on_timeout(err, "forward")
-        ctx.save_for_backward(hs, cs, gates, w_hh)
-        ctx.plan_kw = plan_kw
+        ctx.save_for_backward(hs, cs, gates, w_hh, w_ch)
+        ctx.plan_kw, ctx.var = plan_kw, var
         return hs[1:], hs[T].clone(), cs[T].to(dtype)
 
     @staticmethod
     def backward(ctx, dy: Tensor | None, dh_n: Tensor | None, dc_n: Tensor | None):
-        hs, cs, gates, w_hh = ctx.saved_tensors
+        hs, cs, gates, w_hh, w_ch = ctx.saved_tensors
+        var = ctx.var
         T1, B, H = hs.shape
         T = T1 - 1
         dtype, dev, acc = hs.dtype, hs.device, cs.dtype
@@ -824,18 +971,75 @@ class _Recurrence(torch.autograd.Function):
         da[T] = 0
         sync = torch.zeros(p.n_btiles, max(T, 1), dtype=torch.int32, device=dev)
         err = torch.zeros(1, dtype=torch.int32, device=dev)
+        vk = _variant_kwargs(var, w_ch, "bwd")
+        dhc = vk.get("dhc_ptr")
+        if dhc is not None:
+            dhc = vk["dhc_ptr"] = torch.zeros(B, H, dtype=acc, device=dev)
         if T > 0:
             _launch(_compiled("bwd", p.interpret), p, (dy, dh_n, w_hh, cs, gates, da, dc, sync, err),
-                    p.constants(T, B, H), T, T - 1, down=True)  # fmt: skip
+                    {**p.constants(T, B, H), **vk}, T, T - 1, down=True)  # fmt: skip
             _raise_on_timeout(err, "backward")
         da_t = da[:T]  # (T, B, 4H) = dLoss/dgx
-        # dh_0 = da_0 W_hh: (B, 4H) @ (4H, H) -> (B, H)
-        dh0 = (da[0].to(acc) @ w_hh.to(acc)).to(dtype) if T > 0 else dh_n
-        dw_hh = None
+        rec = var.get("rec")
+        if T > 0:  # dh_0 = (da_0 W_hh) * rec (+ what zoneout / padding carried past step 0)
+            dh0 = da[0].to(acc) @ w_hh.to(acc)
+            dh0 = dh0 * rec.to(acc) if rec is not None else dh0
+            dh0 = (dh0 + dhc if dhc is not None else dh0).to(dtype)
+        else:
+            dh0 = dh_n
+        dw_hh = dw_ch = None
         if ctx.needs_input_grad[3]:
-            # dW_hh = sum_t da_t^T h_{t-1}: (4H, T*B) @ (T*B, H) -> (4H, H), one GEMM
-            dw_hh = da_t.reshape(T * B, 4 * H).t() @ hs[:T].reshape(T * B, H)
-        return da_t, dh0, dc.to(dtype), dw_hh, None
+            # dW_hh = sum_t da_t^T (h_{t-1} * rec): (4H, T*B) @ (T*B, H) -> (4H, H), one GEMM
+            h_in = hs[:T] * rec if rec is not None else hs[:T]
+            dw_hh = da_t.reshape(T * B, 4 * H).t() @ h_in.reshape(T * B, H)
+        if w_ch is not None and ctx.needs_input_grad[4] and T > 0:
+            # peepholes: sum over t, b of da_i c_{t-1}, da_f c_{t-1}, da_o c'_t (c'_t recomputed from the gates)
+            i_t, f_t, g_t, _ = gates.view(T, B, 4, H).unbind(2)
+            c_prev = cs[:T]
+            c_new = f_t * c_prev + i_t * g_t
+            if var["clip"] is not None:
+                c_new = c_new.clamp(-var["clip"], var["clip"])
+            d4 = da_t.view(T, B, 4, H).to(acc)
+            dw_ch = torch.cat([(d4[:, :, 0] * c_prev).sum((0, 1)), (d4[:, :, 1] * c_prev).sum((0, 1)),
+                               (d4[:, :, 3] * c_new).sum((0, 1))]).to(w_ch.dtype)  # fmt: skip
+        return da_t, dh0, dc.to(dtype), dw_hh, dw_ch, None, None
+
+
+def _variant_args(
+    *, peephole: bool = False, coupled_input_forget: bool = False, cell_clip: float | None = None,
+    recurrent: Tensor | None = None, zoneout_h: Tensor | None = None, zoneout_c: Tensor | None = None,
+    valid: Tensor | None = None, dtype: torch.dtype | None = None,
+) -> dict:  # fmt: skip
+    """The variants of one layer and direction, as :class:`_Recurrence` takes them (``var``).
+
+    Masks as :func:`lstmkit.nn.variants.sample_masks` makes them: ``recurrent`` (B, H), ``zoneout_h`` /
+    ``zoneout_c`` (T, B, H); ``valid`` (T, B[, 1]) true where t < length. Cast to ``dtype``, contiguous.
+    """
+    c = lambda t: None if t is None else t.to(dtype).contiguous()  # noqa: E731
+    if valid is not None:
+        valid = valid.reshape(valid.shape[0], valid.shape[1])
+    return dict(peephole=bool(peephole), cifg=bool(coupled_input_forget),
+                clip=None if cell_clip is None else float(cell_clip), rec=c(recurrent), zh=c(zoneout_h),
+                zc=c(zoneout_c), valid=c(valid))  # fmt: skip
+
+
+def _variant_kwargs(var: dict, w_ch: Tensor | None, kind: str) -> dict:
+    """The kernels' variant arguments (pointers and flags) for ``var``; {} for the plain LSTM."""
+    if not var:
+        return {}
+    kw = {}
+    for flag, ptr, t in (("RDROP", "rec_ptr", var["rec"]), ("ZONE_H", "zh_ptr", var["zh"]),
+                         ("ZONE_C", "zc_ptr", var["zc"]), ("VALID", "valid_ptr", var["valid"]),
+                         ("PEEP", "wch_ptr", w_ch.contiguous() if var["peephole"] else None)):  # fmt: skip
+        if t is not None:
+            kw[flag], kw[ptr] = True, t
+    if var["cifg"]:
+        kw["CIFG"] = True
+    if var["clip"] is not None:
+        kw["CLIP"], kw["clip"] = True, var["clip"]
+    if kind == "bwd" and ("ZONE_H" in kw or "VALID" in kw):
+        kw["dhc_ptr"] = True  # placeholder: backward allocates it
+    return kw
 
 
 def layer(
@@ -848,8 +1052,53 @@ def layer(
     ``resident`` and ``poll`` go to :class:`Plan` (all None / "auto": the tuned plan, :func:`tuned_plan`).
     """
     gx = F.linear(x, w_ih, b)  # (T, B, I) -> (T, B, 4H), one GEMM for all steps
-    y, h, c = _Recurrence.apply(gx, h0, c0, w_hh, dict(mode=mode, tiles=tiles, resident=resident, poll=poll))
+    plan_kw = dict(mode=mode, tiles=tiles, resident=resident, poll=poll)
+    y, h, c = _Recurrence.apply(gx, h0, c0, w_hh, None, plan_kw, {})
     return y, h, c
+
+
+#: the variants of lstmkit.nn the kernels run (layer norm needs row statistics over all H units, which
+#: live in several programs: not covered; weight_drop is applied to W_hh before the call)
+VARIANTS = ("peephole", "coupled_input_forget", "cell_clip", "recurrent_dropout", "zoneout", "weight_drop")
+
+
+def variant_layer(
+    gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, v, p: dict, masks: dict, valid: Tensor | None,
+    eps: float = 1e-5, **plan_kw,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """One layer and direction with variants, ``cpu_fused.layer``'s interface, on the Triton kernels.
+
+    ``gx`` is ``x W_ih^T`` without bias (``p["bias"]`` = b_ih + b_hh is added here); ``w_hh`` already
+    carries the weight-drop mask; ``v`` (:class:`lstmkit.nn.variants.Variants`) says which variants are on,
+    ``p`` holds ``weight_ch`` (peepholes), ``masks`` the ``recurrent`` / ``zoneout_h`` / ``zoneout_c``
+    masks, ``valid`` (T, B, 1) where t < length. Returns (y (T, B, H) carried state, h_n, c_n).
+    """
+    if v.layer_norm:
+        raise ValueError("the Triton kernels do not run layer_norm (row statistics over all H units); "
+                         "use impl='auto', which runs it on the pure-torch loop")  # fmt: skip
+    if p.get("bias") is not None:
+        gx = gx + p["bias"]
+    var = _variant_args(
+        peephole=v.peephole, coupled_input_forget=v.coupled_input_forget, cell_clip=v.cell_clip,
+        recurrent=masks.get("recurrent"), zoneout_h=masks.get("zoneout_h"), zoneout_c=masks.get("zoneout_c"),
+        valid=valid, dtype=gx.dtype,
+    )  # fmt: skip
+    w_ch = p.get("weight_ch") if v.peephole else None
+    plan_kw = {k: plan_kw.get(k) for k in ("mode", "tiles", "resident", "poll")}
+    return _Recurrence.apply(gx, h0, c0, w_hh, w_ch, plan_kw, var)
+
+
+variant_layer.per_layer = True  # type: ignore[attr-defined]  # the module's loop over layers/directions calls it
+variant_layer.linear = None  # type: ignore[attr-defined]  # input projection: torch's GEMM
+variant_layer.fuses_input_norm = True  # type: ignore[attr-defined]  # gx without bias: added here
+
+
+def why_not_variants(variants: tuple[str, ...], proj_size: int = 0, like: Tensor | None = None) -> str | None:
+    """Why :func:`variant_layer` can never run a module with these variants, or None when it can."""
+    missing = [n for n in variants if n not in VARIANTS]
+    if missing:
+        return f"no Triton kernel for {', '.join(missing)}"
+    return why_not((), proj_size, like)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,92 @@
+"""The Triton kernels' variants (peephole, CIFG, cell clip, recurrent dropout, zoneout, weight drop, lengths)
+in Triton's interpreter, on CPU tensors, float64.
+
+The oracle is ``lstmkit.nn.LSTM``'s pure-torch loop (``impl="loop"``), which ``tests/test_variants.py``
+ties to the NumPy reference at 1e-10. Same module, same masks (``sample_masks``), same loss; the only
+difference is that each layer and direction runs ``triton_lstm.variant_layer`` instead of the loop.
+Outputs, final states and the gradients of every parameter, the input and the initial state agree to
+1e-10, in both launch modes (one persistent launch; one launch per step with several hidden tiles).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+pytest.importorskip("triton", reason="triton is not installed (pip install triton); the GPU kernels need it")
+
+from lstmkit.kernels import triton_lstm as tk  # noqa: E402
+from lstmkit.nn import LSTM  # noqa: E402
+
+CASES = {
+    "peephole": dict(peephole=True),
+    "cifg": dict(coupled_input_forget=True),
+    "cell_clip": dict(cell_clip=0.3),
+    "recurrent_dropout": dict(recurrent_dropout=0.4),
+    "zoneout": dict(zoneout=(0.3, 0.5)),
+    "weight_drop": dict(weight_drop=0.5),
+    "all": dict(peephole=True, coupled_input_forget=True, cell_clip=0.5, recurrent_dropout=0.3, zoneout=0.25,
+                weight_drop=0.3, forget_bias=1.0),  # fmt: skip
+}
+
+
+def run(m: LSTM, x, hx, lengths, masks, layer_kernel):
+    """Output, states and all gradients of a fixed random loss through the module's variant loop."""
+    for p in m.parameters():
+        p.grad = None
+    xl, h0, c0 = (t.detach().clone().requires_grad_() for t in (x, *hx))
+    out, h, c = m._forward_variants(xl, (h0, c0), lengths, layer_kernel, masks)
+    g = torch.Generator().manual_seed(7)
+    loss = (out * torch.randn(out.shape, generator=g, dtype=out.dtype)).sum() + 0.7 * h.sum() - 1.3 * c.sum()
+    loss.backward()
+    res = {"out": out, "h": h, "c": c, "dx": xl.grad, "dh0": h0.grad, "dc0": c0.grad}
+    res.update({"d" + n: p.grad for n, p in m.named_parameters()})
+    return res
+
+
+@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("mode", ["auto", "stepwise"])
+@pytest.mark.parametrize("training", [True, False])
+def test_variant_matches_the_torch_loop(name, mode, training):
+    T, B, I, H = 4, 3, 3, 20 if mode == "stepwise" else 6  # step-wise: H=20 is two hidden tiles of 16
+    torch.manual_seed(hash((name, mode, training)) % 1000)
+    m = LSTM(I, H, dtype=torch.float64, **CASES[name]).train(training)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    hx = (torch.randn(1, B, H, dtype=torch.float64) * 0.5, torch.randn(1, B, H, dtype=torch.float64) * 0.5)
+    masks = m.sample_masks(B, T, like=x)
+    want = run(m, x, hx, None, masks, None)
+    kernel = functools.partial(tk.variant_layer, mode=mode)
+    kernel.linear = None
+    got = run(m, x, hx, None, masks, kernel)
+    for k, v in want.items():
+        assert got[k] is not None, k
+        err = (got[k] - v).abs().max().item()
+        assert err < 1e-10, (k, err)
+
+
+def test_variants_with_lengths_bidirectional_and_two_layers():
+    """Padding (lengths=), the reverse direction and a second layer on top, all variants at once."""
+    T, B, I, H = 5, 3, 2, 5
+    torch.manual_seed(3)
+    m = LSTM(I, H, num_layers=2, bidirectional=True, dtype=torch.float64, **CASES["all"]).train()
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    hx = (torch.randn(4, B, H, dtype=torch.float64), torch.randn(4, B, H, dtype=torch.float64))
+    lengths = torch.tensor([5, 2, 4])
+    masks = m.sample_masks(B, T, like=x)
+    want = run(m, x, hx, lengths, masks, None)
+    kernel = functools.partial(tk.variant_layer)
+    kernel.linear = None
+    got = run(m, x, hx, lengths, masks, kernel)
+    for k, v in want.items():
+        assert (got[k] - v).abs().max().item() < 1e-10, k
+
+
+def test_layer_norm_is_refused_with_a_reason():
+    m = LSTM(3, 4, layer_norm=True, dtype=torch.float64)
+    with pytest.raises(ValueError, match="layer_norm"):
+        tk.variant_layer(torch.zeros(2, 1, 16, dtype=torch.float64), torch.zeros(1, 4), torch.zeros(1, 4),
+                         m.weight_hh_l0, m.variant_config, {}, {}, None)  # fmt: skip
+    assert "layer_norm" in tk.why_not_variants(("layer_norm", "peephole"))
+    assert "CUDA" in tk.why_not_variants(("peephole", "zoneout"), like=m.weight_hh_l0)
