@@ -12,12 +12,22 @@ history up to each origin (``retrain=True`` trains it again at every origin); ET
 their model at ``o_0`` and are re-estimated at every origin. Errors are computed per window and
 target (MASE scaled by the seasonal naive in-sample error of the history before that origin) and
 averaged over windows, targets and series.
+
+:func:`tune` chooses among a few LSTM settings without touching the windows a backtest reports:
+with ``k`` held-out windows it cuts every series before the first held-out origin and runs the
+same rolling-origin backtest there (the tuning windows)::
+
+    |--- training ---|[ t0 ][ t1 ] .. [ t_{m-1} ]|[ w0 ][ w1 ] .. [ w_{k-1} ]|
+                      tuning windows: choose       held-out windows: report
+
+The setting with the lowest mean MASE on the tuning windows is the one to run on the held-out ones.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -30,7 +40,7 @@ from .fit import Forecaster
 from .metrics import coverage, mae, mase, rmse, smape
 from .model import LEVELS, Forecast, ForecastConfig
 
-__all__ = ["BacktestConfig", "BacktestResult", "backtest", "origins_for"]
+__all__ = ["BacktestConfig", "BacktestResult", "TuneResult", "backtest", "origins_for", "tune"]
 
 log = logging.getLogger(__name__)
 
@@ -192,3 +202,72 @@ def backtest(
             for j, (o, fc) in enumerate(zip(origins[sid], fcs)):
                 _score(res, method, data, sid, j, int(o), fc)
     return res
+
+
+@dataclass
+class TuneResult:
+    """Mean tuning-window score of each candidate setting, and the one chosen."""
+
+    configs: list[ForecastConfig]  # the candidates, in the order given
+    scores: list[float]  # mean MASE on the tuning windows (inf: the setting does not fit the data)
+    chosen: int  # index of the lowest score (the first one on ties)
+    cut: int  # steps removed from the end of every series before tuning (the held-out windows)
+    windows: int  # tuning windows
+    seconds: list[float] = field(default_factory=list)  # wall-clock per candidate
+    results: list[BacktestResult | None] = field(default_factory=list)  # per candidate (None: did not fit)
+
+    @property
+    def best(self) -> ForecastConfig:
+        return self.configs[self.chosen]
+
+
+def tune(
+    data: SeriesSet,
+    configs: list[ForecastConfig],
+    holdout: int,
+    windows: int | None = None,
+    *,
+    stride: int = 0,
+    baselines: str = "",
+    show_progress: bool | None = None,
+) -> TuneResult:
+    """Choose among ``configs`` by mean MASE on tuning windows that end before ``holdout`` held-out windows.
+
+    The last ``holdout`` windows of every series (laid out as :func:`backtest` lays them out with
+    ``windows=holdout``) are cut off first, so nothing here depends on them; ``windows`` tuning
+    windows (default ``holdout``) are then backtested on what is left. A setting too long for the
+    cut data scores ``inf``. ``baselines`` are backtested on the same tuning windows (once, alongside
+    the first candidate that fits), for reference.
+    """
+    if not configs:
+        raise ValueError("tune needs at least one candidate setting")
+    H = configs[0].horizon
+    if any(c.horizon != H for c in configs):
+        raise ValueError("every candidate setting must have the same horizon (the windows depend on it)")
+    if holdout < 1:
+        raise ValueError(f"holdout must be at least 1 window, got {holdout}")
+    windows = windows or holdout
+    for c in configs:
+        c.check()
+    cut = H + (holdout - 1) * (stride or H)  # steps from the first held-out origin to the end
+    tuning = data.head(-cut)
+    out = TuneResult(list(configs), [], 0, cut, windows)
+    pending = baselines
+    for k, cfg in enumerate(configs):
+        t0 = time.perf_counter()
+        try:
+            r = backtest(tuning, cfg, BacktestConfig(windows=windows, stride=stride, baselines=pending),
+                         show_progress=show_progress)  # fmt: skip
+            score, pending = r.summary()["lstm"]["mase"], ""
+        except ValueError as e:  # too long a context for the tuning data
+            log.info("tune: candidate %d does not fit: %s", k, e)
+            r, score = None, math.inf
+        out.results.append(r)
+        out.scores.append(float(score))
+        out.seconds.append(time.perf_counter() - t0)
+        log.info("tune: candidate %d: MASE %.4f (%.1f s)", k, score, out.seconds[-1])
+    finite = [s if math.isfinite(s) else math.inf for s in out.scores]
+    if min(finite) == math.inf:
+        raise ValueError("no candidate setting fits the data before the held-out windows; use shorter contexts")
+    out.chosen = int(np.argmin(finite))
+    return out

@@ -5,13 +5,19 @@ with mean and std of the series' training part. With ``scaling="window"`` each w
 mean is subtracted as well (as in DeepAR's per-window scale, or RevIN), so a trending series looks
 the same to the network wherever it is; forecasts are shifted back by the same amount. The default
 ``"window+level"`` also gives the network that mean as a known input, so that it can still learn
-mean reversion (on the bundled series: better on sunspots and the Nile, worse on CO2).
+mean reversion (on the bundled series: better on sunspots and the Nile, worse on CO2). ``"last"``
+subtracts the context's last value instead, so that an output of zero is the naive forecast (a
+prior that suits persistent, random-walk-like series).
 
 Early stopping holds out each series' last ``max(horizon, val_frac * length)`` steps: training
 windows end before them, validation windows forecast inside them::
 
     |------------------- training windows ------------------|--- validation tail ---|
                                               context  [    ]  horizon [          ]
+
+The most recent steps are then never trained on; ``refit=True`` trains each network once more from
+the same seed on every window, the validation tail included, for the number of epochs that early
+stopping found best (as one refits on train + validation after choosing the epoch count).
 """
 
 from __future__ import annotations
@@ -91,7 +97,10 @@ class Forecaster:
         idx = origins[:, None] + np.arange(-L, 0)[None, :]  # (N, L)
         y = z[idx]  # (N, L, D)
         scaling = self.config.scaling
-        loc = y.mean(axis=1, keepdims=True) if scaling != "series" else np.zeros_like(y[:, :1])  # (N, 1, D)
+        if scaling == "last":  # the last value: a zero output is the naive forecast
+            loc = y[:, -1:]  # (N, 1, D)
+        else:
+            loc = y.mean(axis=1, keepdims=True) if scaling != "series" else np.zeros_like(y[:, :1])  # (N, 1, D)
         xc, xf = feats[idx], feats[origins[:, None] + np.arange(H)[None, :]]  # (N, L, F), (N, H, F)
         if scaling == "window+level":  # the level the window was shifted by, as a known input
             xc = np.concatenate([xc, np.broadcast_to(loc, (len(idx), L, loc.shape[-1]))], axis=-1)  # (N, L, F+D)
@@ -118,30 +127,41 @@ class Forecaster:
         val_len = max(H, math.ceil(cfg.val_frac * shortest))
         data.check_length(L + H + val_len, f"context {L} + horizon {H} + validation tail {val_len}")
         self.scalers = {s.id: _scaler(s) for s in data.series}
-        train, val = [], []
+        train, val, full = [], [], []
         for s in data.series:
             n = len(s)
             train.append(self._windows(s, windows(n - val_len, L, H)))
             val.append(self._windows(s, windows(n, L, H, start=n - val_len)))
+            if cfg.refit:
+                full.append(self._windows(s, windows(n, L, H)))
         train = {k: torch.cat([w[k] for w in train]) for k in train[0]}
         val = {k: torch.cat([w[k] for w in val]) for k in val[0]}
         log.info("forecast: %d training and %d validation windows of context %d, horizon %d",
                  len(train["y"]), len(val["y"]), L, H)  # fmt: skip
+        every = {k: torch.cat([w[k] for w in full]) for k in full[0]} if cfg.refit else None
         self.nets, self.history = [], []
         for k in range(cfg.ensemble):
-            self.nets.append(self._train_one(k, train, val, checkpoint, show_progress))
+            net = self._train_one(k, train, val, checkpoint, show_progress)
+            if cfg.refit:
+                net = self._train_one(k, every, None, None, show_progress, epochs=self.history[-1]["best_epoch"])
+            self.nets.append(net)
         if checkpoint is not None:
             self.save(checkpoint)
         return self
 
-    def _train_one(self, k: int, train: dict, val: dict, checkpoint, show_progress) -> ForecastNet:
+    def _train_one(
+        self, k: int, train: dict, val: dict | None, checkpoint, show_progress, epochs: int | None = None
+    ) -> ForecastNet:
+        """Network ``k``: early stopping on ``val``, or (``val`` None, a refit) exactly ``epochs`` epochs."""
         cfg = self.config
         seed_everything(cfg.seed + 1000 * k)
         net = ForecastNet(cfg, len(self.meta["targets"]), train["xc"].shape[-1])
         opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         N = len(train["y"])
-        best, best_state, bad, epochs = math.inf, copy.deepcopy(net.state_dict()), 0, 0
-        bar = progress(range(cfg.max_epochs), desc=f"forecast net {k + 1}/{cfg.ensemble}", enable=show_progress)
+        refit, budget = val is None, cfg.max_epochs if epochs is None else epochs
+        best, best_state, best_epoch, bad, epochs = math.inf, copy.deepcopy(net.state_dict()), 0, 0, 0
+        desc = f"forecast net {k + 1}/{cfg.ensemble}" + (" (refit)" if refit else "")
+        bar = progress(range(budget), desc=desc, enable=show_progress)
         for _ in bar:
             epochs += 1
             net.train()
@@ -156,11 +176,14 @@ class Forecaster:
                 opt.step()
                 total += loss.item() * len(b)
             net.eval()
+            if refit:
+                bar.set_postfix(train=f"{total / N:.4f}")
+                continue
             with torch.no_grad():
                 v = float(net.loss(val["y"], val["xc"], val["yf"], val["xf"], horizon_only=True))
             bar.set_postfix(train=f"{total / N:.4f}", val=f"{v:.4f}", best=f"{min(best, v):.4f}")
             if v < best - 1e-4:
-                best, best_state, bad = v, copy.deepcopy(net.state_dict()), 0
+                best, best_state, best_epoch, bad = v, copy.deepcopy(net.state_dict()), epochs, 0
                 if checkpoint is not None:
                     self.nets.append(net)
                     self.save(checkpoint)
@@ -170,10 +193,15 @@ class Forecaster:
                 if bad >= cfg.patience:
                     break
         bar.close()
+        if refit:
+            net.eval()
+            self.history[-1]["refit_epochs"] = epochs
+            log.info("forecast net %d: refit on every window for %d epochs", k + 1, epochs)
+            return net
         net.load_state_dict(best_state)
         net.eval()
-        self.history.append({"epochs": epochs, "best_val_loss": best})
-        log.info("forecast net %d: %d epochs, best validation loss %.4f", k + 1, epochs, best)
+        self.history.append({"epochs": epochs, "best_epoch": best_epoch, "best_val_loss": best})
+        log.info("forecast net %d: %d epochs, best validation loss %.4f at epoch %d", k + 1, epochs, best, best_epoch)
         return net
 
     # -- forecasting ------------------------------------------------------------------------

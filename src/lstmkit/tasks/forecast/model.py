@@ -39,7 +39,7 @@ class ForecastConfig:
     context: int = 0  # steps of history the LSTM reads; 0: max(2 * season, 3 * horizon, 24)
     mode: str = "autoregressive"  # "autoregressive" (DeepAR, samples fed back) or "direct" (multi-output head)
     distribution: str = "student_t"  # "gaussian", "student_t" or "quantile"
-    scaling: str = "window+level"  # minus the context mean, also an input; "window": not an input; "series": none
+    scaling: str = "window+level"  # minus context mean, also an input; "window": not input; "last": minus last value
     hidden_size: int = 40  # LSTM width; small series want small models
     num_layers: int = 1  # stacked LSTM layers
     dropout: float = 0.1  # dropout on the head's input (and between layers)
@@ -49,6 +49,7 @@ class ForecastConfig:
     max_epochs: int = 200  # upper bound on passes over the training windows
     patience: int = 25  # epochs without a better validation loss before stopping
     val_frac: float = 0.15  # fraction of each series' end kept for early stopping (at least a horizon)
+    refit: bool = False  # then train again on every window, the validation tail too, for the best epoch count
     num_samples: int = 200  # sampled paths per forecast (parametric heads)
     ensemble: int = 5  # networks trained from different seeds; their forecasts are pooled
     seed: int = 0  # seeds torch, NumPy and Python
@@ -68,8 +69,8 @@ class ForecastConfig:
             raise ValueError(f"distribution must be gaussian, student_t or quantile, got {self.distribution!r}")
         if self.mode == "autoregressive" and self.distribution == "quantile":
             raise ValueError("autoregressive mode samples paths: use --distribution gaussian or student_t")
-        if self.scaling not in ("window", "series", "window+level"):
-            raise ValueError(f"scaling must be 'window', 'window+level' or 'series', got {self.scaling!r}")
+        if self.scaling not in ("window", "series", "window+level", "last"):
+            raise ValueError(f"scaling must be 'window', 'window+level', 'last' or 'series', got {self.scaling!r}")
         missing = [q for q in LEVELS if not any(abs(q - p) < 1e-9 for p in self.quantiles)]
         if self.distribution == "quantile" and missing:
             raise ValueError(f"quantiles must include {LEVELS} (median, 80% and 95% intervals); missing {missing}")
