@@ -19,6 +19,7 @@ from lstmkit.tasks.forecast import (  # noqa: E402
     ForecastConfig,
     Forecaster,
     backtest,
+    tune,
 )
 from lstmkit.tasks.forecast import baselines as bl  # noqa: E402
 from lstmkit.tasks.forecast.metrics import coverage, mae, mase, rmse, smape  # noqa: E402
@@ -252,3 +253,48 @@ def test_backtest_can_retrain_at_every_origin():
     assert res.origins == {"a": [55, 57]}  # stride 2: overlapping windows
     assert [fc.median.shape for fc in res.forecasts["lstm"]["a"]] == [(3, 1), (3, 1)]
     assert len(res.rows) == 2
+
+
+# -- choosing a setting without the held-out windows ------------------------------------------
+
+
+def test_tune_never_reads_the_held_out_windows():
+    d = data(n=60)
+    cands = [ForecastConfig(**TINY), ForecastConfig(**{**TINY, "context": 12, "mode": "direct"})]
+    a = tune(d, cands, holdout=2, windows=2, baselines="naive")
+    assert a.cut == 6 and a.windows == 2 and len(a.scores) == 2 and a.chosen == int(np.argmin(a.scores))
+    assert a.results[0].origins == {"a": [48, 51]}  # tuning windows end where the held-out ones begin (54)
+    assert "naive" in a.results[0].summary() and "naive" not in a.results[1].summary()
+    poisoned = data(n=60)
+    poisoned.series[0].values[-6:] *= 100.0  # the two held-out windows
+    b = tune(poisoned, cands, holdout=2, windows=2)
+    assert b.scores == a.scores and b.chosen == a.chosen
+    assert a.best is cands[a.chosen]
+
+
+def test_tune_scores_a_setting_too_long_for_the_data_as_inf():
+    d = data(n=40)
+    cands = [ForecastConfig(**{**TINY, "context": 30}), ForecastConfig(**TINY)]
+    t = tune(d, cands, holdout=2)
+    assert t.scores[0] == float("inf") and t.results[0] is None and t.chosen == 1
+    with pytest.raises(ValueError, match="same horizon"):
+        tune(d, [ForecastConfig(**TINY), ForecastConfig(**{**TINY, "horizon": 4})], holdout=2)
+    with pytest.raises(ValueError, match="no candidate setting fits"):
+        tune(d, cands[:1], holdout=2)
+
+
+def test_refit_trains_again_on_every_window_for_the_best_epoch_count():
+    d = data()
+    m = Forecaster(ForecastConfig(**{**TINY, "max_epochs": 4, "patience": 4, "refit": True})).fit(d)
+    h = m.history[0]
+    assert 1 <= h["best_epoch"] <= h["epochs"] and h["refit_epochs"] == h["best_epoch"]
+    check_forecast(m.predict(d)[0], 3, 1)
+
+
+def test_last_value_scaling_makes_zero_the_naive_forecast():
+    d = data()
+    m = Forecaster(ForecastConfig(**{**TINY, "scaling": "last", "max_epochs": 1})).fit(d)
+    w = m._windows(d.series[0], np.array([20, 30]))
+    assert torch.all(w["y"][:, -1] == 0)  # the context's last value was subtracted
+    z = (d.series[0].values - m.scalers["a"]["t_mean"]) / m.scalers["a"]["t_std"]
+    np.testing.assert_allclose(w["loc"][:, 0, 0].numpy(), z[[19, 29], 0], rtol=1e-5)
