@@ -320,6 +320,176 @@ def bench(shapes, dtypes, device: str, warmup: int, iters: int, deadline: float)
 
 
 # ---------------------------------------------------------------------------------------------
+# 2b. Variants (issue 6, goal 2): lstmkit.nn.LSTM with each variant, on the Triton kernels
+# ---------------------------------------------------------------------------------------------
+
+#: the variants timed, as lstmkit.nn.LSTM options, and the kernel switches each compiles in
+VARIANTS = {
+    "peephole": (dict(peephole=True), ("PEEP",)),
+    "cifg": (dict(coupled_input_forget=True), ("CIFG",)),
+    "cell_clip": (dict(cell_clip=3.0), ("CLIP",)),
+    "recurrent_dropout": (dict(recurrent_dropout=0.25), ("RDROP",)),
+    "zoneout": (dict(zoneout=(0.1, 0.05)), ("ZONE_H", "ZONE_C")),
+    "weight_drop": (dict(weight_drop=0.5), ()),
+    "all six": (dict(peephole=True, coupled_input_forget=True, cell_clip=3.0, recurrent_dropout=0.25,
+                     zoneout=(0.1, 0.05), weight_drop=0.5), ("PEEP", "CIFG", "CLIP", "RDROP", "ZONE_H", "ZONE_C")),
+}  # fmt: skip
+
+
+def tune_all(shapes, dtypes) -> dict:
+    """Tune (tk.tuned_plan) every shape and dtype now, in this process; {(B, H, dname): (fwd kw, bwd kw)}."""
+    out = {}
+    for _, B, H in shapes:
+        for d in dtypes:
+            dev = torch.device("cuda")
+            for kind in ("fwd", "bwd"):
+                tk.tuned_plan(kind, B, H, DTYPES[d], dev)
+            idx = torch.cuda.current_device()
+            out[(B, H, d)] = tuple(tk._TUNED.get((k, B, H, DTYPES[d], idx), {}) for k in ("fwd", "bwd"))
+    return out
+
+
+def _warm_variant(task) -> tuple[str, int, float, str]:
+    T, B, H, dname, kws, flags = task
+    t0 = time.perf_counter()
+    try:
+        n = 0
+        for kw in {repr(k): k for k in kws}.values():
+            n += tk.warmup(T, B, H, DTYPES[dname], "cuda", tune=False, inference=False, variants=flags, **kw)
+        return f"{(T, B, H)} {dname} {flags}", n, time.perf_counter() - t0, ""
+    except Exception as e:
+        return f"{(T, B, H)} {dname} {flags}", 0, time.perf_counter() - t0, f"{type(e).__name__}: {e}"[:200]
+
+
+def precompile_variants(shapes, dtypes, tuned: dict, workers: int) -> None:
+    """Compile each variant's kernels for the tuned plans, in worker processes."""
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    flagsets = {f for _, f in VARIANTS.values() if f}
+    tasks = [(T, B, H, d, tuned[(B, H, d)], f) for T, B, H in shapes for d in dtypes for f in flagsets]
+    t0 = time.perf_counter()
+    n_all = 0
+    with cf.ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=mp.get_context("spawn")) as ex:
+        for what, n, _sec, err in ex.map(_warm_variant, tasks):
+            n_all += n
+            if err:
+                log.warning("precompile %s failed (%s); the run will compile it itself", what, err)
+    log.info("precompile variants: %d kernels in %.0f s", n_all, time.perf_counter() - t0)
+
+
+def _variant_module(H: int, opts: dict, dtype, device: str, impl: str = "auto"):
+    from lstmkit.nn import LSTM
+
+    torch.manual_seed(0)
+    return LSTM(H, H, impl=impl, **opts).to(device=device, dtype=dtype).train()
+
+
+def _module_run(m, x, h0, c0, gy, masks):
+    """Output, states and every gradient of sum(y * gy) + 1.3 sum(h_T) + 0.7 sum(c_T) through module ``m``."""
+    leaf = [t.detach().clone().requires_grad_() for t in (x, h0, c0)]
+    m.zero_grad()
+    y, (h, c) = m(leaf[0], (leaf[1], leaf[2]), masks=masks)
+    ((y.double() * gy).sum() + 1.3 * h.double().sum() + 0.7 * c.double().sum()).backward()
+    return [y, h, c] + [t.grad for t in leaf] + [p.grad for p in m.parameters()]
+
+
+def check_variants(shapes, dtypes, device: str) -> list[dict]:
+    """Each variant at the first shape, and all six at every shape, against the same module in float64 on
+    the pure-torch loop (impl='loop'), with the same masks: worst ||out - ref|| / ||ref||."""
+    rows = []
+    for T, B, H in shapes:
+        names = list(VARIANTS) if (T, B, H) == shapes[0] else ["all six"]
+        _, x, h0, c0, gy = make_case(T, B, H, device)
+        for name in names:
+            opts = VARIANTS[name][0]
+            ref_m = _variant_module(H, opts, torch.float64, device, impl="loop")
+            with torch.no_grad():
+                for p in ref_m.parameters():
+                    p.copy_(torch.randn_like(p) / math.sqrt(H))
+            masks = ref_m.sample_masks(B, T, like=x)
+            want = _module_run(ref_m, x, h0, c0, gy, masks)
+            for dname in dtypes:
+                dt = DTYPES[dname]
+                try:
+                    m = _variant_module(H, opts, dt, device)
+                    m.load_state_dict(ref_m.state_dict())
+                    mk = {k: {n: t.to(dt) for n, t in v.items()} for k, v in masks.items()}
+                    got = _module_run(m, x.to(dt), h0.to(dt), c0.to(dt), gy, mk)
+                    errs = [float((a.double() - b).norm() / b.norm().clamp_min(1e-300)) for a, b in zip(got, want)]
+                    worst = max(errs)
+                    rows.append(dict(shape=(T, B, H), dtype=dname, variant=name, err=worst,
+                                     ok=bool(worst < TOL[dname])))  # fmt: skip
+                except Exception as e:
+                    rows.append(dict(shape=(T, B, H), dtype=dname, variant=name, err=float("nan"), ok=False,
+                                     error=f"{type(e).__name__}: {e}"[:200]))  # fmt: skip
+                log.info("variant check %s", rows[-1])
+    return rows
+
+
+def bench_variants(shapes, dtypes, device: str, warmup: int, iters: int, deadline: float, plain: list[dict]):
+    """Each variant's module, forward+backward (training) and forward (no autograd), vs plain cuDNN of the
+    same dtype (from the plain rows); the layer-norm LSTM (pure-torch loop on a GPU) for scale."""
+    cud = {(r["shape"], r["dtype"]): r for r in plain}
+    rows = []
+    for T, B, H in shapes:
+        for dname in dtypes:
+            if time.monotonic() > deadline:
+                log.warning("time budget spent: variants at %s %s and later not timed", (T, B, H), dname)
+                return rows
+            dt = DTYPES[dname]
+            x = torch.randn(T, B, H, device=device, dtype=dt)
+            xg = x.clone().requires_grad_()
+            base = cud.get(((T, B, H), dname), {})
+            todo = list(VARIANTS.items()) + [("layer_norm (torch loop)", (dict(layer_norm=True), ()))]
+            for name, (opts, _) in todo:
+                m = _variant_module(H, opts, dt, device)
+
+                def fb(m=m, xg=xg):
+                    y, _ = m(xg)
+                    y.sum().backward()
+
+                def fwd(m=m, x=x):
+                    with torch.no_grad():
+                        return m(x)
+
+                n = 3 if "layer_norm" in name else iters
+                row = dict(shape=(T, B, H), dtype=dname, variant=name, cudnn_fwd=base.get("cudnn_fwd"),
+                           cudnn_fb=base.get("cudnn_fb"))  # fmt: skip
+                try:
+                    row["fb"] = time_ms(fb, device, 1 if "layer_norm" in name else warmup, n)
+                    row["fwd"] = time_ms(fwd, device, 1 if "layer_norm" in name else warmup, n)
+                except Exception as e:
+                    row["error"] = f"{type(e).__name__}: {e}"[:200]
+                rows.append(row)
+                log.info("variant bench %s", row)
+    return rows
+
+
+def render_variants(checks: list[dict], rows: list[dict]) -> str:
+    lines = []
+    if checks:
+        lines += ["", "## Variants: correctness against the same module in float64 (pure-torch loop, same masks)", "",
+                  "Worst ||out - ref|| / ||ref|| over output, states and the gradients of the input, states and "
+                  "every parameter.", "", "| shape | dtype | variant | worst rel. error | within bound |",
+                  "|---|---|---|---|---|"]  # fmt: skip
+        for r in checks:
+            lines.append(f"| {r['shape']} | {r['dtype']} | {r['variant']} | {_f(r['err'], '{:.2e}')} "
+                         f"| {'yes' if r['ok'] else 'NO'} {r.get('error', '')} |")  # fmt: skip
+    if rows:
+        lines += ["", "## Variants: time, ms (median), lstmkit.nn.LSTM(H, H, variant) in training mode, vs plain cuDNN "
+                  "of the same dtype (goal 2: ratio <= 1.2)", "",
+                  "| shape | dtype | variant | fwd+bwd | / cuDNN plain fwd+bwd | fwd | / cuDNN plain fwd |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in rows:
+            rat = lambda a, b: None if a is None or b is None else a / b  # noqa: E731
+            lines.append(f"| {r['shape']} | {r['dtype']} | {r['variant']} | {_f(r.get('fb'))} "
+                         f"| {_f(rat(r.get('fb'), r['cudnn_fb']), '{:.2f}x')} | {_f(r.get('fwd'))} "
+                         f"| {_f(rat(r.get('fwd'), r['cudnn_fwd']), '{:.2f}x')} | {r.get('error', '')}")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
 # 3. Compile-only (no GPU needed)
 # ---------------------------------------------------------------------------------------------
 
@@ -443,6 +613,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--budget-s", type=float, default=450.0, help="stop timing after this many seconds in all")
     ap.add_argument("--skip-check", action="store_true")
+    ap.add_argument("--no-variants", action="store_true", help="plain LSTM only (no lstmkit.nn variant modules)")
     ap.add_argument("--fp32-precision", choices=("tf32x3", "ieee"), default=None,
                     help="tl.dot precision of the float32 kernels (default: the module's, tf32x3)")
     ap.add_argument("--workers", type=int, default=min(15, os.cpu_count() or 1),
@@ -478,18 +649,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.backends.cudnn.allow_tf32 = False
     if args.device == "cuda" and args.workers > 0:
         precompile(shapes, dtypes, args.workers)
+    variants = not args.no_variants  # (a dry run times the CPU paths of the variant modules: plumbing only)
+    if variants and args.device == "cuda":  # tune now, so the variants' kernels can be compiled for the chosen plans in parallel
+        tuned = tune_all(shapes, dtypes)
+        log.info("tuned: %s", tuned)
+        if args.workers > 0:
+            precompile_variants(shapes, dtypes, tuned, args.workers)
     checks = [] if args.skip_check else check(shapes, dtypes, args.device)
+    vchecks = check_variants(shapes, dtypes, args.device) if variants and not args.skip_check else []
     deadline = start + args.budget_s
-    times = bench(shapes, dtypes, args.device, args.warmup, args.iters, deadline)
+    times = bench(shapes, dtypes, args.device, args.warmup, args.iters, deadline - (120 if variants else 0))
+    vtimes = bench_variants(shapes, dtypes, args.device, args.warmup, args.iters, deadline, times) if variants else []
     note = ("DRY RUN on the CPU interpreter: the times are NOT GPU timings and mean nothing."
             if args.device == "cpu" else "fp32 with TF32 off (torch and cuDNN).")  # fmt: skip
     if len(times) < len(shapes) * len(dtypes):
         note += f" Time budget ({args.budget_s:.0f} s) spent: only {len(times)} of {len(shapes) * len(dtypes)} timed."
-    text = render(_machine(args.device), cmd, checks, times, [], note) + tuning_table()
+    text = render(_machine(args.device), cmd, checks, times, [], note) + render_variants(vchecks, vtimes)
+    text += tuning_table()
     print(text)
     args.out.write_text(text + "\n")
     log.info("wrote %s in %.0f s", args.out, time.monotonic() - start)
-    return 0 if all(r["ok"] for r in checks) else 1
+    return 0 if all(r["ok"] for r in checks + vchecks) else 1
 
 
 if __name__ == "__main__":

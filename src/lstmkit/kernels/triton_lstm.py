@@ -820,13 +820,15 @@ def _launch(kernel, p: Plan, ptrs: tuple, consts: dict, T: int, t_first: int, do
 
 def warmup(
     T: int, B: int, H: int, dtype: torch.dtype, device: torch.device | str = "cuda", *, inference: bool = True,
-    training: bool = True, stepwise: bool = False, tune: bool | None = None, **plan_kw,
+    training: bool = True, stepwise: bool = False, tune: bool | None = None, variants: tuple[str, ...] = (),
+    **plan_kw,
 ) -> int:  # fmt: skip
     """Compile, without running, the GPU kernels a (T, B, H, dtype) layer will launch; returns how many.
 
     Compiled kernels land in Triton's on-disk cache, so worker processes can compile in parallel for a
     parent that then only loads them (benchmarks/gpu.py does). ``stepwise`` also compiles the step-wise
     fallback. ``tune`` (default: :data:`TUNE` and no plan keywords) compiles every plan of :func:`candidates`.
+    ``variants``: kernel switches of :data:`VARIANT_FLAGS` to compile in.
     Arguments must mirror :func:`_launch` exactly, or the cache keys would differ.
     """
     acc, i32 = torch.float32, torch.int32
@@ -847,12 +849,21 @@ def warmup(
             extra["launch_cooperative_grid"] = True
         steps = T if p.persistent else 1
         fwd = (dtype, dtype, dtype, acc, acc, i32, i32)  # gx, w, hs, cs, gates, sync, err
+        vk = {}  # variant switches and their pointers' types, as _variant_kwargs passes them
+        for f in variants:
+            vk[f] = True
+        if "CLIP" in variants:
+            vk["clip"] = 1.0
         for save in [s for s, on in ((True, training), (False, inference)) if on]:
-            _compiled("fwd", False).warmup(*fwd, t_start=0, n_steps=steps, **p.constants(T, B, H), SAVE=save, **extra)
+            ptrs = {a: dtype for a in _variant_ptrs(variants, "fwd")}
+            _compiled("fwd", False).warmup(*fwd, t_start=0, n_steps=steps, **p.constants(T, B, H), SAVE=save,
+                                           **vk, **ptrs, **extra)  # fmt: skip
             n += 1
         if training:
             bwd = (dtype, dtype, dtype, acc, acc, dtype, acc, i32, i32)  # dy, dhn, w, cs, gates, da, dc, sync, err
-            _compiled("bwd", False).warmup(*bwd, t_start=T - 1, n_steps=steps, **p.constants(T, B, H), **extra)
+            ptrs = {a: acc if a == "dhc_ptr" else dtype for a in _variant_ptrs(variants, "bwd")}
+            _compiled("bwd", False).warmup(*bwd, t_start=T - 1, n_steps=steps, **p.constants(T, B, H), **vk, **ptrs,
+                                           **extra)  # fmt: skip
             n += 1
     return n
 
