@@ -298,3 +298,15 @@ def test_last_value_scaling_makes_zero_the_naive_forecast():
     assert torch.all(w["y"][:, -1] == 0)  # the context's last value was subtracted
     z = (d.series[0].values - m.scalers["a"]["t_mean"]) / m.scalers["a"]["t_std"]
     np.testing.assert_allclose(w["loc"][:, 0, 0].numpy(), z[[19, 29], 0], rtol=1e-5)
+
+
+def test_cli_train_and_predict_without_data_use_the_bundled_default(tmp_path, capsys):
+    pytest.importorskip("statsmodels")
+    ckpt = tmp_path / "co2.pt"
+    tiny = ["--max-epochs", "1", "--hidden-size", "4", "--ensemble", "1", "--num-samples", "20"]
+    assert main(["forecast", "train", *tiny, "--checkpoint", str(ckpt)]) == 0
+    assert "horizon 12" in capsys.readouterr().out
+    assert main(["forecast", "predict", "--checkpoint", str(ckpt)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "series,time,target,p2.5,p10,p50,p90,p97.5"
+    assert len(lines) == 1 + 12 and lines[1].startswith("0,2002-01-01,co2,")  # the year after the data

@@ -1,6 +1,7 @@
 """``lstmkit forecast train | predict | backtest``: flags are the config dataclass fields with dashes.
 
     lstmkit forecast backtest                               # Mauna Loa CO2, LSTM vs 4 baselines
+    lstmkit forecast train --checkpoint co2.pt              # no data given: Mauna Loa CO2 as well
     lstmkit forecast backtest --dataset sunspots --plot bt.png --out bt.json
     lstmkit forecast train --data sales.csv --time date --target units --id store --horizon 8 \\
         --checkpoint model.pt
@@ -110,7 +111,7 @@ def cmd_train(args) -> int:
     from .fit import Forecaster
 
     _threads(args)
-    data = _load(args, default_dataset=None)
+    data = _load(args, default_dataset=DEFAULT_DATASET)
     cfg = _build(ForecastConfig, args, **_horizon(args, data))
     model = Forecaster(cfg)
     model.fit(data, checkpoint=args.checkpoint, show_progress=args.progress)
@@ -199,7 +200,7 @@ def register(subparsers) -> None:
                        help="progress bars (default: on a terminal)")  # fmt: skip
 
     t = sub.add_parser("train", help="train an LSTM forecaster and write a checkpoint")
-    _add_data(t)
+    _add_data(t, DEFAULT_DATASET)
     _add_fields(t, ForecastConfig)
     t.add_argument("--checkpoint", required=True, help="where to write the model (atomically)")
     common(t)
