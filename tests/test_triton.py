@@ -296,3 +296,22 @@ def test_candidates_cover_the_tilings_and_fit_the_gpu():
     big = [tk.plan(256, 1024, torch.float16, "cuda", sm_count=132, **kw) for kw in
            tk.candidates(256, 1024, torch.float16, "cuda", sm_count=132)]  # fmt: skip
     assert {p.BLOCK_B for p in big} == {64, 128}
+
+
+def test_dispatcher_routes_gpu_calls_to_the_triton_kernels():
+    """impl='auto' on a GPU: plain bfloat16 -> the Triton kernels (per call, native fallback); float32 and
+    float16 -> cuDNN; variants other than layer norm -> variant_layer; layer norm -> the torch loop (None)."""
+    from types import SimpleNamespace
+
+    from lstmkit import kernels
+
+    gpu = lambda dt: SimpleNamespace(is_cuda=True, dtype=dt, device=torch.device("cuda"))  # noqa: E731
+    assert kernels.select_lstm("auto", (), like=gpu(torch.bfloat16)) is tk.lstm_or_native
+    assert kernels.select_lstm("auto", (), like=gpu(torch.float16)) is native.lstm
+    assert kernels.select_lstm("auto", (), like=gpu(torch.float32)) is native.lstm
+    assert kernels.select_lstm("auto", (), proj_size=4, like=gpu(torch.bfloat16)) is native.lstm
+    assert kernels.select_lstm("auto", ("peephole", "zoneout"), like=gpu(torch.float32)) is tk.variant_layer
+    assert kernels.select_lstm("auto", ("layer_norm",), like=gpu(torch.bfloat16)) is None
+    assert kernels.select_lstm("triton", ("cell_clip",), like=gpu(torch.float16)) is tk.variant_layer
+    with pytest.raises(ValueError, match="layer_norm"):
+        kernels.select_lstm("triton", ("layer_norm",), like=gpu(torch.bfloat16))

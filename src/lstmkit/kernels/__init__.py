@@ -8,8 +8,10 @@ loop. Today's kernels:
   covers everything ``torch.nn.LSTM`` does, plus padded batches with ``lengths`` (by packing), and
   nothing else: no variant.
 * ``triton_lstm``: persistent Triton kernels for CUDA (float32, bfloat16, float16): ``impl="triton"``
-  for the plain LSTM; with variants (all but layer norm) ``impl="auto"`` runs them on a GPU, one
-  layer and direction per call (``variant_layer``), and the launch plan is tuned on the first call.
+  for the plain LSTM, and what ``impl="auto"`` runs for a plain bfloat16 LSTM on a GPU (where cuDNN
+  has no persistent path: measured faster at every shape of docs/gpu.md); with variants (all but
+  layer norm) ``impl="auto"`` runs them on a GPU, one layer and direction per call
+  (``variant_layer``). The launch plan is tuned on the first call per shape (seconds, once).
 * ``cpu_fused``: one layer and direction of an LSTM with variants (layer norm, peepholes, CIFG,
   cell clip, recurrent dropout, zoneout, weight drop; ``lengths``) on the CPU, float32/float64, no
   projection: the time loop forward and backward in C++ (ATen), JIT-compiled once and cached. It
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import Tensor
 
 from . import cpu_fused, native
@@ -84,6 +87,13 @@ def select_lstm(
     if not variants:  # plain: torch's operator, unless a ragged CPU batch is cheaper masked
         if ragged and like is not None and not cpu_fused.why_not(proj_size, like):
             return cpu_fused.layer
+        if like is not None and like.is_cuda and like.dtype == torch.bfloat16 and not proj_size:
+            # bfloat16 on a GPU: cuDNN has no persistent kernel there; ours measured 1.04-4.9x cuDNN at the
+            # five shapes of docs/gpu.md (H200), forward and training. Per call it falls back to native.
+            from . import triton_lstm
+
+            if triton_lstm.why_not((), proj_size, like) is None:
+                return triton_lstm.lstm_or_native
         return native.lstm
     if like is not None and like.is_cuda:  # variants on the GPU: the Triton kernels where they cover them
         from . import triton_lstm

@@ -80,6 +80,7 @@ program per batch row holding all of H, and is not attempted here.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 import time
@@ -103,6 +104,8 @@ __all__ = [
     "HAVE_TRITON", "lstm", "lstm_or_native", "layer", "is_supported", "unsupported_reason", "why_not", "plan", "Plan",
     "warmup", "compile_ahead", "candidates", "tuned_plan",
 ]  # fmt: skip
+
+log = logging.getLogger(__name__)
 
 #: dtypes the GPU path takes; float64 runs only under the interpreter (CPU tensors).
 GPU_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -759,7 +762,12 @@ def tuned_plan(kind: str, B: int, H: int, dtype: torch.dtype, device: torch.devi
         return Plan(B, H, dtype, device, **plan_kw)
     key = (kind, B, H, dtype, device.index if device.index is not None else torch.cuda.current_device())
     if key not in _TUNED:
-        _TUNED[key] = _tune(kind, B, H, dtype, device, candidates(B, H, dtype, device), key)
+        cands = candidates(B, H, dtype, device)
+        t0 = time.perf_counter()
+        _TUNED[key] = _tune(kind, B, H, dtype, device, cands, key)
+        log.info("triton LSTM %s (B=%d, H=%d, %s): timed %d launch plans in %.1f s (once per process; "
+                 "LSTMKIT_TRITON_TUNE=0 skips), chose %r", kind, B, H, dtype, len(cands), time.perf_counter() - t0,
+                 Plan(B, H, dtype, device, **_TUNED[key]))  # fmt: skip
     return Plan(B, H, dtype, device, **_TUNED[key])
 
 
@@ -855,17 +863,25 @@ def warmup(
         if "CLIP" in variants:
             vk["clip"] = 1.0
         for save in [s for s, on in ((True, training), (False, inference)) if on]:
-            ptrs = {a: dtype for a in _variant_ptrs(variants, "fwd")}
+            ptrs = {a: _mock(dtype) for a in _variant_ptrs(variants, "fwd")}
             _compiled("fwd", False).warmup(*fwd, t_start=0, n_steps=steps, **p.constants(T, B, H), SAVE=save,
                                            **vk, **ptrs, **extra)  # fmt: skip
             n += 1
         if training:
             bwd = (dtype, dtype, dtype, acc, acc, dtype, acc, i32, i32)  # dy, dhn, w, cs, gates, da, dc, sync, err
-            ptrs = {a: acc if a == "dhc_ptr" else dtype for a in _variant_ptrs(variants, "bwd")}
+            ptrs = {a: _mock(acc if a == "dhc_ptr" else dtype) for a in _variant_ptrs(variants, "bwd")}
             _compiled("bwd", False).warmup(*bwd, t_start=T - 1, n_steps=steps, **p.constants(T, B, H), **vk, **ptrs,
                                            **extra)  # fmt: skip
             n += 1
     return n
+
+
+def _mock(dtype: torch.dtype):
+    """A pointer argument's stand-in for ``JITFunction.warmup``: it wraps positional torch dtypes itself,
+    keyword ones not (triton 3.6-3.9)."""
+    from triton.runtime.jit import MockTensor
+
+    return MockTensor(dtype)
 
 
 def compile_ahead(
