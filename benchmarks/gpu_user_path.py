@@ -1,0 +1,83 @@
+"""On a GPU: the user's path through ``lstmkit.nn.LSTM`` (``impl="auto"``) picks the Triton kernels where
+kernels/__init__.py says it does, and gives torch's numbers.
+
+Checks, each against the same module evaluated in float64 (cuDNN for plain modules, the pure-torch loop
+for variants), worst ||out - ref|| / ||ref|| over output, states and all gradients:
+
+1. plain bf16, 2 layers, bidirectional, batch_first -> triton_lstm.lstm_or_native (Triton kernels);
+2. the same with ``lengths=`` -> falls back per call to cuDNN;
+3. bf16 and fp32 peephole + zoneout + recurrent dropout + weight drop, 2 layers, bidirectional, with
+   ``lengths=`` -> triton_lstm.variant_layer (the VALID padding switch).
+
+Run: ``PYTHONPATH=src python benchmarks/gpu_user_path.py --out results.md``. Exit 1 if a check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from lstmkit import kernels
+from lstmkit.kernels import triton_lstm as tk
+from lstmkit.nn import LSTM
+
+TOL = {torch.bfloat16: 2e-2, torch.float32: 1e-5}
+
+
+def grads(m, x, lengths, masks=None):
+    m.zero_grad()
+    xl = x.detach().clone().requires_grad_()
+    g = torch.Generator(device=x.device).manual_seed(1)
+    out, (h, c) = m(xl, lengths=lengths, masks=masks) if masks is not None else m(xl, lengths=lengths)
+    w = torch.randn(out.shape, generator=g, device=x.device, dtype=torch.float64)
+    ((out.double() * w).sum() + h.double().sum() - c.double().sum()).backward()
+    return [out, h, c, xl.grad] + [p.grad for p in m.parameters()]
+
+
+def case(name, opts, dtype, lengths, want_kernel) -> dict:
+    torch.manual_seed(0)
+    B, T, H = 6, 40, 96
+    ref_m = LSTM(H, H, num_layers=2, bidirectional=True, batch_first=True, impl="loop" if opts else "auto",
+                 dtype=torch.float64, device="cuda", **opts).train()  # fmt: skip
+    m = LSTM(H, H, num_layers=2, bidirectional=True, batch_first=True, dtype=dtype, device="cuda", **opts).train()
+    m.load_state_dict(ref_m.state_dict())
+    x = torch.randn(B, T, H, device="cuda", dtype=torch.float64)
+    ln = torch.tensor([40, 7, 33, 40, 1, 25]) if lengths else None
+    masks = ref_m.sample_masks(B, T, like=x) if opts else None
+    want = grads(ref_m, x, ln, masks)
+    mk = {k: {n: t.to(dtype) for n, t in v.items()} for k, v in masks.items()} if masks else None
+    got = grads(m, x.to(dtype), ln, mk)
+    err = max(float((a.detach().double() - b).norm() / b.norm().clamp_min(1e-300)) for a, b in zip(got, want))
+    kern = kernels.select_lstm("auto", m.variants(), like=m.weight_ih_l0, ragged=lengths)
+    kname = getattr(kern, "__name__", str(kern))
+    ok = err < TOL[dtype] and kern is want_kernel
+    return dict(name=name, dtype=str(dtype).replace("torch.", ""), kernel=kname, err=err, ok=ok)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("gpu_user_path.md"))
+    args = ap.parse_args(argv)
+    v = dict(peephole=True, zoneout=(0.1, 0.05), recurrent_dropout=0.25, weight_drop=0.3)
+    rows = [
+        case("plain, 2 layers, bidirectional", {}, torch.bfloat16, False, tk.lstm_or_native),
+        case("plain, lengths=", {}, torch.bfloat16, True, tk.lstm_or_native),
+        case("variants, lengths=", v, torch.bfloat16, True, tk.variant_layer),
+        case("variants, lengths=", v, torch.float32, True, tk.variant_layer),
+    ]
+    lines = [f"# lstmkit.nn.LSTM(impl='auto') on {torch.cuda.get_device_name()}, torch {torch.__version__}", "",
+             "| case | dtype | kernel chosen | worst rel. error vs float64 | ok |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    lines += [f"| {r['name']} | {r['dtype']} | {r['kernel']} | {r['err']:.2e} | {'yes' if r['ok'] else 'NO'} |"
+              for r in rows]  # fmt: skip
+    text = "\n".join(lines) + "\n"
+    print(text)
+    args.out.write_text(text)
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
