@@ -650,7 +650,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.device == "cuda" and args.workers > 0:
         precompile(shapes, dtypes, args.workers)
     variants = not args.no_variants  # (a dry run times the CPU paths of the variant modules: plumbing only)
-    if variants and args.device == "cuda":  # tune now, so the variants' kernels can be compiled for the chosen plans in parallel
+    if variants and args.device == "cuda":  # tune now: the variants' kernels then compile for the chosen plans
         tuned = tune_all(shapes, dtypes)
         log.info("tuned: %s", tuned)
         if args.workers > 0:
@@ -658,7 +658,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     checks = [] if args.skip_check else check(shapes, dtypes, args.device)
     vchecks = check_variants(shapes, dtypes, args.device) if variants and not args.skip_check else []
     deadline = start + args.budget_s
-    times = bench(shapes, dtypes, args.device, args.warmup, args.iters, deadline - (120 if variants else 0))
+    reserve = min(120.0, args.budget_s / 3) if variants else 0.0  # time kept for the variants' timing
+    times = bench(shapes, dtypes, args.device, args.warmup, args.iters, deadline - reserve)
     vtimes = bench_variants(shapes, dtypes, args.device, args.warmup, args.iters, deadline, times) if variants else []
     note = ("DRY RUN on the CPU interpreter: the times are NOT GPU timings and mean nothing."
             if args.device == "cpu" else "fp32 with TF32 off (torch and cuDNN).")  # fmt: skip
