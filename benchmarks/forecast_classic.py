@@ -26,6 +26,7 @@ for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_v, "1")
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import itertools  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
@@ -99,6 +100,7 @@ def _cells(vals: list[float], fmt: str) -> list[str]:
 def render(rows: list[dict], seconds: float, argv: list[str]) -> str:
     """The Markdown section between the benchmark markers."""
     from lstmkit.data.series import BUILTIN
+    from lstmkit.tasks.forecast import ForecastConfig
 
     base = [b for b in BASELINES if b in rows[0]["held"].summary()]
     methods = ["lstm", "default", *base]
@@ -115,7 +117,11 @@ def render(rows: list[dict], seconds: float, argv: list[str]) -> str:
         "",
         f"Grid ({len(candidates(12, 12, g))} settings per series, every combination): "
         + "; ".join(f"`{k}` in {', '.join(map(str, v))}" for k, v in g.items())
-        + ". Every other field is the library default (below). Held-out and tuning windows: k each.",
+        + ". Tuning windows: k, like the held-out ones.",
+        "",
+        "Library defaults (the `lstm (default)` column, and every field outside the grid): "
+        f"`{ {k: v for k, v in dataclasses.asdict(ForecastConfig()).items() if k not in ('horizon', 'quantiles')} }`"
+        "; context 0 means max(2 x season, 3 x horizon, 24).",
         "",
         "### Held-out windows: MASE (lower is better; bold: best)",
         "",
