@@ -39,10 +39,68 @@ def random_case(seed: int):
     return cfg, {k: values[k] for k in on}
 
 
+@pytest.fixture
+def two_threads():
+    """torch with 2 threads (the kernel then splits batches of >= 8 rows across them), restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
 @needs_kernel
 @pytest.mark.parametrize("seed", range(12))
 def test_fused_matches_reference_float64(seed):
     cfg, variants = random_case(seed)
+    check_against_reference(cfg, variants, seed)
+
+
+# Batches the kernel splits across 2 threads (rows [0, B/2) and [B/2, B) each run the whole time
+# loop on their own thread): even and odd B, both directions, ragged lengths, every variant.
+SPLIT_CASES = [
+    (dict(T=6, B=8, I=3, H=5, layers=2, bi=True, lengths=True), dict(layer_norm=True, zoneout=(0.2, 0.35))),
+    (dict(T=5, B=9, I=4, H=6, layers=1, bi=False, lengths=False), dict(recurrent_dropout=0.3, zoneout=0.2)),
+    (dict(T=4, B=11, I=2, H=3, layers=2, bi=True, lengths=False),
+     dict(layer_norm=True, peephole=True, coupled_input_forget=True, cell_clip=0.4, weight_drop=0.25)),
+    (dict(T=7, B=17, I=3, H=4, layers=1, bi=False, lengths=True), dict(layer_norm=True, recurrent_dropout=0.3)),
+]  # fmt: skip
+
+
+@needs_kernel
+@pytest.mark.parametrize("case", range(len(SPLIT_CASES)))
+def test_batch_split_across_threads_matches_reference_float64(case, two_threads):
+    cfg, variants = SPLIT_CASES[case]
+    ops = cpu_fused.load()
+    if ops.batch_threads(cfg["B"]) != 2:
+        pytest.skip("this build runs without OpenMP: batches are not split across threads")
+    assert ops.batch_threads(1) == 1  # B = 1 (a GEMV) is never split
+    check_against_reference(cfg, variants, 100 + case)
+
+
+@needs_kernel
+@pytest.mark.parametrize("B", [1, 8, 13])
+def test_batch_split_equals_one_thread_float64(B, two_threads):
+    """2 threads (split for B >= 8) against 1 thread (never split): the same numbers up to GEMM rounding."""
+    torch.manual_seed(3)
+    m = LSTM(4, 6, 2, bidirectional=True, dtype=torch.float64, layer_norm=True, zoneout=0.2, recurrent_dropout=0.3)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(5, B, 4, dtype=torch.float64, generator=g)
+    lengths = torch.randint(1, 6, (B,), generator=g)
+    masks = m.sample_masks(B, 5, generator=g)
+    results = []
+    for threads in (2, 1):
+        torch.set_num_threads(threads)
+        m.zero_grad()
+        xi = x.clone().requires_grad_()
+        out, (h, c) = m(xi, lengths=lengths, masks=masks)
+        (out.square().sum() + h.sum() + c.sum()).backward()
+        results.append([out, h, c, xi.grad] + [p.grad for p in m.parameters()])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+
+
+def check_against_reference(cfg: dict, variants: dict, seed: int) -> None:
+    """Forward and every gradient of lstmkit.nn.LSTM (the fused kernel) against the NumPy reference."""
     torch.manual_seed(seed)
     m = LSTM(cfg["I"], cfg["H"], cfg["layers"], bidirectional=cfg["bi"], dtype=torch.float64, **variants)
     assert kernels.select_lstm("auto", m.variants(), like=m.weight_ih_l0) is cpu_fused.layer
@@ -80,21 +138,23 @@ def test_fused_matches_reference_float64(seed):
 @needs_kernel
 @pytest.mark.parametrize("variants", [dict(layer_norm=True), dict(zoneout=0.1, recurrent_dropout=0.25),
                                       dict(peephole=True, coupled_input_forget=True, cell_clip=0.5)])  # fmt: skip
-def test_fused_float32_matches_the_loop(variants):
+@pytest.mark.parametrize("B", [5, 21])  # 21 on 2 threads: rows 0-9 and 10-20, each on its own thread
+def test_fused_float32_matches_the_loop(variants, B, two_threads):
     torch.manual_seed(0)
     fused = LSTM(16, 24, 2, **variants)
     loop = LSTM(16, 24, 2, impl="loop", **variants)
     loop.load_state_dict(fused.state_dict())
-    x = torch.randn(9, 5, 16)
-    masks = fused.sample_masks(5, 9)
+    x = torch.randn(9, B, 16)
+    masks = fused.sample_masks(B, 9)
     results = []
     for m in (fused, loop):
         xi = x.clone().requires_grad_()
         out, (h, c) = m(xi, masks=masks)
         (out.square().sum() + h.sum() + c.sum()).backward()
         results.append([out, h, c, xi.grad] + [p.grad for p in m.parameters()])
+    atol = F32_ATOL * B / 5  # gradients sum over T * B rows: float32 rounding grows with B
     for a, b in zip(*results):
-        torch.testing.assert_close(a, b, atol=F32_ATOL, rtol=1e-3)
+        torch.testing.assert_close(a, b, atol=atol, rtol=1e-3)
 
 
 @needs_kernel

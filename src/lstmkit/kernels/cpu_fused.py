@@ -8,6 +8,13 @@ for the recurrent projection and ONE fused pass over each batch row (layer norm,
 padding); backward the same in reverse, with the weight gradients formed after the loop by one GEMM
 over all steps. The input projection of all steps (one GEMM, and its layer norm) stays in torch.
 
+Threads: with more than one torch thread and a batch of >= 4 rows per thread, the rows are split
+across threads for the whole time loop (rows never interact), each thread running its own
+single-threaded GEMMs and row passes, inside ONE OpenMP parallel region per layer call, as oneDNN's
+RNN primitive does. That needs the extension built with ``-fopenmp`` against torch's own OpenMP
+runtime (libgomp, resolved through libtorch); where torch's parallel backend is not OpenMP, or the
+compiler has no OpenMP, it is built without, and runs each layer on one thread plus parallel GEMMs.
+
 The extension is JIT-compiled by ``torch.utils.cpp_extension.load`` on first use (needs a C++
 compiler and ``ninja``) and cached in torch's extension directory (``TORCH_EXTENSIONS_DIR``), so
 later processes only load it. If compiling fails, or ``LSTMKIT_NO_COMPILE=1`` is set, the kernel
@@ -36,7 +43,9 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("csrc") / "lstm_variants.cpp"
 _NAME = "lstmkit_cpu_fused"
 #: Compiled for the machine that runs it (the build is local and cached per machine user).
-CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd"]  # simd: vectorised LN sums
+CFLAGS_SERIAL = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd"]  # simd: vectorised LN sums
+#: With OpenMP (the batch split across threads), where torch's own threads are OpenMP's.
+CFLAGS = CFLAGS_SERIAL[:-1] + ["-fopenmp"] if torch.backends.openmp.is_available() else CFLAGS_SERIAL
 _state: dict = {"ops": None, "error": None, "seconds": None}
 _lock = threading.Lock()
 
@@ -57,9 +66,18 @@ def load() -> object:
             if venv_bin not in os.environ.get("PATH", "").split(os.pathsep):
                 os.environ["PATH"] = os.environ.get("PATH", "") + os.pathsep + venv_bin
             t0 = time.perf_counter()
-            cpp_extension.load(
-                name=_NAME, sources=[str(SOURCE)], extra_cflags=CFLAGS, is_python_module=False, verbose=False
-            )
+            try:
+                cpp_extension.load(
+                    name=_NAME, sources=[str(SOURCE)], extra_cflags=CFLAGS, is_python_module=False, verbose=False
+                )
+            except Exception as e:  # a compiler without OpenMP: build the single-region kernel instead
+                if CFLAGS == CFLAGS_SERIAL:
+                    raise
+                log.warning("building %s with OpenMP failed (%s); building it without", _NAME, str(e)[:200])
+                cpp_extension.load(
+                    name=_NAME, sources=[str(SOURCE)], extra_cflags=CFLAGS_SERIAL, is_python_module=False,
+                    verbose=False,
+                )  # fmt: skip
             _state["seconds"] = time.perf_counter() - t0
             log.debug("loaded %s in %.1f s", _NAME, _state["seconds"])
             _state["ops"] = torch.ops.lstmkit_cpu
@@ -134,7 +152,7 @@ class LinearFunction(torch.autograd.Function):
         x, w = ctx.saved_tensors
         lin = load().linear
         dx = lin(dy, w.t()) if ctx.needs_input_grad[0] else None  # (M, N) @ (N, K)
-        dw = lin(dy.t(), x.t()) if ctx.needs_input_grad[1] else None  # (N, M) @ (M, K)
+        dw = load().mm_tn(dy, x) if ctx.needs_input_grad[1] else None  # (N, M) @ (M, K), no transposed copies
         return dx, dw
 
 

@@ -12,7 +12,12 @@
 //
 // and backward walks the steps in reverse with one element-wise pass and one GEMM per step
 // (dh_in = da_h W_hh), then forms the weight gradients with single GEMMs / reductions over all
-// steps after the loop (dW_hh = da_h^T h_in over T*B rows).
+// steps after the loop (dW_hh = da_h^T h_in over T*B rows, oneDNN reading da_h transposed in place).
+//
+// Threads: with n > 1 torch threads and >= 4 rows per thread, the batch rows are split into n
+// blocks and each thread runs the whole time loop (GEMM + fused pass per step) on its block, in
+// one parallel region per call (see run_threads); otherwise one thread runs the loop and only the
+// GEMMs are parallel.
 //
 // Shapes (T steps, B batch, H hidden; gates stacked (i, f, g, o) as torch does):
 //   gx (T, B, 4H)   h0, c0 (B, H)   w_hh (4H, H)   ln_hh (4H)   ln_c_w, ln_c_b (H)   w_ch (3H)
@@ -26,6 +31,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
@@ -33,12 +39,26 @@
 #include <atomic>
 #include <cstdlib>
 #include <cmath>
+#include <exception>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 using at::Tensor;
 using OptT = std::optional<Tensor>;
+
+// torch's oneDNN matmul (result = beta * result + alpha * mat1 @ mat2, inputs contiguous or
+// transposed-contiguous, no copies), from libtorch_cpu; its header is not shipped, and the weak
+// declaration leaves it null (so at::mm runs) in a torch that lacks it or changed its signature.
+namespace at::native {
+__attribute__((weak)) void mkldnn_matmul(const Tensor& mat1, const Tensor& mat2, const Tensor& result, float beta,
+                                         float alpha);
+}  // namespace at::native
 
 namespace {
 
@@ -83,8 +103,78 @@ inline const T* ptr_or_null(const OptT& t) {
 
 inline bool has(const OptT& t) { return t.has_value() && t->defined(); }
 
-// Rows per parallel chunk: >= ~2k hidden units each, so that tiny batches stay on one thread.
-inline int64_t grain(int64_t H) { return std::max<int64_t>(1, 2048 / H); }
+// ---- threads: the batch rows split across threads for the whole time loop ----
+//
+// Rows of a batch never interact in an LSTM layer, so with n threads each thread runs the WHOLE
+// time loop (forward or backward) on its own block of B/n rows: its own single-threaded GEMM on
+// those rows per step and its own element-wise pass, no barrier and no fork/join per step. One
+// OpenMP parallel region (torch's own runtime: the extension is built with -fopenmp and resolves
+// libgomp through libtorch) per layer call; inside it at::parallel_for, oneDNN and MKL see
+// omp_in_parallel() and stay on their calling thread.
+//
+//   B rows  +-------------+
+//           | thread 0    |  rows [0, B/n):  for t: r = h_{t-1}[rows] W_hh^T; row pass
+//           +-------------+
+//           | thread 1    |  rows [B/n, 2B/n): same loop, independently
+//           +-------------+
+//
+// Below kMinRowsPerThread rows per thread (B = 1: a GEMV) the rows stay together and the GEMM
+// itself is the only parallel part, as torch does it.
+constexpr int64_t kMinRowsPerThread = 4;
+
+// How many threads split the batch: 1 (no split) unless OpenMP is compiled in, torch has > 1 thread,
+// we are not already inside a parallel region, and each thread gets >= kMinRowsPerThread rows.
+// LSTMKIT_BATCH_SPLIT=0 turns the split off (for A/B measurements).
+int split_threads(int64_t B) {
+#ifdef _OPENMP
+  static const char* env = std::getenv("LSTMKIT_BATCH_SPLIT");
+  if (env != nullptr && env[0] == '0') return 1;
+  if (at::in_parallel_region()) return 1;
+  const int64_t nt = at::get_num_threads();
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nt, B / kMinRowsPerThread)));
+#else
+  (void)B;
+  return 1;
+#endif
+}
+
+// Rows [b0, b1) of thread `tid` of `n` (balanced: sizes differ by at most one).
+inline std::pair<int64_t, int64_t> rows_of(int64_t B, int tid, int n) { return {B * tid / n, B * (tid + 1) / n}; }
+
+// body(tid, n) on n threads in one parallel region (body(0, 1) inline when n == 1), each thread with
+// the caller's thread-local state (grad mode, dispatch keys); the first exception is rethrown here.
+template <typename F>
+void run_threads(int n, const F& body) {
+  if (n <= 1) {
+    body(0, 1);
+    return;
+  }
+#ifdef _OPENMP
+  const at::ThreadLocalState tls;
+  std::exception_ptr err;
+  std::atomic_flag failed = ATOMIC_FLAG_INIT;
+  // No num_threads clause (GOMP's pool misbehaves with varying team sizes, pytorch#32008): the team
+  // is torch's thread count; threads past n have no rows.
+#pragma omp parallel
+  {
+    const int tid = omp_get_thread_num();
+    const int m = std::min(n, omp_get_num_threads());
+    if (tid < m) {
+      try {
+        at::ThreadLocalStateGuard tls_guard(tls);
+        at::internal::ThreadIdGuard tid_guard(tid);
+        c10::ParallelGuard parallel_guard(true);
+        body(tid, m);
+      } catch (...) {
+        if (!failed.test_and_set()) err = std::current_exception();
+      }
+    }
+  }
+  if (err) std::rethrow_exception(err);
+#else
+  body(0, 1);
+#endif
+}
 
 // ---- GEMMs: oneDNN for float32 where torch has it (2x MKL's speed on AMD CPUs), else at::mm ----
 
@@ -106,21 +196,22 @@ inline bool use_onednn(const Tensor& x) {
          !onednn_broken.load();
 }
 
-// Whether to prepack W_hh for the per-step GEMM: LSTMKIT_ONEDNN_PACK=1 always, 0 never; unset: only
-// on one thread (measured: prepacked is ~2x faster single-threaded for 20-32 rows; the plain layout
-// is what scales across threads).
-bool want_pack() {
+// Whether to prepack W_hh for the per-step GEMM: LSTMKIT_ONEDNN_PACK=1 always, 0 never; unset: when
+// that GEMM runs on one thread -- one torch thread, or the batch split across threads (measured:
+// prepacked is ~2x faster single-threaded for 20-32 rows; a multi-threaded GEMM scales better plain).
+bool want_pack(bool single_thread) {
   static const char* env = std::getenv("LSTMKIT_ONEDNN_PACK");
   if (env != nullptr && env[0] == '1') return true;
   if (env != nullptr && env[0] == '0') return false;
-  return at::get_num_threads() == 1;
+  return single_thread;
 }
 
-// w (N, K) -> oneDNN's packed layout for `rows`-row inputs (float32 only; else w itself).
-Tensor pack_weight(const Tensor& w, int64_t rows) {
+// w (N, K) -> oneDNN's packed layout for `rows`-row inputs (float32 only; else w itself), for a GEMM
+// that runs on one thread (`single_thread`: torch has one, or the batch is split across threads).
+Tensor pack_weight(const Tensor& w, int64_t rows, bool single_thread) {
   const auto& rw = onednn_op("reorder");
   if (w.scalar_type() != at::kFloat || rows < kOneDnnMinRows || !rw.has_value() || !onednn_op("linear").has_value() ||
-      !want_pack() || onednn_broken.load() || !onednn_ok.load())
+      !want_pack(single_thread) || onednn_broken.load() || !onednn_ok.load())
     return w;
   try {
     std::vector<c10::IValue> stack = {w.contiguous(), c10::IValue(rows)};
@@ -148,6 +239,23 @@ Tensor linear_nt(const Tensor& x, const Tensor& w) {
   return at::mm(x, w.t());
 }
 
+// a^T @ b for a (K, M), b (K, N) -> (M, N): the weight-gradient GEMMs over all T*B rows. oneDNN's
+// matmul reads the transposed a in place; linear_nt would first copy a^T and b^T (3 ms of 7 at
+// (T*B, 4H, H) = (3200, 1024, 256)), MKL's at::mm runs at half oneDNN's speed here.
+Tensor mm_tn(const Tensor& a, const Tensor& b) {
+  if (a.scalar_type() == at::kFloat && at::native::mkldnn_matmul != nullptr && !onednn_broken.load() &&
+      a.is_contiguous() && b.is_contiguous()) {
+    try {
+      Tensor out = at::empty({a.size(1), b.size(1)}, a.options());
+      at::native::mkldnn_matmul(a.t(), b, out, 0.0f, 1.0f);
+      return out;
+    } catch (const std::exception&) {
+      onednn_broken.store(true);
+    }
+  }
+  return at::mm(a.t(), b);
+}
+
 template <typename T>
 void forward_impl(const Tensor& gx, const Tensor& h0, const Tensor& c0, const Tensor& w_hh, const OptT& ln_hh,
                   const OptT& ln_c_w, const OptT& ln_c_b, const OptT& w_ch, const OptT& rec, const OptT& zh,
@@ -173,21 +281,19 @@ void forward_impl(const Tensor& gx, const Tensor& h0, const Tensor& c0, const Te
   Tensor rx = lnx ? at::empty({TS, B}, opt) : Tensor();
   const T *plnx = ptr_or_null<T>(ln_ih), *pbias = ptr_or_null<T>(bias);
   cs[0].copy_(c0);
-  const Tensor w_run = pack_weight(w_hh, B);  // packed once per call, read T times
   const T *pgx = gx.data_ptr<T>(), *prec = ptr_or_null<T>(rec), *pzh = ptr_or_null<T>(zh), *pzc = ptr_or_null<T>(zc);
   const T *pv = ptr_or_null<T>(valid), *plnh = ptr_or_null<T>(ln_hh), *plncw = ptr_or_null<T>(ln_c_w);
   const T *plncb = ptr_or_null<T>(ln_c_b), *pwch = ptr_or_null<T>(w_ch);
   const T Tclip = T(clip), Teps = T(eps);
   T* py = y.data_ptr<T>();
-  for (int64_t t = 0; t < Tn; ++t) {
+  // The fused pass of step t over rows [b0, b1); pr holds those rows' r = h_in W_hh^T, (b1 - b0, 4H),
+  // and is overwritten. Rows are independent: threads call this on disjoint row blocks.
+  auto rows = [&](int64_t t, int64_t b0, int64_t b1, T* pr) {
     const int64_t ts = save ? t : 0;
     const int64_t cp_i = save ? t : (t % 2), cn_i = save ? t + 1 : ((t + 1) % 2);
     const T* hp = t == 0 ? h0.data_ptr<T>() : py + (t - 1) * B * H;  // h_{t-1}, (B, H)
     const T* cp = cs.data_ptr<T>() + cp_i * B * H;                      // c_{t-1}
     T* cn_out = cs.data_ptr<T>() + cn_i * B * H;                         // c_t
-    Tensor hprev = t == 0 ? h0 : y[t - 1];
-    Tensor r = (prec ? linear_nt(hprev * (*rec), w_run) : linear_nt(hprev, w_run)).contiguous();  // (B, 4H)
-    T* pr = r.data_ptr<T>();
     T* pg = gates.data_ptr<T>() + ts * B * H4;
     T* pcn = alias_c ? cs.data_ptr<T>() + (t + 1) * B * H : cnew.data_ptr<T>() + ts * B * H;
     T* ptn = tn.data_ptr<T>();
@@ -199,9 +305,9 @@ void forward_impl(const Tensor& gx, const Tensor& h0, const Tensor& c0, const Te
     T* pxx = lnx ? xx.data_ptr<T>() + ts * B * H4 : nullptr;
     T* prx = lnx ? rx.data_ptr<T>() + ts * B : nullptr;
     const T* gxt = pgx + t * B * H4;
-    at::parallel_for(0, B, grain(H), [&](int64_t b0, int64_t b1) {
+    {
       for (int64_t b = b0; b < b1; ++b) {
-        T* a = pr + b * H4;  // becomes a_t = gx_t + (LN) r, in place
+        T* a = pr + (b - b0) * H4;  // becomes a_t = gx_t + (LN) r, in place
         const T* gb = gxt + b * H4;
         if (ln) {
           T mu = 0, var = 0;
@@ -294,8 +400,21 @@ void forward_impl(const Tensor& gx, const Tensor& h0, const Tensor& c0, const Te
           for (int64_t j = 0; j < H; ++j) cob[j] = c[j];
         }
       }
-    });
-  }
+    }
+  };
+  const int nsplit = split_threads(B);
+  const bool single = nsplit > 1 || at::get_num_threads() == 1;  // each GEMM runs on one thread
+  run_threads(nsplit, [&](int tid, int n) {
+    const auto [b0, b1] = rows_of(B, tid, n);
+    const int64_t nb = b1 - b0;
+    const Tensor w_run = pack_weight(w_hh, nb, single);  // packed once per call and thread, read T times
+    const Tensor rec_rows = prec ? rec->narrow(0, b0, nb) : Tensor();
+    for (int64_t t = 0; t < Tn; ++t) {
+      const Tensor hprev = (t == 0 ? h0 : y[t - 1]).narrow(0, b0, nb);  // h_{t-1} of these rows, (nb, H)
+      Tensor r = (prec ? linear_nt(hprev * rec_rows, w_run) : linear_nt(hprev, w_run)).contiguous();  // (nb, 4H)
+      rows(t, b0, b1, r.data_ptr<T>());
+    }
+  });
   Tensor h_n = Tn > 0 ? y[Tn - 1].clone() : h0.clone();
   Tensor c_n = cs[save ? Tn : (Tn % 2)].clone();
   if (alias_c) cnew = cs.narrow(0, 1, Tn);
@@ -324,7 +443,7 @@ void backward_impl(const Tensor& dy, const Tensor& dh_n, const Tensor& dc_n, con
   auto opt = dy.options();
   Tensor dgx = at::empty({Tn, B, H4}, opt);
   Tensor dah = (ln || lnx) ? at::empty({Tn, B, H4}, opt) : dgx;  // da_h: gradient of h_in W_hh^T
-  Tensor dh_in = at::zeros({B, H}, opt);   // da_h[t+1] W_hh, before the recurrent-dropout mask
+  Tensor dh_in = at::zeros({B, H}, opt);   // after the loop: da_h[0] W_hh, before the dropout mask
   Tensor dh_dir = dh_n.clone();            // the direct part of dL/dh_t (zoneout, padding, dh_n)
   Tensor dc = dc_n.clone();                // dL/dc_t
   Tensor w_t = w_hh.t();                   // (H, 4H): dh_in = da_h @ w_hh = linear(da_h, w_hh^T)
@@ -344,21 +463,21 @@ void backward_impl(const Tensor& dy, const Tensor& dh_n, const Tensor& dc_n, con
   // [dln_hh (4H) | dln_c_w (H) | dln_c_b (H) | dw_ch (3H) | dbias (4H) | dln_ih (4H)], filled while
   // each row is in cache.
   const int64_t NA = 17 * H;
-  const int nthreads = at::get_num_threads();
-  std::vector<T> acc(static_cast<size_t>(nthreads) * NA, T(0));
-  for (int64_t t = Tn - 1; t >= 0; --t) {
-    const T* pdhin = dh_in.data_ptr<T>();
-    at::parallel_for(0, B, grain(H), [&](int64_t b0, int64_t b1) {
+  const int nsplit = split_threads(B);
+  std::vector<T> acc(static_cast<size_t>(nsplit) * NA, T(0));
+  // The fused backward pass of step t over rows [b0, b1): pdhin holds those rows' da_h[t+1] W_hh,
+  // (b1 - b0, H); ac is the calling thread's accumulator block.
+  auto rows = [&](int64_t t, int64_t b0, int64_t b1, const T* pdhin, T* ac) {
+    {
       std::vector<T> buf(6 * H);
       T *dh = buf.data(), *dcn = dh + H, *dcnew = dcn + H, *dnb = dcnew + H, *th = dnb + H, *nb = th + H;
-      T* ac = acc.data() + static_cast<size_t>(std::min(at::get_thread_num(), nthreads - 1)) * NA;
       T *a_lnh = ac, *a_lncw = ac + 4 * H, *a_lncb = ac + 5 * H, *a_wch = ac + 6 * H, *a_b = ac + 9 * H;
       T* a_lnx = ac + 13 * H;
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t o3 = (t * B + b) * H4, o1 = (t * B + b) * H;
         T* dhd = pdhd + b * H;
         T* dcb = pdc + b * H;
-        const T* dhi = pdhin + b * H;
+        const T* dhi = pdhin + (b - b0) * H;
         const T* dyb = pdy + o1;
         T* dgb = pdgx + o3;
         T* dab = pdah + o3;
@@ -474,16 +593,27 @@ void backward_impl(const Tensor& dy, const Tensor& dh_n, const Tensor& dc_n, con
           for (int64_t j = 0; j < H4; ++j) dgb[j] = rs * (dgb[j] * plnx[j] - m1 - xb[j] * m2);
         }
       }
-    });
-    dh_in = linear_nt(dah[t], w_t).contiguous();  // (B, 4H) x (4H, H)
-  }
+    }
+  };
+  run_threads(nsplit, [&](int tid, int n) {
+    const auto [b0, b1] = rows_of(B, tid, n);
+    const int64_t nb = b1 - b0;
+    // W_hh^T unpacked: packing it per call (as forward does) measured no faster here
+    T* ac = acc.data() + static_cast<size_t>(tid) * NA;
+    Tensor dh_rows = at::zeros({nb, H}, opt);  // da_h[t+1] W_hh of these rows
+    for (int64_t t = Tn - 1; t >= 0; --t) {
+      rows(t, b0, b1, dh_rows.data_ptr<T>(), ac);
+      dh_rows = linear_nt(dah[t].narrow(0, b0, nb), w_t).contiguous();  // (nb, 4H) x (4H, H)
+    }
+    dh_in.narrow(0, b0, nb).copy_(dh_rows);
+  });
   // dL/dh_0 = direct part + the recurrent part through the dropout mask
   Tensor dh0 = has(rec) ? dh_dir + dh_in * (*rec) : dh_dir + dh_in;
   // weight gradients: one GEMM / reduction over all T*B rows
   Tensor hprev = Tn > 1 ? at::cat({h0.unsqueeze(0), y.narrow(0, 0, Tn - 1)}, 0) : h0.unsqueeze(0);  // (T, B, H)
   if (has(rec)) hprev = hprev * (*rec);
-  Tensor dw_hh = linear_nt(dah.view({Tn * B, H4}).t(), hprev.reshape({Tn * B, H}).t());  // (4H, H)
-  for (int k = 1; k < nthreads; ++k)
+  Tensor dw_hh = mm_tn(dah.view({Tn * B, H4}), hprev.reshape({Tn * B, H}).contiguous());  // (4H, H)
+  for (int k = 1; k < nsplit; ++k)
     for (int64_t j = 0; j < NA; ++j) acc[j] += acc[static_cast<size_t>(k) * NA + j];
   Tensor sums = at::empty({NA}, opt);
   std::copy(acc.begin(), acc.begin() + NA, sums.data_ptr<T>());
@@ -531,8 +661,16 @@ std::vector<Tensor> lstm_backward(const Tensor& dy, const Tensor& dh_n, const Te
 // x (M, K) @ w^T, w (N, K): the GEMM the kernel uses (oneDNN for float32 where available), for Python.
 Tensor linear_op(const Tensor& x, const Tensor& w) { return linear_nt(x, w); }
 
+// a^T @ b, a (K, M), b (K, N): the weight-gradient GEMM, for Python.
+Tensor mm_tn_op(const Tensor& a, const Tensor& b) { return mm_tn(a.contiguous(), b.contiguous()); }
+
+// How many threads the kernel splits a batch of B rows across, now (1: no split), for tests.
+int64_t batch_threads_op(int64_t B) { return split_threads(B); }
+
 TORCH_LIBRARY(lstmkit_cpu, m) {
   m.def("linear(Tensor x, Tensor w) -> Tensor", &linear_op);
+  m.def("batch_threads(int B) -> int", &batch_threads_op);
+  m.def("mm_tn(Tensor a, Tensor b) -> Tensor", &mm_tn_op);
   m.def(
       "forward(Tensor gx, Tensor h0, Tensor c0, Tensor w_hh, Tensor? ln_hh, Tensor? ln_c_w, Tensor? ln_c_b, "
       "Tensor? w_ch, Tensor? rec, Tensor? zh, Tensor? zc, Tensor? valid, Tensor? ln_ih, Tensor? bias, bool cifg, "
