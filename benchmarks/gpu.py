@@ -135,6 +135,15 @@ def rel_errors(got, want) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------------
 
 
+def _valid(B: int, H: int, dname: str, kw: dict, device: str = "cuda") -> bool:
+    """Whether plan keywords ``kw`` make a plan here (LL needs a persistent, resident plan)."""
+    try:
+        tk.plan(B, H, DTYPES[dname], device, **kw)
+        return True
+    except ValueError:
+        return False
+
+
 def _warm(task) -> tuple[str, int, float, str]:
     T, B, H, dname, kw = task
     t0 = time.perf_counter()
@@ -156,6 +165,7 @@ def precompile(shapes, dtypes, workers: int) -> None:
         for d in dtypes:
             kws = tk.candidates(B, H, DTYPES[d], "cuda") if tk.TUNE else [{}]
             kws += [{"mode": "stepwise"}] + ([{"resident": False}] if (T, B, H) == shapes[0] else [])
+            kws += [kw for kw in [{"ll": True}] if _valid(B, H, d, kw)]
             for kw in {repr(tk.plan(B, H, DTYPES[d], "cuda", **kw)): kw for kw in kws}.values():
                 tasks.append((T, B, H, d, kw))
     tasks.sort(key=lambda t: -t[2])  # large H first: they compile longest
@@ -184,6 +194,7 @@ def check(shapes, dtypes, device: str) -> list[dict]:
         variants = [("auto", {})]
         if (T, B, H) == shapes[0]:  # the other launch / weight modes, once
             variants += [("stepwise", {"mode": "stepwise"}), ("streamed", {"resident": False})]
+        variants += [("LL", {"ll": True})]  # the flag-in-data exchange, wherever the heuristic plan allows it
         Tr = min(T, REF_STEPS)
         want_np = run_numpy(m, x[:Tr], h0, c0, gy[:Tr])
         want_t = run_torch(m, x, h0, c0, gy)
@@ -194,6 +205,8 @@ def check(shapes, dtypes, device: str) -> list[dict]:
                 log.warning("torch.nn.LSTM in %s: %s", dname, e)
                 e_cudnn = float("nan")
             for vname, kw in variants:
+                if not _valid(B, H, dname, kw, device):
+                    continue
                 try:
                     e_np = rel_errors(run_ours(m._flat_weights, x[:Tr], h0, c0, gy[:Tr], DTYPES[dname], **kw), want_np)
                     e_t = rel_errors(run_ours(m._flat_weights, x, h0, c0, gy, DTYPES[dname], **kw), want_t)

@@ -285,13 +285,13 @@ def test_tuning_times_each_candidate_and_keeps_the_fastest_working_one(monkeypat
 
 def test_candidates_cover_the_tilings_and_fit_the_gpu():
     """The plans tuning may choose at the issue's small-batch bf16 shape: several hidden tiles, resident and
-    streamed, step-wise, and the atomic-spin barrier; every persistent one fits 132 SMs."""
+    streamed, step-wise, and the LL exchange; every persistent one fits 132 SMs."""
     cands = tk.candidates(8, 256, torch.bfloat16, "cuda", sm_count=132)
     plans = [tk.plan(8, 256, torch.bfloat16, "cuda", sm_count=132, **kw) for kw in cands]
     assert len({repr(p) for p in plans}) == len(plans) >= 6
     assert {p.BLOCK_H for p in plans} >= {8, 16, 32, 64}
     assert any(not p.persistent for p in plans) and any(p.persistent and not p.resident for p in plans)
-    assert any(p.persistent and p.poll == 0 for p in plans)
+    assert any(p.ll for p in plans) and all(p.resident and p.persistent for p in plans if p.ll)
     assert all(p.programs <= 132 for p in plans if p.persistent)
     big = [tk.plan(256, 1024, torch.float16, "cuda", sm_count=132, **kw) for kw in
            tk.candidates(256, 1024, torch.float16, "cuda", sm_count=132)]  # fmt: skip
@@ -300,7 +300,7 @@ def test_candidates_cover_the_tilings_and_fit_the_gpu():
 
 def test_dispatcher_routes_gpu_calls_to_the_triton_kernels():
     """impl='auto' on a GPU: plain bfloat16 -> the Triton kernels (per call, native fallback); float32 and
-    float16 -> cuDNN; variants other than layer norm -> variant_layer; layer norm -> the torch loop (None)."""
+    float16 -> cuDNN; variants (layer norm too) -> variant_layer; projections -> the torch loop (None)."""
     from types import SimpleNamespace
 
     from lstmkit import kernels
@@ -311,7 +311,43 @@ def test_dispatcher_routes_gpu_calls_to_the_triton_kernels():
     assert kernels.select_lstm("auto", (), like=gpu(torch.float32)) is native.lstm
     assert kernels.select_lstm("auto", (), proj_size=4, like=gpu(torch.bfloat16)) is native.lstm
     assert kernels.select_lstm("auto", ("peephole", "zoneout"), like=gpu(torch.float32)) is tk.variant_layer
-    assert kernels.select_lstm("auto", ("layer_norm",), like=gpu(torch.bfloat16)) is None
+    assert kernels.select_lstm("auto", ("layer_norm",), like=gpu(torch.bfloat16)) is tk.variant_layer
     assert kernels.select_lstm("triton", ("cell_clip",), like=gpu(torch.float16)) is tk.variant_layer
-    with pytest.raises(ValueError, match="layer_norm"):
-        kernels.select_lstm("triton", ("layer_norm",), like=gpu(torch.bfloat16))
+    assert kernels.select_lstm("auto", ("layer_norm",), proj_size=3, like=gpu(torch.float32)) is None
+    with pytest.raises(ValueError, match="proj"):
+        kernels.select_lstm("triton", ("layer_norm",), proj_size=3, like=gpu(torch.bfloat16))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_ll_exchange_gives_the_same_bits(dtype):
+    """The LL exchange (h_t / da_t packed with a ready flag into 32- or 64-bit words, no barrier) decodes to
+    exactly the values the barrier path reads: outputs and every gradient are bit-identical."""
+    w, x, h0, c0, gy = one_layer_case(4, 3, 5, 12, seed=21)
+    plain = triton_case(w, x, h0, c0, gy, dtype, mode="persistent")
+    ll = triton_case(w, x, h0, c0, gy, dtype, mode="persistent", ll=True)
+    for k, v in plain.items():
+        assert torch.equal(ll[k], v), k
+
+
+def test_ll_packing_round_trips_and_is_refused_where_it_cannot_run():
+    g = torch.Generator().manual_seed(0)
+    for dt, xs in ((torch.bfloat16, torch.int32), (torch.float16, torch.int32), (torch.float32, torch.int64)):
+        v = torch.randn(3, 7, generator=g).to(dt)
+        words = tk._pack(v, xs)
+        assert words.dtype == xs and bool((words & 1).all())
+        shift = 32 if xs == torch.int64 else 16
+        back = (words >> shift).to(torch.int32 if xs == torch.int64 else torch.int16).view(dt)
+        assert torch.equal(back, v)
+    with pytest.raises(ValueError, match="ll=True"):
+        tk.plan(3, 12, torch.float64, "cpu", mode="persistent", ll=True)  # no 64-bit value + flag word
+    with pytest.raises(ValueError, match="ll=True"):
+        tk.plan(8, 256, torch.bfloat16, "cuda", mode="persistent", resident=False, ll=True, sm_count=132)
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="TRITON_INTERPRET=1 turns triton.jit off")
+def test_ll_kernels_spin_on_volatile_loads_without_a_counter_barrier():
+    kernels = tk.compile_ahead(16, 8, 64, torch.bfloat16, mode="persistent", resident=True, ll=True)
+    for k in kernels.values():
+        ptx = k.asm["ptx"]
+        assert "ld.volatile.global" in ptx
+        assert "atom.global.gpu.acq_rel.add" not in ptx and "red.release" not in ptx

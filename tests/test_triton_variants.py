@@ -1,11 +1,14 @@
-"""The Triton kernels' variants (peephole, CIFG, cell clip, recurrent dropout, zoneout, weight drop, lengths)
-in Triton's interpreter, on CPU tensors, float64.
+"""The Triton kernels' variants (layer norm, peephole, CIFG, cell clip, recurrent dropout, zoneout, weight drop,
+lengths) in Triton's interpreter, on CPU tensors, float64 (and float32 through the LL exchange).
 
 The oracle is ``lstmkit.nn.LSTM``'s pure-torch loop (``impl="loop"``), which ``tests/test_variants.py``
 ties to the NumPy reference at 1e-10. Same module, same masks (``sample_masks``), same loss; the only
 difference is that each layer and direction runs ``triton_lstm.variant_layer`` instead of the loop.
 Outputs, final states and the gradients of every parameter, the input and the initial state agree to
-1e-10, in both launch modes (one persistent launch; one launch per step with several hidden tiles).
+1e-10, in both launch modes (one persistent launch; one launch per step with several hidden tiles; layer
+norm only persistent). The interpreter runs programs one after another, so the exchange between programs
+(barrier, LL words, layer-norm statistics) is exercised with one program per batch tile here and on a GPU
+by benchmarks/gpu.py.
 """
 
 from __future__ import annotations
@@ -29,7 +32,18 @@ CASES = {
     "weight_drop": dict(weight_drop=0.5),
     "all": dict(peephole=True, coupled_input_forget=True, cell_clip=0.5, recurrent_dropout=0.3, zoneout=0.25,
                 weight_drop=0.3, forget_bias=1.0),  # fmt: skip
+    "layer_norm": dict(layer_norm=True),
+    "layer_norm+all": dict(layer_norm=True, peephole=True, coupled_input_forget=True, cell_clip=0.5,
+                           recurrent_dropout=0.3, zoneout=0.25, weight_drop=0.3),  # fmt: skip
 }
+
+
+def randomise_layer_norm(m: LSTM) -> None:
+    """LN gains and biases away from their 1 / 0 initialisation, so that every term is exercised."""
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if "layernorm" in n:
+                p.add_(torch.randn_like(p) * 0.3)
 
 
 def run(m: LSTM, x, hx, lengths, masks, layer_kernel):
@@ -39,7 +53,8 @@ def run(m: LSTM, x, hx, lengths, masks, layer_kernel):
     xl, h0, c0 = (t.detach().clone().requires_grad_() for t in (x, *hx))
     out, h, c = m._forward_variants(xl, (h0, c0), lengths, layer_kernel, masks)
     g = torch.Generator().manual_seed(7)
-    loss = (out * torch.randn(out.shape, generator=g, dtype=out.dtype)).sum() + 0.7 * h.sum() - 1.3 * c.sum()
+    w = torch.randn(out.shape, generator=g, dtype=torch.float64)  # the same draw for any module dtype
+    loss = (out.double() * w).sum() + 0.7 * h.double().sum() - 1.3 * c.double().sum()
     loss.backward()
     res = {"out": out, "h": h, "c": c, "dx": xl.grad, "dh0": h0.grad, "dc0": c0.grad}
     res.update({"d" + n: p.grad for n, p in m.named_parameters()})
@@ -50,9 +65,12 @@ def run(m: LSTM, x, hx, lengths, masks, layer_kernel):
 @pytest.mark.parametrize("mode", ["auto", "stepwise"])
 @pytest.mark.parametrize("training", [True, False])
 def test_variant_matches_the_torch_loop(name, mode, training):
+    if "layer_norm" in name and mode == "stepwise":
+        pytest.skip("layer norm exchanges row statistics inside one persistent launch (tested below: refused)")
     T, B, I, H = 4, 3, 3, 20 if mode == "stepwise" else 6  # step-wise: H=20 is two hidden tiles of 16
-    torch.manual_seed(hash((name, mode, training)) % 1000)
+    torch.manual_seed(sum(map(ord, name + mode)) + training)
     m = LSTM(I, H, dtype=torch.float64, **CASES[name]).train(training)
+    randomise_layer_norm(m)
     x = torch.randn(T, B, I, dtype=torch.float64)
     hx = (torch.randn(1, B, H, dtype=torch.float64) * 0.5, torch.randn(1, B, H, dtype=torch.float64) * 0.5)
     masks = m.sample_masks(B, T, like=x)
@@ -70,7 +88,8 @@ def test_variants_with_lengths_bidirectional_and_two_layers():
     """Padding (lengths=), the reverse direction and a second layer on top, all variants at once."""
     T, B, I, H = 5, 3, 2, 5
     torch.manual_seed(3)
-    m = LSTM(I, H, num_layers=2, bidirectional=True, dtype=torch.float64, **CASES["all"]).train()
+    m = LSTM(I, H, num_layers=2, bidirectional=True, dtype=torch.float64, **CASES["layer_norm+all"]).train()
+    randomise_layer_norm(m)
     x = torch.randn(T, B, I, dtype=torch.float64)
     hx = (torch.randn(4, B, H, dtype=torch.float64), torch.randn(4, B, H, dtype=torch.float64))
     lengths = torch.tensor([5, 2, 4])
@@ -83,10 +102,37 @@ def test_variants_with_lengths_bidirectional_and_two_layers():
         assert (got[k] - v).abs().max().item() < 1e-10, k
 
 
-def test_layer_norm_is_refused_with_a_reason():
-    m = LSTM(3, 4, layer_norm=True, dtype=torch.float64)
-    with pytest.raises(ValueError, match="layer_norm"):
-        tk.variant_layer(torch.zeros(2, 1, 16, dtype=torch.float64), torch.zeros(1, 4), torch.zeros(1, 4),
-                         m.weight_hh_l0, m.variant_config, {}, {}, None)  # fmt: skip
-    assert "layer_norm" in tk.why_not_variants(("layer_norm", "peephole"))
-    assert "CUDA" in tk.why_not_variants(("peephole", "zoneout"), like=m.weight_hh_l0)
+def test_layer_norm_needs_a_persistent_launch_and_other_checks():
+    m = LSTM(3, 20, layer_norm=True, dtype=torch.float64)
+    gx = torch.zeros(2, 1, 80, dtype=torch.float64)
+    p = {"layernorm_ih_weight": m.layernorm_ih_weight_l0, "layernorm_hh_weight": m.layernorm_hh_weight_l0,
+         "layernorm_c_weight": m.layernorm_c_weight_l0, "layernorm_c_bias": m.layernorm_c_bias_l0}  # fmt: skip
+    with pytest.raises(ValueError, match="persistent"):
+        tk.variant_layer(gx, torch.zeros(1, 20, dtype=torch.float64), torch.zeros(1, 20, dtype=torch.float64),
+                         m.weight_hh_l0, m.variant_config, p, {}, None, mode="stepwise")  # fmt: skip
+    assert "no Triton kernel" not in tk.why_not_variants(("layer_norm", "peephole"))  # only: not on CUDA
+    assert "CUDA" in tk.why_not_variants(("layer_norm", "zoneout"), like=m.weight_hh_l0)
+    assert "bogus" in tk.why_not_variants(("bogus",))
+
+
+@pytest.mark.parametrize("name", ["all", "zoneout", "recurrent_dropout", "layer_norm", "layer_norm+all"])
+def test_variants_on_the_ll_exchange(name):
+    """The LL exchange (flags travel with h_t / da_t) under the variants, float32 vs the float64 loop."""
+    T, B, I, H = 4, 3, 3, 6
+    torch.manual_seed(5)
+    m = LSTM(I, H, dtype=torch.float64, **CASES[name]).train()
+    randomise_layer_norm(m)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    hx = (torch.randn(1, B, H, dtype=torch.float64), torch.randn(1, B, H, dtype=torch.float64))
+    lengths = torch.tensor([4, 2, 3])
+    masks = m.sample_masks(B, T, like=x)
+    want = run(m, x, hx, lengths, masks, None)
+    m32 = LSTM(I, H, dtype=torch.float32, **CASES[name]).train()
+    m32.load_state_dict(m.state_dict())
+    kernel = functools.partial(tk.variant_layer, mode="persistent", ll=True)
+    kernel.linear = None
+    masks32 = {k: {n: t.float() for n, t in v.items()} for k, v in masks.items()}
+    got = run(m32, x.float(), tuple(t.float() for t in hx), lengths, masks32, kernel)
+    for k, v in want.items():
+        rel = ((got[k].double() - v).norm() / v.norm()).item()
+        assert rel < 1e-5, (k, rel)

@@ -80,6 +80,7 @@ program per batch row holding all of H, and is not attempted here.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import math
 import os
@@ -143,6 +144,14 @@ def _next_pow2(n: int) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
+def _add(a, b):  # tl.reduce's combine function: row sums (tl.sum is a jit function the interpreter cannot call)
+    return a + b
+
+
+def _min(a, b):  # the same for "every flag set"
+    return tl.minimum(a, b)
+
+
 def _fwd_kernel(
     gx_ptr,  # (T, B, 4H) x W_ih^T + b, input dtype
     w_ptr,  # (4H, H) W_hh, input dtype, contiguous
@@ -178,6 +187,22 @@ def _fwd_kernel(
     zc_ptr=None,  # (T, B, H) zoneout of c
     valid_ptr=None,  # (T, B) 1 where t < length: elsewhere h and c are carried unchanged
     clip=0.0,  # cell clip value (CLIP)
+    xs_ptr=None,  # (T+1, B, H) int32 (16-bit dtypes) / int64 (float32): h_t packed with a ready flag (LL)
+    LL: tl.constexpr = False,  # exchange h through xs_ptr, no grid barrier: the flag travels with the data
+    XS_BITS: tl.constexpr = 32,  # width of a packed word: 32 (16-bit value + flag) or 64 (float32 + flag)
+    LL_SPIN: tl.constexpr = True,  # wait for the flags (off in the interpreter, where no one else writes)
+    # layer norm (LN): of the recurrent projection over 4H and of c'_t over H; row statistics across programs
+    # are exchanged like h (LL words, fp32 + flag in int64)
+    lnhh_ptr=None,  # (4H) gain of the recurrent LN
+    lncw_ptr=None,  # (H) gain of the cell LN
+    lncb_ptr=None,  # (H) bias of the cell LN
+    st_ptr=None,  # (T, 2, n_htiles, B, 2) int64 zeros: per-program partial sums (LL words)
+    rh_ptr=None,  # (T, B, 4H) ACC: normalised recurrent projection (saved when SAVE)
+    rs_ptr=None,  # (T, B, 3) ACC: rstd of the recurrent projection, mean and rstd of c'_t (saved when SAVE)
+    eps=1e-5,
+    LN: tl.constexpr = False,
+    NH_PAD: tl.constexpr = 1,  # next power of two >= n_htiles
+    ST_RAW: tl.constexpr = False,  # st_ptr holds plain ACC sums (float64 in the interpreter: no packing)
     RDROP: tl.constexpr = False,
     PEEP: tl.constexpr = False,
     CIFG: tl.constexpr = False,  # i_t = 1 - f_t
@@ -214,6 +239,16 @@ def _fwd_kernel(
         w_ci = tl.load(wch_ptr + offs_j, mask=mj, other=0.0).to(ACC)[None, :]
         w_cf = tl.load(wch_ptr + H + offs_j, mask=mj, other=0.0).to(ACC)[None, :]
         w_co = tl.load(wch_ptr + 2 * H + offs_j, mask=mj, other=0.0).to(ACC)[None, :]
+    if LN:
+        g_hi = tl.load(lnhh_ptr + offs_j, mask=mj, other=0.0).to(ACC)[None, :]
+        g_hf = tl.load(lnhh_ptr + H + offs_j, mask=mj, other=0.0).to(ACC)[None, :]
+        g_hg = tl.load(lnhh_ptr + 2 * H + offs_j, mask=mj, other=0.0).to(ACC)[None, :]
+        g_ho = tl.load(lnhh_ptr + 3 * H + offs_j, mask=mj, other=0.0).to(ACC)[None, :]
+        g_c = tl.load(lncw_ptr + offs_j, mask=mj, other=0.0).to(ACC)[None, :]
+        b_c = tl.load(lncb_ptr + offs_j, mask=mj, other=0.0).to(ACC)[None, :]
+        offs_nh = tl.arange(0, NH_PAD)
+        m_st = (offs_nh[:, None] < n_htiles) & mb[None, :]  # (NH_PAD, BLOCK_B): every program's partials
+        st_rd = offs_nh[:, None] * B * 2 + offs_b[None, :] * 2
     wait_ns = tl.full([], TIMEOUT_NS, tl.int64)  # barrier patience; 0 once a barrier has timed out
     wait_spins = tl.full([], SPIN_LIMIT, tl.int32)
     # gx of the first step; the next step's is loaded before each barrier, off the critical path
@@ -228,9 +263,31 @@ def _fwd_kernel(
         a_f = gx_f.to(ACC)
         a_g = gx_g.to(ACC)
         a_o = gx_o.to(ACC)
+        if LN:  # the recurrent product alone first: it is normalised before gx is added
+            a_i = a_i * 0.0
+            a_f = a_f * 0.0
+            a_g = a_g * 0.0
+            a_o = a_o * 0.0
         # a += h_{t-1} W_hh^T for my units: (BLOCK_B, H) @ (H, BLOCK_H) per gate
         if RESIDENT:
-            h_prev = tl.load(hs_ptr + t * B * H + bk, mask=m_bk, other=0.0, cache_modifier=".cg")
+            if LL:  # spin until every word of h_{t-1} carries its ready flag; the words are the data
+                xw = tl.load(xs_ptr + t * B * H + bk, mask=m_bk, other=1, volatile=True)
+                if LL_SPIN:  # (the interpreter runs one program at a time: its words are always there)
+                    ready = tl.reduce(tl.reduce((xw & 1).to(tl.int32), 1, _min), 0, _min)
+                    spins = 0
+                    while (ready == 0) & (spins < wait_spins):
+                        xw = tl.load(xs_ptr + t * B * H + bk, mask=m_bk, other=1, volatile=True)
+                        ready = tl.reduce(tl.reduce((xw & 1).to(tl.int32), 1, _min), 0, _min)
+                        spins += 1
+                    if ready == 0:
+                        tl.atomic_xchg(err_ptr, 1)
+                        wait_spins = wait_spins * 0
+                if XS_BITS == 64:
+                    h_prev = (xw >> 32).to(tl.int32).to(tl.float32, bitcast=True)
+                else:
+                    h_prev = (xw >> 16).to(tl.int16).to(hs_ptr.dtype.element_ty, bitcast=True)
+            else:
+                h_prev = tl.load(hs_ptr + t * B * H + bk, mask=m_bk, other=0.0, cache_modifier=".cg")
             if RDROP:
                 h_prev = h_prev.to(ACC) * tl.load(rec_ptr + bk, mask=m_bk, other=0.0).to(ACC)
             h_prev = h_prev.to(DOT)
@@ -258,6 +315,51 @@ def _fwd_kernel(
                 a_g = tl.dot(h_prev, w, a_g, input_precision=PRECISION, out_dtype=ACC)
                 w = tl.load(w_t + 3 * H * H, mask=m_kj, other=0.0).to(DOT)
                 a_o = tl.dot(h_prev, w, a_o, input_precision=PRECISION, out_dtype=ACC)
+        if LN:  # r = a (4H per row, spread over the programs): mean and variance via the exchange
+            p1 = tl.reduce(a_i + a_f + a_g + a_o, 1, _add)  # (BLOCK_B,) my partial sums
+            p2 = tl.reduce(a_i * a_i + a_f * a_f + a_g * a_g + a_o * a_o, 1, _add)
+            sp = st_ptr + (t * 2 + 0) * n_htiles * B * 2 + pid_h * B * 2 + offs_b * 2
+            sr = st_ptr + (t * 2 + 0) * n_htiles * B * 2 + st_rd
+            if ST_RAW:  # float64 (interpreter tests): the sums as they are, no flag
+                tl.store(sp, p1, mask=mb)
+                tl.store(sp + 1, p2, mask=mb)
+                s1 = tl.reduce(tl.load(sr, mask=m_st, other=0.0), 0, _add)  # (BLOCK_B,)
+                s2 = tl.reduce(tl.load(sr + 1, mask=m_st, other=0.0), 0, _add)
+            else:
+                tl.store(sp, (p1.to(tl.int32, bitcast=True).to(tl.int64) << 32) | 1, mask=mb, cache_modifier=".cg")
+                tl.store(sp + 1, (p2.to(tl.int32, bitcast=True).to(tl.int64) << 32) | 1, mask=mb, cache_modifier=".cg")
+                q1 = tl.load(sr, mask=m_st, other=1, volatile=True)
+                q2 = tl.load(sr + 1, mask=m_st, other=1, volatile=True)
+                if LL_SPIN:
+                    ready = tl.reduce(tl.reduce((q1 & q2 & 1).to(tl.int32), 1, _min), 0, _min)
+                    spins = 0
+                    while (ready == 0) & (spins < wait_spins):
+                        q1 = tl.load(sr, mask=m_st, other=1, volatile=True)
+                        q2 = tl.load(sr + 1, mask=m_st, other=1, volatile=True)
+                        ready = tl.reduce(tl.reduce((q1 & q2 & 1).to(tl.int32), 1, _min), 0, _min)
+                        spins += 1
+                    if ready == 0:
+                        tl.atomic_xchg(err_ptr, 1)
+                        wait_spins = wait_spins * 0
+                s1 = tl.reduce((q1 >> 32).to(tl.int32).to(tl.float32, bitcast=True).to(ACC), 0, _add)  # (BLOCK_B,)
+                s2 = tl.reduce((q2 >> 32).to(tl.int32).to(tl.float32, bitcast=True).to(ACC), 0, _add)
+            mu = s1 / (4 * H)
+            rstd = 1.0 / tl.sqrt(tl.maximum(s2 / (4 * H) - mu * mu, 0.0) + eps)
+            r_i = (a_i - mu[:, None]) * rstd[:, None]
+            r_f = (a_f - mu[:, None]) * rstd[:, None]
+            r_g = (a_g - mu[:, None]) * rstd[:, None]
+            r_o = (a_o - mu[:, None]) * rstd[:, None]
+            a_i = gx_i.to(ACC) + g_hi * r_i
+            a_f = gx_f.to(ACC) + g_hf * r_f
+            a_g = gx_g.to(ACC) + g_hg * r_g
+            a_o = gx_o.to(ACC) + g_ho * r_o
+            if SAVE:
+                rv = rh_ptr + t * B * 4 * H + b4h
+                tl.store(rv + 0 * H, r_i, mask=m_bj)
+                tl.store(rv + 1 * H, r_f, mask=m_bj)
+                tl.store(rv + 2 * H, r_g, mask=m_bj)
+                tl.store(rv + 3 * H, r_o, mask=m_bj)
+                tl.store(rs_ptr + t * B * 3 + offs_b * 3, rstd, mask=mb)  # every program has the same value
         # cell (element-wise; the variants that change only the cell math live here)
         if PEEP:  # i and f see c_{t-1}
             a_i += w_ci * c
@@ -274,7 +376,44 @@ def _fwd_kernel(
         if PEEP:  # o sees c_t
             a_o += w_co * c_new
         o_t = 1.0 / (1.0 + tl.exp(-a_o))
-        h_t = o_t * (2.0 / (1.0 + tl.exp(-2.0 * c_new)) - 1.0)
+        if LN:  # n_t = LN(c'_t) g_c + b_c over the H units of a row, again through the exchange
+            cm = tl.where(m_bj, c_new, 0.0)
+            p1 = tl.reduce(cm, 1, _add)
+            p2 = tl.reduce(cm * cm, 1, _add)
+            sp = st_ptr + (t * 2 + 1) * n_htiles * B * 2 + pid_h * B * 2 + offs_b * 2
+            sr = st_ptr + (t * 2 + 1) * n_htiles * B * 2 + st_rd
+            if ST_RAW:  # float64 (interpreter tests): the sums as they are, no flag
+                tl.store(sp, p1, mask=mb)
+                tl.store(sp + 1, p2, mask=mb)
+                s1 = tl.reduce(tl.load(sr, mask=m_st, other=0.0), 0, _add)
+                s2 = tl.reduce(tl.load(sr + 1, mask=m_st, other=0.0), 0, _add)
+            else:
+                tl.store(sp, (p1.to(tl.int32, bitcast=True).to(tl.int64) << 32) | 1, mask=mb, cache_modifier=".cg")
+                tl.store(sp + 1, (p2.to(tl.int32, bitcast=True).to(tl.int64) << 32) | 1, mask=mb, cache_modifier=".cg")
+                q1 = tl.load(sr, mask=m_st, other=1, volatile=True)
+                q2 = tl.load(sr + 1, mask=m_st, other=1, volatile=True)
+                if LL_SPIN:
+                    ready = tl.reduce(tl.reduce((q1 & q2 & 1).to(tl.int32), 1, _min), 0, _min)
+                    spins = 0
+                    while (ready == 0) & (spins < wait_spins):
+                        q1 = tl.load(sr, mask=m_st, other=1, volatile=True)
+                        q2 = tl.load(sr + 1, mask=m_st, other=1, volatile=True)
+                        ready = tl.reduce(tl.reduce((q1 & q2 & 1).to(tl.int32), 1, _min), 0, _min)
+                        spins += 1
+                    if ready == 0:
+                        tl.atomic_xchg(err_ptr, 1)
+                        wait_spins = wait_spins * 0
+                s1 = tl.reduce((q1 >> 32).to(tl.int32).to(tl.float32, bitcast=True).to(ACC), 0, _add)
+                s2 = tl.reduce((q2 >> 32).to(tl.int32).to(tl.float32, bitcast=True).to(ACC), 0, _add)
+            mu_c = s1 / H
+            rstd_c = 1.0 / tl.sqrt(tl.maximum(s2 / H - mu_c * mu_c, 0.0) + eps)
+            n_t = (c_new - mu_c[:, None]) * rstd_c[:, None] * g_c + b_c
+            if SAVE:
+                tl.store(rs_ptr + t * B * 3 + offs_b * 3 + 1, mu_c, mask=mb)  # every program has the same value
+                tl.store(rs_ptr + t * B * 3 + offs_b * 3 + 2, rstd_c, mask=mb)  # every program has the same value
+        else:
+            n_t = c_new
+        h_t = o_t * (2.0 / (1.0 + tl.exp(-2.0 * n_t)) - 1.0)
         if ZONE_H or VALID:
             keep_h = h_t * 0.0
             if ZONE_H:
@@ -294,6 +433,12 @@ def _fwd_kernel(
         h_st = h_t.to(hs_ptr.dtype.element_ty)
         if ZONE_H or VALID:
             h_own = h_st.to(ACC)
+        if LL:  # publish first: it is what the other programs wait for
+            if XS_BITS == 64:
+                xw_out = (h_st.to(tl.int32, bitcast=True).to(tl.int64) << 32) | 1
+            else:
+                xw_out = (h_st.to(tl.int16, bitcast=True).to(tl.int32) << 16) | 1
+            tl.store(xs_ptr + (t + 1) * B * H + bh, xw_out, mask=m_bj, cache_modifier=".cg")
         tl.store(hs_ptr + (t + 1) * B * H + bh, h_st, mask=m_bj)
         if SAVE:  # what the backward pass needs: c_t and the gates of every step
             tl.store(cs_ptr + (t + 1) * B * H + bh, c, mask=m_bj)
@@ -373,6 +518,23 @@ def _bwd_kernel(
     dhc_ptr=None,  # (B, H) ACC: dLoss/dh carried by zoneout / padding; zeros on the first launch, on exit
     # the part of dLoss/dh_0 carried past step 0
     clip=0.0,
+    xs_ptr=None,  # (T+1, B, 4H) int32 / int64: da_t packed with a ready flag (LL)
+    LL: tl.constexpr = False,
+    XS_BITS: tl.constexpr = 32,
+    LL_SPIN: tl.constexpr = True,
+    # layer norm: as in _fwd_kernel; with LN, da_ptr receives dLoss/dr (r = h_in W_hh^T, what W_hh and the
+    # exchange need) and dgx_ptr dLoss/da (a = gx + LN(r) g_hh: the input projection's gradient)
+    lnhh_ptr=None,
+    lncw_ptr=None,
+    lncb_ptr=None,
+    st_ptr=None,  # (T, 2, n_htiles, B, 2) int64 zeros
+    rh_ptr=None,  # (T, B, 4H) ACC saved by forward
+    rs_ptr=None,  # (T, B, 3) ACC saved by forward
+    dgx_ptr=None,  # (T, B, 4H) input dtype, out
+    dln_ptr=None,  # (6H) ACC zeros, out: gradients of lnhh (4H), lncw (H), lncb (H), summed with atomics
+    LN: tl.constexpr = False,
+    NH_PAD: tl.constexpr = 1,
+    ST_RAW: tl.constexpr = False,
     RDROP: tl.constexpr = False,
     PEEP: tl.constexpr = False,
     CIFG: tl.constexpr = False,
@@ -409,6 +571,22 @@ def _bwd_kernel(
         w_ci = tl.load(wch_ptr + offs_j, mask=mj, other=0.0).to(ACC)[None, :]
         w_cf = tl.load(wch_ptr + H + offs_j, mask=mj, other=0.0).to(ACC)[None, :]
         w_co = tl.load(wch_ptr + 2 * H + offs_j, mask=mj, other=0.0).to(ACC)[None, :]
+    if LN:
+        g_hi = tl.load(lnhh_ptr + offs_j, mask=mj, other=0.0).to(ACC)[None, :]
+        g_hf = tl.load(lnhh_ptr + H + offs_j, mask=mj, other=0.0).to(ACC)[None, :]
+        g_hg = tl.load(lnhh_ptr + 2 * H + offs_j, mask=mj, other=0.0).to(ACC)[None, :]
+        g_ho = tl.load(lnhh_ptr + 3 * H + offs_j, mask=mj, other=0.0).to(ACC)[None, :]
+        g_c = tl.load(lncw_ptr + offs_j, mask=mj, other=0.0).to(ACC)[None, :]
+        b_c = tl.load(lncb_ptr + offs_j, mask=mj, other=0.0).to(ACC)[None, :]
+        offs_nh = tl.arange(0, NH_PAD)
+        m_st = (offs_nh[:, None] < n_htiles) & mb[None, :]
+        st_rd = offs_nh[:, None] * B * 2 + offs_b[None, :] * 2
+        acc_hi = tl.full([BLOCK_B, BLOCK_H], 0.0, ACC)  # sums over t of da * r_hat: dLoss/dg_hh, my columns
+        acc_hf = tl.full([BLOCK_B, BLOCK_H], 0.0, ACC)
+        acc_hg = tl.full([BLOCK_B, BLOCK_H], 0.0, ACC)
+        acc_ho = tl.full([BLOCK_B, BLOCK_H], 0.0, ACC)
+        acc_cw = tl.full([BLOCK_B, BLOCK_H], 0.0, ACC)  # dn * c_hat: dLoss/dg_c
+        acc_cb = tl.full([BLOCK_B, BLOCK_H], 0.0, ACC)  # dn: dLoss/db_c
     dh_keep = tl.full([BLOCK_B, BLOCK_H], 0.0, ACC)  # dLoss/dh_t carried from step t+1 by zoneout / padding
     if ZONE_H or VALID:  # ... and from the previous launch (step-wise mode)
         dh_keep = tl.load(dhc_ptr + bh, mask=m_bj, other=0.0).to(ACC)
@@ -431,7 +609,40 @@ def _bwd_kernel(
         is_last = (t == T - 1).to(ACC)  # dh_T enters at the last step only
         dh = tl.full([BLOCK_B, BLOCK_H], 0.0, ACC)  # the recurrent part first (RDROP scales it)
         da_n = da_ptr + (t + 1) * B * 4 * H
-        if RESIDENT:
+        if RESIDENT and LL:  # spin until the four gate tiles of da_{t+1} all carry their ready flags
+            xn = xs_ptr + (t + 1) * B * 4 * H + b4k
+            x0 = tl.load(xn + 0 * H, mask=m_bk, other=1, volatile=True)
+            x1 = tl.load(xn + 1 * H, mask=m_bk, other=1, volatile=True)
+            x2 = tl.load(xn + 2 * H, mask=m_bk, other=1, volatile=True)
+            x3 = tl.load(xn + 3 * H, mask=m_bk, other=1, volatile=True)
+            if LL_SPIN:
+                ready = tl.reduce(tl.reduce((x0 & x1 & x2 & x3 & 1).to(tl.int32), 1, _min), 0, _min)
+                spins = 0
+                while (ready == 0) & (spins < wait_spins):
+                    x0 = tl.load(xn + 0 * H, mask=m_bk, other=1, volatile=True)
+                    x1 = tl.load(xn + 1 * H, mask=m_bk, other=1, volatile=True)
+                    x2 = tl.load(xn + 2 * H, mask=m_bk, other=1, volatile=True)
+                    x3 = tl.load(xn + 3 * H, mask=m_bk, other=1, volatile=True)
+                    ready = tl.reduce(tl.reduce((x0 & x1 & x2 & x3 & 1).to(tl.int32), 1, _min), 0, _min)
+                    spins += 1
+                if ready == 0:
+                    tl.atomic_xchg(err_ptr, 1)
+                    wait_spins = wait_spins * 0
+            if XS_BITS == 64:
+                d0 = (x0 >> 32).to(tl.int32).to(tl.float32, bitcast=True)
+                d1 = (x1 >> 32).to(tl.int32).to(tl.float32, bitcast=True)
+                d2 = (x2 >> 32).to(tl.int32).to(tl.float32, bitcast=True)
+                d3 = (x3 >> 32).to(tl.int32).to(tl.float32, bitcast=True)
+            else:
+                d0 = (x0 >> 16).to(tl.int16).to(da_ptr.dtype.element_ty, bitcast=True)
+                d1 = (x1 >> 16).to(tl.int16).to(da_ptr.dtype.element_ty, bitcast=True)
+                d2 = (x2 >> 16).to(tl.int16).to(da_ptr.dtype.element_ty, bitcast=True)
+                d3 = (x3 >> 16).to(tl.int16).to(da_ptr.dtype.element_ty, bitcast=True)
+            dh = tl.dot(d0.to(DOT), w_i, dh, input_precision=PRECISION, out_dtype=ACC)
+            dh = tl.dot(d1.to(DOT), w_f, dh, input_precision=PRECISION, out_dtype=ACC)
+            dh = tl.dot(d2.to(DOT), w_g, dh, input_precision=PRECISION, out_dtype=ACC)
+            dh = tl.dot(d3.to(DOT), w_o, dh, input_precision=PRECISION, out_dtype=ACC)
+        elif RESIDENT:
             d = tl.load(da_n + b4k + 0 * H, mask=m_bk, other=0.0, cache_modifier=".cg").to(DOT)
             dh = tl.dot(d, w_i, dh, input_precision=PRECISION, out_dtype=ACC)
             d = tl.load(da_n + b4k + 1 * H, mask=m_bk, other=0.0, cache_modifier=".cg").to(DOT)
@@ -479,9 +690,48 @@ def _bwd_kernel(
                 keep_c = ok * keep_c + (1.0 - ok)
             dc_keep = keep_c * dc
             dc = (1.0 - keep_c) * dc
-        tanh_c = 2.0 / (1.0 + tl.exp(-2.0 * c_t)) - 1.0
-        do = dh * tanh_c
-        dc = dc + dh * o_t * (1.0 - tanh_c * tanh_c)  # dLoss/dc'_t
+        if LN:  # h' = o tanh(n), n = c_hat g_c + b_c, c_hat = (c' - mu_c) rstd_c
+            mu_c = tl.load(rs_ptr + t * B * 3 + offs_b * 3 + 1, mask=mb, other=0.0)[:, None]
+            rstd_c = tl.load(rs_ptr + t * B * 3 + offs_b * 3 + 2, mask=mb, other=0.0)[:, None]
+            c_hat = (c_t - mu_c) * rstd_c
+            tanh_c = 2.0 / (1.0 + tl.exp(-2.0 * (c_hat * g_c + b_c))) - 1.0
+            do = dh * tanh_c
+            dn = dh * o_t * (1.0 - tanh_c * tanh_c)
+            acc_cw += dn * c_hat
+            acc_cb += dn
+            dch = dn * g_c
+            p1 = tl.reduce(dch, 1, _add)
+            p2 = tl.reduce(dch * c_hat, 1, _add)
+            sp = st_ptr + (t * 2 + 1) * n_htiles * B * 2 + pid_h * B * 2 + offs_b * 2
+            sr = st_ptr + (t * 2 + 1) * n_htiles * B * 2 + st_rd
+            if ST_RAW:  # float64 (interpreter tests): the sums as they are, no flag
+                tl.store(sp, p1, mask=mb)
+                tl.store(sp + 1, p2, mask=mb)
+                m1 = tl.reduce(tl.load(sr, mask=m_st, other=0.0), 0, _add) / H
+                m2 = tl.reduce(tl.load(sr + 1, mask=m_st, other=0.0), 0, _add) / H
+            else:
+                tl.store(sp, (p1.to(tl.int32, bitcast=True).to(tl.int64) << 32) | 1, mask=mb, cache_modifier=".cg")
+                tl.store(sp + 1, (p2.to(tl.int32, bitcast=True).to(tl.int64) << 32) | 1, mask=mb, cache_modifier=".cg")
+                q1 = tl.load(sr, mask=m_st, other=1, volatile=True)
+                q2 = tl.load(sr + 1, mask=m_st, other=1, volatile=True)
+                if LL_SPIN:
+                    ready = tl.reduce(tl.reduce((q1 & q2 & 1).to(tl.int32), 1, _min), 0, _min)
+                    spins = 0
+                    while (ready == 0) & (spins < wait_spins):
+                        q1 = tl.load(sr, mask=m_st, other=1, volatile=True)
+                        q2 = tl.load(sr + 1, mask=m_st, other=1, volatile=True)
+                        ready = tl.reduce(tl.reduce((q1 & q2 & 1).to(tl.int32), 1, _min), 0, _min)
+                        spins += 1
+                    if ready == 0:
+                        tl.atomic_xchg(err_ptr, 1)
+                        wait_spins = wait_spins * 0
+                m1 = tl.reduce((q1 >> 32).to(tl.int32).to(tl.float32, bitcast=True).to(ACC), 0, _add) / H
+                m2 = tl.reduce((q2 >> 32).to(tl.int32).to(tl.float32, bitcast=True).to(ACC), 0, _add) / H
+            dc = dc + rstd_c * (dch - m1[:, None] - c_hat * m2[:, None])  # dLoss/dc'_t
+        else:
+            tanh_c = 2.0 / (1.0 + tl.exp(-2.0 * c_t)) - 1.0
+            do = dh * tanh_c
+            dc = dc + dh * o_t * (1.0 - tanh_c * tanh_c)  # dLoss/dc'_t
         da_o = do * o_t * (1.0 - o_t)
         if PEEP:
             dc += da_o * w_co
@@ -497,11 +747,86 @@ def _bwd_kernel(
         dc = dc * f_t + dc_keep  # dLoss/dc_{t-1}
         if PEEP:
             dc += da_i * w_ci + da_f * w_cf
+        if LN:  # da -> dgx; then through the recurrent LN: dr = rstd (dr_hat - mean(dr_hat) - r_hat mean(dr_hat r_hat))
+            gv = dgx_ptr + t * B * 4 * H + b4h
+            tl.store(gv + 0 * H, da_i.to(dgx_ptr.dtype.element_ty), mask=m_bj)
+            tl.store(gv + 1 * H, da_f.to(dgx_ptr.dtype.element_ty), mask=m_bj)
+            tl.store(gv + 2 * H, da_g.to(dgx_ptr.dtype.element_ty), mask=m_bj)
+            tl.store(gv + 3 * H, da_o.to(dgx_ptr.dtype.element_ty), mask=m_bj)
+            rv = rh_ptr + t * B * 4 * H + b4h
+            r_i = tl.load(rv + 0 * H, mask=m_bj, other=0.0)
+            r_f = tl.load(rv + 1 * H, mask=m_bj, other=0.0)
+            r_g = tl.load(rv + 2 * H, mask=m_bj, other=0.0)
+            r_o = tl.load(rv + 3 * H, mask=m_bj, other=0.0)
+            acc_hi += da_i * r_i
+            acc_hf += da_f * r_f
+            acc_hg += da_g * r_g
+            acc_ho += da_o * r_o
+            e_i = da_i * g_hi
+            e_f = da_f * g_hf
+            e_g = da_g * g_hg
+            e_o = da_o * g_ho
+            p1 = tl.reduce(e_i + e_f + e_g + e_o, 1, _add)
+            p2 = tl.reduce(e_i * r_i + e_f * r_f + e_g * r_g + e_o * r_o, 1, _add)
+            sp = st_ptr + (t * 2 + 0) * n_htiles * B * 2 + pid_h * B * 2 + offs_b * 2
+            sr = st_ptr + (t * 2 + 0) * n_htiles * B * 2 + st_rd
+            if ST_RAW:  # float64 (interpreter tests): the sums as they are, no flag
+                tl.store(sp, p1, mask=mb)
+                tl.store(sp + 1, p2, mask=mb)
+                n1 = tl.reduce(tl.load(sr, mask=m_st, other=0.0), 0, _add)[:, None] / (4 * H)
+                n2 = tl.reduce(tl.load(sr + 1, mask=m_st, other=0.0), 0, _add)[:, None] / (4 * H)
+            else:
+                tl.store(sp, (p1.to(tl.int32, bitcast=True).to(tl.int64) << 32) | 1, mask=mb, cache_modifier=".cg")
+                tl.store(sp + 1, (p2.to(tl.int32, bitcast=True).to(tl.int64) << 32) | 1, mask=mb, cache_modifier=".cg")
+                q1 = tl.load(sr, mask=m_st, other=1, volatile=True)
+                q2 = tl.load(sr + 1, mask=m_st, other=1, volatile=True)
+                if LL_SPIN:
+                    ready = tl.reduce(tl.reduce((q1 & q2 & 1).to(tl.int32), 1, _min), 0, _min)
+                    spins = 0
+                    while (ready == 0) & (spins < wait_spins):
+                        q1 = tl.load(sr, mask=m_st, other=1, volatile=True)
+                        q2 = tl.load(sr + 1, mask=m_st, other=1, volatile=True)
+                        ready = tl.reduce(tl.reduce((q1 & q2 & 1).to(tl.int32), 1, _min), 0, _min)
+                        spins += 1
+                    if ready == 0:
+                        tl.atomic_xchg(err_ptr, 1)
+                        wait_spins = wait_spins * 0
+                n1 = tl.reduce((q1 >> 32).to(tl.int32).to(tl.float32, bitcast=True).to(ACC), 0, _add)[:, None] / (4 * H)
+                n2 = tl.reduce((q2 >> 32).to(tl.int32).to(tl.float32, bitcast=True).to(ACC), 0, _add)[:, None] / (4 * H)
+            rstd = tl.load(rs_ptr + t * B * 3 + offs_b * 3, mask=mb, other=0.0)[:, None]
+            da_i = rstd * (e_i - n1 - r_i * n2)  # now dLoss/dr: what W_hh and the other programs need
+            da_f = rstd * (e_f - n1 - r_f * n2)
+            da_g = rstd * (e_g - n1 - r_g * n2)
+            da_o = rstd * (e_o - n1 - r_o * n2)
         out = da_ptr + t * B * 4 * H + b4h
-        tl.store(out + 0 * H, da_i.to(da_ptr.dtype.element_ty), mask=m_bj)
-        tl.store(out + 1 * H, da_f.to(da_ptr.dtype.element_ty), mask=m_bj)
-        tl.store(out + 2 * H, da_g.to(da_ptr.dtype.element_ty), mask=m_bj)
-        tl.store(out + 3 * H, da_o.to(da_ptr.dtype.element_ty), mask=m_bj)
+        q_i = da_i.to(da_ptr.dtype.element_ty)
+        q_f = da_f.to(da_ptr.dtype.element_ty)
+        q_g = da_g.to(da_ptr.dtype.element_ty)
+        q_o = da_o.to(da_ptr.dtype.element_ty)
+        if LL:  # publish first: it is what the other programs wait for
+            xo = xs_ptr + t * B * 4 * H + b4h
+            if XS_BITS == 64:
+                tl.store(xo + 0 * H, (q_i.to(tl.int32, bitcast=True).to(tl.int64) << 32) | 1, mask=m_bj,
+                         cache_modifier=".cg")  # fmt: skip
+                tl.store(xo + 1 * H, (q_f.to(tl.int32, bitcast=True).to(tl.int64) << 32) | 1, mask=m_bj,
+                         cache_modifier=".cg")  # fmt: skip
+                tl.store(xo + 2 * H, (q_g.to(tl.int32, bitcast=True).to(tl.int64) << 32) | 1, mask=m_bj,
+                         cache_modifier=".cg")  # fmt: skip
+                tl.store(xo + 3 * H, (q_o.to(tl.int32, bitcast=True).to(tl.int64) << 32) | 1, mask=m_bj,
+                         cache_modifier=".cg")  # fmt: skip
+            else:
+                tl.store(xo + 0 * H, (q_i.to(tl.int16, bitcast=True).to(tl.int32) << 16) | 1, mask=m_bj,
+                         cache_modifier=".cg")  # fmt: skip
+                tl.store(xo + 1 * H, (q_f.to(tl.int16, bitcast=True).to(tl.int32) << 16) | 1, mask=m_bj,
+                         cache_modifier=".cg")  # fmt: skip
+                tl.store(xo + 2 * H, (q_g.to(tl.int16, bitcast=True).to(tl.int32) << 16) | 1, mask=m_bj,
+                         cache_modifier=".cg")  # fmt: skip
+                tl.store(xo + 3 * H, (q_o.to(tl.int16, bitcast=True).to(tl.int32) << 16) | 1, mask=m_bj,
+                         cache_modifier=".cg")  # fmt: skip
+        tl.store(out + 0 * H, q_i, mask=m_bj)
+        tl.store(out + 1 * H, q_f, mask=m_bj)
+        tl.store(out + 2 * H, q_g, mask=m_bj)
+        tl.store(out + 3 * H, q_o, mask=m_bj)
         # prefetch step t-1's own inputs (after step 0: reread, unused); its c_t is this step's c_prev
         t_n = tl.maximum(t - 1, 0)
         dy_t = tl.load(dy_ptr + t_n * B * H + bh, mask=m_bj, other=0.0)
@@ -540,6 +865,13 @@ def _bwd_kernel(
     tl.store(dc_ptr + bh, dc, mask=m_bj)
     if ZONE_H or VALID:
         tl.store(dhc_ptr + bh, dh_keep, mask=m_bj)
+    if LN:  # the LN parameters' gradients: my columns, summed over my rows, added across batch tiles
+        tl.atomic_add(dln_ptr + offs_j, tl.reduce(acc_hi, 0, _add), mask=mj)
+        tl.atomic_add(dln_ptr + H + offs_j, tl.reduce(acc_hf, 0, _add), mask=mj)
+        tl.atomic_add(dln_ptr + 2 * H + offs_j, tl.reduce(acc_hg, 0, _add), mask=mj)
+        tl.atomic_add(dln_ptr + 3 * H + offs_j, tl.reduce(acc_ho, 0, _add), mask=mj)
+        tl.atomic_add(dln_ptr + 4 * H + offs_j, tl.reduce(acc_cw, 0, _add), mask=mj)
+        tl.atomic_add(dln_ptr + 5 * H + offs_j, tl.reduce(acc_cb, 0, _add), mask=mj)
 
 
 @functools.cache
@@ -552,6 +884,10 @@ def _compiled(name: str, interpret: bool):
     # the same kernel up to three times
     return triton.jit(fn, do_not_specialize=["t_start", "n_steps", "T", "n_htiles"])
 
+
+if HAVE_TRITON:
+    _add = triton.jit(_add)
+    _min = triton.jit(_min)
 
 # ---------------------------------------------------------------------------------------------
 # Launch plan
@@ -571,7 +907,7 @@ class Plan:
     def __init__(
         self, B: int, H: int, dtype: torch.dtype, device: torch.device, mode: str = "auto",
         tiles: tuple[int, ...] | None = None, resident: bool | None = None, sm_count: int | None = None,
-        poll: int | None = None,
+        poll: int | None = None, ll: bool | None = None,
     ):  # fmt: skip
         if mode not in ("auto", "persistent", "stepwise"):
             raise ValueError(f"mode must be 'auto', 'persistent' or 'stepwise', got {mode!r}")
@@ -622,6 +958,12 @@ class Plan:
         self.poll = (0 if self.interpret else GPU_POLL) if poll is None else poll
         if self.poll not in (0, 1, 2) or (self.poll == 2 and not HAVE_POLL) or (self.poll == 1 and self.interpret):
             raise ValueError(f"poll must be 0, 1 (GPU only) or 2 (triton >= 3.9), got {self.poll}")
+        # LL exchange: h_t (backward: da_t) travels with its ready flag in one word; no counter barrier.
+        # Needs the persistent launch, resident weights and a 16- or 32-bit dtype (flag + value in 32 / 64 bits).
+        self.ll = bool(ll) if ll is not None else False
+        if self.ll and not (self.persistent and self.resident and dtype in GPU_DTYPES):
+            raise ValueError("ll=True needs a persistent plan with resident weights and float32/bfloat16/float16")
+        self.xs_dtype = torch.int64 if dtype == torch.float32 else torch.int32
         self.acc = tl.float64 if dtype == torch.float64 else tl.float32
         if self.interpret and dtype == torch.bfloat16:
             self.dot = tl.float32  # the interpreter multiplies bf16 bit patterns as integers
@@ -646,14 +988,17 @@ class Plan:
         return dict(
             T=T, B=B, H=H, n_htiles=self.n_htiles, BLOCK_B=self.BLOCK_B, BLOCK_H=self.BLOCK_H,
             BLOCK_K=self.BLOCK_K, H_PAD=self.H_PAD, ACC=self.acc, DOT=self.dot, PRECISION=self.precision,
-            PERSIST=self.persistent, RESIDENT=self.resident, TIMEOUT_NS=BARRIER_TIMEOUT_NS, POLL=self.poll,
-            SPIN_LIMIT=SPIN_LIMIT,
+            PERSIST=self.persistent and not self.ll, RESIDENT=self.resident, TIMEOUT_NS=BARRIER_TIMEOUT_NS,
+            POLL=self.poll, SPIN_LIMIT=SPIN_LIMIT,
+            **({"LL": True, "XS_BITS": 64 if self.xs_dtype == torch.int64 else 32, "LL_SPIN": not self.interpret}
+               if self.ll else {}),
         )  # fmt: skip
 
     def __repr__(self) -> str:
         mode = "persistent" if self.persistent else "stepwise"
         weights = "resident" if self.resident else f"streamed by {self.BLOCK_K}"
         wait = {0: ", atomic-spin barrier", 1: ", acquire-load barrier", 2: ""}[self.poll] if self.persistent else ""
+        wait = ", LL exchange (flag in the data, no barrier)" if self.ll else wait
         return (f"Plan({mode}, {self.n_btiles}x{self.n_htiles} programs of {self.BLOCK_B}x{self.BLOCK_H}, "
                 f"weights {weights}, warps={self.num_warps}{wait})")  # fmt: skip
 
@@ -717,6 +1062,7 @@ def candidates(
             continue
         if _resident_smem(bb, bh, base.H_PAD, size, base._split) <= SMEM_BUDGET:
             out.append(dict(mode="persistent", tiles=(bb, bh), resident=True))
+            out.append(dict(mode="persistent", tiles=(bb, bh), resident=True, ll=True))
         if bh in (16, 32):
             out.append(dict(mode="persistent", tiles=(bb, bh), resident=False))
     if B > 16:  # large batch: bigger streamed tiles use the tensor cores better, at fewer programs
@@ -724,8 +1070,6 @@ def candidates(
             if bb2 <= 128 and bb2 <= _next_pow2(B) and math.ceil(B / bb2) * math.ceil(H / bh) <= sms:
                 out.append(dict(mode="persistent", tiles=(bb2, bh), resident=False))
     out.append(dict(mode="stepwise"))
-    if base.poll != 0 and base.persistent:  # the same tiling with the atomic-spin barrier
-        out.append(dict(poll=0))
     seen, unique = set(), []
     for kw in out:
         r = repr(Plan(B, H, dtype, device, sm_count=sm_count, **kw))
@@ -799,7 +1143,11 @@ def _tune(kind: str, B: int, H: int, dtype: torch.dtype, device: torch.device, c
 
         def run(p=p, args=args, consts=consts, t_first=t_first, down=down, err=err):
             sync = torch.zeros(p.n_btiles, T, dtype=torch.int32, device=device)
-            _launch(_compiled(kind, p.interpret), p, (*args, sync, err), consts, T, t_first, down=down)
+            if kind == "fwd":
+                ll = _ll_buffer(p, T, B, H, args[2][0], 0, device)
+            else:
+                ll = _ll_buffer(p, T, B, 4 * H, None, T, device)
+            _launch(_compiled(kind, p.interpret), p, (*args, sync, err), {**consts, **ll}, T, t_first, down=down)
 
         try:
             ms = _time_launch(run, device)
@@ -862,14 +1210,18 @@ def warmup(
             vk[f] = True
         if "CLIP" in variants:
             vk["clip"] = 1.0
+        if "LN" in variants:
+            vk.update(NH_PAD=_next_pow2(p.n_htiles), eps=1e-5)
+        if p.ll:
+            vk["xs_ptr"] = _mock(p.xs_dtype)
         for save in [s for s, on in ((True, training), (False, inference)) if on]:
-            ptrs = {a: _mock(dtype) for a in _variant_ptrs(variants, "fwd")}
+            ptrs = {a: _mock(_ptr_dtype(a, dtype)) for a in _variant_ptrs(variants, "fwd")}
             _compiled("fwd", False).warmup(*fwd, t_start=0, n_steps=steps, **p.constants(T, B, H), SAVE=save,
                                            **vk, **ptrs, **extra)  # fmt: skip
             n += 1
         if training:
             bwd = (dtype, dtype, dtype, acc, acc, dtype, acc, i32, i32)  # dy, dhn, w, cs, gates, da, dc, sync, err
-            ptrs = {a: _mock(acc if a == "dhc_ptr" else dtype) for a in _variant_ptrs(variants, "bwd")}
+            ptrs = {a: _mock(_ptr_dtype(a, dtype)) for a in _variant_ptrs(variants, "bwd")}
             _compiled("bwd", False).warmup(*bwd, t_start=T - 1, n_steps=steps, **p.constants(T, B, H), **vk, **ptrs,
                                            **extra)  # fmt: skip
             n += 1
@@ -913,7 +1265,16 @@ def compile_ahead(
             consts[flag] = flag in variants
         used = _variant_ptrs(variants, name)
         consts.update({a: None for a in VARIANT_PTRS if a in jf.arg_names and a not in used})
-        kinds.update(rec_ptr=ptr, wch_ptr=ptr, zh_ptr=ptr, zc_ptr=ptr, valid_ptr=ptr, dhc_ptr="*fp32", clip="fp32")
+        kinds.update({a: {torch.float32: "*fp32", torch.int64: "*i64"}.get(_ptr_dtype(a, dtype), ptr)
+                      for a in VARIANT_PTRS})  # fmt: skip
+        kinds.update(clip="fp32", eps="fp32", xs_ptr="*i64" if dtype == torch.float32 else "*i32")
+        if "LN" in variants:
+            consts["NH_PAD"] = _next_pow2(p.n_htiles)
+        if not p.ll:
+            consts["xs_ptr"] = None
+        for prm in inspect.signature(jf.fn).parameters.values():  # constexpr switches left at their default
+            if prm.name not in consts and prm.annotation in (tl.constexpr, "tl.constexpr"):
+                consts[prm.name] = prm.default
         sig = {a: "constexpr" if a in consts else kinds.get(a, "i32") for a in jf.arg_names}
         cx = {(jf.arg_names.index(k),): v for k, v in consts.items()}
         src = ASTSource(fn=jf, signature=sig, constexprs=cx)
@@ -922,18 +1283,28 @@ def compile_ahead(
 
 
 #: the kernels' compile-time variant switches, and the pointer each one needs
-VARIANT_FLAGS = ("RDROP", "PEEP", "CIFG", "CLIP", "ZONE_H", "ZONE_C", "VALID")
-VARIANT_PTRS = ("rec_ptr", "wch_ptr", "zh_ptr", "zc_ptr", "valid_ptr", "dhc_ptr")
+VARIANT_FLAGS = ("RDROP", "PEEP", "CIFG", "CLIP", "ZONE_H", "ZONE_C", "VALID", "LN")
+VARIANT_PTRS = ("rec_ptr", "wch_ptr", "zh_ptr", "zc_ptr", "valid_ptr", "dhc_ptr", "lnhh_ptr", "lncw_ptr", "lncb_ptr",
+                "st_ptr", "rh_ptr", "rs_ptr", "dgx_ptr", "dln_ptr")
+#: pointer arguments that are not in the input dtype: float32 (ACC) or packed int64 words
+_PTR_KIND = {"dhc_ptr": "acc", "rh_ptr": "acc", "rs_ptr": "acc", "dln_ptr": "acc", "st_ptr": "i64"}
 
 
 def _variant_ptrs(flags, kind: str) -> set[str]:
     """The variant pointer arguments kernel ``kind`` reads or writes with these flags on."""
     need = {"RDROP": ["rec_ptr"], "PEEP": ["wch_ptr"], "ZONE_H": ["zh_ptr"], "ZONE_C": ["zc_ptr"],
-            "VALID": ["valid_ptr"]}  # fmt: skip
+            "VALID": ["valid_ptr"],
+            "LN": ["lnhh_ptr", "lncw_ptr", "lncb_ptr", "st_ptr", "rh_ptr", "rs_ptr"]}  # fmt: skip
     out = {a for f in flags for a in need.get(f, [])}
     if kind == "bwd" and ("ZONE_H" in flags or "VALID" in flags):
         out.add("dhc_ptr")
+    if kind == "bwd" and "LN" in flags:
+        out |= {"dgx_ptr", "dln_ptr"}
     return out
+
+
+def _ptr_dtype(name: str, dtype: torch.dtype) -> torch.dtype:
+    return {"acc": torch.float32, "i64": torch.int64}.get(_PTR_KIND.get(name, ""), dtype)
 
 
 def _raise_on_timeout(err: Tensor, where: str) -> None:
@@ -951,22 +1322,26 @@ def _raise_on_timeout(err: Tensor, where: str) -> None:
 
 
 class _Recurrence(torch.autograd.Function):
-    """(gx (T, B, 4H), h0 (B, H), c0 (B, H), W_hh (4H, H), w_ch (3H) or None) -> (y (T, B, H), h_T, c_T).
+    """(gx (T, B, 4H), h0 (B, H), c0 (B, H), W_hh (4H, H), w_ch (3H) | None, LN gains/bias | None) ->
+    (y (T, B, H), h_T, c_T).
 
     ``var``: the variants (:func:`_variant_args`): compile-time flags and the masks / valid tensors,
-    which get no gradient; ``w_ch`` (peepholes) does.
+    which get no gradient; ``w_ch`` (peepholes) and the layer-norm parameters ``ln_hh`` (4H), ``ln_cw``,
+    ``ln_cb`` (H) do. Layer norm needs a persistent plan (its row statistics are exchanged within the launch).
     """
 
     @staticmethod
-    def forward(ctx, gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_ch: Tensor | None, plan_kw: dict, var: dict):
+    def forward(ctx, gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_ch: Tensor | None, ln_hh: Tensor | None,
+                ln_cw: Tensor | None, ln_cb: Tensor | None, plan_kw: dict, var: dict):  # fmt: skip
         T, B, G = gx.shape
         H = G // 4
         dtype, dev = gx.dtype, gx.device
-        p = tuned_plan("fwd", B, H, dtype, dev, **plan_kw)
+        ln = ln_hh is not None
+        p = _plan_for("fwd", B, H, dtype, dev, plan_kw, ln)
         acc = torch.float64 if dtype == torch.float64 else torch.float32
         gx = gx.contiguous()
         w_hh = w_hh.to(dtype).contiguous()
-        save = any(ctx.needs_input_grad[:5])
+        save = any(ctx.needs_input_grad[:8])
         hs = torch.empty(T + 1, B, H, dtype=dtype, device=dev)  # h_0 .. h_T
         cs = torch.empty(T + 1, B, H, dtype=acc, device=dev)  # c_0 .. c_T
         hs[0] = h0
@@ -975,26 +1350,34 @@ class _Recurrence(torch.autograd.Function):
         sync = torch.zeros(p.n_btiles, max(T, 1), dtype=torch.int32, device=dev)
         err = torch.zeros(1, dtype=torch.int32, device=dev)
         vk = _variant_kwargs(var, w_ch, "fwd")
+        rh = rs = None
+        if ln:  # normalised recurrent projection and the row statistics, for backward
+            rh = torch.empty(T if save else 1, B, G, dtype=acc, device=dev)
+            rs = torch.empty(T if save else 1, B, 3, dtype=acc, device=dev)
+            vk.update(_ln_kwargs(p, T, B, dev, ln_hh, ln_cw, ln_cb, var), rh_ptr=rh, rs_ptr=rs)
         if T > 0:
+            ll = _ll_buffer(p, T, B, H, hs[0], 0, dev)
             _launch(_compiled("fwd", p.interpret), p, (gx, w_hh, hs, cs, gates, sync, err),
-                    {**p.constants(T, B, H), "SAVE": save, **vk}, T, 0, down=False)  # fmt: skip
+                    {**p.constants(T, B, H), "SAVE": save, **vk, **ll}, T, 0, down=False)  # fmt: skip
             _raise_on_timeout(err, "forward")
-        ctx.save_for_backward(hs, cs, gates, w_hh, w_ch)
+        ctx.save_for_backward(hs, cs, gates, w_hh, w_ch, ln_hh, ln_cw, ln_cb, rh, rs)
         ctx.plan_kw, ctx.var = plan_kw, var
         return hs[1:], hs[T].clone(), cs[T].to(dtype)
 
     @staticmethod
     def backward(ctx, dy: Tensor | None, dh_n: Tensor | None, dc_n: Tensor | None):
-        hs, cs, gates, w_hh, w_ch = ctx.saved_tensors
+        hs, cs, gates, w_hh, w_ch, ln_hh, ln_cw, ln_cb, rh, rs = ctx.saved_tensors
         var = ctx.var
+        ln = ln_hh is not None
         T1, B, H = hs.shape
         T = T1 - 1
         dtype, dev, acc = hs.dtype, hs.device, cs.dtype
-        p = tuned_plan("bwd", B, H, dtype, dev, **ctx.plan_kw)  # its own tiling: the saved layout is plan-free
+        p = _plan_for("bwd", B, H, dtype, dev, ctx.plan_kw, ln)  # its own tiling: the saved layout is plan-free
         dy = torch.zeros(T, B, H, dtype=dtype, device=dev) if dy is None else dy.contiguous()
         dh_n = torch.zeros(B, H, dtype=dtype, device=dev) if dh_n is None else dh_n.contiguous()
         dc = torch.zeros(B, H, dtype=acc, device=dev) if dc_n is None else dc_n.to(acc).clone()
-        da = torch.empty(T + 1, B, 4 * H, dtype=dtype, device=dev)  # dLoss/da_t; da[T] = 0: no step after the last
+        # dLoss/da_t (with layer norm: dLoss/dr_t, r = h_in W_hh^T); slot T = 0: no step after the last
+        da = torch.empty(T + 1, B, 4 * H, dtype=dtype, device=dev)
         da[T] = 0
         sync = torch.zeros(p.n_btiles, max(T, 1), dtype=torch.int32, device=dev)
         err = torch.zeros(1, dtype=torch.int32, device=dev)
@@ -1002,11 +1385,19 @@ class _Recurrence(torch.autograd.Function):
         dhc = vk.get("dhc_ptr")
         if dhc is not None:
             dhc = vk["dhc_ptr"] = torch.zeros(B, H, dtype=acc, device=dev)
+        dgx = dln = None
+        if ln:
+            dgx = torch.empty(T, B, 4 * H, dtype=dtype, device=dev)
+            dln = torch.zeros(6 * H, dtype=acc, device=dev)
+            vk.update(_ln_kwargs(p, T, B, dev, ln_hh, ln_cw, ln_cb, var), rh_ptr=rh, rs_ptr=rs, dgx_ptr=dgx,
+                      dln_ptr=dln)  # fmt: skip
         if T > 0:
+            ll = _ll_buffer(p, T, B, 4 * H, None, T, dev)  # da_T = 0, published
             _launch(_compiled("bwd", p.interpret), p, (dy, dh_n, w_hh, cs, gates, da, dc, sync, err),
-                    {**p.constants(T, B, H), **vk}, T, T - 1, down=True)  # fmt: skip
+                    {**p.constants(T, B, H), **vk, **ll}, T, T - 1, down=True)  # fmt: skip
             _raise_on_timeout(err, "backward")
-        da_t = da[:T]  # (T, B, 4H) = dLoss/dgx
+        da_t = da[:T]  # (T, B, 4H) = dLoss/dgx, or with layer norm dLoss/dr
+        dgx_t = dgx if ln else da_t
         rec = var.get("rec")
         if T > 0:  # dh_0 = (da_0 W_hh) * rec (+ what zoneout / padding carried past step 0)
             dh0 = da[0].to(acc) @ w_hh.to(acc)
@@ -1026,10 +1417,50 @@ class _Recurrence(torch.autograd.Function):
             c_new = f_t * c_prev + i_t * g_t
             if var["clip"] is not None:
                 c_new = c_new.clamp(-var["clip"], var["clip"])
-            d4 = da_t.view(T, B, 4, H).to(acc)
+            d4 = dgx_t.view(T, B, 4, H).to(acc)
             dw_ch = torch.cat([(d4[:, :, 0] * c_prev).sum((0, 1)), (d4[:, :, 1] * c_prev).sum((0, 1)),
                                (d4[:, :, 3] * c_new).sum((0, 1))]).to(w_ch.dtype)  # fmt: skip
-        return da_t, dh0, dc.to(dtype), dw_hh, dw_ch, None, None
+        d_hh = d_cw = d_cb = None
+        if ln:
+            d_hh, d_cw, d_cb = dln[: 4 * H].to(ln_hh.dtype), dln[4 * H : 5 * H].to(ln_cw.dtype), dln[5 * H :].to(
+                ln_cb.dtype)  # fmt: skip
+        return dgx_t, dh0, dc.to(dtype), dw_hh, dw_ch, d_hh, d_cw, d_cb, None, None
+
+
+def _plan_for(kind: str, B: int, H: int, dtype: torch.dtype, dev: torch.device, plan_kw: dict, ln: bool) -> Plan:
+    """The tuned (or given) plan; with layer norm a persistent one (row statistics are exchanged in the launch)."""
+    p = tuned_plan(kind, B, H, dtype, dev, **plan_kw)
+    if ln and not p.persistent:
+        if any(v is not None for k, v in plan_kw.items() if k != "mode") or plan_kw.get("mode") == "stepwise":
+            raise ValueError(f"layer_norm needs a persistent launch plan, got {p!r}")
+        p = Plan(B, H, dtype, dev, mode="persistent")  # raises when the grid cannot be co-resident
+    return p
+
+
+def _ln_kwargs(p: Plan, T: int, B: int, dev, ln_hh: Tensor, ln_cw: Tensor, ln_cb: Tensor, var: dict) -> dict:
+    """The layer-norm arguments of one launch: gains, a fresh statistics-exchange buffer, switches."""
+    raw = p.acc == tl.float64  # float64 runs in the interpreter only, one program: no packing, no flags
+    return dict(
+        LN=True, NH_PAD=_next_pow2(p.n_htiles), ST_RAW=raw, eps=float(var.get("eps", 1e-5)),
+        lnhh_ptr=ln_hh.contiguous(), lncw_ptr=ln_cw.contiguous(), lncb_ptr=ln_cb.contiguous(),
+        st_ptr=torch.zeros(max(T, 1), 2, p.n_htiles, B, 2, dtype=torch.float64 if raw else torch.int64, device=dev),
+    )  # fmt: skip
+
+
+def _pack(x: Tensor, xs_dtype: torch.dtype) -> Tensor:
+    """``x`` as LL words: its bits in the high half, the ready flag 1 in the low bit."""
+    if xs_dtype == torch.int64:
+        return (x.contiguous().view(torch.int32).to(torch.int64) << 32) | 1
+    return (x.contiguous().view(torch.int16).to(torch.int32) << 16) | 1
+
+
+def _ll_buffer(p: Plan, T: int, B: int, width: int, first: Tensor | None, slot: int, dev) -> dict:
+    """The LL exchange buffer (T+1, B, width), flags clear, slot ``slot`` pre-published (h_0 / da_T = 0)."""
+    if not p.ll:
+        return {}
+    xs = torch.zeros(T + 1, B, width, dtype=p.xs_dtype, device=dev)
+    xs[slot] = _pack(first, p.xs_dtype) if first is not None else 1
+    return {"xs_ptr": xs}
 
 
 def _variant_args(
@@ -1072,21 +1503,23 @@ def _variant_kwargs(var: dict, w_ch: Tensor | None, kind: str) -> dict:
 def layer(
     x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b: Tensor | None, *, mode: str = "auto",
     tiles: tuple[int, ...] | None = None, resident: bool | None = None, poll: int | None = None,
+    ll: bool | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     """One LSTM layer, one direction: x (T, B, I) -> (y (T, B, H), h_T (B, H), c_T (B, H)).
 
     ``b`` is ``b_ih + b_hh`` (or None). Differentiable in every argument. ``mode``, ``tiles``,
-    ``resident`` and ``poll`` go to :class:`Plan` (all None / "auto": the tuned plan, :func:`tuned_plan`).
+    ``resident``, ``poll`` and ``ll`` go to :class:`Plan` (all None / "auto": the tuned plan, :func:`tuned_plan`).
     """
     gx = F.linear(x, w_ih, b)  # (T, B, I) -> (T, B, 4H), one GEMM for all steps
-    plan_kw = dict(mode=mode, tiles=tiles, resident=resident, poll=poll)
-    y, h, c = _Recurrence.apply(gx, h0, c0, w_hh, None, plan_kw, {})
+    plan_kw = dict(mode=mode, tiles=tiles, resident=resident, poll=poll, ll=ll)
+    y, h, c = _Recurrence.apply(gx, h0, c0, w_hh, None, None, None, None, plan_kw, {})
     return y, h, c
 
 
-#: the variants of lstmkit.nn the kernels run (layer norm needs row statistics over all H units, which
-#: live in several programs: not covered; weight_drop is applied to W_hh before the call)
-VARIANTS = ("peephole", "coupled_input_forget", "cell_clip", "recurrent_dropout", "zoneout", "weight_drop")
+#: the variants of lstmkit.nn the kernels run (weight_drop is applied to W_hh before the call; layer norm
+#: exchanges its row statistics between the programs inside the persistent launch)
+VARIANTS = ("layer_norm", "peephole", "coupled_input_forget", "cell_clip", "recurrent_dropout", "zoneout",
+            "weight_drop")
 
 
 def variant_layer(
@@ -1100,9 +1533,8 @@ def variant_layer(
     ``p`` holds ``weight_ch`` (peepholes), ``masks`` the ``recurrent`` / ``zoneout_h`` / ``zoneout_c``
     masks, ``valid`` (T, B, 1) where t < length. Returns (y (T, B, H) carried state, h_n, c_n).
     """
-    if v.layer_norm:
-        raise ValueError("the Triton kernels do not run layer_norm (row statistics over all H units); "
-                         "use impl='auto', which runs it on the pure-torch loop")  # fmt: skip
+    if v.layer_norm:  # LN of the input projection (all steps at once, in torch), before the bias
+        gx = F.layer_norm(gx, (gx.shape[-1],), weight=p["layernorm_ih_weight"], eps=eps)
     if p.get("bias") is not None:
         gx = gx + p["bias"]
     var = _variant_args(
@@ -1110,9 +1542,11 @@ def variant_layer(
         recurrent=masks.get("recurrent"), zoneout_h=masks.get("zoneout_h"), zoneout_c=masks.get("zoneout_c"),
         valid=valid, dtype=gx.dtype,
     )  # fmt: skip
+    var["eps"] = float(eps)
     w_ch = p.get("weight_ch") if v.peephole else None
-    plan_kw = {k: plan_kw.get(k) for k in ("mode", "tiles", "resident", "poll")}
-    return _Recurrence.apply(gx, h0, c0, w_hh, w_ch, plan_kw, var)
+    ln = [p["layernorm_hh_weight"], p["layernorm_c_weight"], p["layernorm_c_bias"]] if v.layer_norm else [None] * 3
+    plan_kw = {k: plan_kw.get(k) for k in ("mode", "tiles", "resident", "poll", "ll")}
+    return _Recurrence.apply(gx, h0, c0, w_hh, w_ch, *ln, plan_kw, var)
 
 
 variant_layer.per_layer = True  # type: ignore[attr-defined]  # the module's loop over layers/directions calls it
@@ -1229,6 +1663,7 @@ def lstm(
     tiles: tuple[int, ...] | None = None,
     resident: bool | None = None,
     poll: int | None = None,
+    ll: bool | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``kernels.native.lstm``'s interface on the Triton kernels: (output, h_n, c_n), as torch.nn.LSTM.
 
@@ -1257,7 +1692,7 @@ def lstm(
             b = w[2] + w[3] if bias else None
             xd = x.flip(0) if d == 1 else x  # reverse direction: time flipped
             y, h, c = layer(xd, hx[0][k], hx[1][k], w[0], w[1], b, mode=mode, tiles=tiles, resident=resident,
-                            poll=poll)  # fmt: skip
+                            poll=poll, ll=ll)  # fmt: skip
             outs.append(y.flip(0) if d == 1 else y)
             h_n.append(h)
             c_n.append(c)
