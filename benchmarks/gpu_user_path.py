@@ -7,7 +7,7 @@ for variants), worst ||out - ref|| / ||ref|| over output, states and all gradien
 1. plain bf16, 2 layers, bidirectional, batch_first -> triton_lstm.lstm_or_native (Triton kernels);
 2. the same with ``lengths=`` -> falls back per call to cuDNN;
 3. bf16 and fp32 peephole + zoneout + recurrent dropout + weight drop, 2 layers, bidirectional, with
-   ``lengths=`` -> triton_lstm.variant_layer (the VALID padding switch).
+   ``lengths=`` -> triton_lstm.variant_layer (the VALID padding switch); the same with layer norm.
 
 Run: ``PYTHONPATH=src python benchmarks/gpu_user_path.py --out results.md``. Exit 1 if a check fails.
 """
@@ -67,6 +67,8 @@ def main(argv=None) -> int:
         case("plain, lengths=", {}, torch.bfloat16, True, tk.lstm_or_native),
         case("variants, lengths=", v, torch.bfloat16, True, tk.variant_layer),
         case("variants, lengths=", v, torch.float32, True, tk.variant_layer),
+        case("layer norm + the four, lengths=", {**v, "layer_norm": True}, torch.bfloat16, True, tk.variant_layer),
+        case("layer norm + the four, lengths=", {**v, "layer_norm": True}, torch.float32, True, tk.variant_layer),
     ]
     lines = [f"# lstmkit.nn.LSTM(impl='auto') on {torch.cuda.get_device_name()}, torch {torch.__version__}", "",
              "| case | dtype | kernel chosen | worst rel. error vs float64 | ok |",

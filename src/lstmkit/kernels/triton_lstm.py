@@ -1037,6 +1037,7 @@ TUNE = os.environ.get("LSTMKIT_TRITON_TUNE", "1") != "0"
 #: steps of the recurrence a tuning launch runs (per-step cost does not depend on T)
 TUNE_STEPS = 32
 _TUNED: dict[tuple, dict] = {}
+_TUNED_PERSISTENT: dict[tuple, tuple[float, dict]] = {}
 #: what tuning measured: key -> [(plan repr, milliseconds for TUNE_STEPS steps, or None if refused)]
 TUNE_LOG: dict[tuple, list] = {}
 
@@ -1158,6 +1159,8 @@ def _tune(kind: str, B: int, H: int, dtype: torch.dtype, device: torch.device, c
         log.append((repr(p), ms))
         if ms is not None and (best is None or ms < best[0]):
             best = (ms, kw)
+        if ms is not None and p.persistent and (key not in _TUNED_PERSISTENT or ms < _TUNED_PERSISTENT[key][0]):
+            _TUNED_PERSISTENT[key] = (ms, kw)  # what layer norm uses when the fastest plan is step-wise
     return best[1] if best is not None else {}
 
 
@@ -1433,7 +1436,10 @@ def _plan_for(kind: str, B: int, H: int, dtype: torch.dtype, dev: torch.device, 
     if ln and not p.persistent:
         if any(v is not None for k, v in plan_kw.items() if k != "mode") or plan_kw.get("mode") == "stepwise":
             raise ValueError(f"layer_norm needs a persistent launch plan, got {p!r}")
-        p = Plan(B, H, dtype, dev, mode="persistent")  # raises when the grid cannot be co-resident
+        idx = dev.index if dev.index is not None else (torch.cuda.current_device() if dev.type == "cuda" else 0)
+        best = _TUNED_PERSISTENT.get((kind, B, H, dtype, idx))
+        # the fastest persistent candidate, else the heuristic one (raises when the grid cannot be co-resident)
+        p = Plan(B, H, dtype, dev, **best[1]) if best else Plan(B, H, dtype, dev, mode="persistent")
     return p
 
 
