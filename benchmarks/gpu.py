@@ -642,6 +642,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="processes that compile the kernels first (0: compile on first use)")
     ap.add_argument("--out", type=Path, default=Path("gpu_results.md"))
     args = ap.parse_args(argv)
+    tk.SYNC_CHECK = True  # a plan whose barrier times out fails its row, not the whole CUDA context
     if args.fp32_precision:  # before the workers spawn: they read it at import
         os.environ["LSTMKIT_TRITON_FP32"] = tk.FP32_PRECISION = args.fp32_precision
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)

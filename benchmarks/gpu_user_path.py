@@ -61,6 +61,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("gpu_user_path.md"))
     args = ap.parse_args(argv)
+    tk.SYNC_CHECK = True  # a failing kernel fails its row, not the whole CUDA context
     v = dict(peephole=True, zoneout=(0.1, 0.05), recurrent_dropout=0.25, weight_drop=0.3)
     rows = [
         case("plain, 2 layers, bidirectional", {}, torch.bfloat16, False, tk.lstm_or_native),
