@@ -65,6 +65,15 @@ SPLIT_CASES = [
     (dict(T=7, B=17, I=3, H=4, layers=1, bi=False, lengths=True), dict(layer_norm=True, recurrent_dropout=0.3)),
 ]  # fmt: skip
 
+# Small batches with H >= 64, where the kernel instead splits W_hh's output units across 2 threads
+# (a hand-written GEMV each, the fused pass on thread 0, two barriers per step).
+COLUMN_CASES = [
+    (dict(T=4, B=1, I=3, H=64, layers=2, bi=True, lengths=False), dict(layer_norm=True, zoneout=(0.2, 0.35))),
+    (dict(T=5, B=3, I=4, H=70, layers=1, bi=True, lengths=True),
+     dict(recurrent_dropout=0.3, zoneout=0.2, peephole=True, coupled_input_forget=True, cell_clip=0.4)),
+    (dict(T=3, B=1, I=2, H=66, layers=1, bi=False, lengths=False), dict(layer_norm=True, weight_drop=0.25)),
+]  # fmt: skip
+
 
 @needs_kernel
 @pytest.mark.parametrize("case", range(len(SPLIT_CASES)))
@@ -78,11 +87,24 @@ def test_batch_split_across_threads_matches_reference_float64(case, two_threads)
 
 
 @needs_kernel
-@pytest.mark.parametrize("B", [1, 8, 13])
-def test_batch_split_equals_one_thread_float64(B, two_threads):
-    """2 threads (split for B >= 8) against 1 thread (never split): the same numbers up to GEMM rounding."""
+@pytest.mark.parametrize("case", range(len(COLUMN_CASES)))
+def test_weight_split_across_threads_matches_reference_float64(case, two_threads):
+    cfg, variants = COLUMN_CASES[case]
+    ops = cpu_fused.load()
+    if ops.column_threads(cfg["B"], cfg["H"]) != 2:
+        pytest.skip("this build runs without OpenMP: W_hh is not split across threads")
+    assert ops.column_threads(cfg["B"], 63) == 1  # too small to pay for the barriers
+    assert ops.column_threads(8, cfg["H"]) == 1  # 8 rows: the batch is split instead
+    check_against_reference(cfg, variants, 200 + case)
+
+
+@needs_kernel
+@pytest.mark.parametrize("B, H", [(1, 6), (8, 6), (13, 6), (1, 64), (5, 64)])
+def test_split_equals_one_thread_float64(B, H, two_threads):
+    """2 threads (batch split for B >= 8, W_hh split for B < 8 and H >= 64) against 1 thread (never
+    split): the same numbers up to GEMM rounding."""
     torch.manual_seed(3)
-    m = LSTM(4, 6, 2, bidirectional=True, dtype=torch.float64, layer_norm=True, zoneout=0.2, recurrent_dropout=0.3)
+    m = LSTM(4, H, 2, bidirectional=True, dtype=torch.float64, layer_norm=True, zoneout=0.2, recurrent_dropout=0.3)
     g = torch.Generator().manual_seed(4)
     x = torch.randn(5, B, 4, dtype=torch.float64, generator=g)
     lengths = torch.randint(1, 6, (B,), generator=g)

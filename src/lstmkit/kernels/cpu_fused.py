@@ -11,9 +11,11 @@ over all steps. The input projection of all steps (one GEMM, and its layer norm)
 Threads: with more than one torch thread and a batch of >= 4 rows per thread, the rows are split
 across threads for the whole time loop (rows never interact), each thread running its own
 single-threaded GEMMs and row passes, inside ONE OpenMP parallel region per layer call, as oneDNN's
-RNN primitive does. That needs the extension built with ``-fopenmp`` against torch's own OpenMP
-runtime (libgomp, resolved through libtorch); where torch's parallel backend is not OpenMP, or the
-compiler has no OpenMP, it is built without, and runs each layer on one thread plus parallel GEMMs.
+RNN primitive does. Smaller batches (B = 1) with H >= 64 split W_hh's output units instead, each
+thread a GEMV on its own part of the weight (which then stays in its core's L2), with two barriers
+per step and the fused pass on one thread. Both need the extension built with ``-fopenmp``, against
+torch's own OpenMP runtime (libgomp, resolved through libtorch); where torch has no OpenMP, or the
+compiler fails with it, it is built without, and runs each layer on one thread plus parallel GEMMs.
 
 The extension is JIT-compiled by ``torch.utils.cpp_extension.load`` on first use (needs a C++
 compiler and ``ninja``) and cached in torch's extension directory (``TORCH_EXTENSIONS_DIR``), so

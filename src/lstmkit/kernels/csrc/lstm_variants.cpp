@@ -42,6 +42,7 @@
 #include <exception>
 #include <optional>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -140,6 +141,101 @@ int split_threads(int64_t B) {
 
 // Rows [b0, b1) of thread `tid` of `n` (balanced: sizes differ by at most one).
 inline std::pair<int64_t, int64_t> rows_of(int64_t B, int tid, int n) { return {B * tid / n, B * (tid + 1) / n}; }
+
+// ---- small batches (B = 1): the weight split across threads, two barriers per step ----
+//
+// With a few rows the per-step GEMM is a GEMV that streams all of W_hh (4H x H: 1 MiB at H = 256,
+// more than one core's L2) from L3 each step. Split by output units, each thread reads a fixed
+// half that stays in its own L2, which is where torch's second core pays off at B = 1:
+//
+//   step t:  all threads   r[:, j0:j1] = h_in W_hh[j0:j1]^T     (own rows of W_hh, hand GEMV)
+//            barrier
+//            thread 0      fused pass over the B rows (writes h_t, c_t)
+//            barrier
+//
+// Backward alike with dh_in[:, u0:u1] = da_h W_hh[:, u0:u1] (rows of W_hh^T, copied once per call).
+// Only for H >= kMinHiddenForColumnSplit: below, the barriers cost more than the GEMV.
+constexpr int64_t kMinHiddenForColumnSplit = 64;
+
+// Threads for the weight split: when the batch is not split, torch has > 1 thread and H is large.
+// LSTMKIT_COLUMN_SPLIT=0 turns it off (for A/B measurements).
+int column_threads(int64_t B, int64_t H) {
+#ifdef _OPENMP
+  static const char* env = std::getenv("LSTMKIT_COLUMN_SPLIT");
+  if (env != nullptr && env[0] == '0') return 1;
+  if (B < 1 || split_threads(B) > 1 || H < kMinHiddenForColumnSplit || at::in_parallel_region()) return 1;
+  return static_cast<int>(std::min<int64_t>(at::get_num_threads(), 4 * H / 16));
+#else
+  (void)B;
+  (void)H;
+  return 1;
+#endif
+}
+
+// A sense-counting spin barrier for the threads of one region (yields after a while, so that an
+// oversubscribed machine does not starve the thread it waits for). abort() releases every waiter
+// with an exception, so a thread that failed cannot leave the others spinning.
+class SpinBarrier {
+ public:
+  explicit SpinBarrier(int n) : n_(n) {}
+  void wait() {
+    const int gen = gen_.load(std::memory_order_acquire);
+    if (count_.fetch_add(1, std::memory_order_acq_rel) == n_ - 1) {
+      count_.store(0, std::memory_order_relaxed);
+      gen_.fetch_add(1, std::memory_order_release);
+      return;
+    }
+    for (int spins = 0; gen_.load(std::memory_order_acquire) == gen; ++spins) {
+      if (aborted_.load(std::memory_order_relaxed)) throw std::runtime_error("lstmkit: another thread failed");
+      if (spins > 4000) std::this_thread::yield();
+    }
+  }
+  void abort() { aborted_.store(true); }
+
+ private:
+  const int n_;
+  std::atomic<int> count_{0}, gen_{0};
+  std::atomic<bool> aborted_{false};
+};
+
+// out[b * ldo + j] = x[b] . W[j] for rows b < B and outputs j in [j0, j1): x (B, K), W (N, K)
+// row-major. Four outputs at a time, so each x element loaded feeds four FMAs.
+template <typename T>
+void gemv_rows(const T* x, int64_t B, int64_t K, const T* W, int64_t j0, int64_t j1, T* out, int64_t ldo) {
+  for (int64_t b = 0; b < B; ++b) {
+    const T* xb = x + b * K;
+    T* ob = out + b * ldo;
+    int64_t j = j0;
+    for (; j + 4 <= j1; j += 4) {
+      const T *w0 = W + j * K, *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;
+      T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+      #pragma omp simd reduction(+ : s0, s1, s2, s3)
+      for (int64_t k = 0; k < K; ++k) {
+        s0 += xb[k] * w0[k];
+        s1 += xb[k] * w1[k];
+        s2 += xb[k] * w2[k];
+        s3 += xb[k] * w3[k];
+      }
+      ob[j] = s0;
+      ob[j + 1] = s1;
+      ob[j + 2] = s2;
+      ob[j + 3] = s3;
+    }
+    for (; j < j1; ++j) {
+      const T* w0 = W + j * K;
+      T s0 = 0;
+      #pragma omp simd reduction(+ : s0)
+      for (int64_t k = 0; k < K; ++k) s0 += xb[k] * w0[k];
+      ob[j] = s0;
+    }
+  }
+}
+
+// Outputs [j0, j1) of thread tid of n among N, in blocks of 16 (a cache line of float32).
+inline std::pair<int64_t, int64_t> cols_of(int64_t N, int tid, int n) {
+  const int64_t blocks = (N + 15) / 16;
+  return {std::min(N, blocks * tid / n * 16), std::min(N, blocks * (tid + 1) / n * 16)};
+}
 
 // body(tid, n) on n threads in one parallel region (body(0, 1) inline when n == 1), each thread with
 // the caller's thread-local state (grad mode, dispatch keys); the first exception is rethrown here.
@@ -403,6 +499,35 @@ void forward_impl(const Tensor& gx, const Tensor& h0, const Tensor& c0, const Te
     }
   };
   const int nsplit = split_threads(B);
+  const int ncol = column_threads(B, H);
+  if (ncol > 1) {  // small batch: W_hh split across threads, the fused pass on thread 0
+    Tensor rbuf = at::empty({B, H4}, opt);
+    T* prb = rbuf.data_ptr<T>();
+    const Tensor w_c = w_hh.contiguous();
+    const T* pw = w_c.data_ptr<T>();
+    SpinBarrier barrier(ncol);
+    run_threads(ncol, [&](int tid, int n) {
+      if (n != ncol) throw std::runtime_error("lstmkit: OpenMP gave fewer threads than the barrier expects");
+      const auto [j0, j1] = cols_of(H4, tid, n);
+      std::vector<T> hin(prec ? B * H : 0);  // h_{t-1} * m_rec, this thread's copy
+      try {
+        for (int64_t t = 0; t < Tn; ++t) {
+          const T* hp = t == 0 ? h0.data_ptr<T>() : py + (t - 1) * B * H;  // (B, H)
+          if (prec) {
+            for (int64_t k = 0; k < B * H; ++k) hin[k] = hp[k] * prec[k];
+            hp = hin.data();
+          }
+          gemv_rows(hp, B, H, pw, j0, j1, prb, H4);  // r[:, j0:j1]
+          barrier.wait();
+          if (tid == 0) rows(t, 0, B, prb);
+          barrier.wait();
+        }
+      } catch (...) {
+        barrier.abort();
+        throw;
+      }
+    });
+  } else {
   const bool single = nsplit > 1 || at::get_num_threads() == 1;  // each GEMM runs on one thread
   run_threads(nsplit, [&](int tid, int n) {
     const auto [b0, b1] = rows_of(B, tid, n);
@@ -415,6 +540,7 @@ void forward_impl(const Tensor& gx, const Tensor& h0, const Tensor& c0, const Te
       rows(t, b0, b1, r.data_ptr<T>());
     }
   });
+  }
   Tensor h_n = Tn > 0 ? y[Tn - 1].clone() : h0.clone();
   Tensor c_n = cs[save ? Tn : (Tn % 2)].clone();
   if (alias_c) cnew = cs.narrow(0, 1, Tn);
@@ -595,6 +721,28 @@ void backward_impl(const Tensor& dy, const Tensor& dh_n, const Tensor& dc_n, con
       }
     }
   };
+  const int ncol = column_threads(B, H);
+  if (ncol > 1) {  // small batch: W_hh split across threads, the fused pass on thread 0
+    const Tensor wt_c = w_t.contiguous();  // (H, 4H): rows u of W_hh^T give dh_in[:, u]
+    const T* pwt = wt_c.data_ptr<T>();
+    T* pdhin = dh_in.data_ptr<T>();
+    SpinBarrier barrier(ncol);
+    run_threads(ncol, [&](int tid, int n) {
+      if (n != ncol) throw std::runtime_error("lstmkit: OpenMP gave fewer threads than the barrier expects");
+      const auto [u0, u1] = cols_of(H, tid, n);
+      try {
+        for (int64_t t = Tn - 1; t >= 0; --t) {
+          if (tid == 0) rows(t, 0, B, pdhin, acc.data());
+          barrier.wait();
+          gemv_rows(pdah + t * B * H4, B, H4, pwt, u0, u1, pdhin, H);  // dh_in[:, u0:u1] = da_h W_hh[:, u0:u1]
+          barrier.wait();
+        }
+      } catch (...) {
+        barrier.abort();
+        throw;
+      }
+    });
+  } else {
   run_threads(nsplit, [&](int tid, int n) {
     const auto [b0, b1] = rows_of(B, tid, n);
     const int64_t nb = b1 - b0;
@@ -607,6 +755,7 @@ void backward_impl(const Tensor& dy, const Tensor& dh_n, const Tensor& dc_n, con
     }
     dh_in.narrow(0, b0, nb).copy_(dh_rows);
   });
+  }
   // dL/dh_0 = direct part + the recurrent part through the dropout mask
   Tensor dh0 = has(rec) ? dh_dir + dh_in * (*rec) : dh_dir + dh_in;
   // weight gradients: one GEMM / reduction over all T*B rows
@@ -667,9 +816,13 @@ Tensor mm_tn_op(const Tensor& a, const Tensor& b) { return mm_tn(a.contiguous(),
 // How many threads the kernel splits a batch of B rows across, now (1: no split), for tests.
 int64_t batch_threads_op(int64_t B) { return split_threads(B); }
 
+// How many threads split W_hh for a batch of B rows and H hidden units (1: no split), for tests.
+int64_t column_threads_op(int64_t B, int64_t H) { return column_threads(B, H); }
+
 TORCH_LIBRARY(lstmkit_cpu, m) {
   m.def("linear(Tensor x, Tensor w) -> Tensor", &linear_op);
   m.def("batch_threads(int B) -> int", &batch_threads_op);
+  m.def("column_threads(int B, int H) -> int", &column_threads_op);
   m.def("mm_tn(Tensor a, Tensor b) -> Tensor", &mm_tn_op);
   m.def(
       "forward(Tensor gx, Tensor h0, Tensor c0, Tensor w_hh, Tensor? ln_hh, Tensor? ln_c_w, Tensor? ln_c_b, "
