@@ -285,13 +285,13 @@ def test_tuning_times_each_candidate_and_keeps_the_fastest_working_one(monkeypat
 
 def test_candidates_cover_the_tilings_and_fit_the_gpu():
     """The plans tuning may choose at the issue's small-batch bf16 shape: several hidden tiles, resident and
-    streamed, step-wise, and the LL exchange; every persistent one fits 132 SMs."""
+    streamed, step-wise; every persistent one fits 132 SMs."""
     cands = tk.candidates(8, 256, torch.bfloat16, "cuda", sm_count=132)
     plans = [tk.plan(8, 256, torch.bfloat16, "cuda", sm_count=132, **kw) for kw in cands]
-    assert len({repr(p) for p in plans}) == len(plans) >= 6
+    assert len({repr(p) for p in plans}) == len(plans) >= 5
     assert {p.BLOCK_H for p in plans} >= {8, 16, 32, 64}
     assert any(not p.persistent for p in plans) and any(p.persistent and not p.resident for p in plans)
-    assert any(p.ll for p in plans) and all(p.resident and p.persistent for p in plans if p.ll)
+    assert not any(p.ll for p in plans)  # LL measured slower on an H200 (docs/gpu.md): asked for only with ll=True
     assert all(p.programs <= 132 for p in plans if p.persistent)
     big = [tk.plan(256, 1024, torch.float16, "cuda", sm_count=132, **kw) for kw in
            tk.candidates(256, 1024, torch.float16, "cuda", sm_count=132)]  # fmt: skip
@@ -300,7 +300,8 @@ def test_candidates_cover_the_tilings_and_fit_the_gpu():
 
 def test_dispatcher_routes_gpu_calls_to_the_triton_kernels():
     """impl='auto' on a GPU: plain bfloat16 -> the Triton kernels (per call, native fallback); float32 and
-    float16 -> cuDNN; variants (layer norm too) -> variant_layer; projections -> the torch loop (None)."""
+    float16 -> cuDNN; variants -> variant_layer, but layer norm only when asked for (impl='triton'); projections
+    -> the torch loop (None)."""
     from types import SimpleNamespace
 
     from lstmkit import kernels
@@ -311,7 +312,8 @@ def test_dispatcher_routes_gpu_calls_to_the_triton_kernels():
     assert kernels.select_lstm("auto", (), like=gpu(torch.float32)) is native.lstm
     assert kernels.select_lstm("auto", (), proj_size=4, like=gpu(torch.bfloat16)) is native.lstm
     assert kernels.select_lstm("auto", ("peephole", "zoneout"), like=gpu(torch.float32)) is tk.variant_layer
-    assert kernels.select_lstm("auto", ("layer_norm",), like=gpu(torch.bfloat16)) is tk.variant_layer
+    assert kernels.select_lstm("auto", ("layer_norm",), like=gpu(torch.bfloat16)) is None  # not yet GPU-measured
+    assert kernels.select_lstm("triton", ("layer_norm", "zoneout"), like=gpu(torch.bfloat16)) is tk.variant_layer
     assert kernels.select_lstm("triton", ("cell_clip",), like=gpu(torch.float16)) is tk.variant_layer
     assert kernels.select_lstm("auto", ("layer_norm",), proj_size=3, like=gpu(torch.float32)) is None
     with pytest.raises(ValueError, match="proj"):
@@ -351,3 +353,10 @@ def test_ll_kernels_spin_on_volatile_loads_without_a_counter_barrier():
         ptx = k.asm["ptx"]
         assert "ld.volatile.global" in ptx
         assert "atom.global.gpu.acq_rel.add" not in ptx and "red.release" not in ptx
+
+
+def test_a_launch_with_an_argument_the_kernel_does_not_take_is_an_error():
+    """The interpreter ignores unknown keyword arguments (the GPU does not): _launch refuses them everywhere."""
+    p = tk.plan(2, 4, torch.float64, "cpu")
+    with pytest.raises(TypeError, match="eps"):
+        tk._launch(tk._compiled("bwd", True), p, (), {"eps": 1e-5}, 1, 0, down=True)

@@ -1067,7 +1067,6 @@ def candidates(
             continue
         if _resident_smem(bb, bh, base.H_PAD, size, base._split) <= SMEM_BUDGET:
             out.append(dict(mode="persistent", tiles=(bb, bh), resident=True))
-            out.append(dict(mode="persistent", tiles=(bb, bh), resident=True, ll=True))
         if bh in (16, 32):
             out.append(dict(mode="persistent", tiles=(bb, bh), resident=False))
     if B > 16:  # large batch: bigger streamed tiles use the tensor cores better, at fewer programs
@@ -1170,6 +1169,9 @@ def _tune(kind: str, B: int, H: int, dtype: torch.dtype, device: torch.device, c
 
 def _launch(kernel, p: Plan, ptrs: tuple, consts: dict, T: int, t_first: int, down: bool) -> None:
     """Persistent: one launch over every step. Step-wise: one launch per step (``down``: t decreasing)."""
+    unknown = set(consts) - set(kernel.arg_names)  # (the interpreter would ignore them silently)
+    if unknown:
+        raise TypeError(f"{kernel.fn.__name__} takes no argument(s) {sorted(unknown)}")
     grid = (p.n_htiles, p.n_btiles)
     extra = {} if p.interpret else {"num_warps": p.num_warps}
     if p.persistent:
@@ -1218,7 +1220,7 @@ def warmup(
         if "CLIP" in variants:
             vk["clip"] = 1.0
         if "LN" in variants:
-            vk.update(NH_PAD=_next_pow2(p.n_htiles), eps=1e-5)
+            vk["NH_PAD"] = _next_pow2(p.n_htiles)
         if p.ll:
             vk["xs_ptr"] = _mock(p.xs_dtype)
         for save in [s for s, on in ((True, training), (False, inference)) if on]:
@@ -1361,7 +1363,7 @@ class _Recurrence(torch.autograd.Function):
         if ln:  # normalised recurrent projection and the row statistics, for backward
             rh = torch.empty(T if save else 1, B, G, dtype=acc, device=dev)
             rs = torch.empty(T if save else 1, B, 3, dtype=acc, device=dev)
-            vk.update(_ln_kwargs(p, T, B, dev, ln_hh, ln_cw, ln_cb, var), rh_ptr=rh, rs_ptr=rs)
+            vk.update(_ln_kwargs(p, T, B, dev, ln_hh, ln_cw, ln_cb, var, "fwd"), rh_ptr=rh, rs_ptr=rs)
         if T > 0:
             ll = _ll_buffer(p, T, B, H, hs[0], 0, dev)
             _launch(_compiled("fwd", p.interpret), p, (gx, w_hh, hs, cs, gates, sync, err),
@@ -1396,7 +1398,7 @@ class _Recurrence(torch.autograd.Function):
         if ln:
             dgx = torch.empty(T, B, 4 * H, dtype=dtype, device=dev)
             dln = torch.zeros(6 * H, dtype=acc, device=dev)
-            vk.update(_ln_kwargs(p, T, B, dev, ln_hh, ln_cw, ln_cb, var), rh_ptr=rh, rs_ptr=rs, dgx_ptr=dgx,
+            vk.update(_ln_kwargs(p, T, B, dev, ln_hh, ln_cw, ln_cb, var, "bwd"), rh_ptr=rh, rs_ptr=rs, dgx_ptr=dgx,
                       dln_ptr=dln)  # fmt: skip
         if T > 0:
             ll = _ll_buffer(p, T, B, 4 * H, None, T, dev)  # da_T = 0, published
@@ -1447,14 +1449,20 @@ def _plan_for(kind: str, B: int, H: int, dtype: torch.dtype, dev: torch.device, 
     return p
 
 
-def _ln_kwargs(p: Plan, T: int, B: int, dev, ln_hh: Tensor, ln_cw: Tensor, ln_cb: Tensor, var: dict) -> dict:
-    """The layer-norm arguments of one launch: gains, a fresh statistics-exchange buffer, switches."""
+def _ln_kwargs(
+    p: Plan, T: int, B: int, dev, ln_hh: Tensor, ln_cw: Tensor, ln_cb: Tensor, var: dict, kind: str
+) -> dict:  # fmt: skip
+    """The layer-norm arguments of one launch: gains, a fresh statistics-exchange buffer, switches (and the
+    epsilon, forward only: backward uses the saved statistics)."""
     raw = p.acc == tl.float64  # float64 runs in the interpreter only, one program: no packing, no flags
-    return dict(
-        LN=True, NH_PAD=_next_pow2(p.n_htiles), ST_RAW=raw, eps=float(var.get("eps", 1e-5)),
-        lnhh_ptr=ln_hh.contiguous(), lncw_ptr=ln_cw.contiguous(), lncb_ptr=ln_cb.contiguous(),
+    kw = dict(
+        LN=True, NH_PAD=_next_pow2(p.n_htiles), ST_RAW=raw, lnhh_ptr=ln_hh.contiguous(), lncw_ptr=ln_cw.contiguous(),
+        lncb_ptr=ln_cb.contiguous(),
         st_ptr=torch.zeros(max(T, 1), 2, p.n_htiles, B, 2, dtype=torch.float64 if raw else torch.int64, device=dev),
     )  # fmt: skip
+    if kind == "fwd":
+        kw["eps"] = float(var.get("eps", 1e-5))
+    return kw
 
 
 def _pack(x: Tensor, xs_dtype: torch.dtype) -> Tensor:
