@@ -85,6 +85,7 @@ import logging
 import math
 import os
 import time
+import types
 
 import torch
 import torch.nn.functional as F
@@ -150,6 +151,40 @@ def _add(a, b):  # tl.reduce's combine function: row sums (tl.sum is a jit funct
 
 def _min(a, b):  # the same for "every flag set"
     return tl.minimum(a, b)
+
+
+def _exchange_sums(st_ptr, base, pid_h, offs_b, mb, m_st, st_rd, p1, p2, B, wait_spins, err_ptr,
+                   ACC: tl.constexpr, ST_RAW: tl.constexpr, LL_SPIN: tl.constexpr):
+    """Layer norm's cross-program sum: publish my rows' partial sums (p1, p2) of one statistic in slot
+    ``base`` of the exchange buffer, wait until every hidden tile has published, return the totals and the
+    remaining patience: (s1, s2, wait_spins). Words are LL words (fp32 + ready flag in int64); with ST_RAW
+    (float64 in the interpreter, one program) plain values."""
+    sp = st_ptr + base + pid_h * B * 2 + offs_b * 2
+    sr = st_ptr + base + st_rd
+    if ST_RAW:
+        tl.store(sp, p1, mask=mb)
+        tl.store(sp + 1, p2, mask=mb)
+        s1 = tl.reduce(tl.load(sr, mask=m_st, other=0.0), 0, _add)
+        s2 = tl.reduce(tl.load(sr + 1, mask=m_st, other=0.0), 0, _add)
+    else:
+        tl.store(sp, (p1.to(tl.int32, bitcast=True).to(tl.int64) << 32) | 1, mask=mb, cache_modifier=".cg")
+        tl.store(sp + 1, (p2.to(tl.int32, bitcast=True).to(tl.int64) << 32) | 1, mask=mb, cache_modifier=".cg")
+        q1 = tl.load(sr, mask=m_st, other=1, volatile=True)
+        q2 = tl.load(sr + 1, mask=m_st, other=1, volatile=True)
+        if LL_SPIN:
+            ready = tl.reduce(tl.reduce((q1 & q2 & 1).to(tl.int32), 1, _min), 0, _min)
+            spins = 0
+            while (ready == 0) & (spins < wait_spins):
+                q1 = tl.load(sr, mask=m_st, other=1, volatile=True)
+                q2 = tl.load(sr + 1, mask=m_st, other=1, volatile=True)
+                ready = tl.reduce(tl.reduce((q1 & q2 & 1).to(tl.int32), 1, _min), 0, _min)
+                spins += 1
+            if ready == 0:
+                tl.atomic_xchg(err_ptr, 1)
+                wait_spins = wait_spins * 0
+        s1 = tl.reduce((q1 >> 32).to(tl.int32).to(tl.float32, bitcast=True).to(ACC), 0, _add)
+        s2 = tl.reduce((q2 >> 32).to(tl.int32).to(tl.float32, bitcast=True).to(ACC), 0, _add)
+    return s1, s2, wait_spins
 
 
 def _fwd_kernel(
@@ -318,31 +353,8 @@ def _fwd_kernel(
         if LN:  # r = a (4H per row, spread over the programs): mean and variance via the exchange
             p1 = tl.reduce(a_i + a_f + a_g + a_o, 1, _add)  # (BLOCK_B,) my partial sums
             p2 = tl.reduce(a_i * a_i + a_f * a_f + a_g * a_g + a_o * a_o, 1, _add)
-            sp = st_ptr + (t * 2 + 0) * n_htiles * B * 2 + pid_h * B * 2 + offs_b * 2
-            sr = st_ptr + (t * 2 + 0) * n_htiles * B * 2 + st_rd
-            if ST_RAW:  # float64 (interpreter tests): the sums as they are, no flag
-                tl.store(sp, p1, mask=mb)
-                tl.store(sp + 1, p2, mask=mb)
-                s1 = tl.reduce(tl.load(sr, mask=m_st, other=0.0), 0, _add)  # (BLOCK_B,)
-                s2 = tl.reduce(tl.load(sr + 1, mask=m_st, other=0.0), 0, _add)
-            else:
-                tl.store(sp, (p1.to(tl.int32, bitcast=True).to(tl.int64) << 32) | 1, mask=mb, cache_modifier=".cg")
-                tl.store(sp + 1, (p2.to(tl.int32, bitcast=True).to(tl.int64) << 32) | 1, mask=mb, cache_modifier=".cg")
-                q1 = tl.load(sr, mask=m_st, other=1, volatile=True)
-                q2 = tl.load(sr + 1, mask=m_st, other=1, volatile=True)
-                if LL_SPIN:
-                    ready = tl.reduce(tl.reduce((q1 & q2 & 1).to(tl.int32), 1, _min), 0, _min)
-                    spins = 0
-                    while (ready == 0) & (spins < wait_spins):
-                        q1 = tl.load(sr, mask=m_st, other=1, volatile=True)
-                        q2 = tl.load(sr + 1, mask=m_st, other=1, volatile=True)
-                        ready = tl.reduce(tl.reduce((q1 & q2 & 1).to(tl.int32), 1, _min), 0, _min)
-                        spins += 1
-                    if ready == 0:
-                        tl.atomic_xchg(err_ptr, 1)
-                        wait_spins = wait_spins * 0
-                s1 = tl.reduce((q1 >> 32).to(tl.int32).to(tl.float32, bitcast=True).to(ACC), 0, _add)  # (BLOCK_B,)
-                s2 = tl.reduce((q2 >> 32).to(tl.int32).to(tl.float32, bitcast=True).to(ACC), 0, _add)
+            s1, s2, wait_spins = _exchange_sums(st_ptr, (t * 2 + 0) * n_htiles * B * 2, pid_h, offs_b, mb, m_st,
+                                               st_rd, p1, p2, B, wait_spins, err_ptr, ACC, ST_RAW, LL_SPIN)
             mu = s1 / (4 * H)
             rstd = 1.0 / tl.sqrt(tl.maximum(s2 / (4 * H) - mu * mu, 0.0) + eps)
             r_i = (a_i - mu[:, None]) * rstd[:, None]
@@ -380,31 +392,8 @@ def _fwd_kernel(
             cm = tl.where(m_bj, c_new, 0.0)
             p1 = tl.reduce(cm, 1, _add)
             p2 = tl.reduce(cm * cm, 1, _add)
-            sp = st_ptr + (t * 2 + 1) * n_htiles * B * 2 + pid_h * B * 2 + offs_b * 2
-            sr = st_ptr + (t * 2 + 1) * n_htiles * B * 2 + st_rd
-            if ST_RAW:  # float64 (interpreter tests): the sums as they are, no flag
-                tl.store(sp, p1, mask=mb)
-                tl.store(sp + 1, p2, mask=mb)
-                s1 = tl.reduce(tl.load(sr, mask=m_st, other=0.0), 0, _add)
-                s2 = tl.reduce(tl.load(sr + 1, mask=m_st, other=0.0), 0, _add)
-            else:
-                tl.store(sp, (p1.to(tl.int32, bitcast=True).to(tl.int64) << 32) | 1, mask=mb, cache_modifier=".cg")
-                tl.store(sp + 1, (p2.to(tl.int32, bitcast=True).to(tl.int64) << 32) | 1, mask=mb, cache_modifier=".cg")
-                q1 = tl.load(sr, mask=m_st, other=1, volatile=True)
-                q2 = tl.load(sr + 1, mask=m_st, other=1, volatile=True)
-                if LL_SPIN:
-                    ready = tl.reduce(tl.reduce((q1 & q2 & 1).to(tl.int32), 1, _min), 0, _min)
-                    spins = 0
-                    while (ready == 0) & (spins < wait_spins):
-                        q1 = tl.load(sr, mask=m_st, other=1, volatile=True)
-                        q2 = tl.load(sr + 1, mask=m_st, other=1, volatile=True)
-                        ready = tl.reduce(tl.reduce((q1 & q2 & 1).to(tl.int32), 1, _min), 0, _min)
-                        spins += 1
-                    if ready == 0:
-                        tl.atomic_xchg(err_ptr, 1)
-                        wait_spins = wait_spins * 0
-                s1 = tl.reduce((q1 >> 32).to(tl.int32).to(tl.float32, bitcast=True).to(ACC), 0, _add)
-                s2 = tl.reduce((q2 >> 32).to(tl.int32).to(tl.float32, bitcast=True).to(ACC), 0, _add)
+            s1, s2, wait_spins = _exchange_sums(st_ptr, (t * 2 + 1) * n_htiles * B * 2, pid_h, offs_b, mb, m_st,
+                                               st_rd, p1, p2, B, wait_spins, err_ptr, ACC, ST_RAW, LL_SPIN)
             mu_c = s1 / H
             rstd_c = 1.0 / tl.sqrt(tl.maximum(s2 / H - mu_c * mu_c, 0.0) + eps)
             n_t = (c_new - mu_c[:, None]) * rstd_c[:, None] * g_c + b_c
@@ -702,31 +691,10 @@ def _bwd_kernel(
             dch = dn * g_c
             p1 = tl.reduce(dch, 1, _add)
             p2 = tl.reduce(dch * c_hat, 1, _add)
-            sp = st_ptr + (t * 2 + 1) * n_htiles * B * 2 + pid_h * B * 2 + offs_b * 2
-            sr = st_ptr + (t * 2 + 1) * n_htiles * B * 2 + st_rd
-            if ST_RAW:  # float64 (interpreter tests): the sums as they are, no flag
-                tl.store(sp, p1, mask=mb)
-                tl.store(sp + 1, p2, mask=mb)
-                m1 = tl.reduce(tl.load(sr, mask=m_st, other=0.0), 0, _add) / H
-                m2 = tl.reduce(tl.load(sr + 1, mask=m_st, other=0.0), 0, _add) / H
-            else:
-                tl.store(sp, (p1.to(tl.int32, bitcast=True).to(tl.int64) << 32) | 1, mask=mb, cache_modifier=".cg")
-                tl.store(sp + 1, (p2.to(tl.int32, bitcast=True).to(tl.int64) << 32) | 1, mask=mb, cache_modifier=".cg")
-                q1 = tl.load(sr, mask=m_st, other=1, volatile=True)
-                q2 = tl.load(sr + 1, mask=m_st, other=1, volatile=True)
-                if LL_SPIN:
-                    ready = tl.reduce(tl.reduce((q1 & q2 & 1).to(tl.int32), 1, _min), 0, _min)
-                    spins = 0
-                    while (ready == 0) & (spins < wait_spins):
-                        q1 = tl.load(sr, mask=m_st, other=1, volatile=True)
-                        q2 = tl.load(sr + 1, mask=m_st, other=1, volatile=True)
-                        ready = tl.reduce(tl.reduce((q1 & q2 & 1).to(tl.int32), 1, _min), 0, _min)
-                        spins += 1
-                    if ready == 0:
-                        tl.atomic_xchg(err_ptr, 1)
-                        wait_spins = wait_spins * 0
-                m1 = tl.reduce((q1 >> 32).to(tl.int32).to(tl.float32, bitcast=True).to(ACC), 0, _add) / H
-                m2 = tl.reduce((q2 >> 32).to(tl.int32).to(tl.float32, bitcast=True).to(ACC), 0, _add) / H
+            u1, u2, wait_spins = _exchange_sums(st_ptr, (t * 2 + 1) * n_htiles * B * 2, pid_h, offs_b, mb, m_st,
+                                               st_rd, p1, p2, B, wait_spins, err_ptr, ACC, ST_RAW, LL_SPIN)
+            m1 = u1 / H
+            m2 = u2 / H
             dc = dc + rstd_c * (dch - m1[:, None] - c_hat * m2[:, None])  # dLoss/dc'_t
         else:
             tanh_c = 2.0 / (1.0 + tl.exp(-2.0 * c_t)) - 1.0
@@ -768,31 +736,10 @@ def _bwd_kernel(
             e_o = da_o * g_ho
             p1 = tl.reduce(e_i + e_f + e_g + e_o, 1, _add)
             p2 = tl.reduce(e_i * r_i + e_f * r_f + e_g * r_g + e_o * r_o, 1, _add)
-            sp = st_ptr + (t * 2 + 0) * n_htiles * B * 2 + pid_h * B * 2 + offs_b * 2
-            sr = st_ptr + (t * 2 + 0) * n_htiles * B * 2 + st_rd
-            if ST_RAW:  # float64 (interpreter tests): the sums as they are, no flag
-                tl.store(sp, p1, mask=mb)
-                tl.store(sp + 1, p2, mask=mb)
-                n1 = tl.reduce(tl.load(sr, mask=m_st, other=0.0), 0, _add)[:, None] / (4 * H)
-                n2 = tl.reduce(tl.load(sr + 1, mask=m_st, other=0.0), 0, _add)[:, None] / (4 * H)
-            else:
-                tl.store(sp, (p1.to(tl.int32, bitcast=True).to(tl.int64) << 32) | 1, mask=mb, cache_modifier=".cg")
-                tl.store(sp + 1, (p2.to(tl.int32, bitcast=True).to(tl.int64) << 32) | 1, mask=mb, cache_modifier=".cg")
-                q1 = tl.load(sr, mask=m_st, other=1, volatile=True)
-                q2 = tl.load(sr + 1, mask=m_st, other=1, volatile=True)
-                if LL_SPIN:
-                    ready = tl.reduce(tl.reduce((q1 & q2 & 1).to(tl.int32), 1, _min), 0, _min)
-                    spins = 0
-                    while (ready == 0) & (spins < wait_spins):
-                        q1 = tl.load(sr, mask=m_st, other=1, volatile=True)
-                        q2 = tl.load(sr + 1, mask=m_st, other=1, volatile=True)
-                        ready = tl.reduce(tl.reduce((q1 & q2 & 1).to(tl.int32), 1, _min), 0, _min)
-                        spins += 1
-                    if ready == 0:
-                        tl.atomic_xchg(err_ptr, 1)
-                        wait_spins = wait_spins * 0
-                n1 = tl.reduce((q1 >> 32).to(tl.int32).to(tl.float32, bitcast=True).to(ACC), 0, _add)[:, None] / (4 * H)
-                n2 = tl.reduce((q2 >> 32).to(tl.int32).to(tl.float32, bitcast=True).to(ACC), 0, _add)[:, None] / (4 * H)
+            u1, u2, wait_spins = _exchange_sums(st_ptr, (t * 2 + 0) * n_htiles * B * 2, pid_h, offs_b, mb, m_st,
+                                               st_rd, p1, p2, B, wait_spins, err_ptr, ACC, ST_RAW, LL_SPIN)
+            n1 = u1[:, None] / (4 * H)
+            n2 = u2[:, None] / (4 * H)
             rstd = tl.load(rs_ptr + t * B * 3 + offs_b * 3, mask=mb, other=0.0)[:, None]
             da_i = rstd * (e_i - n1 - r_i * n2)  # now dLoss/dr: what W_hh and the other programs need
             da_f = rstd * (e_f - n1 - r_f * n2)
@@ -878,16 +825,20 @@ def _bwd_kernel(
 def _compiled(name: str, interpret: bool):
     """The kernel ``name`` for the GPU (``triton.jit``) or the CPU interpreter."""
     fn = {"fwd": _fwd_kernel, "bwd": _bwd_kernel}[name]
-    if interpret:
-        return InterpretedFunction(fn)
+    if interpret:  # the same code, with the helpers it calls interpreted too
+        g = {**fn.__globals__, **{k: InterpretedFunction(f) for k, f in _HELPERS.items()}}
+        return InterpretedFunction(types.FunctionType(fn.__code__, g, fn.__name__, fn.__defaults__))
     # step indices and counts change from launch to launch: specialising on them (== 1, % 16) would compile
     # the same kernel up to three times
     return triton.jit(fn, do_not_specialize=["t_start", "n_steps", "T", "n_htiles"])
 
 
+#: jit helpers the kernels call: compiled for the GPU here; the interpreter gets its own copies (_compiled)
+_HELPERS = {"_exchange_sums": _exchange_sums}
 if HAVE_TRITON:
     _add = triton.jit(_add)
     _min = triton.jit(_min)
+    _exchange_sums = triton.jit(_exchange_sums)
 
 # ---------------------------------------------------------------------------------------------
 # Launch plan
