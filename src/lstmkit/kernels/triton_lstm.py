@@ -118,8 +118,9 @@ SPIN_LIMIT = 2_000_000
 #: tl.atomic_poll appeared in triton 3.9; older versions spin on an acquire load (inline PTX).
 HAVE_POLL = HAVE_TRITON and hasattr(tl, "atomic_poll")
 #: how the GPU kernels wait at the grid barrier: 2 = tl.atomic_poll, 1 = spin on ``ld.acquire.gpu`` (every
-#: thread, no read-modify-write), 0 = spin on ``tl.atomic_add(ptr, 0)`` (one thread, an L2 atomic and a CTA
-#: barrier per spin). Environment variable LSTMKIT_TRITON_POLL overrides; the interpreter always uses 0.
+#: thread, no CTA barrier), 0 = spin on ``tl.atomic_add(ptr, 0)``, which triton lowers to one thread's
+#: ``ld.acquire`` and a CTA broadcast per spin (seen in the PTX; both measured the same on an H200).
+#: Environment variable LSTMKIT_TRITON_POLL overrides; the interpreter always uses 0.
 GPU_POLL = int(os.environ.get("LSTMKIT_TRITON_POLL", "2" if HAVE_POLL else "1"))
 _LD_ACQUIRE = tl.constexpr("ld.acquire.gpu.global.b32 $0, [$1];") if HAVE_TRITON else None
 #: cooperative launch (all programs co-resident, or the launch fails) appeared in triton 3.2 or so.
@@ -151,6 +152,37 @@ def _add(a, b):  # tl.reduce's combine function: row sums (tl.sum is a jit funct
 
 def _min(a, b):  # the same for "every flag set"
     return tl.minimum(a, b)
+
+
+def _grid_barrier(ctr, n_htiles, err_ptr, wait_ns, wait_spins, POLL: tl.constexpr):
+    """One step's grid barrier among the hidden tiles of a batch tile: add 1 to this step's counter ``ctr``
+    (release), wait until it reaches ``n_htiles`` (acquire). A counter is used once, so waiting for equality
+    cannot miss. On a timeout the error flag is set and the patience drops to 0, so a broken barrier costs
+    one timeout, not T of them. Returns the remaining patience (wait_ns, wait_spins)."""
+    tl.debug_barrier()  # all threads' stores of this step precede the release
+    tl.atomic_add(ctr, 1, sem="release", scope="gpu")
+    if POLL == 2:  # triton >= 3.9: one thread spins, with a timeout on the GPU clock
+        ok = tl.atomic_poll(ctr, n_htiles, sem="acquire", scope="gpu", timeout_ns=wait_ns)
+    elif POLL == 1:  # every thread spins on a plain acquire load: no read-modify-write, no CTA barrier
+        seen = tl.inline_asm_elementwise(_LD_ACQUIRE, "=r,l", [ctr], dtype=tl.int32, is_pure=False, pack=1)
+        spins = 0
+        while (seen < n_htiles) & (spins < wait_spins):
+            seen = tl.inline_asm_elementwise(_LD_ACQUIRE, "=r,l", [ctr], dtype=tl.int32, is_pure=False, pack=1)
+            spins += 1
+        ok = seen >= n_htiles
+    else:  # spin on tl.atomic_add(ptr, 0): triton lowers it to one thread's ld.acquire + a CTA broadcast
+        seen = tl.atomic_add(ctr, 0, sem="acquire", scope="gpu")
+        spins = 0
+        while (seen < n_htiles) & (spins < wait_spins):
+            seen = tl.atomic_add(ctr, 0, sem="acquire", scope="gpu")
+            spins += 1
+        ok = seen >= n_htiles
+    if not ok:
+        tl.atomic_xchg(err_ptr, 1)
+        wait_ns = wait_ns * 0
+        wait_spins = wait_spins * 0
+    tl.debug_barrier()
+    return wait_ns, wait_spins
 
 
 def _exchange_sums(st_ptr, base, pid_h, offs_b, mb, m_st, st_rd, p1, p2, B, wait_spins, err_ptr,
@@ -443,30 +475,7 @@ def _fwd_kernel(
         gx_g = tl.load(gx_t + 2 * H, mask=m_bj, other=0.0)
         gx_o = tl.load(gx_t + 3 * H, mask=m_bj, other=0.0)
         if PERSIST:  # grid barrier among the hidden tiles of this batch tile
-            tl.debug_barrier()  # all threads' stores of h_t precede the release
-            ctr = sync_ptr + pid_b * T + t
-            tl.atomic_add(ctr, 1, sem="release", scope="gpu")
-            if POLL == 2:  # triton >= 3.9: one thread spins, with a timeout on the GPU clock
-                ok = tl.atomic_poll(ctr, n_htiles, sem="acquire", scope="gpu", timeout_ns=wait_ns)
-            elif POLL == 1:  # every thread spins on a plain acquire load: no read-modify-write, no CTA barrier
-                seen = tl.inline_asm_elementwise(_LD_ACQUIRE, "=r,l", [ctr], dtype=tl.int32, is_pure=False, pack=1)
-                spins = 0
-                while (seen < n_htiles) & (spins < wait_spins):
-                    seen = tl.inline_asm_elementwise(_LD_ACQUIRE, "=r,l", [ctr], dtype=tl.int32, is_pure=False, pack=1)
-                    spins += 1
-                ok = seen >= n_htiles
-            else:  # spin on an atomic read (each one an L2 read-modify-write), at most wait_spins times
-                seen = tl.atomic_add(ctr, 0, sem="acquire", scope="gpu")
-                spins = 0
-                while (seen < n_htiles) & (spins < wait_spins):
-                    seen = tl.atomic_add(ctr, 0, sem="acquire", scope="gpu")
-                    spins += 1
-                ok = seen >= n_htiles
-            if not ok:  # flag it, and stop waiting: a broken barrier costs one timeout, not T of them
-                tl.atomic_xchg(err_ptr, 1)
-                wait_ns = wait_ns * 0
-                wait_spins = wait_spins * 0
-            tl.debug_barrier()
+            wait_ns, wait_spins = _grid_barrier(sync_ptr + pid_b * T + t, n_htiles, err_ptr, wait_ns, wait_spins, POLL)
     tl.store(cs_ptr + (t_start + n_steps) * B * H + bh, c, mask=m_bj)  # the carried (or final) cell state
 
 
@@ -785,30 +794,7 @@ def _bwd_kernel(
         c_n = c_prev
         c_p = tl.load(cs_ptr + t_n * B * H + bh, mask=m_bj, other=0.0)
         if PERSIST:
-            tl.debug_barrier()
-            ctr = sync_ptr + pid_b * T + t
-            tl.atomic_add(ctr, 1, sem="release", scope="gpu")
-            if POLL == 2:  # triton >= 3.9: one thread spins, with a timeout on the GPU clock
-                ok = tl.atomic_poll(ctr, n_htiles, sem="acquire", scope="gpu", timeout_ns=wait_ns)
-            elif POLL == 1:  # every thread spins on a plain acquire load: no read-modify-write, no CTA barrier
-                seen = tl.inline_asm_elementwise(_LD_ACQUIRE, "=r,l", [ctr], dtype=tl.int32, is_pure=False, pack=1)
-                spins = 0
-                while (seen < n_htiles) & (spins < wait_spins):
-                    seen = tl.inline_asm_elementwise(_LD_ACQUIRE, "=r,l", [ctr], dtype=tl.int32, is_pure=False, pack=1)
-                    spins += 1
-                ok = seen >= n_htiles
-            else:  # spin on an atomic read (each one an L2 read-modify-write), at most wait_spins times
-                seen = tl.atomic_add(ctr, 0, sem="acquire", scope="gpu")
-                spins = 0
-                while (seen < n_htiles) & (spins < wait_spins):
-                    seen = tl.atomic_add(ctr, 0, sem="acquire", scope="gpu")
-                    spins += 1
-                ok = seen >= n_htiles
-            if not ok:  # flag it, and stop waiting: a broken barrier costs one timeout, not T of them
-                tl.atomic_xchg(err_ptr, 1)
-                wait_ns = wait_ns * 0
-                wait_spins = wait_spins * 0
-            tl.debug_barrier()
+            wait_ns, wait_spins = _grid_barrier(sync_ptr + pid_b * T + t, n_htiles, err_ptr, wait_ns, wait_spins, POLL)
     tl.store(dc_ptr + bh, dc, mask=m_bj)
     if ZONE_H or VALID:
         tl.store(dhc_ptr + bh, dh_keep, mask=m_bj)
@@ -834,11 +820,12 @@ def _compiled(name: str, interpret: bool):
 
 
 #: jit helpers the kernels call: compiled for the GPU here; the interpreter gets its own copies (_compiled)
-_HELPERS = {"_exchange_sums": _exchange_sums}
+_HELPERS = {"_exchange_sums": _exchange_sums, "_grid_barrier": _grid_barrier}
 if HAVE_TRITON:
     _add = triton.jit(_add)
     _min = triton.jit(_min)
     _exchange_sums = triton.jit(_exchange_sums)
+    _grid_barrier = triton.jit(_grid_barrier)
 
 # ---------------------------------------------------------------------------------------------
 # Launch plan
@@ -1002,8 +989,8 @@ def candidates(
 ) -> list[dict]:  # fmt: skip
     """The :class:`Plan` keyword sets :func:`tuned_plan` times on a GPU: the heuristic plan, every hidden tile
     of 8..64 units whose grid fits the SMs with resident weights (where they fit in shared memory), two
-    streamed tilings (more for B > 16: larger batch and hidden tiles), the step-wise launch, and the
-    heuristic tiling with the atomic-spin barrier. Duplicates (same ``repr``) are dropped."""
+    streamed tilings (more for B > 16: larger batch and hidden tiles) and the step-wise launch.
+    Duplicates (same ``repr``) are dropped."""
     device = torch.device(device)
     base = Plan(B, H, dtype, device, sm_count=sm_count)
     if base.interpret:
