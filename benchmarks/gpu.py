@@ -309,7 +309,7 @@ def tuning_table() -> str:
     names = {v: k for k, v in DTYPES.items()}
     lines = ["", f"## Plan tuning: microseconds per step of each candidate ({tk.TUNE_STEPS} steps, median of 3)", "",
              "| kernel | B | H | dtype | candidate | us/step | chosen |", "|---|---|---|---|---|---|---|"]  # fmt: skip
-    for (kind, B, H, dtype, _), rows in tk.TUNE_LOG.items():
+    for (kind, B, H, dtype, *_), rows in tk.TUNE_LOG.items():
         done = [r for r in rows if r[1] is not None]
         best = min(done, key=lambda r: r[1])[0] if done else None
         for plan, ms in rows:
@@ -361,11 +361,10 @@ def tune_all(shapes, dtypes) -> dict:
             dev = torch.device("cuda")
             for kind in ("fwd", "bwd"):
                 tk.tuned_plan(kind, B, H, DTYPES[d], dev)
-            idx = torch.cuda.current_device()
-            out[(B, H, d)] = tuple(tk._TUNED.get((k, B, H, DTYPES[d], idx), {}) for k in ("fwd", "bwd"))
+            key = lambda k: tk.tune_key(k, B, H, DTYPES[d], dev)  # noqa: B023, E731
+            out[(B, H, d)] = tuple(tk._TUNED.get(key(k), {}) for k in ("fwd", "bwd"))
             # layer norm runs the fastest persistent plan
-            out[(B, H, d, "LN")] = tuple(tk._TUNED_PERSISTENT.get((k, B, H, DTYPES[d], idx), (0, {}))[1]
-                                         for k in ("fwd", "bwd"))  # fmt: skip
+            out[(B, H, d, "LN")] = tuple(tk._TUNED_PERSISTENT.get(key(k), (0, {}))[1] for k in ("fwd", "bwd"))
     return out
 
 
@@ -399,9 +398,12 @@ def precompile_variants(shapes, dtypes, tuned: dict, workers: int) -> None:
     log.info("precompile variants: %d kernels in %.0f s", n_all, time.perf_counter() - t0)
 
 
-def _variant_module(H: int, opts: dict, dtype, device: str, impl: str = "auto"):
+def _variant_module(H: int, opts: dict, dtype, device: str, impl: str | None = None):
+    """lstmkit.nn.LSTM(H, H, **opts) in training mode; on a GPU on the Triton kernels (impl='triton': 'auto'
+    keeps layer norm on the torch loop), in a dry run on whatever 'auto' picks."""
     from lstmkit.nn import LSTM
 
+    impl = impl or ("triton" if device == "cuda" else "auto")
     torch.manual_seed(0)
     return LSTM(H, H, impl=impl, **opts).to(device=device, dtype=dtype).train()
 
@@ -464,7 +466,7 @@ def bench_variants(shapes, dtypes, device: str, warmup: int, iters: int, deadlin
             base = cud.get(((T, B, H), dname), {})
             todo = list(VARIANTS.items()) + [(LN_LOOP, (dict(layer_norm=True), ()))]
             for name, (opts, _) in todo:
-                m = _variant_module(H, opts, dt, device, impl="loop" if name == LN_LOOP else "auto")
+                m = _variant_module(H, opts, dt, device, impl="loop" if name == LN_LOOP else None)
 
                 def fb(m=m, xg=xg):
                     y, _ = m(xg)

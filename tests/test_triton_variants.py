@@ -136,3 +136,65 @@ def test_variants_on_the_ll_exchange(name):
     for k, v in want.items():
         rel = ((got[k].double() - v).norm() / v.norm()).item()
         assert rel < 1e-5, (k, rel)
+
+
+def test_layer_norm_statistics_survive_a_large_mean():
+    """A cell state near 40 with a spread of 0.003: the kernel's variance (per-tile mean and centred sum,
+    combined as Chan et al. do) keeps float32 as accurate as torch's own float32 loop; E[x^2] - mean^2 would
+    not (a review found it negative here)."""
+    T, B, I, H = 3, 2, 3, 12
+    torch.manual_seed(0)
+    m = LSTM(I, H, dtype=torch.float64, layer_norm=True, forget_bias=8.0).train()
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    hx = (torch.randn(1, B, H, dtype=torch.float64), 40 + 0.003 * torch.randn(1, B, H, dtype=torch.float64))
+    want = run(m, x, hx, None, {}, None)
+    m32 = LSTM(I, H, dtype=torch.float32, layer_norm=True).train()
+    m32.load_state_dict(m.state_dict())
+    kernel = functools.partial(tk.variant_layer)
+    kernel.linear = None
+    x32, hx32 = x.float(), tuple(t.float() for t in hx)
+    got = run(m32, x32, hx32, None, {}, kernel)
+    loop = run(m32, x32, hx32, None, {}, None)
+    for k in ("out", "h", "c"):
+        err = (got[k].double() - want[k]).abs().max().item()
+        assert err < 4 * max((loop[k].double() - want[k]).abs().max().item(), 1e-6), (k, err)
+
+
+def test_outputs_are_not_views():
+    """Outputs can be modified in place, as torch.nn.LSTM's can (a review found views of internal buffers)."""
+    T, B, I, H = 3, 2, 3, 6
+    m = LSTM(I, H, dtype=torch.float64, zoneout=0.1).train()
+    kernel = functools.partial(tk.variant_layer)
+    kernel.linear = None
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+    hx = (torch.zeros(1, B, H, dtype=torch.float64), torch.zeros(1, B, H, dtype=torch.float64))
+    out, h, c = m._forward_variants(x, hx, None, kernel, None)
+    out.relu_().sum().backward()
+    w = [torch.randn(4 * H, I, dtype=torch.float64), torch.randn(4 * H, H, dtype=torch.float64)]
+    y, h, c = tk.lstm(x, (hx[0], hx[1]), w, bias=False, num_layers=1, dropout=0.0, training=True,
+                      bidirectional=False, batch_first=False)  # fmt: skip
+    (y.relu_().sum() + c.mul_(2).sum() + h.sum()).backward()
+
+
+def test_a_call_the_kernel_cannot_index_runs_the_loop(monkeypatch):
+    """variant_layer refuses calls whose offsets would overflow int32 (kernels.Unsupported); the module then
+    runs that layer on its loop, with the same numbers."""
+    from lstmkit import kernels
+
+    T, B, I, H = 3, 2, 3, 6
+    torch.manual_seed(1)
+    m = LSTM(I, H, dtype=torch.float64, peephole=True).train()
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    hx = (torch.randn(1, B, H, dtype=torch.float64), torch.randn(1, B, H, dtype=torch.float64))
+    want = run(m, x, hx, None, {}, None)
+
+    def too_big(*a, **kw):
+        raise kernels.Unsupported("T * B * 4H = 1e10 is too large for the kernels' int32 indexing")
+
+    too_big.linear = None
+    got = run(m, x, hx, None, {}, too_big)
+    for k, v in want.items():
+        assert torch.equal(got[k], v), k
+    with pytest.raises(kernels.Unsupported, match="int32"):
+        tk.variant_layer(torch.zeros(2**16, 2**9, 64, dtype=torch.float16, device="meta"), None, None, None,
+                         m.variant_config, {}, {}, None)  # fmt: skip

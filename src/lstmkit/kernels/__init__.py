@@ -31,7 +31,12 @@ from torch import Tensor
 
 from . import cpu_fused, native
 
-__all__ = ["IMPLS", "select_lstm", "select_cell", "native", "cpu_fused"]
+__all__ = ["IMPLS", "Unsupported", "select_lstm", "select_cell", "native", "cpu_fused"]
+
+
+class Unsupported(ValueError):
+    """A per-layer kernel cannot run this particular call (e.g. too large for its int32 indexing); the
+    module runs that layer on its pure-torch loop instead."""
 
 #: What a user may ask for with ``impl=``: ``auto`` (fastest that covers the call: native without
 #: variants, else the compiled CPU kernel where it covers the call), ``native`` (fail unless torch's

@@ -107,7 +107,7 @@ except ImportError:  # pragma: no cover - exercised only where triton is absent
 
 __all__ = [
     "HAVE_TRITON", "lstm", "lstm_or_native", "layer", "is_supported", "unsupported_reason", "why_not", "plan", "Plan",
-    "warmup", "compile_ahead", "candidates", "tuned_plan",
+    "warmup", "compile_ahead", "candidates", "tuned_plan", "tune_key",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -188,19 +188,23 @@ def _grid_barrier(ctr, n_htiles, err_ptr, wait_ns, wait_spins, POLL: tl.constexp
     return wait_ns, wait_spins
 
 
-def _exchange_sums(st_ptr, base, pid_h, offs_b, mb, m_st, st_rd, p1, p2, B, wait_spins, err_ptr,
-                   ACC: tl.constexpr, ST_RAW: tl.constexpr, LL_SPIN: tl.constexpr):
-    """Layer norm's cross-program sum: publish my rows' partial sums (p1, p2) of one statistic in slot
-    ``base`` of the exchange buffer, wait until every hidden tile has published, return the totals and the
-    remaining patience: (s1, s2, wait_spins). Words are LL words (fp32 + ready flag in int64); with ST_RAW
-    (float64 in the interpreter, one program) plain values."""
+def _exchange_sums(st_ptr, base, pid_h, offs_b, mb, m_st, st_rd, p1, p2, B, wait_spins, err_ptr, cnt, n_tot,
+                   ACC: tl.constexpr, ST_RAW: tl.constexpr, LL_SPIN: tl.constexpr, CHAN: tl.constexpr):
+    """Layer norm's cross-program reduction over one row statistic. Publish my rows' two partials (p1, p2) in
+    slot ``base`` of the exchange buffer, wait until every hidden tile has published, combine.
+
+    Plain (CHAN False): p1, p2 are partial sums; returns their totals. CHAN: p1 is my tiles' mean and p2 their
+    centred sum of squares M2 over ``cnt`` values ((NH_PAD, 1): each tile's count); returns the mean and M2
+    over all ``n_tot`` values (Chan et al.'s parallel variance, numerically safe where E[x^2] - mean^2 is
+    not). Also returns the remaining patience. Words are LL words (fp32 + ready flag in int64); with
+    ST_RAW (float64 in the interpreter, one program) plain values."""
     sp = st_ptr + base + pid_h * B * 2 + offs_b * 2
     sr = st_ptr + base + st_rd
     if ST_RAW:
         tl.store(sp, p1, mask=mb)
         tl.store(sp + 1, p2, mask=mb)
-        s1 = tl.reduce(tl.load(sr, mask=m_st, other=0.0), 0, _add)
-        s2 = tl.reduce(tl.load(sr + 1, mask=m_st, other=0.0), 0, _add)
+        v1 = tl.load(sr, mask=m_st, other=0.0)
+        v2 = tl.load(sr + 1, mask=m_st, other=0.0)
     else:
         tl.store(sp, (p1.to(tl.int32, bitcast=True).to(tl.int64) << 32) | 1, mask=mb, cache_modifier=".cg")
         tl.store(sp + 1, (p2.to(tl.int32, bitcast=True).to(tl.int64) << 32) | 1, mask=mb, cache_modifier=".cg")
@@ -217,8 +221,15 @@ def _exchange_sums(st_ptr, base, pid_h, offs_b, mb, m_st, st_rd, p1, p2, B, wait
             if ready == 0:
                 tl.atomic_xchg(err_ptr, 1)
                 wait_spins = wait_spins * 0
-        s1 = tl.reduce((q1 >> 32).to(tl.int32).to(tl.float32, bitcast=True).to(ACC), 0, _add)
-        s2 = tl.reduce((q2 >> 32).to(tl.int32).to(tl.float32, bitcast=True).to(ACC), 0, _add)
+        v1 = (q1 >> 32).to(tl.int32).to(tl.float32, bitcast=True).to(ACC)  # (NH_PAD, BLOCK_B)
+        v2 = (q2 >> 32).to(tl.int32).to(tl.float32, bitcast=True).to(ACC)
+    if CHAN:
+        s1 = tl.reduce(v1 * cnt, 0, _add) / n_tot  # the row mean
+        dm = v1 - s1[None, :]
+        s2 = tl.reduce(v2 + cnt * dm * dm, 0, _add)  # the row's M2 (tiles that do not exist have cnt 0)
+    else:
+        s1 = tl.reduce(v1, 0, _add)
+        s2 = tl.reduce(v2, 0, _add)
     return s1, s2, wait_spins
 
 
@@ -319,6 +330,9 @@ def _fwd_kernel(
         offs_nh = tl.arange(0, NH_PAD)
         m_st = (offs_nh[:, None] < n_htiles) & mb[None, :]  # (NH_PAD, BLOCK_B): every program's partials
         st_rd = offs_nh[:, None] * B * 2 + offs_b[None, :] * 2
+        # hidden units of each tile (of mine): the counts that weight the tiles' means
+        cnt = tl.where(offs_nh < n_htiles, tl.minimum(H - offs_nh * BLOCK_H, BLOCK_H), 0).to(ACC)[:, None]
+        n_mine = tl.minimum(H - pid_h * BLOCK_H, BLOCK_H).to(ACC)
     wait_ns = tl.full([], TIMEOUT_NS, tl.int64)  # barrier patience; 0 once a barrier has timed out
     wait_spins = tl.full([], SPIN_LIMIT, tl.int32)
     # gx of the first step; the next step's is loaded before each barrier, off the critical path
@@ -334,10 +348,10 @@ def _fwd_kernel(
         a_g = gx_g.to(ACC)
         a_o = gx_o.to(ACC)
         if LN:  # the recurrent product alone first: it is normalised before gx is added
-            a_i = a_i * 0.0
-            a_f = a_f * 0.0
-            a_g = a_g * 0.0
-            a_o = a_o * 0.0
+            a_i = tl.full([BLOCK_B, BLOCK_H], 0.0, ACC)
+            a_f = tl.full([BLOCK_B, BLOCK_H], 0.0, ACC)
+            a_g = tl.full([BLOCK_B, BLOCK_H], 0.0, ACC)
+            a_o = tl.full([BLOCK_B, BLOCK_H], 0.0, ACC)
         # a += h_{t-1} W_hh^T for my units: (BLOCK_B, H) @ (H, BLOCK_H) per gate
         if RESIDENT:
             if LL:  # spin until every word of h_{t-1} carries its ready flag; the words are the data
@@ -386,12 +400,16 @@ def _fwd_kernel(
                 w = tl.load(w_t + 3 * H * H, mask=m_kj, other=0.0).to(DOT)
                 a_o = tl.dot(h_prev, w, a_o, input_precision=PRECISION, out_dtype=ACC)
         if LN:  # r = a (4H per row, spread over the programs): mean and variance via the exchange
-            p1 = tl.reduce(a_i + a_f + a_g + a_o, 1, _add)  # (BLOCK_B,) my partial sums
-            p2 = tl.reduce(a_i * a_i + a_f * a_f + a_g * a_g + a_o * a_o, 1, _add)
-            s1, s2, wait_spins = _exchange_sums(st_ptr, (t * 2 + 0) * n_htiles * B * 2, pid_h, offs_b, mb, m_st,
-                                               st_rd, p1, p2, B, wait_spins, err_ptr, ACC, ST_RAW, LL_SPIN)
-            mu = s1 / (4 * H)
-            rstd = 1.0 / tl.sqrt(tl.maximum(s2 / (4 * H) - mu * mu, 0.0) + eps)
+            m_loc = tl.reduce(a_i + a_f + a_g + a_o, 1, _add) / (4 * n_mine)  # (BLOCK_B,) my tile's mean
+            d_i = tl.where(mj[None, :], a_i - m_loc[:, None], 0.0)
+            d_f = tl.where(mj[None, :], a_f - m_loc[:, None], 0.0)
+            d_g = tl.where(mj[None, :], a_g - m_loc[:, None], 0.0)
+            d_o = tl.where(mj[None, :], a_o - m_loc[:, None], 0.0)
+            m2_loc = tl.reduce(d_i * d_i + d_f * d_f + d_g * d_g + d_o * d_o, 1, _add)
+            mu, m2, wait_spins = _exchange_sums(st_ptr, (t * 2 + 0) * n_htiles * B * 2, pid_h, offs_b, mb, m_st,
+                                                st_rd, m_loc, m2_loc, B, wait_spins, err_ptr, 4 * cnt, 4 * H, ACC,
+                                                ST_RAW, LL_SPIN, True)  # fmt: skip
+            rstd = 1.0 / tl.sqrt(m2 / (4 * H) + eps)
             r_i = (a_i - mu[:, None]) * rstd[:, None]
             r_f = (a_f - mu[:, None]) * rstd[:, None]
             r_g = (a_g - mu[:, None]) * rstd[:, None]
@@ -424,13 +442,12 @@ def _fwd_kernel(
             a_o += w_co * c_new
         o_t = 1.0 / (1.0 + tl.exp(-a_o))
         if LN:  # n_t = LN(c'_t) g_c + b_c over the H units of a row, again through the exchange
-            cm = tl.where(m_bj, c_new, 0.0)
-            p1 = tl.reduce(cm, 1, _add)
-            p2 = tl.reduce(cm * cm, 1, _add)
-            s1, s2, wait_spins = _exchange_sums(st_ptr, (t * 2 + 1) * n_htiles * B * 2, pid_h, offs_b, mb, m_st,
-                                               st_rd, p1, p2, B, wait_spins, err_ptr, ACC, ST_RAW, LL_SPIN)
-            mu_c = s1 / H
-            rstd_c = 1.0 / tl.sqrt(tl.maximum(s2 / H - mu_c * mu_c, 0.0) + eps)
+            m_loc = tl.reduce(tl.where(m_bj, c_new, 0.0), 1, _add) / n_mine
+            d_c = tl.where(mj[None, :], c_new - m_loc[:, None], 0.0)
+            mu_c, m2, wait_spins = _exchange_sums(st_ptr, (t * 2 + 1) * n_htiles * B * 2, pid_h, offs_b, mb, m_st,
+                                                  st_rd, m_loc, tl.reduce(d_c * d_c, 1, _add), B, wait_spins,
+                                                  err_ptr, cnt, H, ACC, ST_RAW, LL_SPIN, True)  # fmt: skip
+            rstd_c = 1.0 / tl.sqrt(m2 / H + eps)
             n_t = (c_new - mu_c[:, None]) * rstd_c[:, None] * g_c + b_c
             if SAVE:
                 tl.store(rs_ptr + t * B * 3 + offs_b * 3 + 1, mu_c, mask=mb)  # every program has the same value
@@ -582,6 +599,7 @@ def _bwd_kernel(
         offs_nh = tl.arange(0, NH_PAD)
         m_st = (offs_nh[:, None] < n_htiles) & mb[None, :]
         st_rd = offs_nh[:, None] * B * 2 + offs_b[None, :] * 2
+        cnt = tl.where(offs_nh < n_htiles, tl.minimum(H - offs_nh * BLOCK_H, BLOCK_H), 0).to(ACC)[:, None]
         acc_hi = tl.full([BLOCK_B, BLOCK_H], 0.0, ACC)  # sums over t of da * r_hat: dLoss/dg_hh, my columns
         acc_hf = tl.full([BLOCK_B, BLOCK_H], 0.0, ACC)
         acc_hg = tl.full([BLOCK_B, BLOCK_H], 0.0, ACC)
@@ -704,7 +722,8 @@ def _bwd_kernel(
             p1 = tl.reduce(dch, 1, _add)
             p2 = tl.reduce(dch * c_hat, 1, _add)
             u1, u2, wait_spins = _exchange_sums(st_ptr, (t * 2 + 1) * n_htiles * B * 2, pid_h, offs_b, mb, m_st,
-                                               st_rd, p1, p2, B, wait_spins, err_ptr, ACC, ST_RAW, LL_SPIN)
+                                                st_rd, p1, p2, B, wait_spins, err_ptr, cnt, H, ACC, ST_RAW, LL_SPIN,
+                                                False)  # fmt: skip
             m1 = u1 / H
             m2 = u2 / H
             dc = dc + rstd_c * (dch - m1[:, None] - c_hat * m2[:, None])  # dLoss/dc'_t
@@ -749,7 +768,8 @@ def _bwd_kernel(
             p1 = tl.reduce(e_i + e_f + e_g + e_o, 1, _add)
             p2 = tl.reduce(e_i * r_i + e_f * r_f + e_g * r_g + e_o * r_o, 1, _add)
             u1, u2, wait_spins = _exchange_sums(st_ptr, (t * 2 + 0) * n_htiles * B * 2, pid_h, offs_b, mb, m_st,
-                                               st_rd, p1, p2, B, wait_spins, err_ptr, ACC, ST_RAW, LL_SPIN)
+                                                st_rd, p1, p2, B, wait_spins, err_ptr, cnt, H, ACC, ST_RAW, LL_SPIN,
+                                                False)  # fmt: skip
             n1 = u1[:, None] / (4 * H)
             n2 = u2[:, None] / (4 * H)
             rstd = tl.load(rs_ptr + t * B * 3 + offs_b * 3, mask=mb, other=0.0)[:, None]
@@ -856,8 +876,7 @@ class Plan:
         self.dtype = dtype
         # Matters for float32 only (bf16/fp16 products are exact in fp32): tf32 when torch allows it, else
         # FP32_PRECISION. Ignored by the interpreter.
-        allow_tf32 = torch.backends.cuda.matmul.allow_tf32
-        self.precision = FP32_PRECISION if dtype == torch.float32 and not allow_tf32 else "tf32"
+        self.precision = _precision(dtype)
         self._split = self.precision == "tf32x3"
         self.H_PAD = max(16, _next_pow2(H))
         self.BLOCK_K = 64 if not self.interpret else 16
@@ -982,6 +1001,19 @@ TUNE = os.environ.get("LSTMKIT_TRITON_TUNE", "1") != "0"
 #: steps of the recurrence a tuning launch runs (per-step cost does not depend on T)
 TUNE_STEPS = 32
 _TUNED: dict[tuple, dict] = {}
+
+
+def tune_key(kind: str, B: int, H: int, dtype: torch.dtype, device: torch.device) -> tuple:
+    """What a tuned plan is kept under: kernel, batch, hidden size, dtype, device, and the float32 product
+    precision (TF32 or not changes the shared memory a plan needs)."""
+    idx = device.index if device.index is not None else (torch.cuda.current_device() if device.type == "cuda" else 0)
+    return (kind, B, H, dtype, idx, _precision(dtype))
+
+
+def _precision(dtype: torch.dtype) -> str:
+    """tl.dot's input precision: matters for float32 only (bf16/fp16 products are exact in fp32)."""
+    allow_tf32 = torch.backends.cuda.matmul.allow_tf32
+    return FP32_PRECISION if dtype == torch.float32 and not allow_tf32 else "tf32"
 _TUNED_PERSISTENT: dict[tuple, tuple[float, dict]] = {}
 #: what tuning measured: key -> [(plan repr, milliseconds for TUNE_STEPS steps, or None if refused)]
 TUNE_LOG: dict[tuple, list] = {}
@@ -1049,7 +1081,7 @@ def tuned_plan(kind: str, B: int, H: int, dtype: torch.dtype, device: torch.devi
     plan_kw = {k: v for k, v in plan_kw.items() if v is not None and not (k == "mode" and v == "auto")}
     if plan_kw or device.type != "cuda" or not TUNE:
         return Plan(B, H, dtype, device, **plan_kw)
-    key = (kind, B, H, dtype, device.index if device.index is not None else torch.cuda.current_device())
+    key = tune_key(kind, B, H, dtype, device)
     if key not in _TUNED:
         cands = candidates(B, H, dtype, device)
         t0 = time.perf_counter()
@@ -1312,7 +1344,8 @@ class _Recurrence(torch.autograd.Function):
             _raise_on_timeout(err, "forward")
         ctx.save_for_backward(hs, cs, gates, w_hh, w_ch, ln_hh, ln_cw, ln_cb, rh, rs)
         ctx.plan_kw, ctx.var = plan_kw, var
-        return hs[1:], hs[T].clone(), cs[T].to(dtype)
+        # copies, not views of the saved buffers: callers may modify outputs in place, as torch.nn.LSTM's
+        return hs[1:].clone(), hs[T].clone(), cs[T].to(dtype, copy=True)
 
     @staticmethod
     def backward(ctx, dy: Tensor | None, dh_n: Tensor | None, dc_n: Tensor | None):
@@ -1383,8 +1416,7 @@ def _plan_for(kind: str, B: int, H: int, dtype: torch.dtype, dev: torch.device, 
     if ln and not p.persistent:
         if any(v is not None for k, v in plan_kw.items() if k != "mode") or plan_kw.get("mode") == "stepwise":
             raise ValueError(f"layer_norm needs a persistent launch plan, got {p!r}")
-        idx = dev.index if dev.index is not None else (torch.cuda.current_device() if dev.type == "cuda" else 0)
-        best = _TUNED_PERSISTENT.get((kind, B, H, dtype, idx))
+        best = _TUNED_PERSISTENT.get(tune_key(kind, B, H, dtype, dev))
         # the fastest persistent candidate, else the heuristic one (raises when the grid cannot be co-resident)
         p = Plan(B, H, dtype, dev, **best[1]) if best else Plan(B, H, dtype, dev, mode="persistent")
     return p
@@ -1490,8 +1522,14 @@ def variant_layer(
     ``gx`` is ``x W_ih^T`` without bias (``p["bias"]`` = b_ih + b_hh is added here); ``w_hh`` already
     carries the weight-drop mask; ``v`` (:class:`lstmkit.nn.variants.Variants`) says which variants are on,
     ``p`` holds ``weight_ch`` (peepholes), ``masks`` the ``recurrent`` / ``zoneout_h`` / ``zoneout_c``
-    masks, ``valid`` (T, B, 1) where t < length. Returns (y (T, B, H) carried state, h_n, c_n).
+    masks, ``valid`` (T, B, 1) where t < length. Returns (y (T, B, H) carried state, h_n, c_n). Raises
+    ``kernels.Unsupported`` for calls too large for int32 offsets (the module then runs its loop).
     """
+    T, B, G = gx.shape
+    if (T + 1) * B * G >= 2**31:
+        from . import Unsupported
+
+        raise Unsupported(f"T * B * 4H = {T * B * G} is too large for the kernels' int32 indexing")
     if v.layer_norm:  # LN of the input projection (all steps at once, in torch), before the bias
         gx = F.layer_norm(gx, (gx.shape[-1],), weight=p["layernorm_ih_weight"], eps=eps)
     if p.get("bias") is not None:

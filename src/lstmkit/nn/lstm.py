@@ -25,6 +25,8 @@ the step's masks; otherwise the readable loop below:
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -34,6 +36,8 @@ from .. import kernels
 from ._checks import check_lstm_args, check_state
 from .cell import lstm_step
 from .variants import Variants, add_variant_params, init_variant_params, input_projection, sample_masks, variant_step
+
+log = logging.getLogger(__name__)
 
 __all__ = ["LSTM", "reverse_padded"]
 
@@ -295,11 +299,15 @@ class LSTM(torch.nn.LSTM):
                 ln_ih = getattr(self, "layernorm_ih_weight" + sfx, None)
                 w_ih = getattr(self, "weight_ih" + sfx)
                 h, c = hx[0][k], hx[1][k]  # (B, P or H), (B, H)
+                y = None
                 if layer_kernel is not None:  # the kernel adds bias and LN to x W_ih^T itself
                     gx = input_projection(xd, w_ih, None, None, layer_kernel.linear)  # (T, B, 4H)
                     pk = {**p, "bias": bias, "layernorm_ih_weight": ln_ih}
-                    y, h, c = layer_kernel(gx, h, c, w_hh, v, pk, m, mask)
-                else:
+                    try:
+                        y, h, c = layer_kernel(gx, h, c, w_hh, v, pk, m, mask)
+                    except kernels.Unsupported as e:  # this call only (e.g. too large): the loop below
+                        log.info("%s; running the pure-torch loop for this layer", e)
+                if y is None:
                     gx = input_projection(xd, w_ih, bias, ln_ih)  # (T, B, 4H)
                     ys = []
                     for t in range(T):
