@@ -236,3 +236,35 @@ def test_falls_back_to_the_loop_when_compiling_fails(monkeypatch, caplog):
         assert "LSTMKIT_NO_COMPILE" in warnings[0].getMessage()
     finally:
         cpu_fused._state.update(saved)
+
+
+_FEWER_THREADS = """
+import torch
+from lstmkit.nn import LSTM
+torch.manual_seed(0)
+m = LSTM(4, 64, zoneout=0.1, dtype=torch.float64).train()
+x = torch.randn(5, 1, 4, dtype=torch.float64, requires_grad=True)
+masks = m.sample_masks(1, 5, like=x)
+outs = []
+for n in (1, 4):
+    torch.set_num_threads(n)
+    x.grad = None
+    out, _ = m(x, masks=masks)
+    out.sum().backward()
+    outs.append((out.detach(), x.grad.clone()))
+assert all(torch.allclose(a, b, rtol=0, atol=1e-12) for a, b in zip(*outs))
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not cpu_fused.available(), reason="the compiled CPU kernel is unavailable here")
+def test_weight_split_runs_with_the_team_openmp_gives():
+    """OpenMP may give fewer threads than torch asks for (OMP_THREAD_LIMIT, OMP_DYNAMIC): the small-batch
+    weight split then runs on the team it got (a review found it raised), with the one-thread numbers."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_THREAD_LIMIT": "2"}
+    res = subprocess.run([sys.executable, "-c", _FEWER_THREADS], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-2000:]

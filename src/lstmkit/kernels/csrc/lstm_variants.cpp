@@ -178,9 +178,12 @@ int column_threads(int64_t B, int64_t H) {
 class SpinBarrier {
  public:
   explicit SpinBarrier(int n) : n_(n) {}
+  // The team OpenMP actually gave (it may give fewer threads than asked: OMP_THREAD_LIMIT, OMP_DYNAMIC).
+  // Every thread calls it with the same n before its first wait(), so no wait() can see another count.
+  void expect(int n) { n_.store(n, std::memory_order_relaxed); }
   void wait() {
     const int gen = gen_.load(std::memory_order_acquire);
-    if (count_.fetch_add(1, std::memory_order_acq_rel) == n_ - 1) {
+    if (count_.fetch_add(1, std::memory_order_acq_rel) == n_.load(std::memory_order_relaxed) - 1) {
       count_.store(0, std::memory_order_relaxed);
       gen_.fetch_add(1, std::memory_order_release);
       return;
@@ -193,7 +196,7 @@ class SpinBarrier {
   void abort() { aborted_.store(true); }
 
  private:
-  const int n_;
+  std::atomic<int> n_;
   std::atomic<int> count_{0}, gen_{0};
   std::atomic<bool> aborted_{false};
 };
@@ -286,6 +289,7 @@ const std::optional<c10::OperatorHandle>& onednn_op(const char* name) {
 
 std::atomic<bool> onednn_broken{false};  // set if a oneDNN call ever throws (another torch's schema)
 std::atomic<bool> onednn_ok{false};      // set by the first oneDNN call that worked: only then pack
+std::atomic<bool> matmul_broken{false};  // mm_tn's own: its failure must not touch a packed per-step GEMM
 
 inline bool use_onednn(const Tensor& x) {
   return x.scalar_type() == at::kFloat && x.size(0) >= kOneDnnMinRows && onednn_op("linear").has_value() &&
@@ -339,14 +343,14 @@ Tensor linear_nt(const Tensor& x, const Tensor& w) {
 // matmul reads the transposed a in place; linear_nt would first copy a^T and b^T (3 ms of 7 at
 // (T*B, 4H, H) = (3200, 1024, 256)), MKL's at::mm runs at half oneDNN's speed here.
 Tensor mm_tn(const Tensor& a, const Tensor& b) {
-  if (a.scalar_type() == at::kFloat && at::native::mkldnn_matmul != nullptr && !onednn_broken.load() &&
+  if (a.scalar_type() == at::kFloat && at::native::mkldnn_matmul != nullptr && !matmul_broken.load() &&
       a.is_contiguous() && b.is_contiguous()) {
     try {
       Tensor out = at::empty({a.size(1), b.size(1)}, a.options());
       at::native::mkldnn_matmul(a.t(), b, out, 0.0f, 1.0f);
       return out;
     } catch (const std::exception&) {
-      onednn_broken.store(true);
+      matmul_broken.store(true);
     }
   }
   return at::mm(a.t(), b);
@@ -507,7 +511,7 @@ void forward_impl(const Tensor& gx, const Tensor& h0, const Tensor& c0, const Te
     const T* pw = w_c.data_ptr<T>();
     SpinBarrier barrier(ncol);
     run_threads(ncol, [&](int tid, int n) {
-      if (n != ncol) throw std::runtime_error("lstmkit: OpenMP gave fewer threads than the barrier expects");
+      barrier.expect(n);  // n <= ncol: the columns are cut for the threads there are
       const auto [j0, j1] = cols_of(H4, tid, n);
       std::vector<T> hin(prec ? B * H : 0);  // h_{t-1} * m_rec, this thread's copy
       try {
@@ -728,7 +732,7 @@ void backward_impl(const Tensor& dy, const Tensor& dh_n, const Tensor& dc_n, con
     T* pdhin = dh_in.data_ptr<T>();
     SpinBarrier barrier(ncol);
     run_threads(ncol, [&](int tid, int n) {
-      if (n != ncol) throw std::runtime_error("lstmkit: OpenMP gave fewer threads than the barrier expects");
+      barrier.expect(n);  // n <= ncol: the columns are cut for the threads there are
       const auto [u0, u1] = cols_of(H, tid, n);
       try {
         for (int64_t t = Tn - 1; t >= 0; --t) {
