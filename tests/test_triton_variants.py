@@ -51,7 +51,7 @@ def run(m: LSTM, x, hx, lengths, masks, layer_kernel):
     for p in m.parameters():
         p.grad = None
     xl, h0, c0 = (t.detach().clone().requires_grad_() for t in (x, *hx))
-    out, h, c = m._forward_variants(xl, (h0, c0), lengths, layer_kernel, masks)
+    out, h, c = m._forward_loop(xl, (h0, c0), lengths, layer_kernel, masks)
     g = torch.Generator().manual_seed(7)
     w = torch.randn(out.shape, generator=g, dtype=torch.float64)  # the same draw for any module dtype
     loss = (out.double() * w).sum() + 0.7 * h.double().sum() - 1.3 * c.double().sum()
@@ -168,7 +168,7 @@ def test_outputs_are_not_views():
     kernel.linear = None
     x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
     hx = (torch.zeros(1, B, H, dtype=torch.float64), torch.zeros(1, B, H, dtype=torch.float64))
-    out, h, c = m._forward_variants(x, hx, None, kernel, None)
+    out, h, c = m._forward_loop(x, hx, None, kernel, None)
     out.relu_().sum().backward()
     w = [torch.randn(4 * H, I, dtype=torch.float64), torch.randn(4 * H, H, dtype=torch.float64)]
     y, h, c = tk.lstm(x, (hx[0], hx[1]), w, bias=False, num_layers=1, dropout=0.0, training=True,

@@ -222,59 +222,18 @@ class LSTM(torch.nn.LSTM):
 
     def _forward_loop(self, x: Tensor, hx: tuple[Tensor, Tensor], lengths: Tensor | None, layer_kernel=None,
                       masks=None):  # fmt: skip
-        """The readable path: x (T, B, I) time-major -> (output (T, B, D*P), h_n, c_n)."""
-        if self.variants() or layer_kernel is not None:
-            return self._forward_variants(x, hx, lengths, layer_kernel, masks)
-        T = x.shape[0]
-        dirs = 2 if self.bidirectional else 1
-        mask = None
-        if lengths is not None:
-            lengths = lengths.to(x.device)
-            mask = (torch.arange(T, device=x.device).unsqueeze(1) < lengths.unsqueeze(0)).unsqueeze(-1)  # (T, B, 1)
-        h_n, c_n = [], []
-        for layer in range(self.num_layers):
-            if layer > 0 and self.dropout > 0 and self.training:
-                x = F.dropout(x, self.dropout, training=True)
-            outs = []
-            for d in range(dirs):
-                sfx = f"_l{layer}" + ("_reverse" if d == 1 else "")
-                k = layer * dirs + d
-                w_ih = getattr(self, "weight_ih" + sfx)
-                w_hh = getattr(self, "weight_hh" + sfx)
-                w_hr = getattr(self, "weight_hr" + sfx) if self.proj_size > 0 else None
-                xd = reverse_padded(x, lengths) if d == 1 else x
-                gx = xd @ w_ih.t()  # (T, B, I) -> (T, B, 4H), one GEMM for all steps
-                if self.bias:
-                    gx = gx + (getattr(self, "bias_ih" + sfx) + getattr(self, "bias_hh" + sfx))
-                h, c = hx[0][k], hx[1][k]  # (B, P or H), (B, H)
-                ys = []
-                for t in range(T):
-                    h_t, c_t = lstm_step(gx[t], h, c, w_hh, w_hr)
-                    if mask is not None:
-                        h_t = torch.where(mask[t], h_t, h)
-                        c_t = torch.where(mask[t], c_t, c)
-                    h, c = h_t, c_t
-                    ys.append(h)
-                y = torch.stack(ys)  # T x (B, P) -> (T, B, P)
-                if mask is not None:
-                    y = y * mask
-                outs.append(reverse_padded(y, lengths) if d == 1 else y)
-                h_n.append(h)
-                c_n.append(c)
-            x = torch.cat(outs, dim=2) if dirs == 2 else outs[0]  # (T, B, D*P)
-        return x, torch.stack(h_n), torch.stack(c_n)
+        """The readable path: x (T, B, I) time-major -> (output (T, B, D*P), h_n, c_n).
 
-    def _forward_variants(self, x: Tensor, hx: tuple[Tensor, Tensor], lengths: Tensor | None, layer_kernel, masks):
-        """The loop with variants: x (T, B, I) -> (output (T, B, D*P), h_n, c_n).
-
-        Per layer and direction: ``gx`` for all steps (one GEMM, + LN), then either ``layer_kernel``
-        (the compiled time loop) or :func:`variant_step` per step, masked where t >= length.
+        Per layer and direction: ``gx`` for all steps (one GEMM, + LN with the variant), then either
+        ``layer_kernel`` (a compiled time loop for one layer and direction) or one step per time step,
+        :func:`lstm_step` (the plain LSTM) or :func:`variant_step`, masked where t >= length.
         """
         T, B = x.shape[0], x.shape[1]
         v = self.variant_config
+        plain = not self.variants()
         dirs = 2 if self.bidirectional else 1
         if masks is None:
-            masks = self.sample_masks(B, T, like=x)
+            masks = {} if plain else self.sample_masks(B, T, like=x)
         mask = None
         if lengths is not None:
             lengths = lengths.to(x.device)
@@ -308,10 +267,13 @@ class LSTM(torch.nn.LSTM):
                     except kernels.Unsupported as e:  # this call only (e.g. too large): the loop below
                         log.info("%s; running the pure-torch loop for this layer", e)
                 if y is None:
-                    gx = input_projection(xd, w_ih, bias, ln_ih)  # (T, B, 4H)
+                    gx = input_projection(xd, w_ih, bias, ln_ih)  # (T, B, 4H), one GEMM for all steps
                     ys = []
                     for t in range(T):
-                        h_t, c_t = variant_step(gx[t], h, c, w_hh, w_hr, v, p, m, t)
+                        if plain:
+                            h_t, c_t = lstm_step(gx[t], h, c, w_hh, w_hr)
+                        else:
+                            h_t, c_t = variant_step(gx[t], h, c, w_hh, w_hr, v, p, m, t)
                         if mask is not None:
                             h_t = torch.where(mask[t], h_t, h)
                             c_t = torch.where(mask[t], c_t, c)
