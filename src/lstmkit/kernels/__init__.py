@@ -9,7 +9,7 @@ loop. Today's kernels:
   nothing else: no variant.
 * ``triton_lstm``: persistent Triton kernels for CUDA (float32, bfloat16, float16): ``impl="triton"``
   for the plain LSTM, and what ``impl="auto"`` runs for a plain bfloat16 LSTM on a GPU (where cuDNN
-  has no persistent path: measured faster at four of the five shapes of docs/gpu.md); with variants
+  has no persistent path: measured 2-5x faster at small batch, level elsewhere, docs/gpu.md); with variants
   ``impl="auto"`` runs them on a GPU, one layer and direction per call (``variant_layer``), except
   layer norm, whose kernel is not yet measured on a GPU (``impl="triton"`` runs it). The launch plan
   is tuned on the first call per shape (seconds, once).
@@ -94,8 +94,9 @@ def select_lstm(
         if ragged and like is not None and not cpu_fused.why_not(proj_size, like):
             return cpu_fused.layer
         if like is not None and like.is_cuda and like.dtype == torch.bfloat16 and not proj_size:
-            # bfloat16 on a GPU: cuDNN has no persistent kernel there; ours measured 1.04-4.9x cuDNN at the
-            # five shapes of docs/gpu.md (H200), forward and training. Per call it falls back to native.
+            # bfloat16 on a GPU: cuDNN has no persistent kernel there; ours measured 2.1-5.5x cuDNN at the three
+            # small-batch shapes of docs/gpu.md (H200), 0.81-1.33x at the other two, forward and training, over
+            # two runs. Per call it falls back to native.
             from . import triton_lstm
 
             if triton_lstm.why_not((), proj_size, like) is None:
