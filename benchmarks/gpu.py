@@ -145,30 +145,24 @@ def _valid(B: int, H: int, dname: str, kw: dict, device: str = "cuda") -> bool:
 
 
 def _warm(task) -> tuple[str, int, float, str]:
-    T, B, H, dname, kw = task
+    """One worker's compile: (T, B, H, dtype name, plan keyword sets, variant switches, inference too)."""
+    T, B, H, dname, kws, flags, inference = task
+    what = f"{(T, B, H)} {dname} {kws} {flags}"
     t0 = time.perf_counter()
     try:
-        n = tk.warmup(T, B, H, DTYPES[dname], "cuda", tune=False, **kw)
-        return f"{(T, B, H)} {dname} {kw}", n, time.perf_counter() - t0, ""
+        n = sum(tk.warmup(T, B, H, DTYPES[dname], "cuda", tune=False, inference=inference, variants=flags, **kw)
+                for kw in {repr(k): k for k in kws}.values())  # fmt: skip
+        return what, n, time.perf_counter() - t0, ""
     except Exception as e:
-        return f"{(T, B, H)} {dname} {kw}", 0, time.perf_counter() - t0, f"{type(e).__name__}: {e}"[:200]
+        return what, 0, time.perf_counter() - t0, f"{type(e).__name__}: {e}"[:200]
 
 
-def precompile(shapes, dtypes, workers: int) -> None:
-    """Compile every kernel the run will launch (each tuning candidate's, the checks'), ``workers`` processes
-    at a time, one task per plan."""
+def _compile_in_workers(tasks: list, workers: int, name: str) -> None:
+    """Run :func:`_warm` over ``tasks`` in ``workers`` spawned processes (Triton's disk cache hands the
+    kernels to this one); a task that fails is compiled by the run itself, later."""
     import concurrent.futures as cf
     import multiprocessing as mp
 
-    tasks = []
-    for T, B, H in shapes:
-        for d in dtypes:
-            kws = tk.candidates(B, H, DTYPES[d], "cuda") if tk.TUNE else [{}]
-            kws += [{"mode": "stepwise"}] + ([{"resident": False}] if (T, B, H) == shapes[0] else [])
-            kws += [kw for kw in [{"ll": True}] if _valid(B, H, d, kw)]
-            for kw in {repr(tk.plan(B, H, DTYPES[d], "cuda", **kw)): kw for kw in kws}.values():
-                tasks.append((T, B, H, d, kw))
-    tasks.sort(key=lambda t: -t[2])  # large H first: they compile longest
     t0 = time.perf_counter()
     n_all = 0
     with cf.ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=mp.get_context("spawn")) as ex:
@@ -178,7 +172,21 @@ def precompile(shapes, dtypes, workers: int) -> None:
                 log.warning("precompile %s failed (%s); the run will compile it itself", what, err)
             else:
                 log.debug("precompiled %s: %d kernels in %.1f s", what, n, sec)
-    log.info("precompile: %d kernels of %d plans in %.0f s", n_all, len(tasks), time.perf_counter() - t0)
+    log.info("precompile %s: %d kernels of %d tasks in %.0f s", name, n_all, len(tasks), time.perf_counter() - t0)
+
+
+def precompile(shapes, dtypes, workers: int) -> None:
+    """Compile every kernel the run will launch (each tuning candidate's, the checks'), one task per plan."""
+    tasks = []
+    for T, B, H in shapes:
+        for d in dtypes:
+            kws = tk.candidates(B, H, DTYPES[d], "cuda") if tk.TUNE else [{}]
+            kws += [{"mode": "stepwise"}] + ([{"resident": False}] if (T, B, H) == shapes[0] else [])
+            kws += [kw for kw in [{"ll": True}] if _valid(B, H, d, kw)]
+            for kw in {repr(tk.plan(B, H, DTYPES[d], "cuda", **kw)): kw for kw in kws}.values():
+                tasks.append((T, B, H, d, [kw], (), True))
+    tasks.sort(key=lambda t: -t[2])  # large H first: they compile longest
+    _compile_in_workers(tasks, workers, "plans")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -368,34 +376,12 @@ def tune_all(shapes, dtypes) -> dict:
     return out
 
 
-def _warm_variant(task) -> tuple[str, int, float, str]:
-    T, B, H, dname, kws, flags = task
-    t0 = time.perf_counter()
-    try:
-        n = 0
-        for kw in {repr(k): k for k in kws}.values():
-            n += tk.warmup(T, B, H, DTYPES[dname], "cuda", tune=False, inference=False, variants=flags, **kw)
-        return f"{(T, B, H)} {dname} {flags}", n, time.perf_counter() - t0, ""
-    except Exception as e:
-        return f"{(T, B, H)} {dname} {flags}", 0, time.perf_counter() - t0, f"{type(e).__name__}: {e}"[:200]
-
-
 def precompile_variants(shapes, dtypes, tuned: dict, workers: int) -> None:
-    """Compile each variant's kernels for the tuned plans, in worker processes."""
-    import concurrent.futures as cf
-    import multiprocessing as mp
-
+    """Compile each variant's training kernels for the tuned plans (layer norm: the persistent ones)."""
     flagsets = {f for _, f in VARIANTS.values() if f}
-    tasks = [(T, B, H, d, tuned[(B, H, d, "LN") if "LN" in f else (B, H, d)], f)
+    tasks = [(T, B, H, d, list(tuned[(B, H, d, "LN") if "LN" in f else (B, H, d)]), f, False)
              for T, B, H in shapes for d in dtypes for f in flagsets]  # fmt: skip
-    t0 = time.perf_counter()
-    n_all = 0
-    with cf.ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=mp.get_context("spawn")) as ex:
-        for what, n, _sec, err in ex.map(_warm_variant, tasks):
-            n_all += n
-            if err:
-                log.warning("precompile %s failed (%s); the run will compile it itself", what, err)
-    log.info("precompile variants: %d kernels in %.0f s", n_all, time.perf_counter() - t0)
+    _compile_in_workers(tasks, workers, "variants")
 
 
 def _variant_module(H: int, opts: dict, dtype, device: str, impl: str | None = None):
