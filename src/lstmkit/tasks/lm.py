@@ -354,6 +354,10 @@ def train(cfg: LMConfig, *, resume: bool = False, overwrite: bool = False, show_
             corpus.source, task.train_ids.numel(), cfg.level, len(vocab), n_params, task.steps_per_epoch(),
         )  # fmt: skip
         summary = fit(task, cfg, cfg.out, resume=resume, overwrite=overwrite, show_progress=show_progress)
+        if own_group:  # every rank done (rank 0 writes checkpoints after the last collective) before any
+            import torch.distributed as dist  # leaves: a gloo peer torn down mid-flight aborts the process
+
+            dist.barrier()
     finally:
         if own_group:
             import torch.distributed as dist
