@@ -360,3 +360,39 @@ def test_a_launch_with_an_argument_the_kernel_does_not_take_is_an_error():
     p = tk.plan(2, 4, torch.float64, "cpu")
     with pytest.raises(TypeError, match="eps"):
         tk._launch(tk._compiled("bwd", True), p, (), {"eps": 1e-5}, 1, 0, down=True)
+
+
+@pytest.mark.parametrize("T,B,I,H,mode,tiles,resident", CASES)
+def test_padded_hidden_units_change_no_number(monkeypatch, T, B, I, H, mode, tiles, resident):
+    """On a GPU the hidden units are padded to a multiple of 16 (aligned rows); here to 8 on the CPU. The
+    kernels then run 4 x 8 or 4 x 16 gate columns, and the real units' outputs and gradients still equal the
+    NumPy reference's at 1e-10 (the extra units have zero weights and stay exactly 0)."""
+    monkeypatch.setitem(tk.ALIGN_UNITS, "cpu", 8)
+    widths = []
+    apply = tk._Recurrence.apply
+    monkeypatch.setattr(tk._Recurrence, "apply", lambda gx, *a: widths.append(gx.shape[-1]) or apply(gx, *a))
+    w, x, h0, c0, gy = one_layer_case(T, B, I, H, seed=T * 100 + H + 1)
+    want = reference_case(w, x, h0, c0, gy)
+    got = triton_case(w, x, h0, c0, gy, torch.float64, mode=mode, tiles=tiles, resident=resident)
+    assert widths == [4 * (-(-H // 8) * 8)]
+    for k, v in want.items():
+        assert rel(got[k], v) < 1e-10, k
+    assert got["y"].is_contiguous() and got["y"].shape == (T, B, H)
+
+
+def test_no_grad_calls_save_nothing_for_backward(monkeypatch):
+    """Under torch.no_grad() the forward kernel runs without saving gates and cell states (SAVE=False), even
+    when the weights require gradients (a custom Function's needs_input_grad ignores grad mode)."""
+    saves = []
+    launch = tk._launch
+    monkeypatch.setattr(tk, "_launch", lambda k, p, ptrs, consts, *a, **kw: saves.append(consts.get("SAVE")) or
+                        launch(k, p, ptrs, consts, *a, **kw))  # fmt: skip
+    w, x, h0, c0, _ = one_layer_case(3, 2, 3, 5, seed=0)
+    w = [t.requires_grad_() for t in w]
+    with torch.no_grad():
+        y0, h, _ = tk.lstm(x, (h0, c0), w, **KW)
+    y, _, _ = tk.lstm(x, (h0, c0), w, **KW)
+    assert saves == [False, True]
+    assert torch.equal(y0, y.detach()) and y.requires_grad and not y0.requires_grad
+    y0.mul_(2)  # the no-grad output is not h_n's storage
+    assert torch.equal(h[0], y[-1].detach())

@@ -198,3 +198,30 @@ def test_a_call_the_kernel_cannot_index_runs_the_loop(monkeypatch):
     with pytest.raises(kernels.Unsupported, match="int32"):
         tk.variant_layer(torch.zeros(2**16, 2**9, 64, dtype=torch.float16, device="meta"), None, None, None,
                          m.variant_config, {}, {}, None)  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_variants_on_padded_hidden_units(monkeypatch, name):
+    """Every variant on hidden units padded to a multiple of 8 (a GPU pads to 16, see ALIGN_UNITS): zero
+    weights, masks, peepholes and layer-norm gains for the extra units, and layer norm's statistics over the
+    layer's units only, leave every number as the loop's, with lengths, both directions and a second layer.
+    A spy checks that the kernels ran the padded width."""
+    monkeypatch.setitem(tk.ALIGN_UNITS, "cpu", 8)
+    widths = []
+    apply = tk._Recurrence.apply
+    monkeypatch.setattr(tk._Recurrence, "apply", lambda gx, *a: widths.append(gx.shape[-1]) or apply(gx, *a))
+    T, B, I, H = 4, 3, 2, 5
+    torch.manual_seed(sum(map(ord, name)))
+    m = LSTM(I, H, num_layers=2, bidirectional=True, dtype=torch.float64, **CASES[name]).train()
+    randomise_layer_norm(m)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    hx = (torch.randn(4, B, H, dtype=torch.float64), torch.randn(4, B, H, dtype=torch.float64))
+    lengths = torch.tensor([4, 2, 3])
+    masks = m.sample_masks(B, T, like=x)
+    want = run(m, x, hx, lengths, masks, None)
+    kernel = functools.partial(tk.variant_layer)
+    kernel.linear = None
+    got = run(m, x, hx, lengths, masks, kernel)
+    assert widths == [4 * 8] * 4  # two layers, two directions
+    for k, v in want.items():
+        assert (got[k] - v).abs().max().item() < 1e-10, k

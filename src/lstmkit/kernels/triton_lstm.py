@@ -107,7 +107,7 @@ except ImportError:  # pragma: no cover - exercised only where triton is absent
 
 __all__ = [
     "HAVE_TRITON", "lstm", "lstm_or_native", "layer", "is_supported", "unsupported_reason", "why_not", "plan", "Plan",
-    "warmup", "compile_ahead", "candidates", "tuned_plan", "tune_key",
+    "warmup", "compile_ahead", "candidates", "tuned_plan", "tune_key", "kernel_units",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -281,6 +281,7 @@ def _fwd_kernel(
     rh_ptr=None,  # (T, B, 4H) ACC: normalised recurrent projection (saved when SAVE)
     rs_ptr=None,  # (T, B, 3) ACC: rstd of the recurrent projection, mean and rstd of c'_t (saved when SAVE)
     eps=1e-5,
+    ln_units=0,  # the units the statistics are over: the layer's H (the kernels' H may carry alignment padding)
     LN: tl.constexpr = False,
     NH_PAD: tl.constexpr = 1,  # next power of two >= n_htiles
     ST_RAW: tl.constexpr = False,  # st_ptr holds plain ACC sums (float64 in the interpreter: no packing)
@@ -330,9 +331,12 @@ def _fwd_kernel(
         offs_nh = tl.arange(0, NH_PAD)
         m_st = (offs_nh[:, None] < n_htiles) & mb[None, :]  # (NH_PAD, BLOCK_B): every program's partials
         st_rd = offs_nh[:, None] * B * 2 + offs_b[None, :] * 2
-        # hidden units of each tile (of mine): the counts that weight the tiles' means
-        cnt = tl.where(offs_nh < n_htiles, tl.minimum(H - offs_nh * BLOCK_H, BLOCK_H), 0).to(ACC)[:, None]
-        n_mine = tl.minimum(H - pid_h * BLOCK_H, BLOCK_H).to(ACC)
+        # the units of each tile (of mine) that count: the weights of the tiles' means (0 for a tile of padding)
+        mj_ln = offs_j < ln_units
+        cnt = tl.where(offs_nh < n_htiles, tl.maximum(tl.minimum(ln_units - offs_nh * BLOCK_H, BLOCK_H), 0), 0)
+        cnt = cnt.to(ACC)[:, None]
+        n_mine = tl.maximum(tl.minimum(ln_units - pid_h * BLOCK_H, BLOCK_H), 0).to(ACC)
+        n_div = tl.maximum(n_mine, 1.0)
     wait_ns = tl.full([], TIMEOUT_NS, tl.int64)  # barrier patience; 0 once a barrier has timed out
     wait_spins = tl.full([], SPIN_LIMIT, tl.int32)
     # gx of the first step; the next step's is loaded before each barrier, off the critical path
@@ -400,16 +404,16 @@ def _fwd_kernel(
                 w = tl.load(w_t + 3 * H * H, mask=m_kj, other=0.0).to(DOT)
                 a_o = tl.dot(h_prev, w, a_o, input_precision=PRECISION, out_dtype=ACC)
         if LN:  # r = a (4H per row, spread over the programs): mean and variance via the exchange
-            m_loc = tl.reduce(a_i + a_f + a_g + a_o, 1, _add) / (4 * n_mine)  # (BLOCK_B,) my tile's mean
-            d_i = tl.where(mj[None, :], a_i - m_loc[:, None], 0.0)
-            d_f = tl.where(mj[None, :], a_f - m_loc[:, None], 0.0)
-            d_g = tl.where(mj[None, :], a_g - m_loc[:, None], 0.0)
-            d_o = tl.where(mj[None, :], a_o - m_loc[:, None], 0.0)
+            m_loc = tl.reduce(a_i + a_f + a_g + a_o, 1, _add) / (4 * n_div)  # (BLOCK_B,) my tile's mean
+            d_i = tl.where(mj_ln[None, :], a_i - m_loc[:, None], 0.0)  # (padded units: a = 0, and not counted)
+            d_f = tl.where(mj_ln[None, :], a_f - m_loc[:, None], 0.0)
+            d_g = tl.where(mj_ln[None, :], a_g - m_loc[:, None], 0.0)
+            d_o = tl.where(mj_ln[None, :], a_o - m_loc[:, None], 0.0)
             m2_loc = tl.reduce(d_i * d_i + d_f * d_f + d_g * d_g + d_o * d_o, 1, _add)
             mu, m2, wait_spins = _exchange_sums(st_ptr, (t * 2 + 0) * n_htiles * B * 2, pid_h, offs_b, mb, m_st,
-                                                st_rd, m_loc, m2_loc, B, wait_spins, err_ptr, 4 * cnt, 4 * H, ACC,
-                                                ST_RAW, LL_SPIN, True)  # fmt: skip
-            rstd = 1.0 / tl.sqrt(m2 / (4 * H) + eps)
+                                                st_rd, m_loc, m2_loc, B, wait_spins, err_ptr, 4 * cnt, 4 * ln_units,
+                                                ACC, ST_RAW, LL_SPIN, True)  # fmt: skip
+            rstd = 1.0 / tl.sqrt(m2 / (4 * ln_units) + eps)
             r_i = (a_i - mu[:, None]) * rstd[:, None]
             r_f = (a_f - mu[:, None]) * rstd[:, None]
             r_g = (a_g - mu[:, None]) * rstd[:, None]
@@ -442,12 +446,12 @@ def _fwd_kernel(
             a_o += w_co * c_new
         o_t = 1.0 / (1.0 + tl.exp(-a_o))
         if LN:  # n_t = LN(c'_t) g_c + b_c over the H units of a row, again through the exchange
-            m_loc = tl.reduce(tl.where(m_bj, c_new, 0.0), 1, _add) / n_mine
-            d_c = tl.where(mj[None, :], c_new - m_loc[:, None], 0.0)
+            m_loc = tl.reduce(tl.where(mb[:, None] & mj_ln[None, :], c_new, 0.0), 1, _add) / n_div
+            d_c = tl.where(mj_ln[None, :], c_new - m_loc[:, None], 0.0)
             mu_c, m2, wait_spins = _exchange_sums(st_ptr, (t * 2 + 1) * n_htiles * B * 2, pid_h, offs_b, mb, m_st,
                                                   st_rd, m_loc, tl.reduce(d_c * d_c, 1, _add), B, wait_spins,
-                                                  err_ptr, cnt, H, ACC, ST_RAW, LL_SPIN, True)  # fmt: skip
-            rstd_c = 1.0 / tl.sqrt(m2 / H + eps)
+                                                  err_ptr, cnt, ln_units, ACC, ST_RAW, LL_SPIN, True)  # fmt: skip
+            rstd_c = 1.0 / tl.sqrt(m2 / ln_units + eps)
             n_t = (c_new - mu_c[:, None]) * rstd_c[:, None] * g_c + b_c
             if SAVE:
                 tl.store(rs_ptr + t * B * 3 + offs_b * 3 + 1, mu_c, mask=mb)  # every program has the same value
@@ -550,6 +554,7 @@ def _bwd_kernel(
     rs_ptr=None,  # (T, B, 3) ACC saved by forward
     dgx_ptr=None,  # (T, B, 4H) input dtype, out
     dln_ptr=None,  # (6H) ACC zeros, out: gradients of lnhh (4H), lncw (H), lncb (H), summed with atomics
+    ln_units=0,
     LN: tl.constexpr = False,
     NH_PAD: tl.constexpr = 1,
     ST_RAW: tl.constexpr = False,
@@ -599,7 +604,7 @@ def _bwd_kernel(
         offs_nh = tl.arange(0, NH_PAD)
         m_st = (offs_nh[:, None] < n_htiles) & mb[None, :]
         st_rd = offs_nh[:, None] * B * 2 + offs_b[None, :] * 2
-        cnt = tl.where(offs_nh < n_htiles, tl.minimum(H - offs_nh * BLOCK_H, BLOCK_H), 0).to(ACC)[:, None]
+        cnt = tl.full([NH_PAD, 1], 0.0, ACC)  # (plain sums below: no tile weights; padded units add 0)
         acc_hi = tl.full([BLOCK_B, BLOCK_H], 0.0, ACC)  # sums over t of da * r_hat: dLoss/dg_hh, my columns
         acc_hf = tl.full([BLOCK_B, BLOCK_H], 0.0, ACC)
         acc_hg = tl.full([BLOCK_B, BLOCK_H], 0.0, ACC)
@@ -724,8 +729,8 @@ def _bwd_kernel(
             u1, u2, wait_spins = _exchange_sums(st_ptr, (t * 2 + 1) * n_htiles * B * 2, pid_h, offs_b, mb, m_st,
                                                 st_rd, p1, p2, B, wait_spins, err_ptr, cnt, H, ACC, ST_RAW, LL_SPIN,
                                                 False)  # fmt: skip
-            m1 = u1 / H
-            m2 = u2 / H
+            m1 = u1 / ln_units  # means over the layer's units (padded ones: zero gains, they add 0 to u1, u2)
+            m2 = u2 / ln_units
             dc = dc + rstd_c * (dch - m1[:, None] - c_hat * m2[:, None])  # dLoss/dc'_t
         else:
             tanh_c = 2.0 / (1.0 + tl.exp(-2.0 * c_t)) - 1.0
@@ -770,8 +775,8 @@ def _bwd_kernel(
             u1, u2, wait_spins = _exchange_sums(st_ptr, (t * 2 + 0) * n_htiles * B * 2, pid_h, offs_b, mb, m_st,
                                                 st_rd, p1, p2, B, wait_spins, err_ptr, cnt, H, ACC, ST_RAW, LL_SPIN,
                                                 False)  # fmt: skip
-            n1 = u1[:, None] / (4 * H)
-            n2 = u2[:, None] / (4 * H)
+            n1 = u1[:, None] / (4 * ln_units)
+            n2 = u2[:, None] / (4 * ln_units)
             rstd = tl.load(rs_ptr + t * B * 3 + offs_b * 3, mask=mb, other=0.0)[:, None]
             da_i = rstd * (e_i - n1 - r_i * n2)  # now dLoss/dr: what W_hh and the other programs need
             da_f = rstd * (e_f - n1 - r_f * n2)
@@ -1168,10 +1173,12 @@ def warmup(
     fallback. ``tune`` (default: :data:`TUNE` and no plan keywords) compiles every plan of :func:`candidates`.
     ``variants``: kernel switches of :data:`VARIANT_FLAGS` to compile in.
     Arguments must mirror :func:`_launch` exactly, or the cache keys would differ.
+    ``H`` is the layer's; the kernels see it padded as the layer pads it (:func:`kernel_units`).
     """
     acc, i32 = torch.float32, torch.int32
     n = 0
     device = torch.device(device)
+    H_layer, H = H, kernel_units(H, device)
     plan_kw = {k: v for k, v in plan_kw.items() if v is not None}
     if (TUNE and not plan_kw if tune is None else tune) and device.type == "cuda":  # tuned_plan times them all
         kws = candidates(B, H, dtype, device)
@@ -1194,6 +1201,7 @@ def warmup(
             vk["clip"] = 1.0
         if "LN" in variants:
             vk["NH_PAD"] = _next_pow2(p.n_htiles)
+            vk["ln_units"] = H_layer
         if p.ll:
             vk["xs_ptr"] = _mock(p.xs_dtype)
         for save in [s for s, on in ((True, training), (False, inference)) if on]:
@@ -1225,12 +1233,19 @@ def compile_ahead(
     """Compile, for sm_``arch`` and without a GPU, the training kernels a (T, B, H, dtype) layer would use.
 
     ``variants``: kernel flags of :data:`VARIANT_FLAGS` to compile in (e.g. ``("PEEP", "ZONE_H")``).
+    ``H`` is the layer's (padded here as the layer pads it, :func:`kernel_units`).
     Returns ``{"fwd": CompiledKernel, "bwd": CompiledKernel}`` (``.asm["cubin"]``, ``.metadata.shared``):
-    the check that the kernels build for the GPU at all, and what they cost in shared memory.
+    the check that the kernels build for the GPU at all, and what they cost in shared memory and registers.
+    Arguments are specialised as Triton's JIT specialises a real launch (pointers 16-byte aligned, an
+    integer divisible by 16 marked so, an integer equal to 1 made a constant): without that the compiler
+    sees unaligned rows and scalar loads, and the resources reported would not be the launched kernel's.
     """
+    from triton._C.libtriton import native_specialize_impl
     from triton.backends.compiler import GPUTarget
+    from triton.backends.nvidia.compiler import CUDABackend
     from triton.compiler import ASTSource
 
+    H_layer, H = H, kernel_units(H, "cuda")
     p = Plan(B, H, dtype, torch.device("cuda"), sm_count=sm_count, **plan_kw)
     ptr = {torch.float32: "*fp32", torch.bfloat16: "*bf16", torch.float16: "*fp16"}[dtype]
     kinds = {  # pointer arguments: the input dtype, float32 (ACC) or int32; the rest are int32
@@ -1257,9 +1272,22 @@ def compile_ahead(
         for prm in inspect.signature(jf.fn).parameters.values():  # constexpr switches left at their default
             if prm.name not in consts and prm.annotation in (tl.constexpr, "tl.constexpr"):
                 consts[prm.name] = prm.default
+        # the integers as _launch passes them (persistent: one launch over all T steps)
+        ints = dict(T=T, B=B, H=H, n_htiles=p.n_htiles, n_steps=T if p.persistent else 1,
+                    t_start=0 if name == "fwd" else T - 1, ln_units=H_layer if "LN" in variants else 0)  # fmt: skip
+        attrs = {}
+        for a, v in ints.items():
+            kind, attr = native_specialize_impl(CUDABackend, v, False, True, True)
+            if kind == "constexpr":  # (== 1)
+                consts[a] = v
+            elif attr:
+                attrs[(jf.arg_names.index(a),)] = CUDABackend.parse_attr(attr)
         sig = {a: "constexpr" if a in consts else kinds.get(a, "i32") for a in jf.arg_names}
+        for a, kind in sig.items():  # torch's allocations: aligned pointers
+            if kind.startswith("*"):
+                attrs[(jf.arg_names.index(a),)] = CUDABackend.parse_attr("D")
         cx = {(jf.arg_names.index(k),): v for k, v in consts.items()}
-        src = ASTSource(fn=jf, signature=sig, constexprs=cx)
+        src = ASTSource(fn=jf, signature=sig, constexprs=cx, attrs=attrs)
         out[name] = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": p.num_warps})
     return out
 
@@ -1314,7 +1342,7 @@ class _Recurrence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_ch: Tensor | None, ln_hh: Tensor | None,
-                ln_cw: Tensor | None, ln_cb: Tensor | None, plan_kw: dict, var: dict):  # fmt: skip
+                ln_cw: Tensor | None, ln_cb: Tensor | None, plan_kw: dict, var: dict, grad: bool):  # fmt: skip
         T, B, G = gx.shape
         H = G // 4
         dtype, dev = gx.dtype, gx.device
@@ -1323,7 +1351,8 @@ class _Recurrence(torch.autograd.Function):
         acc = torch.float64 if dtype == torch.float64 else torch.float32
         gx = gx.contiguous()
         w_hh = w_hh.to(dtype).contiguous()
-        save = any(ctx.needs_input_grad[:8])
+        # (inside forward grad mode is always off and needs_input_grad ignores torch.no_grad(): the caller says)
+        save = grad and any(ctx.needs_input_grad[:8])
         hs = torch.empty(T + 1, B, H, dtype=dtype, device=dev)  # h_0 .. h_T
         cs = torch.empty(T + 1, B, H, dtype=acc, device=dev)  # c_0 .. c_T
         hs[0] = h0
@@ -1345,7 +1374,8 @@ class _Recurrence(torch.autograd.Function):
         ctx.save_for_backward(hs, cs, gates, w_hh, w_ch, ln_hh, ln_cw, ln_cb, rh, rs)
         ctx.plan_kw, ctx.var = plan_kw, var
         # copies, not views of the saved buffers: callers may modify outputs in place, as torch.nn.LSTM's
-        return hs[1:].clone(), hs[T].clone(), cs[T].to(dtype, copy=True)
+        # (without a backward pass nothing is saved, and y may stay a view of the buffer h_T is copied from)
+        return hs[1:].clone() if save else hs[1:], hs[T].clone(), cs[T].to(dtype, copy=True)
 
     @staticmethod
     def backward(ctx, dy: Tensor | None, dh_n: Tensor | None, dc_n: Tensor | None):
@@ -1407,7 +1437,7 @@ class _Recurrence(torch.autograd.Function):
         if ln:
             d_hh, d_cw, d_cb = dln[: 4 * H].to(ln_hh.dtype), dln[4 * H : 5 * H].to(ln_cw.dtype), dln[5 * H :].to(
                 ln_cb.dtype)  # fmt: skip
-        return dgx_t, dh0, dc.to(dtype), dw_hh, dw_ch, d_hh, d_cw, d_cb, None, None
+        return dgx_t, dh0, dc.to(dtype), dw_hh, dw_ch, d_hh, d_cw, d_cb, None, None, None
 
 
 def _plan_for(kind: str, B: int, H: int, dtype: torch.dtype, dev: torch.device, plan_kw: dict, ln: bool) -> Plan:
@@ -1425,12 +1455,13 @@ def _plan_for(kind: str, B: int, H: int, dtype: torch.dtype, dev: torch.device, 
 def _ln_kwargs(
     p: Plan, T: int, B: int, dev, ln_hh: Tensor, ln_cw: Tensor, ln_cb: Tensor, var: dict, kind: str
 ) -> dict:  # fmt: skip
-    """The layer-norm arguments of one launch: gains, a fresh statistics-exchange buffer, switches (and the
-    epsilon, forward only: backward uses the saved statistics)."""
+    """The layer-norm arguments of one launch: gains, a fresh statistics-exchange buffer, switches, the units
+    the statistics are over (``var["units"]``: the layer's H, without alignment padding), and the epsilon
+    (forward only: backward uses the saved statistics)."""
     raw = p.acc == tl.float64  # float64 runs in the interpreter only, one program: no packing, no flags
     kw = dict(
         LN=True, NH_PAD=_next_pow2(p.n_htiles), ST_RAW=raw, lnhh_ptr=ln_hh.contiguous(), lncw_ptr=ln_cw.contiguous(),
-        lncb_ptr=ln_cb.contiguous(),
+        lncb_ptr=ln_cb.contiguous(), ln_units=int(var.get("units", ln_cw.shape[0])),
         st_ptr=torch.zeros(max(T, 1), 2, p.n_htiles, B, 2, dtype=torch.float64 if raw else torch.int64, device=dev),
     )  # fmt: skip
     if kind == "fwd":
@@ -1491,6 +1522,60 @@ def _variant_kwargs(var: dict, w_ch: Tensor | None, kind: str) -> dict:
     return kw
 
 
+#: Hidden units are padded to a multiple of this many on each device type (1: none). On a GPU, rows of W_hh,
+#: h and gx then start 16-element aligned, so Triton's JIT may vectorise their loads and pipeline the
+#: streamed weights (cp.async); at H = 650 the unpadded kernels compile to scalar loads, an unpipelined
+#: K loop and, with resident weights, kilobytes of register spills (docs/gpu.md, "Alignment"). The extra
+#: units get zero weights, bias, state and masks: their pre-activations are 0, so c stays 0 and h = 0.5 *
+#: tanh(0) = 0, and W_hh's zero columns keep them out of the real units: the real units' numbers are
+#: unchanged, and the gradients of the padding are dropped by the slicing autograd does. Layer norm gets
+#: zero gains and bias there too and takes its row statistics over the layer's units only (``ln_units``).
+ALIGN_UNITS = {"cuda": 16}
+
+
+def kernel_units(H: int, device: torch.device | str) -> int:
+    """The hidden size the kernels run for a layer of ``H`` units on ``device`` (:data:`ALIGN_UNITS`)."""
+    a = ALIGN_UNITS.get(torch.device(device).type, 1)
+    return -(-H // a) * a
+
+
+def _pad_dim(t: Tensor, dim: int, n: int) -> Tensor:
+    """``t`` with zeros appended along ``dim`` up to size ``n``."""
+    dim = dim % t.dim()
+    return F.pad(t, [0, 0] * (t.dim() - 1 - dim) + [0, n - t.shape[dim]])
+
+
+def _pad_gates(t: Tensor, dim: int, H: int, n: int) -> Tensor:
+    """A (..., 4H, ...) gate-blocked dimension ``dim`` padded per gate block to 4n: i, f, g, o stay apart."""
+    dim = dim % t.dim()
+    return _pad_dim(t.unflatten(dim, (4, H)), dim + 1, n).flatten(dim, dim + 1)
+
+
+def _recurrence(gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_ch: Tensor | None, ln: list, plan_kw: dict,
+                var: dict) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """:class:`_Recurrence` on hidden units padded to :data:`ALIGN_UNITS`; y, h_T, c_T of the real units, y
+    contiguous. ``ln``: layer norm's recurrent gain (4H), cell gain and bias (H), or three Nones."""
+    H = w_hh.shape[1]
+    n = kernel_units(H, gx.device)
+    if ln[0] is not None:
+        var = {**var, "units": H}  # layer norm's statistics: over the layer's units, not the padding
+    grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (gx, h0, c0, w_hh, w_ch, *ln))  # fmt: skip
+    if n == H:
+        return _Recurrence.apply(gx, h0, c0, w_hh, w_ch, *ln, plan_kw, var, grad)
+    if gx.shape[-1] != 4 * n:  # (layer() pads W_ih and the bias instead: the GEMM then writes gx padded)
+        gx = _pad_gates(gx, -1, H, n)
+    h0, c0 = _pad_dim(h0, -1, n), _pad_dim(c0, -1, n)
+    w_hh = _pad_dim(_pad_gates(w_hh, 0, H, n), 1, n)
+    if w_ch is not None:  # (3H) w_ci, w_cf, w_co
+        w_ch = _pad_dim(w_ch.unflatten(0, (3, H)), 1, n).flatten()
+    var = {k: _pad_dim(v, -1, n) if k in ("rec", "zh", "zc") and v is not None else v for k, v in var.items()}
+    if ln[0] is not None:
+        ln = [_pad_gates(ln[0], 0, H, n), _pad_dim(ln[1], 0, n), _pad_dim(ln[2], 0, n)]
+    y, h, c = _Recurrence.apply(gx, h0, c0, w_hh, w_ch, *ln, plan_kw, var, grad)
+    return y[..., :H].contiguous(), h[:, :H], c[:, :H]
+
+
 def layer(
     x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b: Tensor | None, *, mode: str = "auto",
     tiles: tuple[int, ...] | None = None, resident: bool | None = None, poll: int | None = None,
@@ -1501,10 +1586,12 @@ def layer(
     ``b`` is ``b_ih + b_hh`` (or None). Differentiable in every argument. ``mode``, ``tiles``,
     ``resident``, ``poll`` and ``ll`` go to :class:`Plan` (all None / "auto": the tuned plan, :func:`tuned_plan`).
     """
+    H, n = w_hh.shape[1], kernel_units(w_hh.shape[1], x.device)
+    if n != H:  # gx comes out of the GEMM padded (see ALIGN_UNITS)
+        w_ih, b = _pad_gates(w_ih, 0, H, n), None if b is None else _pad_gates(b, 0, H, n)
     gx = F.linear(x, w_ih, b)  # (T, B, I) -> (T, B, 4H), one GEMM for all steps
     plan_kw = dict(mode=mode, tiles=tiles, resident=resident, poll=poll, ll=ll)
-    y, h, c = _Recurrence.apply(gx, h0, c0, w_hh, None, None, None, None, plan_kw, {})
-    return y, h, c
+    return _recurrence(gx, h0, c0, w_hh, None, [None] * 3, plan_kw, {})
 
 
 #: the variants of lstmkit.nn the kernels run (weight_drop is applied to W_hh before the call; layer norm
@@ -1526,7 +1613,7 @@ def variant_layer(
     ``kernels.Unsupported`` for calls too large for int32 offsets (the module then runs its loop).
     """
     T, B, G = gx.shape
-    if (T + 1) * B * G >= 2**31:
+    if (T + 1) * B * 4 * kernel_units(G // 4, gx.device) >= 2**31:
         from . import Unsupported
 
         raise Unsupported(f"T * B * 4H = {T * B * G} is too large for the kernels' int32 indexing")
@@ -1543,7 +1630,7 @@ def variant_layer(
     w_ch = p.get("weight_ch") if v.peephole else None
     ln = [p["layernorm_hh_weight"], p["layernorm_c_weight"], p["layernorm_c_bias"]] if v.layer_norm else [None] * 3
     plan_kw = {k: plan_kw.get(k) for k in ("mode", "tiles", "resident", "poll", "ll")}
-    return _Recurrence.apply(gx, h0, c0, w_hh, w_ch, *ln, plan_kw, var)
+    return _recurrence(gx, h0, c0, w_hh, w_ch, ln, plan_kw, var)
 
 
 variant_layer.per_layer = True  # type: ignore[attr-defined]  # the module's loop over layers/directions calls it
@@ -1600,7 +1687,7 @@ def unsupported_reason(
     elif input.dtype not in (*GPU_DTYPES, torch.float64):
         return f"dtype {input.dtype}"
     T, B = (input.shape[1], input.shape[0]) if batch_first else (input.shape[0], input.shape[1])
-    H = weights[1].shape[1]
+    H = kernel_units(weights[1].shape[1], input.device)
     if (T + 1) * B * 4 * H >= 2**31:
         return "T * B * 4H >= 2**31 (the kernels index with int32)"
     tensors = [input, *hx, *weights]
