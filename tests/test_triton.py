@@ -205,6 +205,12 @@ def test_gpu_plans_without_a_gpu():
         tk.plan(256, 1024, torch.float32, "cuda", mode="persistent", sm_count=16)
     with pytest.raises(ValueError, match="mode"):
         tk.plan(3, 12, torch.float32, "cpu", mode="fast")
+    # float32 (tf32x3 products): resident weights spill registers and lost every tuning run on the H200, so
+    # neither the heuristic nor tuning offers them; they can still be asked for
+    if tk._precision(torch.float32) == "tf32x3":
+        assert not tk.plan(8, 256, torch.float32, "cuda", sm_count=132).resident
+        assert not any(kw.get("resident") for kw in tk.candidates(8, 256, torch.float32, "cuda", sm_count=132))
+        assert tk.plan(8, 256, torch.float32, "cuda", sm_count=132, resident=True).resident
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="TRITON_INTERPRET=1 turns triton.jit off")

@@ -905,7 +905,8 @@ class Plan:
         self.programs = self.n_btiles * self.n_htiles
         self.smem_bytes = _resident_smem(self.BLOCK_B, self.BLOCK_H, self.H_PAD, size, self._split)
         fits = self.interpret or self.smem_bytes <= SMEM_BUDGET
-        self.resident = fits if resident is None else resident
+        default = fits and (self.interpret or not self._split)  # (tf32x3: streamed, see _gpu_block_h)
+        self.resident = default if resident is None else resident
         if self.resident and not fits:
             raise ValueError(f"resident weights need {self.smem_bytes} bytes of shared memory (> {SMEM_BUDGET})")
         if self.interpret:
@@ -939,7 +940,9 @@ class Plan:
     def _gpu_block_h(self, B: int, H: int, size: int, sms: int, mode: str, resident: bool | None) -> int:
         n_b = math.ceil(B / self.BLOCK_B)
         fits_sms = [bh for bh in (8, 16, 32, 64, 128) if n_b * math.ceil(H / bh) <= sms]
-        if mode != "stepwise" and resident is not False:
+        # tf32x3 with resident weights spills registers at every shape compiled for sm_90 (1.4-15 KB of stack)
+        # and lost every tuning run on the H200 (e.g. 257 against 13 us/step at (100, 1, 512)): not by default
+        if mode != "stepwise" and resident is not False and (resident or not self._split):
             for bh in fits_sms:  # smallest tile = most SMs busy
                 if _resident_smem(self.BLOCK_B, bh, self.H_PAD, size, self._split) <= SMEM_BUDGET:
                     return bh
@@ -1043,7 +1046,8 @@ def candidates(
     for bh in (8, 16, 32, 64):
         if n_b * math.ceil(H / bh) > sms:
             continue
-        if _resident_smem(bb, bh, base.H_PAD, size, base._split) <= SMEM_BUDGET:
+        # (tf32x3: resident weights spill and never won, see Plan._gpu_block_h)
+        if not base._split and _resident_smem(bb, bh, base.H_PAD, size, base._split) <= SMEM_BUDGET:
             out.append(dict(mode="persistent", tiles=(bb, bh), resident=True))
         if bh in (16, 32):
             out.append(dict(mode="persistent", tiles=(bb, bh), resident=False))
@@ -1237,7 +1241,8 @@ def compile_ahead(
     Returns ``{"fwd": CompiledKernel, "bwd": CompiledKernel}`` (``.asm["cubin"]``, ``.metadata.shared``):
     the check that the kernels build for the GPU at all, and what they cost in shared memory and registers.
     Arguments are specialised as Triton's JIT specialises a real launch (pointers 16-byte aligned, an
-    integer divisible by 16 marked so, an integer equal to 1 made a constant): without that the compiler
+    integer divisible by 16 marked so, an integer equal to 1 made a constant; not the step indices and
+    counts, which :func:`_compiled` exempts): without that the compiler
     sees unaligned rows and scalar loads, and the resources reported would not be the launched kernel's.
     """
     from triton._C.libtriton import native_specialize_impl
@@ -1277,6 +1282,8 @@ def compile_ahead(
                     t_start=0 if name == "fwd" else T - 1, ln_units=H_layer if "LN" in variants else 0)  # fmt: skip
         attrs = {}
         for a, v in ints.items():
+            if a in jf.do_not_specialize:  # as the JIT leaves them: plain i32
+                continue
             kind, attr = native_specialize_impl(CUDABackend, v, False, True, True)
             if kind == "constexpr":  # (== 1)
                 consts[a] = v
