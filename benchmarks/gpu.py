@@ -242,16 +242,21 @@ def check(shapes, dtypes, device: str) -> list[dict]:
 # ---------------------------------------------------------------------------------------------
 
 
-def time_ms(fn: Callable[[], object], device: str, warmup: int, iters: int) -> float:
-    """Median milliseconds of ``fn`` (CUDA events on a GPU, perf_counter otherwise)."""
+def time_ms(fn: Callable[[], object], device: str, warmup: int, iters: int, host: dict | None = None,
+            key: str = "") -> float:  # fmt: skip
+    """Median milliseconds of ``fn`` (CUDA events on a GPU, perf_counter otherwise). ``host[key]``, when given:
+    the median host time of the call itself (Python and launches, no synchronisation): a call whose host time
+    reaches its GPU time is bound by its launches, not by its kernels."""
     for _ in range(warmup):
         fn()
-    times = []
+    times, hosts = [], []
     for _ in range(iters):
         if device == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
+            t0 = time.perf_counter()
             fn()
+            hosts.append((time.perf_counter() - t0) * 1e3)
             end.record()
             torch.cuda.synchronize()
             times.append(start.elapsed_time(end))
@@ -259,6 +264,9 @@ def time_ms(fn: Callable[[], object], device: str, warmup: int, iters: int) -> f
             t0 = time.perf_counter()
             fn()
             times.append((time.perf_counter() - t0) * 1e3)
+            hosts.append(times[-1])
+    if host is not None:
+        host[key] = statistics.median(hosts)
     return statistics.median(times)
 
 
@@ -297,8 +305,8 @@ def bench_one(T: int, B: int, H: int, dname: str, device: str, warmup: int, iter
         if name == "stepwise" and not stepwise:
             continue
         try:
-            row[f"{name}_fwd"] = time_ms(lambda: ours_fwd(**mode), device, warmup, iters)  # noqa: B023
-            row[f"{name}_fb"] = time_ms(lambda: ours_fb(**mode), device, warmup, iters)  # noqa: B023
+            row[f"{name}_fwd"] = time_ms(lambda: ours_fwd(**mode), device, warmup, iters, row, f"{name}_fwd_host")  # noqa: B023
+            row[f"{name}_fb"] = time_ms(lambda: ours_fb(**mode), device, warmup, iters, row, f"{name}_fb_host")  # noqa: B023
         except Exception as e:  # report, go on
             row[f"{name}_error"] = f"{type(e).__name__}: {e}"[:200]
     row["plan"] = tuned_plans(B, H, dtype, device)
@@ -475,9 +483,9 @@ def bench_variants(shapes, dtypes, device: str, warmup: int, iters: int, deadlin
                 row = dict(shape=(T, B, H), dtype=dname, variant=name, cudnn_fwd=base.get("cudnn_fwd"),
                            cudnn_fb=base.get("cudnn_fb"))  # fmt: skip
                 try:
-                    row["fb"] = time_ms(fb, device, 1 if loop else warmup, 3 if loop else iters)
+                    row["fb"] = time_ms(fb, device, 1 if loop else warmup, 3 if loop else iters, row, "fb_host")
                     if not loop:  # (the slow loop: training only)
-                        row["fwd"] = time_ms(fwd, device, warmup, iters)
+                        row["fwd"] = time_ms(fwd, device, warmup, iters, row, "fwd_host")
                 except Exception as e:
                     row["error"] = f"{type(e).__name__}: {e}"[:200]
                 rows.append(row)
@@ -498,13 +506,15 @@ def render_variants(checks: list[dict], rows: list[dict]) -> str:
     if rows:
         lines += ["", "## Variants: time, ms (median), lstmkit.nn.LSTM(H, H, variant) in training mode, vs plain cuDNN "
                   "of the same dtype (goal 2: ratio <= 1.2)", "",
-                  "| shape | dtype | variant | fwd+bwd | / cuDNN plain fwd+bwd | fwd | / cuDNN plain fwd |",
-                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+                  "| shape | dtype | variant | fwd+bwd | / cuDNN plain fwd+bwd | fwd | / cuDNN plain fwd "
+                  "| host ms of the call fwd+bwd / fwd |",
+                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in rows:
             rat = lambda a, b: None if a is None or b is None else a / b  # noqa: E731
             lines.append(f"| {r['shape']} | {r['dtype']} | {r['variant']} | {_f(r.get('fb'))} "
                          f"| {_f(rat(r.get('fb'), r['cudnn_fb']), '{:.2f}x')} | {_f(r.get('fwd'))} "
-                         f"| {_f(rat(r.get('fwd'), r['cudnn_fwd']), '{:.2f}x')} | {r.get('error', '')}")  # fmt: skip
+                         f"| {_f(rat(r.get('fwd'), r['cudnn_fwd']), '{:.2f}x')} "
+                         f"| {_f(r.get('fb_host'))} / {_f(r.get('fwd_host'))} | {r.get('error', '')}")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -575,8 +585,9 @@ def render(machine: str, cmd: str, checks: list[dict], times: list[dict], compil
         fp16 = {r["shape"]: r for r in times if r["dtype"] == "fp16"}
         lines += ["## Time, ms (median), one layer, input size = H; speed-up = cuDNN time / ours (> 1: faster)", "",
                   "| shape | dtype | cuDNN fwd | ours fwd | speed-up | cuDNN fwd+bwd | ours fwd+bwd | speed-up "
-                  "| vs cuDNN fp16 fwd / fwd+bwd | step-wise fwd / fwd+bwd | plan |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+                  "| vs cuDNN fp16 fwd / fwd+bwd | step-wise fwd / fwd+bwd | ours: host ms of the call fwd / fwd+bwd "
+                  "| plan |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in times:
             of, ob = r.get("ours_fwd"), r.get("ours_fb")
             h = fp16.get(r["shape"], {})
@@ -586,11 +597,12 @@ def render(machine: str, cmd: str, checks: list[dict], times: list[dict], compil
                 f"| {_f(sp(r['cudnn_fwd'], of), '{:.2f}x')} "
                 f"| {_f(r['cudnn_fb'])} | {_f(ob)} | {_f(sp(r['cudnn_fb'], ob), '{:.2f}x')} "
                 f"| {_f(sp(h.get('cudnn_fwd'), of), '{:.2f}x')} / {_f(sp(h.get('cudnn_fb'), ob), '{:.2f}x')} "
-                f"| {_f(r.get('stepwise_fwd'))} / {_f(r.get('stepwise_fb'))} | {r['plan']} |"
+                f"| {_f(r.get('stepwise_fwd'))} / {_f(r.get('stepwise_fb'))} "
+                f"| {_f(r.get('ours_fwd_host'))} / {_f(r.get('ours_fb_host'))} | {r['plan']} |"
             )
             for k in ("ours_error", "stepwise_error"):
                 if k in r:
-                    lines.append(f"|  | | {k}: {r[k]} | | | | | | | | |")
+                    lines.append(f"|  | | {k}: {r[k]} | | | | | | | | | |")
         lines.append("")
     if compiled:
         lines += ["## Ahead-of-time compile for sm_90 (no GPU needed): resources per program", "",
