@@ -225,3 +225,105 @@ def test_variants_on_padded_hidden_units(monkeypatch, name):
     assert widths == [4 * 8] * 4  # two layers, two directions
     for k, v in want.items():
         assert (got[k] - v).abs().max().item() < 1e-10, k
+
+
+def _emulate_tiles(monkeypatch, tiles: tuple[int, int], passes: int):
+    """Run the persistent kernels with several hidden tiles in the interpreter, which runs programs one after
+    another, so no program could ever wait for another: the launch is repeated ``passes`` times without its
+    barrier, keeping the exchange buffers (h_t / da_t, and layer norm's published row statistics) from pass to
+    pass and restoring every other tensor argument. A program then reads the others' values of the previous
+    pass, so each pass extends the steps that are right; a step reaches the other tiles through up to three
+    exchanges (h_{t-1}, the recurrent projection's statistics, the cell's), so 3T passes reach the parallel
+    execution's numbers, its unique fixed point (checked: the last pass changes no exchanged value). A wrong
+    combination of the tiles' statistics reaches different numbers."""
+
+    def plan_for(kind, B, H, dtype, dev, plan_kw, ln):
+        p = tk.Plan(B, H, dtype, dev, mode="stepwise", tiles=tiles)
+        p.persistent = True  # one launch over all steps, as on a GPU (the passes stand in for the barrier)
+        return p
+
+    def launch(kernel, p, ptrs, consts, T, t_first, down):
+        exchange = {id(ptrs[2] if kernel.fn.__name__ == "_fwd_kernel" else ptrs[5]), id(consts.get("st_ptr"))}
+        tensors = [t for t in (*ptrs, *consts.values()) if isinstance(t, torch.Tensor)]
+        args = [t for t in tensors if id(t) not in exchange]
+        start = [t.clone() for t in args]
+        for _ in range(passes):
+            before = [t.clone() for t in tensors if id(t) in exchange]
+            for t, s in zip(args, start):
+                t.copy_(s)
+            # (no barrier; and no spinning on the words of a tile that runs later in this pass)
+            kernel[(p.n_htiles, p.n_btiles)](*ptrs, t_start=t_first, n_steps=T, **{**consts, "PERSIST": False,
+                                                                                   "LL_SPIN": False})  # fmt: skip
+        if passes > 1:
+            assert all(torch.equal(a, b) for a, b in zip(before, [t for t in tensors if id(t) in exchange]))
+
+    monkeypatch.setattr(tk, "_plan_for", plan_for)
+    monkeypatch.setattr(tk, "_launch", launch)
+
+
+@pytest.mark.parametrize(
+    "name,H,align,tiles",
+    [("layer_norm", 12, 1, (4, 4)),  # three tiles of 4 units
+     ("layer_norm+all", 10, 8, (4, 8)),  # padded to 16: tile 1 holds 2 units and 6 of padding
+     ("layer_norm", 5, 16, (2, 4)),  # padded to 16: tile 1 holds 1 unit, tiles 2 and 3 only padding
+     ("all", 6, 8, (4, 4))],  # no layer norm: the h_t / da_t exchange across tiles, padded
+)  # fmt: skip
+def test_layer_norm_statistics_across_hidden_tiles(monkeypatch, name, H, align, tiles):
+    """Layer norm's row statistics are combined across the hidden tiles (per-tile means and centred sums,
+    weighted by each tile's count of real units, Chan et al.), forward and backward: what the interpreter
+    tests above cannot reach (one tile per batch tile) and what a GPU run depends on. Emulated by repeated
+    launches (_emulate_tiles), against the torch loop, float64, 1e-10, with lengths."""
+    monkeypatch.setitem(tk.ALIGN_UNITS, "cpu", align)
+    T, B, I = 3, 3, 2
+    _emulate_tiles(monkeypatch, tiles, passes=3 * T)
+    torch.manual_seed(H + align)
+    m = LSTM(I, H, dtype=torch.float64, **CASES[name]).train()
+    randomise_layer_norm(m)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    hx = (torch.randn(1, B, H, dtype=torch.float64), torch.randn(1, B, H, dtype=torch.float64) * 2)
+    lengths = torch.tensor([3, 1, 2])
+    masks = m.sample_masks(B, T, like=x)
+    want = run(m, x, hx, lengths, masks, None)
+    kernel = functools.partial(tk.variant_layer)
+    kernel.linear = None
+    got = run(m, x, hx, lengths, masks, kernel)
+    for k, v in want.items():
+        assert (got[k] - v).abs().max().item() < 1e-10, k
+
+
+def test_emulated_tiles_need_the_passes(monkeypatch):
+    """The emulation is not vacuous: with one pass, program 0 reads the other tiles' zeros and misses."""
+    T, B, I, H = 4, 2, 3, 8
+    _emulate_tiles(monkeypatch, (2, 4), passes=1)
+    torch.manual_seed(0)
+    m = LSTM(I, H, dtype=torch.float64, layer_norm=True).train()
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    hx = (torch.randn(1, B, H, dtype=torch.float64), torch.randn(1, B, H, dtype=torch.float64))
+    kernel = functools.partial(tk.variant_layer)
+    kernel.linear = None
+    got, want = run(m, x, hx, None, {}, kernel), run(m, x, hx, None, {}, None)
+    assert (got["out"] - want["out"]).abs().max().item() > 1e-3
+
+
+def test_layer_norm_across_tiles_in_float32_packed_words(monkeypatch):
+    """The same emulation in float32, where the statistics travel as GPU words (fp32 value + ready flag in an
+    int64), with a tile of padding only (12 units padded to 16, tiles of 4): within 1e-5 of the float64 loop."""
+    monkeypatch.setitem(tk.ALIGN_UNITS, "cpu", 8)
+    T, B, I, H = 3, 3, 2, 12
+    _emulate_tiles(monkeypatch, (4, 4), passes=3 * T)
+    torch.manual_seed(2)
+    m = LSTM(I, H, dtype=torch.float64, **CASES["layer_norm+all"]).train()
+    randomise_layer_norm(m)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    hx = (torch.randn(1, B, H, dtype=torch.float64), torch.randn(1, B, H, dtype=torch.float64))
+    masks = m.sample_masks(B, T, like=x)
+    want = run(m, x, hx, None, masks, None)
+    m32 = LSTM(I, H, dtype=torch.float32, **CASES["layer_norm+all"]).train()
+    m32.load_state_dict(m.state_dict())
+    kernel = functools.partial(tk.variant_layer)
+    kernel.linear = None
+    masks32 = {k: {n: t.float() for n, t in v.items()} for k, v in masks.items()}
+    got = run(m32, x.float(), tuple(t.float() for t in hx), None, masks32, kernel)
+    for k, v in want.items():
+        rel = ((got[k].double() - v).norm() / v.norm()).item()
+        assert rel < 1e-5, (k, rel)
