@@ -493,6 +493,31 @@ def bench_variants(shapes, dtypes, device: str, warmup: int, iters: int, deadlin
     return rows
 
 
+def ablation_table(shapes, dtypes, deadline: float, device: str) -> str:
+    """Where a forward step's time goes, bfloat16, small batch (goal 3): tk.step_ablation on each shape's tuned
+    plan, microseconds per step over 256 steps, until ``deadline``."""
+    lines = ["", "## Forward step ablation, bf16, B <= 16: microseconds per step (256 steps, median of 3)", "",
+             "Timing only (these kernels compute wrong numbers by design): the tuned plan as it is, without its "
+             "grid barrier, and also without re-reading h_{t-1} (resident plans).", "",
+             "| shape | plan | full | no barrier | no barrier, no h read |", "|---|---|---|---|---|"]  # fmt: skip
+    for T, B, H in shapes:
+        if "bf16" not in dtypes or B > 16:
+            continue
+        if time.monotonic() > deadline:
+            lines.append(f"| {(T, B, H)} | time budget spent | | | |")
+            continue
+        try:
+            steps = 256 if device == "cuda" else 3  # (the dry run: plumbing)
+            r = tk.step_ablation(B, tk.kernel_units(H, device), torch.bfloat16, device, T=steps)
+        except Exception as e:
+            lines.append(f"| {(T, B, H)} | ERROR {type(e).__name__}: {e}"[:200] + " | | | |")
+            continue
+        lines.append(f"| {(T, B, H)} | {r['plan']} | {_f(r.get('full'))} | {_f(r.get('no barrier'))} "
+                     f"| {_f(r.get('no barrier, no h read'))} |")  # fmt: skip
+        log.info("ablation %s", lines[-1])
+    return "\n".join(lines) + "\n"
+
+
 def render_variants(checks: list[dict], rows: list[dict]) -> str:
     lines = []
     if checks:
@@ -650,6 +675,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--budget-s", type=float, default=450.0, help="stop timing after this many seconds in all")
     ap.add_argument("--skip-check", action="store_true")
     ap.add_argument("--no-variants", action="store_true", help="plain LSTM only (no lstmkit.nn variant modules)")
+    ap.add_argument("--no-ablation", action="store_true", help="skip the forward step ablation (tk.step_ablation)")
     ap.add_argument("--fp32-precision", choices=("tf32x3", "ieee"), default=None,
                     help="tl.dot precision of the float32 kernels (default: the module's, tf32x3)")
     ap.add_argument("--workers", type=int, default=min(15, os.cpu_count() or 1),
@@ -707,6 +733,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(text)
     args.out.write_text(text + "\n")
     log.info("wrote %s in %.0f s", args.out, time.monotonic() - start)
+    if not args.no_ablation:  # written first: a run killed in this last, optional part keeps its results
+        text += ablation_table(shapes, dtypes, deadline + 25, args.device)
+        args.out.write_text(text + "\n")
+        log.info("added the step ablation, %.0f s in all", time.monotonic() - start)
     # a dry run's 16-bit rows at 8-12 hidden units have too few elements for the issue's relative bound (one
     # bfloat16 rounding is 4e-3): plumbing only; its float32 rows and any error still fail it
     judged = [r for r in checks + vchecks if not (args.dry_run and r["dtype"] != "fp32" and "error" not in r)]

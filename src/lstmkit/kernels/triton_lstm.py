@@ -107,7 +107,7 @@ except ImportError:  # pragma: no cover - exercised only where triton is absent
 
 __all__ = [
     "HAVE_TRITON", "lstm", "lstm_or_native", "layer", "is_supported", "unsupported_reason", "why_not", "plan", "Plan",
-    "warmup", "compile_ahead", "candidates", "tuned_plan", "tune_key", "kernel_units",
+    "warmup", "compile_ahead", "candidates", "tuned_plan", "tune_key", "kernel_units", "step_ablation",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -292,6 +292,8 @@ def _fwd_kernel(
     ZONE_H: tl.constexpr = False,
     ZONE_C: tl.constexpr = False,
     VALID: tl.constexpr = False,
+    # timing diagnostics only (step_ablation), wrong numbers: 1 drops the grid barrier, 2 also re-reads no h
+    ABLATE: tl.constexpr = 0,
 ):
     pid_h = tl.program_id(0)
     pid_b = tl.program_id(1)
@@ -314,6 +316,8 @@ def _fwd_kernel(
         w_f = tl.load(w_ptr + 1 * H * H + w_t, mask=m_kj, other=0.0).to(DOT)
         w_g = tl.load(w_ptr + 2 * H * H + w_t, mask=m_kj, other=0.0).to(DOT)
         w_o = tl.load(w_ptr + 3 * H * H + w_t, mask=m_kj, other=0.0).to(DOT)
+        if ABLATE == 2:
+            h_fixed = tl.load(hs_ptr + t_start * B * H + bk, mask=m_bk, other=0.0)
     c = tl.load(cs_ptr + t_start * B * H + bh, mask=m_bj, other=0.0).to(ACC)  # carried cell state
     if ZONE_H or VALID:  # my own tile of h_{t-1}, as stored (zoneout and padding carry it)
         h_own = tl.load(hs_ptr + t_start * B * H + bh, mask=m_bj, other=0.0).to(ACC)
@@ -358,7 +362,9 @@ def _fwd_kernel(
             a_o = tl.full([BLOCK_B, BLOCK_H], 0.0, ACC)
         # a += h_{t-1} W_hh^T for my units: (BLOCK_B, H) @ (H, BLOCK_H) per gate
         if RESIDENT:
-            if LL:  # spin until every word of h_{t-1} carries its ready flag; the words are the data
+            if ABLATE == 2:
+                h_prev = h_fixed
+            elif LL:  # spin until every word of h_{t-1} carries its ready flag; the words are the data
                 xw = tl.load(xs_ptr + t * B * H + bk, mask=m_bk, other=1, volatile=True)
                 if LL_SPIN:  # (the interpreter runs one program at a time: its words are always there)
                     ready = tl.reduce(tl.reduce((xw & 1).to(tl.int32), 1, _min), 0, _min)
@@ -498,7 +504,7 @@ def _fwd_kernel(
         gx_f = tl.load(gx_t + 1 * H, mask=m_bj, other=0.0)
         gx_g = tl.load(gx_t + 2 * H, mask=m_bj, other=0.0)
         gx_o = tl.load(gx_t + 3 * H, mask=m_bj, other=0.0)
-        if PERSIST:  # grid barrier among the hidden tiles of this batch tile
+        if PERSIST and ABLATE == 0:  # grid barrier among the hidden tiles of this batch tile
             wait_ns, wait_spins = _grid_barrier(sync_ptr + pid_b * T + t, n_htiles, err_ptr, wait_ns, wait_spins, POLL)
     tl.store(cs_ptr + (t_start + n_steps) * B * H + bh, c, mask=m_bj)  # the carried (or final) cell state
 
@@ -1101,40 +1107,48 @@ def tuned_plan(kind: str, B: int, H: int, dtype: torch.dtype, device: torch.devi
     return Plan(B, H, dtype, device, **_TUNED[key])
 
 
-def _tune(kind: str, B: int, H: int, dtype: torch.dtype, device: torch.device, cands: list[dict], key) -> dict:
-    """The fastest of ``cands`` for kernel ``kind`` on random data over :data:`TUNE_STEPS` steps; what each
-    took goes to :data:`TUNE_LOG` [key]. A candidate that fails to launch or whose barrier times out is
-    never chosen; when all fail, the heuristic plan ({})."""
-    T = TUNE_STEPS
-    gen = torch.Generator(device=device).manual_seed(0)
+def _random_launch(kind: str, p: Plan, T: int, B: int, H: int, dtype: torch.dtype, device: torch.device, gen,
+                   **extra) -> tuple:  # fmt: skip
+    """A timing harness: (``run``, ``err``), where ``run()`` launches kernel ``kind`` with plan ``p`` over T
+    steps on random data from ``gen`` (fresh barrier counters each call; ``extra``: more constants) and
+    ``err`` is its barrier-timeout flag."""
     acc = torch.float64 if dtype == torch.float64 else torch.float32
 
     def rnd(*shape, dt=dtype, lo=-1.0, hi=1.0):
         return (torch.rand(*shape, generator=gen, device=device, dtype=acc) * (hi - lo) + lo).to(dt)
 
     w = rnd(4 * H, H) / math.sqrt(H)
+    err = torch.zeros(1, dtype=torch.int32, device=device)
+    if kind == "fwd":
+        args = (rnd(T, B, 4 * H), w, rnd(T + 1, B, H), rnd(T + 1, B, H, dt=acc),
+                torch.empty(T, B, 4 * H, dtype=acc, device=device))  # gx, w, hs, cs, gates  # fmt: skip
+        consts, t_first, down = {**p.constants(T, B, H), "SAVE": True}, 0, False
+    else:
+        args = (rnd(T, B, H), rnd(B, H), w, rnd(T + 1, B, H, dt=acc), rnd(T, B, 4 * H, dt=acc, lo=0.0),
+                torch.zeros(T + 1, B, 4 * H, dtype=dtype, device=device), rnd(B, H, dt=acc))  # fmt: skip
+        consts, t_first, down = p.constants(T, B, H), T - 1, True
+
+    def run():
+        sync = torch.zeros(p.n_btiles, T, dtype=torch.int32, device=device)
+        if kind == "fwd":
+            ll = _ll_buffer(p, T, B, H, args[2][0], 0, device)
+        else:
+            ll = _ll_buffer(p, T, B, 4 * H, None, T, device)
+        _launch(_compiled(kind, p.interpret), p, (*args, sync, err), {**consts, **ll, **extra}, T, t_first, down=down)
+
+    return run, err
+
+
+def _tune(kind: str, B: int, H: int, dtype: torch.dtype, device: torch.device, cands: list[dict], key) -> dict:
+    """The fastest of ``cands`` for kernel ``kind`` on random data over :data:`TUNE_STEPS` steps; what each
+    took goes to :data:`TUNE_LOG` [key]. A candidate that fails to launch or whose barrier times out is
+    never chosen; when all fail, the heuristic plan ({})."""
+    gen = torch.Generator(device=device).manual_seed(0)
     log = TUNE_LOG.setdefault(key, [])
     best = None
     for kw in cands:
         p = Plan(B, H, dtype, device, **kw)
-        err = torch.zeros(1, dtype=torch.int32, device=device)
-        if kind == "fwd":
-            args = (rnd(T, B, 4 * H), w, rnd(T + 1, B, H), rnd(T + 1, B, H, dt=acc),
-                    torch.empty(T, B, 4 * H, dtype=acc, device=device))  # gx, w, hs, cs, gates  # fmt: skip
-            consts, t_first, down = {**p.constants(T, B, H), "SAVE": True}, 0, False
-        else:
-            args = (rnd(T, B, H), rnd(B, H), w, rnd(T + 1, B, H, dt=acc), rnd(T, B, 4 * H, dt=acc, lo=0.0),
-                    torch.zeros(T + 1, B, 4 * H, dtype=dtype, device=device), rnd(B, H, dt=acc))  # fmt: skip
-            consts, t_first, down = p.constants(T, B, H), T - 1, True
-
-        def run(p=p, args=args, consts=consts, t_first=t_first, down=down, err=err):
-            sync = torch.zeros(p.n_btiles, T, dtype=torch.int32, device=device)
-            if kind == "fwd":
-                ll = _ll_buffer(p, T, B, H, args[2][0], 0, device)
-            else:
-                ll = _ll_buffer(p, T, B, 4 * H, None, T, device)
-            _launch(_compiled(kind, p.interpret), p, (*args, sync, err), {**consts, **ll}, T, t_first, down=down)
-
+        run, err = _random_launch(kind, p, TUNE_STEPS, B, H, dtype, device, gen)
         try:
             ms = _time_launch(run, device)
         except Exception:  # a plan this GPU refuses (e.g. a cooperative grid too large): not a candidate
@@ -1147,6 +1161,26 @@ def _tune(kind: str, B: int, H: int, dtype: torch.dtype, device: torch.device, c
         if ms is not None and p.persistent and (key not in _TUNED_PERSISTENT or ms < _TUNED_PERSISTENT[key][0]):
             _TUNED_PERSISTENT[key] = (ms, kw)  # what layer norm uses when the fastest plan is step-wise
     return best[1] if best is not None else {}
+
+
+def step_ablation(B: int, H: int, dtype: torch.dtype, device: torch.device | str = "cuda", T: int = 256,
+                  **plan_kw) -> dict:  # fmt: skip
+    """Where the forward kernel's time per step goes (a GPU diagnostic; the numbers computed are wrong by
+    design): microseconds per step of the tuned (or given) persistent plan as it is, without its grid
+    barrier, and also without re-reading h_{t-1} (resident plans only). The differences are the barrier's
+    cost and the exchange read's; what is left is the step's own work (product, cell, stores)."""
+    device = torch.device(device)
+    p = tuned_plan("fwd", B, H, dtype, device, **plan_kw)
+    out = {"plan": repr(p)}
+    if not p.persistent:
+        return out
+    gen = torch.Generator(device=device).manual_seed(0)
+    for k, name in ((0, "full"), (1, "no barrier"), (2, "no barrier, no h read")):
+        if k == 2 and not p.resident:
+            continue
+        run, _ = _random_launch("fwd", p, T, B, H, dtype, device, gen, ABLATE=k)
+        out[name] = _time_launch(run, device) * 1e3 / T
+    return out
 
 
 def _launch(kernel, p: Plan, ptrs: tuple, consts: dict, T: int, t_first: int, down: bool) -> None:
@@ -1232,12 +1266,13 @@ def _mock(dtype: torch.dtype):
 
 def compile_ahead(
     T: int, B: int, H: int, dtype: torch.dtype, *, arch: int = 90, sm_count: int = 132,
-    variants: tuple[str, ...] = (), **plan_kw,
+    variants: tuple[str, ...] = (), constants: dict | None = None, **plan_kw,
 ) -> dict:  # fmt: skip
     """Compile, for sm_``arch`` and without a GPU, the training kernels a (T, B, H, dtype) layer would use.
 
     ``variants``: kernel flags of :data:`VARIANT_FLAGS` to compile in (e.g. ``("PEEP", "ZONE_H")``).
-    ``H`` is the layer's (padded here as the layer pads it, :func:`kernel_units`).
+    ``H`` is the layer's (padded here as the layer pads it, :func:`kernel_units`). ``constants``: other
+    compile-time switches of the kernels that take them (e.g. ``{"ABLATE": 2}``).
     Returns ``{"fwd": CompiledKernel, "bwd": CompiledKernel}`` (``.asm["cubin"]``, ``.metadata.shared``):
     the check that the kernels build for the GPU at all, and what they cost in shared memory and registers.
     Arguments are specialised as Triton's JIT specialises a real launch (pointers 16-byte aligned, an
@@ -1274,6 +1309,7 @@ def compile_ahead(
             consts["NH_PAD"] = _next_pow2(p.n_htiles)
         if not p.ll:
             consts["xs_ptr"] = None
+        consts.update({k: v for k, v in (constants or {}).items() if k in jf.arg_names})
         for prm in inspect.signature(jf.fn).parameters.values():  # constexpr switches left at their default
             if prm.name not in consts and prm.annotation in (tl.constexpr, "tl.constexpr"):
                 consts[prm.name] = prm.default
