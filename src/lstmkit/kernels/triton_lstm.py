@@ -157,13 +157,19 @@ def _min(a, b):  # the same for "every flag set"
     return tl.minimum(a, b)
 
 
-def _grid_barrier(ctr, n_htiles, err_ptr, wait_ns, wait_spins, POLL: tl.constexpr):
-    """One step's grid barrier among the hidden tiles of a batch tile: add 1 to this step's counter ``ctr``
-    (release), wait until it reaches ``n_htiles`` (acquire). A counter is used once, so waiting for equality
-    cannot miss. On a timeout the error flag is set and the patience drops to 0, so a broken barrier costs
-    one timeout, not T of them. Returns the remaining patience (wait_ns, wait_spins)."""
-    tl.debug_barrier()  # all threads' stores of this step precede the release
+def _grid_arrive(ctr):
+    """One step's grid barrier among the hidden tiles of a batch tile, first half: add 1 to this step's
+    counter ``ctr`` (release), as soon as what the others wait for (h_t; backward da_t) is stored. The
+    program's own remaining work of the step (saving for backward, prefetching the next step's inputs) runs
+    between this and :func:`_grid_wait`, while the others arrive, instead of before the arrival."""
+    tl.debug_barrier()  # all threads' stores of the exchanged tile precede the release
     tl.atomic_add(ctr, 1, sem="release", scope="gpu")
+
+
+def _grid_wait(ctr, n_htiles, err_ptr, wait_ns, wait_spins, POLL: tl.constexpr):
+    """Second half: wait until ``ctr`` reaches ``n_htiles`` (acquire). A counter is used once, so waiting for
+    equality cannot miss. On a timeout the error flag is set and the patience drops to 0, so a broken
+    barrier costs one timeout, not T of them. Returns the remaining patience (wait_ns, wait_spins)."""
     if POLL == 2:  # triton >= 3.9: one thread spins, with a timeout on the GPU clock
         ok = tl.atomic_poll(ctr, n_htiles, sem="acquire", scope="gpu", timeout_ns=wait_ns)
     elif POLL == 1:  # every thread spins on a plain acquire load: no read-modify-write, no CTA barrier
@@ -491,6 +497,8 @@ def _fwd_kernel(
                 xw_out = (h_st.to(tl.int16, bitcast=True).to(tl.int32) << 16) | 1
             tl.store(xs_ptr + (t + 1) * B * H + bh, xw_out, mask=m_bj, cache_modifier=".cg")
         tl.store(hs_ptr + (t + 1) * B * H + bh, h_st, mask=m_bj)
+        if PERSIST and ABLATE == 0:  # h_t is out: arrive now, wait after this step's own remaining work
+            _grid_arrive(sync_ptr + pid_b * T + t)
         if SAVE:  # what the backward pass needs: c_t and the gates of every step
             tl.store(cs_ptr + (t + 1) * B * H + bh, c, mask=m_bj)
             sv = gates_ptr + t * B * 4 * H + b4h
@@ -504,8 +512,8 @@ def _fwd_kernel(
         gx_f = tl.load(gx_t + 1 * H, mask=m_bj, other=0.0)
         gx_g = tl.load(gx_t + 2 * H, mask=m_bj, other=0.0)
         gx_o = tl.load(gx_t + 3 * H, mask=m_bj, other=0.0)
-        if PERSIST and ABLATE == 0:  # grid barrier among the hidden tiles of this batch tile
-            wait_ns, wait_spins = _grid_barrier(sync_ptr + pid_b * T + t, n_htiles, err_ptr, wait_ns, wait_spins, POLL)
+        if PERSIST and ABLATE == 0:  # every hidden tile of this batch tile has stored its h_t
+            wait_ns, wait_spins = _grid_wait(sync_ptr + pid_b * T + t, n_htiles, err_ptr, wait_ns, wait_spins, POLL)
     tl.store(cs_ptr + (t_start + n_steps) * B * H + bh, c, mask=m_bj)  # the carried (or final) cell state
 
 
@@ -817,6 +825,8 @@ def _bwd_kernel(
         tl.store(out + 1 * H, q_f, mask=m_bj)
         tl.store(out + 2 * H, q_g, mask=m_bj)
         tl.store(out + 3 * H, q_o, mask=m_bj)
+        if PERSIST:  # da_t is out
+            _grid_arrive(sync_ptr + pid_b * T + t)
         # prefetch step t-1's own inputs (after step 0: reread, unused); its c_t is this step's c_prev
         t_n = tl.maximum(t - 1, 0)
         dy_t = tl.load(dy_ptr + t_n * B * H + bh, mask=m_bj, other=0.0)
@@ -828,7 +838,7 @@ def _bwd_kernel(
         c_n = c_prev
         c_p = tl.load(cs_ptr + t_n * B * H + bh, mask=m_bj, other=0.0)
         if PERSIST:
-            wait_ns, wait_spins = _grid_barrier(sync_ptr + pid_b * T + t, n_htiles, err_ptr, wait_ns, wait_spins, POLL)
+            wait_ns, wait_spins = _grid_wait(sync_ptr + pid_b * T + t, n_htiles, err_ptr, wait_ns, wait_spins, POLL)
     tl.store(dc_ptr + bh, dc, mask=m_bj)
     if ZONE_H or VALID:
         tl.store(dhc_ptr + bh, dh_keep, mask=m_bj)
@@ -854,12 +864,13 @@ def _compiled(name: str, interpret: bool):
 
 
 #: jit helpers the kernels call: compiled for the GPU here; the interpreter gets its own copies (_compiled)
-_HELPERS = {"_exchange_sums": _exchange_sums, "_grid_barrier": _grid_barrier}
+_HELPERS = {"_exchange_sums": _exchange_sums, "_grid_arrive": _grid_arrive, "_grid_wait": _grid_wait}
 if HAVE_TRITON:
     _add = triton.jit(_add)
     _min = triton.jit(_min)
     _exchange_sums = triton.jit(_exchange_sums)
-    _grid_barrier = triton.jit(_grid_barrier)
+    _grid_arrive = triton.jit(_grid_arrive)
+    _grid_wait = triton.jit(_grid_wait)
 
 # ---------------------------------------------------------------------------------------------
 # Launch plan
