@@ -388,9 +388,10 @@ def tune_all(shapes, dtypes) -> dict:
 
 
 def precompile_variants(shapes, dtypes, tuned: dict, workers: int) -> None:
-    """Compile each variant's training kernels for the tuned plans (layer norm: the persistent ones)."""
+    """Compile each variant's kernels for the tuned plans (layer norm: the persistent ones): training, and the
+    forward without saving that a call under torch.no_grad() launches (the forward timings)."""
     flagsets = {f for _, f in VARIANTS.values() if f}
-    tasks = [(T, B, H, d, list(tuned[(B, H, d, "LN") if "LN" in f else (B, H, d)]), f, False)
+    tasks = [(T, B, H, d, list(tuned[(B, H, d, "LN") if "LN" in f else (B, H, d)]), f, True)
              for T, B, H in shapes for d in dtypes for f in flagsets]  # fmt: skip
     _compile_in_workers(tasks, workers, "variants")
 
