@@ -326,7 +326,8 @@ def tuning_table() -> str:
         return ""
     names = {v: k for k, v in DTYPES.items()}
     lines = ["", f"## Plan tuning: microseconds per step of each candidate ({tk.TUNE_STEPS} steps, median of 3)", "",
-             "| kernel | B | H | dtype | candidate | us/step | chosen |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+             "| kernel | B | H the kernel runs (padded) | dtype | candidate | us/step | chosen |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
     for (kind, B, H, dtype, *_), rows in tk.TUNE_LOG.items():
         done = [r for r in rows if r[1] is not None]
         best = min(done, key=lambda r: r[1])[0] if done else None
@@ -393,7 +394,10 @@ def precompile_variants(shapes, dtypes, tuned: dict, workers: int) -> None:
     flagsets = {f for _, f in VARIANTS.values() if f}
     tasks = [(T, B, H, d, list(tuned[(B, H, d, "LN") if "LN" in f else (B, H, d)]), f, True)
              for T, B, H in shapes for d in dtypes for f in flagsets]  # fmt: skip
-    _compile_in_workers(tasks, workers, "variants")
+    # and the step ablation's forward kernels (ablation_table), at its shapes
+    tasks += [(T, B, H, "bf16", [{**tuned[(B, H, "bf16")][0], "constants": {"ABLATE": k}} for k in (1, 2)], (), False)
+              for T, B, H in shapes if B <= 16 and "bf16" in dtypes]  # fmt: skip
+    _compile_in_workers(tasks, workers, "variants and ablation")
 
 
 def _variant_module(H: int, opts: dict, dtype, device: str, impl: str | None = None):
@@ -565,6 +569,9 @@ def compile_report(shapes, dtypes, arch: int = 90, sm_count: int = 132, flagsets
         what = "+".join(flags) or "plain"
         try:
             kernels = tk.compile_ahead(T, B, H, DTYPES[dname], arch=arch, sm_count=sm_count, variants=flags)
+            if not flags:  # and the forward that a call under torch.no_grad() launches
+                kernels["fwd (no saving)"] = tk.compile_ahead(T, B, H, DTYPES[dname], arch=arch, sm_count=sm_count,
+                                                              constants={"SAVE": False}, which=("fwd",))["fwd"]
         except Exception as e:
             rows.append(dict(shape=(T, B, H), dtype=dname, kernel=f"{what} fwd+bwd", plan=repr(p),
                              error=f"{type(e).__name__}: {e}"[:300]))  # fmt: skip

@@ -882,7 +882,8 @@ class Plan:
 
     On a GPU, the heuristic (:func:`tuned_plan` measures the candidates instead): the smallest hidden tile
     (8 .. 128 units) whose grid fits the SMs and whose on-chip tiles fit ``SMEM_BUDGET`` -> persistent +
-    resident; else a grid that fits the SMs with weights streamed from L2 -> persistent; else step-wise.
+    resident (not float32 with tf32x3 products, which spill there: streamed unless ``resident=True``);
+    else a grid that fits the SMs with weights streamed from L2 -> persistent; else step-wise.
     ``mode`` forces ``persistent`` or ``stepwise``; ``tiles`` = (BLOCK_B, BLOCK_H[, BLOCK_K]) and
     ``resident`` override the tiling (tests and tuning); ``sm_count`` lets one plan without a GPU.
     """
@@ -1048,7 +1049,8 @@ def candidates(
     B: int, H: int, dtype: torch.dtype, device: torch.device | str, sm_count: int | None = None
 ) -> list[dict]:  # fmt: skip
     """The :class:`Plan` keyword sets :func:`tuned_plan` times on a GPU: the heuristic plan, every hidden tile
-    of 8..64 units whose grid fits the SMs with resident weights (where they fit in shared memory), two
+    of 8..64 units whose grid fits the SMs with resident weights (where they fit in shared memory; not for
+    tf32x3 float32), two
     streamed tilings (more for B > 16: larger batch and hidden tiles) and the step-wise launch.
     Duplicates (same ``repr``) are dropped."""
     device = torch.device(device)
@@ -1183,7 +1185,7 @@ def step_ablation(B: int, H: int, dtype: torch.dtype, device: torch.device | str
     device = torch.device(device)
     p = tuned_plan("fwd", B, H, dtype, device, **plan_kw)
     out = {"plan": repr(p)}
-    if not p.persistent:
+    if not p.persistent or p.ll:  # (step-wise, LL: no grid barrier to drop)
         return out
     gen = torch.Generator(device=device).manual_seed(0)
     for k, name in ((0, "full"), (1, "no barrier"), (2, "no barrier, no h read")):
@@ -1213,7 +1215,7 @@ def _launch(kernel, p: Plan, ptrs: tuple, consts: dict, T: int, t_first: int, do
 def warmup(
     T: int, B: int, H: int, dtype: torch.dtype, device: torch.device | str = "cuda", *, inference: bool = True,
     training: bool = True, stepwise: bool = False, tune: bool | None = None, variants: tuple[str, ...] = (),
-    **plan_kw,
+    constants: dict | None = None, **plan_kw,
 ) -> int:  # fmt: skip
     """Compile, without running, the GPU kernels a (T, B, H, dtype) layer will launch; returns how many.
 
@@ -1223,6 +1225,7 @@ def warmup(
     ``variants``: kernel switches of :data:`VARIANT_FLAGS` to compile in.
     Arguments must mirror :func:`_launch` exactly, or the cache keys would differ.
     ``H`` is the layer's; the kernels see it padded as the layer pads it (:func:`kernel_units`).
+    ``constants``: other compile-time switches, for the kernels that take them (``{"ABLATE": 1}``).
     """
     acc, i32 = torch.float32, torch.int32
     n = 0
@@ -1255,14 +1258,16 @@ def warmup(
             vk["xs_ptr"] = _mock(p.xs_dtype)
         for save in [s for s, on in ((True, training), (False, inference)) if on]:
             ptrs = {a: _mock(_ptr_dtype(a, dtype)) for a in _variant_ptrs(variants, "fwd")}
-            _compiled("fwd", False).warmup(*fwd, t_start=0, n_steps=steps, **p.constants(T, B, H), SAVE=save,
-                                           **vk, **ptrs, **extra)  # fmt: skip
+            jf = _compiled("fwd", False)
+            ck = {k: v for k, v in (constants or {}).items() if k in jf.arg_names}
+            jf.warmup(*fwd, t_start=0, n_steps=steps, **p.constants(T, B, H), SAVE=save, **vk, **ptrs, **ck, **extra)
             n += 1
         if training:
             bwd = (dtype, dtype, dtype, acc, acc, dtype, acc, i32, i32)  # dy, dhn, w, cs, gates, da, dc, sync, err
             ptrs = {a: _mock(_ptr_dtype(a, dtype)) for a in _variant_ptrs(variants, "bwd")}
-            _compiled("bwd", False).warmup(*bwd, t_start=T - 1, n_steps=steps, **p.constants(T, B, H), **vk, **ptrs,
-                                           **extra)  # fmt: skip
+            jf = _compiled("bwd", False)
+            ck = {k: v for k, v in (constants or {}).items() if k in jf.arg_names}
+            jf.warmup(*bwd, t_start=T - 1, n_steps=steps, **p.constants(T, B, H), **vk, **ptrs, **ck, **extra)
             n += 1
     return n
 
@@ -1277,13 +1282,15 @@ def _mock(dtype: torch.dtype):
 
 def compile_ahead(
     T: int, B: int, H: int, dtype: torch.dtype, *, arch: int = 90, sm_count: int = 132,
-    variants: tuple[str, ...] = (), constants: dict | None = None, **plan_kw,
+    variants: tuple[str, ...] = (), constants: dict | None = None, which: tuple[str, ...] = ("fwd", "bwd"),
+    **plan_kw,
 ) -> dict:  # fmt: skip
     """Compile, for sm_``arch`` and without a GPU, the training kernels a (T, B, H, dtype) layer would use.
 
     ``variants``: kernel flags of :data:`VARIANT_FLAGS` to compile in (e.g. ``("PEEP", "ZONE_H")``).
     ``H`` is the layer's (padded here as the layer pads it, :func:`kernel_units`). ``constants``: other
-    compile-time switches of the kernels that take them (e.g. ``{"ABLATE": 2}``).
+    compile-time switches of the kernels that take them (e.g. ``{"ABLATE": 2}``, ``{"SAVE": False}``: the
+    forward a call under ``torch.no_grad()`` launches); ``which``: of the two kernels.
     Returns ``{"fwd": CompiledKernel, "bwd": CompiledKernel}`` (``.asm["cubin"]``, ``.metadata.shared``):
     the check that the kernels build for the GPU at all, and what they cost in shared memory and registers.
     Arguments are specialised as Triton's JIT specialises a real launch (pointers 16-byte aligned, an
@@ -1304,7 +1311,7 @@ def compile_ahead(
         "err_ptr": "*i32", "dy_ptr": ptr, "dhn_ptr": ptr, "da_ptr": ptr, "dc_ptr": "*fp32",
     }  # fmt: skip
     out = {}
-    for name in ("fwd", "bwd"):
+    for name in which:
         jf = _compiled(name, False)
         consts = {k: v for k, v in p.constants(T, B, H).items() if k not in ("T", "B", "H", "n_htiles")}
         if name == "fwd":
@@ -1510,12 +1517,12 @@ def _ln_kwargs(
     p: Plan, T: int, B: int, dev, ln_hh: Tensor, ln_cw: Tensor, ln_cb: Tensor, var: dict, kind: str
 ) -> dict:  # fmt: skip
     """The layer-norm arguments of one launch: gains, a fresh statistics-exchange buffer, switches, the units
-    the statistics are over (``var["units"]``: the layer's H, without alignment padding), and the epsilon
-    (forward only: backward uses the saved statistics)."""
+    the statistics are over (``var["units"]``, required: the layer's H without alignment padding, which
+    :func:`_recurrence` sets), and the epsilon (forward only: backward uses the saved statistics)."""
     raw = p.acc == tl.float64  # float64 runs in the interpreter only, one program: no packing, no flags
     kw = dict(
         LN=True, NH_PAD=_next_pow2(p.n_htiles), ST_RAW=raw, lnhh_ptr=ln_hh.contiguous(), lncw_ptr=ln_cw.contiguous(),
-        lncb_ptr=ln_cb.contiguous(), ln_units=int(var.get("units", ln_cw.shape[0])),
+        lncb_ptr=ln_cb.contiguous(), ln_units=int(var["units"]),
         st_ptr=torch.zeros(max(T, 1), 2, p.n_htiles, B, 2, dtype=torch.float64 if raw else torch.int64, device=dev),
     )  # fmt: skip
     if kind == "fwd":
@@ -1667,10 +1674,11 @@ def variant_layer(
     ``kernels.Unsupported`` for calls too large for int32 offsets (the module then runs its loop).
     """
     T, B, G = gx.shape
-    if (T + 1) * B * 4 * kernel_units(G // 4, gx.device) >= 2**31:
+    width = 4 * kernel_units(G // 4, gx.device)  # 4H, H padded as the kernels run it
+    if (T + 1) * B * width >= 2**31:
         from . import Unsupported
 
-        raise Unsupported(f"T * B * 4H = {T * B * G} is too large for the kernels' int32 indexing")
+        raise Unsupported(f"(T + 1) * B * 4H = {(T + 1) * B * width} is too large for the kernels' int32 indexing")
     if v.layer_norm:  # LN of the input projection (all steps at once, in torch), before the bias
         gx = F.layer_norm(gx, (gx.shape[-1],), weight=p["layernorm_ih_weight"], eps=eps)
     if p.get("bias") is not None:
