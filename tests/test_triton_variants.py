@@ -230,7 +230,7 @@ def test_variants_on_padded_hidden_units(monkeypatch, name):
 def _emulate_tiles(monkeypatch, tiles: tuple[int, int], passes: int):
     """Run the persistent kernels with several hidden tiles in the interpreter, which runs programs one after
     another, so no program could ever wait for another: the launch is repeated ``passes`` times without its
-    barrier, keeping the exchange buffers (h_t / da_t, and layer norm's published row statistics) from pass to
+    barrier, keeping the exchange buffers (h_t / da_t, h_t * rec, layer norm's published row statistics) from pass to
     pass and restoring every other tensor argument. A program then reads the others' values of the previous
     pass, so each pass extends the steps that are right; a step reaches the other tiles through up to three
     exchanges (h_{t-1}, the recurrent projection's statistics, the cell's), so 3T passes reach the parallel
@@ -243,7 +243,8 @@ def _emulate_tiles(monkeypatch, tiles: tuple[int, int], passes: int):
         return p
 
     def launch(kernel, p, ptrs, consts, T, t_first, down):
-        exchange = {id(ptrs[2] if kernel.fn.__name__ == "_fwd_kernel" else ptrs[5]), id(consts.get("st_ptr"))}
+        exchange = {id(ptrs[2] if kernel.fn.__name__ == "_fwd_kernel" else ptrs[5]), id(consts.get("st_ptr")),
+                    id(consts.get("hm_ptr"))}  # (h_t, da_t; layer norm's statistics; h_t * rec)
         tensors = [t for t in (*ptrs, *consts.values()) if isinstance(t, torch.Tensor)]
         args = [t for t in tensors if id(t) not in exchange]
         start = [t.clone() for t in args]

@@ -273,6 +273,8 @@ def _fwd_kernel(
     zh_ptr=None,  # (T, B, H) zoneout of h: 1 (or the rate) where h_{t-1} is kept
     zc_ptr=None,  # (T, B, H) zoneout of c
     valid_ptr=None,  # (T, B) 1 where t < length: elsewhere h and c are carried unchanged
+    hm_ptr=None,  # (T+1, B, H) input dtype, RDROP without LL: h_t * rec, written by its producer (hm[0] by the
+    # host), read by every program instead of h_t, so no program multiplies a whole (B, H) tile by the mask
     clip=0.0,  # cell clip value (CLIP)
     xs_ptr=None,  # (T+1, B, H) int32 (16-bit dtypes) / int64 (float32): h_t packed with a ready flag (LL)
     LL: tl.constexpr = False,  # exchange h through xs_ptr, no grid barrier: the flag travels with the data
@@ -325,6 +327,8 @@ def _fwd_kernel(
         if ABLATE == 2:
             h_fixed = tl.load(hs_ptr + t_start * B * H + bk, mask=m_bk, other=0.0)
     c = tl.load(cs_ptr + t_start * B * H + bh, mask=m_bj, other=0.0).to(ACC)  # carried cell state
+    if RDROP:  # my units' recurrent-dropout mask: I publish h_t * rec for the others (LL: they multiply)
+        rec_own = tl.load(rec_ptr + bh, mask=m_bj, other=0.0).to(ACC)
     if ZONE_H or VALID:  # my own tile of h_{t-1}, as stored (zoneout and padding carry it)
         h_own = tl.load(hs_ptr + t_start * B * H + bh, mask=m_bj, other=0.0).to(ACC)
     if PEEP:
@@ -386,9 +390,11 @@ def _fwd_kernel(
                     h_prev = (xw >> 32).to(tl.int32).to(tl.float32, bitcast=True)
                 else:
                     h_prev = (xw >> 16).to(tl.int16).to(hs_ptr.dtype.element_ty, bitcast=True)
+            elif RDROP:  # h_{t-1} * rec, as its producers published it
+                h_prev = tl.load(hm_ptr + t * B * H + bk, mask=m_bk, other=0.0, cache_modifier=".cg")
             else:
                 h_prev = tl.load(hs_ptr + t * B * H + bk, mask=m_bk, other=0.0, cache_modifier=".cg")
-            if RDROP:
+            if RDROP and LL:  # (the LL words carry h itself)
                 h_prev = h_prev.to(ACC) * tl.load(rec_ptr + bk, mask=m_bk, other=0.0).to(ACC)
             h_prev = h_prev.to(DOT)
             a_i = tl.dot(h_prev, w_i, a_i, input_precision=PRECISION, out_dtype=ACC)
@@ -400,10 +406,12 @@ def _fwd_kernel(
                 offs_k = k0 + tl.arange(0, BLOCK_K)
                 mk = offs_k < H
                 bkk = offs_b[:, None] * H + offs_k[None, :]
-                h_prev = tl.load(hs_ptr + t * B * H + bkk, mask=mb[:, None] & mk[None, :], other=0.0,
-                                 cache_modifier=".cg")  # fmt: skip
-                if RDROP:
-                    h_prev = h_prev.to(ACC) * tl.load(rec_ptr + bkk, mask=mb[:, None] & mk[None, :], other=0.0).to(ACC)
+                if RDROP:  # h_{t-1} * rec, as its producers published it
+                    h_prev = tl.load(hm_ptr + t * B * H + bkk, mask=mb[:, None] & mk[None, :], other=0.0,
+                                     cache_modifier=".cg")  # fmt: skip
+                else:
+                    h_prev = tl.load(hs_ptr + t * B * H + bkk, mask=mb[:, None] & mk[None, :], other=0.0,
+                                     cache_modifier=".cg")  # fmt: skip
                 h_prev = h_prev.to(DOT)
                 w_t = w_ptr + offs_k[:, None] + offs_j[None, :] * H  # (BLOCK_K, BLOCK_H)
                 m_kj = mk[:, None] & mj[None, :]
@@ -497,6 +505,8 @@ def _fwd_kernel(
                 xw_out = (h_st.to(tl.int16, bitcast=True).to(tl.int32) << 16) | 1
             tl.store(xs_ptr + (t + 1) * B * H + bh, xw_out, mask=m_bj, cache_modifier=".cg")
         tl.store(hs_ptr + (t + 1) * B * H + bh, h_st, mask=m_bj)
+        if RDROP and not LL:  # what the others read: h_t * rec, rounded once to the input dtype (as torch's)
+            tl.store(hm_ptr + (t + 1) * B * H + bh, (h_st.to(ACC) * rec_own).to(hm_ptr.dtype.element_ty), mask=m_bj)
         if PERSIST and ABLATE == 0:  # h_t is out: arrive now, wait after this step's own remaining work
             _grid_arrive(sync_ptr + pid_b * T + t)
         if SAVE:  # what the backward pass needs: c_t and the gates of every step
@@ -1257,7 +1267,7 @@ def warmup(
         if p.ll:
             vk["xs_ptr"] = _mock(p.xs_dtype)
         for save in [s for s, on in ((True, training), (False, inference)) if on]:
-            ptrs = {a: _mock(_ptr_dtype(a, dtype)) for a in _variant_ptrs(variants, "fwd")}
+            ptrs = {a: _mock(_ptr_dtype(a, dtype)) for a in _variant_ptrs(variants, "fwd", p.ll)}
             jf = _compiled("fwd", False)
             ck = {k: v for k, v in (constants or {}).items() if k in jf.arg_names}
             jf.warmup(*fwd, t_start=0, n_steps=steps, **p.constants(T, B, H), SAVE=save, **vk, **ptrs, **ck, **extra)
@@ -1318,7 +1328,7 @@ def compile_ahead(
             consts["SAVE"] = True
         for flag in VARIANT_FLAGS:
             consts[flag] = flag in variants
-        used = _variant_ptrs(variants, name)
+        used = _variant_ptrs(variants, name, p.ll)
         consts.update({a: None for a in VARIANT_PTRS if a in jf.arg_names and a not in used})
         kinds.update({a: {torch.float32: "*fp32", torch.int64: "*i64"}.get(_ptr_dtype(a, dtype), ptr)
                       for a in VARIANT_PTRS})  # fmt: skip
@@ -1355,14 +1365,15 @@ def compile_ahead(
 
 #: the kernels' compile-time variant switches, and the pointer each one needs
 VARIANT_FLAGS = ("RDROP", "PEEP", "CIFG", "CLIP", "ZONE_H", "ZONE_C", "VALID", "LN")
-VARIANT_PTRS = ("rec_ptr", "wch_ptr", "zh_ptr", "zc_ptr", "valid_ptr", "dhc_ptr", "lnhh_ptr", "lncw_ptr", "lncb_ptr",
-                "st_ptr", "rh_ptr", "rs_ptr", "dgx_ptr", "dln_ptr")
+VARIANT_PTRS = ("rec_ptr", "wch_ptr", "zh_ptr", "zc_ptr", "valid_ptr", "hm_ptr", "dhc_ptr", "lnhh_ptr", "lncw_ptr",
+                "lncb_ptr", "st_ptr", "rh_ptr", "rs_ptr", "dgx_ptr", "dln_ptr")
 #: pointer arguments that are not in the input dtype: float32 (ACC) or packed int64 words
 _PTR_KIND = {"dhc_ptr": "acc", "rh_ptr": "acc", "rs_ptr": "acc", "dln_ptr": "acc", "st_ptr": "i64"}
 
 
-def _variant_ptrs(flags, kind: str) -> set[str]:
-    """The variant pointer arguments kernel ``kind`` reads or writes with these flags on."""
+def _variant_ptrs(flags, kind: str, ll: bool = False) -> set[str]:
+    """The variant pointer arguments kernel ``kind`` reads or writes with these flags on (``ll``: the plan
+    exchanges LL words)."""
     need = {"RDROP": ["rec_ptr"], "PEEP": ["wch_ptr"], "ZONE_H": ["zh_ptr"], "ZONE_C": ["zc_ptr"],
             "VALID": ["valid_ptr"],
             "LN": ["lnhh_ptr", "lncw_ptr", "lncb_ptr", "st_ptr", "rh_ptr", "rs_ptr"]}  # fmt: skip
@@ -1371,6 +1382,8 @@ def _variant_ptrs(flags, kind: str) -> set[str]:
         out.add("dhc_ptr")
     if kind == "bwd" and "LN" in flags:
         out |= {"dgx_ptr", "dln_ptr"}
+    if kind == "fwd" and "RDROP" in flags and not ll:
+        out.add("hm_ptr")
     return out
 
 
@@ -1422,6 +1435,9 @@ class _Recurrence(torch.autograd.Function):
         sync = torch.zeros(p.n_btiles, max(T, 1), dtype=torch.int32, device=dev)
         err = torch.zeros(1, dtype=torch.int32, device=dev)
         vk = _variant_kwargs(var, w_ch, "fwd")
+        if "RDROP" in vk and not p.ll:  # the exchanged operand h_t * rec (the kernels write it; h_0's here)
+            vk["hm_ptr"] = torch.empty(T + 1, B, H, dtype=dtype, device=dev)
+            vk["hm_ptr"][0] = (hs[0].to(acc) * var["rec"].to(acc)).to(dtype)
         rh = rs = None
         if ln:  # normalised recurrent projection and the row statistics, for backward
             rh = torch.empty(T if save else 1, B, G, dtype=acc, device=dev)
