@@ -328,7 +328,8 @@ def tuning_table() -> str:
     lines = ["", f"## Plan tuning: microseconds per step of each candidate ({tk.TUNE_STEPS} steps, median of 3)", "",
              "| kernel | B | H the kernel runs (padded) | dtype | candidate | us/step | chosen |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
-    for (kind, B, H, dtype, *_), rows in tk.TUNE_LOG.items():
+    for (kind, B, H, dtype, *rest), rows in tk.TUNE_LOG.items():
+        kind = f"{kind} (layer norm)" if "LN" in rest else kind
         done = [r for r in rows if r[1] is not None]
         best = min(done, key=lambda r: r[1])[0] if done else None
         for plan, ms in rows:
@@ -383,8 +384,40 @@ def tune_all(shapes, dtypes) -> dict:
                 tk.tuned_plan(kind, B, KH, dt, dev)
             key = lambda k: tk.tune_key(k, B, KH, dt, dev)  # noqa: B023, E731
             out[(B, H, d)] = tuple(tk._TUNED.get(key(k), {}) for k in ("fwd", "bwd"))
-            # layer norm runs the fastest persistent plan
-            out[(B, H, d, "LN")] = tuple(tk._TUNED_PERSISTENT.get(key(k), (0, {}))[1] for k in ("fwd", "bwd"))
+    return out
+
+
+def tune_layer_norm(shapes, dtypes, workers: int) -> dict:
+    """Layer norm's plans: its kernels compiled (in ``workers`` processes) and timed on the fastest persistent
+    plain plans (tk.LN_TUNE_TOP of them, after tune_all); {(B, H, dname, "LN"): (fwd kw, bwd kw)}."""
+    dev = torch.device("cuda")
+    if workers > 0 and tk.TUNE:
+        tasks = []
+        for T, B, H in shapes:
+            for d in dtypes:
+                KH = tk.kernel_units(H, dev)
+                kws = [kw for k in ("fwd", "bwd")
+                       for kw in tk._PERSISTENT_RANKED.get(tk.tune_key(k, B, KH, DTYPES[d], dev), [])[:tk.LN_TUNE_TOP]]
+                kws = list({repr(kw): kw for kw in kws or [{"mode": "persistent"}]}.values())
+                tasks += [(T, B, H, d, [kw], ("LN",), False) for kw in kws]  # fmt: skip
+        _compile_in_workers(tasks, workers, "layer-norm candidates")
+    out = {}
+    for T, B, H in shapes:
+        for d in dtypes:
+            KH = tk.kernel_units(H, dev)
+            plans = []
+            for k in ("fwd", "bwd"):
+                try:
+                    p = tk._plan_for(k, B, KH, DTYPES[d], dev, {}, True)
+                except ValueError as e:  # no persistent plan: the layer-norm rows will say so
+                    log.warning("layer norm plan %s %s %s: %s", k, (T, B, H), d, e)
+                    plans.append({})
+                    continue
+                log.info("layer norm %s plan %s %s: %r", k, (T, B, H), d, p)
+                # the same plan as keywords (what warmup takes)
+                plans.append(dict(mode="persistent", tiles=(p.BLOCK_B, p.BLOCK_H, p.BLOCK_K), resident=p.resident,
+                                  poll=p.poll))  # fmt: skip
+            out[(B, H, d, "LN")] = tuple(plans)
     return out
 
 
@@ -723,6 +756,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     variants = not args.no_variants  # (a dry run times the CPU paths of the variant modules: plumbing only)
     if variants and args.device == "cuda":  # tune now: the variants' kernels then compile for the chosen plans
         tuned = tune_all(shapes, dtypes)
+        tuned.update(tune_layer_norm(shapes, dtypes, args.workers))
         log.info("tuned: %s", tuned)
         if args.workers > 0:
             precompile_variants(shapes, dtypes, tuned, args.workers)

@@ -282,6 +282,11 @@ def test_tuning_times_each_candidate_and_keeps_the_fastest_working_one(monkeypat
         assert all(ms is not None and ms > 0 for _, ms in log)
         best = min(range(3), key=lambda i: log[i][1])
         assert kw == cands[best]
+    # layer norm times its own kernels (on the fastest persistent plans: persistent only)
+    for kind in ("fwd", "bwd"):
+        kw = tk._tune(kind, 2, 6, torch.float64, torch.device("cpu"), [dict(mode="persistent")], key, ln=True)
+        assert kw == dict(mode="persistent")
+        assert [ms is not None and ms > 0 for _, ms in tk.TUNE_LOG.pop(key)] == [True]
     # on the CPU (and with explicit keywords) there is no tuning: the heuristic / the given plan
     cpu = torch.device("cpu")
     assert repr(tk.tuned_plan("fwd", 2, 6, torch.float64, cpu)) == repr(tk.plan(2, 6, torch.float64, "cpu"))

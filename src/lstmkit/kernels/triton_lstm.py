@@ -869,8 +869,8 @@ def _compiled(name: str, interpret: bool):
         g = {**fn.__globals__, **{k: InterpretedFunction(f) for k, f in _HELPERS.items()}}
         return InterpretedFunction(types.FunctionType(fn.__code__, g, fn.__name__, fn.__defaults__))
     # step indices and counts change from launch to launch: specialising on them (== 1, % 16) would compile
-    # the same kernel up to three times
-    return triton.jit(fn, do_not_specialize=["t_start", "n_steps", "T", "n_htiles"])
+    # the same kernel up to three times (and layer norm's unit count only scales its statistics)
+    return triton.jit(fn, do_not_specialize=["t_start", "n_steps", "T", "n_htiles", "ln_units"])
 
 
 #: jit helpers the kernels call: compiled for the GPU here; the interpreter gets its own copies (_compiled)
@@ -1051,6 +1051,11 @@ def _precision(dtype: torch.dtype) -> str:
     allow_tf32 = torch.backends.cuda.matmul.allow_tf32
     return FP32_PRECISION if dtype == torch.float32 and not allow_tf32 else "tf32"
 _TUNED_PERSISTENT: dict[tuple, tuple[float, dict]] = {}
+#: the persistent candidates of each plain tuning, fastest first: key -> [plan keywords]
+_PERSISTENT_RANKED: dict[tuple, list[dict]] = {}
+#: layer norm times its own kernels on this many of the fastest persistent plain plans (its two row-statistic
+#: exchanges per step grow with the number of hidden tiles, so the plain ranking is only a shortlist)
+LN_TUNE_TOP = 2
 #: what tuning measured: key -> [(plan repr, milliseconds for TUNE_STEPS steps, or None if refused)]
 TUNE_LOG: dict[tuple, list] = {}
 
@@ -1131,10 +1136,10 @@ def tuned_plan(kind: str, B: int, H: int, dtype: torch.dtype, device: torch.devi
 
 
 def _random_launch(kind: str, p: Plan, T: int, B: int, H: int, dtype: torch.dtype, device: torch.device, gen,
-                   **extra) -> tuple:  # fmt: skip
+                   ln: bool = False, **extra) -> tuple:  # fmt: skip
     """A timing harness: (``run``, ``err``), where ``run()`` launches kernel ``kind`` with plan ``p`` over T
-    steps on random data from ``gen`` (fresh barrier counters each call; ``extra``: more constants) and
-    ``err`` is its barrier-timeout flag."""
+    steps on random data from ``gen`` (fresh barrier counters each call; ``ln``: the layer-norm kernel, with
+    fresh statistics buffers; ``extra``: more constants) and ``err`` is its barrier-timeout flag."""
     acc = torch.float64 if dtype == torch.float64 else torch.float32
 
     def rnd(*shape, dt=dtype, lo=-1.0, hi=1.0):
@@ -1151,27 +1156,38 @@ def _random_launch(kind: str, p: Plan, T: int, B: int, H: int, dtype: torch.dtyp
                 torch.zeros(T + 1, B, 4 * H, dtype=dtype, device=device), rnd(B, H, dt=acc))  # fmt: skip
         consts, t_first, down = p.constants(T, B, H), T - 1, True
 
+    if ln:  # gains near 1, saved statistics as a forward would leave them, gradient outputs
+        ln_p = [1.0 + 0.1 * rnd(4 * H), 1.0 + 0.1 * rnd(H), 0.1 * rnd(H)]
+        saved = dict(rh_ptr=rnd(T, B, 4 * H, dt=acc), rs_ptr=rnd(T, B, 3, dt=acc, lo=0.5, hi=2.0))
+        if kind == "bwd":
+            saved.update(dgx_ptr=torch.empty(T, B, 4 * H, dtype=dtype, device=device),
+                         dln_ptr=torch.zeros(6 * H, dtype=acc, device=device))  # fmt: skip
+
     def run():
         sync = torch.zeros(p.n_btiles, T, dtype=torch.int32, device=device)
         if kind == "fwd":
             ll = _ll_buffer(p, T, B, H, args[2][0], 0, device)
         else:
             ll = _ll_buffer(p, T, B, 4 * H, None, T, device)
+        if ln:
+            ll = {**ll, **_ln_kwargs(p, T, B, device, *ln_p, {"units": H}, kind), **saved}
         _launch(_compiled(kind, p.interpret), p, (*args, sync, err), {**consts, **ll, **extra}, T, t_first, down=down)
 
     return run, err
 
 
-def _tune(kind: str, B: int, H: int, dtype: torch.dtype, device: torch.device, cands: list[dict], key) -> dict:
-    """The fastest of ``cands`` for kernel ``kind`` on random data over :data:`TUNE_STEPS` steps; what each
-    took goes to :data:`TUNE_LOG` [key]. A candidate that fails to launch or whose barrier times out is
-    never chosen; when all fail, the heuristic plan ({})."""
+def _tune(kind: str, B: int, H: int, dtype: torch.dtype, device: torch.device, cands: list[dict], key,
+          ln: bool = False) -> dict:  # fmt: skip
+    """The fastest of ``cands`` for kernel ``kind`` (``ln``: its layer-norm build) on random data over
+    :data:`TUNE_STEPS` steps; what each took goes to :data:`TUNE_LOG` [key]. A candidate that fails to launch
+    or whose barrier times out is never chosen; when all fail, the heuristic plan ({})."""
     gen = torch.Generator(device=device).manual_seed(0)
     log = TUNE_LOG.setdefault(key, [])
     best = None
+    persistent = []
     for kw in cands:
         p = Plan(B, H, dtype, device, **kw)
-        run, err = _random_launch(kind, p, TUNE_STEPS, B, H, dtype, device, gen)
+        run, err = _random_launch(kind, p, TUNE_STEPS, B, H, dtype, device, gen, ln=ln)
         try:
             ms = _time_launch(run, device)
         except Exception:  # a plan this GPU refuses (e.g. a cooperative grid too large): not a candidate
@@ -1181,8 +1197,12 @@ def _tune(kind: str, B: int, H: int, dtype: torch.dtype, device: torch.device, c
         log.append((repr(p), ms))
         if ms is not None and (best is None or ms < best[0]):
             best = (ms, kw)
-        if ms is not None and p.persistent and (key not in _TUNED_PERSISTENT or ms < _TUNED_PERSISTENT[key][0]):
-            _TUNED_PERSISTENT[key] = (ms, kw)  # what layer norm uses when the fastest plan is step-wise
+        if ms is not None and p.persistent:
+            persistent.append((ms, kw))
+    if not ln and persistent:  # layer norm's shortlist, and its fallback
+        persistent.sort(key=lambda r: r[0])
+        _PERSISTENT_RANKED[key] = [kw for _, kw in persistent]
+        _TUNED_PERSISTENT[key] = persistent[0]
     return best[1] if best is not None else {}
 
 
@@ -1520,11 +1540,25 @@ class _Recurrence(torch.autograd.Function):
 def _plan_for(kind: str, B: int, H: int, dtype: torch.dtype, dev: torch.device, plan_kw: dict, ln: bool) -> Plan:
     """The tuned (or given) plan; with layer norm a persistent one (row statistics are exchanged in the launch)."""
     p = tuned_plan(kind, B, H, dtype, dev, **plan_kw)
-    if ln and not p.persistent:
-        if any(v is not None for k, v in plan_kw.items() if k != "mode") or plan_kw.get("mode") == "stepwise":
+    if not ln:
+        return p
+    given = any(v is not None for k, v in plan_kw.items() if k != "mode") or plan_kw.get("mode") == "stepwise"
+    if given:
+        if not p.persistent:
             raise ValueError(f"layer_norm needs a persistent launch plan, got {p!r}")
-        best = _TUNED_PERSISTENT.get(tune_key(kind, B, H, dtype, dev))
-        # the fastest persistent candidate, else the heuristic one (raises when the grid cannot be co-resident)
+        return p
+    key = tune_key(kind, B, H, dtype, dev)
+    if dev.type == "cuda" and TUNE and _PERSISTENT_RANKED.get(key):
+        lkey = (*key, "LN")  # layer norm's own kernels on the fastest persistent plain plans
+        if lkey not in _TUNED:
+            cands = _PERSISTENT_RANKED[key][:LN_TUNE_TOP]
+            t0 = time.perf_counter()
+            _TUNED[lkey] = _tune(kind, B, H, dtype, dev, cands, lkey, ln=True)
+            log.info("triton LSTM %s layer norm (B=%d, H=%d, %s): timed %d persistent plans in %.1f s, chose %r",
+                     kind, B, H, dtype, len(cands), time.perf_counter() - t0, Plan(B, H, dtype, dev, **_TUNED[lkey]))
+        p = Plan(B, H, dtype, dev, **_TUNED[lkey])
+    if not p.persistent:  # the fastest persistent candidate, else the heuristic one (raises when the grid
+        best = _TUNED_PERSISTENT.get(key)  # cannot be co-resident)
         p = Plan(B, H, dtype, dev, **best[1]) if best else Plan(B, H, dtype, dev, mode="persistent")
     return p
 
