@@ -398,7 +398,8 @@ def tune_layer_norm(shapes, dtypes, workers: int) -> dict:
                 KH = tk.kernel_units(H, dev)
                 kws = [kw for k in ("fwd", "bwd")
                        for kw in tk._PERSISTENT_RANKED.get(tk.tune_key(k, B, KH, DTYPES[d], dev), [])[:tk.LN_TUNE_TOP]]
-                kws = list({repr(kw): kw for kw in kws or [{"mode": "persistent"}]}.values())
+                kws = list({repr(tk.plan(B, KH, DTYPES[d], dev, **kw)): kw for kw in kws or [{"mode": "persistent"}]}
+                           .values())  # fmt: skip
                 tasks += [(T, B, H, d, [kw], ("LN",), False) for kw in kws]  # fmt: skip
         _compile_in_workers(tasks, workers, "layer-norm candidates")
     out = {}

@@ -415,3 +415,23 @@ def test_step_ablation_runs_its_three_variants():
     out = tk.step_ablation(2, 8, torch.float32, "cpu", T=3)
     assert set(out) == {"plan", "full", "no barrier", "no barrier, no h read"}
     assert all(v > 0 for k, v in out.items() if k != "plan")
+
+
+def test_a_refused_tuning_candidate_is_logged_and_skipped(monkeypatch, caplog):
+    """A plan the device refuses (on a GPU: too much shared memory, a grid that cannot be co-resident) is never
+    chosen, and why is logged: a GPU-only failure must not cost a device session to diagnose."""
+    monkeypatch.setattr(tk, "TUNE_STEPS", 3)
+    launch = tk._launch
+
+    def refuse_stepwise(kernel, p, *a, **kw):
+        if not p.persistent:
+            raise RuntimeError("out of resources: shared memory")
+        return launch(kernel, p, *a, **kw)
+
+    monkeypatch.setattr(tk, "_launch", refuse_stepwise)
+    key = ("test-refused", 2, 6)
+    with caplog.at_level("WARNING", logger=tk.__name__):
+        kw = tk._tune("fwd", 2, 6, torch.float64, torch.device("cpu"), [dict(mode="stepwise"), {}], key)
+    assert kw == {}
+    assert [ms is None for _, ms in tk.TUNE_LOG.pop(key)] == [True, False]
+    assert "refused" in caplog.text and "out of resources" in caplog.text

@@ -1099,11 +1099,16 @@ def candidates(
     return unique
 
 
-def _time_launch(fn, device: torch.device, reps: int = 3) -> float:
-    """Median milliseconds of ``fn`` after one untimed call (compile or load, warm-up)."""
+def _time_launch(fn, device: torch.device, reps: int = 3, prep=None) -> float:
+    """Median milliseconds of ``fn`` after one untimed call (compile or load, warm-up); ``prep()``, untimed,
+    before each call (fresh buffers: their allocation and zeroing stay out of the measured window)."""
+    if prep is not None:
+        prep()
     fn()
     times = []
     for _ in range(reps):
+        if prep is not None:
+            prep()
         if device.type == "cuda":
             a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             a.record()
@@ -1137,9 +1142,10 @@ def tuned_plan(kind: str, B: int, H: int, dtype: torch.dtype, device: torch.devi
 
 def _random_launch(kind: str, p: Plan, T: int, B: int, H: int, dtype: torch.dtype, device: torch.device, gen,
                    ln: bool = False, **extra) -> tuple:  # fmt: skip
-    """A timing harness: (``run``, ``err``), where ``run()`` launches kernel ``kind`` with plan ``p`` over T
-    steps on random data from ``gen`` (fresh barrier counters each call; ``ln``: the layer-norm kernel, with
-    fresh statistics buffers; ``extra``: more constants) and ``err`` is its barrier-timeout flag."""
+    """A timing harness: (``run``, ``err``, ``prep``), where ``run()`` launches kernel ``kind`` with plan ``p``
+    over T steps on random data from ``gen`` (``ln``: the layer-norm kernel; ``extra``: more constants),
+    ``prep()`` makes the fresh buffers each launch needs (barrier counters, layer norm's statistics words),
+    to be called before each ``run()`` outside the timing, and ``err`` is the barrier-timeout flag."""
     acc = torch.float64 if dtype == torch.float64 else torch.float32
 
     def rnd(*shape, dt=dtype, lo=-1.0, hi=1.0):
@@ -1163,17 +1169,22 @@ def _random_launch(kind: str, p: Plan, T: int, B: int, H: int, dtype: torch.dtyp
             saved.update(dgx_ptr=torch.empty(T, B, 4 * H, dtype=dtype, device=device),
                          dln_ptr=torch.zeros(6 * H, dtype=acc, device=device))  # fmt: skip
 
-    def run():
-        sync = torch.zeros(p.n_btiles, T, dtype=torch.int32, device=device)
-        if kind == "fwd":
-            ll = _ll_buffer(p, T, B, H, args[2][0], 0, device)
-        else:
-            ll = _ll_buffer(p, T, B, 4 * H, None, T, device)
-        if ln:
-            ll = {**ll, **_ln_kwargs(p, T, B, device, *ln_p, {"units": H}, kind), **saved}
-        _launch(_compiled(kind, p.interpret), p, (*args, sync, err), {**consts, **ll, **extra}, T, t_first, down=down)
+    fresh: dict = {}
 
-    return run, err
+    def prep():
+        fresh["sync"] = torch.zeros(p.n_btiles, T, dtype=torch.int32, device=device)
+        if kind == "fwd":
+            fresh["kw"] = _ll_buffer(p, T, B, H, args[2][0], 0, device)
+        else:
+            fresh["kw"] = _ll_buffer(p, T, B, 4 * H, None, T, device)
+        if ln:
+            fresh["kw"].update(_ln_kwargs(p, T, B, device, *ln_p, {"units": H}, kind), **saved)
+
+    def run():
+        _launch(_compiled(kind, p.interpret), p, (*args, fresh["sync"], err), {**consts, **fresh["kw"], **extra}, T,
+                t_first, down=down)  # fmt: skip
+
+    return run, err, prep
 
 
 def _tune(kind: str, B: int, H: int, dtype: torch.dtype, device: torch.device, cands: list[dict], key,
@@ -1182,19 +1193,21 @@ def _tune(kind: str, B: int, H: int, dtype: torch.dtype, device: torch.device, c
     :data:`TUNE_STEPS` steps; what each took goes to :data:`TUNE_LOG` [key]. A candidate that fails to launch
     or whose barrier times out is never chosen; when all fail, the heuristic plan ({})."""
     gen = torch.Generator(device=device).manual_seed(0)
-    log = TUNE_LOG.setdefault(key, [])
+    timed = TUNE_LOG.setdefault(key, [])
     best = None
     persistent = []
     for kw in cands:
         p = Plan(B, H, dtype, device, **kw)
-        run, err = _random_launch(kind, p, TUNE_STEPS, B, H, dtype, device, gen, ln=ln)
+        run, err, prep = _random_launch(kind, p, TUNE_STEPS, B, H, dtype, device, gen, ln=ln)
         try:
-            ms = _time_launch(run, device)
-        except Exception:  # a plan this GPU refuses (e.g. a cooperative grid too large): not a candidate
+            ms = _time_launch(run, device, prep=prep)
+        except Exception as e:  # a plan this GPU refuses (e.g. a cooperative grid too large): not a candidate
+            log.warning("tuning %s%s: %r refused: %s: %s", kind, " (layer norm)" if ln else "", p, type(e).__name__,
+                        str(e)[:200])  # fmt: skip
             ms = None
         if ms is not None and int(err.item()) != 0:  # a barrier timed out: never choose this plan
             ms = None
-        log.append((repr(p), ms))
+        timed.append((repr(p), ms))
         if ms is not None and (best is None or ms < best[0]):
             best = (ms, kw)
         if ms is not None and p.persistent:
@@ -1221,8 +1234,8 @@ def step_ablation(B: int, H: int, dtype: torch.dtype, device: torch.device | str
     for k, name in ((0, "full"), (1, "no barrier"), (2, "no barrier, no h read")):
         if k == 2 and not p.resident:
             continue
-        run, _ = _random_launch("fwd", p, T, B, H, dtype, device, gen, ABLATE=k)
-        out[name] = _time_launch(run, device) * 1e3 / T
+        run, _, prep = _random_launch("fwd", p, T, B, H, dtype, device, gen, ABLATE=k)
+        out[name] = _time_launch(run, device, prep=prep) * 1e3 / T
     return out
 
 
