@@ -328,3 +328,34 @@ def test_layer_norm_across_tiles_in_float32_packed_words(monkeypatch):
     for k, v in want.items():
         rel = ((got[k].double() - v).norm() / v.norm()).item()
         assert rel < 1e-5, (k, rel)
+
+
+def test_layer_norm_tunes_its_plan_on_its_own_kernels(monkeypatch):
+    """The GPU's tuning path, in the interpreter: the first plain call times the candidates and ranks the
+    persistent ones; the first layer-norm call then times its own kernels on the fastest of them
+    (LN_TUNE_TOP) and runs the winner, with the same numbers as the loop."""
+    monkeypatch.setattr(tk, "_tunes", lambda device: True)
+    monkeypatch.setattr(tk, "TUNE_STEPS", 2)
+    cands = [dict(mode="persistent"), dict(mode="stepwise", tiles=(1, 4)), dict(mode="persistent", tiles=(2, 16))]
+    monkeypatch.setattr(tk, "candidates", lambda B, H, dtype, device, sm_count=None: cands)
+    for name in ("_TUNED", "_PERSISTENT_RANKED", "_TUNED_PERSISTENT", "TUNE_LOG"):  # this test's own caches
+        monkeypatch.setattr(tk, name, {})
+    T, B, I, H = 3, 2, 2, 6
+    torch.manual_seed(4)
+    m = LSTM(I, H, dtype=torch.float64, layer_norm=True, zoneout=0.2).train()
+    randomise_layer_norm(m)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    hx = (torch.randn(1, B, H, dtype=torch.float64), torch.randn(1, B, H, dtype=torch.float64))
+    masks = m.sample_masks(B, T, like=x)
+    kernel = functools.partial(tk.variant_layer)
+    kernel.linear = None
+    got, want = run(m, x, hx, None, masks, kernel), run(m, x, hx, None, masks, None)
+    assert all((got[k] - v).abs().max().item() < 1e-10 for k, v in want.items())
+    plain = [k for k in tk.TUNE_LOG if "LN" not in k]
+    ln = [k for k in tk.TUNE_LOG if "LN" in k]
+    assert {k[0] for k in plain} == {k[0] for k in ln} == {"fwd", "bwd"}
+    for k in plain:  # every candidate timed; the two persistent ones ranked
+        assert len(tk.TUNE_LOG[k]) == 3 and len(tk._PERSISTENT_RANKED[k]) == 2
+    for k in ln:  # layer norm timed its own kernels on the LN_TUNE_TOP fastest persistent plans only
+        assert len(tk.TUNE_LOG[k]) == tk.LN_TUNE_TOP == 2
+        assert tk._TUNED[k] in cands and tk._TUNED[k]["mode"] == "persistent"

@@ -1123,11 +1123,17 @@ def _time_launch(fn, device: torch.device, reps: int = 3, prep=None) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def _tunes(device: torch.device) -> bool:
+    """Whether plans are measured on this device: on a GPU, with :data:`TUNE` on (tests of the tuning path
+    switch it on for the interpreter)."""
+    return device.type == "cuda" and TUNE
+
+
 def tuned_plan(kind: str, B: int, H: int, dtype: torch.dtype, device: torch.device, **plan_kw) -> Plan:
     """The launch plan for kernel ``kind`` ("fwd" or "bwd"): given keywords win; on a GPU with :data:`TUNE`
     on, the fastest of :func:`candidates`, timed once per process (:func:`_tune`); else the heuristic."""
     plan_kw = {k: v for k, v in plan_kw.items() if v is not None and not (k == "mode" and v == "auto")}
-    if plan_kw or device.type != "cuda" or not TUNE:
+    if plan_kw or not _tunes(device):
         return Plan(B, H, dtype, device, **plan_kw)
     key = tune_key(kind, B, H, dtype, device)
     if key not in _TUNED:
@@ -1561,7 +1567,7 @@ def _plan_for(kind: str, B: int, H: int, dtype: torch.dtype, dev: torch.device, 
             raise ValueError(f"layer_norm needs a persistent launch plan, got {p!r}")
         return p
     key = tune_key(kind, B, H, dtype, dev)
-    if dev.type == "cuda" and TUNE and _PERSISTENT_RANKED.get(key):
+    if _tunes(dev) and _PERSISTENT_RANKED.get(key):
         lkey = (*key, "LN")  # layer norm's own kernels on the fastest persistent plain plans
         if lkey not in _TUNED:
             cands = _PERSISTENT_RANKED[key][:LN_TUNE_TOP]
