@@ -376,12 +376,12 @@ VARIANTS = {
 LN_LOOP = "layer_norm (torch loop)"
 
 
-def tune_all(shapes, dtypes) -> dict:
+def tune_all(shapes, dtypes, device: str = "cuda") -> dict:
     """Tune (tk.tuned_plan) every shape and dtype now, in this process; {(B, H, dname): (fwd kw, bwd kw)}."""
     out = {}
     for _, B, H in shapes:
         for d in dtypes:
-            dev, dt = torch.device("cuda"), DTYPES[d]
+            dev, dt = torch.device(device), DTYPES[d]
             KH = tk.kernel_units(H, dev)  # the hidden size the kernels run (padded to aligned rows)
             for kind in ("fwd", "bwd"):
                 tk.tuned_plan(kind, B, KH, dt, dev)
@@ -390,11 +390,11 @@ def tune_all(shapes, dtypes) -> dict:
     return out
 
 
-def tune_layer_norm(shapes, dtypes, workers: int) -> dict:
+def tune_layer_norm(shapes, dtypes, workers: int, device: str = "cuda") -> dict:
     """Layer norm's plans: its kernels compiled (in ``workers`` processes) and timed on the fastest persistent
     plain plans (tk.LN_TUNE_TOP of them, after tune_all); {(B, H, dname, "LN"): (fwd kw, bwd kw)}."""
-    dev = torch.device("cuda")
-    if workers > 0 and tk.TUNE:
+    dev = torch.device(device)
+    if workers > 0 and tk.TUNE and dev.type == "cuda":
         tasks = []
         for T, B, H in shapes:
             for d in dtypes:
@@ -761,15 +761,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.device == "cuda" and args.workers > 0:
         precompile(shapes, dtypes, args.workers)
     variants = not args.no_variants  # (a dry run times the CPU paths of the variant modules: plumbing only)
-    if variants and args.device == "cuda":  # tune now: the variants' kernels then compile for the chosen plans
-        tuned = tune_all(shapes, dtypes)
+    if variants and args.device == "cpu":  # a dry run goes through the tuning path too, in the interpreter
+        tk._tunes = lambda device: True
+        tk.TUNE_STEPS = 2
+    if variants:  # tune now: the variants' kernels then compile for the chosen plans
+        tuned = tune_all(shapes, dtypes, args.device)
         tuned.update({(B, H, d, "LN"): ({}, {}) for _, B, H in shapes for d in dtypes})
         try:
-            tuned.update(tune_layer_norm(shapes, dtypes, args.workers))
+            tuned.update(tune_layer_norm(shapes, dtypes, args.workers, args.device))
         except Exception as e:  # (GPU-only code: a failure here must not cost the rest of the run)
             log.warning("layer-norm plan tuning failed (%s: %s); its kernels tune on first use", type(e).__name__, e)
         log.info("tuned: %s", tuned)
-        if args.workers > 0:
+        if args.workers > 0 and args.device == "cuda":
             precompile_variants(shapes, dtypes, tuned, args.workers)
     checks = [] if args.skip_check else check(shapes, dtypes, args.device)
     vchecks = check_variants(shapes, dtypes, args.device) if variants and not args.skip_check else []
