@@ -368,6 +368,9 @@ VARIANTS = {
     "zoneout": (dict(zoneout=(0.1, 0.05)), ("ZONE_H", "ZONE_C")),
     "weight_drop": (dict(weight_drop=0.5), ()),
     "layer_norm": (dict(layer_norm=True), ("LN",)),
+    # run 2's "all six" (every variant but layer norm), comparable across runs; then all seven
+    "all six": (dict(peephole=True, coupled_input_forget=True, cell_clip=3.0, recurrent_dropout=0.25,
+                     zoneout=(0.1, 0.05), weight_drop=0.5), ("PEEP", "CIFG", "CLIP", "RDROP", "ZONE_H", "ZONE_C")),
     "all seven": (dict(layer_norm=True, peephole=True, coupled_input_forget=True, cell_clip=3.0,
                        recurrent_dropout=0.25, zoneout=(0.1, 0.05), weight_drop=0.5),
                   ("PEEP", "CIFG", "CLIP", "RDROP", "ZONE_H", "ZONE_C", "LN")),
