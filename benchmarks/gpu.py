@@ -177,8 +177,10 @@ def _compile_in_workers(tasks: list, workers: int, name: str) -> None:
     log.info("precompile %s: %d kernels of %d tasks in %.0f s", name, n_all, len(tasks), time.perf_counter() - t0)
 
 
-def precompile(shapes, dtypes, workers: int) -> None:
-    """Compile every kernel the run will launch (each tuning candidate's, the checks'), one task per plan."""
+def precompile(shapes, dtypes, workers: int, inference: bool = True) -> None:
+    """Compile every kernel the run will launch (each tuning candidate's, the checks'), one task per plan;
+    ``inference``: also each plan's forward without saving (else precompile_variants compiles the tuned
+    plans' after tuning: no candidate needs it)."""
     tasks = []
     for T, B, H in shapes:
         for d in dtypes:
@@ -187,7 +189,7 @@ def precompile(shapes, dtypes, workers: int) -> None:
             kws += [{"mode": "stepwise"}] + ([{"resident": False}] if (T, B, H) == shapes[0] else [])
             kws += [kw for kw in [{"ll": True}] if LL_CHECK and _valid(B, H, d, kw)]
             for kw in {repr(tk.plan(B, KH, DTYPES[d], "cuda", **kw)): kw for kw in kws}.values():
-                tasks.append((T, B, H, d, [kw], (), True))
+                tasks.append((T, B, H, d, [kw], (), inference))
     tasks.sort(key=lambda t: -t[2])  # large H first: they compile longest
     _compile_in_workers(tasks, workers, "plans")
 
@@ -429,11 +431,14 @@ def tune_layer_norm(shapes, dtypes, workers: int, device: str = "cuda") -> dict:
 
 
 def precompile_variants(shapes, dtypes, tuned: dict, workers: int) -> None:
-    """Compile each variant's kernels for the tuned plans (layer norm: the persistent ones): training, and the
-    forward without saving that a call under torch.no_grad() launches (the forward timings)."""
+    """After tuning, compile for the tuned plans (layer norm: its own) each variant's kernels, training and the
+    forward without saving that a call under torch.no_grad() launches (the forward timings), the plain
+    forward without saving, and the step ablation's kernels."""
     flagsets = {f for _, f in VARIANTS.values() if f}
     tasks = [(T, B, H, d, list(tuned[(B, H, d, "LN") if "LN" in f else (B, H, d)]), f, True)
              for T, B, H in shapes for d in dtypes for f in flagsets]  # fmt: skip
+    # the plain forward without saving (the "ours fwd" timings under torch.no_grad()): tuned and step-wise plans
+    tasks += [(T, B, H, d, [tuned[(B, H, d)][0], {"mode": "stepwise"}], (), True) for T, B, H in shapes for d in dtypes]
     # and the step ablation's forward kernels (ablation_table), at its shapes
     tasks += [(T, B, H, "bf16", [{**tuned[(B, H, "bf16")][0], "constants": {"ABLATE": k}} for k in (1, 2)], (), False)
               for T, B, H in shapes if B <= 16 and "bf16" in dtypes]  # fmt: skip
@@ -762,7 +767,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.backends.cuda.matmul.allow_tf32 = False  # the fp32 bound (1e-5) is without TF32
         torch.backends.cudnn.allow_tf32 = False
     if args.device == "cuda" and args.workers > 0:
-        precompile(shapes, dtypes, args.workers)
+        precompile(shapes, dtypes, args.workers, inference=args.no_variants)
     variants = not args.no_variants  # (a dry run times the CPU paths of the variant modules: plumbing only)
     if variants and args.device == "cpu":  # a dry run goes through the tuning path too, in the interpreter
         tk._tunes = lambda device: True
