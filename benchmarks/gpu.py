@@ -406,8 +406,8 @@ def tune_layer_norm(shapes, dtypes, workers: int, device: str = "cuda") -> dict:
                 KH = tk.kernel_units(H, dev)
                 kws = [kw for k in ("fwd", "bwd")
                        for kw in tk._PERSISTENT_RANKED.get(tk.tune_key(k, B, KH, DTYPES[d], dev), [])[:tk.LN_TUNE_TOP]]
-                kws = list({repr(tk.plan(B, KH, DTYPES[d], dev, **kw)): kw for kw in kws or [{"mode": "persistent"}]}
-                           .values())  # fmt: skip
+                kws = [k for kw in kws or [{"mode": "persistent"}] for k in (kw, {**kw, "ln_sync": True})]
+                kws = list({repr(tk.plan(B, KH, DTYPES[d], dev, **kw)): kw for kw in kws}.values())  # (both exchanges)
                 tasks += [(T, B, H, d, [kw], ("LN",), False) for kw in kws]  # fmt: skip
         _compile_in_workers(tasks, workers, "layer-norm candidates")
     out = {}
@@ -425,7 +425,7 @@ def tune_layer_norm(shapes, dtypes, workers: int, device: str = "cuda") -> dict:
                 log.info("layer norm %s plan %s %s: %r", k, (T, B, H), d, p)
                 # the same plan as keywords (what warmup takes)
                 plans.append(dict(mode="persistent", tiles=(p.BLOCK_B, p.BLOCK_H, p.BLOCK_K), resident=p.resident,
-                                  poll=p.poll))  # fmt: skip
+                                  poll=p.poll, ln_sync=p.ln_sync))  # fmt: skip
             out[(B, H, d, "LN")] = tuple(plans)
     return out
 

@@ -227,7 +227,7 @@ def test_variants_on_padded_hidden_units(monkeypatch, name):
         assert (got[k] - v).abs().max().item() < 1e-10, k
 
 
-def _emulate_tiles(monkeypatch, tiles: tuple[int, int], passes: int):
+def _emulate_tiles(monkeypatch, tiles: tuple[int, int], passes: int, ln_sync: bool = False):
     """Run the persistent kernels with several hidden tiles in the interpreter, which runs programs one after
     another, so no program could ever wait for another: the launch is repeated ``passes`` times without its
     barrier, keeping the exchange buffers (h_t / da_t, h_t * rec, layer norm's published row statistics) from pass to
@@ -238,7 +238,7 @@ def _emulate_tiles(monkeypatch, tiles: tuple[int, int], passes: int):
     combination of the tiles' statistics reaches different numbers."""
 
     def plan_for(kind, B, H, dtype, dev, plan_kw, ln):
-        p = tk.Plan(B, H, dtype, dev, mode="stepwise", tiles=tiles)
+        p = tk.Plan(B, H, dtype, dev, mode="stepwise", tiles=tiles, ln_sync=ln_sync)
         p.persistent = True  # one launch over all steps, as on a GPU (the passes stand in for the barrier)
         return p
 
@@ -252,9 +252,9 @@ def _emulate_tiles(monkeypatch, tiles: tuple[int, int], passes: int):
             before = [t.clone() for t in tensors if id(t) in exchange]
             for t, s in zip(args, start):
                 t.copy_(s)
-            # (no barrier; and no spinning on the words of a tile that runs later in this pass)
-            kernel[(p.n_htiles, p.n_btiles)](*ptrs, t_start=t_first, n_steps=T, **{**consts, "PERSIST": False,
-                                                                                   "LL_SPIN": False})  # fmt: skip
+            # (no barrier, no statistics counter; no spinning on the words of a tile that runs later in this pass)
+            off = {"PERSIST": False, "ST_SYNC": False, "LL_SPIN": False}
+            kernel[(p.n_htiles, p.n_btiles)](*ptrs, t_start=t_first, n_steps=T, **{**consts, **off})
         if passes > 1:
             assert all(torch.equal(a, b) for a, b in zip(before, [t for t in tensors if id(t) in exchange]))
 
@@ -356,6 +356,36 @@ def test_layer_norm_tunes_its_plan_on_its_own_kernels(monkeypatch):
     assert {k[0] for k in plain} == {k[0] for k in ln} == {"fwd", "bwd"}
     for k in plain:  # every candidate timed; the two persistent ones ranked
         assert len(tk.TUNE_LOG[k]) == 3 and len(tk._PERSISTENT_RANKED[k]) == 2
-    for k in ln:  # layer norm timed its own kernels on the LN_TUNE_TOP fastest persistent plans only
-        assert len(tk.TUNE_LOG[k]) == tk.LN_TUNE_TOP == 2
-        assert tk._TUNED[k] in cands and tk._TUNED[k]["mode"] == "persistent"
+    for k in ln:  # layer norm timed its own kernels on the LN_TUNE_TOP fastest persistent plans only, each with
+        assert len(tk.TUNE_LOG[k]) == 2 * tk.LN_TUNE_TOP == 4  # both exchanges of its statistics
+        assert {kw: v for kw, v in tk._TUNED[k].items() if kw != "ln_sync"} in cands
+        assert tk._TUNED[k]["mode"] == "persistent"
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_layer_norm_statistics_behind_counters(monkeypatch, dtype):
+    """ln_sync: each statistics exchange waits on a counter and reads plain values (float32 on a GPU) instead of
+    spinning on flagged words: the same numbers, in one launch (one tile) and across three emulated tiles with
+    padding, against the float64 loop (1e-10 in float64, 1e-5 in float32)."""
+    monkeypatch.setitem(tk.ALIGN_UNITS, "cpu", 8)
+    T, B, I, H = 3, 3, 2, 10
+    torch.manual_seed(11)
+    m = LSTM(I, H, dtype=torch.float64, **CASES["layer_norm+all"]).train()
+    randomise_layer_norm(m)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    hx = (torch.randn(1, B, H, dtype=torch.float64), torch.randn(1, B, H, dtype=torch.float64))
+    masks = m.sample_masks(B, T, like=x)
+    want = run(m, x, hx, torch.tensor([3, 1, 2]), masks, None)
+    md = LSTM(I, H, dtype=dtype, **CASES["layer_norm+all"]).train()
+    md.load_state_dict(m.state_dict())
+    masks_d = {k: {n: t.to(dtype) for n, t in v.items()} for k, v in masks.items()}
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    for tiles in (None, (4, 4)):
+        if tiles:
+            _emulate_tiles(monkeypatch, tiles, passes=3 * T, ln_sync=True)
+        kernel = functools.partial(tk.variant_layer, ln_sync=True)
+        kernel.linear = None
+        got = run(md, x.to(dtype), tuple(t.to(dtype) for t in hx), torch.tensor([3, 1, 2]), masks_d, kernel)
+        for k, v in want.items():
+            rel = ((got[k].double() - v).norm() / v.norm()).item()
+            assert rel < tol, (tiles, k, rel)

@@ -194,23 +194,29 @@ def _grid_wait(ctr, n_htiles, err_ptr, wait_ns, wait_spins, POLL: tl.constexpr):
     return wait_ns, wait_spins
 
 
-def _exchange_sums(st_ptr, base, pid_h, offs_b, mb, m_st, st_rd, p1, p2, B, wait_spins, err_ptr, cnt, n_tot,
-                   ACC: tl.constexpr, ST_RAW: tl.constexpr, LL_SPIN: tl.constexpr, CHAN: tl.constexpr):
+def _exchange_sums(st_ptr, base, pid_h, offs_b, mb, m_st, st_rd, p1, p2, B, wait_ns, wait_spins, err_ptr, cnt,
+                   n_tot, stc_ptr, stc_idx, n_htiles, ACC: tl.constexpr, ST_RAW: tl.constexpr, LL_SPIN: tl.constexpr,
+                   CHAN: tl.constexpr, ST_SYNC: tl.constexpr, POLL: tl.constexpr):  # fmt: skip
     """Layer norm's cross-program reduction over one row statistic. Publish my rows' two partials (p1, p2) in
     slot ``base`` of the exchange buffer, wait until every hidden tile has published, combine.
 
     Plain (CHAN False): p1, p2 are partial sums; returns their totals. CHAN: p1 is my tiles' mean and p2 their
     centred sum of squares M2 over ``cnt`` values ((NH_PAD, 1): each tile's count); returns the mean and M2
     over all ``n_tot`` values (Chan et al.'s parallel variance, numerically safe where E[x^2] - mean^2 is
-    not). Also returns the remaining patience. Words are LL words (fp32 + ready flag in int64); with
-    ST_RAW (float64 in the interpreter, one program) plain values."""
+    not). Also returns the remaining patience (wait_ns, wait_spins). Words are LL words (fp32 + ready flag in
+    int64), each reader spinning on every tile's words; with ST_RAW plain values: either float64 in the
+    interpreter (one program), or with ST_SYNC, where the readers wait on one counter per exchange
+    (``stc_ptr + stc_idx``, a grid barrier) and then read every tile's values once."""
     sp = st_ptr + base + pid_h * B * 2 + offs_b * 2
     sr = st_ptr + base + st_rd
     if ST_RAW:
         tl.store(sp, p1, mask=mb)
         tl.store(sp + 1, p2, mask=mb)
-        v1 = tl.load(sr, mask=m_st, other=0.0)
-        v2 = tl.load(sr + 1, mask=m_st, other=0.0)
+        if ST_SYNC:  # every tile's partials are out once this exchange's counter says so
+            _grid_arrive(stc_ptr + stc_idx)
+            wait_ns, wait_spins = _grid_wait(stc_ptr + stc_idx, n_htiles, err_ptr, wait_ns, wait_spins, POLL)
+        v1 = tl.load(sr, mask=m_st, other=0.0, cache_modifier=".cg")  # (L2: written by other SMs)
+        v2 = tl.load(sr + 1, mask=m_st, other=0.0, cache_modifier=".cg")
     else:
         tl.store(sp, (p1.to(tl.int32, bitcast=True).to(tl.int64) << 32) | 1, mask=mb, cache_modifier=".cg")
         tl.store(sp + 1, (p2.to(tl.int32, bitcast=True).to(tl.int64) << 32) | 1, mask=mb, cache_modifier=".cg")
@@ -236,7 +242,7 @@ def _exchange_sums(st_ptr, base, pid_h, offs_b, mb, m_st, st_rd, p1, p2, B, wait
     else:
         s1 = tl.reduce(v1, 0, _add)
         s2 = tl.reduce(v2, 0, _add)
-    return s1, s2, wait_spins
+    return s1, s2, wait_ns, wait_spins
 
 
 def _fwd_kernel(
@@ -292,7 +298,9 @@ def _fwd_kernel(
     ln_units=0,  # the units the statistics are over: the layer's H (the kernels' H may carry alignment padding)
     LN: tl.constexpr = False,
     NH_PAD: tl.constexpr = 1,  # next power of two >= n_htiles
-    ST_RAW: tl.constexpr = False,  # st_ptr holds plain ACC sums (float64 in the interpreter: no packing)
+    ST_RAW: tl.constexpr = False,  # st_ptr holds plain ACC sums (float64 in the interpreter, or ST_SYNC)
+    ST_SYNC: tl.constexpr = False,  # each statistics exchange waits on a counter (stc_ptr), not on LL words
+    stc_ptr=None,  # (n_btiles, T, 2) int32 zeros: those counters (ST_SYNC)
     RDROP: tl.constexpr = False,
     PEEP: tl.constexpr = False,
     CIFG: tl.constexpr = False,  # i_t = 1 - f_t
@@ -430,9 +438,10 @@ def _fwd_kernel(
             d_g = tl.where(mj_ln[None, :], a_g - m_loc[:, None], 0.0)
             d_o = tl.where(mj_ln[None, :], a_o - m_loc[:, None], 0.0)
             m2_loc = tl.reduce(d_i * d_i + d_f * d_f + d_g * d_g + d_o * d_o, 1, _add)
-            mu, m2, wait_spins = _exchange_sums(st_ptr, (t * 2 + 0) * n_htiles * B * 2, pid_h, offs_b, mb, m_st,
-                                                st_rd, m_loc, m2_loc, B, wait_spins, err_ptr, 4 * cnt, 4 * ln_units,
-                                                ACC, ST_RAW, LL_SPIN, True)  # fmt: skip
+            mu, m2, wait_ns, wait_spins = _exchange_sums(
+                st_ptr, (t * 2 + 0) * n_htiles * B * 2, pid_h, offs_b, mb, m_st, st_rd, m_loc, m2_loc, B, wait_ns,
+                wait_spins, err_ptr, 4 * cnt, 4 * ln_units, stc_ptr, (pid_b * T + t) * 2 + 0, n_htiles, ACC, ST_RAW,
+                LL_SPIN, True, ST_SYNC, POLL)  # fmt: skip
             rstd = 1.0 / tl.sqrt(m2 / (4 * ln_units) + eps)
             r_i = (a_i - mu[:, None]) * rstd[:, None]
             r_f = (a_f - mu[:, None]) * rstd[:, None]
@@ -468,9 +477,10 @@ def _fwd_kernel(
         if LN:  # n_t = LN(c'_t) g_c + b_c over the H units of a row, again through the exchange
             m_loc = tl.reduce(tl.where(mb[:, None] & mj_ln[None, :], c_new, 0.0), 1, _add) / n_div
             d_c = tl.where(mj_ln[None, :], c_new - m_loc[:, None], 0.0)
-            mu_c, m2, wait_spins = _exchange_sums(st_ptr, (t * 2 + 1) * n_htiles * B * 2, pid_h, offs_b, mb, m_st,
-                                                  st_rd, m_loc, tl.reduce(d_c * d_c, 1, _add), B, wait_spins,
-                                                  err_ptr, cnt, ln_units, ACC, ST_RAW, LL_SPIN, True)  # fmt: skip
+            mu_c, m2, wait_ns, wait_spins = _exchange_sums(
+                st_ptr, (t * 2 + 1) * n_htiles * B * 2, pid_h, offs_b, mb, m_st, st_rd, m_loc,
+                tl.reduce(d_c * d_c, 1, _add), B, wait_ns, wait_spins, err_ptr, cnt, ln_units, stc_ptr,
+                (pid_b * T + t) * 2 + 1, n_htiles, ACC, ST_RAW, LL_SPIN, True, ST_SYNC, POLL)  # fmt: skip
             rstd_c = 1.0 / tl.sqrt(m2 / ln_units + eps)
             n_t = (c_new - mu_c[:, None]) * rstd_c[:, None] * g_c + b_c
             if SAVE:
@@ -582,6 +592,8 @@ def _bwd_kernel(
     LN: tl.constexpr = False,
     NH_PAD: tl.constexpr = 1,
     ST_RAW: tl.constexpr = False,
+    ST_SYNC: tl.constexpr = False,
+    stc_ptr=None,
     RDROP: tl.constexpr = False,
     PEEP: tl.constexpr = False,
     CIFG: tl.constexpr = False,
@@ -750,9 +762,10 @@ def _bwd_kernel(
             dch = dn * g_c
             p1 = tl.reduce(dch, 1, _add)
             p2 = tl.reduce(dch * c_hat, 1, _add)
-            u1, u2, wait_spins = _exchange_sums(st_ptr, (t * 2 + 1) * n_htiles * B * 2, pid_h, offs_b, mb, m_st,
-                                                st_rd, p1, p2, B, wait_spins, err_ptr, cnt, H, ACC, ST_RAW, LL_SPIN,
-                                                False)  # fmt: skip
+            u1, u2, wait_ns, wait_spins = _exchange_sums(
+                st_ptr, (t * 2 + 1) * n_htiles * B * 2, pid_h, offs_b, mb, m_st, st_rd, p1, p2, B, wait_ns,
+                wait_spins, err_ptr, cnt, H, stc_ptr, (pid_b * T + t) * 2 + 1, n_htiles, ACC, ST_RAW, LL_SPIN, False,
+                ST_SYNC, POLL)  # fmt: skip
             m1 = u1 / ln_units  # means over the layer's units (padded ones: zero gains, they add 0 to u1, u2)
             m2 = u2 / ln_units
             dc = dc + rstd_c * (dch - m1[:, None] - c_hat * m2[:, None])  # dLoss/dc'_t
@@ -796,9 +809,10 @@ def _bwd_kernel(
             e_o = da_o * g_ho
             p1 = tl.reduce(e_i + e_f + e_g + e_o, 1, _add)
             p2 = tl.reduce(e_i * r_i + e_f * r_f + e_g * r_g + e_o * r_o, 1, _add)
-            u1, u2, wait_spins = _exchange_sums(st_ptr, (t * 2 + 0) * n_htiles * B * 2, pid_h, offs_b, mb, m_st,
-                                                st_rd, p1, p2, B, wait_spins, err_ptr, cnt, H, ACC, ST_RAW, LL_SPIN,
-                                                False)  # fmt: skip
+            u1, u2, wait_ns, wait_spins = _exchange_sums(
+                st_ptr, (t * 2 + 0) * n_htiles * B * 2, pid_h, offs_b, mb, m_st, st_rd, p1, p2, B, wait_ns,
+                wait_spins, err_ptr, cnt, H, stc_ptr, (pid_b * T + t) * 2 + 0, n_htiles, ACC, ST_RAW, LL_SPIN, False,
+                ST_SYNC, POLL)  # fmt: skip
             n1 = u1[:, None] / (4 * ln_units)
             n2 = u2[:, None] / (4 * ln_units)
             rstd = tl.load(rs_ptr + t * B * 3 + offs_b * 3, mask=mb, other=0.0)[:, None]
@@ -865,8 +879,10 @@ def _bwd_kernel(
 def _compiled(name: str, interpret: bool):
     """The kernel ``name`` for the GPU (``triton.jit``) or the CPU interpreter."""
     fn = {"fwd": _fwd_kernel, "bwd": _bwd_kernel}[name]
-    if interpret:  # the same code, with the helpers it calls interpreted too
-        g = {**fn.__globals__, **{k: InterpretedFunction(f) for k, f in _HELPERS.items()}}
+    if interpret:  # the same code, with the helpers it calls interpreted too (and they each other)
+        g = dict(fn.__globals__)
+        for k, f in _HELPERS.items():
+            g[k] = InterpretedFunction(types.FunctionType(f.__code__, g, f.__name__, f.__defaults__))
         return InterpretedFunction(types.FunctionType(fn.__code__, g, fn.__name__, fn.__defaults__))
     # step indices and counts change from launch to launch: specialising on them (== 1, % 16) would compile
     # the same kernel up to three times (and layer norm's unit count only scales its statistics)
@@ -901,7 +917,7 @@ class Plan:
     def __init__(
         self, B: int, H: int, dtype: torch.dtype, device: torch.device, mode: str = "auto",
         tiles: tuple[int, ...] | None = None, resident: bool | None = None, sm_count: int | None = None,
-        poll: int | None = None, ll: bool | None = None,
+        poll: int | None = None, ll: bool | None = None, ln_sync: bool | None = None,
     ):  # fmt: skip
         if mode not in ("auto", "persistent", "stepwise"):
             raise ValueError(f"mode must be 'auto', 'persistent' or 'stepwise', got {mode!r}")
@@ -958,6 +974,9 @@ class Plan:
         if self.ll and not (self.persistent and self.resident and dtype in GPU_DTYPES):
             raise ValueError("ll=True needs a persistent plan with resident weights and float32/bfloat16/float16")
         self.xs_dtype = torch.int64 if dtype == torch.float32 else torch.int32
+        # layer norm's row statistics: each exchange waits on one counter (a grid barrier) and then reads every
+        # tile's partials once, instead of every reader spinning on every tile's flagged words (the default)
+        self.ln_sync = bool(ln_sync)
         self.acc = tl.float64 if dtype == torch.float64 else tl.float32
         if self.interpret and dtype == torch.bfloat16:
             self.dot = tl.float32  # the interpreter multiplies bf16 bit patterns as integers
@@ -988,6 +1007,7 @@ class Plan:
             POLL=self.poll, SPIN_LIMIT=SPIN_LIMIT,
             **({"LL": True, "XS_BITS": 64 if self.xs_dtype == torch.int64 else 32, "LL_SPIN": not self.interpret}
                if self.ll else {}),
+            **({"ST_SYNC": True} if self.ln_sync else {}),
         )  # fmt: skip
 
     def __repr__(self) -> str:
@@ -995,6 +1015,7 @@ class Plan:
         weights = "resident" if self.resident else f"streamed by {self.BLOCK_K}"
         wait = {0: ", atomic-spin barrier", 1: ", acquire-load barrier", 2: ""}[self.poll] if self.persistent else ""
         wait = ", LL exchange (flag in the data, no barrier)" if self.ll else wait
+        wait += ", layer-norm statistics behind a counter" if self.ln_sync else ""
         return (f"Plan({mode}, {self.n_btiles}x{self.n_htiles} programs of {self.BLOCK_B}x{self.BLOCK_H}, "
                 f"weights {weights}, warps={self.num_warps}{wait})")  # fmt: skip
 
@@ -1054,7 +1075,8 @@ _TUNED_PERSISTENT: dict[tuple, tuple[float, dict]] = {}
 #: the persistent candidates of each plain tuning, fastest first: key -> [plan keywords]
 _PERSISTENT_RANKED: dict[tuple, list[dict]] = {}
 #: layer norm times its own kernels on this many of the fastest persistent plain plans (its two row-statistic
-#: exchanges per step grow with the number of hidden tiles, so the plain ranking is only a shortlist)
+#: exchanges per step grow with the number of hidden tiles, so the plain ranking is only a shortlist), each
+#: with both ways of exchanging the statistics (flagged words, or a counter: Plan's ``ln_sync``)
 LN_TUNE_TOP = 2
 #: what tuning measured: key -> [(plan repr, milliseconds for TUNE_STEPS steps, or None if refused)]
 TUNE_LOG: dict[tuple, list] = {}
@@ -1303,17 +1325,19 @@ def warmup(
         if "LN" in variants:
             vk["NH_PAD"] = _next_pow2(p.n_htiles)
             vk["ln_units"] = H_layer
+            if p.ln_sync:
+                vk["ST_RAW"] = True
         if p.ll:
             vk["xs_ptr"] = _mock(p.xs_dtype)
         for save in [s for s, on in ((True, training), (False, inference)) if on]:
-            ptrs = {a: _mock(_ptr_dtype(a, dtype)) for a in _variant_ptrs(variants, "fwd", p.ll)}
+            ptrs = {a: _mock(_ptr_dtype(a, dtype, p.ln_sync)) for a in _variant_ptrs(variants, "fwd", p.ll, p.ln_sync)}
             jf = _compiled("fwd", False)
             ck = {k: v for k, v in (constants or {}).items() if k in jf.arg_names}
             jf.warmup(*fwd, t_start=0, n_steps=steps, **p.constants(T, B, H), SAVE=save, **vk, **ptrs, **ck, **extra)
             n += 1
         if training:
             bwd = (dtype, dtype, dtype, acc, acc, dtype, acc, i32, i32)  # dy, dhn, w, cs, gates, da, dc, sync, err
-            ptrs = {a: _mock(_ptr_dtype(a, dtype)) for a in _variant_ptrs(variants, "bwd")}
+            ptrs = {a: _mock(_ptr_dtype(a, dtype, p.ln_sync)) for a in _variant_ptrs(variants, "bwd", p.ll, p.ln_sync)}
             jf = _compiled("bwd", False)
             ck = {k: v for k, v in (constants or {}).items() if k in jf.arg_names}
             jf.warmup(*bwd, t_start=T - 1, n_steps=steps, **p.constants(T, B, H), **vk, **ptrs, **ck, **extra)
@@ -1367,13 +1391,15 @@ def compile_ahead(
             consts["SAVE"] = True
         for flag in VARIANT_FLAGS:
             consts[flag] = flag in variants
-        used = _variant_ptrs(variants, name, p.ll)
+        used = _variant_ptrs(variants, name, p.ll, p.ln_sync)
         consts.update({a: None for a in VARIANT_PTRS if a in jf.arg_names and a not in used})
-        kinds.update({a: {torch.float32: "*fp32", torch.int64: "*i64"}.get(_ptr_dtype(a, dtype), ptr)
+        kinds.update({a: {torch.float32: "*fp32", torch.int64: "*i64", torch.int32: "*i32"}.get(
+                      _ptr_dtype(a, dtype, p.ln_sync), ptr)
                       for a in VARIANT_PTRS})  # fmt: skip
         kinds.update(clip="fp32", eps="fp32", xs_ptr="*i64" if dtype == torch.float32 else "*i32")
         if "LN" in variants:
             consts["NH_PAD"] = _next_pow2(p.n_htiles)
+            consts["ST_RAW"] = p.ln_sync
         if not p.ll:
             consts["xs_ptr"] = None
         consts.update({k: v for k, v in (constants or {}).items() if k in jf.arg_names})
@@ -1405,14 +1431,14 @@ def compile_ahead(
 #: the kernels' compile-time variant switches, and the pointer each one needs
 VARIANT_FLAGS = ("RDROP", "PEEP", "CIFG", "CLIP", "ZONE_H", "ZONE_C", "VALID", "LN")
 VARIANT_PTRS = ("rec_ptr", "wch_ptr", "zh_ptr", "zc_ptr", "valid_ptr", "hm_ptr", "dhc_ptr", "lnhh_ptr", "lncw_ptr",
-                "lncb_ptr", "st_ptr", "rh_ptr", "rs_ptr", "dgx_ptr", "dln_ptr")
+                "lncb_ptr", "st_ptr", "stc_ptr", "rh_ptr", "rs_ptr", "dgx_ptr", "dln_ptr")
 #: pointer arguments that are not in the input dtype: float32 (ACC) or packed int64 words
-_PTR_KIND = {"dhc_ptr": "acc", "rh_ptr": "acc", "rs_ptr": "acc", "dln_ptr": "acc", "st_ptr": "i64"}
+_PTR_KIND = {"dhc_ptr": "acc", "rh_ptr": "acc", "rs_ptr": "acc", "dln_ptr": "acc", "st_ptr": "i64", "stc_ptr": "i32"}
 
 
-def _variant_ptrs(flags, kind: str, ll: bool = False) -> set[str]:
+def _variant_ptrs(flags, kind: str, ll: bool = False, ln_sync: bool = False) -> set[str]:
     """The variant pointer arguments kernel ``kind`` reads or writes with these flags on (``ll``: the plan
-    exchanges LL words)."""
+    exchanges LL words; ``ln_sync``: layer norm's statistics behind counters)."""
     need = {"RDROP": ["rec_ptr"], "PEEP": ["wch_ptr"], "ZONE_H": ["zh_ptr"], "ZONE_C": ["zc_ptr"],
             "VALID": ["valid_ptr"],
             "LN": ["lnhh_ptr", "lncw_ptr", "lncb_ptr", "st_ptr", "rh_ptr", "rs_ptr"]}  # fmt: skip
@@ -1423,11 +1449,15 @@ def _variant_ptrs(flags, kind: str, ll: bool = False) -> set[str]:
         out |= {"dgx_ptr", "dln_ptr"}
     if kind == "fwd" and "RDROP" in flags and not ll:
         out.add("hm_ptr")
+    if "LN" in flags and ln_sync:
+        out.add("stc_ptr")
     return out
 
 
-def _ptr_dtype(name: str, dtype: torch.dtype) -> torch.dtype:
-    return {"acc": torch.float32, "i64": torch.int64}.get(_PTR_KIND.get(name, ""), dtype)
+def _ptr_dtype(name: str, dtype: torch.dtype, ln_sync: bool = False) -> torch.dtype:
+    if name == "st_ptr" and ln_sync:  # plain float32 statistics behind counters, not packed words
+        return torch.float32
+    return {"acc": torch.float32, "i64": torch.int64, "i32": torch.int32}.get(_PTR_KIND.get(name, ""), dtype)
 
 
 def _raise_on_timeout(err: Tensor, where: str) -> None:
@@ -1569,8 +1599,8 @@ def _plan_for(kind: str, B: int, H: int, dtype: torch.dtype, dev: torch.device, 
     key = tune_key(kind, B, H, dtype, dev)
     if _tunes(dev) and _PERSISTENT_RANKED.get(key):
         lkey = (*key, "LN")  # layer norm's own kernels on the fastest persistent plain plans
-        if lkey not in _TUNED:
-            cands = _PERSISTENT_RANKED[key][:LN_TUNE_TOP]
+        if lkey not in _TUNED:  # each shortlisted plan with either exchange of the row statistics
+            cands = [k for kw in _PERSISTENT_RANKED[key][:LN_TUNE_TOP] for k in (kw, {**kw, "ln_sync": True})]
             t0 = time.perf_counter()
             _TUNED[lkey] = _tune(kind, B, H, dtype, dev, cands, lkey, ln=True)
             log.info("triton LSTM %s layer norm (B=%d, H=%d, %s): timed %d persistent plans in %.1f s, chose %r",
@@ -1588,12 +1618,16 @@ def _ln_kwargs(
     """The layer-norm arguments of one launch: gains, a fresh statistics-exchange buffer, switches, the units
     the statistics are over (``var["units"]``, required: the layer's H without alignment padding, which
     :func:`_recurrence` sets), and the epsilon (forward only: backward uses the saved statistics)."""
-    raw = p.acc == tl.float64  # float64 runs in the interpreter only, one program: no packing, no flags
+    # plain values, no flags: float64 (the interpreter, one program) or behind counters (ln_sync)
+    raw = p.acc == tl.float64 or p.ln_sync
+    st_dtype = torch.float64 if p.acc == tl.float64 else torch.float32 if p.ln_sync else torch.int64
     kw = dict(
         LN=True, NH_PAD=_next_pow2(p.n_htiles), ST_RAW=raw, lnhh_ptr=ln_hh.contiguous(), lncw_ptr=ln_cw.contiguous(),
         lncb_ptr=ln_cb.contiguous(), ln_units=int(var["units"]),
-        st_ptr=torch.zeros(max(T, 1), 2, p.n_htiles, B, 2, dtype=torch.float64 if raw else torch.int64, device=dev),
+        st_ptr=torch.zeros(max(T, 1), 2, p.n_htiles, B, 2, dtype=st_dtype, device=dev),
     )  # fmt: skip
+    if p.ln_sync:
+        kw["stc_ptr"] = torch.zeros(p.n_btiles, max(T, 1), 2, dtype=torch.int32, device=dev)
     if kind == "fwd":
         kw["eps"] = float(var.get("eps", 1e-5))
     return kw
@@ -1760,7 +1794,7 @@ def variant_layer(
     var["eps"] = float(eps)
     w_ch = p.get("weight_ch") if v.peephole else None
     ln = [p["layernorm_hh_weight"], p["layernorm_c_weight"], p["layernorm_c_bias"]] if v.layer_norm else [None] * 3
-    plan_kw = {k: plan_kw.get(k) for k in ("mode", "tiles", "resident", "poll", "ll")}
+    plan_kw = {k: plan_kw.get(k) for k in ("mode", "tiles", "resident", "poll", "ll", "ln_sync")}
     return _recurrence(gx, h0, c0, w_hh, w_ch, ln, plan_kw, var)
 
 
