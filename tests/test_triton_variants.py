@@ -389,3 +389,23 @@ def test_layer_norm_statistics_behind_counters(monkeypatch, dtype):
         for k, v in want.items():
             rel = ((got[k].double() - v).norm() / v.norm()).item()
             assert rel < tol, (tiles, k, rel)
+
+
+def test_statistics_counters_count_every_tile_once_per_batch_tile(monkeypatch):
+    """ln_sync with two batch tiles in one launch: each (batch tile, step, exchange) counter ends at the number of
+    hidden tiles, forward and backward (no counter shared, none skipped), and the numbers are the loop's."""
+    captured = []
+    ln_kwargs = tk._ln_kwargs
+    monkeypatch.setattr(tk, "_ln_kwargs", lambda *a, **k: captured.append(ln_kwargs(*a, **k)) or captured[-1])
+    T, B, I, H = 3, 3, 2, 6
+    torch.manual_seed(12)
+    m = LSTM(I, H, dtype=torch.float64, layer_norm=True).train()
+    randomise_layer_norm(m)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    hx = (torch.randn(1, B, H, dtype=torch.float64), torch.randn(1, B, H, dtype=torch.float64))
+    kernel = functools.partial(tk.variant_layer, ln_sync=True, mode="persistent", tiles=(2, 16))
+    kernel.linear = None
+    got, want = run(m, x, hx, None, {}, kernel), run(m, x, hx, None, {}, None)
+    assert all((got[k] - v).abs().max().item() < 1e-10 for k, v in want.items())
+    assert [tuple(kw["stc_ptr"].shape) for kw in captured] == [(2, T, 2)] * 2  # forward, backward
+    assert all(bool((kw["stc_ptr"] == 1).all()) for kw in captured)  # one hidden tile arrived at each

@@ -1587,29 +1587,45 @@ class _Recurrence(torch.autograd.Function):
 
 
 def _plan_for(kind: str, B: int, H: int, dtype: torch.dtype, dev: torch.device, plan_kw: dict, ln: bool) -> Plan:
-    """The tuned (or given) plan; with layer norm a persistent one (row statistics are exchanged in the launch)."""
-    p = tuned_plan(kind, B, H, dtype, dev, **plan_kw)
+    """The tuned (or given) plan; with layer norm a persistent one (row statistics are exchanged in the launch).
+
+    ``plan_kw["ln_sync"]`` (layer norm's exchange) says nothing about the tiling: given alone, tuning still
+    picks the tiles and only times that exchange."""
+    ln_sync = plan_kw.get("ln_sync")
+    plan_kw = {k: v for k, v in plan_kw.items() if k != "ln_sync"}
     if not ln:
-        return p
+        return tuned_plan(kind, B, H, dtype, dev, **plan_kw)
     given = any(v is not None for k, v in plan_kw.items() if k != "mode") or plan_kw.get("mode") == "stepwise"
     if given:
+        p = tuned_plan(kind, B, H, dtype, dev, **plan_kw, ln_sync=ln_sync)
         if not p.persistent:
             raise ValueError(f"layer_norm needs a persistent launch plan, got {p!r}")
         return p
+    p = tuned_plan(kind, B, H, dtype, dev, **plan_kw)
+    sync = {"ln_sync": True} if ln_sync else {}
     key = tune_key(kind, B, H, dtype, dev)
     if _tunes(dev) and _PERSISTENT_RANKED.get(key):
-        lkey = (*key, "LN")  # layer norm's own kernels on the fastest persistent plain plans
-        if lkey not in _TUNED:  # each shortlisted plan with either exchange of the row statistics
-            cands = [k for kw in _PERSISTENT_RANKED[key][:LN_TUNE_TOP] for k in (kw, {**kw, "ln_sync": True})]
+        lkey = (*key, "LN", ln_sync)  # layer norm's own kernels on the fastest persistent plain plans
+        if lkey not in _TUNED:  # each shortlisted plan with either exchange of the row statistics (or the given)
+            ways = [{}, {"ln_sync": True}] if ln_sync is None else [sync]
+            cands = [{**kw, **w} for kw in _PERSISTENT_RANKED[key][:LN_TUNE_TOP] for w in ways]
             t0 = time.perf_counter()
             _TUNED[lkey] = _tune(kind, B, H, dtype, dev, cands, lkey, ln=True)
             log.info("triton LSTM %s layer norm (B=%d, H=%d, %s): timed %d persistent plans in %.1f s, chose %r",
                      kind, B, H, dtype, len(cands), time.perf_counter() - t0, Plan(B, H, dtype, dev, **_TUNED[lkey]))
-        p = Plan(B, H, dtype, dev, **_TUNED[lkey])
+        p = Plan(B, H, dtype, dev, **{**sync, **_TUNED[lkey]})
+    elif sync:
+        p = Plan(B, H, dtype, dev, **_plan_kwargs(p), **sync)
     if not p.persistent:  # the fastest persistent candidate, else the heuristic one (raises when the grid
         best = _TUNED_PERSISTENT.get(key)  # cannot be co-resident)
-        p = Plan(B, H, dtype, dev, **best[1]) if best else Plan(B, H, dtype, dev, mode="persistent")
+        p = Plan(B, H, dtype, dev, **{**best[1], **sync}) if best else Plan(B, H, dtype, dev, mode="persistent", **sync)
     return p
+
+
+def _plan_kwargs(p: Plan) -> dict:
+    """Keywords that rebuild plan ``p`` (its tiling and launch; not layer norm's exchange)."""
+    return dict(mode="persistent" if p.persistent else "stepwise", tiles=(p.BLOCK_B, p.BLOCK_H, p.BLOCK_K),
+                resident=p.resident, poll=p.poll, ll=p.ll)  # fmt: skip
 
 
 def _ln_kwargs(
