@@ -1286,7 +1286,7 @@ def _launch(kernel, p: Plan, ptrs: tuple, consts: dict, T: int, t_first: int, do
 def warmup(
     T: int, B: int, H: int, dtype: torch.dtype, device: torch.device | str = "cuda", *, inference: bool = True,
     training: bool = True, stepwise: bool = False, tune: bool | None = None, variants: tuple[str, ...] = (),
-    constants: dict | None = None, **plan_kw,
+    constants: dict | None = None, which: tuple[str, ...] = ("fwd", "bwd"), **plan_kw,
 ) -> int:  # fmt: skip
     """Compile, without running, the GPU kernels a (T, B, H, dtype) layer will launch; returns how many.
 
@@ -1296,7 +1296,8 @@ def warmup(
     ``variants``: kernel switches of :data:`VARIANT_FLAGS` to compile in.
     Arguments must mirror :func:`_launch` exactly, or the cache keys would differ.
     ``H`` is the layer's; the kernels see it padded as the layer pads it (:func:`kernel_units`).
-    ``constants``: other compile-time switches, for the kernels that take them (``{"ABLATE": 1}``).
+    ``constants``: other compile-time switches, for the kernels that take them (``{"ABLATE": 1}``);
+    ``which``: of the two kernels (tuning times them separately).
     """
     acc, i32 = torch.float32, torch.int32
     n = 0
@@ -1329,13 +1330,13 @@ def warmup(
                 vk["ST_RAW"] = True
         if p.ll:
             vk["xs_ptr"] = _mock(p.xs_dtype)
-        for save in [s for s, on in ((True, training), (False, inference)) if on]:
+        for save in [s for s, on in ((True, training), (False, inference)) if on and "fwd" in which]:
             ptrs = {a: _mock(_ptr_dtype(a, dtype, p.ln_sync)) for a in _variant_ptrs(variants, "fwd", p.ll, p.ln_sync)}
             jf = _compiled("fwd", False)
             ck = {k: v for k, v in (constants or {}).items() if k in jf.arg_names}
             jf.warmup(*fwd, t_start=0, n_steps=steps, **p.constants(T, B, H), SAVE=save, **vk, **ptrs, **ck, **extra)
             n += 1
-        if training:
+        if training and "bwd" in which:
             bwd = (dtype, dtype, dtype, acc, acc, dtype, acc, i32, i32)  # dy, dhn, w, cs, gates, da, dc, sync, err
             ptrs = {a: _mock(_ptr_dtype(a, dtype, p.ln_sync)) for a in _variant_ptrs(variants, "bwd", p.ll, p.ln_sync)}
             jf = _compiled("bwd", False)
