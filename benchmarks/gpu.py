@@ -434,10 +434,14 @@ def precompile_variants(shapes, dtypes, tuned: dict, workers: int) -> None:
     forward without saving that a call under torch.no_grad() launches (the forward timings), the plain
     forward without saving, and the step ablation's kernels."""
     flagsets = {f for _, f in VARIANTS.values() if f}
-    tasks = [(T, B, H, d, list(tuned[(B, H, d, "LN") if "LN" in f else (B, H, d)]), f, True)
+    def each(plans):  # (fwd plan, bwd plan) -> each kernel on its own plan only
+        return [{**plans[0], "which": ("fwd",)}, {**plans[1], "which": ("bwd",)}]
+
+    tasks = [(T, B, H, d, each(tuned[(B, H, d, "LN") if "LN" in f else (B, H, d)]), f, True)
              for T, B, H in shapes for d in dtypes for f in flagsets]  # fmt: skip
     # the plain forward without saving (the "ours fwd" timings under torch.no_grad()): tuned and step-wise plans
-    tasks += [(T, B, H, d, [tuned[(B, H, d)][0], {"mode": "stepwise"}], (), True) for T, B, H in shapes for d in dtypes]
+    tasks += [(T, B, H, d, [{**kw, "which": ("fwd",)} for kw in (tuned[(B, H, d)][0], {"mode": "stepwise"})], (), True)
+              for T, B, H in shapes for d in dtypes]  # fmt: skip
     # and the step ablation's forward kernels (ablation_table), at its shapes
     tasks += [(T, B, H, "bf16", [{**tuned[(B, H, "bf16")][0], "constants": {"ABLATE": k}, "which": ("fwd",)}
                                  for k in (1, 2)], (), False)

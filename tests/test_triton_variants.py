@@ -360,6 +360,14 @@ def test_layer_norm_tunes_its_plan_on_its_own_kernels(monkeypatch):
         assert len(tk.TUNE_LOG[k]) == 2 * tk.LN_TUNE_TOP == 4  # both exchanges of its statistics
         assert {kw: v for kw, v in tk._TUNED[k].items() if kw != "ln_sync"} in cands
         assert tk._TUNED[k]["mode"] == "persistent"
+    # an explicit exchange keeps the tiling tuned: only that exchange is timed, cached apart
+    kernel = functools.partial(tk.variant_layer, ln_sync=True)
+    kernel.linear = None
+    got = run(m, x, hx, None, masks, kernel)
+    assert all((got[k] - v).abs().max().item() < 1e-10 for k, v in want.items())
+    synced = [k for k in tk.TUNE_LOG if k[-1] is True]
+    assert {k[0] for k in synced} == {"fwd", "bwd"}
+    assert all(len(tk.TUNE_LOG[k]) == tk.LN_TUNE_TOP and tk._TUNED[k]["ln_sync"] for k in synced)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

@@ -1304,11 +1304,12 @@ def warmup(
     device = torch.device(device)
     H_layer, H = H, kernel_units(H, device)
     plan_kw = {k: v for k, v in plan_kw.items() if v is not None}
+    sync = {"ln_sync": True} if plan_kw.pop("ln_sync", False) else {}  # (an exchange, not a tiling: still tuned)
     if (TUNE and not plan_kw if tune is None else tune) and device.type == "cuda":  # tuned_plan times them all
-        kws = candidates(B, H, dtype, device)
+        kws = [{**kw, **sync} for kw in candidates(B, H, dtype, device)]
     else:
         mode = plan_kw.pop("mode", "auto")
-        kws = [dict(plan_kw, mode=m) for m in dict.fromkeys([mode] + (["stepwise"] if stepwise else []))]
+        kws = [dict(plan_kw, mode=m, **sync) for m in dict.fromkeys([mode] + (["stepwise"] if stepwise else []))]
     for kw in kws:
         p = Plan(B, H, dtype, device, **kw)
         if p.interpret:
