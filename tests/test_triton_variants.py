@@ -22,14 +22,10 @@ pytest.importorskip("triton", reason="triton is not installed (pip install trito
 
 from lstmkit.kernels import triton_lstm as tk  # noqa: E402
 from lstmkit.nn import LSTM  # noqa: E402
+from test_variants import VARIANTS  # noqa: E402
 
-CASES = {
-    "peephole": dict(peephole=True),
-    "cifg": dict(coupled_input_forget=True),
-    "cell_clip": dict(cell_clip=0.3),
-    "recurrent_dropout": dict(recurrent_dropout=0.4),
-    "zoneout": dict(zoneout=(0.3, 0.5)),
-    "weight_drop": dict(weight_drop=0.5),
+CASES = {  # each variant alone as tests/test_variants.py sets it, then combinations
+    **{k: v for k, v in VARIANTS.items() if k not in ("all", "layer_norm")},
     "all": dict(peephole=True, coupled_input_forget=True, cell_clip=0.5, recurrent_dropout=0.3, zoneout=0.25,
                 weight_drop=0.3, forget_bias=1.0),  # fmt: skip
     "layer_norm": dict(layer_norm=True),
@@ -44,6 +40,19 @@ def randomise_layer_norm(m: LSTM) -> None:
         for n, p in m.named_parameters():
             if "layernorm" in n:
                 p.add_(torch.randn_like(p) * 0.3)
+
+
+def triton_kernel(**plan_kw):
+    """``triton_lstm.variant_layer`` as the module loop's per-layer kernel (the input projection: torch's GEMM)."""
+    kernel = functools.partial(tk.variant_layer, **plan_kw)
+    kernel.linear = None
+    return kernel
+
+
+def inputs(T: int, B: int, I: int, H: int, layers: int = 1):
+    """Random float64 input (T, B, I) and initial state ((layers, B, H) twice), from torch's global seed."""
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    return x, (torch.randn(layers, B, H, dtype=torch.float64), torch.randn(layers, B, H, dtype=torch.float64))
 
 
 def run(m: LSTM, x, hx, lengths, masks, layer_kernel):
@@ -75,8 +84,7 @@ def test_variant_matches_the_torch_loop(name, mode, training):
     hx = (torch.randn(1, B, H, dtype=torch.float64) * 0.5, torch.randn(1, B, H, dtype=torch.float64) * 0.5)
     masks = m.sample_masks(B, T, like=x)
     want = run(m, x, hx, None, masks, None)
-    kernel = functools.partial(tk.variant_layer, mode=mode)
-    kernel.linear = None
+    kernel = triton_kernel(mode=mode)
     got = run(m, x, hx, None, masks, kernel)
     for k, v in want.items():
         assert got[k] is not None, k
@@ -90,13 +98,11 @@ def test_variants_with_lengths_bidirectional_and_two_layers():
     torch.manual_seed(3)
     m = LSTM(I, H, num_layers=2, bidirectional=True, dtype=torch.float64, **CASES["layer_norm+all"]).train()
     randomise_layer_norm(m)
-    x = torch.randn(T, B, I, dtype=torch.float64)
-    hx = (torch.randn(4, B, H, dtype=torch.float64), torch.randn(4, B, H, dtype=torch.float64))
+    x, hx = inputs(T, B, I, H, layers=4)
     lengths = torch.tensor([5, 2, 4])
     masks = m.sample_masks(B, T, like=x)
     want = run(m, x, hx, lengths, masks, None)
-    kernel = functools.partial(tk.variant_layer)
-    kernel.linear = None
+    kernel = triton_kernel()
     got = run(m, x, hx, lengths, masks, kernel)
     for k, v in want.items():
         assert (got[k] - v).abs().max().item() < 1e-10, k
@@ -122,15 +128,13 @@ def test_variants_on_the_ll_exchange(name):
     torch.manual_seed(5)
     m = LSTM(I, H, dtype=torch.float64, **CASES[name]).train()
     randomise_layer_norm(m)
-    x = torch.randn(T, B, I, dtype=torch.float64)
-    hx = (torch.randn(1, B, H, dtype=torch.float64), torch.randn(1, B, H, dtype=torch.float64))
+    x, hx = inputs(T, B, I, H)
     lengths = torch.tensor([4, 2, 3])
     masks = m.sample_masks(B, T, like=x)
     want = run(m, x, hx, lengths, masks, None)
     m32 = LSTM(I, H, dtype=torch.float32, **CASES[name]).train()
     m32.load_state_dict(m.state_dict())
-    kernel = functools.partial(tk.variant_layer, mode="persistent", ll=True)
-    kernel.linear = None
+    kernel = triton_kernel(mode="persistent", ll=True)
     masks32 = {k: {n: t.float() for n, t in v.items()} for k, v in masks.items()}
     got = run(m32, x.float(), tuple(t.float() for t in hx), lengths, masks32, kernel)
     for k, v in want.items():
@@ -150,8 +154,7 @@ def test_layer_norm_statistics_survive_a_large_mean():
     want = run(m, x, hx, None, {}, None)
     m32 = LSTM(I, H, dtype=torch.float32, layer_norm=True).train()
     m32.load_state_dict(m.state_dict())
-    kernel = functools.partial(tk.variant_layer)
-    kernel.linear = None
+    kernel = triton_kernel()
     x32, hx32 = x.float(), tuple(t.float() for t in hx)
     got = run(m32, x32, hx32, None, {}, kernel)
     loop = run(m32, x32, hx32, None, {}, None)
@@ -164,8 +167,7 @@ def test_outputs_are_not_views():
     """Outputs can be modified in place, as torch.nn.LSTM's can (a review found views of internal buffers)."""
     T, B, I, H = 3, 2, 3, 6
     m = LSTM(I, H, dtype=torch.float64, zoneout=0.1).train()
-    kernel = functools.partial(tk.variant_layer)
-    kernel.linear = None
+    kernel = triton_kernel()
     x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
     hx = (torch.zeros(1, B, H, dtype=torch.float64), torch.zeros(1, B, H, dtype=torch.float64))
     out, h, c = m._forward_loop(x, hx, None, kernel, None)
@@ -184,8 +186,7 @@ def test_a_call_the_kernel_cannot_index_runs_the_loop(monkeypatch):
     T, B, I, H = 3, 2, 3, 6
     torch.manual_seed(1)
     m = LSTM(I, H, dtype=torch.float64, peephole=True).train()
-    x = torch.randn(T, B, I, dtype=torch.float64)
-    hx = (torch.randn(1, B, H, dtype=torch.float64), torch.randn(1, B, H, dtype=torch.float64))
+    x, hx = inputs(T, B, I, H)
     want = run(m, x, hx, None, {}, None)
 
     def too_big(*a, **kw):
@@ -214,13 +215,11 @@ def test_variants_on_padded_hidden_units(monkeypatch, name):
     torch.manual_seed(sum(map(ord, name)))
     m = LSTM(I, H, num_layers=2, bidirectional=True, dtype=torch.float64, **CASES[name]).train()
     randomise_layer_norm(m)
-    x = torch.randn(T, B, I, dtype=torch.float64)
-    hx = (torch.randn(4, B, H, dtype=torch.float64), torch.randn(4, B, H, dtype=torch.float64))
+    x, hx = inputs(T, B, I, H, layers=4)
     lengths = torch.tensor([4, 2, 3])
     masks = m.sample_masks(B, T, like=x)
     want = run(m, x, hx, lengths, masks, None)
-    kernel = functools.partial(tk.variant_layer)
-    kernel.linear = None
+    kernel = triton_kernel()
     got = run(m, x, hx, lengths, masks, kernel)
     assert widths == [4 * 8] * 4  # two layers, two directions
     for k, v in want.items():
@@ -285,8 +284,7 @@ def test_layer_norm_statistics_across_hidden_tiles(monkeypatch, name, H, align, 
     lengths = torch.tensor([3, 1, 2])
     masks = m.sample_masks(B, T, like=x)
     want = run(m, x, hx, lengths, masks, None)
-    kernel = functools.partial(tk.variant_layer)
-    kernel.linear = None
+    kernel = triton_kernel()
     got = run(m, x, hx, lengths, masks, kernel)
     for k, v in want.items():
         assert (got[k] - v).abs().max().item() < 1e-10, k
@@ -298,10 +296,8 @@ def test_emulated_tiles_need_the_passes(monkeypatch):
     _emulate_tiles(monkeypatch, (2, 4), passes=1)
     torch.manual_seed(0)
     m = LSTM(I, H, dtype=torch.float64, layer_norm=True).train()
-    x = torch.randn(T, B, I, dtype=torch.float64)
-    hx = (torch.randn(1, B, H, dtype=torch.float64), torch.randn(1, B, H, dtype=torch.float64))
-    kernel = functools.partial(tk.variant_layer)
-    kernel.linear = None
+    x, hx = inputs(T, B, I, H)
+    kernel = triton_kernel()
     got, want = run(m, x, hx, None, {}, kernel), run(m, x, hx, None, {}, None)
     assert (got["out"] - want["out"]).abs().max().item() > 1e-3
 
@@ -315,14 +311,12 @@ def test_layer_norm_across_tiles_in_float32_packed_words(monkeypatch):
     torch.manual_seed(2)
     m = LSTM(I, H, dtype=torch.float64, **CASES["layer_norm+all"]).train()
     randomise_layer_norm(m)
-    x = torch.randn(T, B, I, dtype=torch.float64)
-    hx = (torch.randn(1, B, H, dtype=torch.float64), torch.randn(1, B, H, dtype=torch.float64))
+    x, hx = inputs(T, B, I, H)
     masks = m.sample_masks(B, T, like=x)
     want = run(m, x, hx, None, masks, None)
     m32 = LSTM(I, H, dtype=torch.float32, **CASES["layer_norm+all"]).train()
     m32.load_state_dict(m.state_dict())
-    kernel = functools.partial(tk.variant_layer)
-    kernel.linear = None
+    kernel = triton_kernel()
     masks32 = {k: {n: t.float() for n, t in v.items()} for k, v in masks.items()}
     got = run(m32, x.float(), tuple(t.float() for t in hx), None, masks32, kernel)
     for k, v in want.items():
@@ -344,11 +338,9 @@ def test_layer_norm_tunes_its_plan_on_its_own_kernels(monkeypatch):
     torch.manual_seed(4)
     m = LSTM(I, H, dtype=torch.float64, layer_norm=True, zoneout=0.2).train()
     randomise_layer_norm(m)
-    x = torch.randn(T, B, I, dtype=torch.float64)
-    hx = (torch.randn(1, B, H, dtype=torch.float64), torch.randn(1, B, H, dtype=torch.float64))
+    x, hx = inputs(T, B, I, H)
     masks = m.sample_masks(B, T, like=x)
-    kernel = functools.partial(tk.variant_layer)
-    kernel.linear = None
+    kernel = triton_kernel()
     got, want = run(m, x, hx, None, masks, kernel), run(m, x, hx, None, masks, None)
     assert all((got[k] - v).abs().max().item() < 1e-10 for k, v in want.items())
     plain = [k for k in tk.TUNE_LOG if "LN" not in k]
@@ -361,8 +353,7 @@ def test_layer_norm_tunes_its_plan_on_its_own_kernels(monkeypatch):
         assert {kw: v for kw, v in tk._TUNED[k].items() if kw != "ln_sync"} in cands
         assert tk._TUNED[k]["mode"] == "persistent"
     # an explicit exchange keeps the tiling tuned: only that exchange is timed, cached apart
-    kernel = functools.partial(tk.variant_layer, ln_sync=True)
-    kernel.linear = None
+    kernel = triton_kernel(ln_sync=True)
     got = run(m, x, hx, None, masks, kernel)
     assert all((got[k] - v).abs().max().item() < 1e-10 for k, v in want.items())
     synced = [k for k in tk.TUNE_LOG if k[-1] is True]
@@ -380,8 +371,7 @@ def test_layer_norm_statistics_behind_counters(monkeypatch, dtype):
     torch.manual_seed(11)
     m = LSTM(I, H, dtype=torch.float64, **CASES["layer_norm+all"]).train()
     randomise_layer_norm(m)
-    x = torch.randn(T, B, I, dtype=torch.float64)
-    hx = (torch.randn(1, B, H, dtype=torch.float64), torch.randn(1, B, H, dtype=torch.float64))
+    x, hx = inputs(T, B, I, H)
     masks = m.sample_masks(B, T, like=x)
     want = run(m, x, hx, torch.tensor([3, 1, 2]), masks, None)
     md = LSTM(I, H, dtype=dtype, **CASES["layer_norm+all"]).train()
@@ -391,8 +381,7 @@ def test_layer_norm_statistics_behind_counters(monkeypatch, dtype):
     for tiles in (None, (4, 4)):
         if tiles:
             _emulate_tiles(monkeypatch, tiles, passes=3 * T, ln_sync=True)
-        kernel = functools.partial(tk.variant_layer, ln_sync=True)
-        kernel.linear = None
+        kernel = triton_kernel(ln_sync=True)
         got = run(md, x.to(dtype), tuple(t.to(dtype) for t in hx), torch.tensor([3, 1, 2]), masks_d, kernel)
         for k, v in want.items():
             rel = ((got[k].double() - v).norm() / v.norm()).item()
@@ -409,10 +398,8 @@ def test_statistics_counters_count_every_tile_once_per_batch_tile(monkeypatch):
     torch.manual_seed(12)
     m = LSTM(I, H, dtype=torch.float64, layer_norm=True).train()
     randomise_layer_norm(m)
-    x = torch.randn(T, B, I, dtype=torch.float64)
-    hx = (torch.randn(1, B, H, dtype=torch.float64), torch.randn(1, B, H, dtype=torch.float64))
-    kernel = functools.partial(tk.variant_layer, ln_sync=True, mode="persistent", tiles=(2, 16))
-    kernel.linear = None
+    x, hx = inputs(T, B, I, H)
+    kernel = triton_kernel(ln_sync=True, mode="persistent", tiles=(2, 16))
     got, want = run(m, x, hx, None, {}, kernel), run(m, x, hx, None, {}, None)
     assert all((got[k] - v).abs().max().item() < 1e-10 for k, v in want.items())
     assert [tuple(kw["stc_ptr"].shape) for kw in captured] == [(2, T, 2)] * 2  # forward, backward
