@@ -194,6 +194,22 @@ def _grid_wait(ctr, n_htiles, err_ptr, wait_ns, wait_spins, POLL: tl.constexpr):
     return wait_ns, wait_spins
 
 
+def _unit_rows(ptr, n: tl.constexpr, offs_j, mj, H, ACC: tl.constexpr):
+    """My units' columns of the first ``n`` (1..4) consecutive H-vectors at ``ptr`` (peepholes: 3; layer-norm
+    gains: 4, 1), each a (1, BLOCK_H) row in ACC, kept for the whole launch; always four (the rest repeat)."""
+    r0 = tl.load(ptr + offs_j, mask=mj, other=0.0).to(ACC)[None, :]
+    r1 = r0
+    r2 = r0
+    r3 = r0
+    if n > 1:
+        r1 = tl.load(ptr + H + offs_j, mask=mj, other=0.0).to(ACC)[None, :]
+    if n > 2:
+        r2 = tl.load(ptr + 2 * H + offs_j, mask=mj, other=0.0).to(ACC)[None, :]
+    if n > 3:
+        r3 = tl.load(ptr + 3 * H + offs_j, mask=mj, other=0.0).to(ACC)[None, :]
+    return r0, r1, r2, r3
+
+
 def _exchange_sums(st_ptr, base, pid_h, offs_b, mb, m_st, st_rd, p1, p2, B, wait_ns, wait_spins, err_ptr, cnt,
                    n_tot, stc_ptr, stc_idx, n_htiles, ACC: tl.constexpr, ST_RAW: tl.constexpr, LL_SPIN: tl.constexpr,
                    CHAN: tl.constexpr, ST_SYNC: tl.constexpr, POLL: tl.constexpr):  # fmt: skip
@@ -340,16 +356,10 @@ def _fwd_kernel(
     if ZONE_H or VALID:  # my own tile of h_{t-1}, as stored (zoneout and padding carry it)
         h_own = tl.load(hs_ptr + t_start * B * H + bh, mask=m_bj, other=0.0).to(ACC)
     if PEEP:
-        w_ci = tl.load(wch_ptr + offs_j, mask=mj, other=0.0).to(ACC)[None, :]
-        w_cf = tl.load(wch_ptr + H + offs_j, mask=mj, other=0.0).to(ACC)[None, :]
-        w_co = tl.load(wch_ptr + 2 * H + offs_j, mask=mj, other=0.0).to(ACC)[None, :]
+        w_ci, w_cf, w_co, _ = _unit_rows(wch_ptr, 3, offs_j, mj, H, ACC)
     if LN:
-        g_hi = tl.load(lnhh_ptr + offs_j, mask=mj, other=0.0).to(ACC)[None, :]
-        g_hf = tl.load(lnhh_ptr + H + offs_j, mask=mj, other=0.0).to(ACC)[None, :]
-        g_hg = tl.load(lnhh_ptr + 2 * H + offs_j, mask=mj, other=0.0).to(ACC)[None, :]
-        g_ho = tl.load(lnhh_ptr + 3 * H + offs_j, mask=mj, other=0.0).to(ACC)[None, :]
-        g_c = tl.load(lncw_ptr + offs_j, mask=mj, other=0.0).to(ACC)[None, :]
-        b_c = tl.load(lncb_ptr + offs_j, mask=mj, other=0.0).to(ACC)[None, :]
+        g_hi, g_hf, g_hg, g_ho = _unit_rows(lnhh_ptr, 4, offs_j, mj, H, ACC)
+        g_c, b_c = _unit_rows(lncw_ptr, 1, offs_j, mj, H, ACC)[0], _unit_rows(lncb_ptr, 1, offs_j, mj, H, ACC)[0]
         offs_nh = tl.arange(0, NH_PAD)
         m_st = (offs_nh[:, None] < n_htiles) & mb[None, :]  # (NH_PAD, BLOCK_B): every program's partials
         st_rd = offs_nh[:, None] * B * 2 + offs_b[None, :] * 2
@@ -627,16 +637,10 @@ def _bwd_kernel(
     if RDROP:  # my units' recurrent-dropout mask: dh_{t-1} gets (da_t W_hh)[:, j] * rec[:, j]
         rec_own = tl.load(rec_ptr + bh, mask=m_bj, other=0.0).to(ACC)
     if PEEP:
-        w_ci = tl.load(wch_ptr + offs_j, mask=mj, other=0.0).to(ACC)[None, :]
-        w_cf = tl.load(wch_ptr + H + offs_j, mask=mj, other=0.0).to(ACC)[None, :]
-        w_co = tl.load(wch_ptr + 2 * H + offs_j, mask=mj, other=0.0).to(ACC)[None, :]
+        w_ci, w_cf, w_co, _ = _unit_rows(wch_ptr, 3, offs_j, mj, H, ACC)
     if LN:
-        g_hi = tl.load(lnhh_ptr + offs_j, mask=mj, other=0.0).to(ACC)[None, :]
-        g_hf = tl.load(lnhh_ptr + H + offs_j, mask=mj, other=0.0).to(ACC)[None, :]
-        g_hg = tl.load(lnhh_ptr + 2 * H + offs_j, mask=mj, other=0.0).to(ACC)[None, :]
-        g_ho = tl.load(lnhh_ptr + 3 * H + offs_j, mask=mj, other=0.0).to(ACC)[None, :]
-        g_c = tl.load(lncw_ptr + offs_j, mask=mj, other=0.0).to(ACC)[None, :]
-        b_c = tl.load(lncb_ptr + offs_j, mask=mj, other=0.0).to(ACC)[None, :]
+        g_hi, g_hf, g_hg, g_ho = _unit_rows(lnhh_ptr, 4, offs_j, mj, H, ACC)
+        g_c, b_c = _unit_rows(lncw_ptr, 1, offs_j, mj, H, ACC)[0], _unit_rows(lncb_ptr, 1, offs_j, mj, H, ACC)[0]
         offs_nh = tl.arange(0, NH_PAD)
         m_st = (offs_nh[:, None] < n_htiles) & mb[None, :]
         st_rd = offs_nh[:, None] * B * 2 + offs_b[None, :] * 2
@@ -890,13 +894,15 @@ def _compiled(name: str, interpret: bool):
 
 
 #: jit helpers the kernels call: compiled for the GPU here; the interpreter gets its own copies (_compiled)
-_HELPERS = {"_exchange_sums": _exchange_sums, "_grid_arrive": _grid_arrive, "_grid_wait": _grid_wait}
+_HELPERS = {"_exchange_sums": _exchange_sums, "_grid_arrive": _grid_arrive, "_grid_wait": _grid_wait,
+            "_unit_rows": _unit_rows}
 if HAVE_TRITON:
     _add = triton.jit(_add)
     _min = triton.jit(_min)
     _exchange_sums = triton.jit(_exchange_sums)
     _grid_arrive = triton.jit(_grid_arrive)
     _grid_wait = triton.jit(_grid_wait)
+    _unit_rows = triton.jit(_unit_rows)
 
 # ---------------------------------------------------------------------------------------------
 # Launch plan
