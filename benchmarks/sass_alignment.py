@@ -1,4 +1,5 @@
-"""What unaligned rows cost the Triton LSTM kernels, read from their sm_90 machine code (no GPU needed).
+"""What unaligned rows and resident float32 weights cost the Triton LSTM kernels, read from their sm_90
+machine code (no GPU needed).
 
 Compiles the forward and backward kernels ahead of time (``triton_lstm.compile_ahead``, specialised as the
 JIT specialises a launch) at a hidden size that is not a multiple of 16 (the issue's H = 650) with the
@@ -28,11 +29,16 @@ import triton
 from lstmkit.kernels import triton_lstm as tk
 
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
-#: (T, B, H, dtype, plan keywords): the two plans of (35, 20, 650) in bfloat16 that run 2's tuning timed
+#: (T, B, H, dtype, plan keywords): the two plans of (35, 20, 650) in bfloat16 that run 2's tuning timed,
+#: its float32 plan, and float32 (tf32x3) with resident weights against streamed ones at two aligned shapes
 CASES = [
     (35, 20, 650, torch.bfloat16, dict(tiles=(32, 8), resident=True)),
     (35, 20, 650, torch.bfloat16, dict(tiles=(32, 16), resident=False)),
     (35, 20, 650, torch.float32, dict(tiles=(32, 16), resident=False)),
+    (1024, 8, 256, torch.float32, dict(tiles=(16, 8), resident=True)),
+    (1024, 8, 256, torch.float32, dict(tiles=(16, 32), resident=False)),
+    (100, 1, 512, torch.float32, dict(tiles=(16, 8), resident=True)),
+    (100, 1, 512, torch.float32, dict(tiles=(16, 32), resident=False)),
 ]
 
 
@@ -56,7 +62,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     lines = [
-        "# SASS of the Triton LSTM kernels at H = 650 unpadded and padded to 656 (sm_90, ahead of time)", "",
+        "# SASS of the Triton LSTM kernels: H = 650 unpadded and padded to 656; float32 resident weights "
+        "(sm_90, ahead of time)", "",
         "Command: `python benchmarks/sass_alignment.py --out docs/gpu_runs/sass-alignment-DATE.md`  ",
         f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, triton {triton.__version__}, "
         "no GPU (static counts of the whole kernel, not timings)", "",
@@ -67,7 +74,7 @@ def main(argv=None) -> int:
     saved = dict(tk.ALIGN_UNITS)
     try:
         for T, B, H, dtype, kw in CASES:
-            for align in (1, 16):
+            for align in (1, 16) if H % 16 else (16,):  # (aligned H: the same kernel either way)
                 tk.ALIGN_UNITS["cuda"] = align
                 kh = tk.kernel_units(H, "cuda")
                 p = tk.plan(B, kh, dtype, "cuda", sm_count=132, **kw)
