@@ -2,7 +2,9 @@
 kernels/__init__.py says it does, and gives torch's numbers.
 
 Checks, each against the same module evaluated in float64 (cuDNN for plain modules, the pure-torch loop
-for variants), worst ||out - ref|| / ||ref|| over output, states and all gradients:
+for variants), worst ||out - ref|| / ||ref|| over output, states and all gradients; each also gives the error of
+torch's own path in the same dtype (the loop, or cuDNN) against the same reference, and passes within TOL or
+within PEER_SLACK times that error:
 
 1. plain bf16, 2 layers, bidirectional, batch_first -> triton_lstm.lstm_or_native (Triton kernels);
 2. the same with ``lengths=`` -> falls back per call to cuDNN;
@@ -28,6 +30,10 @@ from lstmkit.kernels import triton_lstm as tk
 from lstmkit.nn import LSTM
 
 TOL = {torch.bfloat16: 2e-2, torch.float32: 1e-5}
+#: a case also passes when its error is at most this times the error of torch's own path (the loop, or cuDNN)
+#: in the same dtype, against the same float64 reference
+PEER_SLACK = 1.5
+DEVICE = "cuda"
 
 
 def grads(m, x, lengths, masks=None):
@@ -40,25 +46,33 @@ def grads(m, x, lengths, masks=None):
     return [out, h, c, xl.grad] + [p.grad for p in m.parameters()]
 
 
-def case(name, opts, dtype, lengths, want_kernel, impl="auto") -> dict:
+def case(name, opts, dtype, lengths, want_kernel, impl="auto", H=100, num_layers=2, bidirectional=True) -> dict:
     torch.manual_seed(0)
-    B, T, H = 6, 40, 100  # H = 100: the kernels run 112 units, 12 of them alignment padding
-    ref_m = LSTM(H, H, num_layers=2, bidirectional=True, batch_first=True, impl="loop" if opts else "auto",
-                 dtype=torch.float64, device="cuda", **opts).train()  # fmt: skip
-    m = LSTM(H, H, num_layers=2, bidirectional=True, batch_first=True, dtype=dtype, device="cuda", impl=impl,
-             **opts).train()  # fmt: skip
+    B, T = 6, 40  # H = 100: the kernels run 112 units, 12 of them alignment padding
+    shape = dict(num_layers=num_layers, bidirectional=bidirectional, batch_first=True, device=DEVICE, **opts)
+    peer = "loop" if opts else "native"  # torch's own way of running this module (cuDNN for the plain LSTM)
+    ref_m = LSTM(H, H, **shape, impl=peer, dtype=torch.float64).train()
+    m = LSTM(H, H, **shape, dtype=dtype, impl=impl).train()
+    peer_m = LSTM(H, H, **shape, dtype=dtype, impl=peer).train()
     m.load_state_dict(ref_m.state_dict())
-    x = torch.randn(B, T, H, device="cuda", dtype=torch.float64)
+    peer_m.load_state_dict(ref_m.state_dict())
+    x = torch.randn(B, T, H, device=DEVICE, dtype=torch.float64)
     ln = torch.tensor([40, 7, 33, 40, 1, 25]) if lengths else None
     masks = ref_m.sample_masks(B, T, like=x) if opts else None
     want = grads(ref_m, x, ln, masks)
     mk = {k: {n: t.to(dtype) for n, t in v.items()} for k, v in masks.items()} if masks else None
-    got = grads(m, x.to(dtype), ln, mk)
-    err = max(float((a.detach().double() - b).norm() / b.norm().clamp_min(1e-300)) for a, b in zip(got, want))
+
+    def worst(got):
+        return max(float((a.detach().double() - b.detach()).norm() / b.detach().norm().clamp_min(1e-300))
+                   for a, b in zip(got, want))
+
+    err, peer_err = worst(grads(m, x.to(dtype), ln, mk)), worst(grads(peer_m, x.to(dtype), ln, mk))
     kern = kernels.select_lstm(impl, m.variants(), like=m.weight_ih_l0, ragged=lengths)
     kname = getattr(kern, "__name__", str(kern))
-    ok = err < TOL[dtype] and kern is want_kernel
-    return dict(name=name, dtype=str(dtype).replace("torch.", ""), kernel=kname, err=err, ok=ok)
+    # within the dtype's bound, or no worse than torch itself in this dtype (some modules amplify rounding:
+    # run 5's layer-norm case, T=40, has 0.26 in bf16 through torch's loop, 1.5e-5 in float32)
+    ok = err <= max(TOL[dtype], PEER_SLACK * peer_err) and kern is want_kernel
+    return dict(name=name, dtype=str(dtype).replace("torch.", ""), kernel=kname, err=err, peer_err=peer_err, ok=ok)
 
 
 def main(argv=None) -> int:
@@ -82,17 +96,21 @@ def main(argv=None) -> int:
          "triton"),
     ]  # fmt: skip
     lines = [f"# lstmkit.nn.LSTM(impl='auto') on {torch.cuda.get_device_name()}, torch {torch.__version__}", "",
-             "| case | dtype | kernel chosen | worst rel. error vs float64 | ok |",
-             "|---|---|---|---|---|"]  # fmt: skip
+             f"Each case passes when its error is below {TOL[torch.bfloat16]:g} (bf16) / {TOL[torch.float32]:g} (fp32) "
+             f"or at most {PEER_SLACK}x the error of torch's own path in the same dtype (the loop for variants, "
+             "cuDNN for the plain LSTM), both against the module in float64.", "",
+             "| case | dtype | kernel chosen | worst rel. error vs float64 | torch's path in this dtype | ok |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
     rows = []
     for c in cases:  # the file is rewritten after every case: a run cut short keeps what it measured
         try:
             rows.append(case(*c))
         except Exception as e:  # a failing case is a row, not the end of the run
             rows.append(dict(name=c[0], dtype=str(c[2]).replace("torch.", ""), kernel=f"ERROR {type(e).__name__}: "
-                             f"{str(e)[:150]}", err=float("nan"), ok=False))  # fmt: skip
+                             f"{str(e)[:150]}", err=float("nan"), peer_err=float("nan"), ok=False))  # fmt: skip
         r = rows[-1]
-        lines.append(f"| {r['name']} | {r['dtype']} | {r['kernel']} | {r['err']:.2e} | {'yes' if r['ok'] else 'NO'} |")
+        ok = "yes" if r["ok"] else "NO"
+        lines.append(f"| {r['name']} | {r['dtype']} | {r['kernel']} | {r['err']:.2e} | {r['peer_err']:.2e} | {ok} |")
         args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0 if all(r["ok"] for r in rows) else 1

@@ -331,6 +331,18 @@ def test_dispatcher_routes_gpu_calls_to_the_triton_kernels():
         kernels.select_lstm("triton", ("layer_norm",), proj_size=3, like=gpu(torch.bfloat16))
 
 
+def test_impl_triton_module_is_built_anywhere_and_refused_per_call_off_the_gpu():
+    """``LSTM(..., impl="triton")`` is built on the CPU and then moved (``.to("cuda")``), as every model is: the
+    name is checked at construction, whether the kernel can run at the call (run 5 on the H200 failed here)."""
+    from lstmkit.nn import LSTM
+
+    m = LSTM(4, 4, layer_norm=True, impl="triton")
+    with pytest.raises(ValueError, match="not on a CUDA device.*impl='auto'"):
+        m(torch.randn(2, 1, 4))
+    with pytest.raises(ValueError, match="impl must be one of"):
+        LSTM(4, 4, impl="cudnn")
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_ll_exchange_gives_the_same_bits(dtype):
     """The LL exchange (h_t / da_t packed with a ready flag into 32- or 64-bit words, no barrier) decodes to

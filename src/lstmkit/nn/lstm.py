@@ -104,7 +104,7 @@ class LSTM(torch.nn.LSTM):
             input_size, hidden_size, num_layers, bias=bias, batch_first=batch_first, dropout=dropout,
             bidirectional=bidirectional, proj_size=proj_size, device=device, dtype=dtype,
         )  # fmt: skip
-        kernels.select_lstm(impl)  # validates impl
+        kernels._check_impl(impl)  # the name only: whether the kernel can run is decided per call, once on its device
         self.impl = impl
         self.variant_config = variants
         factory = {"device": device, "dtype": dtype}
