@@ -450,8 +450,8 @@ def precompile_variants(shapes, dtypes, tuned: dict, workers: int) -> None:
 
 
 def _variant_module(H: int, opts: dict, dtype, device: str, impl: str | None = None):
-    """lstmkit.nn.LSTM(H, H, **opts) in training mode; on a GPU on the Triton kernels (impl='triton': 'auto'
-    keeps layer norm on the torch loop), in a dry run on whatever 'auto' picks."""
+    """lstmkit.nn.LSTM(H, H, **opts) in training mode; on a GPU on the Triton kernels (impl='triton': an error,
+    not a silent fallback, if one cannot run), in a dry run on whatever 'auto' picks."""
     from lstmkit.nn import LSTM
 
     impl = impl or ("triton" if device == "cuda" else "auto")

@@ -311,8 +311,8 @@ def test_candidates_cover_the_tilings_and_fit_the_gpu():
 
 def test_dispatcher_routes_gpu_calls_to_the_triton_kernels():
     """impl='auto' on a GPU: plain bfloat16 -> the Triton kernels (per call, native fallback); float32 and
-    float16 -> cuDNN; variants -> variant_layer, but layer norm only when asked for (impl='triton'); projections
-    -> the torch loop (None)."""
+    float16 -> cuDNN; variants (layer norm too) -> variant_layer; projections with variants -> the torch loop
+    (None)."""
     from types import SimpleNamespace
 
     from lstmkit import kernels
@@ -323,7 +323,7 @@ def test_dispatcher_routes_gpu_calls_to_the_triton_kernels():
     assert kernels.select_lstm("auto", (), like=gpu(torch.float32)) is native.lstm
     assert kernels.select_lstm("auto", (), proj_size=4, like=gpu(torch.bfloat16)) is native.lstm
     assert kernels.select_lstm("auto", ("peephole", "zoneout"), like=gpu(torch.float32)) is tk.variant_layer
-    assert kernels.select_lstm("auto", ("layer_norm",), like=gpu(torch.bfloat16)) is None  # not yet GPU-measured
+    assert kernels.select_lstm("auto", ("layer_norm",), like=gpu(torch.bfloat16)) is tk.variant_layer
     assert kernels.select_lstm("triton", ("layer_norm", "zoneout"), like=gpu(torch.bfloat16)) is tk.variant_layer
     assert kernels.select_lstm("triton", ("cell_clip",), like=gpu(torch.float16)) is tk.variant_layer
     assert kernels.select_lstm("auto", ("layer_norm",), proj_size=3, like=gpu(torch.float32)) is None
