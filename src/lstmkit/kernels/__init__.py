@@ -11,7 +11,7 @@ loop. Today's kernels:
   for the plain LSTM, and what ``impl="auto"`` runs for a plain bfloat16 LSTM on a GPU (where cuDNN
   has no persistent path: measured 2-5x faster at small batch, level elsewhere, docs/gpu.md); with variants
   ``impl="auto"`` runs them on a GPU, one layer and direction per call (``variant_layer``), layer norm
-  included (4.7-35x faster than the pure-torch loop, run 5 on an H200, docs/gpu.md). The launch plan
+  included (2.1-35x faster than the pure-torch loop, run 5 on an H200, docs/gpu.md). The launch plan
   is tuned on the first call per shape (seconds, once).
 * ``cpu_fused``: one layer and direction of an LSTM with variants (layer norm, peepholes, CIFG,
   cell clip, recurrent dropout, zoneout, weight drop; ``lengths``) on the CPU, float32/float64, no
@@ -103,7 +103,7 @@ def select_lstm(
                 return triton_lstm.lstm_or_native
         return native.lstm
     if like is not None and like.is_cuda:  # variants on the GPU: the Triton kernels where they cover them
-        # (layer norm included: run 5 on the H200 measured its kernel 4.7-35x faster than the pure-torch loop,
+        # (layer norm included: run 5 on the H200 measured its kernel 2.1-35x faster than the pure-torch loop,
         # training, at the five shapes of docs/gpu.md in all three dtypes, and checked it against float64)
         from . import triton_lstm
 
