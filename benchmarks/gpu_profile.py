@@ -1,0 +1,212 @@
+"""Where a short call's time goes on a GPU: kernels, host work, launches (issue 6, after run 5).
+
+Run 5 measured (35, 20, 650) bf16 forward at 0.79 ms where its recurrent kernel's 35 steps take about
+0.29 ms, and a step-wise launch of the kernels at 60 us of host time (27 us in run 2). Before changing the
+launch path, this says what a call is made of. Two tables:
+
+1. **Launch cost, host microseconds per launch**, back to back without synchronising (median of 5 rounds of
+   200): a torch op (``x.add_(1)``), a Triton kernel with two arguments, our forward kernel as one step-wise
+   launch (about 60 arguments, ``triton_lstm._launch``), and a whole one-step ``triton_lstm.lstm`` call
+   (planning, buffers, GEMM, launch, copies).
+2. **One call under torch.profiler** (``SYNC_CHECK`` off, as a user runs it), ours and cuDNN, forward
+   (no grad) and forward+backward, at the shapes where host work or the backward decides goal 1: per call
+   the wall time (CUDA events, without the profiler), the GPU time of its kernels, the number of kernels,
+   and the longest kernels. Wall minus kernel time is time the GPU waited for the host.
+
+Plans are fixed to what run 5's tuning chose (``PLANS``), so the script compiles a few kernels and tunes none.
+
+    PYTHONPATH=src python benchmarks/gpu_profile.py --out gpu_profile.md     # on a GPU, about 1-2 min
+    TRITON_INTERPRET=1 PYTHONPATH=src python benchmarks/gpu_profile.py --dry-run   # CPU, plumbing only
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import triton
+import triton.language as tl
+
+from lstmkit.kernels import triton_lstm as tk
+
+#: (T, B, H, dtype) -> the plan run 5's tuning chose (one plan for forward and backward where they differed:
+#: the forward one when its backward was within 10%, see docs/gpu_runs/2026-11-27-h200-run5.md)
+PLANS = {
+    (35, 20, 650, "bf16"): dict(mode="persistent", tiles=(32, 16), resident=False),
+    (35, 20, 650, "fp16"): dict(mode="persistent", tiles=(32, 16), resident=False),
+    (100, 1, 512, "bf16"): dict(mode="persistent", tiles=(16, 32), resident=True),
+    (1024, 8, 256, "bf16"): dict(mode="persistent", tiles=(16, 32), resident=True),
+    (128, 256, 1024, "bf16"): dict(mode="persistent", tiles=(64, 32), resident=False),
+}
+DRY = {(6, 2, 16, "bf16"): dict(mode="persistent", tiles=(16, 16))}
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+@triton.jit
+def _two_args(x_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    tl.store(x_ptr + offs, tl.load(x_ptr + offs, mask=offs < n) + 1, mask=offs < n)
+
+
+def _host_us(fn, device: str, n: int, rounds: int = 5) -> float:
+    """Median host microseconds per call of ``fn`` over ``rounds`` rounds of ``n`` back-to-back calls."""
+    fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    out = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        out.append((time.perf_counter() - t0) * 1e6 / n)
+        if device == "cuda":
+            torch.cuda.synchronize()
+    return statistics.median(out)
+
+
+def launch_costs(device: str, n: int) -> list[tuple[str, float]]:
+    dev = torch.device(device)
+    x = torch.zeros(16, device=dev)
+    rows = [("torch op, x.add_(1)", _host_us(lambda: x.add_(1), device, n))]
+    rows.append(("Triton kernel, 2 arguments", _host_us(lambda: _two_args[(1,)](x, 16, BLOCK=16), device, n)))
+    B, H, dt = 8, 256 if device == "cuda" else 16, torch.bfloat16
+    p = tk.Plan(B, H, dt, dev, mode="stepwise")
+    run, _, prep = tk._random_launch("fwd", p, 1, B, H, dt, dev, torch.Generator(device=dev).manual_seed(0))
+    prep()
+    n_args = len(tk._compiled("fwd", p.interpret).arg_names)
+    rows.append((f"our forward kernel, one step-wise launch ({n_args} parameters)", _host_us(run, device, n)))
+    m = torch.nn.LSTM(H, H).to(device=dev, dtype=dt)
+    xs = torch.randn(1, B, H, device=dev, dtype=dt)
+    h0 = torch.zeros(1, B, H, device=dev, dtype=dt)
+    kw = dict(bias=True, num_layers=1, dropout=0.0, training=False, bidirectional=False, batch_first=False)
+
+    def whole():
+        with torch.no_grad():
+            tk.lstm(xs, (h0, h0), m._flat_weights, **kw, mode="persistent", tiles=(16, 32 if device == "cuda" else 16))
+
+    rows.append(("triton_lstm.lstm, T=1, no grad (the whole call)", _host_us(whole, device, max(n // 4, 1))))
+    return rows
+
+
+def _event_ms(fn, device: str, iters: int) -> float:
+    times = []
+    for _ in range(iters):
+        if device == "cuda":
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def _kernels(prof) -> list[tuple[str, float]]:
+    """(name, device microseconds) of every GPU kernel / memcpy / memset event in a profile."""
+    out = []
+    for e in prof.events():
+        if e.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        out.append((e.name, float(e.device_time_total)))  # (a device event: its own duration)
+    return out
+
+
+def profile_case(T: int, B: int, H: int, dname: str, plan: dict, device: str, iters: int) -> list[dict]:
+    dt, dev = DTYPES[dname], torch.device(device)
+    torch.manual_seed(0)
+    m = torch.nn.LSTM(H, H).to(device=dev, dtype=dt)
+    x = torch.randn(T, B, H, device=dev, dtype=dt)
+    h0 = torch.randn(1, B, H, device=dev, dtype=dt)
+    c0 = torch.randn(1, B, H, device=dev, dtype=dt)
+    xg = x.clone().requires_grad_()
+    kw = dict(bias=True, num_layers=1, dropout=0.0, bidirectional=False, batch_first=False)
+
+    def ours_fwd():
+        with torch.no_grad():
+            tk.lstm(x, (h0, c0), m._flat_weights, training=False, **kw, **plan)
+
+    def ours_fb():
+        y, _, _ = tk.lstm(xg, (h0, c0), m._flat_weights, training=True, **kw, **plan)
+        y.sum().backward()
+
+    def cudnn_fwd():
+        with torch.no_grad():
+            m(x, (h0, c0))
+
+    def cudnn_fb():
+        y, _ = m(xg, (h0, c0))
+        y.sum().backward()
+
+    rows = []
+    acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device == "cuda" else [])
+    for name, fn in (("ours fwd", ours_fwd), ("cuDNN fwd", cudnn_fwd), ("ours fwd+bwd", ours_fb),
+                     ("cuDNN fwd+bwd", cudnn_fb)):  # fmt: skip
+        for _ in range(2):
+            fn()
+        wall = _event_ms(fn, device, iters)
+        host = _host_us(fn, device, 1, rounds=iters) / 1e3
+        if device == "cuda":
+            torch.cuda.synchronize()
+        with torch.profiler.profile(activities=acts) as prof:
+            for _ in range(iters):
+                fn()
+            if device == "cuda":
+                torch.cuda.synchronize()
+        ks = _kernels(prof)
+        by: dict[str, float] = {}
+        for k, us in ks:
+            by[k] = by.get(k, 0.0) + us / iters
+        top = sorted(by.items(), key=lambda kv: -kv[1])[:4]
+        rows.append(dict(case=f"({T}, {B}, {H}) {dname}", call=name, wall=wall, host=host,
+                         busy=sum(by.values()) / 1e3, n=len(ks) / iters,
+                         top="; ".join(f"{k[:48]} {v:.0f}" for k, v in top)))  # fmt: skip
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("gpu_profile.md"))
+    ap.add_argument("--dry-run", action="store_true", help="CPU interpreter, tiny shapes: proves the script runs")
+    ap.add_argument("--iters", type=int, default=10)
+    args = ap.parse_args(argv)
+    device = "cpu" if args.dry_run else "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("no GPU here: use --dry-run")
+    tk.SYNC_CHECK = False  # a user's call: no host synchronisation after the kernels
+    name = torch.cuda.get_device_name() if device == "cuda" else "CPU (Triton interpreter, DRY RUN: times mean nothing)"
+    cmd = "python benchmarks/gpu_profile.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    lines = [f"# Where a call's time goes: {name}, torch {torch.__version__}, triton {triton.__version__}", "",
+             f"Command: `{cmd}`  ", f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", "",
+             "## Launch cost: host microseconds per launch, back to back (median of 5 rounds)", "",
+             "| what | host us per launch |", "|---|---|"]  # fmt: skip
+    for what, us in launch_costs(device, 200 if device == "cuda" else 3):
+        lines.append(f"| {what} | {us:.1f} |")
+        args.out.write_text("\n".join(lines) + "\n")
+    lines += ["", "## One call: wall (CUDA events, no profiler), host time of the call, GPU time of its kernels "
+              "(profiler), ms; kernels per call; the longest kernels (us per call)", "",
+              "| shape, dtype | call | wall | host | kernels busy | GPU waiting (wall - busy) | kernels per call "
+              "| longest kernels |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for (T, B, H, dname), plan in (DRY if args.dry_run else PLANS).items():
+        try:
+            rows = profile_case(T, B, H, dname, plan, device, args.iters if device == "cuda" else 1)
+        except Exception as e:  # a failing case is a row, not the end of the run
+            lines.append(f"| ({T}, {B}, {H}) {dname} | ERROR {type(e).__name__}: {str(e)[:150]} | | | | | | |")
+            continue
+        for r in rows:
+            lines.append(f"| {r['case']} | {r['call']} | {r['wall']:.3f} | {r['host']:.3f} | {r['busy']:.3f} | "
+                         f"{r['wall'] - r['busy']:.3f} | {r['n']:.0f} | {r['top']} |")  # fmt: skip
+        args.out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
