@@ -1,0 +1,100 @@
+"""What one time step of the Triton LSTM kernels executes, read from their sm_90 machine code (no GPU).
+
+Run 5's step ablation (docs/gpu.md) left 2.05 us per forward step at (1024, 8, 256) bf16 without the grid
+barrier: longer than cuDNN's whole fp16 step (1.53 us), for a (16 x 256) @ (256 x 32) product. This counts,
+for run 5's tuned plans, what the time loop of each kernel holds: its SASS instructions (static count of
+the loop, an inner K loop counted once), the CTA barriers (``BAR.SYNC``), the tensor-core instructions
+(``HMMA``, ``HGMMA``), and the layout conversions in the loop (``ttg.convert_layout`` in the TTGIR), which
+Triton lowers through shared memory, between CTA barriers.
+
+    PYTHONPATH=src python benchmarks/sass_loop.py --out docs/gpu_runs/sass-loop-DATE.md     # ~1 min, any machine
+
+Static counts, not timings. Run it with the Triton the GPU image has (3.6 here: /work/venv36).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+import triton
+
+from lstmkit.kernels import triton_lstm as tk
+
+BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+#: run 5's tuned plans (docs/gpu_runs/2026-11-27-h200-run5.md), bf16 at the five shapes, and one fp32 plan
+CASES = [
+    (1024, 8, 256, torch.bfloat16, "fwd", dict(tiles=(16, 8), resident=True)),
+    (1024, 8, 256, torch.bfloat16, "bwd", dict(tiles=(16, 32), resident=True)),
+    (256, 16, 768, torch.bfloat16, "fwd", dict(tiles=(16, 8), resident=True)),
+    (256, 16, 768, torch.bfloat16, "bwd", dict(tiles=(16, 32), resident=False)),
+    (100, 1, 512, torch.bfloat16, "fwd", dict(tiles=(16, 32), resident=True)),
+    (100, 1, 512, torch.bfloat16, "bwd", dict(tiles=(16, 32), resident=True)),
+    (35, 20, 650, torch.bfloat16, "fwd", dict(tiles=(32, 8), resident=True)),
+    (35, 20, 650, torch.bfloat16, "bwd", dict(tiles=(32, 16), resident=False)),
+    (128, 256, 1024, torch.bfloat16, "fwd", dict(tiles=(64, 32), resident=False)),
+    (128, 256, 1024, torch.bfloat16, "bwd", dict(tiles=(64, 32), resident=False)),
+    (1024, 8, 256, torch.float32, "fwd", dict(tiles=(16, 32), resident=False)),
+]
+
+
+def loop_counts(kernel) -> dict:
+    """Counts in the time loop: the backward branch that spans the most code."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kernel.asm["cubin"])
+        f.flush()
+        sass = subprocess.run([str(BIN / "cuobjdump"), "-sass", f.name], capture_output=True, text=True,
+                              check=True).stdout  # fmt: skip
+    rows = [(int(m.group(1), 16), m.group(2).strip()) for m in re.finditer(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;", sass)]
+    lo, hi = 0, -1
+    for addr, ins in rows:
+        m = re.search(r"\bBRA\s+(?:!?U?P\w+,\s*)?0x([0-9a-f]+)", ins)
+        if m and int(m.group(1), 16) < addr and addr - int(m.group(1), 16) > hi - lo:
+            lo, hi = int(m.group(1), 16), addr
+    body = [re.sub(r"^@!?U?P\w+\s+", "", ins).split()[0] for addr, ins in rows if lo <= addr <= hi]
+    ops = collections.Counter(body)
+    ir = kernel.asm["ttgir"]
+    loop_ir = ir[ir.index("scf.for") :]
+    return dict(instr=len(body), bar=ops["BAR.SYNC.DEFER_BLOCKING"] + ops["BAR.SYNC"],
+                hmma=sum(v for k, v in ops.items() if k.startswith(("HMMA", "HGMMA"))),
+                membar=sum(v for k, v in ops.items() if k.startswith("MEMBAR")),
+                convert=loop_ir.count("ttg.convert_layout"))  # fmt: skip
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    lines = [
+        "# One time step of the Triton LSTM kernels in sm_90 machine code (ahead of time, no GPU)", "",
+        "Command: `python benchmarks/sass_loop.py --out docs/gpu_runs/sass-loop-DATE.md`  ",
+        f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, triton {triton.__version__}; "
+        "run 5's tuned plans; static counts of the time loop (an inner K loop of a streamed plan counted once)",
+        "",
+        "| shape (T, B, H) | dtype | kernel | plan | loop instructions | BAR.SYNC (CTA barriers) "
+        "| HMMA + HGMMA (tensor core) | MEMBAR | layout conversions in the loop (TTGIR) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for T, B, H, dtype, kind, kw in CASES:
+        p = tk.plan(B, tk.kernel_units(H, "cuda"), dtype, "cuda", sm_count=132, mode="persistent", **kw)
+        k = tk.compile_ahead(T, B, H, dtype, mode="persistent", which=(kind,), **kw)[kind]
+        c = loop_counts(k)
+        lines.append(f"| ({T}, {B}, {H}) | {str(dtype)[6:]} | {kind} | {p!r} | {c['instr']} | {c['bar']} | "
+                     f"{c['hmma']} | {c['membar']} | {c['convert']} |")  # fmt: skip
+        print(lines[-1], flush=True)
+    text = "\n".join(lines) + "\n"
+    if args.out:
+        args.out.write_text(text)
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
