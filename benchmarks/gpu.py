@@ -188,8 +188,14 @@ def precompile(shapes, dtypes, workers: int, inference: bool = True) -> None:
             kws = tk.candidates(B, KH, DTYPES[d], "cuda") if tk.TUNE else [{}]
             kws += [{"mode": "stepwise"}] + ([{"resident": False}] if (T, B, H) == shapes[0] else [])
             kws += [kw for kw in [{"ll": True}] if LL_CHECK and _valid(B, H, d, kw)]
-            for kw in {repr(tk.plan(B, KH, DTYPES[d], "cuda", **kw)): kw for kw in kws}.values():
-                tasks.append((T, B, H, d, [kw], (), inference))
+            # the forward's tuning also times each persistent plan with its gate products unfused
+            kws += [{**kw, "which": ("fwd",)} for kw in tk.candidates(B, KH, DTYPES[d], "cuda", kind="fwd")
+                    if kw.get("fuse") is False and tk.TUNE]  # fmt: skip
+            unique = {}
+            for kw in kws:
+                plan = tk.plan(B, KH, DTYPES[d], "cuda", **{k: v for k, v in kw.items() if k != "which"})
+                unique.setdefault((repr(plan), kw.get("which")), kw)
+            tasks += [(T, B, H, d, [kw], (), inference) for kw in unique.values()]
     tasks.sort(key=lambda t: -t[2])  # large H first: they compile longest
     _compile_in_workers(tasks, workers, "plans")
 
@@ -444,7 +450,8 @@ def precompile_variants(shapes, dtypes, tuned: dict, workers: int) -> None:
               for T, B, H in shapes for d in dtypes]  # fmt: skip
     # and the step ablation's forward kernels (ablation_table), at its shapes
     tasks += [(T, B, H, "bf16", [{**tuned[(B, H, "bf16")][0], "constants": {"ABLATE": k}, "which": ("fwd",)}
-                                 for k in (1, 2)], (), False)
+                                 for k in (1, 2)] + [{**tuned[(B, H, "bf16")][0], "fuse": False, "which": ("fwd",)}],
+               (), False)
               for T, B, H in shapes if B <= 16 and "bf16" in dtypes]  # fmt: skip
     _compile_in_workers(tasks, workers, "variants and ablation")
 
@@ -552,22 +559,24 @@ def ablation_table(shapes, dtypes, deadline: float, device: str) -> str:
     plan, microseconds per step over 256 steps, until ``deadline``."""
     lines = ["", "## Forward step ablation, bf16, B <= 16: microseconds per step (256 steps, median of 3)", "",
              "Timing only (these kernels compute wrong numbers by design): the tuned plan as it is, without its "
-             "grid barrier, and also without re-reading h_{t-1} (resident plans).", "",
-             "| shape | plan | full | no barrier | no barrier, no h read |", "|---|---|---|---|---|"]  # fmt: skip
+             "grid barrier, and also without re-reading h_{t-1} (resident plans); and the full step with the four "
+             "gate products unfused (fuse=False: the kernels of runs 1-5).", "",
+             "| shape | plan | full | no barrier | no barrier, no h read | full, four gate products |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
     for T, B, H in shapes:
         if "bf16" not in dtypes or B > 16:
             continue
         if time.monotonic() > deadline:
-            lines.append(f"| {(T, B, H)} | time budget spent | | | |")
+            lines.append(f"| {(T, B, H)} | time budget spent | | | | |")
             continue
         try:
             steps = 256 if device == "cuda" else 3  # (the dry run: plumbing)
             r = tk.step_ablation(B, tk.kernel_units(H, device), torch.bfloat16, device, T=steps)
         except Exception as e:
-            lines.append(f"| {(T, B, H)} | ERROR {type(e).__name__}: {e}"[:200] + " | | | |")
+            lines.append(f"| {(T, B, H)} | ERROR {type(e).__name__}: {e}"[:200] + " | | | | |")
             continue
         lines.append(f"| {(T, B, H)} | {r['plan']} | {_f(r.get('full'))} | {_f(r.get('no barrier'))} "
-                     f"| {_f(r.get('no barrier, no h read'))} |")  # fmt: skip
+                     f"| {_f(r.get('no barrier, no h read'))} | {_f(r.get('four gate products'))} |")  # fmt: skip
         log.info("ablation %s", lines[-1])
     return "\n".join(lines) + "\n"
 

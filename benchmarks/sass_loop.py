@@ -9,6 +9,7 @@ Triton lowers through shared memory, between CTA barriers.
 
     PYTHONPATH=src python benchmarks/sass_loop.py --out docs/gpu_runs/sass-loop-DATE.md     # ~1 min, any machine
 
+Each forward also with ``fuse=False`` (plan shown with ", four gate products"): the kernels of runs 1-5.
 Static counts, not timings. Run it with the Triton the GPU image has (3.6 here: /work/venv36).
 """
 
@@ -82,12 +83,16 @@ def main(argv=None) -> int:
         "|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for T, B, H, dtype, kind, kw in CASES:
-        p = tk.plan(B, tk.kernel_units(H, "cuda"), dtype, "cuda", sm_count=132, mode="persistent", **kw)
-        k = tk.compile_ahead(T, B, H, dtype, mode="persistent", which=(kind,), **kw)[kind]
-        c = loop_counts(k)
-        lines.append(f"| ({T}, {B}, {H}) | {str(dtype)[6:]} | {kind} | {p!r} | {c['instr']} | {c['bar']} | "
-                     f"{c['hmma']} | {c['membar']} | {c['convert']} |")  # fmt: skip
-        print(lines[-1], flush=True)
+        # the forward as it runs (FUSE: one product for the four gates where Plan fuses) and with four products
+        for fuse in (None, False) if kind == "fwd" else (None,):
+            p = tk.plan(B, tk.kernel_units(H, "cuda"), dtype, "cuda", sm_count=132, mode="persistent", fuse=fuse, **kw)
+            if fuse is False and not tk.plan(B, tk.kernel_units(H, "cuda"), dtype, "cuda", sm_count=132, **kw).fuse:
+                continue  # (the default plan is unfused already)
+            k = tk.compile_ahead(T, B, H, dtype, mode="persistent", which=(kind,), fuse=fuse, **kw)[kind]
+            c = loop_counts(k)
+            lines.append(f"| ({T}, {B}, {H}) | {str(dtype)[6:]} | {kind} | {p!r} | {c['instr']} | {c['bar']} | "
+                         f"{c['hmma']} | {c['membar']} | {c['convert']} |")  # fmt: skip
+            print(lines[-1], flush=True)
     text = "\n".join(lines) + "\n"
     if args.out:
         args.out.write_text(text)

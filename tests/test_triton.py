@@ -84,11 +84,12 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("fuse", [True, False])  # one product for the four gates (the default), or four
 @pytest.mark.parametrize("T,B,I,H,mode,tiles,resident", CASES)
-def test_float64_matches_reference(T, B, I, H, mode, tiles, resident):
+def test_float64_matches_reference(T, B, I, H, mode, tiles, resident, fuse):
     w, x, h0, c0, gy = one_layer_case(T, B, I, H, seed=T * 100 + H)
     want = reference_case(w, x, h0, c0, gy)
-    got = triton_case(w, x, h0, c0, gy, torch.float64, mode=mode, tiles=tiles, resident=resident)
+    got = triton_case(w, x, h0, c0, gy, torch.float64, mode=mode, tiles=tiles, resident=resident, fuse=fuse)
     for k, v in want.items():
         assert rel(got[k], v) < 1e-10, k
     assert rel(got["db_hh"], want["db"]) < 1e-10
@@ -309,6 +310,21 @@ def test_candidates_cover_the_tilings_and_fit_the_gpu():
     assert {p.BLOCK_B for p in big} == {64, 128}
 
 
+def test_forward_tuning_also_times_the_unfused_gate_products():
+    """kind='fwd' adds each persistent candidate with fuse=False (the forward's tuning measures both ways); the
+    backward, which has no such switch, and the step-wise launch get none; tf32x3 at 32+ batch rows is unfused
+    by default (it spills more fused), so it has no twin either."""
+    base = tk.candidates(8, 256, torch.bfloat16, "cuda", sm_count=132)
+    fwd = tk.candidates(8, 256, torch.bfloat16, "cuda", sm_count=132, kind="fwd")
+    twins = [kw for kw in fwd if kw.get("fuse") is False]
+    assert fwd[: len(base)] == base and len(twins) == len([kw for kw in base if kw.get("mode") != "stepwise"])
+    assert tk.candidates(8, 256, torch.bfloat16, "cuda", sm_count=132, kind="bwd") == base
+    assert all(tk.plan(8, 256, torch.bfloat16, "cuda", sm_count=132, **kw).persistent for kw in twins)
+    assert not tk.plan(256, 1024, torch.float32, "cuda", sm_count=132).fuse
+    assert tk.plan(8, 256, torch.float32, "cuda", sm_count=132).fuse
+    assert "four gate products" in repr(tk.plan(8, 256, torch.bfloat16, "cuda", sm_count=132, fuse=False))
+
+
 def test_dispatcher_routes_gpu_calls_to_the_triton_kernels():
     """impl='auto' on a GPU: plain bfloat16 -> the Triton kernels (per call, native fallback); float32 and
     float16 -> cuDNN; variants (layer norm too) -> variant_layer; projections with variants -> the torch loop
@@ -421,11 +437,12 @@ def test_no_grad_calls_save_nothing_for_backward(monkeypatch):
     assert torch.equal(h[0], y[-1].detach())
 
 
-def test_step_ablation_runs_its_three_variants():
-    """The GPU diagnostic (barrier, exchange read, the rest) runs its three kernels; here in the interpreter,
-    where its times mean nothing, only that every variant compiles and launches."""
+def test_step_ablation_runs_its_variants():
+    """The GPU diagnostic (barrier, exchange read, the rest, and the unfused gate products) runs its four
+    kernels; here in the interpreter, where its times mean nothing, only that every variant compiles and
+    launches."""
     out = tk.step_ablation(2, 8, torch.float32, "cpu", T=3)
-    assert set(out) == {"plan", "full", "no barrier", "no barrier, no h read"}
+    assert set(out) == {"plan", "full", "no barrier", "no barrier, no h read", "four gate products"}
     assert all(v > 0 for k, v in out.items() if k != "plan")
 
 

@@ -121,6 +121,54 @@ def test_layer_norm_needs_a_persistent_launch_and_other_checks():
     assert "bogus" in tk.why_not_variants(("bogus",))
 
 
+@pytest.mark.parametrize("name", ["all", "layer_norm+all"])
+def test_variants_with_four_gate_products(name):
+    """fuse=False (four products, the kernels before FUSE; benchmarks/gpu.py times it in its step ablation)
+    runs every variant as the default does: equal to the torch loop at 1e-10, two layers, lengths."""
+    T, B, I, H = 4, 3, 3, 6
+    torch.manual_seed(9)
+    m = LSTM(I, H, num_layers=2, dtype=torch.float64, **CASES[name]).train()
+    randomise_layer_norm(m)
+    x, hx = inputs(T, B, I, H, layers=2)
+    lengths = torch.tensor([4, 2, 3])
+    masks = m.sample_masks(B, T, like=x)
+    want = run(m, x, hx, lengths, masks, None)
+    got = run(m, x, hx, lengths, masks, triton_kernel(fuse=False))
+    for k, v in want.items():
+        assert (got[k] - v).abs().max().item() < 1e-10, k
+
+
+@pytest.mark.parametrize("case", ["no persistent plan", "deterministic"])
+def test_layer_norm_the_kernels_cannot_run_falls_back_to_the_loop(case, caplog):
+    """impl='auto' sends layer norm to the kernels on a GPU: where they cannot run the call (no persistent plan
+    fits: the interpreter's two hidden tiles stand for a grid larger than the GPU; or deterministic algorithms
+    and atomic gain gradients from two batch tiles), variant_layer raises kernels.Unsupported before launching
+    anything, and the module runs its loop instead, with the loop's numbers."""
+    from lstmkit import kernels
+
+    T, B, I, H = (3, 2, 3, 20) if case == "no persistent plan" else (3, 17, 3, 6)
+    torch.manual_seed(11)
+    m = LSTM(I, H, layer_norm=True, dtype=torch.float64).train()
+    randomise_layer_norm(m)
+    x, hx = inputs(T, B, I, H)
+    gx = torch.zeros(T, B, 4 * H, dtype=torch.float64)
+    p = {n: getattr(m, n + "_l0") for n in ("layernorm_ih_weight", "layernorm_hh_weight", "layernorm_c_weight",
+                                            "layernorm_c_bias")}  # fmt: skip
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(case == "deterministic")
+    try:
+        with pytest.raises(kernels.Unsupported, match="persistent" if case == "no persistent plan" else "atomic"):
+            tk.variant_layer(gx, hx[0][0], hx[1][0], m.weight_hh_l0, m.variant_config, p, {}, None)
+        want = run(m, x, hx, None, {}, None)
+        with caplog.at_level("INFO", logger="lstmkit"):
+            got = run(m, x, hx, None, {}, triton_kernel())
+    finally:
+        torch.use_deterministic_algorithms(was)
+    assert "running the pure-torch loop" in caplog.text
+    for k, v in want.items():
+        assert torch.equal(got[k], v), k
+
+
 @pytest.mark.parametrize("name", ["all", "zoneout", "recurrent_dropout", "layer_norm", "layer_norm+all"])
 def test_variants_on_the_ll_exchange(name):
     """The LL exchange (flags travel with h_t / da_t) under the variants, float32 vs the float64 loop."""
@@ -331,7 +379,7 @@ def test_layer_norm_tunes_its_plan_on_its_own_kernels(monkeypatch):
     monkeypatch.setattr(tk, "_tunes", lambda device: True)
     monkeypatch.setattr(tk, "TUNE_STEPS", 2)
     cands = [dict(mode="persistent"), dict(mode="stepwise", tiles=(1, 4)), dict(mode="persistent", tiles=(2, 16))]
-    monkeypatch.setattr(tk, "candidates", lambda B, H, dtype, device, sm_count=None: cands)
+    monkeypatch.setattr(tk, "candidates", lambda B, H, dtype, device, sm_count=None, kind=None: cands)
     for name in ("_TUNED", "_PERSISTENT_RANKED", "_TUNED_PERSISTENT", "TUNE_LOG"):  # this test's own caches
         monkeypatch.setattr(tk, name, {})
     T, B, I, H = 3, 2, 2, 6

@@ -210,6 +210,16 @@ def _unit_rows(ptr, n: tl.constexpr, offs_j, mj, H, ACC: tl.constexpr):
     return r0, r1, r2, r3
 
 
+def _gates4(a, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    """The four (BLOCK_B, BLOCK_H) gate blocks i, f, g, o of a (BLOCK_B, 4 BLOCK_H) tile whose column
+    ``gate * BLOCK_H + j`` holds unit j of that gate (the fused product's layout, see ``FUSE``)."""
+    r = tl.reshape(tl.permute(tl.reshape(a, (BLOCK_B, 4, BLOCK_H)), (0, 2, 1)), (BLOCK_B, BLOCK_H, 2, 2))
+    even, odd = tl.split(r)  # gate = 2 * hi + lo: lo = 0 holds gates 0 and 2, lo = 1 gates 1 and 3
+    a_i, a_g = tl.split(even)
+    a_f, a_o = tl.split(odd)
+    return a_i, a_f, a_g, a_o
+
+
 def _exchange_sums(st_ptr, base, pid_h, offs_b, mb, m_st, st_rd, p1, p2, B, wait_ns, wait_spins, err_ptr, cnt,
                    n_tot, stc_ptr, stc_idx, n_htiles, ACC: tl.constexpr, ST_RAW: tl.constexpr, LL_SPIN: tl.constexpr,
                    CHAN: tl.constexpr, ST_SYNC: tl.constexpr, POLL: tl.constexpr):  # fmt: skip
@@ -326,6 +336,10 @@ def _fwd_kernel(
     VALID: tl.constexpr = False,
     # timing diagnostics only (step_ablation), wrong numbers: 1 drops the grid barrier, 2 also re-reads no h
     ABLATE: tl.constexpr = 0,
+    # the four gates' products as one (BLOCK_B, H) @ (H, 4 BLOCK_H) product, split afterwards (_gates4): in the
+    # sm_90 code a step has a third of the CTA barriers and layout conversions of four separate products,
+    # which at BLOCK_H = 8 also ran every product on all four warps (benchmarks/sass_loop.py)
+    FUSE: tl.constexpr = False,
 ):
     pid_h = tl.program_id(0)
     pid_b = tl.program_id(1)
@@ -336,18 +350,29 @@ def _fwd_kernel(
     m_bj = mb[:, None] & mj[None, :]  # (BLOCK_B, BLOCK_H)
     bh = offs_b[:, None] * H + offs_j[None, :]  # (BLOCK_B, BLOCK_H) offsets in a (B, H) slab
     b4h = offs_b[:, None] * (4 * H) + offs_j[None, :]  # same, in a (B, 4H) slab, gate block 0
+    if FUSE:  # my units of all four gates side by side: column gate * BLOCK_H + j
+        offs_c = tl.arange(0, 4 * BLOCK_H)
+        j_c = pid_h * BLOCK_H + offs_c % BLOCK_H
+        mj_c = j_c < H
+        col_c = (offs_c // BLOCK_H) * H + j_c  # its column in a (B, 4H) slab, its row of W_hh
+        m_bc = mb[:, None] & mj_c[None, :]
+        b4c = offs_b[:, None] * (4 * H) + col_c[None, :]
     if RESIDENT:
         # W_g^T restricted to my units, (H_PAD, BLOCK_H) per gate, loaded once for all steps.
         offs_k = tl.arange(0, H_PAD)
         mk = offs_k < H
         m_bk = mb[:, None] & mk[None, :]  # (BLOCK_B, H_PAD)
         bk = offs_b[:, None] * H + offs_k[None, :]
-        w_t = offs_k[:, None] + offs_j[None, :] * H  # element (k, j) -> W_hh[j, k] of gate block 0
-        m_kj = mk[:, None] & mj[None, :]
-        w_i = tl.load(w_ptr + 0 * H * H + w_t, mask=m_kj, other=0.0).to(DOT)
-        w_f = tl.load(w_ptr + 1 * H * H + w_t, mask=m_kj, other=0.0).to(DOT)
-        w_g = tl.load(w_ptr + 2 * H * H + w_t, mask=m_kj, other=0.0).to(DOT)
-        w_o = tl.load(w_ptr + 3 * H * H + w_t, mask=m_kj, other=0.0).to(DOT)
+        if FUSE:  # (H_PAD, 4 BLOCK_H)
+            w_all = tl.load(w_ptr + offs_k[:, None] + col_c[None, :] * H, mask=mk[:, None] & mj_c[None, :],
+                            other=0.0).to(DOT)  # fmt: skip
+        else:
+            w_t = offs_k[:, None] + offs_j[None, :] * H  # element (k, j) -> W_hh[j, k] of gate block 0
+            m_kj = mk[:, None] & mj[None, :]
+            w_i = tl.load(w_ptr + 0 * H * H + w_t, mask=m_kj, other=0.0).to(DOT)
+            w_f = tl.load(w_ptr + 1 * H * H + w_t, mask=m_kj, other=0.0).to(DOT)
+            w_g = tl.load(w_ptr + 2 * H * H + w_t, mask=m_kj, other=0.0).to(DOT)
+            w_o = tl.load(w_ptr + 3 * H * H + w_t, mask=m_kj, other=0.0).to(DOT)
         if ABLATE == 2:
             h_fixed = tl.load(hs_ptr + t_start * B * H + bk, mask=m_bk, other=0.0)
     c = tl.load(cs_ptr + t_start * B * H + bh, mask=m_bj, other=0.0).to(ACC)  # carried cell state
@@ -372,22 +397,31 @@ def _fwd_kernel(
     wait_ns = tl.full([], TIMEOUT_NS, tl.int64)  # barrier patience; 0 once a barrier has timed out
     wait_spins = tl.full([], SPIN_LIMIT, tl.int32)
     # gx of the first step; the next step's is loaded before each barrier, off the critical path
-    gx_t = gx_ptr + t_start * B * 4 * H + b4h
-    gx_i = tl.load(gx_t + 0 * H, mask=m_bj, other=0.0)  # (BLOCK_B, BLOCK_H)
-    gx_f = tl.load(gx_t + 1 * H, mask=m_bj, other=0.0)
-    gx_g = tl.load(gx_t + 2 * H, mask=m_bj, other=0.0)
-    gx_o = tl.load(gx_t + 3 * H, mask=m_bj, other=0.0)
+    if FUSE:
+        gx4 = tl.load(gx_ptr + t_start * B * 4 * H + b4c, mask=m_bc, other=0.0)  # (BLOCK_B, 4 BLOCK_H)
+    else:
+        gx_t = gx_ptr + t_start * B * 4 * H + b4h
+        gx_i = tl.load(gx_t + 0 * H, mask=m_bj, other=0.0)  # (BLOCK_B, BLOCK_H)
+        gx_f = tl.load(gx_t + 1 * H, mask=m_bj, other=0.0)
+        gx_g = tl.load(gx_t + 2 * H, mask=m_bj, other=0.0)
+        gx_o = tl.load(gx_t + 3 * H, mask=m_bj, other=0.0)
     for s in range(n_steps):
         t = t_start + s
-        a_i = gx_i.to(ACC)
-        a_f = gx_f.to(ACC)
-        a_g = gx_g.to(ACC)
-        a_o = gx_o.to(ACC)
-        if LN:  # the recurrent product alone first: it is normalised before gx is added
-            a_i = tl.full([BLOCK_B, BLOCK_H], 0.0, ACC)
-            a_f = tl.full([BLOCK_B, BLOCK_H], 0.0, ACC)
-            a_g = tl.full([BLOCK_B, BLOCK_H], 0.0, ACC)
-            a_o = tl.full([BLOCK_B, BLOCK_H], 0.0, ACC)
+        if FUSE:
+            if LN:  # the recurrent product alone first: it is normalised before gx is added
+                a4 = tl.full([BLOCK_B, 4 * BLOCK_H], 0.0, ACC)
+            else:
+                a4 = gx4.to(ACC)
+        else:
+            a_i = gx_i.to(ACC)
+            a_f = gx_f.to(ACC)
+            a_g = gx_g.to(ACC)
+            a_o = gx_o.to(ACC)
+            if LN:
+                a_i = tl.full([BLOCK_B, BLOCK_H], 0.0, ACC)
+                a_f = tl.full([BLOCK_B, BLOCK_H], 0.0, ACC)
+                a_g = tl.full([BLOCK_B, BLOCK_H], 0.0, ACC)
+                a_o = tl.full([BLOCK_B, BLOCK_H], 0.0, ACC)
         # a += h_{t-1} W_hh^T for my units: (BLOCK_B, H) @ (H, BLOCK_H) per gate
         if RESIDENT:
             if ABLATE == 2:
@@ -415,10 +449,13 @@ def _fwd_kernel(
             if RDROP and LL:  # (the LL words carry h itself)
                 h_prev = h_prev.to(ACC) * tl.load(rec_ptr + bk, mask=m_bk, other=0.0).to(ACC)
             h_prev = h_prev.to(DOT)
-            a_i = tl.dot(h_prev, w_i, a_i, input_precision=PRECISION, out_dtype=ACC)
-            a_f = tl.dot(h_prev, w_f, a_f, input_precision=PRECISION, out_dtype=ACC)
-            a_g = tl.dot(h_prev, w_g, a_g, input_precision=PRECISION, out_dtype=ACC)
-            a_o = tl.dot(h_prev, w_o, a_o, input_precision=PRECISION, out_dtype=ACC)
+            if FUSE:
+                a4 = tl.dot(h_prev, w_all, a4, input_precision=PRECISION, out_dtype=ACC)
+            else:
+                a_i = tl.dot(h_prev, w_i, a_i, input_precision=PRECISION, out_dtype=ACC)
+                a_f = tl.dot(h_prev, w_f, a_f, input_precision=PRECISION, out_dtype=ACC)
+                a_g = tl.dot(h_prev, w_g, a_g, input_precision=PRECISION, out_dtype=ACC)
+                a_o = tl.dot(h_prev, w_o, a_o, input_precision=PRECISION, out_dtype=ACC)
         else:
             for k0 in range(0, H, BLOCK_K):
                 offs_k = k0 + tl.arange(0, BLOCK_K)
@@ -431,16 +468,23 @@ def _fwd_kernel(
                     h_prev = tl.load(hs_ptr + t * B * H + bkk, mask=mb[:, None] & mk[None, :], other=0.0,
                                      cache_modifier=".cg")  # fmt: skip
                 h_prev = h_prev.to(DOT)
-                w_t = w_ptr + offs_k[:, None] + offs_j[None, :] * H  # (BLOCK_K, BLOCK_H)
-                m_kj = mk[:, None] & mj[None, :]
-                w = tl.load(w_t + 0 * H * H, mask=m_kj, other=0.0).to(DOT)
-                a_i = tl.dot(h_prev, w, a_i, input_precision=PRECISION, out_dtype=ACC)
-                w = tl.load(w_t + 1 * H * H, mask=m_kj, other=0.0).to(DOT)
-                a_f = tl.dot(h_prev, w, a_f, input_precision=PRECISION, out_dtype=ACC)
-                w = tl.load(w_t + 2 * H * H, mask=m_kj, other=0.0).to(DOT)
-                a_g = tl.dot(h_prev, w, a_g, input_precision=PRECISION, out_dtype=ACC)
-                w = tl.load(w_t + 3 * H * H, mask=m_kj, other=0.0).to(DOT)
-                a_o = tl.dot(h_prev, w, a_o, input_precision=PRECISION, out_dtype=ACC)
+                if FUSE:  # (BLOCK_K, 4 BLOCK_H)
+                    w = tl.load(w_ptr + offs_k[:, None] + col_c[None, :] * H, mask=mk[:, None] & mj_c[None, :],
+                                other=0.0).to(DOT)  # fmt: skip
+                    a4 = tl.dot(h_prev, w, a4, input_precision=PRECISION, out_dtype=ACC)
+                else:
+                    w_t = w_ptr + offs_k[:, None] + offs_j[None, :] * H  # (BLOCK_K, BLOCK_H)
+                    m_kj = mk[:, None] & mj[None, :]
+                    w = tl.load(w_t + 0 * H * H, mask=m_kj, other=0.0).to(DOT)
+                    a_i = tl.dot(h_prev, w, a_i, input_precision=PRECISION, out_dtype=ACC)
+                    w = tl.load(w_t + 1 * H * H, mask=m_kj, other=0.0).to(DOT)
+                    a_f = tl.dot(h_prev, w, a_f, input_precision=PRECISION, out_dtype=ACC)
+                    w = tl.load(w_t + 2 * H * H, mask=m_kj, other=0.0).to(DOT)
+                    a_g = tl.dot(h_prev, w, a_g, input_precision=PRECISION, out_dtype=ACC)
+                    w = tl.load(w_t + 3 * H * H, mask=m_kj, other=0.0).to(DOT)
+                    a_o = tl.dot(h_prev, w, a_o, input_precision=PRECISION, out_dtype=ACC)
+        if FUSE:
+            a_i, a_f, a_g, a_o = _gates4(a4, BLOCK_B, BLOCK_H)
         if LN:  # r = a (4H per row, spread over the programs): mean and variance via the exchange
             m_loc = tl.reduce(a_i + a_f + a_g + a_o, 1, _add) / (4 * n_div)  # (BLOCK_B,) my tile's mean
             d_i = tl.where(mj_ln[None, :], a_i - m_loc[:, None], 0.0)  # (padded units: a = 0, and not counted)
@@ -457,6 +501,8 @@ def _fwd_kernel(
             r_f = (a_f - mu[:, None]) * rstd[:, None]
             r_g = (a_g - mu[:, None]) * rstd[:, None]
             r_o = (a_o - mu[:, None]) * rstd[:, None]
+            if FUSE:
+                gx_i, gx_f, gx_g, gx_o = _gates4(gx4, BLOCK_B, BLOCK_H)
             a_i = gx_i.to(ACC) + g_hi * r_i
             a_f = gx_f.to(ACC) + g_hf * r_f
             a_g = gx_g.to(ACC) + g_hg * r_g
@@ -537,11 +583,14 @@ def _fwd_kernel(
             tl.store(sv + 2 * H, g_t, mask=m_bj)
             tl.store(sv + 3 * H, o_t, mask=m_bj)
         # prefetch: the next step's gx depends on no other program (after the last step: reread, unused)
-        gx_t = gx_ptr + tl.minimum(t + 1, T - 1) * B * 4 * H + b4h
-        gx_i = tl.load(gx_t + 0 * H, mask=m_bj, other=0.0)
-        gx_f = tl.load(gx_t + 1 * H, mask=m_bj, other=0.0)
-        gx_g = tl.load(gx_t + 2 * H, mask=m_bj, other=0.0)
-        gx_o = tl.load(gx_t + 3 * H, mask=m_bj, other=0.0)
+        if FUSE:
+            gx4 = tl.load(gx_ptr + tl.minimum(t + 1, T - 1) * B * 4 * H + b4c, mask=m_bc, other=0.0)
+        else:
+            gx_t = gx_ptr + tl.minimum(t + 1, T - 1) * B * 4 * H + b4h
+            gx_i = tl.load(gx_t + 0 * H, mask=m_bj, other=0.0)
+            gx_f = tl.load(gx_t + 1 * H, mask=m_bj, other=0.0)
+            gx_g = tl.load(gx_t + 2 * H, mask=m_bj, other=0.0)
+            gx_o = tl.load(gx_t + 3 * H, mask=m_bj, other=0.0)
         if PERSIST and ABLATE == 0:  # every hidden tile of this batch tile has stored its h_t
             wait_ns, wait_spins = _grid_wait(sync_ptr + pid_b * T + t, n_htiles, err_ptr, wait_ns, wait_spins, POLL)
     tl.store(cs_ptr + (t_start + n_steps) * B * H + bh, c, mask=m_bj)  # the carried (or final) cell state
@@ -895,7 +944,7 @@ def _compiled(name: str, interpret: bool):
 
 #: jit helpers the kernels call: compiled for the GPU here; the interpreter gets its own copies (_compiled)
 _HELPERS = {"_exchange_sums": _exchange_sums, "_grid_arrive": _grid_arrive, "_grid_wait": _grid_wait,
-            "_unit_rows": _unit_rows}
+            "_unit_rows": _unit_rows, "_gates4": _gates4}
 if HAVE_TRITON:
     _add = triton.jit(_add)
     _min = triton.jit(_min)
@@ -903,6 +952,7 @@ if HAVE_TRITON:
     _grid_arrive = triton.jit(_grid_arrive)
     _grid_wait = triton.jit(_grid_wait)
     _unit_rows = triton.jit(_unit_rows)
+    _gates4 = triton.jit(_gates4)
 
 # ---------------------------------------------------------------------------------------------
 # Launch plan
@@ -923,7 +973,7 @@ class Plan:
     def __init__(
         self, B: int, H: int, dtype: torch.dtype, device: torch.device, mode: str = "auto",
         tiles: tuple[int, ...] | None = None, resident: bool | None = None, sm_count: int | None = None,
-        poll: int | None = None, ll: bool | None = None, ln_sync: bool | None = None,
+        poll: int | None = None, ll: bool | None = None, ln_sync: bool | None = None, fuse: bool | None = None,
     ):  # fmt: skip
         if mode not in ("auto", "persistent", "stepwise"):
             raise ValueError(f"mode must be 'auto', 'persistent' or 'stepwise', got {mode!r}")
@@ -983,6 +1033,10 @@ class Plan:
         # layer norm's row statistics: each exchange waits on one counter (a grid barrier) and then reads every
         # tile's partials once, instead of every reader spinning on every tile's flagged words (the default)
         self.ln_sync = bool(ln_sync)
+        # forward: the four gate products as one product of 4 BLOCK_H columns (kernel switch FUSE); False: four.
+        # Not by default for tf32x3 at 32+ batch rows, where the fused tile (two TF32 parts per operand) spills
+        # more than four (the sm_90 compile report: 16 -> 168 bytes at (256, 1024), 0 -> 64 at (20, 656))
+        self.fuse = not (self._split and self.BLOCK_B >= 32) if fuse is None else bool(fuse)
         self.acc = tl.float64 if dtype == torch.float64 else tl.float32
         if self.interpret and dtype == torch.bfloat16:
             self.dot = tl.float32  # the interpreter multiplies bf16 bit patterns as integers
@@ -1004,8 +1058,8 @@ class Plan:
         self.BLOCK_B = min(64, max(16, _next_pow2(B)))
         return 32
 
-    def constants(self, T: int, B: int, H: int) -> dict:
-        """The kernels' size arguments and compile-time constants for a (T, B, H) call."""
+    def constants(self, T: int, B: int, H: int, kind: str = "fwd") -> dict:
+        """Kernel ``kind``'s size arguments and compile-time constants for a (T, B, H) call."""
         return dict(
             T=T, B=B, H=H, n_htiles=self.n_htiles, BLOCK_B=self.BLOCK_B, BLOCK_H=self.BLOCK_H,
             BLOCK_K=self.BLOCK_K, H_PAD=self.H_PAD, ACC=self.acc, DOT=self.dot, PRECISION=self.precision,
@@ -1014,6 +1068,7 @@ class Plan:
             **({"LL": True, "XS_BITS": 64 if self.xs_dtype == torch.int64 else 32, "LL_SPIN": not self.interpret}
                if self.ll else {}),
             **({"ST_SYNC": True} if self.ln_sync else {}),
+            **({"FUSE": self.fuse} if kind == "fwd" else {}),
         )  # fmt: skip
 
     def __repr__(self) -> str:
@@ -1022,6 +1077,7 @@ class Plan:
         wait = {0: ", atomic-spin barrier", 1: ", acquire-load barrier", 2: ""}[self.poll] if self.persistent else ""
         wait = ", LL exchange (flag in the data, no barrier)" if self.ll else wait
         wait += ", layer-norm statistics behind a counter" if self.ln_sync else ""
+        wait += "" if self.fuse else ", four gate products"
         return (f"Plan({mode}, {self.n_btiles}x{self.n_htiles} programs of {self.BLOCK_B}x{self.BLOCK_H}, "
                 f"weights {weights}, warps={self.num_warps}{wait})")  # fmt: skip
 
@@ -1089,13 +1145,16 @@ TUNE_LOG: dict[tuple, list] = {}
 
 
 def candidates(
-    B: int, H: int, dtype: torch.dtype, device: torch.device | str, sm_count: int | None = None
+    B: int, H: int, dtype: torch.dtype, device: torch.device | str, sm_count: int | None = None,
+    kind: str | None = None,
 ) -> list[dict]:  # fmt: skip
     """The :class:`Plan` keyword sets :func:`tuned_plan` times on a GPU: the heuristic plan, every hidden tile
     of 8..64 units whose grid fits the SMs with resident weights (where they fit in shared memory; not for
     tf32x3 float32), two
     streamed tilings (more for B > 16: larger batch and hidden tiles) and the step-wise launch.
-    Duplicates (same ``repr``) are dropped."""
+    Duplicates (same ``repr``) are dropped. ``kind="fwd"``: also each persistent plan with its four gate
+    products unfused (``fuse=False``), so that the forward's tuning measures which way is faster (the
+    backward has no such switch)."""
     device = torch.device(device)
     base = Plan(B, H, dtype, device, sm_count=sm_count)
     if base.interpret:
@@ -1118,6 +1177,9 @@ def candidates(
             if bb2 <= 128 and bb2 <= _next_pow2(B) and math.ceil(B / bb2) * math.ceil(H / bh) <= sms:
                 out.append(dict(mode="persistent", tiles=(bb2, bh), resident=False))
     out.append(dict(mode="stepwise"))
+    if kind == "fwd":
+        out += [{**kw, "fuse": False} for kw in out if kw.get("mode") != "stepwise"
+                and Plan(B, H, dtype, device, sm_count=sm_count, **kw).fuse]  # fmt: skip
     seen, unique = set(), []
     for kw in out:
         r = repr(Plan(B, H, dtype, device, sm_count=sm_count, **kw))
@@ -1165,7 +1227,7 @@ def tuned_plan(kind: str, B: int, H: int, dtype: torch.dtype, device: torch.devi
         return Plan(B, H, dtype, device, **plan_kw)
     key = tune_key(kind, B, H, dtype, device)
     if key not in _TUNED:
-        cands = candidates(B, H, dtype, device)
+        cands = candidates(B, H, dtype, device, kind=kind)
         t0 = time.perf_counter()
         _TUNED[key] = _tune(kind, B, H, dtype, device, cands, key)
         log.info("triton LSTM %s (B=%d, H=%d, %s): timed %d launch plans in %.1f s (once per process; "
@@ -1194,7 +1256,7 @@ def _random_launch(kind: str, p: Plan, T: int, B: int, H: int, dtype: torch.dtyp
     else:
         args = (rnd(T, B, H), rnd(B, H), w, rnd(T + 1, B, H, dt=acc), rnd(T, B, 4 * H, dt=acc, lo=0.0),
                 torch.zeros(T + 1, B, 4 * H, dtype=dtype, device=device), rnd(B, H, dt=acc))  # fmt: skip
-        consts, t_first, down = p.constants(T, B, H), T - 1, True
+        consts, t_first, down = p.constants(T, B, H, "bwd"), T - 1, True
 
     if ln:  # gains near 1, saved statistics as a forward would leave them, gradient outputs
         ln_p = [1.0 + 0.1 * rnd(4 * H), 1.0 + 0.1 * rnd(H), 0.1 * rnd(H)]
@@ -1258,7 +1320,8 @@ def step_ablation(B: int, H: int, dtype: torch.dtype, device: torch.device | str
     """Where the forward kernel's time per step goes (a GPU diagnostic; the numbers computed are wrong by
     design): microseconds per step of the tuned (or given) persistent plan as it is, without its grid
     barrier, and also without re-reading h_{t-1} (resident plans only). The differences are the barrier's
-    cost and the exchange read's; what is left is the step's own work (product, cell, stores)."""
+    cost and the exchange read's; what is left is the step's own work (product, cell, stores). Also the full
+    step with the four gate products unfused (``fuse=False``, the kernels before FUSE; correct numbers)."""
     device = torch.device(device)
     p = tuned_plan("fwd", B, H, dtype, device, **plan_kw)
     out = {"plan": repr(p)}
@@ -1270,6 +1333,10 @@ def step_ablation(B: int, H: int, dtype: torch.dtype, device: torch.device | str
             continue
         run, _, prep = _random_launch("fwd", p, T, B, H, dtype, device, gen, ABLATE=k)
         out[name] = _time_launch(run, device, prep=prep) * 1e3 / T
+    if p.fuse:
+        p4 = Plan(B, H, dtype, device, **{**_plan_kwargs(p), "fuse": False})
+        run, _, prep = _random_launch("fwd", p4, T, B, H, dtype, device, gen)
+        out["four gate products"] = _time_launch(run, device, prep=prep) * 1e3 / T
     return out
 
 
@@ -1312,11 +1379,14 @@ def warmup(
     plan_kw = {k: v for k, v in plan_kw.items() if v is not None}
     sync = {"ln_sync": True} if plan_kw.pop("ln_sync", False) else {}  # (an exchange, not a tiling: still tuned)
     if (TUNE and not plan_kw if tune is None else tune) and device.type == "cuda":  # tuned_plan times them all
-        kws = [{**kw, **sync} for kw in candidates(B, H, dtype, device)]
+        kws = [({**kw, **sync}, which) for kw in candidates(B, H, dtype, device)]
+        kws += [({**kw, **sync}, ("fwd",)) for kw in candidates(B, H, dtype, device, kind="fwd")
+                if kw.get("fuse") is False and "fwd" in which]  # (the forward's unfused twins)  # fmt: skip
     else:
         mode = plan_kw.pop("mode", "auto")
-        kws = [dict(plan_kw, mode=m, **sync) for m in dict.fromkeys([mode] + (["stepwise"] if stepwise else []))]
-    for kw in kws:
+        kws = [(dict(plan_kw, mode=m, **sync), which)
+               for m in dict.fromkeys([mode] + (["stepwise"] if stepwise else []))]  # fmt: skip
+    for kw, kinds in kws:
         p = Plan(B, H, dtype, device, **kw)
         if p.interpret:
             raise ValueError("warmup compiles GPU kernels: pass a CUDA device")
@@ -1337,18 +1407,18 @@ def warmup(
                 vk["ST_RAW"] = True
         if p.ll:
             vk["xs_ptr"] = _mock(p.xs_dtype)
-        for save in [s for s, on in ((True, training), (False, inference)) if on and "fwd" in which]:
+        for save in [s for s, on in ((True, training), (False, inference)) if on and "fwd" in kinds]:
             ptrs = {a: _mock(_ptr_dtype(a, dtype, p.ln_sync)) for a in _variant_ptrs(variants, "fwd", p.ll, p.ln_sync)}
             jf = _compiled("fwd", False)
             ck = {k: v for k, v in (constants or {}).items() if k in jf.arg_names}
             jf.warmup(*fwd, t_start=0, n_steps=steps, **p.constants(T, B, H), SAVE=save, **vk, **ptrs, **ck, **extra)
             n += 1
-        if training and "bwd" in which:
+        if training and "bwd" in kinds:
             bwd = (dtype, dtype, dtype, acc, acc, dtype, acc, i32, i32)  # dy, dhn, w, cs, gates, da, dc, sync, err
             ptrs = {a: _mock(_ptr_dtype(a, dtype, p.ln_sync)) for a in _variant_ptrs(variants, "bwd", p.ll, p.ln_sync)}
             jf = _compiled("bwd", False)
             ck = {k: v for k, v in (constants or {}).items() if k in jf.arg_names}
-            jf.warmup(*bwd, t_start=T - 1, n_steps=steps, **p.constants(T, B, H), **vk, **ptrs, **ck, **extra)
+            jf.warmup(*bwd, t_start=T - 1, n_steps=steps, **p.constants(T, B, H, "bwd"), **vk, **ptrs, **ck, **extra)
             n += 1
     return n
 
@@ -1394,7 +1464,7 @@ def compile_ahead(
     out = {}
     for name in which:
         jf = _compiled(name, False)
-        consts = {k: v for k, v in p.constants(T, B, H).items() if k not in ("T", "B", "H", "n_htiles")}
+        consts = {k: v for k, v in p.constants(T, B, H, name).items() if k not in ("T", "B", "H", "n_htiles")}
         if name == "fwd":
             consts["SAVE"] = True
         for flag in VARIANT_FLAGS:
@@ -1561,7 +1631,7 @@ class _Recurrence(torch.autograd.Function):
         if T > 0:
             ll = _ll_buffer(p, T, B, 4 * H, None, T, dev)  # da_T = 0, published
             _launch(_compiled("bwd", p.interpret), p, (dy, dh_n, w_hh, cs, gates, da, dc, sync, err),
-                    {**p.constants(T, B, H), **vk, **ll}, T, T - 1, down=True)  # fmt: skip
+                    {**p.constants(T, B, H, "bwd"), **vk, **ll}, T, T - 1, down=True)  # fmt: skip
             _raise_on_timeout(err, "backward")
         da_t = da[:T]  # (T, B, 4H) = dLoss/dgx, or with layer norm dLoss/dr
         dgx_t = dgx if ln else da_t
@@ -1633,7 +1703,7 @@ def _plan_for(kind: str, B: int, H: int, dtype: torch.dtype, dev: torch.device, 
 def _plan_kwargs(p: Plan) -> dict:
     """Keywords that rebuild plan ``p`` (its tiling and launch; not layer norm's exchange)."""
     return dict(mode="persistent" if p.persistent else "stepwise", tiles=(p.BLOCK_B, p.BLOCK_H, p.BLOCK_K),
-                resident=p.resident, poll=p.poll, ll=p.ll)  # fmt: skip
+                resident=p.resident, poll=p.poll, ll=p.ll, fuse=p.fuse)  # fmt: skip
 
 
 def _ln_kwargs(
@@ -1767,18 +1837,19 @@ def _recurrence(gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_ch: Tensor |
 def layer(
     x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b: Tensor | None, *, mode: str = "auto",
     tiles: tuple[int, ...] | None = None, resident: bool | None = None, poll: int | None = None,
-    ll: bool | None = None,
+    ll: bool | None = None, fuse: bool | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     """One LSTM layer, one direction: x (T, B, I) -> (y (T, B, H), h_T (B, H), c_T (B, H)).
 
     ``b`` is ``b_ih + b_hh`` (or None). Differentiable in every argument. ``mode``, ``tiles``,
-    ``resident``, ``poll`` and ``ll`` go to :class:`Plan` (all None / "auto": the tuned plan, :func:`tuned_plan`).
+    ``resident``, ``poll``, ``ll`` and ``fuse`` go to :class:`Plan` (all None / "auto": the tuned plan,
+    :func:`tuned_plan`).
     """
     H, n = w_hh.shape[1], kernel_units(w_hh.shape[1], x.device)
     if n != H:  # gx comes out of the GEMM padded (see ALIGN_UNITS)
         w_ih, b = _pad_gates(w_ih, 0, H, n), None if b is None else _pad_gates(b, 0, H, n)
     gx = F.linear(x, w_ih, b)  # (T, B, I) -> (T, B, 4H), one GEMM for all steps
-    plan_kw = dict(mode=mode, tiles=tiles, resident=resident, poll=poll, ll=ll)
+    plan_kw = dict(mode=mode, tiles=tiles, resident=resident, poll=poll, ll=ll, fuse=fuse)
     return _recurrence(gx, h0, c0, w_hh, None, [None] * 3, plan_kw, {})
 
 
@@ -1806,6 +1877,9 @@ def variant_layer(
         from . import Unsupported
 
         raise Unsupported(f"(T + 1) * B * 4H = {(T + 1) * B * width} is too large for the kernels' int32 indexing")
+    plan_kw = {k: plan_kw.get(k) for k in ("mode", "tiles", "resident", "poll", "ll", "ln_sync", "fuse")}
+    if v.layer_norm:
+        _layer_norm_can_run(B, width // 4, gx.dtype, gx.device, plan_kw)
     if v.layer_norm:  # LN of the input projection (all steps at once, in torch), before the bias
         gx = F.layer_norm(gx, (gx.shape[-1],), weight=p["layernorm_ih_weight"], eps=eps)
     if p.get("bias") is not None:
@@ -1818,8 +1892,30 @@ def variant_layer(
     var["eps"] = float(eps)
     w_ch = p.get("weight_ch") if v.peephole else None
     ln = [p["layernorm_hh_weight"], p["layernorm_c_weight"], p["layernorm_c_bias"]] if v.layer_norm else [None] * 3
-    plan_kw = {k: plan_kw.get(k) for k in ("mode", "tiles", "resident", "poll", "ll", "ln_sync")}
     return _recurrence(gx, h0, c0, w_hh, w_ch, ln, plan_kw, var)
+
+
+def _layer_norm_can_run(B: int, H: int, dtype: torch.dtype, dev: torch.device, plan_kw: dict) -> None:
+    """Raise ``kernels.Unsupported`` (the module then runs the pure-torch loop) when layer norm cannot run this
+    call on the kernels: its row statistics are exchanged inside one persistent launch, forward and backward,
+    and no persistent plan fits this GPU (too many programs; checked here for the backward too, which has no
+    fallback once the forward has run); or deterministic algorithms are asked for
+    (``torch.use_deterministic_algorithms``) and the backward would sum its gain gradients with atomic adds
+    from several batch tiles. A plan the caller gave that cannot run stays a ``ValueError``."""
+    from . import Unsupported
+
+    given = any(v is not None for k, v in plan_kw.items() if k != "mode") or plan_kw.get("mode") == "stepwise"
+    for kind in ("fwd", "bwd"):
+        try:
+            p = _plan_for(kind, B, H, dtype, dev, plan_kw, True)
+        except ValueError as e:
+            if given:
+                raise
+            raise Unsupported(f"layer norm on the Triton kernels needs a persistent launch, which B={B}, H={H} "
+                              f"cannot have on this device ({e})") from e  # fmt: skip
+        if kind == "bwd" and p.n_btiles > 1 and torch.are_deterministic_algorithms_enabled():
+            raise Unsupported("layer norm on the Triton kernels sums its gain gradients with atomic adds from "
+                              f"{p.n_btiles} batch tiles, and deterministic algorithms are on")  # fmt: skip
 
 
 variant_layer.per_layer = True  # type: ignore[attr-defined]  # the module's loop over layers/directions calls it
@@ -1937,6 +2033,7 @@ def lstm(
     resident: bool | None = None,
     poll: int | None = None,
     ll: bool | None = None,
+    fuse: bool | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``kernels.native.lstm``'s interface on the Triton kernels: (output, h_n, c_n), as torch.nn.LSTM.
 
@@ -1965,7 +2062,7 @@ def lstm(
             b = w[2] + w[3] if bias else None
             xd = x.flip(0) if d == 1 else x  # reverse direction: time flipped
             y, h, c = layer(xd, hx[0][k], hx[1][k], w[0], w[1], b, mode=mode, tiles=tiles, resident=resident,
-                            poll=poll, ll=ll)  # fmt: skip
+                            poll=poll, ll=ll, fuse=fuse)  # fmt: skip
             outs.append(y.flip(0) if d == 1 else y)
             h_n.append(h)
             c_n.append(c)
