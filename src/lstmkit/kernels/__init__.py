@@ -9,7 +9,7 @@ loop. Today's kernels:
   nothing else: no variant.
 * ``triton_lstm``: persistent Triton kernels for CUDA (float32, bfloat16, float16): ``impl="triton"``
   for the plain LSTM, and what ``impl="auto"`` runs for a plain bfloat16 LSTM on a GPU (where cuDNN
-  has no persistent path: measured 2-5x faster at small batch, level elsewhere, docs/gpu.md); with variants
+  has no persistent path: run 5 on an H200 measured 1.7-5.0x at small batch, docs/gpu.md); with variants
   ``impl="auto"`` runs them on a GPU, one layer and direction per call (``variant_layer``), layer norm
   included (2.1-35x faster than the pure-torch loop, run 5 on an H200, docs/gpu.md). The launch plan
   is tuned on the first call per shape (seconds, once).
@@ -79,7 +79,8 @@ def select_lstm(
 
         why = triton_lstm.why_not_variants(variants, proj_size, like)
         if why is not None:
-            raise ValueError(f"impl='triton' cannot run this module: {why}; use impl='auto' or 'native'")
+            other = "'auto' or 'loop'" if variants else "'auto' or 'native'"
+            raise ValueError(f"impl='triton' cannot run this module: {why}; use impl={other}")
         if variants:
             return triton_lstm.variant_layer  # per layer and direction, lengths= as a padding mask
         return triton_lstm.lstm_or_native  # per call: Triton, else native.lstm (lengths=, mixed dtypes)
@@ -94,9 +95,9 @@ def select_lstm(
         if ragged and like is not None and not cpu_fused.why_not(proj_size, like):
             return cpu_fused.layer
         if like is not None and like.is_cuda and like.dtype == torch.bfloat16 and not proj_size:
-            # bfloat16 on a GPU: cuDNN has no persistent kernel there; ours measured 2.1-5.5x cuDNN at the three
-            # small-batch shapes of docs/gpu.md (H200), 0.81-1.33x at the other two, forward and training, over
-            # two runs. Per call it falls back to native.
+            # bfloat16 on a GPU: cuDNN has no persistent kernel there; ours measured 1.7-5.0x cuDNN at the three
+            # small-batch shapes of docs/gpu.md (H200, run 5; 2.1-5.5x in runs 2 and 4), forward and training,
+            # and 1.23-1.41x forward, 0.87-0.93x training at the other two. Per call it falls back to native.
             from . import triton_lstm
 
             if triton_lstm.why_not((), proj_size, like) is None:
