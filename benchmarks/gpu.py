@@ -188,14 +188,11 @@ def precompile(shapes, dtypes, workers: int, inference: bool = True) -> None:
             kws = tk.candidates(B, KH, DTYPES[d], "cuda") if tk.TUNE else [{}]
             kws += [{"mode": "stepwise"}] + ([{"resident": False}] if (T, B, H) == shapes[0] else [])
             kws += [kw for kw in [{"ll": True}] if LL_CHECK and _valid(B, H, d, kw)]
-            # the forward's tuning also times each persistent plan with its gate products unfused
-            kws += [{**kw, "which": ("fwd",)} for kw in tk.candidates(B, KH, DTYPES[d], "cuda", kind="fwd")
-                    if kw.get("fuse") is False and tk.TUNE]  # fmt: skip
-            unique = {}
-            for kw in kws:
-                plan = tk.plan(B, KH, DTYPES[d], "cuda", **{k: v for k, v in kw.items() if k != "which"})
-                unique.setdefault((repr(plan), kw.get("which")), kw)
-            tasks += [(T, B, H, d, [kw], (), inference) for kw in unique.values()]
+            # tuning also times each persistent plan with its gate products unfused
+            kws += [kw for kw in tk.candidates(B, KH, DTYPES[d], "cuda", kind="fwd") if kw.get("fuse") is False
+                    and tk.TUNE]  # fmt: skip
+            for kw in {repr(tk.plan(B, KH, DTYPES[d], "cuda", **kw)): kw for kw in kws}.values():
+                tasks.append((T, B, H, d, [kw], (), inference))
     tasks.sort(key=lambda t: -t[2])  # large H first: they compile longest
     _compile_in_workers(tasks, workers, "plans")
 

@@ -9,7 +9,7 @@ Triton lowers through shared memory, between CTA barriers.
 
     PYTHONPATH=src python benchmarks/sass_loop.py --out docs/gpu_runs/sass-loop-DATE.md     # ~1 min, any machine
 
-Each forward also with ``fuse=False`` (plan shown with ", four gate products"): the kernels of runs 1-5.
+Each kernel also with ``fuse=False`` (plan shown with ", four gate products"): the kernels of runs 1-5.
 Static counts, not timings. Run it with the Triton the GPU image has (3.6 here: /work/venv36).
 """
 
@@ -83,8 +83,8 @@ def main(argv=None) -> int:
         "|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for T, B, H, dtype, kind, kw in CASES:
-        # the forward as it runs (FUSE: one product for the four gates where Plan fuses) and with four products
-        for fuse in (None, False) if kind == "fwd" else (None,):
+        # the kernel as it runs (FUSE: one product for the four gates where Plan fuses) and unfused
+        for fuse in (None, False):
             p = tk.plan(B, tk.kernel_units(H, "cuda"), dtype, "cuda", sm_count=132, mode="persistent", fuse=fuse, **kw)
             if fuse is False and not tk.plan(B, tk.kernel_units(H, "cuda"), dtype, "cuda", sm_count=132, **kw).fuse:
                 continue  # (the default plan is unfused already)

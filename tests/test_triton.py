@@ -310,15 +310,15 @@ def test_candidates_cover_the_tilings_and_fit_the_gpu():
     assert {p.BLOCK_B for p in big} == {64, 128}
 
 
-def test_forward_tuning_also_times_the_unfused_gate_products():
-    """kind='fwd' adds each persistent candidate with fuse=False (the forward's tuning measures both ways); the
-    backward, which has no such switch, and the step-wise launch get none; tf32x3 at 32+ batch rows is unfused
-    by default (it spills more fused), so it has no twin either."""
+def test_tuning_also_times_the_unfused_gate_products():
+    """kind='fwd' / 'bwd' (tuning) adds each persistent candidate with fuse=False, so that tuning measures both
+    ways; the step-wise launch gets none; tf32x3 at 32+ batch rows is unfused by default (it spills more
+    fused), so it has no twin either."""
     base = tk.candidates(8, 256, torch.bfloat16, "cuda", sm_count=132)
     fwd = tk.candidates(8, 256, torch.bfloat16, "cuda", sm_count=132, kind="fwd")
     twins = [kw for kw in fwd if kw.get("fuse") is False]
     assert fwd[: len(base)] == base and len(twins) == len([kw for kw in base if kw.get("mode") != "stepwise"])
-    assert tk.candidates(8, 256, torch.bfloat16, "cuda", sm_count=132, kind="bwd") == base
+    assert tk.candidates(8, 256, torch.bfloat16, "cuda", sm_count=132, kind="bwd") == fwd
     assert all(tk.plan(8, 256, torch.bfloat16, "cuda", sm_count=132, **kw).persistent for kw in twins)
     assert not tk.plan(256, 1024, torch.float32, "cuda", sm_count=132).fuse
     assert tk.plan(8, 256, torch.float32, "cuda", sm_count=132).fuse
@@ -364,8 +364,10 @@ def test_ll_exchange_gives_the_same_bits(dtype):
     """The LL exchange (h_t / da_t packed with a ready flag into 32- or 64-bit words, no barrier) decodes to
     exactly the values the barrier path reads: outputs and every gradient are bit-identical."""
     w, x, h0, c0, gy = one_layer_case(4, 3, 5, 12, seed=21)
-    plain = triton_case(w, x, h0, c0, gy, dtype, mode="persistent")
-    ll = triton_case(w, x, h0, c0, gy, dtype, mode="persistent", ll=True)
+    # (unfused: the LL backward forms dh from the four gates' words one product each, which the fused
+    # backward's single product would sum in another order)
+    plain = triton_case(w, x, h0, c0, gy, dtype, mode="persistent", fuse=False)
+    ll = triton_case(w, x, h0, c0, gy, dtype, mode="persistent", ll=True, fuse=False)
     for k, v in plain.items():
         assert torch.equal(ll[k], v), k
 

@@ -220,6 +220,12 @@ def _gates4(a, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
     return a_i, a_f, a_g, a_o
 
 
+def _join4(a_i, a_f, a_g, a_o, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    """The inverse of :func:`_gates4`: four (BLOCK_B, BLOCK_H) gate blocks as one (BLOCK_B, 4 BLOCK_H) tile."""
+    r = tl.join(tl.join(a_i, a_g), tl.join(a_f, a_o))  # (BLOCK_B, BLOCK_H, hi, lo): gate 2 * hi + lo
+    return tl.reshape(tl.permute(tl.reshape(r, (BLOCK_B, BLOCK_H, 4)), (0, 2, 1)), (BLOCK_B, 4 * BLOCK_H))
+
+
 def _exchange_sums(st_ptr, base, pid_h, offs_b, mb, m_st, st_rd, p1, p2, B, wait_ns, wait_spins, err_ptr, cnt,
                    n_tot, stc_ptr, stc_idx, n_htiles, ACC: tl.constexpr, ST_RAW: tl.constexpr, LL_SPIN: tl.constexpr,
                    CHAN: tl.constexpr, ST_SYNC: tl.constexpr, POLL: tl.constexpr):  # fmt: skip
@@ -660,6 +666,11 @@ def _bwd_kernel(
     ZONE_H: tl.constexpr = False,
     ZONE_C: tl.constexpr = False,
     VALID: tl.constexpr = False,
+    # the gates / da as (BLOCK_B, 4 BLOCK_H) tiles (one load, one store, split and joined in registers; not LL's
+    # words, which stay per gate), and with streamed weights dh = da_{t+1} W_hh[:, j] as one K loop over all 4H
+    # rows (resident weights keep four products: one over 4H would hold a (BLOCK_B, 4 H_PAD) operand in shared
+    # memory, 321 KB at (20, 656), which does not fit)
+    FUSE: tl.constexpr = False,
 ):
     pid_h = tl.program_id(0)
     pid_b = tl.program_id(1)
@@ -670,12 +681,17 @@ def _bwd_kernel(
     m_bj = mb[:, None] & mj[None, :]
     bh = offs_b[:, None] * H + offs_j[None, :]
     b4h = offs_b[:, None] * (4 * H) + offs_j[None, :]
+    if FUSE:  # my units of all four gates side by side: column gate * BLOCK_H + j of a (B, 4H) slab
+        offs_c = tl.arange(0, 4 * BLOCK_H)
+        j_c = pid_h * BLOCK_H + offs_c % BLOCK_H
+        m_bc = mb[:, None] & (j_c < H)[None, :]
+        b4c = offs_b[:, None] * (4 * H) + ((offs_c // BLOCK_H) * H + j_c)[None, :]
     if RESIDENT:
-        # columns j of each gate block, W_hh[g*H + k, j] as (H_PAD, BLOCK_H), loaded once
         offs_k = tl.arange(0, H_PAD)
         mk = offs_k < H
         m_bk = mb[:, None] & mk[None, :]
         b4k = offs_b[:, None] * (4 * H) + offs_k[None, :]  # (BLOCK_B, H_PAD) in a (B, 4H) slab
+        # columns j of each gate block, W_hh[g*H + k, j] as (H_PAD, BLOCK_H), loaded once
         w_c = offs_k[:, None] * H + offs_j[None, :]
         m_kj = mk[:, None] & mj[None, :]
         w_i = tl.load(w_ptr + 0 * H * H + w_c, mask=m_kj, other=0.0).to(DOT)
@@ -708,11 +724,15 @@ def _bwd_kernel(
     dh_n = tl.load(dhn_ptr + bh, mask=m_bj, other=0.0).to(ACC)
     # what step t_start needs from this program alone; later steps' is loaded before each barrier
     dy_t = tl.load(dy_ptr + t_start * B * H + bh, mask=m_bj, other=0.0)
-    sv = gates_ptr + t_start * B * 4 * H + b4h
-    i_n = tl.load(sv + 0 * H, mask=m_bj, other=0.0)
-    f_n = tl.load(sv + 1 * H, mask=m_bj, other=0.0)
-    g_n = tl.load(sv + 2 * H, mask=m_bj, other=0.0)
-    o_n = tl.load(sv + 3 * H, mask=m_bj, other=0.0)
+    if FUSE:
+        i_n, f_n, g_n, o_n = _gates4(tl.load(gates_ptr + t_start * B * 4 * H + b4c, mask=m_bc, other=0.0), BLOCK_B,
+                                     BLOCK_H)  # fmt: skip
+    else:
+        sv = gates_ptr + t_start * B * 4 * H + b4h
+        i_n = tl.load(sv + 0 * H, mask=m_bj, other=0.0)
+        f_n = tl.load(sv + 1 * H, mask=m_bj, other=0.0)
+        g_n = tl.load(sv + 2 * H, mask=m_bj, other=0.0)
+        o_n = tl.load(sv + 3 * H, mask=m_bj, other=0.0)
     c_n = tl.load(cs_ptr + (t_start + 1) * B * H + bh, mask=m_bj, other=0.0)
     c_p = tl.load(cs_ptr + t_start * B * H + bh, mask=m_bj, other=0.0)
     for s in range(n_steps):
@@ -764,6 +784,15 @@ def _bwd_kernel(
             dh = tl.dot(d, w_g, dh, input_precision=PRECISION, out_dtype=ACC)
             d = tl.load(da_n + b4k + 3 * H, mask=m_bk, other=0.0, cache_modifier=".cg").to(DOT)
             dh = tl.dot(d, w_o, dh, input_precision=PRECISION, out_dtype=ACC)
+        elif FUSE:  # chunks of the 4H rows, gate after gate
+            for k0 in range(0, 4 * H, BLOCK_K):
+                offs_k = k0 + tl.arange(0, BLOCK_K)
+                mk = offs_k < 4 * H
+                d = tl.load(da_n + offs_b[:, None] * (4 * H) + offs_k[None, :], mask=mb[:, None] & mk[None, :],
+                            other=0.0, cache_modifier=".cg").to(DOT)  # fmt: skip
+                w = tl.load(w_ptr + offs_k[:, None] * H + offs_j[None, :], mask=mk[:, None] & mj[None, :],
+                            other=0.0).to(DOT)  # fmt: skip
+                dh = tl.dot(d, w, dh, input_precision=PRECISION, out_dtype=ACC)
         else:
             for k0 in range(0, H, BLOCK_K):
                 offs_k = k0 + tl.arange(0, BLOCK_K)
@@ -898,20 +927,27 @@ def _bwd_kernel(
                          cache_modifier=".cg")  # fmt: skip
                 tl.store(xo + 3 * H, (q_o.to(tl.int16, bitcast=True).to(tl.int32) << 16) | 1, mask=m_bj,
                          cache_modifier=".cg")  # fmt: skip
-        tl.store(out + 0 * H, q_i, mask=m_bj)
-        tl.store(out + 1 * H, q_f, mask=m_bj)
-        tl.store(out + 2 * H, q_g, mask=m_bj)
-        tl.store(out + 3 * H, q_o, mask=m_bj)
+        if FUSE:
+            tl.store(da_ptr + t * B * 4 * H + b4c, _join4(q_i, q_f, q_g, q_o, BLOCK_B, BLOCK_H), mask=m_bc)
+        else:
+            tl.store(out + 0 * H, q_i, mask=m_bj)
+            tl.store(out + 1 * H, q_f, mask=m_bj)
+            tl.store(out + 2 * H, q_g, mask=m_bj)
+            tl.store(out + 3 * H, q_o, mask=m_bj)
         if PERSIST:  # da_t is out
             _grid_arrive(sync_ptr + pid_b * T + t)
         # prefetch step t-1's own inputs (after step 0: reread, unused); its c_t is this step's c_prev
         t_n = tl.maximum(t - 1, 0)
         dy_t = tl.load(dy_ptr + t_n * B * H + bh, mask=m_bj, other=0.0)
-        sv = gates_ptr + t_n * B * 4 * H + b4h
-        i_n = tl.load(sv + 0 * H, mask=m_bj, other=0.0)
-        f_n = tl.load(sv + 1 * H, mask=m_bj, other=0.0)
-        g_n = tl.load(sv + 2 * H, mask=m_bj, other=0.0)
-        o_n = tl.load(sv + 3 * H, mask=m_bj, other=0.0)
+        if FUSE:
+            i_n, f_n, g_n, o_n = _gates4(tl.load(gates_ptr + t_n * B * 4 * H + b4c, mask=m_bc, other=0.0), BLOCK_B,
+                                         BLOCK_H)  # fmt: skip
+        else:
+            sv = gates_ptr + t_n * B * 4 * H + b4h
+            i_n = tl.load(sv + 0 * H, mask=m_bj, other=0.0)
+            f_n = tl.load(sv + 1 * H, mask=m_bj, other=0.0)
+            g_n = tl.load(sv + 2 * H, mask=m_bj, other=0.0)
+            o_n = tl.load(sv + 3 * H, mask=m_bj, other=0.0)
         c_n = c_prev
         c_p = tl.load(cs_ptr + t_n * B * H + bh, mask=m_bj, other=0.0)
         if PERSIST:
@@ -944,7 +980,7 @@ def _compiled(name: str, interpret: bool):
 
 #: jit helpers the kernels call: compiled for the GPU here; the interpreter gets its own copies (_compiled)
 _HELPERS = {"_exchange_sums": _exchange_sums, "_grid_arrive": _grid_arrive, "_grid_wait": _grid_wait,
-            "_unit_rows": _unit_rows, "_gates4": _gates4}
+            "_unit_rows": _unit_rows, "_gates4": _gates4, "_join4": _join4}
 if HAVE_TRITON:
     _add = triton.jit(_add)
     _min = triton.jit(_min)
@@ -953,6 +989,7 @@ if HAVE_TRITON:
     _grid_wait = triton.jit(_grid_wait)
     _unit_rows = triton.jit(_unit_rows)
     _gates4 = triton.jit(_gates4)
+    _join4 = triton.jit(_join4)
 
 # ---------------------------------------------------------------------------------------------
 # Launch plan
@@ -1058,8 +1095,8 @@ class Plan:
         self.BLOCK_B = min(64, max(16, _next_pow2(B)))
         return 32
 
-    def constants(self, T: int, B: int, H: int, kind: str = "fwd") -> dict:
-        """Kernel ``kind``'s size arguments and compile-time constants for a (T, B, H) call."""
+    def constants(self, T: int, B: int, H: int) -> dict:
+        """The kernels' size arguments and compile-time constants for a (T, B, H) call."""
         return dict(
             T=T, B=B, H=H, n_htiles=self.n_htiles, BLOCK_B=self.BLOCK_B, BLOCK_H=self.BLOCK_H,
             BLOCK_K=self.BLOCK_K, H_PAD=self.H_PAD, ACC=self.acc, DOT=self.dot, PRECISION=self.precision,
@@ -1068,7 +1105,7 @@ class Plan:
             **({"LL": True, "XS_BITS": 64 if self.xs_dtype == torch.int64 else 32, "LL_SPIN": not self.interpret}
                if self.ll else {}),
             **({"ST_SYNC": True} if self.ln_sync else {}),
-            **({"FUSE": self.fuse} if kind == "fwd" else {}),
+            FUSE=self.fuse,
         )  # fmt: skip
 
     def __repr__(self) -> str:
@@ -1152,9 +1189,8 @@ def candidates(
     of 8..64 units whose grid fits the SMs with resident weights (where they fit in shared memory; not for
     tf32x3 float32), two
     streamed tilings (more for B > 16: larger batch and hidden tiles) and the step-wise launch.
-    Duplicates (same ``repr``) are dropped. ``kind="fwd"``: also each persistent plan with its four gate
-    products unfused (``fuse=False``), so that the forward's tuning measures which way is faster (the
-    backward has no such switch)."""
+    Duplicates (same ``repr``) are dropped. ``kind`` ("fwd" or "bwd", for tuning): also each persistent plan
+    with its gate products unfused (``fuse=False``), so that tuning measures which way is faster."""
     device = torch.device(device)
     base = Plan(B, H, dtype, device, sm_count=sm_count)
     if base.interpret:
@@ -1177,7 +1213,7 @@ def candidates(
             if bb2 <= 128 and bb2 <= _next_pow2(B) and math.ceil(B / bb2) * math.ceil(H / bh) <= sms:
                 out.append(dict(mode="persistent", tiles=(bb2, bh), resident=False))
     out.append(dict(mode="stepwise"))
-    if kind == "fwd":
+    if kind is not None:
         out += [{**kw, "fuse": False} for kw in out if kw.get("mode") != "stepwise"
                 and Plan(B, H, dtype, device, sm_count=sm_count, **kw).fuse]  # fmt: skip
     seen, unique = set(), []
@@ -1256,7 +1292,7 @@ def _random_launch(kind: str, p: Plan, T: int, B: int, H: int, dtype: torch.dtyp
     else:
         args = (rnd(T, B, H), rnd(B, H), w, rnd(T + 1, B, H, dt=acc), rnd(T, B, 4 * H, dt=acc, lo=0.0),
                 torch.zeros(T + 1, B, 4 * H, dtype=dtype, device=device), rnd(B, H, dt=acc))  # fmt: skip
-        consts, t_first, down = p.constants(T, B, H, "bwd"), T - 1, True
+        consts, t_first, down = p.constants(T, B, H), T - 1, True
 
     if ln:  # gains near 1, saved statistics as a forward would leave them, gradient outputs
         ln_p = [1.0 + 0.1 * rnd(4 * H), 1.0 + 0.1 * rnd(H), 0.1 * rnd(H)]
@@ -1379,9 +1415,7 @@ def warmup(
     plan_kw = {k: v for k, v in plan_kw.items() if v is not None}
     sync = {"ln_sync": True} if plan_kw.pop("ln_sync", False) else {}  # (an exchange, not a tiling: still tuned)
     if (TUNE and not plan_kw if tune is None else tune) and device.type == "cuda":  # tuned_plan times them all
-        kws = [({**kw, **sync}, which) for kw in candidates(B, H, dtype, device)]
-        kws += [({**kw, **sync}, ("fwd",)) for kw in candidates(B, H, dtype, device, kind="fwd")
-                if kw.get("fuse") is False and "fwd" in which]  # (the forward's unfused twins)  # fmt: skip
+        kws = [({**kw, **sync}, which) for kw in candidates(B, H, dtype, device, kind="fwd")]
     else:
         mode = plan_kw.pop("mode", "auto")
         kws = [(dict(plan_kw, mode=m, **sync), which)
@@ -1418,7 +1452,7 @@ def warmup(
             ptrs = {a: _mock(_ptr_dtype(a, dtype, p.ln_sync)) for a in _variant_ptrs(variants, "bwd", p.ll, p.ln_sync)}
             jf = _compiled("bwd", False)
             ck = {k: v for k, v in (constants or {}).items() if k in jf.arg_names}
-            jf.warmup(*bwd, t_start=T - 1, n_steps=steps, **p.constants(T, B, H, "bwd"), **vk, **ptrs, **ck, **extra)
+            jf.warmup(*bwd, t_start=T - 1, n_steps=steps, **p.constants(T, B, H), **vk, **ptrs, **ck, **extra)
             n += 1
     return n
 
@@ -1464,7 +1498,7 @@ def compile_ahead(
     out = {}
     for name in which:
         jf = _compiled(name, False)
-        consts = {k: v for k, v in p.constants(T, B, H, name).items() if k not in ("T", "B", "H", "n_htiles")}
+        consts = {k: v for k, v in p.constants(T, B, H).items() if k not in ("T", "B", "H", "n_htiles")}
         if name == "fwd":
             consts["SAVE"] = True
         for flag in VARIANT_FLAGS:
@@ -1631,7 +1665,7 @@ class _Recurrence(torch.autograd.Function):
         if T > 0:
             ll = _ll_buffer(p, T, B, 4 * H, None, T, dev)  # da_T = 0, published
             _launch(_compiled("bwd", p.interpret), p, (dy, dh_n, w_hh, cs, gates, da, dc, sync, err),
-                    {**p.constants(T, B, H, "bwd"), **vk, **ll}, T, T - 1, down=True)  # fmt: skip
+                    {**p.constants(T, B, H), **vk, **ll}, T, T - 1, down=True)  # fmt: skip
             _raise_on_timeout(err, "backward")
         da_t = da[:T]  # (T, B, 4H) = dLoss/dgx, or with layer norm dLoss/dr
         dgx_t = dgx if ln else da_t
