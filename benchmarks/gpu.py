@@ -207,7 +207,8 @@ def check(shapes, dtypes, device: str) -> list[dict]:
     rows = []
     for T, B, H in shapes:
         m, x, h0, c0, gy = make_case(T, B, H, device)
-        variants = [("auto", {})]
+        # the tuned plan, and the heuristic plan with its gate products unfused (tuning may choose either way)
+        variants = [("auto", {}), ("four gate products", {"fuse": False})]
         if (T, B, H) == shapes[0]:  # the other launch / weight modes, once
             variants += [("stepwise", {"mode": "stepwise"}), ("streamed", {"resident": False})]
         if LL_CHECK:  # the flag-in-data exchange, wherever the heuristic plan allows it (--ll)
