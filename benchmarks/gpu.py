@@ -188,9 +188,8 @@ def precompile(shapes, dtypes, workers: int, inference: bool = True) -> None:
             kws = tk.candidates(B, KH, DTYPES[d], "cuda") if tk.TUNE else [{}]
             kws += [{"mode": "stepwise"}] + ([{"resident": False}] if (T, B, H) == shapes[0] else [])
             kws += [kw for kw in [{"ll": True}] if LL_CHECK and _valid(B, H, d, kw)]
-            # tuning also times each persistent plan with its gate products unfused
-            kws += [kw for kw in tk.candidates(B, KH, DTYPES[d], "cuda", kind="fwd") if kw.get("fuse") is False
-                    and tk.TUNE]  # fmt: skip
+            # tuning also times each persistent plan with its gate products the other way (fused / unfused)
+            kws += [kw for kw in tk.candidates(B, KH, DTYPES[d], "cuda", kind="fwd") if "fuse" in kw and tk.TUNE]
             for kw in {repr(tk.plan(B, KH, DTYPES[d], "cuda", **kw)): kw for kw in kws}.values():
                 tasks.append((T, B, H, d, [kw], (), inference))
     tasks.sort(key=lambda t: -t[2])  # large H first: they compile longest
@@ -409,7 +408,8 @@ def tune_layer_norm(shapes, dtypes, workers: int, device: str = "cuda") -> dict:
             for d in dtypes:
                 KH = tk.kernel_units(H, dev)
                 for k in ("fwd", "bwd"):  # each kernel on its own shortlist, with both statistics exchanges
-                    short = tk._PERSISTENT_RANKED.get(tk.tune_key(k, B, KH, DTYPES[d], dev), [])[:tk.LN_TUNE_TOP]
+                    ranked = tk._PERSISTENT_RANKED.get(tk.tune_key(k, B, KH, DTYPES[d], dev), [])
+                    short = tk._ln_shortlist(B, KH, DTYPES[d], dev, ranked)
                     kws = [{**kw, **w} for kw in short or [{"mode": "persistent"}] for w in ({}, {"ln_sync": True})]
                     tasks += [(T, B, H, d, [{**kw, "which": (k,)}], ("LN",), False) for kw in kws]
         _compile_in_workers(tasks, workers, "layer-norm candidates")
@@ -427,8 +427,7 @@ def tune_layer_norm(shapes, dtypes, workers: int, device: str = "cuda") -> dict:
                     continue
                 log.info("layer norm %s plan %s %s: %r", k, (T, B, H), d, p)
                 # the same plan as keywords (what warmup takes)
-                plans.append(dict(mode="persistent", tiles=(p.BLOCK_B, p.BLOCK_H, p.BLOCK_K), resident=p.resident,
-                                  poll=p.poll, ln_sync=p.ln_sync))  # fmt: skip
+                plans.append({**tk._plan_kwargs(p), "ln_sync": p.ln_sync})
             out[(B, H, d, "LN")] = tuple(plans)
     return out
 
@@ -448,7 +447,8 @@ def precompile_variants(shapes, dtypes, tuned: dict, workers: int) -> None:
               for T, B, H in shapes for d in dtypes]  # fmt: skip
     # and the step ablation's forward kernels (ablation_table), at its shapes
     tasks += [(T, B, H, "bf16", [{**tuned[(B, H, "bf16")][0], "constants": {"ABLATE": k}, "which": ("fwd",)}
-                                 for k in (1, 2)] + [{**tuned[(B, H, "bf16")][0], "fuse": False, "which": ("fwd",)}],
+                                 for k in (1, 2)]
+               + [{**tuned[(B, H, "bf16")][0], "fuse": f, "which": ("fwd",)} for f in (True, False)],
                (), False)
               for T, B, H in shapes if B <= 16 and "bf16" in dtypes]  # fmt: skip
     _compile_in_workers(tasks, workers, "variants and ablation")
@@ -557,9 +557,9 @@ def ablation_table(shapes, dtypes, deadline: float, device: str) -> str:
     plan, microseconds per step over 256 steps, until ``deadline``."""
     lines = ["", "## Forward step ablation, bf16, B <= 16: microseconds per step (256 steps, median of 3)", "",
              "Timing only (these kernels compute wrong numbers by design): the tuned plan as it is, without its "
-             "grid barrier, and also without re-reading h_{t-1} (resident plans); and the full step with the four "
-             "gate products unfused (fuse=False: the kernels of runs 1-5).", "",
-             "| shape | plan | full | no barrier | no barrier, no h read | full, four gate products |",
+             "grid barrier, and also without re-reading h_{t-1} (resident plans); and the full step with the gate "
+             "products the other way (the plan unfused: fused; else four products, the kernels of runs 1-5).", "",
+             "| shape | plan | full | no barrier | no barrier, no h read | full, gate products the other way |",
              "|---|---|---|---|---|---|"]  # fmt: skip
     for T, B, H in shapes:
         if "bf16" not in dtypes or B > 16:
@@ -573,8 +573,9 @@ def ablation_table(shapes, dtypes, deadline: float, device: str) -> str:
         except Exception as e:
             lines.append(f"| {(T, B, H)} | ERROR {type(e).__name__}: {e}"[:200] + " | | | | |")
             continue
+        other = _f(r.get("gate products the other way"))
         lines.append(f"| {(T, B, H)} | {r['plan']} | {_f(r.get('full'))} | {_f(r.get('no barrier'))} "
-                     f"| {_f(r.get('no barrier, no h read'))} | {_f(r.get('four gate products'))} |")  # fmt: skip
+                     f"| {_f(r.get('no barrier, no h read'))} | {other} |")  # fmt: skip
         log.info("ablation %s", lines[-1])
     return "\n".join(lines) + "\n"
 

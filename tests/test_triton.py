@@ -311,18 +311,33 @@ def test_candidates_cover_the_tilings_and_fit_the_gpu():
 
 
 def test_tuning_also_times_the_unfused_gate_products():
-    """kind='fwd' / 'bwd' (tuning) adds each persistent candidate with fuse=False, so that tuning measures both
-    ways; the step-wise launch gets none; tf32x3 at 32+ batch rows is unfused by default (it spills more
-    fused), so it has no twin either."""
+    """kind='fwd' / 'bwd' (tuning) adds each persistent candidate with its gate products the other way, so that
+    tuning measures both; step-wise plans get none; tf32x3 at 32+ batch rows is unfused by default (its
+    forward spills more fused), so its twins are fused."""
     base = tk.candidates(8, 256, torch.bfloat16, "cuda", sm_count=132)
     fwd = tk.candidates(8, 256, torch.bfloat16, "cuda", sm_count=132, kind="fwd")
     twins = [kw for kw in fwd if kw.get("fuse") is False]
     assert fwd[: len(base)] == base and len(twins) == len([kw for kw in base if kw.get("mode") != "stepwise"])
     assert tk.candidates(8, 256, torch.bfloat16, "cuda", sm_count=132, kind="bwd") == fwd
     assert all(tk.plan(8, 256, torch.bfloat16, "cuda", sm_count=132, **kw).persistent for kw in twins)
+    big = tk.candidates(4096, 4096, torch.bfloat16, "cuda", sm_count=132, kind="fwd")  # (heuristic: step-wise)
+    assert all(tk.plan(4096, 4096, torch.bfloat16, "cuda", sm_count=132, **kw).persistent for kw in big if "fuse" in kw)
+    fp32 = tk.candidates(256, 1024, torch.float32, "cuda", sm_count=132, kind="bwd")  # unfused by default: fused twins
+    assert {kw["fuse"] for kw in fp32 if "fuse" in kw} == {True}
     assert not tk.plan(256, 1024, torch.float32, "cuda", sm_count=132).fuse
     assert tk.plan(8, 256, torch.float32, "cuda", sm_count=132).fuse
     assert "four gate products" in repr(tk.plan(8, 256, torch.bfloat16, "cuda", sm_count=132, fuse=False))
+
+
+def test_a_given_fuse_keeps_the_tuned_tiles(monkeypatch):
+    """fuse (like ln_sync) is not a tiling: asked for alone, the tuned tiles run with the gate products as asked."""
+    monkeypatch.setattr(tk, "_tunes", lambda device: True)
+    monkeypatch.setattr(tk, "_TUNED", {})
+    dev = torch.device("cpu")
+    tk._TUNED[tk.tune_key("fwd", 3, 6, torch.float64, dev)] = dict(mode="persistent", tiles=(2, 16))
+    p = tk.tuned_plan("fwd", 3, 6, torch.float64, dev, fuse=False)
+    assert (p.BLOCK_B, p.BLOCK_H, p.persistent, p.fuse) == (2, 16, True, False)
+    assert tk.tuned_plan("fwd", 3, 6, torch.float64, dev).fuse
 
 
 def test_dispatcher_routes_gpu_calls_to_the_triton_kernels():
@@ -359,15 +374,15 @@ def test_impl_triton_module_is_built_anywhere_and_refused_per_call_off_the_gpu()
         LSTM(4, 4, impl="cudnn")
 
 
+@pytest.mark.parametrize("fuse", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_ll_exchange_gives_the_same_bits(dtype):
+def test_ll_exchange_gives_the_same_bits(dtype, fuse):
     """The LL exchange (h_t / da_t packed with a ready flag into 32- or 64-bit words, no barrier) decodes to
     exactly the values the barrier path reads: outputs and every gradient are bit-identical."""
     w, x, h0, c0, gy = one_layer_case(4, 3, 5, 12, seed=21)
-    # (unfused: the LL backward forms dh from the four gates' words one product each, which the fused
-    # backward's single product would sum in another order)
-    plain = triton_case(w, x, h0, c0, gy, dtype, mode="persistent", fuse=False)
-    ll = triton_case(w, x, h0, c0, gy, dtype, mode="persistent", ll=True, fuse=False)
+    # (resident weights: the backward forms dh with four products either way, so fused or not the sums agree)
+    plain = triton_case(w, x, h0, c0, gy, dtype, mode="persistent", fuse=fuse)
+    ll = triton_case(w, x, h0, c0, gy, dtype, mode="persistent", ll=True, fuse=fuse)
     for k, v in plain.items():
         assert torch.equal(ll[k], v), k
 
@@ -440,11 +455,11 @@ def test_no_grad_calls_save_nothing_for_backward(monkeypatch):
 
 
 def test_step_ablation_runs_its_variants():
-    """The GPU diagnostic (barrier, exchange read, the rest, and the unfused gate products) runs its four
+    """The GPU diagnostic (barrier, exchange read, the rest, and the gate products the other way) runs its four
     kernels; here in the interpreter, where its times mean nothing, only that every variant compiles and
     launches."""
     out = tk.step_ablation(2, 8, torch.float32, "cpu", T=3)
-    assert set(out) == {"plan", "full", "no barrier", "no barrier, no h read", "four gate products"}
+    assert set(out) == {"plan", "full", "no barrier", "no barrier, no h read", "gate products the other way"}
     assert all(v > 0 for k, v in out.items() if k != "plan")
 
 

@@ -138,6 +138,51 @@ def test_variants_with_four_gate_products(name):
         assert (got[k] - v).abs().max().item() < 1e-10, k
 
 
+@pytest.mark.parametrize("fuse", [True, False])
+def test_variants_with_streamed_weights(fuse):
+    """Every variant with the weights streamed in K chunks (float32's default on a GPU): 4H = 40 rows in
+    chunks of 16 leave a partial last chunk in the fused backward's single K loop; two batch tiles."""
+    T, B, I, H = 3, 3, 3, 10
+    torch.manual_seed(12)
+    m = LSTM(I, H, dtype=torch.float64, **CASES["layer_norm+all"]).train()
+    randomise_layer_norm(m)
+    x, hx = inputs(T, B, I, H)
+    lengths = torch.tensor([3, 1, 2])
+    masks = m.sample_masks(B, T, like=x)
+    want = run(m, x, hx, lengths, masks, None)
+    got = run(m, x, hx, lengths, masks, triton_kernel(mode="persistent", tiles=(2, 16, 16), resident=False, fuse=fuse))
+    for k, v in want.items():
+        assert (got[k] - v).abs().max().item() < 1e-10, k
+
+
+def test_layer_norm_checks_only_what_will_run():
+    """Without gradients the backward's plan is not checked (a forward under torch.no_grad with deterministic
+    algorithms and two batch tiles runs on the kernels), and fuse / ln_sync alone are not a given tiling (a
+    call with no persistent plan is still kernels.Unsupported, for the loop)."""
+    from lstmkit import kernels
+
+    m = LSTM(3, 6, layer_norm=True, dtype=torch.float64).eval()
+    randomise_layer_norm(m)
+    x, hx = inputs(3, 17, 3, 6)
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        with torch.no_grad():
+            want = m._forward_loop(x, hx, None, None, {})
+            got = m._forward_loop(x, hx, None, triton_kernel(), {})
+    finally:
+        torch.use_deterministic_algorithms(was)
+    for a, b in zip(got, want):
+        assert (a - b).abs().max().item() < 1e-10
+    m20 = LSTM(3, 20, layer_norm=True, dtype=torch.float64)
+    p = {n: getattr(m20, n + "_l0") for n in ("layernorm_ih_weight", "layernorm_hh_weight", "layernorm_c_weight",
+                                              "layernorm_c_bias")}  # fmt: skip
+    gx, z = torch.zeros(2, 1, 80, dtype=torch.float64), torch.zeros(1, 20, dtype=torch.float64)
+    for kw in ({"fuse": False}, {"ln_sync": True}):
+        with pytest.raises(kernels.Unsupported, match="persistent"):
+            tk.variant_layer(gx, z, z, m20.weight_hh_l0, m20.variant_config, p, {}, None, **kw)
+
+
 @pytest.mark.parametrize("case", ["no persistent plan", "deterministic"])
 def test_layer_norm_the_kernels_cannot_run_falls_back_to_the_loop(case, caplog):
     """impl='auto' sends layer norm to the kernels on a GPU: where they cannot run the call (no persistent plan

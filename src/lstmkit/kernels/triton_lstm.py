@@ -1070,9 +1070,10 @@ class Plan:
         # layer norm's row statistics: each exchange waits on one counter (a grid barrier) and then reads every
         # tile's partials once, instead of every reader spinning on every tile's flagged words (the default)
         self.ln_sync = bool(ln_sync)
-        # forward: the four gate products as one product of 4 BLOCK_H columns (kernel switch FUSE); False: four.
-        # Not by default for tf32x3 at 32+ batch rows, where the fused tile (two TF32 parts per operand) spills
-        # more than four (the sm_90 compile report: 16 -> 168 bytes at (256, 1024), 0 -> 64 at (20, 656))
+        # the gates' products as one product of 4 BLOCK_H columns, gates / da as one tile (kernel switch FUSE);
+        # False: per gate. Not by default for tf32x3 at 32+ batch rows, where the fused forward tile (two TF32
+        # parts per operand) spills more (sm_90 compile report: 16 -> 168 bytes at (256, 1024), 0 -> 64 at
+        # (20, 656)); tuning times both ways for each kernel (candidates)
         self.fuse = not (self._split and self.BLOCK_B >= 32) if fuse is None else bool(fuse)
         self.acc = tl.float64 if dtype == torch.float64 else tl.float32
         if self.interpret and dtype == torch.bfloat16:
@@ -1190,7 +1191,8 @@ def candidates(
     tf32x3 float32), two
     streamed tilings (more for B > 16: larger batch and hidden tiles) and the step-wise launch.
     Duplicates (same ``repr``) are dropped. ``kind`` ("fwd" or "bwd", for tuning): also each persistent plan
-    with its gate products unfused (``fuse=False``), so that tuning measures which way is faster."""
+    with its gate products the other way (``fuse`` = not its default: unfused, or for tf32x3 at 32+ batch
+    rows fused), so that tuning measures which way is faster for each kernel."""
     device = torch.device(device)
     base = Plan(B, H, dtype, device, sm_count=sm_count)
     if base.interpret:
@@ -1214,8 +1216,8 @@ def candidates(
                 out.append(dict(mode="persistent", tiles=(bb2, bh), resident=False))
     out.append(dict(mode="stepwise"))
     if kind is not None:
-        out += [{**kw, "fuse": False} for kw in out if kw.get("mode") != "stepwise"
-                and Plan(B, H, dtype, device, sm_count=sm_count, **kw).fuse]  # fmt: skip
+        plans = [(kw, Plan(B, H, dtype, device, sm_count=sm_count, **kw)) for kw in out]
+        out += [{**kw, "fuse": not p.fuse} for kw, p in plans if p.persistent]
     seen, unique = set(), []
     for kw in out:
         r = repr(Plan(B, H, dtype, device, sm_count=sm_count, **kw))
@@ -1259,6 +1261,12 @@ def tuned_plan(kind: str, B: int, H: int, dtype: torch.dtype, device: torch.devi
     """The launch plan for kernel ``kind`` ("fwd" or "bwd"): given keywords win; on a GPU with :data:`TUNE`
     on, the fastest of :func:`candidates`, timed once per process (:func:`_tune`); else the heuristic."""
     plan_kw = {k: v for k, v in plan_kw.items() if v is not None and not (k == "mode" and v == "auto")}
+    fuse = plan_kw.pop("fuse", None)  # (not a tiling: the tuned tiles, with the gate products as asked)
+    if fuse is not None and not plan_kw and _tunes(device):
+        p = tuned_plan(kind, B, H, dtype, device)
+        return p if p.fuse == fuse else Plan(B, H, dtype, device, **{**_plan_kwargs(p), "fuse": fuse})
+    if fuse is not None:
+        plan_kw["fuse"] = fuse
     if plan_kw or not _tunes(device):
         return Plan(B, H, dtype, device, **plan_kw)
     key = tune_key(kind, B, H, dtype, device)
@@ -1357,7 +1365,8 @@ def step_ablation(B: int, H: int, dtype: torch.dtype, device: torch.device | str
     design): microseconds per step of the tuned (or given) persistent plan as it is, without its grid
     barrier, and also without re-reading h_{t-1} (resident plans only). The differences are the barrier's
     cost and the exchange read's; what is left is the step's own work (product, cell, stores). Also the full
-    step with the four gate products unfused (``fuse=False``, the kernels before FUSE; correct numbers)."""
+    step with the gate products the other way (fused if the plan is unfused, else four products as in the
+    kernels before FUSE; correct numbers)."""
     device = torch.device(device)
     p = tuned_plan("fwd", B, H, dtype, device, **plan_kw)
     out = {"plan": repr(p)}
@@ -1369,10 +1378,9 @@ def step_ablation(B: int, H: int, dtype: torch.dtype, device: torch.device | str
             continue
         run, _, prep = _random_launch("fwd", p, T, B, H, dtype, device, gen, ABLATE=k)
         out[name] = _time_launch(run, device, prep=prep) * 1e3 / T
-    if p.fuse:
-        p4 = Plan(B, H, dtype, device, **{**_plan_kwargs(p), "fuse": False})
-        run, _, prep = _random_launch("fwd", p4, T, B, H, dtype, device, gen)
-        out["four gate products"] = _time_launch(run, device, prep=prep) * 1e3 / T
+    other = Plan(B, H, dtype, device, **{**_plan_kwargs(p), "fuse": not p.fuse})
+    run, _, prep = _random_launch("fwd", other, T, B, H, dtype, device, gen)
+    out["gate products the other way"] = _time_launch(run, device, prep=prep) * 1e3 / T
     return out
 
 
@@ -1701,15 +1709,17 @@ class _Recurrence(torch.autograd.Function):
 def _plan_for(kind: str, B: int, H: int, dtype: torch.dtype, dev: torch.device, plan_kw: dict, ln: bool) -> Plan:
     """The tuned (or given) plan; with layer norm a persistent one (row statistics are exchanged in the launch).
 
-    ``plan_kw["ln_sync"]`` (layer norm's exchange) says nothing about the tiling: given alone, tuning still
-    picks the tiles and only times that exchange."""
+    ``plan_kw["ln_sync"]`` (layer norm's exchange) and ``plan_kw["fuse"]`` say nothing about the tiling: given
+    alone, tuning still picks the tiles (and with layer norm only times the given exchange)."""
     ln_sync = plan_kw.get("ln_sync")
     plan_kw = {k: v for k, v in plan_kw.items() if k != "ln_sync"}
     if not ln:
         return tuned_plan(kind, B, H, dtype, dev, **plan_kw)
+    fuse = plan_kw.get("fuse")  # (applied to the plan layer norm tunes below)
+    plan_kw = {k: v for k, v in plan_kw.items() if k != "fuse"}
     given = any(v is not None for k, v in plan_kw.items() if k != "mode") or plan_kw.get("mode") == "stepwise"
     if given:
-        p = tuned_plan(kind, B, H, dtype, dev, **plan_kw, ln_sync=ln_sync)
+        p = tuned_plan(kind, B, H, dtype, dev, **plan_kw, ln_sync=ln_sync, fuse=fuse)
         if not p.persistent:
             raise ValueError(f"layer_norm needs a persistent launch plan, got {p!r}")
         return p
@@ -1720,7 +1730,7 @@ def _plan_for(kind: str, B: int, H: int, dtype: torch.dtype, dev: torch.device, 
         lkey = (*key, "LN", ln_sync)  # layer norm's own kernels on the fastest persistent plain plans
         if lkey not in _TUNED:  # each shortlisted plan with either exchange of the row statistics (or the given)
             ways = [{}, {"ln_sync": True}] if ln_sync is None else [sync]
-            cands = [{**kw, **w} for kw in _PERSISTENT_RANKED[key][:LN_TUNE_TOP] for w in ways]
+            cands = [{**kw, **w} for kw in _ln_shortlist(B, H, dtype, dev, _PERSISTENT_RANKED[key]) for w in ways]
             t0 = time.perf_counter()
             _TUNED[lkey] = _tune(kind, B, H, dtype, dev, cands, lkey, ln=True)
             log.info("triton LSTM %s layer norm (B=%d, H=%d, %s): timed %d persistent plans in %.1f s, chose %r",
@@ -1731,7 +1741,19 @@ def _plan_for(kind: str, B: int, H: int, dtype: torch.dtype, dev: torch.device, 
     if not p.persistent:  # the fastest persistent candidate, else the heuristic one (raises when the grid
         best = _TUNED_PERSISTENT.get(key)  # cannot be co-resident)
         p = Plan(B, H, dtype, dev, **{**best[1], **sync}) if best else Plan(B, H, dtype, dev, mode="persistent", **sync)
+    if fuse is not None and p.fuse != fuse:
+        p = Plan(B, H, dtype, dev, **{**_plan_kwargs(p), "fuse": fuse}, ln_sync=p.ln_sync)
     return p
+
+
+def _ln_shortlist(B: int, H: int, dtype: torch.dtype, dev: torch.device, ranked: list[dict]) -> list[dict]:
+    """Layer norm's tuning shortlist: the :data:`LN_TUNE_TOP` fastest distinct tilings of the plain kernel's
+    ranked persistent plans, each with its faster way of the gate products (tuning times both ways, so a
+    tiling appears twice in ``ranked``)."""
+    tilings: dict[str, dict] = {}
+    for kw in ranked:
+        tilings.setdefault(repr(Plan(B, H, dtype, dev, **{**kw, "fuse": True})), kw)
+    return list(tilings.values())[:LN_TUNE_TOP]
 
 
 def _plan_kwargs(p: Plan) -> dict:
@@ -1913,7 +1935,9 @@ def variant_layer(
         raise Unsupported(f"(T + 1) * B * 4H = {(T + 1) * B * width} is too large for the kernels' int32 indexing")
     plan_kw = {k: plan_kw.get(k) for k in ("mode", "tiles", "resident", "poll", "ll", "ln_sync", "fuse")}
     if v.layer_norm:
-        _layer_norm_can_run(B, width // 4, gx.dtype, gx.device, plan_kw)
+        grad = torch.is_grad_enabled() and any(
+            isinstance(t, Tensor) and t.requires_grad for t in (gx, h0, c0, w_hh, *p.values()))  # fmt: skip
+        _layer_norm_can_run(B, width // 4, gx.dtype, gx.device, plan_kw, grad)
     if v.layer_norm:  # LN of the input projection (all steps at once, in torch), before the bias
         gx = F.layer_norm(gx, (gx.shape[-1],), weight=p["layernorm_ih_weight"], eps=eps)
     if p.get("bias") is not None:
@@ -1929,17 +1953,19 @@ def variant_layer(
     return _recurrence(gx, h0, c0, w_hh, w_ch, ln, plan_kw, var)
 
 
-def _layer_norm_can_run(B: int, H: int, dtype: torch.dtype, dev: torch.device, plan_kw: dict) -> None:
+def _layer_norm_can_run(B: int, H: int, dtype: torch.dtype, dev: torch.device, plan_kw: dict, grad: bool) -> None:
     """Raise ``kernels.Unsupported`` (the module then runs the pure-torch loop) when layer norm cannot run this
     call on the kernels: its row statistics are exchanged inside one persistent launch, forward and backward,
-    and no persistent plan fits this GPU (too many programs; checked here for the backward too, which has no
-    fallback once the forward has run); or deterministic algorithms are asked for
+    and no persistent plan fits this GPU (too many programs; checked here for the backward too when a
+    backward will run, ``grad``: it has no fallback once the forward has run); or deterministic algorithms are
+    asked for
     (``torch.use_deterministic_algorithms``) and the backward would sum its gain gradients with atomic adds
     from several batch tiles. A plan the caller gave that cannot run stays a ``ValueError``."""
     from . import Unsupported
 
-    given = any(v is not None for k, v in plan_kw.items() if k != "mode") or plan_kw.get("mode") == "stepwise"
-    for kind in ("fwd", "bwd"):
+    tiling = {k: v for k, v in plan_kw.items() if k not in ("mode", "ln_sync", "fuse")}
+    given = any(v is not None for v in tiling.values()) or plan_kw.get("mode") == "stepwise"
+    for kind in ("fwd", "bwd") if grad else ("fwd",):
         try:
             p = _plan_for(kind, B, H, dtype, dev, plan_kw, True)
         except ValueError as e:
