@@ -81,6 +81,9 @@ CASES = [
     (3, 3, 4, 12, "stepwise", (2, 4), True),
     (3, 2, 3, 10, "persistent", (1, 16, 4), False),
     (2, 3, 2, 10, "stepwise", (2, 4, 4), False),
+    # tiles of more than 512 units: the fused forward starts its product from gx as one tile (GX4)
+    (3, 3, 2, 20, "persistent", (32, 32), True),
+    (3, 3, 2, 20, "persistent", (32, 32, 8), False),
 ]
 
 

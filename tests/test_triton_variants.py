@@ -138,10 +138,12 @@ def test_variants_with_four_gate_products(name):
         assert (got[k] - v).abs().max().item() < 1e-10, k
 
 
+@pytest.mark.parametrize("tiles", [(2, 16, 16), (32, 32, 16)])
 @pytest.mark.parametrize("fuse", [True, False])
-def test_variants_with_streamed_weights(fuse):
+def test_variants_with_streamed_weights(fuse, tiles):
     """Every variant with the weights streamed in K chunks (float32's default on a GPU): 4H = 40 rows in
-    chunks of 16 leave a partial last chunk in the fused backward's single K loop; two batch tiles."""
+    chunks of 16 leave a partial last chunk in the fused backward's single K loop; two batch tiles, or one
+    tile of more than 512 units (the fused forward's gx as one tile, GX4)."""
     T, B, I, H = 3, 3, 3, 10
     torch.manual_seed(12)
     m = LSTM(I, H, dtype=torch.float64, **CASES["layer_norm+all"]).train()
@@ -150,7 +152,7 @@ def test_variants_with_streamed_weights(fuse):
     lengths = torch.tensor([3, 1, 2])
     masks = m.sample_masks(B, T, like=x)
     want = run(m, x, hx, lengths, masks, None)
-    got = run(m, x, hx, lengths, masks, triton_kernel(mode="persistent", tiles=(2, 16, 16), resident=False, fuse=fuse))
+    got = run(m, x, hx, lengths, masks, triton_kernel(mode="persistent", tiles=tiles, resident=False, fuse=fuse))
     for k, v in want.items():
         assert (got[k] - v).abs().max().item() < 1e-10, k
 

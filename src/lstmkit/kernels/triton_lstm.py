@@ -403,7 +403,11 @@ def _fwd_kernel(
     wait_ns = tl.full([], TIMEOUT_NS, tl.int64)  # barrier patience; 0 once a barrier has timed out
     wait_spins = tl.full([], SPIN_LIMIT, tl.int32)
     # gx of the first step; the next step's is loaded before each barrier, off the critical path
-    if FUSE:
+    # gx: with fused products of large tiles, one (BLOCK_B, 4 BLOCK_H) tile that starts the product's
+    # accumulator; else per gate, added after the split (small tiles: 5 instead of 7 CTA barriers a step at
+    # 16 x 8, 26 instead of 20 at 64 x 32, benchmarks/sass_loop.py)
+    GX4: tl.constexpr = FUSE and BLOCK_B * BLOCK_H > 512
+    if GX4:
         gx4 = tl.load(gx_ptr + t_start * B * 4 * H + b4c, mask=m_bc, other=0.0)  # (BLOCK_B, 4 BLOCK_H)
     else:
         gx_t = gx_ptr + t_start * B * 4 * H + b4h
@@ -414,7 +418,7 @@ def _fwd_kernel(
     for s in range(n_steps):
         t = t_start + s
         if FUSE:
-            if LN:  # the recurrent product alone first: it is normalised before gx is added
+            if LN or not GX4:  # the recurrent product alone (layer norm normalises it before gx is added)
                 a4 = tl.full([BLOCK_B, 4 * BLOCK_H], 0.0, ACC)
             else:
                 a4 = gx4.to(ACC)
@@ -491,6 +495,11 @@ def _fwd_kernel(
                     a_o = tl.dot(h_prev, w, a_o, input_precision=PRECISION, out_dtype=ACC)
         if FUSE:
             a_i, a_f, a_g, a_o = _gates4(a4, BLOCK_B, BLOCK_H)
+            if not LN and not GX4:
+                a_i += gx_i.to(ACC)
+                a_f += gx_f.to(ACC)
+                a_g += gx_g.to(ACC)
+                a_o += gx_o.to(ACC)
         if LN:  # r = a (4H per row, spread over the programs): mean and variance via the exchange
             m_loc = tl.reduce(a_i + a_f + a_g + a_o, 1, _add) / (4 * n_div)  # (BLOCK_B,) my tile's mean
             d_i = tl.where(mj_ln[None, :], a_i - m_loc[:, None], 0.0)  # (padded units: a = 0, and not counted)
@@ -507,7 +516,7 @@ def _fwd_kernel(
             r_f = (a_f - mu[:, None]) * rstd[:, None]
             r_g = (a_g - mu[:, None]) * rstd[:, None]
             r_o = (a_o - mu[:, None]) * rstd[:, None]
-            if FUSE:
+            if GX4:
                 gx_i, gx_f, gx_g, gx_o = _gates4(gx4, BLOCK_B, BLOCK_H)
             a_i = gx_i.to(ACC) + g_hi * r_i
             a_f = gx_f.to(ACC) + g_hf * r_f
@@ -589,7 +598,7 @@ def _fwd_kernel(
             tl.store(sv + 2 * H, g_t, mask=m_bj)
             tl.store(sv + 3 * H, o_t, mask=m_bj)
         # prefetch: the next step's gx depends on no other program (after the last step: reread, unused)
-        if FUSE:
+        if GX4:
             gx4 = tl.load(gx_ptr + tl.minimum(t + 1, T - 1) * B * 4 * H + b4c, mask=m_bc, other=0.0)
         else:
             gx_t = gx_ptr + tl.minimum(t + 1, T - 1) * B * 4 * H + b4h
