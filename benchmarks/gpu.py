@@ -278,9 +278,9 @@ def time_ms(fn: Callable[[], object], device: str, warmup: int, iters: int, host
     return statistics.median(times)
 
 
-def bench_one(T: int, B: int, H: int, dname: str, device: str, warmup: int, iters: int, stepwise: bool) -> dict:
-    """cuDNN and ours, forward (no autograd) and forward+backward, at one shape and dtype."""
-    dtype = DTYPES[dname]
+def one_layer_calls(T: int, B: int, H: int, dtype: torch.dtype, device: str) -> dict:
+    """The four calls the timings compare at one shape, on the same seeded random data: ``cudnn_fwd`` (no
+    autograd), ``cudnn_fb`` (forward+backward), and ours, ``ours_fwd(**plan)`` / ``ours_fb(**plan)``."""
     torch.manual_seed(0)
     m = torch.nn.LSTM(H, H).to(device=device, dtype=dtype)
     x = torch.randn(T, B, H, device=device, dtype=dtype)
@@ -298,14 +298,22 @@ def bench_one(T: int, B: int, H: int, dname: str, device: str, warmup: int, iter
         y, _ = m(xg, (h0, c0))
         y.sum().backward()
 
-    def ours_fwd(**mode):
+    def ours_fwd(**plan):
         with torch.no_grad():
-            return tk.lstm(x, (h0, c0), w, training=False, **kw, **mode)
+            return tk.lstm(x, (h0, c0), w, training=False, **kw, **plan)
 
-    def ours_fb(**mode):
-        y, _, _ = tk.lstm(xg, (h0, c0), w, training=True, **kw, **mode)
+    def ours_fb(**plan):
+        y, _, _ = tk.lstm(xg, (h0, c0), w, training=True, **kw, **plan)
         y.sum().backward()
 
+    return dict(cudnn_fwd=cudnn_fwd, cudnn_fb=cudnn_fb, ours_fwd=ours_fwd, ours_fb=ours_fb)
+
+
+def bench_one(T: int, B: int, H: int, dname: str, device: str, warmup: int, iters: int, stepwise: bool) -> dict:
+    """cuDNN and ours, forward (no autograd) and forward+backward, at one shape and dtype."""
+    dtype = DTYPES[dname]
+    calls = one_layer_calls(T, B, H, dtype, device)
+    cudnn_fwd, cudnn_fb, ours_fwd, ours_fb = (calls[k] for k in ("cudnn_fwd", "cudnn_fb", "ours_fwd", "ours_fb"))
     row = dict(shape=(T, B, H), dtype=dname, plan=repr(tk.plan(B, tk.kernel_units(H, device), dtype, device)))
     row["cudnn_fwd"] = time_ms(cudnn_fwd, device, warmup, iters)
     row["cudnn_fb"] = time_ms(cudnn_fb, device, warmup, iters)

@@ -33,6 +33,9 @@ import triton.language as tl
 
 from lstmkit.kernels import triton_lstm as tk
 
+sys.path.insert(0, str(Path(__file__).parent))
+from gpu import DTYPES, one_layer_calls, time_ms  # noqa: E402  (the timings' own calls and clock)
+
 #: (T, B, H, dtype) -> the forward plan run 5's tuning chose, used for both kernels (its backward was within 8%
 #: of the tuned backward's time at each of these shapes, docs/gpu_runs/2026-11-27-h200-run5.md)
 PLANS = {
@@ -43,7 +46,6 @@ PLANS = {
     (128, 256, 1024, "bf16"): dict(mode="persistent", tiles=(64, 32), resident=False),
 }
 DRY = {(6, 2, 16, "bf16"): dict(mode="persistent", tiles=(16, 16))}
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 @triton.jit
@@ -92,23 +94,6 @@ def launch_costs(device: str, n: int) -> list[tuple[str, float]]:
     return rows
 
 
-def _event_ms(fn, device: str, iters: int) -> float:
-    times = []
-    for _ in range(iters):
-        if device == "cuda":
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
 def _kernels(prof) -> list[tuple[str, float]]:
     """(name, device microseconds) of every GPU kernel / memcpy / memset event in a profile."""
     out = []
@@ -120,39 +105,14 @@ def _kernels(prof) -> list[tuple[str, float]]:
 
 
 def profile_case(T: int, B: int, H: int, dname: str, plan: dict, device: str, iters: int) -> list[dict]:
-    dt, dev = DTYPES[dname], torch.device(device)
-    torch.manual_seed(0)
-    m = torch.nn.LSTM(H, H).to(device=dev, dtype=dt)
-    x = torch.randn(T, B, H, device=dev, dtype=dt)
-    h0 = torch.randn(1, B, H, device=dev, dtype=dt)
-    c0 = torch.randn(1, B, H, device=dev, dtype=dt)
-    xg = x.clone().requires_grad_()
-    kw = dict(bias=True, num_layers=1, dropout=0.0, bidirectional=False, batch_first=False)
-
-    def ours_fwd():
-        with torch.no_grad():
-            tk.lstm(x, (h0, c0), m._flat_weights, training=False, **kw, **plan)
-
-    def ours_fb():
-        y, _, _ = tk.lstm(xg, (h0, c0), m._flat_weights, training=True, **kw, **plan)
-        y.sum().backward()
-
-    def cudnn_fwd():
-        with torch.no_grad():
-            m(x, (h0, c0))
-
-    def cudnn_fb():
-        y, _ = m(xg, (h0, c0))
-        y.sum().backward()
-
+    calls = one_layer_calls(T, B, H, DTYPES[dname], device)
     rows = []
     acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device == "cuda" else [])
-    for name, fn in (("ours fwd", ours_fwd), ("cuDNN fwd", cudnn_fwd), ("ours fwd+bwd", ours_fb),
-                     ("cuDNN fwd+bwd", cudnn_fb)):  # fmt: skip
-        for _ in range(2):
-            fn()
-        wall = _event_ms(fn, device, iters)
-        host = _host_us(fn, device, 1, rounds=iters) / 1e3
+    named = [("ours fwd", lambda: calls["ours_fwd"](**plan)), ("cuDNN fwd", calls["cudnn_fwd"]),
+             ("ours fwd+bwd", lambda: calls["ours_fb"](**plan)), ("cuDNN fwd+bwd", calls["cudnn_fb"])]
+    for name, fn in named:
+        host: dict = {}
+        wall = time_ms(fn, device, 2, iters, host, "call")
         if device == "cuda":
             torch.cuda.synchronize()
         with torch.profiler.profile(activities=acts) as prof:
@@ -165,7 +125,7 @@ def profile_case(T: int, B: int, H: int, dname: str, plan: dict, device: str, it
         for k, us in ks:
             by[k] = by.get(k, 0.0) + us / iters
         top = sorted(by.items(), key=lambda kv: -kv[1])[:4]
-        rows.append(dict(case=f"({T}, {B}, {H}) {dname}", call=name, wall=wall, host=host,
+        rows.append(dict(case=f"({T}, {B}, {H}) {dname}", call=name, wall=wall, host=host["call"],
                          busy=sum(by.values()) / 1e3, n=len(ks) / iters,
                          top="; ".join(f"{k[:48]} {v:.0f}" for k, v in top)))  # fmt: skip
     return rows

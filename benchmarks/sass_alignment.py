@@ -42,15 +42,18 @@ CASES = [
 ]
 
 
-def sass_counts(kernel) -> dict:
-    """Instruction counts and resources of one compiled kernel."""
+def cuobjdump(kernel, flag: str) -> str:
+    """``cuobjdump flag`` (Triton's own copy) of a compiled kernel's cubin: ``-sass``, ``--dump-resource-usage``."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(kernel.asm["cubin"])
         f.flush()
-        sass = subprocess.run([str(BIN / "cuobjdump"), "-sass", f.name], capture_output=True, text=True,
+        return subprocess.run([str(BIN / "cuobjdump"), flag, f.name], capture_output=True, text=True,
                               check=True).stdout  # fmt: skip
-        res = subprocess.run([str(BIN / "cuobjdump"), "--dump-resource-usage", f.name], capture_output=True,
-                             text=True, check=True).stdout  # fmt: skip
+
+
+def sass_counts(kernel) -> dict:
+    """Instruction counts and resources of one compiled kernel."""
+    sass, res = cuobjdump(kernel, "-sass"), cuobjdump(kernel, "--dump-resource-usage")
     ops = collections.Counter(re.findall(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", sass))
     field = lambda name: int(re.search(rf"{name}:(\d+)", res).group(1))  # noqa: E731
     return dict(instr=sum(ops.values()), ldg=ops["LDG"], ldgsts=ops["LDGSTS"], spill_ops=ops["LDL"] + ops["STL"],

@@ -70,6 +70,14 @@ def run(m: LSTM, x, hx, lengths, masks, layer_kernel):
     return res
 
 
+def assert_matches_loop(m: LSTM, x, hx, lengths, masks, layer_kernel) -> None:
+    """Output, states and every gradient through ``layer_kernel`` equal the module's torch loop at 1e-10."""
+    want = run(m, x, hx, lengths, masks, None)
+    got = run(m, x, hx, lengths, masks, layer_kernel)
+    for k, v in want.items():
+        assert (got[k] - v).abs().max().item() < 1e-10, k
+
+
 @pytest.mark.parametrize("name", list(CASES))
 @pytest.mark.parametrize("mode", ["auto", "stepwise"])
 @pytest.mark.parametrize("training", [True, False])
@@ -101,11 +109,7 @@ def test_variants_with_lengths_bidirectional_and_two_layers():
     x, hx = inputs(T, B, I, H, layers=4)
     lengths = torch.tensor([5, 2, 4])
     masks = m.sample_masks(B, T, like=x)
-    want = run(m, x, hx, lengths, masks, None)
-    kernel = triton_kernel()
-    got = run(m, x, hx, lengths, masks, kernel)
-    for k, v in want.items():
-        assert (got[k] - v).abs().max().item() < 1e-10, k
+    assert_matches_loop(m, x, hx, lengths, masks, triton_kernel())
 
 
 def test_layer_norm_needs_a_persistent_launch_and_other_checks():
@@ -132,10 +136,7 @@ def test_variants_with_four_gate_products(name):
     x, hx = inputs(T, B, I, H, layers=2)
     lengths = torch.tensor([4, 2, 3])
     masks = m.sample_masks(B, T, like=x)
-    want = run(m, x, hx, lengths, masks, None)
-    got = run(m, x, hx, lengths, masks, triton_kernel(fuse=False))
-    for k, v in want.items():
-        assert (got[k] - v).abs().max().item() < 1e-10, k
+    assert_matches_loop(m, x, hx, lengths, masks, triton_kernel(fuse=False))
 
 
 @pytest.mark.parametrize("tiles", [(2, 16, 16), (32, 32, 16)])
@@ -151,10 +152,8 @@ def test_variants_with_streamed_weights(fuse, tiles):
     x, hx = inputs(T, B, I, H)
     lengths = torch.tensor([3, 1, 2])
     masks = m.sample_masks(B, T, like=x)
-    want = run(m, x, hx, lengths, masks, None)
-    got = run(m, x, hx, lengths, masks, triton_kernel(mode="persistent", tiles=tiles, resident=False, fuse=fuse))
-    for k, v in want.items():
-        assert (got[k] - v).abs().max().item() < 1e-10, k
+    assert_matches_loop(m, x, hx, lengths, masks, triton_kernel(mode="persistent", tiles=tiles, resident=False,
+                                                                fuse=fuse))  # fmt: skip
 
 
 def test_layer_norm_checks_only_what_will_run():
@@ -313,12 +312,8 @@ def test_variants_on_padded_hidden_units(monkeypatch, name):
     x, hx = inputs(T, B, I, H, layers=4)
     lengths = torch.tensor([4, 2, 3])
     masks = m.sample_masks(B, T, like=x)
-    want = run(m, x, hx, lengths, masks, None)
-    kernel = triton_kernel()
-    got = run(m, x, hx, lengths, masks, kernel)
-    assert widths == [4 * 8] * 4  # two layers, two directions
-    for k, v in want.items():
-        assert (got[k] - v).abs().max().item() < 1e-10, k
+    assert_matches_loop(m, x, hx, lengths, masks, triton_kernel())
+    assert widths == [4 * 8] * 4  # two layers, two directions (the loop's run adds none)
 
 
 def _emulate_tiles(monkeypatch, tiles: tuple[int, int], passes: int, ln_sync: bool = False):
@@ -378,11 +373,7 @@ def test_layer_norm_statistics_across_hidden_tiles(monkeypatch, name, H, align, 
     hx = (torch.randn(1, B, H, dtype=torch.float64), torch.randn(1, B, H, dtype=torch.float64) * 2)
     lengths = torch.tensor([3, 1, 2])
     masks = m.sample_masks(B, T, like=x)
-    want = run(m, x, hx, lengths, masks, None)
-    kernel = triton_kernel()
-    got = run(m, x, hx, lengths, masks, kernel)
-    for k, v in want.items():
-        assert (got[k] - v).abs().max().item() < 1e-10, k
+    assert_matches_loop(m, x, hx, lengths, masks, triton_kernel())
 
 
 def test_emulated_tiles_need_the_passes(monkeypatch):

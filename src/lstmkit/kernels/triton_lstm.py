@@ -220,6 +220,20 @@ def _gates4(a, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
     return a_i, a_f, a_g, a_o
 
 
+def _gate_tiles(ptr, b4h, m_bj, b4c, m_bc, H, ONE_TILE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    """My units' four gate blocks (i, f, g, o) of a (B, 4H) slab at ``ptr``: four (BLOCK_B, BLOCK_H) loads at
+    ``b4h`` + gate * H, or (``ONE_TILE``) one (BLOCK_B, 4 BLOCK_H) load at ``b4c`` split in registers."""
+    if ONE_TILE:
+        a_i, a_f, a_g, a_o = _gates4(tl.load(ptr + b4c, mask=m_bc, other=0.0), BLOCK_B, BLOCK_H)
+    else:
+        sv = ptr + b4h
+        a_i = tl.load(sv + 0 * H, mask=m_bj, other=0.0)
+        a_f = tl.load(sv + 1 * H, mask=m_bj, other=0.0)
+        a_g = tl.load(sv + 2 * H, mask=m_bj, other=0.0)
+        a_o = tl.load(sv + 3 * H, mask=m_bj, other=0.0)
+    return a_i, a_f, a_g, a_o
+
+
 def _join4(a_i, a_f, a_g, a_o, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
     """The inverse of :func:`_gates4`: four (BLOCK_B, BLOCK_H) gate blocks as one (BLOCK_B, 4 BLOCK_H) tile."""
     r = tl.join(tl.join(a_i, a_g), tl.join(a_f, a_o))  # (BLOCK_B, BLOCK_H, hi, lo): gate 2 * hi + lo
@@ -402,19 +416,16 @@ def _fwd_kernel(
         n_div = tl.maximum(n_mine, 1.0)
     wait_ns = tl.full([], TIMEOUT_NS, tl.int64)  # barrier patience; 0 once a barrier has timed out
     wait_spins = tl.full([], SPIN_LIMIT, tl.int32)
-    # gx of the first step; the next step's is loaded before each barrier, off the critical path
-    # gx: with fused products of large tiles, one (BLOCK_B, 4 BLOCK_H) tile that starts the product's
+    # gx of the first step (the next step's is loaded before each barrier, off the critical path): with fused
+    # products of large tiles, one (BLOCK_B, 4 BLOCK_H) tile that starts the product's
     # accumulator; else per gate, added after the split (small tiles: 5 instead of 7 CTA barriers a step at
     # 16 x 8, 26 instead of 20 at 64 x 32, benchmarks/sass_loop.py)
     GX4: tl.constexpr = FUSE and BLOCK_B * BLOCK_H > 512
     if GX4:
         gx4 = tl.load(gx_ptr + t_start * B * 4 * H + b4c, mask=m_bc, other=0.0)  # (BLOCK_B, 4 BLOCK_H)
-    else:
-        gx_t = gx_ptr + t_start * B * 4 * H + b4h
-        gx_i = tl.load(gx_t + 0 * H, mask=m_bj, other=0.0)  # (BLOCK_B, BLOCK_H)
-        gx_f = tl.load(gx_t + 1 * H, mask=m_bj, other=0.0)
-        gx_g = tl.load(gx_t + 2 * H, mask=m_bj, other=0.0)
-        gx_o = tl.load(gx_t + 3 * H, mask=m_bj, other=0.0)
+    else:  # (BLOCK_B, BLOCK_H) each
+        gx_i, gx_f, gx_g, gx_o = _gate_tiles(gx_ptr + t_start * B * 4 * H, b4h, m_bj, b4h, m_bj, H, False, BLOCK_B,
+                                             BLOCK_H)  # fmt: skip
     for s in range(n_steps):
         t = t_start + s
         if FUSE:
@@ -601,11 +612,8 @@ def _fwd_kernel(
         if GX4:
             gx4 = tl.load(gx_ptr + tl.minimum(t + 1, T - 1) * B * 4 * H + b4c, mask=m_bc, other=0.0)
         else:
-            gx_t = gx_ptr + tl.minimum(t + 1, T - 1) * B * 4 * H + b4h
-            gx_i = tl.load(gx_t + 0 * H, mask=m_bj, other=0.0)
-            gx_f = tl.load(gx_t + 1 * H, mask=m_bj, other=0.0)
-            gx_g = tl.load(gx_t + 2 * H, mask=m_bj, other=0.0)
-            gx_o = tl.load(gx_t + 3 * H, mask=m_bj, other=0.0)
+            gx_i, gx_f, gx_g, gx_o = _gate_tiles(gx_ptr + tl.minimum(t + 1, T - 1) * B * 4 * H, b4h, m_bj, b4h, m_bj,
+                                                 H, False, BLOCK_B, BLOCK_H)  # fmt: skip
         if PERSIST and ABLATE == 0:  # every hidden tile of this batch tile has stored its h_t
             wait_ns, wait_spins = _grid_wait(sync_ptr + pid_b * T + t, n_htiles, err_ptr, wait_ns, wait_spins, POLL)
     tl.store(cs_ptr + (t_start + n_steps) * B * H + bh, c, mask=m_bj)  # the carried (or final) cell state
@@ -678,7 +686,7 @@ def _bwd_kernel(
     # the gates / da as (BLOCK_B, 4 BLOCK_H) tiles (one load, one store, split and joined in registers; not LL's
     # words, which stay per gate), and with streamed weights dh = da_{t+1} W_hh[:, j] as one K loop over all 4H
     # rows (resident weights keep four products: one over 4H would hold a (BLOCK_B, 4 H_PAD) operand in shared
-    # memory, 321 KB at (20, 656), which does not fit)
+    # memory, 256 KB of bf16 at (20, 656), which does not fit)
     FUSE: tl.constexpr = False,
 ):
     pid_h = tl.program_id(0)
@@ -695,6 +703,8 @@ def _bwd_kernel(
         j_c = pid_h * BLOCK_H + offs_c % BLOCK_H
         m_bc = mb[:, None] & (j_c < H)[None, :]
         b4c = offs_b[:, None] * (4 * H) + ((offs_c // BLOCK_H) * H + j_c)[None, :]
+    else:  # (unused: _gate_tiles reads per gate)
+        m_bc, b4c = m_bj, b4h
     if RESIDENT:
         offs_k = tl.arange(0, H_PAD)
         mk = offs_k < H
@@ -733,15 +743,7 @@ def _bwd_kernel(
     dh_n = tl.load(dhn_ptr + bh, mask=m_bj, other=0.0).to(ACC)
     # what step t_start needs from this program alone; later steps' is loaded before each barrier
     dy_t = tl.load(dy_ptr + t_start * B * H + bh, mask=m_bj, other=0.0)
-    if FUSE:
-        i_n, f_n, g_n, o_n = _gates4(tl.load(gates_ptr + t_start * B * 4 * H + b4c, mask=m_bc, other=0.0), BLOCK_B,
-                                     BLOCK_H)  # fmt: skip
-    else:
-        sv = gates_ptr + t_start * B * 4 * H + b4h
-        i_n = tl.load(sv + 0 * H, mask=m_bj, other=0.0)
-        f_n = tl.load(sv + 1 * H, mask=m_bj, other=0.0)
-        g_n = tl.load(sv + 2 * H, mask=m_bj, other=0.0)
-        o_n = tl.load(sv + 3 * H, mask=m_bj, other=0.0)
+    i_n, f_n, g_n, o_n = _gate_tiles(gates_ptr + t_start * B * 4 * H, b4h, m_bj, b4c, m_bc, H, FUSE, BLOCK_B, BLOCK_H)
     c_n = tl.load(cs_ptr + (t_start + 1) * B * H + bh, mask=m_bj, other=0.0)
     c_p = tl.load(cs_ptr + t_start * B * H + bh, mask=m_bj, other=0.0)
     for s in range(n_steps):
@@ -948,15 +950,7 @@ def _bwd_kernel(
         # prefetch step t-1's own inputs (after step 0: reread, unused); its c_t is this step's c_prev
         t_n = tl.maximum(t - 1, 0)
         dy_t = tl.load(dy_ptr + t_n * B * H + bh, mask=m_bj, other=0.0)
-        if FUSE:
-            i_n, f_n, g_n, o_n = _gates4(tl.load(gates_ptr + t_n * B * 4 * H + b4c, mask=m_bc, other=0.0), BLOCK_B,
-                                         BLOCK_H)  # fmt: skip
-        else:
-            sv = gates_ptr + t_n * B * 4 * H + b4h
-            i_n = tl.load(sv + 0 * H, mask=m_bj, other=0.0)
-            f_n = tl.load(sv + 1 * H, mask=m_bj, other=0.0)
-            g_n = tl.load(sv + 2 * H, mask=m_bj, other=0.0)
-            o_n = tl.load(sv + 3 * H, mask=m_bj, other=0.0)
+        i_n, f_n, g_n, o_n = _gate_tiles(gates_ptr + t_n * B * 4 * H, b4h, m_bj, b4c, m_bc, H, FUSE, BLOCK_B, BLOCK_H)
         c_n = c_prev
         c_p = tl.load(cs_ptr + t_n * B * H + bh, mask=m_bj, other=0.0)
         if PERSIST:
@@ -989,7 +983,7 @@ def _compiled(name: str, interpret: bool):
 
 #: jit helpers the kernels call: compiled for the GPU here; the interpreter gets its own copies (_compiled)
 _HELPERS = {"_exchange_sums": _exchange_sums, "_grid_arrive": _grid_arrive, "_grid_wait": _grid_wait,
-            "_unit_rows": _unit_rows, "_gates4": _gates4, "_join4": _join4}
+            "_unit_rows": _unit_rows, "_gates4": _gates4, "_join4": _join4, "_gate_tiles": _gate_tiles}
 if HAVE_TRITON:
     _add = triton.jit(_add)
     _min = triton.jit(_min)
@@ -999,6 +993,7 @@ if HAVE_TRITON:
     _unit_rows = triton.jit(_unit_rows)
     _gates4 = triton.jit(_gates4)
     _join4 = triton.jit(_join4)
+    _gate_tiles = triton.jit(_gate_tiles)
 
 # ---------------------------------------------------------------------------------------------
 # Launch plan
@@ -1081,7 +1076,7 @@ class Plan:
         self.ln_sync = bool(ln_sync)
         # the gates' products as one product of 4 BLOCK_H columns, gates / da as one tile (kernel switch FUSE);
         # False: per gate. Not by default for tf32x3 at 32+ batch rows, where the fused forward tile (two TF32
-        # parts per operand) spills more (sm_90 compile report: 16 -> 168 bytes at (256, 1024), 0 -> 64 at
+        # parts per operand) spills more (benchmarks/sass_loop.py: 16 -> 168 bytes at (256, 1024), 0 -> 48 at
         # (20, 656)); tuning times both ways for each kernel (candidates)
         self.fuse = not (self._split and self.BLOCK_B >= 32) if fuse is None else bool(fuse)
         self.acc = tl.float64 if dtype == torch.float64 else tl.float32
@@ -1884,6 +1879,8 @@ def _recurrence(gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_ch: Tensor |
         var = {**var, "units": H}  # layer norm's statistics: over the layer's units, not the padding
     grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (gx, h0, c0, w_hh, w_ch, *ln))  # fmt: skip
+    if ln[0] is not None:  # before any work on the padded tensors
+        _layer_norm_can_run(gx.shape[1], n, gx.dtype, gx.device, plan_kw, grad)
     if n == H:
         return _Recurrence.apply(gx, h0, c0, w_hh, w_ch, *ln, plan_kw, var, grad)
     if gx.shape[-1] != 4 * n:  # (layer() pads W_ih and the bias instead: the GEMM then writes gx padded)
@@ -1943,10 +1940,6 @@ def variant_layer(
 
         raise Unsupported(f"(T + 1) * B * 4H = {(T + 1) * B * width} is too large for the kernels' int32 indexing")
     plan_kw = {k: plan_kw.get(k) for k in ("mode", "tiles", "resident", "poll", "ll", "ln_sync", "fuse")}
-    if v.layer_norm:
-        grad = torch.is_grad_enabled() and any(
-            isinstance(t, Tensor) and t.requires_grad for t in (gx, h0, c0, w_hh, *p.values()))  # fmt: skip
-        _layer_norm_can_run(B, width // 4, gx.dtype, gx.device, plan_kw, grad)
     if v.layer_norm:  # LN of the input projection (all steps at once, in torch), before the bias
         gx = F.layer_norm(gx, (gx.shape[-1],), weight=p["layernorm_ih_weight"], eps=eps)
     if p.get("bias") is not None:
