@@ -93,7 +93,8 @@ def main(argv=None) -> int:
         ("variants, lengths=", v, torch.float32, True, tk.variant_layer),
         # T=10: at its initialisation a layer-norm LSTM amplifies rounding step after step. torch's own bf16 loop,
         # against float64: 0.57 worst over 40 steps in run 5 (ours 0.93); one layer on the CPU, output only:
-        # 4.7e-3 at t=0, 1.3e-2 at t=4. At T=10 this case's loop has 0.13 (CPU): the peer bound decides
+        # 4.7e-3 at t=0, 1.3e-2 at t=4; this case at T=10, 0.135 (CPU, benchmarks/ln_bf16_rounding.py): the peer
+        # bound decides
         ("layer norm + the four, lengths=, T=10", {**v, "layer_norm": True}, torch.bfloat16, True, tk.variant_layer,
          "auto", 100, 2, True, 10),
         ("layer norm + the four, lengths=", {**v, "layer_norm": True}, torch.float32, True, tk.variant_layer),

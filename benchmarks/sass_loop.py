@@ -9,7 +9,8 @@ Triton lowers through shared memory, between CTA barriers.
 
     PYTHONPATH=src python benchmarks/sass_loop.py --out docs/gpu_runs/sass-loop-DATE.md     # ~1 min, any machine
 
-Each kernel also with ``fuse=False`` (plan shown with ", four gate products"): the kernels of runs 1-5.
+Each kernel both ways: as its plan runs by default and with the gate products the other way (", four gate
+products" in the plan: the kernels of runs 1-5); with the stack frame (register spills) of each.
 Static counts, not timings. Run it with the Triton the GPU image has (3.6 here: /work/venv36).
 """
 
@@ -19,8 +20,7 @@ import argparse
 import collections
 import datetime
 import re
-import subprocess
-import tempfile
+import sys
 from pathlib import Path
 
 import torch
@@ -28,7 +28,9 @@ import triton
 
 from lstmkit.kernels import triton_lstm as tk
 
-BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+sys.path.insert(0, str(Path(__file__).parent))
+from sass_alignment import cuobjdump, sass_counts  # noqa: E402
+
 #: run 5's tuned plans (docs/gpu_runs/2026-11-27-h200-run5.md), bf16 at the five shapes, and one fp32 plan
 CASES = [
     (1024, 8, 256, torch.bfloat16, "fwd", dict(tiles=(16, 8), resident=True)),
@@ -42,16 +44,15 @@ CASES = [
     (128, 256, 1024, torch.bfloat16, "fwd", dict(tiles=(64, 32), resident=False)),
     (128, 256, 1024, torch.bfloat16, "bwd", dict(tiles=(64, 32), resident=False)),
     (1024, 8, 256, torch.float32, "fwd", dict(tiles=(16, 32), resident=False)),
+    (35, 20, 650, torch.float32, "fwd", dict(tiles=(32, 16), resident=False)),
+    (35, 20, 650, torch.float32, "bwd", dict(tiles=(32, 16), resident=False)),
+    (128, 256, 1024, torch.float32, "fwd", dict(tiles=(64, 32), resident=False)),
 ]
 
 
 def loop_counts(kernel) -> dict:
     """Counts in the time loop: the backward branch that spans the most code."""
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(kernel.asm["cubin"])
-        f.flush()
-        sass = subprocess.run([str(BIN / "cuobjdump"), "-sass", f.name], capture_output=True, text=True,
-                              check=True).stdout  # fmt: skip
+    sass = cuobjdump(kernel, "-sass")
     rows = [(int(m.group(1), 16), m.group(2).strip()) for m in re.finditer(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;", sass)]
     lo, hi = 0, -1
     for addr, ins in rows:
@@ -79,19 +80,18 @@ def main(argv=None) -> int:
         "run 5's tuned plans; static counts of the time loop (an inner K loop of a streamed plan counted once)",
         "",
         "| shape (T, B, H) | dtype | kernel | plan | loop instructions | BAR.SYNC (CTA barriers) "
-        "| HMMA + HGMMA (tensor core) | MEMBAR | layout conversions in the loop (TTGIR) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| HMMA + HGMMA (tensor core) | MEMBAR | layout conversions in the loop (TTGIR) | stack bytes (spills) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for T, B, H, dtype, kind, kw in CASES:
-        # the kernel as it runs (FUSE: one product for the four gates where Plan fuses) and unfused
-        for fuse in (None, False):
+        # the kernel as it runs (FUSE where Plan fuses by default) and the other way, as tuning times it
+        default = tk.plan(B, tk.kernel_units(H, "cuda"), dtype, "cuda", sm_count=132, mode="persistent", **kw).fuse
+        for fuse in (default, not default):
             p = tk.plan(B, tk.kernel_units(H, "cuda"), dtype, "cuda", sm_count=132, mode="persistent", fuse=fuse, **kw)
-            if fuse is False and not tk.plan(B, tk.kernel_units(H, "cuda"), dtype, "cuda", sm_count=132, **kw).fuse:
-                continue  # (the default plan is unfused already)
             k = tk.compile_ahead(T, B, H, dtype, mode="persistent", which=(kind,), fuse=fuse, **kw)[kind]
             c = loop_counts(k)
             lines.append(f"| ({T}, {B}, {H}) | {str(dtype)[6:]} | {kind} | {p!r} | {c['instr']} | {c['bar']} | "
-                         f"{c['hmma']} | {c['membar']} | {c['convert']} |")  # fmt: skip
+                         f"{c['hmma']} | {c['membar']} | {c['convert']} | {sass_counts(k)['stack']} |")  # fmt: skip
             print(lines[-1], flush=True)
     text = "\n".join(lines) + "\n"
     if args.out:
