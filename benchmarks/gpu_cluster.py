@@ -1,0 +1,184 @@
+"""The thread-block-cluster LSTM forward (``lstmkit.kernels.cluster_lstm``) on a Hopper GPU: checked, timed.
+
+Goal 3 of issue 6 (docs/gpu.md): bf16 at small batch at least as fast as cuDNN's persistent fp16 kernel,
+1.53 us per step at (1024, 8, 256) on an H200 (run 5). The Triton kernels' grid barrier alone costs
+0.72-1.13 us per step; this kernel replaces it with a cluster barrier and distributed shared memory.
+In one run, per shape and dtype:
+
+1. **Check** against float64 cuDNN (``torch.nn.LSTM`` in float64 on the GPU) on fresh random inputs:
+   relative error of y, h_T, c_T, for every cluster size and exchange timed (and once with exact
+   activations); no NaN.
+2. **Time** (CUDA events, warm-up, median): a whole layer (``cluster_lstm.lstm_forward``: the input GEMM and
+   the kernel) against ``torch.nn.LSTM`` (cuDNN) of the same dtype and cuDNN fp16 (goal 3's peer); the
+   kernel alone in microseconds per step, for both exchanges (``cluster_lstm.EXCHANGES``: DSMEM stores and
+   the cluster barrier; ``st.async`` counted on the receiver's mbarrier) and every cluster size, and, at the
+   default cluster size, its ablations (no synchronisation: wrong numbers, timing only; the exchange
+   alone). Our Triton forward at (1024, 8, 256) is in the same session's ``gpu.py`` table (timing it here
+   would tune and compile its plans, a minute of this script's time).
+
+    PYTHONPATH=src python benchmarks/gpu_cluster.py --out gpu_cluster.md   # sm_90 GPU, <= 75 s
+    PYTHONPATH=src python benchmarks/gpu_cluster.py --dry-run              # CPU: the emulation, plumbing only
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from lstmkit.kernels import cluster_lstm as cl
+
+sys.path.insert(0, str(Path(__file__).parent))
+from gpu import time_ms  # noqa: E402  (the same clock as gpu.py)
+
+SHAPES = [(1024, 8, 256), (1024, 16, 256), (1024, 4, 128), (256, 8, 256)]
+DRY_SHAPES = [(3, 5, 32)]
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _case(T: int, B: int, H: int, device: str, seed: int = 0):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    m = torch.nn.LSTM(H, H).double()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.rand(p.shape, generator=g, dtype=torch.float64) * 2 / H**0.5 - 1 / H**0.5)
+    x = torch.randn(T, B, H, generator=g, dtype=torch.float64)
+    h0 = torch.randn(B, H, generator=g, dtype=torch.float64) * 0.5
+    c0 = torch.randn(B, H, generator=g, dtype=torch.float64) * 0.5
+    return m.to(device), x.to(device), h0.to(device), c0.to(device)
+
+
+def _ours(m, x, h0, c0, dtype, device: str, **kw):
+    """y, h_T, c_T of the cluster kernel (on the CPU: its emulation, which takes no ablations)."""
+    w = [p.detach().to(dtype) for p in (m.weight_ih_l0, m.weight_hh_l0, m.bias_ih_l0, m.bias_hh_l0)]
+    if device == "cuda":
+        return cl.lstm_forward(x.to(dtype), h0.to(dtype), c0.float(), *w, **kw)
+    gx = torch.nn.functional.linear(x.to(dtype), w[0], w[2] + w[3])  # the emulation: CPU, no ablations
+    return cl.emulate(gx, h0.to(dtype), c0.float(), w[1], **kw)
+
+
+def _rel(a, b) -> float:
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm()) if torch.isfinite(a).all() else float("nan")
+
+
+def clusters(B: int, H: int, dtype) -> list[int]:
+    """The cluster sizes that build for (B, H): 8 warps at most per CTA (256 threads)."""
+    out = []
+    for C in (8, 4, 2):
+        try:
+            cfg = cl.config(B, H, dtype, C)
+        except ValueError:
+            continue
+        if cfg.threads <= 256:
+            out.append(C)
+    return out
+
+
+def check(shapes, device: str) -> list[dict]:
+    rows = []
+    for T, B, H in shapes:
+        m, x, h0, c0 = _case(T, B, H, device)
+        with torch.no_grad():
+            y_ref, (h_ref, c_ref) = m(x, (h0[None], c0[None]))
+        for dname, dtype in DTYPES.items():
+            for C in clusters(B, H, dtype):
+                for exchange in cl.EXCHANGES:
+                    for fast in (True, False):  # exact activations: once per shape and dtype
+                        if not fast and (device != "cuda" or C != clusters(B, H, dtype)[0] or exchange != "barrier"):
+                            continue
+                        y, hT, cT = _ours(m, x, h0, c0, dtype, device, cluster=C, fast=fast, exchange=exchange)
+                        errs = dict(y=_rel(y, y_ref), h_T=_rel(hT, h_ref[0]), c_T=_rel(cT, c_ref[0]))
+                        bound = 1e-2 if dtype == torch.bfloat16 else 2e-3
+                        rows.append(dict(shape=(T, B, H), dtype=dname, C=C, exchange=exchange, fast=fast, **errs,
+                                         ok=all(v < bound for v in errs.values())))  # fmt: skip
+                        print(f"check {rows[-1]}", file=sys.stderr)
+    return rows
+
+
+def bench(shapes, device: str, warmup: int, iters: int, deadline: float) -> list[dict]:
+    rows = []
+    for T, B, H in shapes:
+        m, x, h0, c0 = _case(T, B, H, device)
+        peers = {}
+        with torch.no_grad():
+            for dname, dtype in DTYPES.items():
+                mc = torch.nn.LSTM(H, H).to(device, dtype)
+                mc.load_state_dict(m.state_dict())
+                peers[dname] = time_ms(partial(mc, x.to(dtype), (h0[None].to(dtype), c0[None].to(dtype))), device,
+                                       warmup, iters)  # fmt: skip
+            for dname, dtype in DTYPES.items():
+                w = [p.detach().to(dtype) for p in (m.weight_ih_l0, m.weight_hh_l0, m.bias_ih_l0, m.bias_hh_l0)]
+                xd, h0d, c0f = x.to(dtype), h0.to(dtype), c0.float()
+                gx = torch.nn.functional.linear(xd, w[0], w[2] + w[3])
+                for C in clusters(B, H, dtype):
+                    for exchange in cl.EXCHANGES:
+                        if time.monotonic() > deadline:
+                            print(f"time budget spent at {(T, B, H)} {dname}", file=sys.stderr)
+                            return rows
+                        kw = dict(cluster=C, exchange=exchange)
+                        layer = time_ms(partial(cl.lstm_forward, xd, h0d, c0f, *w, **kw), device, warmup, iters)
+                        ablations = cl.ABLATIONS if C == clusters(B, H, dtype)[0] else (0,)
+                        steps = {a: time_ms(partial(cl.forward, gx, h0d, c0f, w[1], ablate=a, **kw), device, warmup,
+                                            iters) * 1e3 / T for a in ablations}  # fmt: skip
+                        rows.append(dict(shape=(T, B, H), dtype=dname, C=C, exchange=exchange, ours=layer,
+                                         cudnn=peers[dname], cudnn_fp16=peers["fp16"], steps=steps))  # fmt: skip
+                        print(f"time {rows[-1]}", file=sys.stderr)
+    return rows
+
+
+def render(machine: str, cmd: str, checks: list[dict], times: list[dict]) -> str:
+    out = [f"# Cluster LSTM forward (cluster_lstm.py) against cuDNN: {machine}", "",
+           f"Command: `{cmd}`, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC.", "",
+           "## Check against float64 cuDNN (relative error; bound 1e-2 bf16, 2e-3 fp16)", "",
+           "| shape (T, B, H) | dtype | CTAs per cluster | exchange | activations | y | h_T | c_T | ok |",
+           "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in checks:
+        out.append(f"| {r['shape']} | {r['dtype']} | {r['C']} | {r['exchange']} | "
+                   f"{'tanh.approx' if r['fast'] else 'exact'} | "
+                   f"{r['y']:.2e} | {r['h_T']:.2e} | {r['c_T']:.2e} | {'yes' if r['ok'] else '**no**'} |")  # fmt: skip
+    if times:
+        out += ["", "## Forward, one layer (input GEMM + recurrence), ms; speed-up = peer / ours", "",
+                "| shape | dtype | CTAs | exchange | ours | cuDNN same dtype | speed-up | cuDNN fp16 (goal 3) | "
+                "speed-up | kernel us/step | no synchronisation | exchange only |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in times:
+            s = {a: f"{v:.3g}" for a, v in r["steps"].items()}
+            out.append(f"| {r['shape']} | {r['dtype']} | {r['C']} | {r['exchange']} | {r['ours']:.3g} | "
+                       f"{r['cudnn']:.3g} | {r['cudnn'] / r['ours']:.2f}x | {r['cudnn_fp16']:.3g} | "
+                       f"{r['cudnn_fp16'] / r['ours']:.2f}x | {s[0]} | {s.get(1, '')} | {s.get(2, '')} |")  # fmt: skip
+    return "\n".join(out) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--dry-run", action="store_true", help="CPU: check the emulation on a tiny shape, no timings")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--budget-s", type=float, default=55.0, help="stop timing after this many seconds in all")
+    args = ap.parse_args(argv)
+    device = "cpu" if args.dry_run else "cuda"
+    if device == "cuda" and (not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9):
+        print("needs an sm_90+ GPU (thread-block clusters); --dry-run runs the CPU emulation", file=sys.stderr)
+        return 2
+    deadline = time.monotonic() + args.budget_s
+    shapes = DRY_SHAPES if args.dry_run else SHAPES
+    checks = check(shapes, device)
+    times = [] if args.dry_run else bench(shapes, device, args.warmup, args.iters, deadline)
+    machine = torch.cuda.get_device_name() if device == "cuda" else f"CPU emulation ({platform.machine()})"
+    text = render(machine, "python " + " ".join(sys.argv), checks, times)
+    if args.out:
+        args.out.write_text(text)
+    print(text)
+    return 0 if all(r["ok"] for r in checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,770 @@
+"""A thread-block-cluster LSTM forward for Hopper GPUs (sm_90): CUDA C++ compiled at run time by NVRTC.
+
+Why it exists (docs/gpu.md, "Why the gaps"): goal 3 of issue 6 asks a bf16 kernel at small batch to be as
+fast as cuDNN's persistent fp16 kernel, 1.53 us per step at (T, B, H) = (1024, 8, 256) on an H200. The
+Triton kernels synchronise their programs through a counter in global memory; that barrier alone costs
+0.72-1.13 us per step (benchmarks/gpu_barrier.py, run 5), half of the budget. A *cluster* of up to 8
+thread blocks on neighbouring SMs has a hardware barrier (``barrier.cluster``) and can write into each
+other's shared memory (distributed shared memory, ``st.shared::cluster``), so h_t never leaves the chip.
+Triton 3.6 cannot express this: its multi-CTA mode (``num_ctas > 1``) fails in ``TritonGPUPlanCTAPass``
+even for a minimal recurrence (``benchmarks/triton_num_ctas.py``), so, as the issue allows, this one kernel
+is CUDA C++ ("only where Triton cannot do it").
+
+Design (one cluster per 8 or 16 batch rows; ``C`` CTAs per cluster; each CTA owns ``H / C`` hidden units):
+
+* each warp owns 8 units and holds their 4 x 8 rows of ``W_hh`` as tensor-core (``mma.sync m16n8k16``)
+  A fragments in registers for the whole sequence: m-tile 0 = rows (i, f), m-tile 1 = rows (g, o), so that
+  each thread's accumulators hold all four gates of one unit for two batch rows, and the cell update needs
+  no exchange between threads;
+* every CTA keeps the whole h_{t-1} (batch rows x H, bf16/fp16) in shared memory, double-buffered; the
+  batch is the product's N dimension (8 per n-tile), H its K;
+* a step: product from registers and shared memory -> gates (fp32) + gx_t -> cell (fp32, registers) ->
+  h_t staged in shared memory -> pushed, 16 bytes at a time, into the next buffer of every CTA of the
+  cluster -> y_t stored -> ``barrier.cluster.arrive.release`` -> gx_{t+1} loaded -> ``wait.acquire``.
+  The hardware schedules a cluster's CTAs together, so no co-residency check and no timeout are needed.
+
+Limits: forward only (no saved activations, no autograd), plain LSTM, bfloat16 / float16, H a multiple of
+8 x C with H / 2 registers per thread for the weights (H <= 256). Not reachable from ``impl=``: it is
+measured by ``benchmarks/gpu_cluster.py`` first (checked against float64 cuDNN and timed against cuDNN in
+the same run). Sigmoid and tanh use ``tanh.approx.f32`` unless ``fast=False``.
+
+Offline (no GPU): :func:`compile_cubin` builds it for sm_90 with NVRTC (``pip install
+nvidia-cuda-nvrtc-cu12``), and the tests check what the machine code holds (``tests/test_cluster_lstm.py``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import glob
+import math
+import os
+import site
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["ClusterConfig", "config", "source", "emulation_source", "compile_cubin", "forward", "emulate",
+           "lstm_forward", "nvrtc_available"]
+
+_HEAD = r"""
+// lstmkit cluster LSTM forward (src/lstmkit/kernels/cluster_lstm.py): one configuration per compile
+#define HID {H}
+#define CL {C}
+#define NT {NT}
+#define ABL {ABLATE}
+#define F16 {F16}
+#define FAST {FAST}
+#define EXCH {EXCH}
+#define UNITS (HID / CL)
+#define WARPS (UNITS / 8)
+#define BT (8 * NT)
+#define KT (HID / 16)
+#define HS (HID + 8)
+#define CH (UNITS / 8)
+
+typedef unsigned short u16;
+typedef unsigned int u32;
+struct alignas(16) v4 { u32 x, y, z, w; };
+struct alignas(16) Smem {
+  u16 hbuf[2][BT][HS];      // h_{t-1} of the cluster's batch rows, all units, double-buffered
+  u16 stage[2][BT][UNITS];  // h_t of this CTA's units, double-buffered (by step parity)
+  unsigned long long mbar[2];  // EXCH 1: the mbarrier of each hbuf
+};
+"""
+
+# The GPU's side of the helpers: PTX for conversions, tensor-core products and the cluster.
+_DEVICE = r"""
+#define KERNEL extern "C" __global__ void __cluster_dims__(CL, 1, 1) __launch_bounds__(WARPS * 32, 1)
+#define SMEM __shared__ Smem sm;
+
+static __device__ __forceinline__ float to_f32(u16 v) {
+#if F16
+  float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v)); return f;
+#else
+  return __uint_as_float(((u32)v) << 16);
+#endif
+}
+static __device__ __forceinline__ u16 from_f32(float x) {
+  u16 r;
+#if F16
+  asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r) : "f"(x));
+#else
+  asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(x));
+#endif
+  return r;
+}
+static __device__ __forceinline__ float tanh_(float x) {
+#if FAST
+  float y; asm("tanh.approx.f32 %0, %1;" : "=f"(y) : "f"(x)); return y;
+#else
+  return tanhf(x);
+#endif
+}
+static __device__ __forceinline__ float sigm(float x) {
+#if FAST
+  return fmaf(0.5f, tanh_(0.5f * x), 0.5f);
+#else
+  return 1.0f / (1.0f + expf(-x));
+#endif
+}
+// D += A (16x16, row) B (16x8, col), fp32 accumulators
+static __device__ __forceinline__ void mma(float* d, const u32* a, u32 b0, u32 b1) {
+#if F16
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+#else
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+#endif
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+static __device__ __forceinline__ u32 smem_addr(const void* p) {
+  u32 r; asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(r) : "l"(p)); return r;
+}
+static __device__ __forceinline__ u32 cluster_rank() {
+  u32 r; asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r)); return r;
+}
+static __device__ __forceinline__ u32 map_rank(u32 addr, u32 rank) {
+  u32 r; asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(addr), "r"(rank)); return r;
+}
+static __device__ __forceinline__ void st_cluster(u32 addr, v4 v) {
+  asm volatile("st.shared::cluster.v4.u32 [%0], {%1, %2, %3, %4};"
+               :: "r"(addr), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w) : "memory");
+}
+static __device__ __forceinline__ void st_async(u32 addr, v4 v, u32 mbar) {  // DSMEM store, counted on mbar
+  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.b32 [%0], {%1, %2, %3, %4}, [%5];"
+               :: "r"(addr), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w), "r"(mbar) : "memory");
+}
+static __device__ __forceinline__ void mbar_init(u32 addr, u32 count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" :: "r"(addr), "r"(count) : "memory");
+}
+static __device__ __forceinline__ void mbar_fence_init() {
+  asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+}
+static __device__ __forceinline__ void mbar_expect(u32 addr, u32 bytes) {  // arrive, and expect bytes
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" :: "r"(addr), "r"(bytes) : "memory");
+}
+static __device__ __forceinline__ void mbar_wait(u32 addr, u32 parity) {
+  u32 done = 0;
+  while (!done)
+    asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2; "
+                 "selp.u32 %0, 1, 0, p; }" : "=r"(done) : "r"(addr), "r"(parity) : "memory");
+}
+static __device__ __forceinline__ void cluster_arrive() {
+  asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+}
+static __device__ __forceinline__ void cluster_wait() {
+  asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+"""
+
+# The CPU's side (tests, no GPU): one std::thread per GPU thread, a barrier each for __syncthreads, the
+# cluster barrier and the warp, and mma.sync computed from the fragments of all 32 lanes as the PTX ISA lays
+# them out ("Matrix Fragments for mma.m16n8k16 with floating point type"): the kernel's own fragment loads,
+# exchange and synchronisation run unchanged, only these primitives are replaced.
+_EMU = r"""
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdio>
+#include <cstdlib>
+#include <mutex>
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <thread>
+#include <vector>
+#define __device__
+#define __forceinline__ inline
+#define KERNEL static void
+#define SMEM Smem& sm = emu::cl->smem[emu::rank];
+#define __restrict__
+
+namespace emu {
+// every emulated wait gives up after a minute: a broken protocol ends the test, it does not hang it
+inline void spin(long long& n) {
+  static const auto start = std::chrono::steady_clock::now();
+  if ((++n & 1023) == 0 && std::chrono::steady_clock::now() - start > std::chrono::seconds(60)) {
+    std::fprintf(stderr, "deadlock: a wait did not end within 60 s\n");
+    std::abort();
+  }
+  std::this_thread::yield();
+}
+// a sense-reversing barrier on two atomics of its own: the only happens-before edges it makes are the ones
+// a barrier must make (std::barrier shares waiter pools between barriers, which hides races from TSAN)
+struct Barrier {
+  std::atomic<int> count{0}, phase{0};
+  const int n;
+  explicit Barrier(int n_) : n(n_) {}
+  int arrive() {
+    const int ph = phase.load(std::memory_order_acquire);
+    if (count.fetch_add(1, std::memory_order_acq_rel) == n - 1) {
+      count.store(0, std::memory_order_relaxed);
+      phase.store(ph + 1, std::memory_order_release);
+    }
+    return ph;
+  }
+  void wait(int ph) {
+    for (long long n = 0; phase.load(std::memory_order_acquire) == ph;) spin(n);
+  }
+  void arrive_and_wait() { wait(arrive()); }
+};
+// an mbarrier: pending arrivals and a transaction count (bytes); the phase completes when both reach 0.
+// Misuse the GPU leaves undefined (an arrival on a completed phase) aborts here.
+struct MBar {
+  std::mutex m;
+  long long tx = 0;
+  int pending = 0, count = 0;
+  std::atomic<int> phase{0};
+  void init(int c) { std::lock_guard<std::mutex> l(m); count = pending = c; tx = 0; }
+  void check() {
+    if (pending < 0 || tx > (1 << 20) || tx < -(1 << 20)) { std::fprintf(stderr, "mbarrier misuse\n"); std::abort(); }
+    if (pending == 0 && tx == 0) { pending = count; phase.fetch_add(1, std::memory_order_release); }
+  }
+  void expect_arrive(long long bytes) { std::lock_guard<std::mutex> l(m); tx += bytes; pending -= 1; check(); }
+  void complete(long long bytes) { std::lock_guard<std::mutex> l(m); tx -= bytes; check(); }
+  bool done(int parity) { return (phase.load(std::memory_order_acquire) & 1) != parity; }
+};
+struct Dim { int x, y, z; };
+struct Lane { u32 a[4]; u32 b[2]; };
+struct Cluster {
+  std::vector<Smem> smem;
+  std::vector<std::unique_ptr<Barrier>> cta, warp;
+  std::unique_ptr<Barrier> all;
+  std::vector<std::array<Lane, 32>> slots;
+  std::vector<std::array<MBar, 2>> mbars;
+  Cluster() : smem(CL), mbars(CL) {
+    for (int r = 0; r < CL; ++r) cta.emplace_back(new Barrier(WARPS * 32));
+    for (int w = 0; w < CL * WARPS; ++w) warp.emplace_back(new Barrier(32));
+    all.reset(new Barrier(CL * WARPS * 32));
+    slots.resize(CL * WARPS);
+  }
+};
+thread_local Dim tid, bid;
+thread_local Cluster* cl;
+thread_local int rank, gwarp, token;
+}  // namespace emu
+#define threadIdx emu::tid
+#define blockIdx emu::bid
+
+static inline void __syncthreads() { emu::cl->cta[emu::rank]->arrive_and_wait(); }
+static inline float to_f32(u16 v) {
+#if F16
+  _Float16 h; std::memcpy(&h, &v, 2); return (float)h;
+#else
+  u32 u = ((u32)v) << 16; float f; std::memcpy(&f, &u, 4); return f;
+#endif
+}
+static inline u16 from_f32(float x) {
+#if F16
+  _Float16 h = (_Float16)x; u16 r; std::memcpy(&r, &h, 2); return r;
+#else
+  u32 u; std::memcpy(&u, &x, 4); u += 0x7FFFu + ((u >> 16) & 1u); return (u16)(u >> 16);  // nearest, ties even
+#endif
+}
+static inline float tanh_(float x) { return std::tanh(x); }
+static inline float sigm(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+static inline float frag(u32 reg, int half) { return to_f32((u16)(reg >> (16 * half))); }
+static inline void mma(float* d, const u32* a, u32 b0, u32 b1) {
+  const int lane = emu::tid.x & 31, g = lane >> 2, q = lane & 3;
+  auto& s = emu::cl->slots[emu::gwarp];
+  std::memcpy(s[lane].a, a, 16); s[lane].b[0] = b0; s[lane].b[1] = b1;
+  emu::cl->warp[emu::gwarp]->arrive_and_wait();
+  for (int i = 0; i < 4; ++i) {
+    const int row = g + (i >= 2 ? 8 : 0), col = 2 * q + (i & 1);
+    float acc = 0.0f;
+    for (int k = 0; k < 16; ++k) {  // A (row, k): lane (row % 8, k % 8 / 2); B (k, col): lane (col, k % 8 / 2)
+      const float av = frag(s[(row % 8) * 4 + (k % 8) / 2].a[(row >= 8) + 2 * (k >= 8)], k & 1);
+      const float bv = frag(s[col * 4 + (k % 8) / 2].b[k >= 8], k & 1);
+      acc += av * bv;
+    }
+    d[i] += acc;
+  }
+  emu::cl->warp[emu::gwarp]->arrive_and_wait();
+}
+static inline u32 smem_addr(const void* p) {
+  return (u32)((const char*)p - (const char*)&emu::cl->smem[emu::rank]);
+}
+static inline u32 cluster_rank() { return (u32)emu::rank; }
+static inline u32 map_rank(u32 addr, u32 rank) { return (rank << 24) | (addr & 0xFFFFFFu); }
+static inline void st_cluster(u32 addr, v4 v) {
+  std::memcpy((char*)&emu::cl->smem[addr >> 24] + (addr & 0xFFFFFFu), &v, 16);
+}
+static inline emu::MBar& mbar_at(u32 addr) {  // the emulated mbarrier behind a (cluster) address of Smem::mbar
+  return emu::cl->mbars[addr >> 24][((addr & 0xFFFFFFu) - offsetof(Smem, mbar)) / 8];
+}
+static inline void st_async(u32 addr, v4 v, u32 mbar) { st_cluster(addr, v); mbar_at(mbar).complete(16); }
+static inline void mbar_init(u32 addr, u32 count) { mbar_at(map_rank(addr, emu::rank)).init((int)count); }
+static inline void mbar_fence_init() {}
+static inline void mbar_expect(u32 addr, u32 bytes) { mbar_at(map_rank(addr, emu::rank)).expect_arrive(bytes); }
+static inline void mbar_wait(u32 addr, u32 parity) {
+  emu::MBar& b = mbar_at(map_rank(addr, emu::rank));
+  for (long long n = 0; !b.done((int)parity);) emu::spin(n);
+}
+static inline void cluster_arrive() { emu::token = emu::cl->all->arrive(); }
+static inline void cluster_wait() { emu::cl->all->wait(emu::token); }
+"""
+
+_EMU_LAUNCH = r"""
+extern "C" int emu_run(const u16* gx, const u16* w, const u16* h0, const float* c0, u16* y, u16* hT, float* cT,
+                       int T, int B, int grid_y) {
+  for (int by = 0; by < grid_y; ++by) {
+    emu::Cluster cl;
+    std::vector<std::thread> threads;
+    for (int r = 0; r < CL; ++r)
+      for (int t = 0; t < WARPS * 32; ++t)
+        threads.emplace_back([=, &cl] {
+          emu::tid = {t, 0, 0}; emu::bid = {r, by, 0}; emu::cl = &cl; emu::rank = r; emu::gwarp = r * WARPS + t / 32;
+          lstm_cluster_fwd(gx, w, h0, c0, y, hT, cT, T, B);
+        });
+    for (auto& th : threads) th.join();
+  }
+  return 0;
+}
+"""
+
+_KERNEL = r"""
+// gx of step t for this thread's unit: [n-tile][gate][batch row 2q + j]; 0 outside the batch or the sequence
+static __device__ __forceinline__ void load_gx(float (&r)[NT][4][2], const u16* __restrict__ gx, int t, int T,
+                                               int B, int b0, int unit, int q) {
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int b = b0 + nt * 8 + 2 * q + j;
+      const bool in = b < B && t < T;
+      const u16* p = gx + ((long long)t * B + b) * (4 * HID) + unit;
+#pragma unroll
+      for (int gate = 0; gate < 4; ++gate) r[nt][gate][j] = in ? to_f32(p[gate * HID]) : 0.0f;
+    }
+}
+
+KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^T + b_ih + b_hh, gates i, f, g, o
+                        const u16* __restrict__ w,     // (4 HID, HID): W_hh
+                        const u16* __restrict__ h0,    // (B, HID)
+                        const float* __restrict__ c0,  // (B, HID)
+                        u16* __restrict__ y,           // (T, B, HID)
+                        u16* __restrict__ hT,          // (B, HID)
+                        float* __restrict__ cT,        // (B, HID)
+                        int T, int B) {
+  SMEM
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
+  const u32 rank = cluster_rank();
+  const int b0 = blockIdx.y * BT;
+  const int ul = warp * 8 + g;             // this thread's unit in the CTA
+  const int unit = rank * UNITS + ul;      // ... in the layer
+
+  // W_hh rows of this warp as A fragments: row r of m-tile mt is gate 2 mt + (r >= 8) of unit warp*8 + r % 8
+  u32 wa[2][KT][4];
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt) {
+    const u32* r0 = reinterpret_cast<const u32*>(w + ((long long)(2 * mt) * HID + unit) * HID);
+    const u32* r1 = reinterpret_cast<const u32*>(w + ((long long)(2 * mt + 1) * HID + unit) * HID);
+#pragma unroll
+    for (int kt = 0; kt < KT; ++kt) {
+      const int k = kt * 8 + q;  // 32-bit words: elements kt*16 + 2q, +1
+      wa[mt][kt][0] = r0[k]; wa[mt][kt][1] = r1[k]; wa[mt][kt][2] = r0[k + 4]; wa[mt][kt][3] = r1[k + 4];
+    }
+  }
+  for (int i = tid; i < BT * HID; i += WARPS * 32) {
+    const int r = i / HID, k = i % HID, b = b0 + r;
+    sm.hbuf[0][r][k] = b < B ? h0[(long long)b * HID + k] : (u16)0;
+  }
+  float c[NT][2];
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int b = b0 + nt * 8 + 2 * q + j;
+      c[nt][j] = b < B ? c0[(long long)b * HID + unit] : 0.0f;
+    }
+  float gxr[NT][4][2];
+  load_gx(gxr, gx, 0, T, B, b0, unit, q);
+#if EXCH == 1 && ABL != 1
+  // buffer b's mbarrier: one arrival (thread 0's, with the bytes to expect) + the bytes every CTA pushes
+  const u32 bytes = BT * HID * 2;
+  if (tid == 0) {
+    mbar_init(smem_addr(&sm.mbar[0]), 1);
+    mbar_init(smem_addr(&sm.mbar[1]), 1);
+    mbar_fence_init();
+    if (T >= 2) mbar_expect(smem_addr(&sm.mbar[1]), bytes);  // h_0, pushed at step 0
+  }
+  u32 parity = 0;  // bit b: the phase of buffer b's mbarrier to wait for
+#endif
+  cluster_arrive();  // every CTA of the cluster has started (and set up its barriers): its shared memory may be written
+  cluster_wait();
+
+  int cur = 0;
+  for (int t = 0; t < T; ++t) {
+#if EXCH == 1 && ABL != 1
+    if (t >= 1) {  // h_{t-1} from every CTA
+      mbar_wait(smem_addr(&sm.mbar[cur]), (parity >> cur) & 1);
+      parity ^= 1u << cur;
+    }
+    if (tid == 0 && t + 2 <= T - 1) mbar_expect(smem_addr(&sm.mbar[cur]), bytes);  // h_{t+1}, pushed at step t+1
+#endif
+    u16 (&st)[BT][UNITS] = sm.stage[t & 1];
+#if ABL != 2
+    float acc[2][NT][2][4];  // (m-tile, n-tile, even / odd k-tile: two chains), fragment order
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int s = 0; s < 2; ++s)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) acc[mt][nt][s][e] = 0.0f;
+#pragma unroll
+    for (int kt = 0; kt < KT; ++kt)
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        // B fragment: B[k][n] = h[n][k], n = batch row g, k = kt*16 + 2q (+1) and + 8 (+1)
+        const u32* hr = reinterpret_cast<const u32*>(&sm.hbuf[cur][nt * 8 + g][kt * 16 + 2 * q]);
+        const u32 bb0 = hr[0], bb1 = hr[4];
+        mma(acc[0][nt][kt & 1], wa[0][kt], bb0, bb1);
+        mma(acc[1][nt][kt & 1], wa[1][kt], bb0, bb1);
+      }
+    // accumulator e = j: row g (gate i / g), batch row 2q + j; e = 2 + j: row g + 8 (gate f / o)
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const float ai = acc[0][nt][0][j] + acc[0][nt][1][j] + gxr[nt][0][j];
+        const float af = acc[0][nt][0][2 + j] + acc[0][nt][1][2 + j] + gxr[nt][1][j];
+        const float ag = acc[1][nt][0][j] + acc[1][nt][1][j] + gxr[nt][2][j];
+        const float ao = acc[1][nt][0][2 + j] + acc[1][nt][1][2 + j] + gxr[nt][3][j];
+        c[nt][j] = sigm(af) * c[nt][j] + sigm(ai) * tanh_(ag);
+        st[nt * 8 + 2 * q + j][ul] = from_f32(sigm(ao) * tanh_(c[nt][j]));
+      }
+#else  // the exchange alone: copy this CTA's slice of h_{t-1} forward
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int j = 0; j < 2; ++j) st[nt * 8 + 2 * q + j][ul] = sm.hbuf[cur][nt * 8 + 2 * q + j][unit];
+#endif
+    __syncthreads();
+    // push h_t into the other buffer of every CTA of the cluster (this one included), 16 bytes a store;
+    // not after the last step, whose h nobody reads
+    if (t + 1 < T) {
+      for (int i = tid; i < CL * BT * CH; i += WARPS * 32) {
+        const int dst = i / (BT * CH), r = (i / CH) % BT, ch = i % CH;
+        const v4 v = *reinterpret_cast<const v4*>(&st[r][ch * 8]);
+        const u32 to = map_rank(smem_addr(&sm.hbuf[cur ^ 1][r][rank * UNITS + ch * 8]), dst);
+#if EXCH == 1 && ABL != 1
+        st_async(to, v, map_rank(smem_addr(&sm.mbar[cur ^ 1]), dst));
+#else
+        st_cluster(to, v);
+#endif
+      }
+    }
+#if EXCH == 0 && ABL != 1
+    cluster_arrive();  // (the stores below need no release: the stage they read is rewritten two steps on)
+#endif
+    for (int i = tid; i < BT * CH; i += WARPS * 32) {
+      const int r = i / CH, ch = i % CH, b = b0 + r;
+      if (b < B) {
+        const v4 v = *reinterpret_cast<const v4*>(&st[r][ch * 8]);
+        const long long o = (long long)b * HID + rank * UNITS + ch * 8;
+        *reinterpret_cast<v4*>(&y[(long long)t * B * HID + o]) = v;
+        if (t == T - 1) *reinterpret_cast<v4*>(&hT[o]) = v;
+      }
+    }
+    load_gx(gxr, gx, t + 1, T, B, b0, unit, q);
+#if EXCH == 0 && ABL != 1
+    cluster_wait();
+#endif
+    cur ^= 1;
+  }
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int b = b0 + nt * 8 + 2 * q + j;
+      if (b < B) cT[(long long)b * HID + unit] = c[nt][j];
+    }
+  cluster_arrive();  // no CTA leaves while another may still write into its shared memory
+  cluster_wait();
+}
+"""
+
+#: the largest cluster that every sm_90 GPU must be able to schedule ("portable" size)
+MAX_CLUSTER = 8
+#: compile-time ablations, for benchmarks/gpu_cluster.py: 1 = no synchronisation between CTAs (wrong numbers, timing
+#: only), 2 = the exchange alone (no product, no cell)
+ABLATIONS = {0: "full step", 1: "no synchronisation", 2: "exchange only"}
+
+
+#: how h_t reaches the other CTAs' shared memory each step: "barrier" = plain DSMEM stores, then the
+#: cluster's hardware barrier (arrive.release / wait.acquire); "mbarrier" = ``st.async`` stores that count
+#: their bytes on the receiving CTA's mbarrier, which the receiver alone waits on (no cluster-wide barrier)
+EXCHANGES = ("barrier", "mbarrier")
+
+
+class ClusterConfig:
+    """One compiled configuration: hidden size ``H``, ``C`` CTAs per cluster, ``NT`` n-tiles of 8 batch rows."""
+
+    def __init__(self, H: int, C: int, NT: int, dtype: torch.dtype, ablate: int = 0, fast: bool = True,
+                 exchange: str = "barrier"):  # fmt: skip
+        self.H, self.C, self.NT, self.dtype, self.ablate, self.fast = H, C, NT, dtype, ablate, fast
+        self.exchange = exchange
+        self.units = H // C
+        self.threads = self.units // 8 * 32
+        self.batch_rows = 8 * NT
+
+    def key(self) -> tuple:
+        return (self.H, self.C, self.NT, self.dtype, self.ablate, self.fast, self.exchange)
+
+    def __repr__(self) -> str:
+        name = {torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+        abl = "" if not self.ablate else f", {ABLATIONS[self.ablate]}"
+        return (f"ClusterConfig(H={self.H}, {self.C} CTAs x {self.units} units, {self.threads} threads, "
+                f"{self.batch_rows} batch rows, {name}, {self.exchange}{'' if self.fast else ', exact activations'}"
+                f"{abl})")  # fmt: skip
+
+
+def config(B: int, H: int, dtype: torch.dtype, cluster: int | None = None, ablate: int = 0,
+           fast: bool = True, exchange: str = "barrier") -> ClusterConfig:  # fmt: skip
+    """The configuration for batch ``B``, hidden size ``H``; ``ValueError`` saying why when there is none.
+
+    ``cluster``: CTAs per cluster (default: 32 units per CTA, at most :data:`MAX_CLUSTER` CTAs)."""
+    if dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"the cluster kernel runs bfloat16 or float16, got {dtype}; cast the layer first")
+    if exchange not in EXCHANGES:
+        raise ValueError(f"exchange must be one of {EXCHANGES}, got {exchange!r}")
+    if ablate not in ABLATIONS:
+        raise ValueError(f"ablate must be one of {sorted(ABLATIONS)}, got {ablate}")
+    if B < 1 or H < 16:
+        raise ValueError(f"need B >= 1 and H >= 16, got B={B}, H={H}")
+    if H > 256:
+        raise ValueError(f"H={H}: the cluster kernel keeps W_hh in registers, H / 2 per thread, so H <= 256; "
+                         "use the Triton kernels (lstmkit.kernels.triton_lstm) for larger layers")
+    C = cluster if cluster is not None else max(1, min(MAX_CLUSTER, H // 32))
+    if C not in (1, 2, 4, 8) or H % (8 * C) or H % 16:
+        raise ValueError(f"H={H} must be a multiple of 16 and of 8 x cluster, cluster one of 1, 2, 4, 8 "
+                         f"(got cluster={C}): the product's K comes in 16s, each CTA's units in 8-unit warps")
+    NT = 1 if B <= 8 else 2
+    return ClusterConfig(H, C, NT, dtype, ablate, fast, exchange)
+
+
+def _defines(text: str, cfg: ClusterConfig) -> str:
+    return text.replace("{H}", str(cfg.H)).replace("{C}", str(cfg.C)).replace("{NT}", str(cfg.NT)).replace(
+        "{ABLATE}", str(cfg.ablate)).replace("{F16}", str(int(cfg.dtype == torch.float16))).replace(
+        "{FAST}", str(int(cfg.fast))).replace("{EXCH}", str(EXCHANGES.index(cfg.exchange)))  # fmt: skip
+
+
+def source(cfg: ClusterConfig) -> str:
+    """The CUDA C++ of one configuration (for NVRTC)."""
+    return _defines(_HEAD, cfg) + _DEVICE + _KERNEL
+
+
+def emulation_source(cfg: ClusterConfig) -> str:
+    """The same kernel as host C++ for g++ (:func:`emulate`): the kernel text unchanged, the GPU primitives
+    (thread indices, shared memory, barriers, ``mma.sync``, distributed shared memory) emulated."""
+    return _defines(_HEAD, cfg) + _EMU + _KERNEL + _EMU_LAUNCH
+
+
+# ---------------------------------------------------------------------------------------------
+# NVRTC (compile) and the CUDA driver (load, launch), through ctypes: no extension to build
+# ---------------------------------------------------------------------------------------------
+
+
+def _find_nvrtc() -> str | None:
+    dirs = [*site.getsitepackages(), site.getusersitepackages(), *sys.path]
+    for d in dirs:
+        for pat in ("nvidia/cu*/lib/libnvrtc.so*", "nvidia/cuda_nvrtc/lib/libnvrtc.so*"):
+            hits = sorted(h for h in glob.glob(os.path.join(d, pat)) if "builtins" not in h and ".alt." not in h)
+            if hits:
+                return hits[-1]
+    return ctypes.util.find_library("nvrtc")
+
+
+@functools.cache
+def _nvrtc() -> ctypes.CDLL:
+    if torch.version.cuda is not None:  # the NVRTC that torch's CUDA build comes with
+        try:
+            from torch.cuda._utils import _get_nvrtc_library
+
+            return _get_nvrtc_library()
+        except (ImportError, OSError, RuntimeError):
+            pass
+    path = _find_nvrtc()
+    if path is None:
+        raise RuntimeError("NVRTC (libnvrtc) not found: it comes with CUDA builds of torch, or "
+                           "`pip install nvidia-cuda-nvrtc-cu12`")  # fmt: skip
+    return ctypes.CDLL(path)
+
+
+def nvrtc_available() -> bool:
+    """Whether :func:`compile_cubin` can run here (no GPU needed)."""
+    try:
+        _nvrtc()
+    except (RuntimeError, OSError):
+        return False
+    return True
+
+
+def _nvrtc_check(lib, res: int, prog=None) -> None:
+    if res == 0:
+        return
+    lib.nvrtcGetErrorString.restype = ctypes.c_char_p
+    msg = lib.nvrtcGetErrorString(res).decode()
+    if prog is not None:
+        n = ctypes.c_size_t()
+        lib.nvrtcGetProgramLogSize(prog, ctypes.byref(n))
+        log = ctypes.create_string_buffer(n.value)
+        lib.nvrtcGetProgramLog(prog, log)
+        msg += "\n" + log.value.decode(errors="replace")
+    raise RuntimeError(f"NVRTC: {msg}")
+
+
+@functools.cache
+def _compile(key: tuple, arch: int) -> tuple[bytes, str]:
+    cfg = ClusterConfig(*key)
+    lib = _nvrtc()
+    prog = ctypes.c_void_p()
+    src = source(cfg).encode()
+    _nvrtc_check(lib, lib.nvrtcCreateProgram(ctypes.byref(prog), src, b"cluster_lstm.cu", 0, None, None))
+    try:
+        opts = [f"--gpu-architecture=sm_{arch}".encode(), b"-std=c++17"]
+        arr = (ctypes.c_char_p * len(opts))(*opts)
+        _nvrtc_check(lib, lib.nvrtcCompileProgram(prog, len(opts), arr), prog)
+        n = ctypes.c_size_t()
+        _nvrtc_check(lib, lib.nvrtcGetCUBINSize(prog, ctypes.byref(n)))
+        cubin = ctypes.create_string_buffer(n.value)
+        _nvrtc_check(lib, lib.nvrtcGetCUBIN(prog, cubin))
+        _nvrtc_check(lib, lib.nvrtcGetPTXSize(prog, ctypes.byref(n)))
+        ptx = ctypes.create_string_buffer(n.value)
+        _nvrtc_check(lib, lib.nvrtcGetPTX(prog, ptx))
+    finally:
+        lib.nvrtcDestroyProgram(ctypes.byref(prog))
+    return cubin.raw, ptx.value.decode()
+
+
+def compile_cubin(cfg: ClusterConfig, arch: int = 90) -> tuple[bytes, str]:
+    """(cubin, PTX) of ``cfg`` for sm_``arch`` (cached). Needs NVRTC, not a GPU."""
+    if arch < 90:
+        raise ValueError(f"thread-block clusters need sm_90 or newer, got sm_{arch}")
+    return _compile(cfg.key(), arch)
+
+
+@functools.cache
+def _driver() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("cuda") or "libcuda.so.1")
+
+
+def _cu_check(res: int, what: str) -> None:
+    if res != 0:
+        s = ctypes.c_char_p()
+        _driver().cuGetErrorString(res, ctypes.byref(s))
+        raise RuntimeError(f"CUDA driver, {what}: error {res} ({(s.value or b'?').decode()})")
+
+
+@functools.cache
+def _function(key: tuple, device_index: int) -> ctypes.c_void_p:
+    props = torch.cuda.get_device_properties(device_index)
+    arch = props.major * 10 + props.minor
+    cubin, _ = _compile(key, arch)
+    with torch.cuda.device(device_index):
+        torch.cuda.init()
+        torch.empty(1, device=f"cuda:{device_index}")  # torch's primary context, current on this thread
+        mod, fn = ctypes.c_void_p(), ctypes.c_void_p()
+        _cu_check(_driver().cuModuleLoadData(ctypes.byref(mod), ctypes.c_char_p(cubin)), "cuModuleLoadData")
+        _cu_check(_driver().cuModuleGetFunction(ctypes.byref(fn), mod, b"lstm_cluster_fwd"), "cuModuleGetFunction")
+    return fn
+
+
+def forward(gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, *, cluster: int | None = None, ablate: int = 0,
+            fast: bool = True, exchange: str = "barrier") -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """One layer's recurrence: gx (T, B, 4H) = x W_ih^T + b_ih + b_hh, h0, c0 (B, H), W_hh (4H, H) ->
+    y (T, B, H), h_T, c_T (c_T in float32). CUDA, sm_90+, bf16 / fp16, forward only (no autograd)."""
+    if gx.device.type != "cuda":
+        raise ValueError(f"the cluster kernel runs on a CUDA GPU (sm_90+), got a tensor on {gx.device}; "
+                         "cluster_lstm.emulate runs it on the CPU")  # fmt: skip
+    _check(gx, h0, c0, w_hh)
+    T, B, G = gx.shape
+    H = G // 4
+    cfg = config(B, H, gx.dtype, cluster, ablate, fast, exchange)
+    dev = gx.device
+    gx = gx.contiguous()
+    w = w_hh.to(gx.dtype).contiguous()
+    h0 = h0.to(gx.dtype).contiguous()
+    c0 = c0.float().contiguous()
+    y = torch.empty(T, B, H, dtype=gx.dtype, device=dev)
+    hT = h0.clone() if T == 0 else torch.empty(B, H, dtype=gx.dtype, device=dev)
+    cT = torch.empty(B, H, dtype=torch.float32, device=dev)
+    if T == 0:
+        return y, hT, c0.clone()
+    fn = _function(cfg.key(), dev.index if dev.index is not None else torch.cuda.current_device())
+    ptrs = [ctypes.c_void_p(t.data_ptr()) for t in (gx, w, h0, c0, y, hT, cT)]
+    ints = [ctypes.c_int(T), ctypes.c_int(B)]
+    args = (ctypes.c_void_p * 9)(*[ctypes.cast(ctypes.byref(a), ctypes.c_void_p) for a in (*ptrs, *ints)])
+    stream = ctypes.c_void_p(torch.cuda.current_stream(dev).cuda_stream)
+    grid_y = math.ceil(B / cfg.batch_rows)
+    _cu_check(_driver().cuLaunchKernel(fn, cfg.C, grid_y, 1, cfg.threads, 1, 1, 0, stream, args, None),
+              f"cuLaunchKernel {cfg}")  # fmt: skip
+    return y, hT, cT
+
+
+def _check(gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor) -> None:
+    T, B, G = gx.shape
+    H = G // 4
+    if G != 4 * H or tuple(w_hh.shape) != (4 * H, H) or tuple(h0.shape) != (B, H) or tuple(c0.shape) != (B, H):
+        raise ValueError(f"shapes: gx (T, B, 4H), w_hh (4H, H), h0 and c0 (B, H); got {tuple(gx.shape)}, "
+                         f"{tuple(w_hh.shape)}, {tuple(h0.shape)}, {tuple(c0.shape)}")  # fmt: skip
+
+
+@functools.cache
+def _emulator(key: tuple) -> ctypes.CDLL:
+    import hashlib
+    import subprocess
+    import tempfile
+
+    src = emulation_source(ClusterConfig(*key))
+    d = os.path.join(tempfile.gettempdir(), f"lstmkit-cluster-emu-{os.getuid()}")
+    os.makedirs(d, exist_ok=True)
+    lib = os.path.join(d, hashlib.sha256(src.encode()).hexdigest()[:16] + ".so")
+    if not os.path.exists(lib):
+        cpp = lib[:-3] + ".cpp"
+        with open(cpp, "w") as f:
+            f.write(src)
+        tmp = f"{lib}.{os.getpid()}.tmp"
+        cmd = ["g++", "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-Wno-unknown-pragmas", cpp, "-o", tmp]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            raise RuntimeError(f"compiling the cluster kernel's emulation failed:\n{res.stderr[-4000:]}")
+        os.replace(tmp, lib)  # atomic: a parallel test never loads half a library
+    return ctypes.CDLL(lib)
+
+
+def emulate(gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, *, cluster: int | None = None,
+            fast: bool = True, exchange: str = "barrier") -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """:func:`forward` on the CPU: the kernel's C++ compiled by g++ with the GPU primitives emulated (one
+    thread per GPU thread, so keep shapes small). CPU tensors; same results as the GPU up to the activations
+    (``tanhf`` here, ``tanh.approx.f32`` there with ``fast``) and the order of the fp32 sums."""
+    _check(gx, h0, c0, w_hh)
+    T, B, G = gx.shape
+    H = G // 4
+    cfg = config(B, H, gx.dtype, cluster, 0, fast, exchange)
+    u16 = lambda t: t.to(gx.dtype).contiguous().view(torch.int16)  # noqa: E731
+    gx_, w_, h0_ = u16(gx), u16(w_hh), u16(h0)
+    c0_ = c0.float().contiguous()
+    y = torch.zeros(T, B, H, dtype=torch.int16)
+    hT = h0_.clone()
+    cT = c0_.clone()
+    ptr = lambda t: ctypes.c_void_p(t.data_ptr())  # noqa: E731
+    if T > 0:
+        _emulator(cfg.key()).emu_run(ptr(gx_), ptr(w_), ptr(h0_), ptr(c0_), ptr(y), ptr(hT), ptr(cT),
+                                     ctypes.c_int(T), ctypes.c_int(B), ctypes.c_int(math.ceil(B / cfg.batch_rows)))
+    return y.view(gx.dtype), hT.view(gx.dtype), cT
+
+
+def lstm_forward(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
+                 b_hh: Tensor | None, **kw) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """One layer, torch.nn.LSTM's parameters: x (T, B, I) -> y, h_T, c_T (:func:`forward`)."""
+    b = None if b_ih is None else (b_ih if b_hh is None else b_ih + b_hh)
+    gx = F.linear(x, w_ih.to(x.dtype), None if b is None else b.to(x.dtype))
+    return forward(gx, h0, c0, w_hh, **kw)
