@@ -5,16 +5,17 @@ Goal 3 of issue 6 (docs/gpu.md): bf16 at small batch at least as fast as cuDNN's
 0.72-1.13 us per step; this kernel replaces it with a cluster barrier and distributed shared memory.
 In one run, per shape and dtype:
 
-1. **Check** against float64 cuDNN (``torch.nn.LSTM`` in float64 on the GPU) on fresh random inputs:
-   relative error of y, h_T, c_T, for every cluster size and exchange timed (and once with exact
-   activations); no NaN.
-2. **Time** (CUDA events, warm-up, median): a whole layer (``cluster_lstm.lstm_forward``: the input GEMM and
-   the kernel) against ``torch.nn.LSTM`` (cuDNN) of the same dtype and cuDNN fp16 (goal 3's peer); the
-   kernel alone in microseconds per step, for both exchanges (``cluster_lstm.EXCHANGES``: DSMEM stores and
-   the cluster barrier; ``st.async`` counted on the receiver's mbarrier) and every cluster size, and, at the
-   default cluster size, its ablations (no synchronisation: wrong numbers, timing only; the exchange
-   alone). Our Triton forward at (1024, 8, 256) is in the same session's ``gpu.py`` table (timing it here
-   would tune and compile its plans, a minute of this script's time).
+1. **Check** forward and gradients against float64 cuDNN (``torch.nn.LSTM`` in float64 on the GPU) on
+   fresh random inputs: relative error of y, h_T, c_T for every cluster size and exchange timed (and once
+   with exact activations), and of the gradients of x, h_0, c_0 and the parameters; no NaN.
+2. **Time** (CUDA events, warm-up, median) against ``torch.nn.LSTM`` (cuDNN) of the same dtype and cuDNN
+   fp16 (goal 3's peer): a train step (``cluster_lstm.layer`` forward, ``y.backward``) and the forward of a
+   whole layer (``cluster_lstm.lstm_forward``: the input GEMM and the kernel); each kernel alone in
+   microseconds per step, for both exchanges (``cluster_lstm.EXCHANGES``: DSMEM stores and the cluster
+   barrier; ``st.async`` counted on the receiver's mbarrier) and every cluster size, and, at the default
+   cluster size, their ablations (no synchronisation: wrong numbers, timing only; the exchange alone). Our
+   Triton kernels at (1024, 8, 256) are in the same session's ``gpu.py`` table (timing them here would tune
+   and compile their plans, a minute of this script's time).
 
     PYTHONPATH=src python benchmarks/gpu_cluster.py --out gpu_cluster.md   # sm_90 GPU, <= 75 s
     PYTHONPATH=src python benchmarks/gpu_cluster.py --dry-run              # CPU: the emulation, plumbing only
@@ -37,7 +38,7 @@ from lstmkit.kernels import cluster_lstm as cl
 sys.path.insert(0, str(Path(__file__).parent))
 from gpu import time_ms  # noqa: E402  (the same clock as gpu.py)
 
-SHAPES = [(1024, 8, 256), (1024, 16, 256), (1024, 4, 128), (256, 8, 256)]
+SHAPES = [(1024, 8, 256), (1024, 16, 256), (1024, 4, 128)]
 DRY_SHAPES = [(3, 5, 32)]
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -54,13 +55,13 @@ def _case(T: int, B: int, H: int, device: str, seed: int = 0):
     return m.to(device), x.to(device), h0.to(device), c0.to(device)
 
 
+def _params(m, dtype) -> list:
+    return [p.detach().to(dtype) for p in (m.weight_ih_l0, m.weight_hh_l0, m.bias_ih_l0, m.bias_hh_l0)]
+
+
 def _ours(m, x, h0, c0, dtype, device: str, **kw):
-    """y, h_T, c_T of the cluster kernel (on the CPU: its emulation, which takes no ablations)."""
-    w = [p.detach().to(dtype) for p in (m.weight_ih_l0, m.weight_hh_l0, m.bias_ih_l0, m.bias_hh_l0)]
-    if device == "cuda":
-        return cl.lstm_forward(x.to(dtype), h0.to(dtype), c0.float(), *w, **kw)
-    gx = torch.nn.functional.linear(x.to(dtype), w[0], w[2] + w[3])  # the emulation: CPU, no ablations
-    return cl.emulate(gx, h0.to(dtype), c0.float(), w[1], **kw)
+    """y, h_T, c_T of the cluster kernel (CPU tensors: its emulation)."""
+    return cl.lstm_forward(x.to(dtype), h0.to(dtype), c0.float(), *_params(m, dtype), **kw)
 
 
 def _rel(a, b) -> float:
@@ -102,21 +103,69 @@ def check(shapes, device: str) -> list[dict]:
     return rows
 
 
+def _train_step(layer, x, h0, c0, params, gy, **kw) -> None:
+    y, _, _ = layer(x, h0, c0, *params, **kw)
+    y.backward(gy)
+
+
+def _cudnn_train_step(m, x, hc, gy) -> None:
+    y, _ = m(x, hc)
+    y.backward(gy)
+
+
+def check_grads(shapes, device: str) -> list[dict]:
+    """Training: cluster_lstm.layer's gradients (both kernels) against float64 cuDNN's, at the default
+    cluster size, both exchanges: x, h_0, c_0 and the four parameters."""
+    rows = []
+    for T, B, H in shapes:
+        m, x, h0, c0 = _case(T, B, H, device)
+        g = torch.Generator(device="cpu").manual_seed(1)
+        gy, gh, gc = (torch.randn(*s, generator=g, dtype=torch.float64).to(device) for s in ((T, B, H), (B, H), (B, H)))
+        leaves = [t.clone().requires_grad_() for t in (x, h0, c0)]
+        y, (hT, cT) = m(leaves[0], (leaves[1][None], leaves[2][None]))
+        params = list(_params(m, torch.float64))
+        want = torch.autograd.grad((y * gy).sum() + (hT[0] * gh).sum() + (cT[0] * gc).sum(),
+                                   [*leaves, m.weight_ih_l0, m.weight_hh_l0, m.bias_ih_l0, m.bias_hh_l0])  # fmt: skip
+        for dname, dtype in DTYPES.items():
+            for exchange in cl.EXCHANGES:
+                ins = [t.to(dtype).requires_grad_() for t in (x, h0, c0)]
+                ps = [p.float().requires_grad_() for p in params]
+                yo, ho, co = cl.layer(*ins, *ps, exchange=exchange)
+                loss = (yo.float() * gy).sum() + (ho.float() * gh).sum() + (co.float() * gc).sum()
+                got = torch.autograd.grad(loss, [*ins, *ps])
+                names = ("x", "h_0", "c_0", "W_ih", "W_hh", "b_ih", "b_hh")
+                errs = {n: _rel(a, b) for n, a, b in zip(names, got, want)}
+                bound = 1e-2 if dtype == torch.bfloat16 else 2e-3
+                rows.append(dict(shape=(T, B, H), dtype=dname, exchange=exchange, errs=errs,
+                                 ok=all(v < bound for v in errs.values())))  # fmt: skip
+                print(f"grads {rows[-1]}", file=sys.stderr)
+    return rows
+
+
 def bench(shapes, device: str, warmup: int, iters: int, deadline: float) -> list[dict]:
     rows = []
     for T, B, H in shapes:
         m, x, h0, c0 = _case(T, B, H, device)
-        peers = {}
+        peers, peers_fb = {}, {}
         with torch.no_grad():
             for dname, dtype in DTYPES.items():
                 mc = torch.nn.LSTM(H, H).to(device, dtype)
                 mc.load_state_dict(m.state_dict())
-                peers[dname] = time_ms(partial(mc, x.to(dtype), (h0[None].to(dtype), c0[None].to(dtype))), device,
-                                       warmup, iters)  # fmt: skip
+                xd, hc = x.to(dtype), (h0[None].to(dtype), c0[None].to(dtype))
+                peers[dname] = time_ms(partial(mc, xd, hc), device, warmup, iters)
+                with torch.enable_grad():
+                    gy = torch.randn(T, B, H, device=device, dtype=dtype)
+                    peers_fb[dname] = time_ms(partial(_cudnn_train_step, mc, xd, hc, gy), device, warmup, iters)
             for dname, dtype in DTYPES.items():
-                w = [p.detach().to(dtype) for p in (m.weight_ih_l0, m.weight_hh_l0, m.bias_ih_l0, m.bias_hh_l0)]
-                xd, h0d, c0f = x.to(dtype), h0.to(dtype), c0.float()
+                w = _params(m, dtype)
+                wg = [p.clone().requires_grad_() for p in w]
+                xd, h0d, c0d, c0f = x.to(dtype), h0.to(dtype), c0.to(dtype), c0.float()
+                gy = torch.randn(T, B, H, device=device, dtype=dtype)
                 gx = torch.nn.functional.linear(xd, w[0], w[2] + w[3])
+                fwd_out = [torch.empty(T, B, H, dtype=dtype, device=device), h0d.clone(), c0f.clone()]
+                gates = torch.empty(T, B, 4 * H, device=device)
+                cs = torch.empty(T, B, H, device=device)
+                bwd_out = [torch.empty(T, B, 4 * H, dtype=dtype, device=device), c0f.clone()]
                 for C in clusters(B, H, dtype):
                     for exchange in cl.EXCHANGES:
                         if time.monotonic() > deadline:
@@ -124,16 +173,30 @@ def bench(shapes, device: str, warmup: int, iters: int, deadline: float) -> list
                             return rows
                         kw = dict(cluster=C, exchange=exchange)
                         layer = time_ms(partial(cl.lstm_forward, xd, h0d, c0f, *w, **kw), device, warmup, iters)
+                        trains = cl.config(B, H, dtype, C).units % 16 == 0  # (the backward's m-tiles: 16 units)
+                        with torch.enable_grad():
+                            fb = time_ms(partial(_train_step, cl.layer, xd, h0d, c0d, wg, gy, **kw), device, warmup,
+                                         iters) if trains else float("nan")  # fmt: skip
                         ablations = cl.ABLATIONS if C == clusters(B, H, dtype)[0] else (0,)
-                        steps = {a: time_ms(partial(cl.forward, gx, h0d, c0f, w[1], ablate=a, **kw), device, warmup,
-                                            iters) * 1e3 / T for a in ablations}  # fmt: skip
+                        steps, bsteps = {}, {}
+                        for a in ablations:
+                            cfg = cl.config(B, H, dtype, C, a, True, exchange)
+                            fwd_args = [gx, w[1], h0d, c0f, *fwd_out, None, None, T, B]
+                            bwd_args = [w[1], gates, cs, c0f, gy, h0d, c0f, *bwd_out, T, B]
+                            steps[a] = time_ms(partial(cl._run, cfg, "fwd", fwd_args, B), device, warmup, iters)
+                            steps[a] = steps[a] * 1e3 / T
+                            if trains:
+                                bsteps[a] = time_ms(partial(cl._run, cfg, "bwd", bwd_args, B), device, warmup,
+                                                    iters) * 1e3 / T  # fmt: skip
                         rows.append(dict(shape=(T, B, H), dtype=dname, C=C, exchange=exchange, ours=layer,
-                                         cudnn=peers[dname], cudnn_fp16=peers["fp16"], steps=steps))  # fmt: skip
+                                         cudnn=peers[dname], cudnn_fp16=peers["fp16"], ours_fb=fb,
+                                         cudnn_fb=peers_fb[dname], cudnn_fp16_fb=peers_fb["fp16"], steps=steps,
+                                         bsteps=bsteps))  # fmt: skip
                         print(f"time {rows[-1]}", file=sys.stderr)
     return rows
 
 
-def render(machine: str, cmd: str, checks: list[dict], times: list[dict]) -> str:
+def render(machine: str, cmd: str, checks: list[dict], grads: list[dict], times: list[dict]) -> str:
     out = [f"# Cluster LSTM forward (cluster_lstm.py) against cuDNN: {machine}", "",
            f"Command: `{cmd}`, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC.", "",
            "## Check against float64 cuDNN (relative error; bound 1e-2 bf16, 2e-3 fp16)", "",
@@ -143,7 +206,26 @@ def render(machine: str, cmd: str, checks: list[dict], times: list[dict]) -> str
         out.append(f"| {r['shape']} | {r['dtype']} | {r['C']} | {r['exchange']} | "
                    f"{'tanh.approx' if r['fast'] else 'exact'} | "
                    f"{r['y']:.2e} | {r['h_T']:.2e} | {r['c_T']:.2e} | {'yes' if r['ok'] else '**no**'} |")  # fmt: skip
+    if grads:
+        out += ["", "## Gradients against float64 cuDNN (relative error; same bounds)", "",
+                "| shape | dtype | exchange | x | h_0 | c_0 | W_ih | W_hh | b_ih | b_hh | ok |",
+                "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in grads:
+            out.append(f"| {r['shape']} | {r['dtype']} | {r['exchange']} | "
+                       + " | ".join(f"{v:.2e}" for v in r["errs"].values()) + f" | {'yes' if r['ok'] else '**no**'} |")
     if times:
+        out += ["", "## Forward+backward, one layer, ms (a train step: forward, y.backward(gy))", "",
+                "| shape | dtype | CTAs | exchange | ours | cuDNN same dtype | speed-up | cuDNN fp16 (goal 3) | "
+                "speed-up | backward kernel us/step | no synchronisation | exchange only |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in times:
+            if r["ours_fb"] != r["ours_fb"]:  # nan: no backward for this cluster size
+                continue
+            s = {a: f"{v:.3g}" for a, v in r["bsteps"].items()}
+            out.append(f"| {r['shape']} | {r['dtype']} | {r['C']} | {r['exchange']} | {r['ours_fb']:.3g} | "
+                       f"{r['cudnn_fb']:.3g} | {r['cudnn_fb'] / r['ours_fb']:.2f}x | {r['cudnn_fp16_fb']:.3g} | "
+                       f"{r['cudnn_fp16_fb'] / r['ours_fb']:.2f}x | {s[0]} | {s.get(1, '')} | "
+                       f"{s.get(2, '')} |")  # fmt: skip
         out += ["", "## Forward, one layer (input GEMM + recurrence), ms; speed-up = peer / ours", "",
                 "| shape | dtype | CTAs | exchange | ours | cuDNN same dtype | speed-up | cuDNN fp16 (goal 3) | "
                 "speed-up | kernel us/step | no synchronisation | exchange only |",
@@ -159,7 +241,8 @@ def render(machine: str, cmd: str, checks: list[dict], times: list[dict]) -> str
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("--dry-run", action="store_true", help="CPU: check the emulation on a tiny shape, no timings")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="CPU: the emulation on a tiny shape, every table (timings meaningless)")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--budget-s", type=float, default=55.0, help="stop timing after this many seconds in all")
@@ -171,13 +254,15 @@ def main(argv=None) -> int:
     deadline = time.monotonic() + args.budget_s
     shapes = DRY_SHAPES if args.dry_run else SHAPES
     checks = check(shapes, device)
-    times = [] if args.dry_run else bench(shapes, device, args.warmup, args.iters, deadline)
+    grads = check_grads(shapes, device)
+    iters = (0, 1) if args.dry_run else (args.warmup, args.iters)
+    times = bench(shapes, device, *iters, deadline)
     machine = torch.cuda.get_device_name() if device == "cuda" else f"CPU emulation ({platform.machine()})"
-    text = render(machine, "python " + " ".join(sys.argv), checks, times)
+    text = render(machine, "python " + " ".join(sys.argv), checks, grads, times)
     if args.out:
         args.out.write_text(text)
     print(text)
-    return 0 if all(r["ok"] for r in checks) else 1
+    return 0 if all(r["ok"] for r in checks + grads) else 1
 
 
 if __name__ == "__main__":

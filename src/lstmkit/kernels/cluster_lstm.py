@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ClusterConfig", "config", "source", "emulation_source", "compile_cubin", "forward", "emulate",
+__all__ = ["ClusterConfig", "config", "source", "emulation_source", "compile_cubin", "forward", "emulate", "layer",
            "lstm_forward", "nvrtc_available"]
 
 _HEAD = r"""
@@ -59,27 +59,46 @@ _HEAD = r"""
 #define F16 {F16}
 #define FAST {FAST}
 #define EXCH {EXCH}
+#define SMEM_F {SMEM_F}
+#define SMEM_B {SMEM_B}
 #define UNITS (HID / CL)
 #define WARPS (UNITS / 8)
 #define BT (8 * NT)
 #define KT (HID / 16)
 #define HS (HID + 8)
 #define CH (UNITS / 8)
+#define G4F (4 * HID)
 
 typedef unsigned short u16;
 typedef unsigned int u32;
 struct alignas(16) v4 { u32 x, y, z, w; };
-struct alignas(16) Smem {
-  u16 hbuf[2][BT][HS];      // h_{t-1} of the cluster's batch rows, all units, double-buffered
-  u16 stage[2][BT][UNITS];  // h_t of this CTA's units, double-buffered (by step parity)
-  unsigned long long mbar[2];  // EXCH 1: the mbarrier of each hbuf
+struct alignas(16) Smem {       // the forward's shared memory
+  unsigned long long mbar[2];  // EXCH 1: the mbarrier of each hbuf (first: the emulation finds it at offset 0)
+  u16 hbuf[2][BT][HS];         // h_{t-1} of the cluster's batch rows, all units, double-buffered
+  u16 stage[2][BT][UNITS];     // h_t of this CTA's units, double-buffered (by step parity)
 };
+static_assert(sizeof(Smem) == SMEM_F, "the host's size of the forward's shared memory is wrong");
+#if UNITS % 16 == 0
+#define G4 (4 * HID)
+#define MT (UNITS / 16)        // backward: m-tiles of this CTA's units
+#define KW (G4 / WARPS)        // backward: the K (gate columns of da) of each warp
+#define KTW (KW / 16)
+#define GS (G4 + 8)            // backward: row stride of the exchanged da buffer
+struct alignas(16) SmemB {     // the backward's
+  unsigned long long mbar[2];
+  u16 dabuf[2][BT][GS];        // da_{t+1} of the cluster's batch rows, all 4 HID gate columns, double-buffered
+  u16 stage[2][BT][4][UNITS];  // da_t of this CTA's units, per gate
+  float red[WARPS][MT][NT][4][32];  // each warp's partial dh (its K range), in fragment order
+};
+static_assert(sizeof(SmemB) == SMEM_B, "the host's size of the backward's shared memory is wrong");
+#endif
 """
 
 # The GPU's side of the helpers: PTX for conversions, tensor-core products and the cluster.
 _DEVICE = r"""
 #define KERNEL extern "C" __global__ void __cluster_dims__(CL, 1, 1) __launch_bounds__(WARPS * 32, 1)
-#define SMEM __shared__ Smem sm;
+#define SMEM(Type) extern __shared__ __align__(16) unsigned char smem_raw[]; \
+                   Type& sm = *reinterpret_cast<Type*>(smem_raw);
 
 static __device__ __forceinline__ float to_f32(u16 v) {
 #if F16
@@ -169,7 +188,6 @@ _EMU = r"""
 #include <array>
 #include <atomic>
 #include <chrono>
-#include <cstddef>
 #include <cstdio>
 #include <cstdlib>
 #include <mutex>
@@ -181,7 +199,7 @@ _EMU = r"""
 #define __device__
 #define __forceinline__ inline
 #define KERNEL static void
-#define SMEM Smem& sm = emu::cl->smem[emu::rank];
+#define SMEM(Type) Type& sm = *reinterpret_cast<Type*>(emu::cl->smem[emu::rank].data());
 #define __restrict__
 
 namespace emu {
@@ -232,12 +250,12 @@ struct MBar {
 struct Dim { int x, y, z; };
 struct Lane { u32 a[4]; u32 b[2]; };
 struct Cluster {
-  std::vector<Smem> smem;
+  std::vector<std::vector<v4>> smem;  // each CTA's shared memory, 16-byte aligned
   std::vector<std::unique_ptr<Barrier>> cta, warp;
   std::unique_ptr<Barrier> all;
   std::vector<std::array<Lane, 32>> slots;
   std::vector<std::array<MBar, 2>> mbars;
-  Cluster() : smem(CL), mbars(CL) {
+  Cluster() : smem(CL, std::vector<v4>((SMEM_F > SMEM_B ? SMEM_F : SMEM_B) / 16 + 1)), mbars(CL) {
     for (int r = 0; r < CL; ++r) cta.emplace_back(new Barrier(WARPS * 32));
     for (int w = 0; w < CL * WARPS; ++w) warp.emplace_back(new Barrier(32));
     all.reset(new Barrier(CL * WARPS * 32));
@@ -287,15 +305,15 @@ static inline void mma(float* d, const u32* a, u32 b0, u32 b1) {
   emu::cl->warp[emu::gwarp]->arrive_and_wait();
 }
 static inline u32 smem_addr(const void* p) {
-  return (u32)((const char*)p - (const char*)&emu::cl->smem[emu::rank]);
+  return (u32)((const char*)p - (const char*)emu::cl->smem[emu::rank].data());
 }
 static inline u32 cluster_rank() { return (u32)emu::rank; }
 static inline u32 map_rank(u32 addr, u32 rank) { return (rank << 24) | (addr & 0xFFFFFFu); }
 static inline void st_cluster(u32 addr, v4 v) {
-  std::memcpy((char*)&emu::cl->smem[addr >> 24] + (addr & 0xFFFFFFu), &v, 16);
+  std::memcpy((char*)emu::cl->smem[addr >> 24].data() + (addr & 0xFFFFFFu), &v, 16);
 }
 static inline emu::MBar& mbar_at(u32 addr) {  // the emulated mbarrier behind a (cluster) address of Smem::mbar
-  return emu::cl->mbars[addr >> 24][((addr & 0xFFFFFFu) - offsetof(Smem, mbar)) / 8];
+  return emu::cl->mbars[addr >> 24][(addr & 0xFFFFFFu) / 8];  // mbar[2] opens both kernels' shared memory
 }
 static inline void st_async(u32 addr, v4 v, u32 mbar) { st_cluster(addr, v); mbar_at(mbar).complete(16); }
 static inline void mbar_init(u32 addr, u32 count) { mbar_at(map_rank(addr, emu::rank)).init((int)count); }
@@ -310,8 +328,8 @@ static inline void cluster_wait() { emu::cl->all->wait(emu::token); }
 """
 
 _EMU_LAUNCH = r"""
-extern "C" int emu_run(const u16* gx, const u16* w, const u16* h0, const float* c0, u16* y, u16* hT, float* cT,
-                       int T, int B, int grid_y) {
+// every GPU thread of the grid (cluster after cluster) as one std::thread running body
+template <class F> static void launch(int grid_y, F body) {
   for (int by = 0; by < grid_y; ++by) {
     emu::Cluster cl;
     std::vector<std::thread> threads;
@@ -319,12 +337,23 @@ extern "C" int emu_run(const u16* gx, const u16* w, const u16* h0, const float* 
       for (int t = 0; t < WARPS * 32; ++t)
         threads.emplace_back([=, &cl] {
           emu::tid = {t, 0, 0}; emu::bid = {r, by, 0}; emu::cl = &cl; emu::rank = r; emu::gwarp = r * WARPS + t / 32;
-          lstm_cluster_fwd(gx, w, h0, c0, y, hT, cT, T, B);
+          body();
         });
     for (auto& th : threads) th.join();
   }
+}
+extern "C" int emu_run(const u16* gx, const u16* w, const u16* h0, const float* c0, u16* y, u16* hT, float* cT,
+                       float* gates, float* cs, int T, int B, int grid_y) {
+  launch(grid_y, [=] { lstm_cluster_fwd(gx, w, h0, c0, y, hT, cT, gates, cs, T, B); });
   return 0;
 }
+#if UNITS % 16 == 0
+extern "C" int emu_run_bwd(const u16* w, const float* gates, const float* cs, const float* c0, const u16* dy,
+                           const u16* dhT, const float* dcT, u16* da, float* dc0, int T, int B, int grid_y) {
+  launch(grid_y, [=] { lstm_cluster_bwd(w, gates, cs, c0, dy, dhT, dcT, da, dc0, T, B); });
+  return 0;
+}
+#endif
 """
 
 _KERNEL = r"""
@@ -350,8 +379,10 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
                         u16* __restrict__ y,           // (T, B, HID)
                         u16* __restrict__ hT,          // (B, HID)
                         float* __restrict__ cT,        // (B, HID)
+                        float* __restrict__ gates,     // (T, B, 4 HID) i, f, g, o after activation, or null
+                        float* __restrict__ cs,        // (T, B, HID) c_t, or null (both for the backward)
                         int T, int B) {
-  SMEM
+  SMEM(Smem)
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
   const u32 rank = cluster_rank();
   const int b0 = blockIdx.y * BT;
@@ -437,8 +468,15 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
         const float af = acc[0][nt][0][2 + j] + acc[0][nt][1][2 + j] + gxr[nt][1][j];
         const float ag = acc[1][nt][0][j] + acc[1][nt][1][j] + gxr[nt][2][j];
         const float ao = acc[1][nt][0][2 + j] + acc[1][nt][1][2 + j] + gxr[nt][3][j];
-        c[nt][j] = sigm(af) * c[nt][j] + sigm(ai) * tanh_(ag);
-        st[nt * 8 + 2 * q + j][ul] = from_f32(sigm(ao) * tanh_(c[nt][j]));
+        const float si = sigm(ai), sf = sigm(af), tg = tanh_(ag), so = sigm(ao);
+        c[nt][j] = sf * c[nt][j] + si * tg;
+        st[nt * 8 + 2 * q + j][ul] = from_f32(so * tanh_(c[nt][j]));
+        const int b = b0 + nt * 8 + 2 * q + j;
+        if (gates != nullptr && b < B) {  // saved for the backward (off the step's critical path)
+          float* gp = gates + ((long long)t * B + b) * G4F + unit;
+          gp[0] = si; gp[HID] = sf; gp[2 * HID] = tg; gp[3 * HID] = so;
+          cs[((long long)t * B + b) * HID + unit] = c[nt][j];
+        }
       }
 #else  // the exchange alone: copy this CTA's slice of h_{t-1} forward
 #pragma unroll
@@ -489,6 +527,188 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
   cluster_arrive();  // no CTA leaves while another may still write into its shared memory
   cluster_wait();
 }
+#if UNITS % 16 == 0
+// dLoss/d(pre-activations) of step t, backwards from t = T-1: program (cluster) of the forward's, mirrored.
+// Each CTA holds the columns of W_hh for its units as A fragments of dh^T = W_hh[:, units]^T da^T, the
+// product's K (the 4 HID gate columns of da) split over the warps; the partial sums meet in shared memory.
+// da_t of its units is pushed to every CTA as h_t is in the forward.
+static __device__ __forceinline__ void load_saved(float (&gl)[NT][4][2], float (&cl)[NT][2], float (&cp)[NT][2],
+                                                  float (&dyl)[NT][2], const float* __restrict__ gates,
+                                                  const float* __restrict__ cs, const float* __restrict__ c0,
+                                                  const u16* __restrict__ dy, int t, int B, int b0, int unit, int q) {
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int b = b0 + nt * 8 + 2 * q + j;
+      const bool in = b < B && t >= 0;
+      const float* gp = gates + ((long long)t * B + b) * G4 + unit;
+#pragma unroll
+      for (int gate = 0; gate < 4; ++gate) gl[nt][gate][j] = in ? gp[gate * HID] : 0.0f;
+      cl[nt][j] = in ? cs[((long long)t * B + b) * HID + unit] : 0.0f;
+      cp[nt][j] = !in ? 0.0f : t > 0 ? cs[((long long)(t - 1) * B + b) * HID + unit] : c0[(long long)b * HID + unit];
+      dyl[nt][j] = in ? to_f32(dy[((long long)t * B + b) * HID + unit]) : 0.0f;
+    }
+}
+
+KERNEL lstm_cluster_bwd(const u16* __restrict__ w,       // (4 HID, HID): W_hh
+                        const float* __restrict__ gates,  // (T, B, 4 HID): the forward's i, f, g, o
+                        const float* __restrict__ cs,     // (T, B, HID): the forward's c_t
+                        const float* __restrict__ c0,     // (B, HID)
+                        const u16* __restrict__ dy,       // (T, B, HID): dLoss/dy_t
+                        const u16* __restrict__ dhT,      // (B, HID): dLoss/dh_T
+                        const float* __restrict__ dcT,    // (B, HID): dLoss/dc_T
+                        u16* __restrict__ da,             // (T, B, 4 HID) out: dLoss/d(x_t W_ih^T + b + h W_hh^T)
+                        float* __restrict__ dc0,          // (B, HID) out: dLoss/dc_0
+                        int T, int B) {
+  SMEM(SmemB)
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
+  const u32 rank = cluster_rank();
+  const int b0 = blockIdx.y * BT;
+  const int ul = warp * 8 + g;
+  const int unit = rank * UNITS + ul;
+
+  // A[m][k] = W_hh[k][unit m]: m-tile mt, row r = this CTA's unit mt*16 + r; k in this warp's K range
+  u32 wa[MT][KTW][4];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+    const int u0 = rank * UNITS + mt * 16 + g, u1 = u0 + 8;
+#pragma unroll
+    for (int kt = 0; kt < KTW; ++kt) {
+      const int k0 = warp * KW + kt * 16 + 2 * q, k1 = k0 + 8;
+      auto wk = [&](int k, int u) {  // W_hh[k][u] and W_hh[k + 1][u], one register
+        return (u32)w[(long long)k * HID + u] | ((u32)w[(long long)(k + 1) * HID + u] << 16);
+      };
+      wa[mt][kt][0] = wk(k0, u0); wa[mt][kt][1] = wk(k0, u1); wa[mt][kt][2] = wk(k1, u0); wa[mt][kt][3] = wk(k1, u1);
+    }
+  }
+  for (int i = tid; i < BT * GS; i += WARPS * 32) sm.dabuf[0][i / GS][i % GS] = 0;  // da_T = 0
+  float dc[NT][2], dhl[NT][2];
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int b = b0 + nt * 8 + 2 * q + j;
+      dc[nt][j] = b < B ? dcT[(long long)b * HID + unit] : 0.0f;
+      dhl[nt][j] = b < B ? to_f32(dhT[(long long)b * HID + unit]) : 0.0f;
+    }
+  float gl[NT][4][2], cl[NT][2], cp[NT][2], dyl[NT][2];
+  load_saved(gl, cl, cp, dyl, gates, cs, c0, dy, T - 1, B, b0, unit, q);
+#if EXCH == 1 && ABL != 1
+  const u32 bytes = BT * G4 * 2;
+  if (tid == 0) {
+    mbar_init(smem_addr(&sm.mbar[0]), 1);
+    mbar_init(smem_addr(&sm.mbar[1]), 1);
+    mbar_fence_init();
+    if (T >= 2) mbar_expect(smem_addr(&sm.mbar[1]), bytes);
+  }
+  u32 parity = 0;
+#endif
+  cluster_arrive();
+  cluster_wait();
+
+  int cur = 0;
+  for (int s = 0; s < T; ++s) {
+    const int t = T - 1 - s;
+#if EXCH == 1 && ABL != 1
+    if (s >= 1) {  // da_{t+1} from every CTA
+      mbar_wait(smem_addr(&sm.mbar[cur]), (parity >> cur) & 1);
+      parity ^= 1u << cur;
+    }
+    if (tid == 0 && s + 2 <= T - 1) mbar_expect(smem_addr(&sm.mbar[cur]), bytes);
+#endif
+    u16 (&st)[BT][4][UNITS] = sm.stage[s & 1];
+#if ABL != 2
+    float acc[MT][NT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[mt][nt][e] = 0.0f;
+#pragma unroll
+    for (int kt = 0; kt < KTW; ++kt)
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        const u32* dr = reinterpret_cast<const u32*>(&sm.dabuf[cur][nt * 8 + g][warp * KW + kt * 16 + 2 * q]);
+        const u32 bb0 = dr[0], bb1 = dr[4];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) mma(acc[mt][nt], wa[mt][kt], bb0, bb1);
+      }
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) sm.red[warp][mt][nt][e][lane] = acc[mt][nt][e];
+    __syncthreads();
+    // unit ul = mt*16 + 8 hi + g: its partial sums sit in every warp's lane of this thread, element 2 hi + j
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        float dh = dyl[nt][j] + dhl[nt][j];
+#pragma unroll
+        for (int v = 0; v < WARPS; ++v) dh += sm.red[v][ul / 16][nt][2 * ((ul % 16) / 8) + j][lane];
+        const float i = gl[nt][0][j], f = gl[nt][1][j], gg = gl[nt][2][j], o = gl[nt][3][j];
+        const float tc = tanh_(cl[nt][j]);
+        const float dct = dc[nt][j] + dh * o * (1.0f - tc * tc);
+        dc[nt][j] = dct * f;
+        u16* sp = &st[nt * 8 + 2 * q + j][0][ul];
+        sp[0] = from_f32(dct * gg * i * (1.0f - i));
+        sp[UNITS] = from_f32(dct * cp[nt][j] * f * (1.0f - f));
+        sp[2 * UNITS] = from_f32(dct * i * (1.0f - gg * gg));
+        sp[3 * UNITS] = from_f32(dh * tc * o * (1.0f - o));
+        dhl[nt][j] = 0.0f;
+      }
+#else  // the exchange alone
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int j = 0; j < 2; ++j)
+#pragma unroll
+        for (int gate = 0; gate < 4; ++gate)
+          st[nt * 8 + 2 * q + j][gate][ul] = sm.dabuf[cur][nt * 8 + 2 * q + j][gate * HID + unit];
+#endif
+    __syncthreads();
+    if (s + 1 < T) {  // push da_t into the other buffer of every CTA (da_0 goes to global memory only)
+      for (int i = tid; i < CL * BT * 4 * CH; i += WARPS * 32) {
+        const int dst = i / (BT * 4 * CH), r = (i / (4 * CH)) % BT, gate = (i / CH) % 4, ch = i % CH;
+        const v4 v = *reinterpret_cast<const v4*>(&st[r][gate][ch * 8]);
+        const u32 to = map_rank(smem_addr(&sm.dabuf[cur ^ 1][r][gate * HID + rank * UNITS + ch * 8]), dst);
+#if EXCH == 1 && ABL != 1
+        st_async(to, v, map_rank(smem_addr(&sm.mbar[cur ^ 1]), dst));
+#else
+        st_cluster(to, v);
+#endif
+      }
+    }
+#if EXCH == 0 && ABL != 1
+    cluster_arrive();
+#endif
+    for (int i = tid; i < BT * 4 * CH; i += WARPS * 32) {
+      const int r = i / (4 * CH), gate = (i / CH) % 4, ch = i % CH, b = b0 + r;
+      if (b < B)
+        *reinterpret_cast<v4*>(&da[((long long)t * B + b) * G4 + gate * HID + rank * UNITS + ch * 8]) =
+            *reinterpret_cast<const v4*>(&st[r][gate][ch * 8]);
+    }
+    load_saved(gl, cl, cp, dyl, gates, cs, c0, dy, t - 1, B, b0, unit, q);
+#if EXCH == 0 && ABL != 1
+    cluster_wait();
+#endif
+    cur ^= 1;
+  }
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int b = b0 + nt * 8 + 2 * q + j;
+      if (b < B) dc0[(long long)b * HID + unit] = dc[nt][j];
+    }
+  cluster_arrive();
+  cluster_wait();
+}
+#endif
 """
 
 #: the largest cluster that every sm_90 GPU must be able to schedule ("portable" size)
@@ -551,6 +771,8 @@ def config(B: int, H: int, dtype: torch.dtype, cluster: int | None = None, ablat
 
 
 def _defines(text: str, cfg: ClusterConfig) -> str:
+    smem_f, smem_b = _smem_bytes(cfg)
+    text = text.replace("{SMEM_F}", str(smem_f)).replace("{SMEM_B}", str(smem_b))
     return text.replace("{H}", str(cfg.H)).replace("{C}", str(cfg.C)).replace("{NT}", str(cfg.NT)).replace(
         "{ABLATE}", str(cfg.ablate)).replace("{F16}", str(int(cfg.dtype == torch.float16))).replace(
         "{FAST}", str(int(cfg.fast))).replace("{EXCH}", str(EXCHANGES.index(cfg.exchange)))  # fmt: skip
@@ -664,60 +886,6 @@ def _cu_check(res: int, what: str) -> None:
 
 
 @functools.cache
-def _function(key: tuple, device_index: int) -> ctypes.c_void_p:
-    props = torch.cuda.get_device_properties(device_index)
-    arch = props.major * 10 + props.minor
-    cubin, _ = _compile(key, arch)
-    with torch.cuda.device(device_index):
-        torch.cuda.init()
-        torch.empty(1, device=f"cuda:{device_index}")  # torch's primary context, current on this thread
-        mod, fn = ctypes.c_void_p(), ctypes.c_void_p()
-        _cu_check(_driver().cuModuleLoadData(ctypes.byref(mod), ctypes.c_char_p(cubin)), "cuModuleLoadData")
-        _cu_check(_driver().cuModuleGetFunction(ctypes.byref(fn), mod, b"lstm_cluster_fwd"), "cuModuleGetFunction")
-    return fn
-
-
-def forward(gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, *, cluster: int | None = None, ablate: int = 0,
-            fast: bool = True, exchange: str = "barrier") -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-    """One layer's recurrence: gx (T, B, 4H) = x W_ih^T + b_ih + b_hh, h0, c0 (B, H), W_hh (4H, H) ->
-    y (T, B, H), h_T, c_T (c_T in float32). CUDA, sm_90+, bf16 / fp16, forward only (no autograd)."""
-    if gx.device.type != "cuda":
-        raise ValueError(f"the cluster kernel runs on a CUDA GPU (sm_90+), got a tensor on {gx.device}; "
-                         "cluster_lstm.emulate runs it on the CPU")  # fmt: skip
-    _check(gx, h0, c0, w_hh)
-    T, B, G = gx.shape
-    H = G // 4
-    cfg = config(B, H, gx.dtype, cluster, ablate, fast, exchange)
-    dev = gx.device
-    gx = gx.contiguous()
-    w = w_hh.to(gx.dtype).contiguous()
-    h0 = h0.to(gx.dtype).contiguous()
-    c0 = c0.float().contiguous()
-    y = torch.empty(T, B, H, dtype=gx.dtype, device=dev)
-    hT = h0.clone() if T == 0 else torch.empty(B, H, dtype=gx.dtype, device=dev)
-    cT = torch.empty(B, H, dtype=torch.float32, device=dev)
-    if T == 0:
-        return y, hT, c0.clone()
-    fn = _function(cfg.key(), dev.index if dev.index is not None else torch.cuda.current_device())
-    ptrs = [ctypes.c_void_p(t.data_ptr()) for t in (gx, w, h0, c0, y, hT, cT)]
-    ints = [ctypes.c_int(T), ctypes.c_int(B)]
-    args = (ctypes.c_void_p * 9)(*[ctypes.cast(ctypes.byref(a), ctypes.c_void_p) for a in (*ptrs, *ints)])
-    stream = ctypes.c_void_p(torch.cuda.current_stream(dev).cuda_stream)
-    grid_y = math.ceil(B / cfg.batch_rows)
-    _cu_check(_driver().cuLaunchKernel(fn, cfg.C, grid_y, 1, cfg.threads, 1, 1, 0, stream, args, None),
-              f"cuLaunchKernel {cfg}")  # fmt: skip
-    return y, hT, cT
-
-
-def _check(gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor) -> None:
-    T, B, G = gx.shape
-    H = G // 4
-    if G != 4 * H or tuple(w_hh.shape) != (4 * H, H) or tuple(h0.shape) != (B, H) or tuple(c0.shape) != (B, H):
-        raise ValueError(f"shapes: gx (T, B, 4H), w_hh (4H, H), h0 and c0 (B, H); got {tuple(gx.shape)}, "
-                         f"{tuple(w_hh.shape)}, {tuple(h0.shape)}, {tuple(c0.shape)}")  # fmt: skip
-
-
-@functools.cache
 def _emulator(key: tuple) -> ctypes.CDLL:
     import hashlib
     import subprocess
@@ -740,31 +908,151 @@ def _emulator(key: tuple) -> ctypes.CDLL:
     return ctypes.CDLL(lib)
 
 
-def emulate(gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, *, cluster: int | None = None,
-            fast: bool = True, exchange: str = "barrier") -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-    """:func:`forward` on the CPU: the kernel's C++ compiled by g++ with the GPU primitives emulated (one
-    thread per GPU thread, so keep shapes small). CPU tensors; same results as the GPU up to the activations
-    (``tanhf`` here, ``tanh.approx.f32`` there with ``fast``) and the order of the fp32 sums."""
-    _check(gx, h0, c0, w_hh)
+def _smem_bytes(cfg: ClusterConfig) -> tuple[int, int]:
+    """Shared memory of the forward's and the backward's CTA (``Smem``, ``SmemB``; the C++ static_asserts it)."""
+    r16 = lambda n: -(-n // 16) * 16  # noqa: E731
+    BT, H, U, W = cfg.batch_rows, cfg.H, cfg.units, cfg.threads // 32
+    fwd = r16(16 + 2 * BT * (H + 8) * 2 + 2 * BT * U * 2)
+    red = W * (U // 16) * cfg.NT * 4 * 32 * 4
+    bwd = r16(16 + 2 * BT * (4 * H + 8) * 2 + 2 * BT * 4 * U * 2 + red) if U % 16 == 0 else 0
+    return fwd, bwd
+
+
+@functools.cache
+def _function(key: tuple, device_index: int, name: str, smem: int) -> ctypes.c_void_p:
+    props = torch.cuda.get_device_properties(device_index)
+    cubin, _ = _compile(key, props.major * 10 + props.minor)
+    with torch.cuda.device(device_index):
+        torch.empty(1, device=f"cuda:{device_index}")  # torch's primary context, current on this thread
+        mod, fn = ctypes.c_void_p(), ctypes.c_void_p()
+        _cu_check(_driver().cuModuleLoadData(ctypes.byref(mod), ctypes.c_char_p(cubin)), "cuModuleLoadData")
+        _cu_check(_driver().cuModuleGetFunction(ctypes.byref(fn), mod, name.encode()), f"cuModuleGetFunction {name}")
+        max_dynamic_shared = 8  # CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+        _cu_check(_driver().cuFuncSetAttribute(fn, max_dynamic_shared, smem), f"{name}: {smem} bytes of shared memory")
+    return fn
+
+
+def _c_args(args: list) -> list:
+    """Tensors (or None) as pointers, ints as C ints: the kernels' arguments."""
+    return [ctypes.c_int(a) if isinstance(a, int) else ctypes.c_void_p(0 if a is None else a.data_ptr()) for a in args]
+
+
+def _run(cfg: ClusterConfig, kind: str, args: list, B: int) -> None:
+    """Launch the forward (``kind`` "fwd") or backward kernel of ``cfg`` on the device of the first tensor:
+    a GPU (NVRTC, the driver) or the CPU (the emulation)."""
+    grid_y = math.ceil(B / cfg.batch_rows)
+    dev = args[0].device
+    vals = _c_args(args)
+    if dev.type == "cpu":
+        lib = _emulator(cfg.key())
+        (lib.emu_run if kind == "fwd" else lib.emu_run_bwd)(*vals, ctypes.c_int(grid_y))
+        return
+    smem = _smem_bytes(cfg)[0 if kind == "fwd" else 1]
+    index = dev.index if dev.index is not None else torch.cuda.current_device()
+    fn = _function(cfg.key(), index, f"lstm_cluster_{kind}", smem)
+    arr = (ctypes.c_void_p * len(vals))(*[ctypes.cast(ctypes.byref(v), ctypes.c_void_p) for v in vals])
+    stream = ctypes.c_void_p(torch.cuda.current_stream(dev).cuda_stream)
+    _cu_check(_driver().cuLaunchKernel(fn, cfg.C, grid_y, 1, cfg.threads, 1, 1, smem, stream, arr, None),
+              f"cuLaunchKernel {kind} {cfg}")  # fmt: skip
+
+
+def _check(gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor) -> None:
     T, B, G = gx.shape
     H = G // 4
-    cfg = config(B, H, gx.dtype, cluster, 0, fast, exchange)
-    u16 = lambda t: t.to(gx.dtype).contiguous().view(torch.int16)  # noqa: E731
-    gx_, w_, h0_ = u16(gx), u16(w_hh), u16(h0)
-    c0_ = c0.float().contiguous()
-    y = torch.zeros(T, B, H, dtype=torch.int16)
-    hT = h0_.clone()
-    cT = c0_.clone()
-    ptr = lambda t: ctypes.c_void_p(t.data_ptr())  # noqa: E731
+    if G != 4 * H or tuple(w_hh.shape) != (4 * H, H) or tuple(h0.shape) != (B, H) or tuple(c0.shape) != (B, H):
+        raise ValueError(f"shapes: gx (T, B, 4H), w_hh (4H, H), h0 and c0 (B, H); got {tuple(gx.shape)}, "
+                         f"{tuple(w_hh.shape)}, {tuple(h0.shape)}, {tuple(c0.shape)}")  # fmt: skip
+    if gx.device.type == "cuda" and torch.cuda.get_device_capability(gx.device)[0] < 9:
+        raise ValueError("the cluster kernel needs thread-block clusters: an sm_90 (Hopper) or newer GPU")
+
+
+def _forward(cfg: ClusterConfig, gx: Tensor, w: Tensor, h0: Tensor, c0: Tensor, save: bool):
+    T, B, _ = gx.shape
+    H, dev = cfg.H, gx.device
+    y = torch.empty(T, B, H, dtype=gx.dtype, device=dev)
+    hT, cT = h0.clone(), c0.clone()
+    gates = torch.empty(T, B, 4 * H, dtype=torch.float32, device=dev) if save else None
+    cs = torch.empty(T, B, H, dtype=torch.float32, device=dev) if save else None
     if T > 0:
-        _emulator(cfg.key()).emu_run(ptr(gx_), ptr(w_), ptr(h0_), ptr(c0_), ptr(y), ptr(hT), ptr(cT),
-                                     ctypes.c_int(T), ctypes.c_int(B), ctypes.c_int(math.ceil(B / cfg.batch_rows)))
-    return y.view(gx.dtype), hT.view(gx.dtype), cT
+        _run(cfg, "fwd", [gx, w, h0, c0, y, hT, cT, gates, cs, T, B], B)
+    return y, hT, cT, gates, cs
+
+
+def forward(gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, *, cluster: int | None = None, ablate: int = 0,
+            fast: bool = True, exchange: str = "barrier") -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """One layer's recurrence, no autograd: gx (T, B, 4H) = x W_ih^T + b_ih + b_hh, h0, c0 (B, H), W_hh (4H, H)
+    -> y (T, B, H), h_T, c_T (float32). On an sm_90+ GPU; CPU tensors run the emulation (slow: tests)."""
+    _check(gx, h0, c0, w_hh)
+    cfg = config(gx.shape[1], gx.shape[2] // 4, gx.dtype, cluster, ablate, fast, exchange)
+    y, hT, cT, _, _ = _forward(cfg, gx.contiguous(), w_hh.to(gx.dtype).contiguous(), h0.to(gx.dtype).contiguous(),
+                               c0.float().contiguous(), save=False)  # fmt: skip
+    return y, hT, cT
+
+
+def emulate(gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, **kw) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`forward` on the CPU: the kernel's C++ compiled by g++ with the GPU primitives emulated (one
+    thread per GPU thread, so keep shapes small). Same results as the GPU up to the activations (``tanhf``
+    here, ``tanh.approx.f32`` there with ``fast``) and the order of the fp32 sums."""
+    if gx.device.type != "cpu":
+        raise ValueError("emulate takes CPU tensors")
+    return forward(gx, h0, c0, w_hh, **kw)
+
+
+class _Recurrence(torch.autograd.Function):
+    """(gx (T, B, 4H), h0, c0 (B, H), W_hh (4H, H)) -> (y (T, B, H), h_T, c_T), the cluster kernels forward
+    and backward; dW_hh and dh_0 are GEMMs on the da_t the backward kernel writes."""
+
+    @staticmethod
+    def forward(ctx, gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, kw: dict):
+        _check(gx, h0, c0, w_hh)
+        T, B, G = gx.shape
+        dtype = gx.dtype
+        save = any(ctx.needs_input_grad[:4])
+        cfg = config(B, G // 4, dtype, kw.get("cluster"), 0, kw.get("fast", True), kw.get("exchange", "barrier"))
+        if save and cfg.units % 16:
+            raise ValueError(f"{cfg}: the backward needs 16 units per CTA or a multiple; choose a smaller cluster")
+        w = w_hh.to(dtype).contiguous()
+        h0_, c0_ = h0.to(dtype).contiguous(), c0.float().contiguous()
+        y, hT, cT, gates, cs = _forward(cfg, gx.contiguous(), w, h0_, c0_, save)
+        if save:
+            ctx.save_for_backward(w, gates, cs, c0_, h0_, y)
+            ctx.cfg, ctx.dtypes = cfg, (h0.dtype, c0.dtype, w_hh.dtype)
+        return y, hT, cT.to(dtype)
+
+    @staticmethod
+    def backward(ctx, dy: Tensor | None, dhT: Tensor | None, dcT: Tensor | None):
+        w, gates, cs, c0, h0, y = ctx.saved_tensors
+        cfg = ctx.cfg
+        T, B, H = y.shape
+        dtype, dev = y.dtype, y.device
+        dy = torch.zeros_like(y) if dy is None else dy.to(dtype).contiguous()
+        dhT = torch.zeros_like(h0) if dhT is None else dhT.to(dtype).contiguous()
+        dcT = torch.zeros_like(c0) if dcT is None else dcT.float().contiguous()
+        da = torch.empty(T, B, 4 * H, dtype=dtype, device=dev)
+        dc0 = dcT.clone()
+        if T > 0:
+            _run(cfg, "bwd", [w, gates, cs, c0, dy, dhT, dcT, da, dc0, T, B], B)
+        dh0 = (da[0].float() @ w.float()) if T > 0 else dhT.float()
+        h_in = torch.cat([h0[None], y[:-1]]).reshape(T * B, H).float()
+        dw = da.reshape(T * B, 4 * H).float().t() @ h_in
+        h0_dt, c0_dt, w_dt = ctx.dtypes
+        return da, dh0.to(h0_dt), dc0.to(c0_dt), dw.to(w_dt), None
+
+
+def layer(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None,
+          *, cluster: int | None = None, fast: bool = True,
+          exchange: str = "barrier") -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """One LSTM layer with ``torch.nn.LSTM``'s parameters, differentiable in all of them: x (T, B, I) ->
+    y (T, B, H), h_T, c_T in x's dtype (bfloat16 / float16). The input GEMM is torch's; the recurrence runs
+    on the cluster kernels (GPU: sm_90+; CPU tensors: the emulation, for tests)."""
+    b = None if b_ih is None else (b_ih if b_hh is None else b_ih + b_hh)
+    gx = F.linear(x, w_ih.to(x.dtype), None if b is None else b.to(x.dtype))
+    return _Recurrence.apply(gx, h0, c0, w_hh, dict(cluster=cluster, fast=fast, exchange=exchange))
 
 
 def lstm_forward(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
                  b_hh: Tensor | None, **kw) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-    """One layer, torch.nn.LSTM's parameters: x (T, B, I) -> y, h_T, c_T (:func:`forward`)."""
+    """One layer, torch.nn.LSTM's parameters, no autograd: x (T, B, I) -> y, h_T, c_T (:func:`forward`)."""
     b = None if b_ih is None else (b_ih if b_hh is None else b_ih + b_hh)
     gx = F.linear(x, w_ih.to(x.dtype), None if b is None else b.to(x.dtype))
     return forward(gx, h0, c0, w_hh, **kw)
