@@ -19,6 +19,7 @@ In one run, per shape and dtype:
 
     PYTHONPATH=src python benchmarks/gpu_cluster.py --out gpu_cluster.md   # sm_90 GPU, <= 75 s
     PYTHONPATH=src python benchmarks/gpu_cluster.py --dry-run              # CPU: the emulation, plumbing only
+    PYTHONPATH=src python benchmarks/gpu_cluster.py --compile-only         # NVRTC: registers, spills, SASS
 """
 
 from __future__ import annotations
@@ -238,15 +239,64 @@ def render(machine: str, cmd: str, checks: list[dict], grads: list[dict], times:
     return "\n".join(out) + "\n"
 
 
+def compile_report(shapes) -> str:
+    """Without a GPU: both kernels of each configuration built for sm_90 by NVRTC, what ptxas made of them
+    (registers, stack, spills) and what the machine code holds (cuobjdump -sass, Triton's copy)."""
+    import collections
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    lines = ["| shape (T, B, H) | dtype | exchange | kernel | registers | stack | local | dynamic shared bytes | "
+             "instructions | HMMA | cluster barriers | MEMBAR | SYNCS (mbarrier) | STAS (st.async) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for T, B, H in shapes:
+        for dname, dtype in DTYPES.items():
+            for exchange in cl.EXCHANGES:
+                cfg = cl.config(B, H, dtype, exchange=exchange)
+                cubin, _ = cl.compile_cubin(cfg)
+                with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+                    f.write(cubin)
+                    f.flush()
+                    sass, res = (subprocess.run([str(tool), flag, f.name], capture_output=True, text=True).stdout
+                                 for flag in ("-sass", "--dump-resource-usage"))  # fmt: skip
+                for kind, smem in zip(("fwd", "bwd"), cl._smem_bytes(cfg)):
+                    name = f"lstm_cluster_{kind}"
+                    body = sass.split(f"Function : {name}")[1].split("Function :")[0]
+                    op = r"/\*[0-9a-f]{4}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)"
+                    ops = collections.Counter(re.findall(op, body))
+                    usage = re.search(rf"Function {name}:\s*REG:(\d+) STACK:(\d+) SHARED:\d+ LOCAL:(\d+)", res)
+                    reg, stack, local = usage.groups() if usage else ("?", "?", "?")
+                    syncs = sum(v for k, v in ops.items() if k.startswith("SYNCS"))
+                    lines.append(f"| {(T, B, H)} | {dname} | {exchange} | {kind} | {reg} | {stack} | {local} | "
+                                 f"{smem} | {sum(ops.values())} | {ops['HMMA']} | {ops['UCGABAR_ARV']} | "
+                                 f"{ops['MEMBAR']} | {syncs} | {ops['STAS']} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--dry-run", action="store_true",
                     help="CPU: the emulation on a tiny shape, every table (timings meaningless)")
+    ap.add_argument("--compile-only", action="store_true",
+                    help="no GPU: build both kernels for sm_90 (NVRTC) and report registers, spills, instructions")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--budget-s", type=float, default=55.0, help="stop timing after this many seconds in all")
     args = ap.parse_args(argv)
+    if args.compile_only:
+        text = (f"# Cluster kernels built for sm_90 by NVRTC (no GPU), {datetime.date.today()}\n\n"
+                f"Command: `PYTHONPATH=src python benchmarks/gpu_cluster.py --compile-only --out ...`. Default cluster "
+                "size (32 units per CTA); counts are of the whole kernel's machine code (the time loop is unrolled "
+                "over K, not over steps).\n\n" + compile_report(SHAPES))  # fmt: skip
+        if args.out:
+            args.out.write_text(text)
+        print(text)
+        return 0
     device = "cpu" if args.dry_run else "cuda"
     if device == "cuda" and (not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9):
         print("needs an sm_90+ GPU (thread-block clusters); --dry-run runs the CPU emulation", file=sys.stderr)
