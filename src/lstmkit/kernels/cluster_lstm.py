@@ -68,6 +68,8 @@ _HEAD = r"""
 #define HS (HID + 8)
 #define CH (UNITS / 8)
 #define G4F (4 * HID)
+#define SR (UNITS + 8)         // row stride of the staged h_t: +16 bytes, so rows start 4 banks apart
+#define SRB (4 * UNITS + 8)    // ... of the backward's staged da_t
 
 typedef unsigned short u16;
 typedef unsigned int u32;
@@ -75,7 +77,7 @@ struct alignas(16) v4 { u32 x, y, z, w; };
 struct alignas(16) Smem {       // the forward's shared memory
   unsigned long long mbar[2];  // EXCH 1: the mbarrier of each hbuf (first: the emulation finds it at offset 0)
   u16 hbuf[2][BT][HS];         // h_{t-1} of the cluster's batch rows, all units, double-buffered
-  u16 stage[2][BT][UNITS];     // h_t of this CTA's units, double-buffered (by step parity)
+  u16 stage[2][BT][SR];        // h_t of this CTA's units, double-buffered (by step parity)
 };
 static_assert(sizeof(Smem) == SMEM_F, "the host's size of the forward's shared memory is wrong");
 #if UNITS % 16 == 0
@@ -87,7 +89,7 @@ static_assert(sizeof(Smem) == SMEM_F, "the host's size of the forward's shared m
 struct alignas(16) SmemB {     // the backward's
   unsigned long long mbar[2];
   u16 dabuf[2][BT][GS];        // da_{t+1} of the cluster's batch rows, all 4 HID gate columns, double-buffered
-  u16 stage[2][BT][4][UNITS];  // da_t of this CTA's units, per gate
+  u16 stage[2][BT][SRB];       // da_t of this CTA's units, gate after gate (row padded as SR)
   float red[WARPS][MT][NT][4][32];  // each warp's partial dh (its K range), in fragment order
 };
 static_assert(sizeof(SmemB) == SMEM_B, "the host's size of the backward's shared memory is wrong");
@@ -166,11 +168,24 @@ static __device__ __forceinline__ void mbar_fence_init() {
 static __device__ __forceinline__ void mbar_expect(u32 addr, u32 bytes) {  // arrive, and expect bytes
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" :: "r"(addr), "r"(bytes) : "memory");
 }
+static __device__ __forceinline__ void mbar_arrive(u32 addr) {  // one arrival (release, CTA scope)
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" :: "r"(addr) : "memory");
+}
+static __device__ __forceinline__ unsigned long long now_ns() {
+  unsigned long long t; asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t)); return t;
+}
+// wait for the phase of parity `parity`; a wait of over 2 s traps (the launch fails instead of hanging)
 static __device__ __forceinline__ void mbar_wait(u32 addr, u32 parity) {
   u32 done = 0;
-  while (!done)
+  unsigned long long start = 0;
+  for (u32 n = 1; !done; ++n) {
     asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2; "
                  "selp.u32 %0, 1, 0, p; }" : "=r"(done) : "r"(addr), "r"(parity) : "memory");
+    if (!done && (n & 1023) == 0) {
+      if (start == 0) start = now_ns();
+      else if (now_ns() - start > 2000000000ull) asm volatile("trap;");
+    }
+  }
 }
 static __device__ __forceinline__ void cluster_arrive() {
   asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
@@ -318,6 +333,9 @@ static inline emu::MBar& mbar_at(u32 addr) {  // the emulated mbarrier behind a 
 static inline void st_async(u32 addr, v4 v, u32 mbar) { st_cluster(addr, v); mbar_at(mbar).complete(16); }
 static inline void mbar_init(u32 addr, u32 count) { mbar_at(map_rank(addr, emu::rank)).init((int)count); }
 static inline void mbar_fence_init() {}
+static inline void mbar_arrive(u32 addr) { mbar_at(map_rank(addr, emu::rank)).expect_arrive(0); }
+static inline void __syncwarp() { emu::cl->warp[emu::gwarp]->arrive_and_wait(); }
+static inline int min(int a, int b) { return a < b ? a : b; }
 static inline void mbar_expect(u32 addr, u32 bytes) { mbar_at(map_rank(addr, emu::rank)).expect_arrive(bytes); }
 static inline void mbar_wait(u32 addr, u32 parity) {
   emu::MBar& b = mbar_at(map_rank(addr, emu::rank));
@@ -357,18 +375,20 @@ extern "C" int emu_run_bwd(const u16* w, const float* gates, const float* cs, co
 """
 
 _KERNEL = r"""
-// gx of step t for this thread's unit: [n-tile][gate][batch row 2q + j]; 0 outside the batch or the sequence
-static __device__ __forceinline__ void load_gx(float (&r)[NT][4][2], const u16* __restrict__ gx, int t, int T,
+// gx of step t for this thread's unit, raw: [n-tile][gate][batch row 2q + j]. Loaded without branches from
+// clamped rows and steps (a row past the batch only feeds its own product column, which is never stored), and
+// converted where used, so that the loads issued before a step's wait do not stall there.
+static __device__ __forceinline__ void load_gx(u16 (&r)[NT][4][2], const u16* __restrict__ gx, int t, int T,
                                                int B, int b0, int unit, int q) {
+  t = t < T ? t : T - 1;
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
-      const int b = b0 + nt * 8 + 2 * q + j;
-      const bool in = b < B && t < T;
+      const int b = min(b0 + nt * 8 + 2 * q + j, B - 1);
       const u16* p = gx + ((long long)t * B + b) * (4 * HID) + unit;
 #pragma unroll
-      for (int gate = 0; gate < 4; ++gate) r[nt][gate][j] = in ? to_f32(p[gate * HID]) : 0.0f;
+      for (int gate = 0; gate < 4; ++gate) r[nt][gate][j] = p[gate * HID];
     }
 }
 
@@ -413,14 +433,15 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
       const int b = b0 + nt * 8 + 2 * q + j;
       c[nt][j] = b < B ? c0[(long long)b * HID + unit] : 0.0f;
     }
-  float gxr[NT][4][2];
+  u16 gxr[NT][4][2];
   load_gx(gxr, gx, 0, T, B, b0, unit, q);
 #if EXCH == 1 && ABL != 1
-  // buffer b's mbarrier: one arrival (thread 0's, with the bytes to expect) + the bytes every CTA pushes
-  const u32 bytes = BT * HID * 2;
+  // buffer b's mbarrier: thread 0's arrival with the bytes the other CTAs push (st.async), and one arrival
+  // per warp of this CTA once its lanes have written this CTA's own slice (plain stores)
+  const u32 bytes = (CL - 1) * BT * UNITS * 2;
   if (tid == 0) {
-    mbar_init(smem_addr(&sm.mbar[0]), 1);
-    mbar_init(smem_addr(&sm.mbar[1]), 1);
+    mbar_init(smem_addr(&sm.mbar[0]), 1 + WARPS);
+    mbar_init(smem_addr(&sm.mbar[1]), 1 + WARPS);
     mbar_fence_init();
     if (T >= 2) mbar_expect(smem_addr(&sm.mbar[1]), bytes);  // h_0, pushed at step 0
   }
@@ -438,7 +459,8 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
     }
     if (tid == 0 && t + 2 <= T - 1) mbar_expect(smem_addr(&sm.mbar[cur]), bytes);  // h_{t+1}, pushed at step t+1
 #endif
-    u16 (&st)[BT][UNITS] = sm.stage[t & 1];
+    u16 (&st)[BT][SR] = sm.stage[t & 1];
+    float sv[NT][2][5];  // the gates and c_t saved for the backward, stored after the exchange
 #if ABL != 2
     float acc[2][NT][2][4];  // (m-tile, n-tile, even / odd k-tile: two chains), fragment order
 #pragma unroll
@@ -464,19 +486,14 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
     for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
       for (int j = 0; j < 2; ++j) {
-        const float ai = acc[0][nt][0][j] + acc[0][nt][1][j] + gxr[nt][0][j];
-        const float af = acc[0][nt][0][2 + j] + acc[0][nt][1][2 + j] + gxr[nt][1][j];
-        const float ag = acc[1][nt][0][j] + acc[1][nt][1][j] + gxr[nt][2][j];
-        const float ao = acc[1][nt][0][2 + j] + acc[1][nt][1][2 + j] + gxr[nt][3][j];
+        const float ai = acc[0][nt][0][j] + acc[0][nt][1][j] + to_f32(gxr[nt][0][j]);
+        const float af = acc[0][nt][0][2 + j] + acc[0][nt][1][2 + j] + to_f32(gxr[nt][1][j]);
+        const float ag = acc[1][nt][0][j] + acc[1][nt][1][j] + to_f32(gxr[nt][2][j]);
+        const float ao = acc[1][nt][0][2 + j] + acc[1][nt][1][2 + j] + to_f32(gxr[nt][3][j]);
         const float si = sigm(ai), sf = sigm(af), tg = tanh_(ag), so = sigm(ao);
         c[nt][j] = sf * c[nt][j] + si * tg;
         st[nt * 8 + 2 * q + j][ul] = from_f32(so * tanh_(c[nt][j]));
-        const int b = b0 + nt * 8 + 2 * q + j;
-        if (gates != nullptr && b < B) {  // saved for the backward (off the step's critical path)
-          float* gp = gates + ((long long)t * B + b) * G4F + unit;
-          gp[0] = si; gp[HID] = sf; gp[2 * HID] = tg; gp[3 * HID] = so;
-          cs[((long long)t * B + b) * HID + unit] = c[nt][j];
-        }
+        sv[nt][j][0] = si; sv[nt][j][1] = sf; sv[nt][j][2] = tg; sv[nt][j][3] = so; sv[nt][j][4] = c[nt][j];
       }
 #else  // the exchange alone: copy this CTA's slice of h_{t-1} forward
 #pragma unroll
@@ -485,19 +502,24 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
       for (int j = 0; j < 2; ++j) st[nt * 8 + 2 * q + j][ul] = sm.hbuf[cur][nt * 8 + 2 * q + j][unit];
 #endif
     __syncthreads();
-    // push h_t into the other buffer of every CTA of the cluster (this one included), 16 bytes a store;
-    // not after the last step, whose h nobody reads
+    // push h_t into the other buffer of every CTA of the cluster, 16 bytes a store (this CTA's own slice:
+    // plain stores); not after the last step, whose h nobody reads
     if (t + 1 < T) {
       for (int i = tid; i < CL * BT * CH; i += WARPS * 32) {
         const int dst = i / (BT * CH), r = (i / CH) % BT, ch = i % CH;
         const v4 v = *reinterpret_cast<const v4*>(&st[r][ch * 8]);
-        const u32 to = map_rank(smem_addr(&sm.hbuf[cur ^ 1][r][rank * UNITS + ch * 8]), dst);
+        u16* slot = &sm.hbuf[cur ^ 1][r][rank * UNITS + ch * 8];
 #if EXCH == 1 && ABL != 1
-        st_async(to, v, map_rank(smem_addr(&sm.mbar[cur ^ 1]), dst));
+        if (dst == (int)rank) *reinterpret_cast<v4*>(slot) = v;
+        else st_async(map_rank(smem_addr(slot), dst), v, map_rank(smem_addr(&sm.mbar[cur ^ 1]), dst));
 #else
-        st_cluster(to, v);
+        st_cluster(map_rank(smem_addr(slot), dst), v);
 #endif
       }
+#if EXCH == 1 && ABL != 1
+      __syncwarp();
+      if (lane == 0) mbar_arrive(smem_addr(&sm.mbar[cur ^ 1]));  // this warp's share of the own slice is written
+#endif
     }
 #if EXCH == 0 && ABL != 1
     cluster_arrive();  // (the stores below need no release: the stage they read is rewritten two steps on)
@@ -511,6 +533,21 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
         if (t == T - 1) *reinterpret_cast<v4*>(&hT[o]) = v;
       }
     }
+#if ABL != 2
+    if (gates != nullptr) {  // saved for the backward, after the exchange: off the step's critical path
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int b = b0 + nt * 8 + 2 * q + j;
+          if (b < B) {
+            float* gp = gates + ((long long)t * B + b) * G4F + unit;
+            gp[0] = sv[nt][j][0]; gp[HID] = sv[nt][j][1]; gp[2 * HID] = sv[nt][j][2]; gp[3 * HID] = sv[nt][j][3];
+            cs[((long long)t * B + b) * HID + unit] = sv[nt][j][4];
+          }
+        }
+    }
+#endif
     load_gx(gxr, gx, t + 1, T, B, b0, unit, q);
 #if EXCH == 0 && ABL != 1
     cluster_wait();
@@ -532,22 +569,23 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
 // Each CTA holds the columns of W_hh for its units as A fragments of dh^T = W_hh[:, units]^T da^T, the
 // product's K (the 4 HID gate columns of da) split over the warps; the partial sums meet in shared memory.
 // da_t of its units is pushed to every CTA as h_t is in the forward.
+// what step t's cell needs, loaded as load_gx is: clamped rows and steps, no branches, dy_t raw
 static __device__ __forceinline__ void load_saved(float (&gl)[NT][4][2], float (&cl)[NT][2], float (&cp)[NT][2],
-                                                  float (&dyl)[NT][2], const float* __restrict__ gates,
+                                                  u16 (&dyl)[NT][2], const float* __restrict__ gates,
                                                   const float* __restrict__ cs, const float* __restrict__ c0,
                                                   const u16* __restrict__ dy, int t, int B, int b0, int unit, int q) {
+  t = t > 0 ? t : 0;
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
-      const int b = b0 + nt * 8 + 2 * q + j;
-      const bool in = b < B && t >= 0;
+      const int b = min(b0 + nt * 8 + 2 * q + j, B - 1);
       const float* gp = gates + ((long long)t * B + b) * G4 + unit;
 #pragma unroll
-      for (int gate = 0; gate < 4; ++gate) gl[nt][gate][j] = in ? gp[gate * HID] : 0.0f;
-      cl[nt][j] = in ? cs[((long long)t * B + b) * HID + unit] : 0.0f;
-      cp[nt][j] = !in ? 0.0f : t > 0 ? cs[((long long)(t - 1) * B + b) * HID + unit] : c0[(long long)b * HID + unit];
-      dyl[nt][j] = in ? to_f32(dy[((long long)t * B + b) * HID + unit]) : 0.0f;
+      for (int gate = 0; gate < 4; ++gate) gl[nt][gate][j] = gp[gate * HID];
+      cl[nt][j] = cs[((long long)t * B + b) * HID + unit];
+      cp[nt][j] = *(t > 0 ? cs + ((long long)(t - 1) * B + b) * HID + unit : c0 + (long long)b * HID + unit);
+      dyl[nt][j] = dy[((long long)t * B + b) * HID + unit];
     }
 }
 
@@ -592,13 +630,14 @@ KERNEL lstm_cluster_bwd(const u16* __restrict__ w,       // (4 HID, HID): W_hh
       dc[nt][j] = b < B ? dcT[(long long)b * HID + unit] : 0.0f;
       dhl[nt][j] = b < B ? to_f32(dhT[(long long)b * HID + unit]) : 0.0f;
     }
-  float gl[NT][4][2], cl[NT][2], cp[NT][2], dyl[NT][2];
+  float gl[NT][4][2], cl[NT][2], cp[NT][2];
+  u16 dyl[NT][2];
   load_saved(gl, cl, cp, dyl, gates, cs, c0, dy, T - 1, B, b0, unit, q);
 #if EXCH == 1 && ABL != 1
-  const u32 bytes = BT * G4 * 2;
+  const u32 bytes = (CL - 1) * BT * 4 * UNITS * 2;  // as in the forward: the other CTAs' bytes, one arrival per warp
   if (tid == 0) {
-    mbar_init(smem_addr(&sm.mbar[0]), 1);
-    mbar_init(smem_addr(&sm.mbar[1]), 1);
+    mbar_init(smem_addr(&sm.mbar[0]), 1 + WARPS);
+    mbar_init(smem_addr(&sm.mbar[1]), 1 + WARPS);
     mbar_fence_init();
     if (T >= 2) mbar_expect(smem_addr(&sm.mbar[1]), bytes);
   }
@@ -617,7 +656,7 @@ KERNEL lstm_cluster_bwd(const u16* __restrict__ w,       // (4 HID, HID): W_hh
     }
     if (tid == 0 && s + 2 <= T - 1) mbar_expect(smem_addr(&sm.mbar[cur]), bytes);
 #endif
-    u16 (&st)[BT][4][UNITS] = sm.stage[s & 1];
+    u16 (&st)[BT][SRB] = sm.stage[s & 1];
 #if ABL != 2
     float acc[MT][NT][4];
 #pragma unroll
@@ -647,14 +686,14 @@ KERNEL lstm_cluster_bwd(const u16* __restrict__ w,       // (4 HID, HID): W_hh
     for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
       for (int j = 0; j < 2; ++j) {
-        float dh = dyl[nt][j] + dhl[nt][j];
+        float dh = to_f32(dyl[nt][j]) + dhl[nt][j];
 #pragma unroll
         for (int v = 0; v < WARPS; ++v) dh += sm.red[v][ul / 16][nt][2 * ((ul % 16) / 8) + j][lane];
         const float i = gl[nt][0][j], f = gl[nt][1][j], gg = gl[nt][2][j], o = gl[nt][3][j];
         const float tc = tanh_(cl[nt][j]);
         const float dct = dc[nt][j] + dh * o * (1.0f - tc * tc);
         dc[nt][j] = dct * f;
-        u16* sp = &st[nt * 8 + 2 * q + j][0][ul];
+        u16* sp = &st[nt * 8 + 2 * q + j][ul];
         sp[0] = from_f32(dct * gg * i * (1.0f - i));
         sp[UNITS] = from_f32(dct * cp[nt][j] * f * (1.0f - f));
         sp[2 * UNITS] = from_f32(dct * i * (1.0f - gg * gg));
@@ -668,20 +707,25 @@ KERNEL lstm_cluster_bwd(const u16* __restrict__ w,       // (4 HID, HID): W_hh
       for (int j = 0; j < 2; ++j)
 #pragma unroll
         for (int gate = 0; gate < 4; ++gate)
-          st[nt * 8 + 2 * q + j][gate][ul] = sm.dabuf[cur][nt * 8 + 2 * q + j][gate * HID + unit];
+          st[nt * 8 + 2 * q + j][gate * UNITS + ul] = sm.dabuf[cur][nt * 8 + 2 * q + j][gate * HID + unit];
 #endif
     __syncthreads();
     if (s + 1 < T) {  // push da_t into the other buffer of every CTA (da_0 goes to global memory only)
       for (int i = tid; i < CL * BT * 4 * CH; i += WARPS * 32) {
         const int dst = i / (BT * 4 * CH), r = (i / (4 * CH)) % BT, gate = (i / CH) % 4, ch = i % CH;
-        const v4 v = *reinterpret_cast<const v4*>(&st[r][gate][ch * 8]);
-        const u32 to = map_rank(smem_addr(&sm.dabuf[cur ^ 1][r][gate * HID + rank * UNITS + ch * 8]), dst);
+        const v4 v = *reinterpret_cast<const v4*>(&st[r][gate * UNITS + ch * 8]);
+        u16* slot = &sm.dabuf[cur ^ 1][r][gate * HID + rank * UNITS + ch * 8];
 #if EXCH == 1 && ABL != 1
-        st_async(to, v, map_rank(smem_addr(&sm.mbar[cur ^ 1]), dst));
+        if (dst == (int)rank) *reinterpret_cast<v4*>(slot) = v;
+        else st_async(map_rank(smem_addr(slot), dst), v, map_rank(smem_addr(&sm.mbar[cur ^ 1]), dst));
 #else
-        st_cluster(to, v);
+        st_cluster(map_rank(smem_addr(slot), dst), v);
 #endif
       }
+#if EXCH == 1 && ABL != 1
+      __syncwarp();
+      if (lane == 0) mbar_arrive(smem_addr(&sm.mbar[cur ^ 1]));
+#endif
     }
 #if EXCH == 0 && ABL != 1
     cluster_arrive();
@@ -690,7 +734,7 @@ KERNEL lstm_cluster_bwd(const u16* __restrict__ w,       // (4 HID, HID): W_hh
       const int r = i / (4 * CH), gate = (i / CH) % 4, ch = i % CH, b = b0 + r;
       if (b < B)
         *reinterpret_cast<v4*>(&da[((long long)t * B + b) * G4 + gate * HID + rank * UNITS + ch * 8]) =
-            *reinterpret_cast<const v4*>(&st[r][gate][ch * 8]);
+            *reinterpret_cast<const v4*>(&st[r][gate * UNITS + ch * 8]);
     }
     load_saved(gl, cl, cp, dyl, gates, cs, c0, dy, t - 1, B, b0, unit, q);
 #if EXCH == 0 && ABL != 1
@@ -766,6 +810,9 @@ def config(B: int, H: int, dtype: torch.dtype, cluster: int | None = None, ablat
     if C not in (1, 2, 4, 8) or H % (8 * C) or H % 16:
         raise ValueError(f"H={H} must be a multiple of 16 and of 8 x cluster, cluster one of 1, 2, 4, 8 "
                          f"(got cluster={C}): the product's K comes in 16s, each CTA's units in 8-unit warps")
+    if C == 1 and exchange == "mbarrier":
+        raise ValueError(f"exchange='mbarrier' needs a cluster of 2 or more CTAs (st.async is undefined in a cluster "
+                         f"of one); H={H} gives cluster=1: use exchange='barrier'")  # fmt: skip
     NT = 1 if B <= 8 else 2
     return ClusterConfig(H, C, NT, dtype, ablate, fast, exchange)
 
@@ -912,9 +959,9 @@ def _smem_bytes(cfg: ClusterConfig) -> tuple[int, int]:
     """Shared memory of the forward's and the backward's CTA (``Smem``, ``SmemB``; the C++ static_asserts it)."""
     r16 = lambda n: -(-n // 16) * 16  # noqa: E731
     BT, H, U, W = cfg.batch_rows, cfg.H, cfg.units, cfg.threads // 32
-    fwd = r16(16 + 2 * BT * (H + 8) * 2 + 2 * BT * U * 2)
+    fwd = r16(16 + 2 * BT * (H + 8) * 2 + 2 * BT * (U + 8) * 2)
     red = W * (U // 16) * cfg.NT * 4 * 32 * 4
-    bwd = r16(16 + 2 * BT * (4 * H + 8) * 2 + 2 * BT * 4 * U * 2 + red) if U % 16 == 0 else 0
+    bwd = r16(16 + 2 * BT * (4 * H + 8) * 2 + 2 * BT * (4 * U + 8) * 2 + red) if U % 16 == 0 else 0
     return fwd, bwd
 
 
@@ -927,9 +974,26 @@ def _function(key: tuple, device_index: int, name: str, smem: int) -> ctypes.c_v
         mod, fn = ctypes.c_void_p(), ctypes.c_void_p()
         _cu_check(_driver().cuModuleLoadData(ctypes.byref(mod), ctypes.c_char_p(cubin)), "cuModuleLoadData")
         _cu_check(_driver().cuModuleGetFunction(ctypes.byref(fn), mod, name.encode()), f"cuModuleGetFunction {name}")
-        max_dynamic_shared = 8  # CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+        max_dynamic_shared, cluster_width = 8, 11  # CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, ..._CLUSTER_WIDTH
         _cu_check(_driver().cuFuncSetAttribute(fn, max_dynamic_shared, smem), f"{name}: {smem} bytes of shared memory")
+        width = ctypes.c_int()
+        _cu_check(_driver().cuFuncGetAttribute(ctypes.byref(width), cluster_width, fn), f"{name}: cluster width")
+        if width.value != key[1]:  # (a plain cuLaunchKernel takes the cluster size from the cubin)
+            raise RuntimeError(f"{name}: the loaded kernel's cluster width is {width.value}, not {key[1]}")
     return fn
+
+
+def _make_current(index: int) -> None:
+    """The device's primary context (torch's) current on this thread: the autograd engine's threads may have
+    none yet, or another device's."""
+    drv, ctx, dev, cur = _driver(), ctypes.c_void_p(), ctypes.c_int(), ctypes.c_int(-1)
+    _cu_check(drv.cuDeviceGet(ctypes.byref(dev), index), "cuDeviceGet")
+    _cu_check(drv.cuCtxGetCurrent(ctypes.byref(ctx)), "cuCtxGetCurrent")
+    if ctx.value:
+        _cu_check(drv.cuCtxGetDevice(ctypes.byref(cur)), "cuCtxGetDevice")
+    if cur.value != dev.value:
+        _cu_check(drv.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev), "cuDevicePrimaryCtxRetain")
+        _cu_check(drv.cuCtxSetCurrent(ctx), "cuCtxSetCurrent")
 
 
 def _c_args(args: list) -> list:
@@ -950,6 +1014,7 @@ def _run(cfg: ClusterConfig, kind: str, args: list, B: int) -> None:
     smem = _smem_bytes(cfg)[0 if kind == "fwd" else 1]
     index = dev.index if dev.index is not None else torch.cuda.current_device()
     fn = _function(cfg.key(), index, f"lstm_cluster_{kind}", smem)
+    _make_current(index)
     arr = (ctypes.c_void_p * len(vals))(*[ctypes.cast(ctypes.byref(v), ctypes.c_void_p) for v in vals])
     stream = ctypes.c_void_p(torch.cuda.current_stream(dev).cuda_stream)
     _cu_check(_driver().cuLaunchKernel(fn, cfg.C, grid_y, 1, cfg.threads, 1, 1, smem, stream, arr, None),
