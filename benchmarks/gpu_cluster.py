@@ -105,28 +105,99 @@ def precompile(shapes, arch: int, workers: int = 16) -> float:
     return time.monotonic() - start
 
 
-def check(shapes, device: str, deadline: float = float("inf")) -> list[dict]:
-    rows = []
+class Broken(RuntimeError):
+    """The CUDA context is unusable (a kernel trapped or faulted): nothing more can run in this process."""
+
+
+class Report:
+    """The rows so far, rewritten to ``out`` after each one: a run cut short (a hang killed by the session's
+    timeout, a trap) still leaves every row it finished."""
+
+    def __init__(self, out: Path | None, machine: str, cmd: str):
+        self.out, self.machine, self.cmd = out, machine, cmd
+        self.rows: dict[str, list[dict]] = {"checks": [], "grads": [], "times": []}
+        self.notes: list[str] = []
+
+    def add(self, kind: str, row: dict) -> None:
+        self.rows[kind].append(row)
+        print(f"{kind} {row}", file=sys.stderr)
+        self.flush()
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+        print(text, file=sys.stderr)
+        self.flush()
+
+    def flush(self) -> None:
+        if self.out is not None:
+            self.out.write_text(self.text())
+
+    def text(self) -> str:
+        return render(self.machine, self.cmd, self.rows["checks"], self.rows["grads"], self.rows["times"],
+                      self.notes)  # fmt: skip
+
+    def ok(self) -> bool:
+        return all(r["ok"] for r in self.rows["checks"] + self.rows["grads"]) and not self.notes
+
+
+def _guard(report: Report, kind: str, base: dict, fn) -> dict | None:
+    """``base`` + ``fn()`` as a row of ``kind``; an exception becomes a row saying so, and when it left the
+    CUDA context unusable, :class:`Broken` stops the run."""
+    try:
+        row = {**base, **fn()}
+    except Exception as e:  # noqa: BLE001  (any failure of a configuration is a result to record)
+        msg = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+        report.add(kind, {**base, "error": msg, "ok": False})
+        if torch.cuda.is_available():
+            try:
+                torch.cuda.synchronize()
+            except Exception as sticky:  # noqa: BLE001
+                raise Broken(f"after {base}: {msg}; the context is lost ({type(sticky).__name__})") from e
+        return None
+    report.add(kind, row)
+    return row
+
+
+def _bound(dtype) -> float:
+    return 1e-2 if dtype == torch.bfloat16 else 2e-3
+
+
+def _check_one(case, refs, dtype, device: str, **kw) -> dict:
+    y, hT, cT = _ours(*case, dtype, device, **kw)
+    errs = dict(y=_rel(y, refs[0]), h_T=_rel(hT, refs[1]), c_T=_rel(cT, refs[2]))
+    return dict(**errs, ok=all(v < _bound(dtype) for v in errs.values()))
+
+
+def _grads_one(case, params, upstream, want, dtype, exchange: str) -> dict:
+    x, h0, c0 = case
+    gy, gh, gc = upstream
+    ins = [t.to(dtype).requires_grad_() for t in (x, h0, c0)]
+    ps = [p.float().requires_grad_() for p in params]
+    yo, ho, co = cl.layer(*ins, *ps, exchange=exchange)
+    loss = (yo.float() * gy).sum() + (ho.float() * gh).sum() + (co.float() * gc).sum()
+    got = torch.autograd.grad(loss, [*ins, *ps])
+    errs = {n: _rel(a, b) for n, a, b in zip(("x", "h_0", "c_0", "W_ih", "W_hh", "b_ih", "b_hh"), got, want)}
+    return dict(errs=errs, ok=all(v < _bound(dtype) for v in errs.values()))
+
+
+def check(report: Report, shapes, device: str, deadline: float = float("inf")) -> None:
     for T, B, H in shapes:
         if time.monotonic() > deadline:
-            print(f"time budget spent: checks from {(T, B, H)} on skipped", file=sys.stderr)
-            break
+            report.note(f"time budget spent: forward checks from {(T, B, H)} on skipped")
+            return
         m, x, h0, c0 = _case(T, B, H, device)
         with torch.no_grad():
             y_ref, (h_ref, c_ref) = m(x, (h0[None], c0[None]))
-        for dname, dtype in DTYPES.items():
-            for C in clusters(B, H, dtype):
-                for exchange in cl.EXCHANGES:
+        for exchange in cl.EXCHANGES:  # (the barrier exchange first: if the other one traps, its rows stand)
+            for dname, dtype in DTYPES.items():
+                for C in clusters(B, H, dtype):
                     for fast in (True, False):  # exact activations: once per shape and dtype
                         if not fast and (device != "cuda" or C != clusters(B, H, dtype)[0] or exchange != "barrier"):
                             continue
-                        y, hT, cT = _ours(m, x, h0, c0, dtype, device, cluster=C, fast=fast, exchange=exchange)
-                        errs = dict(y=_rel(y, y_ref), h_T=_rel(hT, h_ref[0]), c_T=_rel(cT, c_ref[0]))
-                        bound = 1e-2 if dtype == torch.bfloat16 else 2e-3
-                        rows.append(dict(shape=(T, B, H), dtype=dname, C=C, exchange=exchange, fast=fast, **errs,
-                                         ok=all(v < bound for v in errs.values())))  # fmt: skip
-                        print(f"check {rows[-1]}", file=sys.stderr)
-    return rows
+                        base = dict(shape=(T, B, H), dtype=dname, C=C, exchange=exchange, fast=fast)
+                        run = partial(_check_one, (m, x, h0, c0), (y_ref, h_ref[0], c_ref[0]), dtype, device,
+                                      cluster=C, fast=fast, exchange=exchange)  # fmt: skip
+                        _guard(report, "checks", base, run)
 
 
 def _train_step(layer, x, h0, c0, params, gy, **kw) -> None:
@@ -139,14 +210,13 @@ def _cudnn_train_step(m, x, hc, gy) -> None:
     y.backward(gy)
 
 
-def check_grads(shapes, device: str, deadline: float = float("inf")) -> list[dict]:
+def check_grads(report: Report, shapes, device: str, deadline: float = float("inf")) -> None:
     """Training: cluster_lstm.layer's gradients (both kernels) against float64 cuDNN's, at the default
     cluster size, both exchanges: x, h_0, c_0 and the four parameters."""
-    rows = []
     for T, B, H in shapes:
         if time.monotonic() > deadline:
-            print(f"time budget spent: gradient checks from {(T, B, H)} on skipped", file=sys.stderr)
-            break
+            report.note(f"time budget spent: gradient checks from {(T, B, H)} on skipped")
+            return
         m, x, h0, c0 = _case(T, B, H, device)
         g = torch.Generator(device="cpu").manual_seed(1)
         gy, gh, gc = (torch.randn(*s, generator=g, dtype=torch.float64).to(device) for s in ((T, B, H), (B, H), (B, H)))
@@ -155,24 +225,36 @@ def check_grads(shapes, device: str, deadline: float = float("inf")) -> list[dic
         params = list(_params(m, torch.float64))
         want = torch.autograd.grad((y * gy).sum() + (hT[0] * gh).sum() + (cT[0] * gc).sum(),
                                    [*leaves, m.weight_ih_l0, m.weight_hh_l0, m.bias_ih_l0, m.bias_hh_l0])  # fmt: skip
-        for dname, dtype in DTYPES.items():
-            for exchange in cl.EXCHANGES:
-                ins = [t.to(dtype).requires_grad_() for t in (x, h0, c0)]
-                ps = [p.float().requires_grad_() for p in params]
-                yo, ho, co = cl.layer(*ins, *ps, exchange=exchange)
-                loss = (yo.float() * gy).sum() + (ho.float() * gh).sum() + (co.float() * gc).sum()
-                got = torch.autograd.grad(loss, [*ins, *ps])
-                names = ("x", "h_0", "c_0", "W_ih", "W_hh", "b_ih", "b_hh")
-                errs = {n: _rel(a, b) for n, a, b in zip(names, got, want)}
-                bound = 1e-2 if dtype == torch.bfloat16 else 2e-3
-                rows.append(dict(shape=(T, B, H), dtype=dname, exchange=exchange, errs=errs,
-                                 ok=all(v < bound for v in errs.values())))  # fmt: skip
-                print(f"grads {rows[-1]}", file=sys.stderr)
-    return rows
+        for exchange in cl.EXCHANGES:
+            for dname, dtype in DTYPES.items():
+                run = partial(_grads_one, (x, h0, c0), params, (gy, gh, gc), want, dtype, exchange)
+                _guard(report, "grads", dict(shape=(T, B, H), dtype=dname, exchange=exchange), run)
 
 
-def bench(shapes, device: str, warmup: int, iters: int, deadline: float) -> list[dict]:
-    rows = []
+def _time_one(d: dict, peers: dict, B: int, H: int, T: int, dtype, C: int, exchange: str, device: str,
+              warmup: int, iters: int) -> dict:  # fmt: skip
+    """One configuration's times: the layer forward and a train step (ms), each kernel per step (us) with
+    its ablations at the default cluster size."""
+    kw = dict(cluster=C, exchange=exchange)
+    trains = cl.config(B, H, dtype, C).units % 16 == 0  # (the backward's m-tiles: 16 units)
+    layer = time_ms(partial(cl.lstm_forward, d["xd"], d["h0d"], d["c0f"], *d["w"], **kw), device, warmup, iters)
+    fb = float("nan")
+    if trains:
+        with torch.enable_grad():
+            step = partial(_train_step, cl.layer, d["xd"], d["h0d"], d["c0d"], d["wg"], d["gy"], **kw)
+            fb = time_ms(step, device, warmup, iters)
+    steps, bsteps = {}, {}
+    fwd_args = [d["gx"], d["w"][1], d["h0d"], d["c0f"], *d["fwd_out"], None, None, T, B]
+    bwd_args = [d["w"][1], d["gates"], d["cs"], d["c0f"], d["gy"], d["h0d"], d["c0f"], *d["bwd_out"], T, B]
+    for a in cl.ABLATIONS if C == clusters(B, H, dtype)[0] else (0,):
+        cfg = cl.config(B, H, dtype, C, a, True, exchange)
+        steps[a] = time_ms(partial(cl._run, cfg, "fwd", fwd_args, B), device, warmup, iters) * 1e3 / T
+        if trains:
+            bsteps[a] = time_ms(partial(cl._run, cfg, "bwd", bwd_args, B), device, warmup, iters) * 1e3 / T
+    return dict(ours=layer, ours_fb=fb, steps=steps, bsteps=bsteps, ok=True, **peers)
+
+
+def bench(report: Report, shapes, device: str, warmup: int, iters: int, deadline: float) -> None:
     for T, B, H in shapes:
         m, x, h0, c0 = _case(T, B, H, device)
         peers, peers_fb = {}, {}
@@ -192,74 +274,71 @@ def bench(shapes, device: str, warmup: int, iters: int, deadline: float) -> list
                 gy = torch.randn(T, B, H, device=device, dtype=dtype)
                 gx = torch.nn.functional.linear(xd, w[0], w[2] + w[3])
                 fwd_out = [torch.empty(T, B, H, dtype=dtype, device=device), h0d.clone(), c0f.clone()]
-                gates = torch.empty(T, B, 4 * H, device=device)
-                cs = torch.empty(T, B, H, device=device)
+                gates = torch.rand(T, B, 4 * H, device=device)  # (timing only: any saved values in range)
+                cs = torch.randn(T, B, H, device=device)
                 bwd_out = [torch.empty(T, B, 4 * H, dtype=dtype, device=device), c0f.clone()]
-                for C in clusters(B, H, dtype):
-                    for exchange in cl.EXCHANGES:
+                data = dict(w=w, wg=wg, xd=xd, h0d=h0d, c0d=c0d, c0f=c0f, gy=gy, gx=gx, fwd_out=fwd_out, gates=gates,
+                            cs=cs, bwd_out=bwd_out)  # fmt: skip
+                for exchange in cl.EXCHANGES:
+                    for C in clusters(B, H, dtype):
                         if time.monotonic() > deadline:
-                            print(f"time budget spent at {(T, B, H)} {dname}", file=sys.stderr)
-                            return rows
-                        kw = dict(cluster=C, exchange=exchange)
-                        layer = time_ms(partial(cl.lstm_forward, xd, h0d, c0f, *w, **kw), device, warmup, iters)
-                        trains = cl.config(B, H, dtype, C).units % 16 == 0  # (the backward's m-tiles: 16 units)
-                        with torch.enable_grad():
-                            fb = time_ms(partial(_train_step, cl.layer, xd, h0d, c0d, wg, gy, **kw), device, warmup,
-                                         iters) if trains else float("nan")  # fmt: skip
-                        ablations = cl.ABLATIONS if C == clusters(B, H, dtype)[0] else (0,)
-                        steps, bsteps = {}, {}
-                        for a in ablations:
-                            cfg = cl.config(B, H, dtype, C, a, True, exchange)
-                            fwd_args = [gx, w[1], h0d, c0f, *fwd_out, None, None, T, B]
-                            bwd_args = [w[1], gates, cs, c0f, gy, h0d, c0f, *bwd_out, T, B]
-                            steps[a] = time_ms(partial(cl._run, cfg, "fwd", fwd_args, B), device, warmup, iters)
-                            steps[a] = steps[a] * 1e3 / T
-                            if trains:
-                                bsteps[a] = time_ms(partial(cl._run, cfg, "bwd", bwd_args, B), device, warmup,
-                                                    iters) * 1e3 / T  # fmt: skip
-                        rows.append(dict(shape=(T, B, H), dtype=dname, C=C, exchange=exchange, ours=layer,
-                                         cudnn=peers[dname], cudnn_fp16=peers["fp16"], ours_fb=fb,
-                                         cudnn_fb=peers_fb[dname], cudnn_fp16_fb=peers_fb["fp16"], steps=steps,
-                                         bsteps=bsteps))  # fmt: skip
-                        print(f"time {rows[-1]}", file=sys.stderr)
-    return rows
+                            report.note(f"time budget spent: timings from {(T, B, H)} {dname} {exchange} on skipped")
+                            return
+                        run = partial(_time_one, data, dict(cudnn=peers[dname], cudnn_fp16=peers["fp16"],
+                                                            cudnn_fb=peers_fb[dname], cudnn_fp16_fb=peers_fb["fp16"]),
+                                      B, H, T, dtype, C, exchange, device, warmup, iters)  # fmt: skip
+                        _guard(report, "times", dict(shape=(T, B, H), dtype=dname, C=C, exchange=exchange), run)
 
 
-def render(machine: str, cmd: str, checks: list[dict], grads: list[dict], times: list[dict]) -> str:
-    out = [f"# Cluster LSTM forward (cluster_lstm.py) against cuDNN: {machine}", "",
+def render(machine: str, cmd: str, checks: list[dict], grads: list[dict], times: list[dict],
+           notes: list[str] = ()) -> str:  # fmt: skip
+    out = [f"# Cluster LSTM kernels (cluster_lstm.py) against cuDNN: {machine}", "",
            f"Command: `{cmd}`, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC.", "",
-           "## Check against float64 cuDNN (relative error; bound 1e-2 bf16, 2e-3 fp16)", "",
+           *(f"**{n}**" for n in notes), "",
+           "## Forward against float64 cuDNN (relative error; bound 1e-2 bf16, 2e-3 fp16)", "",
            "| shape (T, B, H) | dtype | CTAs per cluster | exchange | activations | y | h_T | c_T | ok |",
            "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in checks:
-        out.append(f"| {r['shape']} | {r['dtype']} | {r['C']} | {r['exchange']} | "
-                   f"{'tanh.approx' if r['fast'] else 'exact'} | "
-                   f"{r['y']:.2e} | {r['h_T']:.2e} | {r['c_T']:.2e} | {'yes' if r['ok'] else '**no**'} |")  # fmt: skip
+        act = "tanh.approx" if r["fast"] else "exact"
+        head = f"| {r['shape']} | {r['dtype']} | {r['C']} | {r['exchange']} | {act} |"
+        if "error" in r:
+            out.append(f"{head} {r['error']} | | | **no** |")
+            continue
+        out.append(f"{head} {r['y']:.2e} | {r['h_T']:.2e} | {r['c_T']:.2e} | {'yes' if r['ok'] else '**no**'} |")
     if grads:
         out += ["", "## Gradients against float64 cuDNN (relative error; same bounds)", "",
                 "| shape | dtype | exchange | x | h_0 | c_0 | W_ih | W_hh | b_ih | b_hh | ok |",
                 "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in grads:
-            out.append(f"| {r['shape']} | {r['dtype']} | {r['exchange']} | "
-                       + " | ".join(f"{v:.2e}" for v in r["errs"].values()) + f" | {'yes' if r['ok'] else '**no**'} |")
+            head = f"| {r['shape']} | {r['dtype']} | {r['exchange']} |"
+            if "error" in r:
+                out.append(f"{head} {r['error']} | | | | | | | **no** |")
+                continue
+            out.append(f"{head} " + " | ".join(f"{v:.2e}" for v in r["errs"].values())
+                       + f" | {'yes' if r['ok'] else '**no**'} |")  # fmt: skip
     if times:
         out += ["", "## Forward+backward, one layer, ms (a train step: forward, y.backward(gy))", "",
                 "| shape | dtype | CTAs | exchange | ours | cuDNN same dtype | speed-up | cuDNN fp16 (goal 3) | "
                 "speed-up | backward kernel us/step | no synchronisation | exchange only |",
                 "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in times:
+            head = f"| {r['shape']} | {r['dtype']} | {r['C']} | {r['exchange']} |"
+            if "error" in r:
+                out.append(f"{head} {r['error']} | | | | | | | |")
+                continue
             if r["ours_fb"] != r["ours_fb"]:  # nan: no backward for this cluster size
                 continue
             s = {a: f"{v:.3g}" for a, v in r["bsteps"].items()}
-            out.append(f"| {r['shape']} | {r['dtype']} | {r['C']} | {r['exchange']} | {r['ours_fb']:.3g} | "
-                       f"{r['cudnn_fb']:.3g} | {r['cudnn_fb'] / r['ours_fb']:.2f}x | {r['cudnn_fp16_fb']:.3g} | "
-                       f"{r['cudnn_fp16_fb'] / r['ours_fb']:.2f}x | {s[0]} | {s.get(1, '')} | "
-                       f"{s.get(2, '')} |")  # fmt: skip
+            out.append(f"{head} {r['ours_fb']:.3g} | {r['cudnn_fb']:.3g} | {r['cudnn_fb'] / r['ours_fb']:.2f}x | "
+                       f"{r['cudnn_fp16_fb']:.3g} | {r['cudnn_fp16_fb'] / r['ours_fb']:.2f}x | {s[0]} | "
+                       f"{s.get(1, '')} | {s.get(2, '')} |")  # fmt: skip
         out += ["", "## Forward, one layer (input GEMM + recurrence), ms; speed-up = peer / ours", "",
                 "| shape | dtype | CTAs | exchange | ours | cuDNN same dtype | speed-up | cuDNN fp16 (goal 3) | "
                 "speed-up | kernel us/step | no synchronisation | exchange only |",
                 "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in times:
+            if "error" in r:
+                continue
             s = {a: f"{v:.3g}" for a, v in r["steps"].items()}
             out.append(f"| {r['shape']} | {r['dtype']} | {r['C']} | {r['exchange']} | {r['ours']:.3g} | "
                        f"{r['cudnn']:.3g} | {r['cudnn'] / r['ours']:.2f}x | {r['cudnn_fp16']:.3g} | "
@@ -333,20 +412,22 @@ def main(argv=None) -> int:
     deadline = time.monotonic() + args.budget_s
     shapes = DRY_SHAPES if args.dry_run else SHAPES
     checked = shapes if args.dry_run else EDGE_SHAPES + shapes
-    if device == "cuda":
-        major, minor = torch.cuda.get_device_capability()
-        print(f"compiled every configuration in {precompile(checked, major * 10 + minor):.1f} s", file=sys.stderr)
-    checks = check(checked, device, deadline)
-    grads = check_grads(checked, device, deadline)
-    iters = (0, 1) if args.dry_run else (args.warmup, args.iters)
-    times = bench(shapes, device, *iters, deadline)
     machine = torch.cuda.get_device_name() if device == "cuda" else f"CPU emulation ({platform.machine()})"
-    text = render(machine, "python " + " ".join(sys.argv), checks, grads, times)
-    if args.out:
-        args.out.write_text(text)
-    print(text)
-    return 0 if all(r["ok"] for r in checks + grads) else 1
-
+    report = Report(args.out, machine, "python " + " ".join(sys.argv))
+    iters = (0, 1) if args.dry_run else (args.warmup, args.iters)
+    try:
+        if device == "cuda":
+            major, minor = torch.cuda.get_device_capability()
+            report.note(f"compiled every configuration in {precompile(checked, major * 10 + minor):.1f} s")
+            report.notes.pop()  # (logged, not a failure)
+        check(report, checked, device, deadline)
+        check_grads(report, checked, device, deadline)
+        bench(report, shapes, device, *iters, deadline)
+    except Broken as e:
+        report.note(f"stopped: {e}")
+    report.flush()
+    print(report.text())
+    return 0 if report.ok() else 1
 
 if __name__ == "__main__":
     sys.exit(main())
