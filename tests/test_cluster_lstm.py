@@ -164,6 +164,31 @@ def test_layer_matches_torch_lstm():
         assert (g.float() - want).norm() / want.norm() < 3e-2
 
 
+def test_stack_matches_torch_lstm():
+    """cluster_lstm.lstm: two layers, both directions, batch first, torch.nn.LSTM's flat weights (bf16),
+    against the float32 module: outputs, final states and every gradient."""
+    torch.manual_seed(1)
+    m = torch.nn.LSTM(16, 32, num_layers=2, bidirectional=True, batch_first=True)
+    x = torch.randn(2, 3, 16)
+    h0, c0 = torch.randn(4, 2, 32) * 0.5, torch.randn(4, 2, 32) * 0.5
+    mb = torch.nn.LSTM(16, 32, num_layers=2, bidirectional=True, batch_first=True).bfloat16()
+    mb.load_state_dict(m.state_dict())
+    xb = x.bfloat16().requires_grad_()
+    kw = dict(bias=True, num_layers=2, dropout=0.0, training=True, bidirectional=True, batch_first=True)
+    out, h, c = cl.lstm(xb, (h0.bfloat16(), c0.bfloat16()), mb._flat_weights, **kw)
+    (out.float().square().sum() + h.float().sum() + c.float().sum()).backward()
+    xr = x.clone().requires_grad_()
+    out_r, (h_r, c_r) = m(xr, (h0, c0))
+    (out_r.square().sum() + h_r.sum() + c_r.sum()).backward()
+    assert out.shape == out_r.shape and h.shape == h_r.shape and c.shape == c_r.shape
+    for got, want in ((out, out_r), (h, h_r), (c, c_r), (xb.grad, xr.grad)):
+        assert (got.float() - want).norm() / want.norm() < 3e-2
+    for pb, p in zip(mb.parameters(), m.parameters()):
+        assert (pb.grad.float() - p.grad).norm() / p.grad.norm() < 3e-2
+    with pytest.raises(ValueError, match="lengths"):
+        cl.lstm(xb, (h0.bfloat16(), c0.bfloat16()), mb._flat_weights, **kw, lengths=torch.tensor([3, 2]))
+
+
 def test_exact_activations_and_zero_steps():
     gx, w, h0, c0 = _inputs(3, 4, 32, torch.bfloat16, 7)
     y, hT, cT = cl.emulate(gx, h0, c0, w, fast=False)

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["ClusterConfig", "config", "source", "emulation_source", "compile_cubin", "forward", "emulate", "layer",
-           "lstm_forward", "nvrtc_available"]
+           "lstm", "lstm_forward", "nvrtc_available"]
 
 _HEAD = r"""
 // lstmkit cluster LSTM forward (src/lstmkit/kernels/cluster_lstm.py): one configuration per compile
@@ -1121,3 +1121,40 @@ def lstm_forward(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, 
     b = None if b_ih is None else (b_ih if b_hh is None else b_ih + b_hh)
     gx = F.linear(x, w_ih.to(x.dtype), None if b is None else b.to(x.dtype))
     return forward(gx, h0, c0, w_hh, **kw)
+
+
+def lstm(
+    input: Tensor, hx: tuple[Tensor, Tensor], weights: list[Tensor], *, bias: bool, num_layers: int, dropout: float,
+    training: bool, bidirectional: bool, batch_first: bool, lengths: Tensor | None = None,
+    cluster: int | None = None, fast: bool = True, exchange: str = "barrier",
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """``kernels.native.lstm``'s interface (``torch.nn.LSTM``'s ``_flat_weights``, ``hx`` of shape (layers *
+    directions, B, H)) on the cluster kernels, layer by layer and direction by direction; differentiable.
+    bfloat16 / float16 input; no projections, no ``lengths``. CPU tensors run the emulation (tests)."""
+    if lengths is not None:
+        raise ValueError("the cluster kernels take no lengths=; use kernels.native.lstm (packs the batch)")
+    dirs = 2 if bidirectional else 1
+    per = 4 if bias else 2
+    if len(weights) != num_layers * dirs * per:
+        raise ValueError(f"expected {num_layers * dirs * per} weights, got {len(weights)}")
+    H = weights[1].shape[1]
+    if weights[1].shape[0] != 4 * H:
+        raise ValueError(f"W_hh of shape {tuple(weights[1].shape)}: projections (proj_size) are not supported")
+    x = input.transpose(0, 1) if batch_first else input  # (B, T, I) -> (T, B, I)
+    h_n, c_n = [], []
+    for layer_idx in range(num_layers):
+        if layer_idx > 0 and dropout > 0 and training:
+            x = F.dropout(x, dropout, training=True)
+        outs = []
+        for d in range(dirs):
+            k = layer_idx * dirs + d
+            w = weights[k * per : (k + 1) * per]
+            xd = x.flip(0) if d == 1 else x  # the reverse direction: time flipped
+            y, h, c = layer(xd, hx[0][k], hx[1][k], w[0], w[1], w[2] if bias else None, w[3] if bias else None,
+                            cluster=cluster, fast=fast, exchange=exchange)  # fmt: skip
+            outs.append(y.flip(0) if d == 1 else y)
+            h_n.append(h)
+            c_n.append(c)
+        x = torch.cat(outs, dim=2) if dirs == 2 else outs[0]  # (T, B, D*H)
+    out = x.transpose(0, 1) if batch_first else x
+    return out, torch.stack(h_n), torch.stack(c_n)
