@@ -189,6 +189,28 @@ def test_stack_matches_torch_lstm():
         cl.lstm(xb, (h0.bfloat16(), c0.bfloat16()), mb._flat_weights, **kw, lengths=torch.tensor([3, 2]))
 
 
+def test_dispatch(monkeypatch):
+    """impl="auto" routes plain bf16 GPU modules to the cluster kernels only with cluster_lstm.ROUTE; each call
+    falls back (Triton, then torch's operator) where they cannot run it, e.g. CPU tensors."""
+    from types import SimpleNamespace
+
+    from lstmkit import kernels
+    from lstmkit.kernels import triton_lstm
+
+    pytest.importorskip("triton")
+    gpu = SimpleNamespace(is_cuda=True, dtype=torch.bfloat16, device=torch.device("cuda"))
+    assert kernels.select_lstm("auto", (), like=gpu) is triton_lstm.lstm_or_native
+    monkeypatch.setattr(cl, "ROUTE", True)
+    assert kernels.select_lstm("auto", (), like=gpu) is cl.lstm_or_next
+    m = torch.nn.LSTM(8, 16)
+    x, hx = torch.randn(3, 2, 8), (torch.zeros(1, 2, 16), torch.zeros(1, 2, 16))
+    kw = dict(bias=True, num_layers=1, dropout=0.0, training=False, bidirectional=False, batch_first=False)
+    assert cl.unsupported_reason(x, hx, m._flat_weights, **kw) == "not a CUDA tensor"
+    out, h, c = cl.lstm_or_next(x, hx, m._flat_weights, **kw)
+    want, (hw, cw) = m(x, hx)
+    assert torch.allclose(out, want, atol=1e-6) and torch.allclose(c, cw, atol=1e-6)
+
+
 def test_exact_activations_and_zero_steps():
     gx, w, h0, c0 = _inputs(3, 4, 32, torch.bfloat16, 7)
     y, hT, cT = cl.emulate(gx, h0, c0, w, fast=False)

@@ -13,10 +13,11 @@ loop. Today's kernels:
   ``impl="auto"`` runs them on a GPU, one layer and direction per call (``variant_layer``), layer norm
   included (2.1-35x faster than the pure-torch loop, run 5 on an H200, docs/gpu.md). The launch plan
   is tuned on the first call per shape (seconds, once).
-* ``cluster_lstm`` (not dispatched yet): a plain LSTM layer's forward and backward as CUDA C++ kernels for
-  Hopper thread-block clusters (NVRTC at run time), h_t exchanged through distributed shared memory
-  instead of a barrier in global memory; tested on the CPU by emulation, waiting for a GPU measurement
-  (docs/gpu.md, "Cluster kernels").
+* ``cluster_lstm``: a plain LSTM layer's forward and backward as CUDA C++ kernels for Hopper thread-block
+  clusters (NVRTC at run time), h_t exchanged through distributed shared memory instead of a barrier in
+  global memory; tested on the CPU by emulation, waiting for a GPU measurement (docs/gpu.md, "Cluster
+  kernels"). ``impl="auto"`` runs small-batch bfloat16 calls on them only with ``cluster_lstm.ROUTE``
+  (environment variable ``LSTMKIT_CLUSTER=1``), off until measured.
 * ``cpu_fused``: one layer and direction of an LSTM with variants (layer norm, peepholes, CIFG,
   cell clip, recurrent dropout, zoneout, weight drop; ``lengths``) on the CPU, float32/float64, no
   projection: the time loop forward and backward in C++ (ATen), JIT-compiled once and cached. It
@@ -102,10 +103,11 @@ def select_lstm(
             # bfloat16 on a GPU: cuDNN has no persistent kernel there; ours measured 1.7-5.0x cuDNN at the three
             # small-batch shapes of docs/gpu.md (H200, run 5; 2.1-5.5x in runs 2 and 4), forward and training,
             # and 1.23-1.41x forward, 0.87-0.93x training at the other two. Per call it falls back to native.
-            from . import triton_lstm
+            from . import cluster_lstm, triton_lstm
 
             if triton_lstm.why_not((), proj_size, like) is None:
-                return triton_lstm.lstm_or_native
+                # (the cluster kernels first where they cover a call, once measured: cluster_lstm.ROUTE)
+                return cluster_lstm.lstm_or_next if cluster_lstm.ROUTE else triton_lstm.lstm_or_native
         return native.lstm
     if like is not None and like.is_cuda:  # variants on the GPU: the Triton kernels where they cover them
         # (layer norm included: run 5 on the H200 measured its kernel 2.1-35x faster than the pure-torch loop,

@@ -1158,3 +1158,50 @@ def lstm(
         x = torch.cat(outs, dim=2) if dirs == 2 else outs[0]  # (T, B, D*H)
     out = x.transpose(0, 1) if batch_first else x
     return out, torch.stack(h_n), torch.stack(c_n)
+
+
+#: Whether ``impl="auto"`` runs plain bfloat16 LSTMs on these kernels where they cover the call (else the
+#: Triton kernels). Off until a GPU has checked and timed them against cuDNN (benchmarks/gpu_cluster.py);
+#: ``LSTMKIT_CLUSTER=1`` switches it on (read at import).
+ROUTE = os.environ.get("LSTMKIT_CLUSTER", "0") == "1"
+
+
+def unsupported_reason(input: Tensor, hx: tuple[Tensor, Tensor], weights: list[Tensor], *, bias: bool,
+                       num_layers: int, dropout: float, training: bool, bidirectional: bool, batch_first: bool,
+                       lengths: Tensor | None = None) -> str | None:  # fmt: skip
+    """Why :func:`lstm` cannot run this call on the GPU, or None when it can (``native.lstm``'s arguments)."""
+    if not isinstance(input, Tensor) or input.dim() != 3:
+        return "only batched (3-D) padded input"
+    if not input.is_cuda:
+        return "not a CUDA tensor"
+    if torch.cuda.get_device_capability(input.device)[0] < 9:
+        return "thread-block clusters need an sm_90 (Hopper) or newer GPU"
+    if lengths is not None:
+        return "lengths= (padded batches) is not supported"
+    dirs, per = (2 if bidirectional else 1), (4 if bias else 2)
+    if len(weights) != num_layers * dirs * per or weights[1].shape[0] != 4 * weights[1].shape[1]:
+        return "projections (proj_size > 0) are not supported"
+    if any(t.device != input.device or t.dtype != input.dtype for t in (*hx, *weights)):
+        return "tensors on different devices or of mixed dtypes"
+    B = input.shape[0] if batch_first else input.shape[1]
+    try:
+        cfg = config(B, weights[1].shape[1], input.dtype)
+    except ValueError as e:
+        return str(e)
+    if cfg.units % 16:
+        return f"{cfg}: the backward needs 16 units per CTA"
+    if math.ceil(B / cfg.batch_rows) * cfg.C > torch.cuda.get_device_properties(input.device).multi_processor_count:
+        return "more clusters than the GPU runs at once (large batch: the Triton kernels or cuDNN)"
+    if not nvrtc_available():
+        return "NVRTC (libnvrtc) not found"
+    return None
+
+
+def lstm_or_next(input: Tensor, hx: tuple[Tensor, Tensor], weights: list[Tensor], **kw):
+    """:func:`lstm` where it covers the call, else ``triton_lstm.lstm_or_native`` (which falls back to
+    ``native.lstm`` in turn): what ``impl="auto"`` runs for a plain bfloat16 LSTM on a GPU when :data:`ROUTE`."""
+    if unsupported_reason(input, hx, weights, **kw) is None:
+        return lstm(input, hx, weights, **kw)
+    from . import triton_lstm
+
+    return triton_lstm.lstm_or_native(input, hx, weights, **kw)
