@@ -244,8 +244,9 @@ def _time_one(d: dict, peers: dict, B: int, H: int, T: int, dtype, C: int, excha
             step = partial(_train_step, cl.layer, d["xd"], d["h0d"], d["c0d"], d["wg"], d["gy"], **kw)
             fb = time_ms(step, device, warmup, iters)
     steps, bsteps = {}, {}
-    fwd_args = [d["gx"], d["w"][1], d["h0d"], d["c0f"], *d["fwd_out"], None, None, T, B]
-    bwd_args = [d["w"][1], d["gates"], d["cs"], d["c0f"], d["gy"], d["h0d"], d["c0f"], *d["bwd_out"], T, B]
+    none = [None, None, None, None, 0.0]  # (no variant: rec, zh, zc, wch, clip)
+    fwd_args = [d["gx"], d["w"][1], d["h0d"], d["c0f"], *d["fwd_out"], None, None, *none, T, B]
+    bwd_args = [d["w"][1], d["gates"], d["cs"], d["c0f"], d["gy"], d["h0d"], d["c0f"], *d["bwd_out"], None, *none, T, B]
     for a in cl.ABLATIONS if C == clusters(B, H, dtype)[0] else (0,):
         cfg = cl.config(B, H, dtype, C, a, True, exchange)
         steps[a] = time_ms(partial(cl._run, cfg, "fwd", fwd_args, B), device, warmup, iters) * 1e3 / T

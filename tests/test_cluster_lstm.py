@@ -130,9 +130,9 @@ def test_gradients_match_the_reference(T, B, H, C, dtype, seed, exchange):
     leaves = [t.clone().requires_grad_() for t in (gx, h0, c0, w)]
     if C == 1 and exchange == "mbarrier":
         with pytest.raises(ValueError, match="2 or more CTAs"):
-            cl._Recurrence.apply(*leaves, dict(cluster=C, exchange=exchange))
+            cl._Recurrence.apply(*leaves, None, None, dict(cluster=C, exchange=exchange))
         return
-    y, hT, cT = cl._Recurrence.apply(*leaves, dict(cluster=C, exchange=exchange))
+    y, hT, cT = cl._Recurrence.apply(*leaves, None, None, dict(cluster=C, exchange=exchange))
     assert cT.dtype == dtype
     torch.autograd.backward([y, hT, cT], [dy, dhT, dcT])
     want = _reference_grads(gx, w, h0, c0, dy, dhT, dcT)
@@ -141,6 +141,62 @@ def test_gradients_match_the_reference(T, B, H, C, dtype, seed, exchange):
         got = leaf.grad.double().numpy()
         assert leaf.grad.dtype == leaf.dtype and np.isfinite(got).all()
         assert np.linalg.norm(got - want[name]) / np.linalg.norm(want[name]) < bound, name
+
+
+VARIANT_CASES = [  # the switches, cluster size, exchange, dtype, seed; each alone and all at once
+    (("peephole",), 2, "barrier", torch.bfloat16, 0),
+    (("cifg",), 2, "mbarrier", torch.float16, 1),
+    (("clip",), 4, "barrier", torch.float16, 2),
+    (("rec",), 2, "mbarrier", torch.bfloat16, 3),
+    (("zh",), 4, "mbarrier", torch.float16, 4),
+    (("zc",), 2, "barrier", torch.bfloat16, 5),
+    (("peephole", "cifg", "clip", "rec", "zh", "zc"), 2, "barrier", torch.float16, 6),
+    (("peephole", "cifg", "clip", "rec", "zh", "zc"), 4, "mbarrier", torch.bfloat16, 7),
+]
+
+
+@pytest.mark.parametrize("on,C,exchange,dtype,seed", VARIANT_CASES)
+def test_variants_match_the_reference(on, C, exchange, dtype, seed):
+    """Forward and every gradient of a layer with variants (emulated kernels) against the spec's
+    variant_layer_forward / variant_layer_backward, float64; the masks and peepholes as lstmkit.nn makes them."""
+    T, B, H = 4, 5, 64
+    gx, w, h0, c0 = _inputs(T, B, H, dtype, seed)
+    g = torch.Generator().manual_seed(seed + 50)
+    w_ch = torch.randn(3 * H, generator=g) * 0.5
+    var = dict(peephole="peephole" in on, cifg="cifg" in on, clip=0.8 if "clip" in on else None)
+    if "rec" in on:
+        var["rec"] = ((torch.rand(B, H, generator=g) > 0.25).float() / 0.75).to(dtype)
+    for k in ("zh", "zc"):
+        if k in on:
+            var[k] = (torch.rand(T, B, H, generator=g) < 0.3).to(dtype)
+    dy = torch.randn(T, B, H, generator=g).to(dtype)
+    dhT, dcT = torch.randn(B, H, generator=g).to(dtype), torch.randn(B, H, generator=g).to(dtype)
+    leaves = [t.clone().requires_grad_() for t in (gx, h0, c0, w, w_ch)]
+    y, hT, cT = cl._Recurrence.apply(*leaves, var, dict(cluster=C, exchange=exchange))
+    torch.autograd.backward([y, hT, cT], [dy, dhT, dcT])
+
+    f64 = lambda t: t.detach().double().numpy()  # noqa: E731
+    p = dict(weight_ih=np.eye(4 * H), weight_hh=f64(w), weight_ch=f64(w_ch))
+    masks = {}
+    if "rec" in var:
+        masks["recurrent"] = f64(var["rec"])
+    if "zh" in var:
+        masks["zoneout_h"] = list(f64(var["zh"]))
+    if "zc" in var:
+        masks["zoneout_c"] = list(f64(var["zc"]))
+    hs, (h_r, c_r), cache = ref.variant_layer_forward(
+        list(f64(gx)), (f64(h0), f64(c0)), p, peephole=var["peephole"], coupled_input_forget=var["cifg"],
+        cell_clip=var["clip"], masks=masks)  # fmt: skip
+    grads, dxs, (dh0, dc0) = ref.variant_layer_backward(list(f64(dy)), cache, (f64(dhT), f64(dcT)))
+    bound = 1e-2 if dtype == torch.bfloat16 else 3e-3
+    rel = lambda a, b: np.linalg.norm(f64(a) - b) / np.linalg.norm(b)  # noqa: E731
+    assert rel(y, np.stack(hs)) < bound and rel(cT, c_r) < bound
+    want = dict(gx=np.stack(dxs), h0=dh0, c0=dc0, w=grads["weight_hh"], w_ch=grads["weight_ch"])
+    for name, leaf in zip(("gx", "h0", "c0", "w", "w_ch"), leaves):
+        if name == "w_ch" and not var["peephole"]:
+            assert leaf.grad is None
+            continue
+        assert rel(leaf.grad, want[name]) < bound, name
 
 
 def test_layer_matches_torch_lstm():
@@ -223,7 +279,10 @@ def test_exact_activations_and_zero_steps():
 def test_configurations_and_errors():
     cfg = cl.config(8, 256, torch.bfloat16)
     assert (cfg.C, cfg.units, cfg.threads, cfg.batch_rows) == (8, 32, 128, 8)
-    assert cl.config(16, 128, torch.float16).key() == (128, 4, 2, torch.float16, 0, True, "barrier")
+    assert cl.config(16, 128, torch.float16).key() == (128, 4, 2, torch.float16, 0, True, "barrier", ())
+    assert cl.config(8, 64, torch.bfloat16, flags=("ZONE_H", "CLIP")).flags == ("CLIP", "ZONE_H")
+    with pytest.raises(ValueError, match="unknown variant"):
+        cl.config(8, 64, torch.bfloat16, flags=("LN",))
     with pytest.raises(ValueError, match="bfloat16 or float16"):
         cl.config(8, 256, torch.float32)
     with pytest.raises(ValueError, match="H <= 256"):
@@ -240,7 +299,7 @@ def test_configurations_and_errors():
     with pytest.raises(ValueError, match="CPU tensors"):
         cl.emulate(gx.to("meta"), h0, c0, w)
     with pytest.raises(ValueError, match="smaller cluster"):  # the backward's m-tiles are 16 units
-        cl._Recurrence.apply(gx.requires_grad_(), h0, c0, w, dict(cluster=4))
+        cl._Recurrence.apply(gx.requires_grad_(), h0, c0, w, None, None, dict(cluster=4))
     with pytest.raises(ValueError, match="shapes"):
         cl.emulate(gx, h0[:, :16], c0, w)
 
@@ -261,9 +320,13 @@ int main() {
   for (auto& v : w) v = from_f32(0.2f * rnd());
   for (auto& v : h0) v = from_f32(rnd());
   for (auto& v : c0) v = rnd();
-  emu_run(gx.data(), w.data(), h0.data(), c0.data(), y.data(), hT.data(), cT.data(), gates.data(), cs.data(), T, B, 1);
-  emu_run_bwd(w.data(), gates.data(), cs.data(), c0.data(), y.data(), hT.data(), cT.data(), da.data(), dc0.data(), T, B,
-              1);  // (y, h_T, c_T standing in for dy, dh_T, dc_T)
+  std::vector<u16> rec(B * HID, from_f32(1.25f)), zh(T * B * HID), zc(T * B * HID);
+  std::vector<float> wch(3 * HID, 0.1f), dhz(B * HID);
+  for (size_t k = 0; k < zh.size(); ++k) { zh[k] = from_f32(k % 3 == 0 ? 1.0f : 0.0f); zc[k] = from_f32(k % 4 == 0); }
+  emu_run(gx.data(), w.data(), h0.data(), c0.data(), y.data(), hT.data(), cT.data(), gates.data(), cs.data(),
+          rec.data(), zh.data(), zc.data(), wch.data(), 2.0f, T, B, 1);
+  emu_run_bwd(w.data(), gates.data(), cs.data(), c0.data(), y.data(), hT.data(), cT.data(), da.data(), dc0.data(),
+              dhz.data(), rec.data(), zh.data(), zc.data(), wch.data(), 2.0f, T, B, 1);  // (y, h_T, c_T as dy ...)
   std::printf("done\n");
   return 0;
 }
@@ -290,8 +353,8 @@ _MUTATIONS = {  # (exchange, what the kernel's text has, without the synchronisa
 }  # fmt: skip
 
 
-def _tsan_races(tmp_path, kernel: str, exchange: str) -> int:
-    cfg = cl.config(5, 64, torch.bfloat16, 2, exchange=exchange)
+def _tsan_races(tmp_path, kernel: str, exchange: str, flags: tuple[str, ...] = ()) -> int:
+    cfg = cl.config(5, 64, torch.bfloat16, 2, exchange=exchange, flags=flags)
     src = cl._defines(cl._HEAD, cfg) + cl._EMU + kernel + cl._EMU_LAUNCH + _MAIN
     cpp, exe = tmp_path / "k.cpp", tmp_path / "k"
     cpp.write_text(src)
@@ -306,8 +369,9 @@ def _tsan_races(tmp_path, kernel: str, exchange: str) -> int:
 
 
 @pytest.mark.parametrize("exchange", cl.EXCHANGES)
-def test_no_data_race(tmp_path, exchange):
-    assert _tsan_races(tmp_path, cl._KERNEL, exchange) == 0
+@pytest.mark.parametrize("flags", [(), cl.FLAGS])
+def test_no_data_race(tmp_path, exchange, flags):
+    assert _tsan_races(tmp_path, cl._KERNEL, exchange, flags) == 0
 
 
 @pytest.mark.parametrize("what", sorted(_MUTATIONS))
@@ -322,9 +386,10 @@ def test_race_check_finds_a_missing_barrier(tmp_path, what):
 
 @pytest.mark.skipif(not cl.nvrtc_available(), reason="NVRTC not installed (pip install nvidia-cuda-nvrtc-cu12)")
 @pytest.mark.parametrize("exchange", cl.EXCHANGES)
-@pytest.mark.parametrize("B,H,dtype", [(8, 256, torch.bfloat16), (16, 256, torch.float16), (4, 128, torch.bfloat16)])
-def test_compiles_for_sm90(B, H, dtype, exchange):
-    cfg = cl.config(B, H, dtype, exchange=exchange)
+@pytest.mark.parametrize("B,H,dtype,flags", [(8, 256, torch.bfloat16, ()), (16, 256, torch.float16, ()),
+                                             (4, 128, torch.bfloat16, ()), (8, 256, torch.bfloat16, cl.FLAGS)])
+def test_compiles_for_sm90(B, H, dtype, flags, exchange):
+    cfg = cl.config(B, H, dtype, exchange=exchange, flags=flags)
     cubin, ptx = cl.compile_cubin(cfg)
     assert cubin[:4] == b"\x7fELF"
     kind = "bf16" if dtype == torch.bfloat16 else "f16"

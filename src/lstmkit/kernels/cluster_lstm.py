@@ -59,6 +59,13 @@ _HEAD = r"""
 #define F16 {F16}
 #define FAST {FAST}
 #define EXCH {EXCH}
+#define PEEP {PEEP}
+#define CIFG {CIFG}
+#define CLIP {CLIP}
+#define RDROP {RDROP}
+#define ZONE_H {ZONE_H}
+#define ZONE_C {ZONE_C}
+#define ZONE (ZONE_H || ZONE_C)
 #define SMEM_F {SMEM_F}
 #define SMEM_B {SMEM_B}
 #define UNITS (HID / CL)
@@ -361,14 +368,18 @@ template <class F> static void launch(int grid_y, F body) {
   }
 }
 extern "C" int emu_run(const u16* gx, const u16* w, const u16* h0, const float* c0, u16* y, u16* hT, float* cT,
-                       float* gates, float* cs, int T, int B, int grid_y) {
-  launch(grid_y, [=] { lstm_cluster_fwd(gx, w, h0, c0, y, hT, cT, gates, cs, T, B); });
+                       float* gates, float* cs, const u16* rec, const u16* zh, const u16* zc, const float* wch,
+                       float clip, int T, int B, int grid_y) {
+  launch(grid_y, [=] { lstm_cluster_fwd(gx, w, h0, c0, y, hT, cT, gates, cs, rec, zh, zc, wch, clip, T, B); });
   return 0;
 }
 #if UNITS % 16 == 0
 extern "C" int emu_run_bwd(const u16* w, const float* gates, const float* cs, const float* c0, const u16* dy,
-                           const u16* dhT, const float* dcT, u16* da, float* dc0, int T, int B, int grid_y) {
-  launch(grid_y, [=] { lstm_cluster_bwd(w, gates, cs, c0, dy, dhT, dcT, da, dc0, T, B); });
+                           const u16* dhT, const float* dcT, u16* da, float* dc0, float* dhz, const u16* rec,
+                           const u16* zh, const u16* zc, const float* wch, float clip, int T, int B, int grid_y) {
+  launch(grid_y, [=] {
+    lstm_cluster_bwd(w, gates, cs, c0, dy, dhT, dcT, da, dc0, dhz, rec, zh, zc, wch, clip, T, B);
+  });
   return 0;
 }
 #endif
@@ -392,6 +403,23 @@ static __device__ __forceinline__ void load_gx(u16 (&r)[NT][4][2], const u16* __
     }
 }
 
+// the zoneout masks of step t for this thread's unit, raw: [n-tile][h, c][batch row 2q + j] (as load_gx)
+static __device__ __forceinline__ void load_zone(u16 (&r)[NT][2][2], const u16* __restrict__ zh,
+                                                 const u16* __restrict__ zc, int t, int T, int B, int b0, int unit,
+                                                 int q) {
+#if ZONE
+  t = t < T ? (t > 0 ? t : 0) : T - 1;
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const long long o = ((long long)t * B + min(b0 + nt * 8 + 2 * q + j, B - 1)) * HID + unit;
+      r[nt][0][j] = ZONE_H ? zh[o] : (u16)0;
+      r[nt][1][j] = ZONE_C ? zc[o] : (u16)0;
+    }
+#endif
+}
+
 KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^T + b_ih + b_hh, gates i, f, g, o
                         const u16* __restrict__ w,     // (4 HID, HID): W_hh
                         const u16* __restrict__ h0,    // (B, HID)
@@ -401,6 +429,11 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
                         float* __restrict__ cT,        // (B, HID)
                         float* __restrict__ gates,     // (T, B, 4 HID) i, f, g, o after activation, or null
                         float* __restrict__ cs,        // (T, B, HID) c_t, or null (both for the backward)
+                        const u16* __restrict__ rec,   // RDROP: (B, HID) mask on h_{t-1} in the product
+                        const u16* __restrict__ zh,    // ZONE_H: (T, B, HID) zoneout mask of h
+                        const u16* __restrict__ zc,    // ZONE_C: (T, B, HID) zoneout mask of c
+                        const float* __restrict__ wch, // PEEP: (3 HID) peepholes w_ci, w_cf, w_co
+                        float clip,                    // CLIP: c_t clamped to [-clip, clip]
                         int T, int B) {
   SMEM(Smem)
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
@@ -421,20 +454,30 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
       wa[mt][kt][0] = r0[k]; wa[mt][kt][1] = r1[k]; wa[mt][kt][2] = r0[k + 4]; wa[mt][kt][3] = r1[k + 4];
     }
   }
-  for (int i = tid; i < BT * HID; i += WARPS * 32) {
+  for (int i = tid; i < BT * HID; i += WARPS * 32) {  // the product's operand h_0 (RDROP: h_0 * rec)
     const int r = i / HID, k = i % HID, b = b0 + r;
-    sm.hbuf[0][r][k] = b < B ? h0[(long long)b * HID + k] : (u16)0;
+    u16 v = b < B ? h0[(long long)b * HID + k] : (u16)0;
+#if RDROP
+    if (b < B) v = from_f32(to_f32(v) * to_f32(rec[(long long)b * HID + k]));
+#endif
+    sm.hbuf[0][r][k] = v;
   }
-  float c[NT][2];
+  float c[NT][2], hp[NT][2], recr[NT][2];  // c_{t-1}; ZONE_H: h_{t-1} of this unit; RDROP: its mask
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
       const int b = b0 + nt * 8 + 2 * q + j;
       c[nt][j] = b < B ? c0[(long long)b * HID + unit] : 0.0f;
+      hp[nt][j] = b < B ? to_f32(h0[(long long)b * HID + unit]) : 0.0f;
+      recr[nt][j] = RDROP && b < B ? to_f32(rec[(long long)b * HID + unit]) : 1.0f;
     }
-  u16 gxr[NT][4][2];
+#if PEEP
+  const float wci = wch[unit], wcf = wch[HID + unit], wco = wch[2 * HID + unit];
+#endif
+  u16 gxr[NT][4][2], zr[NT][2][2];
   load_gx(gxr, gx, 0, T, B, b0, unit, q);
+  load_zone(zr, zh, zc, 0, T, B, b0, unit, q);
 #if EXCH == 1 && ABL != 1
   // buffer b's mbarrier: thread 0's arrival with the bytes the other CTAs push (st.async), and one arrival
   // per warp of this CTA once its lanes have written this CTA's own slice (plain stores)
@@ -461,6 +504,7 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
 #endif
     u16 (&st)[BT][SR] = sm.stage[t & 1];
     float sv[NT][2][5];  // the gates and c_t saved for the backward, stored after the exchange
+    u16 yv[NT][2];       // h_t (RDROP: what is exchanged is h_t * rec, so y is stored from here)
 #if ABL != 2
     float acc[2][NT][2][4];  // (m-tile, n-tile, even / odd k-tile: two chains), fragment order
 #pragma unroll
@@ -490,16 +534,46 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
         const float af = acc[0][nt][0][2 + j] + acc[0][nt][1][2 + j] + to_f32(gxr[nt][1][j]);
         const float ag = acc[1][nt][0][j] + acc[1][nt][1][j] + to_f32(gxr[nt][2][j]);
         const float ao = acc[1][nt][0][2 + j] + acc[1][nt][1][2 + j] + to_f32(gxr[nt][3][j]);
-        const float si = sigm(ai), sf = sigm(af), tg = tanh_(ag), so = sigm(ao);
-        c[nt][j] = sf * c[nt][j] + si * tg;
-        st[nt * 8 + 2 * q + j][ul] = from_f32(so * tanh_(c[nt][j]));
+        const float cp = c[nt][j];
+        float ai_ = ai, af_ = af, ao_ = ao;
+#if PEEP
+        ai_ += wci * cp;
+        af_ += wcf * cp;
+#endif
+        const float sf = sigm(af_);
+        const float si = CIFG ? 1.0f - sf : sigm(ai_);
+        const float tg = tanh_(ag);
+        float cn = sf * cp + si * tg;
+#if CLIP
+        cn = fminf(fmaxf(cn, -clip), clip);
+#endif
+#if PEEP
+        ao_ += wco * cn;
+#endif
+        const float so = sigm(ao_);
+        float hn = so * tanh_(cn);
+#if ZONE_H
+        { const float z = to_f32(zr[nt][0][j]); hn = z * hp[nt][j] + (1.0f - z) * hn; }
+#endif
+#if ZONE_C
+        { const float z = to_f32(zr[nt][1][j]); c[nt][j] = z * cp + (1.0f - z) * cn; }
+#else
+        c[nt][j] = cn;
+#endif
+        const u16 hb = from_f32(hn);
+        hp[nt][j] = to_f32(hb);
+        yv[nt][j] = hb;
+        st[nt * 8 + 2 * q + j][ul] = RDROP ? from_f32(hp[nt][j] * recr[nt][j]) : hb;
         sv[nt][j][0] = si; sv[nt][j][1] = sf; sv[nt][j][2] = tg; sv[nt][j][3] = so; sv[nt][j][4] = c[nt][j];
       }
 #else  // the exchange alone: copy this CTA's slice of h_{t-1} forward
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-      for (int j = 0; j < 2; ++j) st[nt * 8 + 2 * q + j][ul] = sm.hbuf[cur][nt * 8 + 2 * q + j][unit];
+      for (int j = 0; j < 2; ++j) {
+        st[nt * 8 + 2 * q + j][ul] = sm.hbuf[cur][nt * 8 + 2 * q + j][unit];
+        yv[nt][j] = st[nt * 8 + 2 * q + j][ul];
+      }
 #endif
     __syncthreads();
     // push h_t into the other buffer of every CTA of the cluster, 16 bytes a store (this CTA's own slice:
@@ -524,6 +598,18 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
 #if EXCH == 0 && ABL != 1
     cluster_arrive();  // (the stores below need no release: the stage they read is rewritten two steps on)
 #endif
+#if RDROP  // y_t from registers: the stage holds h_t * rec
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int b = b0 + nt * 8 + 2 * q + j;
+        if (b < B) {
+          y[((long long)t * B + b) * HID + unit] = yv[nt][j];
+          if (t == T - 1) hT[(long long)b * HID + unit] = yv[nt][j];
+        }
+      }
+#else
     for (int i = tid; i < BT * CH; i += WARPS * 32) {
       const int r = i / CH, ch = i % CH, b = b0 + r;
       if (b < B) {
@@ -533,6 +619,7 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
         if (t == T - 1) *reinterpret_cast<v4*>(&hT[o]) = v;
       }
     }
+#endif
 #if ABL != 2
     if (gates != nullptr) {  // saved for the backward, after the exchange: off the step's critical path
 #pragma unroll
@@ -549,6 +636,7 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
     }
 #endif
     load_gx(gxr, gx, t + 1, T, B, b0, unit, q);
+    load_zone(zr, zh, zc, t + 1, T, B, b0, unit, q);
 #if EXCH == 0 && ABL != 1
     cluster_wait();
 #endif
@@ -570,10 +658,10 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
 // product's K (the 4 HID gate columns of da) split over the warps; the partial sums meet in shared memory.
 // da_t of its units is pushed to every CTA as h_t is in the forward.
 // what step t's cell needs, loaded as load_gx is: clamped rows and steps, no branches, dy_t raw
-static __device__ __forceinline__ void load_saved(float (&gl)[NT][4][2], float (&cl)[NT][2], float (&cp)[NT][2],
-                                                  u16 (&dyl)[NT][2], const float* __restrict__ gates,
-                                                  const float* __restrict__ cs, const float* __restrict__ c0,
-                                                  const u16* __restrict__ dy, int t, int B, int b0, int unit, int q) {
+static __device__ __forceinline__ void load_saved(float (&gl)[NT][4][2], float (&cp)[NT][2], u16 (&dyl)[NT][2],
+                                                  const float* __restrict__ gates, const float* __restrict__ cs,
+                                                  const float* __restrict__ c0, const u16* __restrict__ dy, int t,
+                                                  int B, int b0, int unit, int q) {
   t = t > 0 ? t : 0;
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt)
@@ -583,7 +671,6 @@ static __device__ __forceinline__ void load_saved(float (&gl)[NT][4][2], float (
       const float* gp = gates + ((long long)t * B + b) * G4 + unit;
 #pragma unroll
       for (int gate = 0; gate < 4; ++gate) gl[nt][gate][j] = gp[gate * HID];
-      cl[nt][j] = cs[((long long)t * B + b) * HID + unit];
       cp[nt][j] = *(t > 0 ? cs + ((long long)(t - 1) * B + b) * HID + unit : c0 + (long long)b * HID + unit);
       dyl[nt][j] = dy[((long long)t * B + b) * HID + unit];
     }
@@ -591,13 +678,19 @@ static __device__ __forceinline__ void load_saved(float (&gl)[NT][4][2], float (
 
 KERNEL lstm_cluster_bwd(const u16* __restrict__ w,       // (4 HID, HID): W_hh
                         const float* __restrict__ gates,  // (T, B, 4 HID): the forward's i, f, g, o
-                        const float* __restrict__ cs,     // (T, B, HID): the forward's c_t
+                        const float* __restrict__ cs,     // (T, B, HID): the forward's c_t (the state: zoned)
                         const float* __restrict__ c0,     // (B, HID)
                         const u16* __restrict__ dy,       // (T, B, HID): dLoss/dy_t
                         const u16* __restrict__ dhT,      // (B, HID): dLoss/dh_T
                         const float* __restrict__ dcT,    // (B, HID): dLoss/dc_T
                         u16* __restrict__ da,             // (T, B, 4 HID) out: dLoss/d(x_t W_ih^T + b + h W_hh^T)
                         float* __restrict__ dc0,          // (B, HID) out: dLoss/dc_0
+                        float* __restrict__ dhz,          // ZONE_H: (B, HID) out: dLoss/dh_0 through zoneout
+                        const u16* __restrict__ rec,      // the forward's masks and peepholes, as there
+                        const u16* __restrict__ zh,
+                        const u16* __restrict__ zc,
+                        const float* __restrict__ wch,
+                        float clip,
                         int T, int B) {
   SMEM(SmemB)
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
@@ -621,7 +714,7 @@ KERNEL lstm_cluster_bwd(const u16* __restrict__ w,       // (4 HID, HID): W_hh
     }
   }
   for (int i = tid; i < BT * GS; i += WARPS * 32) sm.dabuf[0][i / GS][i % GS] = 0;  // da_T = 0
-  float dc[NT][2], dhl[NT][2];
+  float dc[NT][2], dhl[NT][2], recr[NT][2];  // dLoss/dc_t; dLoss/dh_t not through the product; RDROP mask
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
@@ -629,10 +722,15 @@ KERNEL lstm_cluster_bwd(const u16* __restrict__ w,       // (4 HID, HID): W_hh
       const int b = b0 + nt * 8 + 2 * q + j;
       dc[nt][j] = b < B ? dcT[(long long)b * HID + unit] : 0.0f;
       dhl[nt][j] = b < B ? to_f32(dhT[(long long)b * HID + unit]) : 0.0f;
+      recr[nt][j] = RDROP && b < B ? to_f32(rec[(long long)b * HID + unit]) : 1.0f;
     }
-  float gl[NT][4][2], cl[NT][2], cp[NT][2];
-  u16 dyl[NT][2];
-  load_saved(gl, cl, cp, dyl, gates, cs, c0, dy, T - 1, B, b0, unit, q);
+#if PEEP
+  const float wci = wch[unit], wcf = wch[HID + unit], wco = wch[2 * HID + unit];
+#endif
+  float gl[NT][4][2], cp[NT][2];
+  u16 dyl[NT][2], zr[NT][2][2];
+  load_saved(gl, cp, dyl, gates, cs, c0, dy, T - 1, B, b0, unit, q);
+  load_zone(zr, zh, zc, T - 1, T, B, b0, unit, q);
 #if EXCH == 1 && ABL != 1
   const u32 bytes = (CL - 1) * BT * 4 * UNITS * 2;  // as in the forward: the other CTAs' bytes, one arrival per warp
   if (tid == 0) {
@@ -686,19 +784,47 @@ KERNEL lstm_cluster_bwd(const u16* __restrict__ w,       // (4 HID, HID): W_hh
     for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
       for (int j = 0; j < 2; ++j) {
-        float dh = to_f32(dyl[nt][j]) + dhl[nt][j];
+        float prod = 0.0f;  // (da_{t+1} W_hh)[unit]: dLoss/d(the product's operand h_t * rec)
 #pragma unroll
-        for (int v = 0; v < WARPS; ++v) dh += sm.red[v][ul / 16][nt][2 * ((ul % 16) / 8) + j][lane];
-        const float i = gl[nt][0][j], f = gl[nt][1][j], gg = gl[nt][2][j], o = gl[nt][3][j];
-        const float tc = tanh_(cl[nt][j]);
-        const float dct = dc[nt][j] + dh * o * (1.0f - tc * tc);
-        dc[nt][j] = dct * f;
+        for (int v = 0; v < WARPS; ++v) prod += sm.red[v][ul / 16][nt][2 * ((ul % 16) / 8) + j][lane];
+        float dh = to_f32(dyl[nt][j]) + dhl[nt][j] + prod * recr[nt][j];
+        float dcn = dc[nt][j], dhp = 0.0f, dcp = 0.0f;  // dhp, dcp: dLoss/dh_{t-1}, dc_{t-1} (but the product)
+#if ZONE_H
+        { const float z = to_f32(zr[nt][0][j]); dhp = z * dh; dh *= 1.0f - z; }
+#endif
+#if ZONE_C
+        { const float z = to_f32(zr[nt][1][j]); dcp = z * dcn; dcn *= 1.0f - z; }
+#endif
+        const float i = gl[nt][0][j], f = gl[nt][1][j], gg = gl[nt][2][j], o = gl[nt][3][j], c1 = cp[nt][j];
+        float cn = f * c1 + i * gg;  // c'_t, recomputed (the saved c_t is the zoned state)
+#if CLIP
+        const bool inside = cn >= -clip && cn <= clip;
+        cn = fminf(fmaxf(cn, -clip), clip);
+#endif
+        const float tc = tanh_(cn);
+        const float da_o = dh * tc * o * (1.0f - o);
+        dcn += dh * o * (1.0f - tc * tc);
+#if PEEP
+        dcn += da_o * wco;
+#endif
+#if CLIP
+        if (!inside) dcn = 0.0f;
+#endif
+        dcp += dcn * f;
+        const float d_i = dcn * gg;
+        const float da_i = CIFG ? 0.0f : d_i * i * (1.0f - i);
+        const float da_f = (dcn * c1 - (CIFG ? d_i : 0.0f)) * f * (1.0f - f);
+        const float da_g = dcn * i * (1.0f - gg * gg);
+#if PEEP
+        dcp += da_i * wci + da_f * wcf;
+#endif
         u16* sp = &st[nt * 8 + 2 * q + j][ul];
-        sp[0] = from_f32(dct * gg * i * (1.0f - i));
-        sp[UNITS] = from_f32(dct * cp[nt][j] * f * (1.0f - f));
-        sp[2 * UNITS] = from_f32(dct * i * (1.0f - gg * gg));
-        sp[3 * UNITS] = from_f32(dh * tc * o * (1.0f - o));
-        dhl[nt][j] = 0.0f;
+        sp[0] = from_f32(da_i);
+        sp[UNITS] = from_f32(da_f);
+        sp[2 * UNITS] = from_f32(da_g);
+        sp[3 * UNITS] = from_f32(da_o);
+        dc[nt][j] = dcp;
+        dhl[nt][j] = dhp;
       }
 #else  // the exchange alone
 #pragma unroll
@@ -736,7 +862,8 @@ KERNEL lstm_cluster_bwd(const u16* __restrict__ w,       // (4 HID, HID): W_hh
         *reinterpret_cast<v4*>(&da[((long long)t * B + b) * G4 + gate * HID + rank * UNITS + ch * 8]) =
             *reinterpret_cast<const v4*>(&st[r][gate * UNITS + ch * 8]);
     }
-    load_saved(gl, cl, cp, dyl, gates, cs, c0, dy, t - 1, B, b0, unit, q);
+    load_saved(gl, cp, dyl, gates, cs, c0, dy, t - 1, B, b0, unit, q);
+    load_zone(zr, zh, zc, t - 1, T, B, b0, unit, q);
 #if EXCH == 0 && ABL != 1
     cluster_wait();
 #endif
@@ -747,7 +874,10 @@ KERNEL lstm_cluster_bwd(const u16* __restrict__ w,       // (4 HID, HID): W_hh
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
       const int b = b0 + nt * 8 + 2 * q + j;
-      if (b < B) dc0[(long long)b * HID + unit] = dc[nt][j];
+      if (b < B) {
+        dc0[(long long)b * HID + unit] = dc[nt][j];
+        if (dhz != nullptr) dhz[(long long)b * HID + unit] = dhl[nt][j];
+      }
     }
   cluster_arrive();
   cluster_wait();
@@ -766,32 +896,35 @@ ABLATIONS = {0: "full step", 1: "no synchronisation", 2: "exchange only"}
 #: cluster's hardware barrier (arrive.release / wait.acquire); "mbarrier" = ``st.async`` stores that count
 #: their bytes on the receiving CTA's mbarrier, which the receiver alone waits on (no cluster-wide barrier)
 EXCHANGES = ("barrier", "mbarrier")
+#: the kernels' compile-time variant switches (lstmkit.nn's names: peephole, coupled_input_forget, cell_clip,
+#: recurrent_dropout, zoneout on h and on c); weight drop needs none (W_hh is masked before the call)
+FLAGS = ("PEEP", "CIFG", "CLIP", "RDROP", "ZONE_H", "ZONE_C")
 
 
 class ClusterConfig:
     """One compiled configuration: hidden size ``H``, ``C`` CTAs per cluster, ``NT`` n-tiles of 8 batch rows."""
 
     def __init__(self, H: int, C: int, NT: int, dtype: torch.dtype, ablate: int = 0, fast: bool = True,
-                 exchange: str = "barrier"):  # fmt: skip
+                 exchange: str = "barrier", flags: tuple[str, ...] = ()):  # fmt: skip
         self.H, self.C, self.NT, self.dtype, self.ablate, self.fast = H, C, NT, dtype, ablate, fast
-        self.exchange = exchange
+        self.exchange, self.flags = exchange, tuple(sorted(flags))
         self.units = H // C
         self.threads = self.units // 8 * 32
         self.batch_rows = 8 * NT
 
     def key(self) -> tuple:
-        return (self.H, self.C, self.NT, self.dtype, self.ablate, self.fast, self.exchange)
+        return (self.H, self.C, self.NT, self.dtype, self.ablate, self.fast, self.exchange, self.flags)
 
     def __repr__(self) -> str:
         name = {torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
         abl = "" if not self.ablate else f", {ABLATIONS[self.ablate]}"
         return (f"ClusterConfig(H={self.H}, {self.C} CTAs x {self.units} units, {self.threads} threads, "
                 f"{self.batch_rows} batch rows, {name}, {self.exchange}{'' if self.fast else ', exact activations'}"
-                f"{abl})")  # fmt: skip
+                f"{abl}{''.join(', ' + f for f in self.flags)})")  # fmt: skip
 
 
 def config(B: int, H: int, dtype: torch.dtype, cluster: int | None = None, ablate: int = 0,
-           fast: bool = True, exchange: str = "barrier") -> ClusterConfig:  # fmt: skip
+           fast: bool = True, exchange: str = "barrier", flags: tuple[str, ...] = ()) -> ClusterConfig:  # fmt: skip
     """The configuration for batch ``B``, hidden size ``H``; ``ValueError`` saying why when there is none.
 
     ``cluster``: CTAs per cluster (default: 32 units per CTA, at most :data:`MAX_CLUSTER` CTAs)."""
@@ -799,6 +932,8 @@ def config(B: int, H: int, dtype: torch.dtype, cluster: int | None = None, ablat
         raise ValueError(f"the cluster kernel runs bfloat16 or float16, got {dtype}; cast the layer first")
     if exchange not in EXCHANGES:
         raise ValueError(f"exchange must be one of {EXCHANGES}, got {exchange!r}")
+    if set(flags) - set(FLAGS):
+        raise ValueError(f"unknown variant switches {sorted(set(flags) - set(FLAGS))}; the kernels have {FLAGS}")
     if ablate not in ABLATIONS:
         raise ValueError(f"ablate must be one of {sorted(ABLATIONS)}, got {ablate}")
     if B < 1 or H < 16:
@@ -814,15 +949,18 @@ def config(B: int, H: int, dtype: torch.dtype, cluster: int | None = None, ablat
         raise ValueError(f"exchange='mbarrier' needs a cluster of 2 or more CTAs (st.async is undefined in a cluster "
                          f"of one); H={H} gives cluster=1: use exchange='barrier'")  # fmt: skip
     NT = 1 if B <= 8 else 2
-    return ClusterConfig(H, C, NT, dtype, ablate, fast, exchange)
+    return ClusterConfig(H, C, NT, dtype, ablate, fast, exchange, flags)
 
 
 def _defines(text: str, cfg: ClusterConfig) -> str:
     smem_f, smem_b = _smem_bytes(cfg)
     text = text.replace("{SMEM_F}", str(smem_f)).replace("{SMEM_B}", str(smem_b))
-    return text.replace("{H}", str(cfg.H)).replace("{C}", str(cfg.C)).replace("{NT}", str(cfg.NT)).replace(
+    text = text.replace("{H}", str(cfg.H)).replace("{C}", str(cfg.C)).replace("{NT}", str(cfg.NT)).replace(
         "{ABLATE}", str(cfg.ablate)).replace("{F16}", str(int(cfg.dtype == torch.float16))).replace(
         "{FAST}", str(int(cfg.fast))).replace("{EXCH}", str(EXCHANGES.index(cfg.exchange)))  # fmt: skip
+    for flag in FLAGS:
+        text = text.replace("{" + flag + "}", str(int(flag in cfg.flags)))
+    return text
 
 
 def source(cfg: ClusterConfig) -> str:
@@ -997,8 +1135,9 @@ def _make_current(index: int) -> None:
 
 
 def _c_args(args: list) -> list:
-    """Tensors (or None) as pointers, ints as C ints: the kernels' arguments."""
-    return [ctypes.c_int(a) if isinstance(a, int) else ctypes.c_void_p(0 if a is None else a.data_ptr()) for a in args]
+    """Tensors (or None) as pointers, ints as C ints, floats as C floats: the kernels' arguments."""
+    return [ctypes.c_int(a) if isinstance(a, int) else ctypes.c_float(a) if isinstance(a, float) else
+            ctypes.c_void_p(0 if a is None else a.data_ptr()) for a in args]  # fmt: skip
 
 
 def _run(cfg: ClusterConfig, kind: str, args: list, B: int) -> None:
@@ -1031,7 +1170,25 @@ def _check(gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor) -> None:
         raise ValueError("the cluster kernel needs thread-block clusters: an sm_90 (Hopper) or newer GPU")
 
 
-def _forward(cfg: ClusterConfig, gx: Tensor, w: Tensor, h0: Tensor, c0: Tensor, save: bool):
+def _variant_args(var: dict | None, w_ch: Tensor | None, dtype: torch.dtype) -> tuple[tuple[str, ...], list]:
+    """The kernels' switches and their arguments (rec, zh, zc, wch, clip) for ``var`` (triton_lstm's
+    ``_variant_args`` dict: ``peephole``, ``cifg``, ``clip``, masks ``rec`` (B, H), ``zh`` / ``zc`` (T, B, H))."""
+    var = var or {}
+    if var.get("valid") is not None:
+        raise ValueError("the cluster kernels take no lengths= (valid masks); use the Triton kernels")
+    c = lambda t: None if t is None else t.to(dtype).contiguous()  # noqa: E731
+    rec, zh, zc = c(var.get("rec")), c(var.get("zh")), c(var.get("zc"))
+    peep, clip = bool(var.get("peephole")), var.get("clip")
+    if peep and w_ch is None:
+        raise ValueError("peephole needs w_ch (3H)")
+    flags = tuple(f for f, on in (("PEEP", peep), ("CIFG", bool(var.get("cifg"))), ("CLIP", clip is not None),
+                                  ("RDROP", rec is not None), ("ZONE_H", zh is not None), ("ZONE_C", zc is not None))
+                  if on)  # fmt: skip
+    wch = w_ch.detach().float().contiguous() if peep else None
+    return flags, [rec, zh, zc, wch, float(clip) if clip is not None else 0.0]
+
+
+def _forward(cfg: ClusterConfig, gx: Tensor, w: Tensor, h0: Tensor, c0: Tensor, save: bool, vargs: list | None = None):
     T, B, _ = gx.shape
     H, dev = cfg.H, gx.device
     y = torch.empty(T, B, H, dtype=gx.dtype, device=dev)
@@ -1039,7 +1196,7 @@ def _forward(cfg: ClusterConfig, gx: Tensor, w: Tensor, h0: Tensor, c0: Tensor, 
     gates = torch.empty(T, B, 4 * H, dtype=torch.float32, device=dev) if save else None
     cs = torch.empty(T, B, H, dtype=torch.float32, device=dev) if save else None
     if T > 0:
-        _run(cfg, "fwd", [gx, w, h0, c0, y, hT, cT, gates, cs, T, B], B)
+        _run(cfg, "fwd", [gx, w, h0, c0, y, hT, cT, gates, cs, *(vargs or [None, None, None, None, 0.0]), T, B], B)
     return y, hT, cT, gates, cs
 
 
@@ -1064,30 +1221,35 @@ def emulate(gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, **kw) -> tuple[Ten
 
 
 class _Recurrence(torch.autograd.Function):
-    """(gx (T, B, 4H), h0, c0 (B, H), W_hh (4H, H)) -> (y (T, B, H), h_T, c_T), the cluster kernels forward
-    and backward; dW_hh and dh_0 are GEMMs on the da_t the backward kernel writes."""
+    """(gx (T, B, 4H), h0, c0 (B, H), W_hh (4H, H), w_ch (3H) | None) -> (y (T, B, H), h_T, c_T), the cluster
+    kernels forward and backward; dW_hh, dw_ch and dh_0 are reductions on the da_t the backward kernel writes.
+    ``var``: the variants (:func:`_variant_args`); ``kw``: cluster, fast, exchange."""
 
     @staticmethod
-    def forward(ctx, gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, kw: dict):
+    def forward(ctx, gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_ch: Tensor | None, var: dict | None,
+                kw: dict):  # fmt: skip
         _check(gx, h0, c0, w_hh)
         T, B, G = gx.shape
         dtype = gx.dtype
-        save = any(ctx.needs_input_grad[:4])
-        cfg = config(B, G // 4, dtype, kw.get("cluster"), 0, kw.get("fast", True), kw.get("exchange", "barrier"))
+        save = any(ctx.needs_input_grad[:5])
+        flags, vargs = _variant_args(var, w_ch, dtype)
+        cfg = config(B, G // 4, dtype, kw.get("cluster"), 0, kw.get("fast", True), kw.get("exchange", "barrier"),
+                     flags)  # fmt: skip
         if save and cfg.units % 16:
             raise ValueError(f"{cfg}: the backward needs 16 units per CTA or a multiple; choose a smaller cluster")
         w = w_hh.to(dtype).contiguous()
         h0_, c0_ = h0.to(dtype).contiguous(), c0.float().contiguous()
-        y, hT, cT, gates, cs = _forward(cfg, gx.contiguous(), w, h0_, c0_, save)
+        y, hT, cT, gates, cs = _forward(cfg, gx.contiguous(), w, h0_, c0_, save, vargs)
         if save:
             ctx.save_for_backward(w, gates, cs, c0_, h0_, y)
-            ctx.cfg, ctx.dtypes = cfg, (h0.dtype, c0.dtype, w_hh.dtype)
+            ctx.cfg, ctx.vargs, ctx.dtypes = cfg, vargs, (h0.dtype, c0.dtype, w_hh.dtype)
+            ctx.wch_dtype = None if w_ch is None else w_ch.dtype
         return y, hT, cT.to(dtype)
 
     @staticmethod
     def backward(ctx, dy: Tensor | None, dhT: Tensor | None, dcT: Tensor | None):
         w, gates, cs, c0, h0, y = ctx.saved_tensors
-        cfg = ctx.cfg
+        cfg, (rec, zh, zc, wch, clip) = ctx.cfg, ctx.vargs
         T, B, H = y.shape
         dtype, dev = y.dtype, y.device
         dy = torch.zeros_like(y) if dy is None else dy.to(dtype).contiguous()
@@ -1095,13 +1257,30 @@ class _Recurrence(torch.autograd.Function):
         dcT = torch.zeros_like(c0) if dcT is None else dcT.float().contiguous()
         da = torch.empty(T, B, 4 * H, dtype=dtype, device=dev)
         dc0 = dcT.clone()
+        dhz = torch.zeros(B, H, device=dev) if "ZONE_H" in cfg.flags else None
         if T > 0:
-            _run(cfg, "bwd", [w, gates, cs, c0, dy, dhT, dcT, da, dc0, T, B], B)
-        dh0 = (da[0].float() @ w.float()) if T > 0 else dhT.float()
-        h_in = torch.cat([h0[None], y[:-1]]).reshape(T * B, H).float()
+            _run(cfg, "bwd", [w, gates, cs, c0, dy, dhT, dcT, da, dc0, dhz, rec, zh, zc, wch, clip, T, B], B)
+        recf = rec.float() if rec is not None else None
+        if T > 0:  # dh_0 = (da_0 W_hh) * rec (+ what zoneout carried past step 0)
+            dh0 = da[0].float() @ w.float()
+            dh0 = dh0 * recf if recf is not None else dh0
+            dh0 = dh0 + dhz if dhz is not None else dh0
+        else:
+            dh0 = dhT.float()
+        h_in = torch.cat([h0[None], y[:-1]]).float()  # (T, B, H): h_{t-1}, times rec: the product's operand
+        h_in = (h_in * recf if recf is not None else h_in).reshape(T * B, H)
         dw = da.reshape(T * B, 4 * H).float().t() @ h_in
+        dw_ch = None
+        if wch is not None and ctx.needs_input_grad[4]:  # sum over t, b of da_i c_{t-1}, da_f c_{t-1}, da_o c'_t
+            i_t, f_t, g_t, _ = gates.view(T, B, 4, H).unbind(2)
+            c_prev = torch.cat([c0[None], cs[:-1]])
+            c_new = f_t * c_prev + i_t * g_t
+            c_new = c_new.clamp(-clip, clip) if "CLIP" in cfg.flags else c_new
+            d4 = da.view(T, B, 4, H).float()
+            dw_ch = torch.cat([(d4[:, :, 0] * c_prev).sum((0, 1)), (d4[:, :, 1] * c_prev).sum((0, 1)),
+                               (d4[:, :, 3] * c_new).sum((0, 1))]).to(ctx.wch_dtype)  # fmt: skip
         h0_dt, c0_dt, w_dt = ctx.dtypes
-        return da, dh0.to(h0_dt), dc0.to(c0_dt), dw.to(w_dt), None
+        return da, dh0.to(h0_dt), dc0.to(c0_dt), dw.to(w_dt), dw_ch, None, None
 
 
 def layer(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None,
@@ -1112,7 +1291,7 @@ def layer(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: T
     on the cluster kernels (GPU: sm_90+; CPU tensors: the emulation, for tests)."""
     b = None if b_ih is None else (b_ih if b_hh is None else b_ih + b_hh)
     gx = F.linear(x, w_ih.to(x.dtype), None if b is None else b.to(x.dtype))
-    return _Recurrence.apply(gx, h0, c0, w_hh, dict(cluster=cluster, fast=fast, exchange=exchange))
+    return _Recurrence.apply(gx, h0, c0, w_hh, None, None, dict(cluster=cluster, fast=fast, exchange=exchange))
 
 
 def lstm_forward(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
