@@ -32,6 +32,7 @@ import time
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from lstmkit.kernels import cluster_lstm as cl
@@ -44,6 +45,9 @@ SHAPES = [(1024, 8, 256), (1024, 16, 256), (1024, 4, 128)]
 #: first phases), an odd batch, two batch tiles
 EDGE_SHAPES = [(1, 5, 128), (2, 5, 128), (3, 5, 128), (5, 20, 128)]
 DRY_SHAPES = [(3, 5, 64)]
+#: the variants: every switch at once (peephole, CIFG, cell clip 3.0, recurrent dropout 0.25, zoneout 0.1 / 0.05,
+#: and weight drop, which is W_hh masked before the call), as gpu.py's "all six"
+VARIANT_SHAPES = [(3, 5, 128), (1024, 8, 256)]
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -115,7 +119,7 @@ class Report:
 
     def __init__(self, out: Path | None, machine: str, cmd: str):
         self.out, self.machine, self.cmd = out, machine, cmd
-        self.rows: dict[str, list[dict]] = {"checks": [], "grads": [], "times": []}
+        self.rows: dict[str, list[dict]] = {"checks": [], "grads": [], "times": [], "variants": [], "vtimes": []}
         self.notes: list[str] = []
 
     def add(self, kind: str, row: dict) -> None:
@@ -134,10 +138,11 @@ class Report:
 
     def text(self) -> str:
         return render(self.machine, self.cmd, self.rows["checks"], self.rows["grads"], self.rows["times"],
-                      self.notes)  # fmt: skip
+                      self.notes) + render_variants(self.rows["variants"], self.rows["vtimes"])  # fmt: skip
 
     def ok(self) -> bool:
-        return all(r["ok"] for r in self.rows["checks"] + self.rows["grads"]) and not self.notes
+        checked = self.rows["checks"] + self.rows["grads"] + self.rows["variants"]
+        return all(r["ok"] for r in checked) and not any(n.startswith("stopped") for n in self.notes)
 
 
 def _guard(report: Report, kind: str, base: dict, fn) -> dict | None:
@@ -255,6 +260,100 @@ def _time_one(d: dict, peers: dict, B: int, H: int, T: int, dtype, C: int, excha
     return dict(ours=layer, ours_fb=fb, steps=steps, bsteps=bsteps, ok=True, **peers)
 
 
+def _variant_case(T: int, B: int, H: int, dtype, device: str, seed: int = 3):
+    """Masks and peepholes as lstmkit.nn samples them in training (all six variants), in ``dtype``."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    var = dict(peephole=True, cifg=True, clip=3.0,
+               rec=((torch.rand(B, H, generator=g) > 0.25).float() / 0.75).to(device, dtype),
+               zh=(torch.rand(T, B, H, generator=g) < 0.1).to(device, dtype),
+               zc=(torch.rand(T, B, H, generator=g) < 0.05).to(device, dtype))  # fmt: skip
+    w_ch = (torch.randn(3 * H, generator=g) * 0.3).to(device)
+    wd = ((torch.rand(4 * H, H, generator=g) > 0.5).float() / 0.5).to(device)  # weight drop 0.5
+    return var, w_ch, wd
+
+
+def _variants_one(T: int, B: int, H: int, dtype, device: str, exchange: str) -> dict:
+    """Forward and gradients with all six variants against the NumPy spec (float64, on the CPU)."""
+    from lstmkit import reference as ref
+
+    m, x, h0, c0 = _case(T, B, H, device)
+    var, w_ch, wd = _variant_case(T, B, H, dtype, device)
+    w_ih, w_hh, b_ih, b_hh = _params(m, torch.float64)
+    w_hh = w_hh * wd
+    gx = (torch.nn.functional.linear(x, w_ih, b_ih + b_hh)).to(dtype)
+    g = torch.Generator(device="cpu").manual_seed(2)
+    dy = torch.randn(T, B, H, generator=g).to(device, dtype)
+    leaves = [t.clone().requires_grad_() for t in (gx, h0.to(dtype), c0.float(), w_hh.to(dtype), w_ch)]
+    y, hT, cT = cl._Recurrence.apply(*leaves, var, dict(exchange=exchange))
+    y.backward(dy)
+    f64 = lambda t: t.detach().double().cpu().numpy()  # noqa: E731
+    p = dict(weight_ih=np.eye(4 * H), weight_hh=f64(leaves[3]), weight_ch=f64(w_ch))
+    masks = dict(recurrent=f64(var["rec"]), zoneout_h=list(f64(var["zh"])), zoneout_c=list(f64(var["zc"])))
+    hs, _, cache = ref.variant_layer_forward(list(f64(gx)), (f64(leaves[1]), f64(leaves[2])), p, peephole=True,
+                                             coupled_input_forget=True, cell_clip=3.0, masks=masks)  # fmt: skip
+    grads, dxs, (dh0, dc0) = ref.variant_layer_backward(list(f64(dy)), cache)
+    rel = lambda a, b: float(np.linalg.norm(f64(a) - b) / np.linalg.norm(b))  # noqa: E731
+    errs = dict(y=rel(y, np.stack(hs)), gx=rel(leaves[0].grad, np.stack(dxs)), h_0=rel(leaves[1].grad, dh0),
+                c_0=rel(leaves[2].grad, dc0), W_hh=rel(leaves[3].grad, grads["weight_hh"]),
+                w_ch=rel(leaves[4].grad, grads["weight_ch"]))  # fmt: skip
+    return dict(errs=errs, ok=all(v < _bound(dtype) for v in errs.values()))
+
+
+def check_variants(report: Report, shapes, device: str, deadline: float) -> None:
+    for T, B, H in shapes:
+        for exchange in cl.EXCHANGES:
+            for dname, dtype in DTYPES.items():
+                if time.monotonic() > deadline:
+                    report.note(f"time budget spent: variant checks from {(T, B, H)} on skipped")
+                    return
+                run = partial(_variants_one, T, B, H, dtype, device, exchange)
+                _guard(report, "variants", dict(shape=(T, B, H), dtype=dname, exchange=exchange), run)
+
+
+def _time_variants(T: int, B: int, H: int, dtype, device: str, exchange: str, warmup: int, iters: int) -> dict:
+    m, x, h0, c0 = _case(T, B, H, device)
+    var, w_ch, wd = _variant_case(T, B, H, dtype, device)
+    w_ih, w_hh, b_ih, b_hh = [p.clone().requires_grad_() for p in _params(m, dtype)]
+    w_ch = w_ch.clone().requires_grad_()
+    xd, h0d, c0d = x.to(dtype), h0.to(dtype), c0.to(dtype)
+    gy = torch.randn(T, B, H, device=device, dtype=dtype)
+
+    def step(train: bool):
+        gx = torch.nn.functional.linear(xd, w_ih, b_ih + b_hh)  # (weight drop: W_hh * mask, in the graph)
+        y, _, _ = cl._Recurrence.apply(gx, h0d, c0d, w_hh * wd.to(dtype), w_ch, var, dict(exchange=exchange))
+        if train:
+            y.backward(gy)
+
+    with torch.no_grad():
+        fwd = time_ms(partial(step, False), device, warmup, iters)
+    with torch.enable_grad():
+        fb = time_ms(partial(step, True), device, warmup, iters)
+    return dict(fwd=fwd, fb=fb, ok=True)
+
+
+def bench_variants(report: Report, shapes, device: str, warmup: int, iters: int, deadline: float) -> None:
+    for T, B, H in shapes:
+        m, x, h0, c0 = _case(T, B, H, device)
+        peers = {}
+        for dname, dtype in DTYPES.items():
+            mc = torch.nn.LSTM(H, H).to(device, dtype)
+            mc.load_state_dict(m.state_dict())
+            xd, hc = x.to(dtype), (h0[None].to(dtype), c0[None].to(dtype))
+            with torch.no_grad():
+                fwd = time_ms(partial(mc, xd, hc), device, warmup, iters)
+            gy = torch.randn(T, B, H, device=device, dtype=dtype)
+            peers[dname] = (fwd, time_ms(partial(_cudnn_train_step, mc, xd, hc, gy), device, warmup, iters))
+        for exchange in cl.EXCHANGES:
+            for dname, dtype in DTYPES.items():
+                if time.monotonic() > deadline:
+                    report.note(f"time budget spent: variant timings from {(T, B, H)} on skipped")
+                    return
+                run = partial(_time_variants, T, B, H, dtype, device, exchange, warmup, iters)
+                base = dict(shape=(T, B, H), dtype=dname, exchange=exchange, cudnn=peers[dname],
+                            cudnn_fp16=peers["fp16"])  # fmt: skip
+                _guard(report, "vtimes", base, run)
+
+
 def bench(report: Report, shapes, device: str, warmup: int, iters: int, deadline: float) -> None:
     for T, B, H in shapes:
         m, x, h0, c0 = _case(T, B, H, device)
@@ -347,6 +446,36 @@ def render(machine: str, cmd: str, checks: list[dict], grads: list[dict], times:
     return "\n".join(out) + "\n"
 
 
+def render_variants(checks: list[dict], times: list[dict]) -> str:
+    out = []
+    if checks:
+        out += ["", "## All six variants: forward and gradients against the NumPy spec (float64; same bounds)", "",
+                "| shape | dtype | exchange | y | gx | h_0 | c_0 | W_hh | w_ch | ok |",
+                "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in checks:
+            head = f"| {r['shape']} | {r['dtype']} | {r['exchange']} |"
+            if "error" in r:
+                out.append(f"{head} {r['error']} | | | | | | **no** |")
+                continue
+            out.append(f"{head} " + " | ".join(f"{v:.2e}" for v in r["errs"].values())
+                       + f" | {'yes' if r['ok'] else '**no**'} |")  # fmt: skip
+    if times:
+        out += ["", "## All six variants, one layer, ms: ours / plain cuDNN of the same dtype (goal 2: <= 1.2) and "
+                "/ plain cuDNN fp16 (goal 3)", "",
+                "| shape | dtype | exchange | ours fwd | / cuDNN | / cuDNN fp16 | ours fwd+bwd | / cuDNN | "
+                "/ cuDNN fp16 |",
+                "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in times:
+            head = f"| {r['shape']} | {r['dtype']} | {r['exchange']} |"
+            if "error" in r:
+                out.append(f"{head} {r['error']} | | | | | |")
+                continue
+            (cf, cfb), (hf, hfb) = r["cudnn"], r["cudnn_fp16"]
+            out.append(f"{head} {r['fwd']:.3g} | {r['fwd'] / cf:.2f} | {r['fwd'] / hf:.2f} | {r['fb']:.3g} | "
+                       f"{r['fb'] / cfb:.2f} | {r['fb'] / hfb:.2f} |")  # fmt: skip
+    return "\n".join(out) + ("\n" if out else "")
+
+
 def compile_report(shapes) -> str:
     """Without a GPU: both kernels of each configuration built for sm_90 by NVRTC, what ptxas made of them
     (registers, stack, spills) and what the machine code holds (cuobjdump -sass, Triton's copy)."""
@@ -423,7 +552,9 @@ def main(argv=None) -> int:
             report.notes.pop()  # (logged, not a failure)
         check(report, checked, device, deadline)
         check_grads(report, checked, device, deadline)
+        check_variants(report, DRY_SHAPES if args.dry_run else VARIANT_SHAPES, device, deadline)
         bench(report, shapes, device, *iters, deadline)
+        bench_variants(report, DRY_SHAPES if args.dry_run else VARIANT_SHAPES[1:], device, *iters, deadline)
     except Broken as e:
         report.note(f"stopped: {e}")
     report.flush()
