@@ -338,15 +338,15 @@ _MUTATIONS = {  # (exchange, what the kernel's text has, without the synchronisa
     "mbarrier wait": ("mbarrier", "      mbar_wait(smem_addr(&sm.mbar[cur]), (parity >> cur) & 1);\n"
                       "      parity ^= 1u << cur;\n    }\n    if (tid == 0 && t + 2",
                       "      parity ^= 1u << cur;\n    }\n    if (tid == 0 && t + 2"),
-    "__syncthreads before the push": ("mbarrier", "    __syncthreads();\n    // push h_t", "    // push h_t"),
+    "__syncwarp before the push": ("mbarrier", "    __syncwarp();\n    if (t + 1 < T) {", "    if (t + 1 < T) {"),
+    "backward: __syncwarp before the push": ("barrier", "    __syncwarp();  // (as in the forward", "    // (as in"),
     "double buffer of h": ("barrier", "sm.hbuf[cur ^ 1]", "sm.hbuf[cur]"),
-    "double buffer of the stage": ("mbarrier", "sm.stage[t & 1]", "sm.stage[0]"),
     "__syncwarp before the own slice's arrival": ("mbarrier", "      __syncwarp();\n      if (lane == 0) mbar_arrive("
                                                   "smem_addr(&sm.mbar[cur ^ 1]));  // this warp's",
                                                   "      if (lane == 0) mbar_arrive(smem_addr(&sm.mbar[cur ^ 1]));  // "
                                                   "this warp's"),
-    "backward: __syncthreads after the partial sums": ("barrier", "[e][lane] = acc[mt][nt][e];\n    __syncthreads();",
-                                                       "[e][lane] = acc[mt][nt][e];\n"),
+    "backward: __syncthreads after the partial sums": ("barrier", "acc[mt][nt][1][e];\n    __syncthreads();",
+                                                       "acc[mt][nt][1][e];\n"),
     "backward: mbarrier wait": ("mbarrier", "      mbar_wait(smem_addr(&sm.mbar[cur]), (parity >> cur) & 1);\n"
                                 "      parity ^= 1u << cur;\n    }\n    if (tid == 0 && s + 2",
                                 "      parity ^= 1u << cur;\n    }\n    if (tid == 0 && s + 2"),

@@ -194,6 +194,9 @@ static __device__ __forceinline__ void mbar_wait(u32 addr, u32 parity) {
     }
   }
 }
+static __device__ __forceinline__ void prefetch_l2(const void* p) {
+  asm volatile("prefetch.global.L2 [%0];" :: "l"(p));
+}
 static __device__ __forceinline__ void cluster_arrive() {
   asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
 }
@@ -340,6 +343,7 @@ static inline emu::MBar& mbar_at(u32 addr) {  // the emulated mbarrier behind a 
 static inline void st_async(u32 addr, v4 v, u32 mbar) { st_cluster(addr, v); mbar_at(mbar).complete(16); }
 static inline void mbar_init(u32 addr, u32 count) { mbar_at(map_rank(addr, emu::rank)).init((int)count); }
 static inline void mbar_fence_init() {}
+static inline void prefetch_l2(const void*) {}
 static inline void mbar_arrive(u32 addr) { mbar_at(map_rank(addr, emu::rank)).expect_arrive(0); }
 static inline void __syncwarp() { emu::cl->warp[emu::gwarp]->arrive_and_wait(); }
 static inline int min(int a, int b) { return a < b ? a : b; }
@@ -475,8 +479,9 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
 #if PEEP
   const float wci = wch[unit], wcf = wch[HID + unit], wco = wch[2 * HID + unit];
 #endif
-  u16 gxr[NT][4][2], zr[NT][2][2];
+  u16 gxr[NT][4][2], gxn[NT][4][2], zr[NT][2][2];  // gx of this step and of the next (loaded two steps ahead)
   load_gx(gxr, gx, 0, T, B, b0, unit, q);
+  load_gx(gxn, gx, 1, T, B, b0, unit, q);
   load_zone(zr, zh, zc, 0, T, B, b0, unit, q);
 #if EXCH == 1 && ABL != 1
   // buffer b's mbarrier: thread 0's arrival with the bytes the other CTAs push (st.async), and one arrival
@@ -575,14 +580,16 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
         yv[nt][j] = st[nt * 8 + 2 * q + j][ul];
       }
 #endif
-    __syncthreads();
-    // push h_t into the other buffer of every CTA of the cluster, 16 bytes a store (this CTA's own slice:
-    // plain stores); not after the last step, whose h nobody reads
+    // Each warp staged its own 8 units of every row: chunk `warp`, 16 bytes a row, which only it reads; so a
+    // warp barrier, not a CTA barrier, before it pushes the chunk into the other buffer of every CTA of the
+    // cluster (its own CTA by plain stores); not after the last step, whose h nobody reads
+    __syncwarp();
     if (t + 1 < T) {
-      for (int i = tid; i < CL * BT * CH; i += WARPS * 32) {
-        const int dst = i / (BT * CH), r = (i / CH) % BT, ch = i % CH;
-        const v4 v = *reinterpret_cast<const v4*>(&st[r][ch * 8]);
-        u16* slot = &sm.hbuf[cur ^ 1][r][rank * UNITS + ch * 8];
+#pragma unroll
+      for (int i = lane; i < CL * BT; i += 32) {
+        const int dst = i / BT, r = i % BT;
+        const v4 v = *reinterpret_cast<const v4*>(&st[r][warp * 8]);
+        u16* slot = &sm.hbuf[cur ^ 1][r][rank * UNITS + warp * 8];
 #if EXCH == 1 && ABL != 1
         if (dst == (int)rank) *reinterpret_cast<v4*>(slot) = v;
         else st_async(map_rank(smem_addr(slot), dst), v, map_rank(smem_addr(&sm.mbar[cur ^ 1]), dst));
@@ -610,11 +617,11 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
         }
       }
 #else
-    for (int i = tid; i < BT * CH; i += WARPS * 32) {
-      const int r = i / CH, ch = i % CH, b = b0 + r;
+    for (int r = lane; r < BT; r += 32) {  // this warp's chunk of every real row
+      const int b = b0 + r;
       if (b < B) {
-        const v4 v = *reinterpret_cast<const v4*>(&st[r][ch * 8]);
-        const long long o = (long long)b * HID + rank * UNITS + ch * 8;
+        const v4 v = *reinterpret_cast<const v4*>(&st[r][warp * 8]);
+        const long long o = (long long)b * HID + rank * UNITS + warp * 8;
         *reinterpret_cast<v4*>(&y[(long long)t * B * HID + o]) = v;
         if (t == T - 1) *reinterpret_cast<v4*>(&hT[o]) = v;
       }
@@ -635,7 +642,13 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
         }
     }
 #endif
-    load_gx(gxr, gx, t + 1, T, B, b0, unit, q);
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int k = 0; k < 4; ++k)
+#pragma unroll
+        for (int j = 0; j < 2; ++j) gxr[nt][k][j] = gxn[nt][k][j];  // (loaded a step ago: no wait here)
+    load_gx(gxn, gx, t + 2, T, B, b0, unit, q);
     load_zone(zr, zh, zc, t + 1, T, B, b0, unit, q);
 #if EXCH == 0 && ABL != 1
     cluster_wait();
@@ -673,6 +686,23 @@ static __device__ __forceinline__ void load_saved(float (&gl)[NT][4][2], float (
       for (int gate = 0; gate < 4; ++gate) gl[nt][gate][j] = gp[gate * HID];
       cp[nt][j] = *(t > 0 ? cs + ((long long)(t - 1) * B + b) * HID + unit : c0 + (long long)b * HID + unit);
       dyl[nt][j] = dy[((long long)t * B + b) * HID + unit];
+    }
+}
+
+// step t's saved gates, c_t and dy_t into L2 (they were written a whole forward ago and may be in HBM)
+static __device__ __forceinline__ void prefetch_saved(const float* __restrict__ gates, const float* __restrict__ cs,
+                                                      const u16* __restrict__ dy, int t, int B, int b0, int unit,
+                                                      int q) {
+  if (t < 0) return;
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const long long row = (long long)t * B + min(b0 + nt * 8 + 2 * q + j, B - 1);
+#pragma unroll
+      for (int gate = 0; gate < 4; ++gate) prefetch_l2(gates + row * G4 + gate * HID + unit);
+      prefetch_l2(cs + row * HID + unit);
+      prefetch_l2(dy + row * HID + unit);
     }
 }
 
@@ -756,13 +786,15 @@ KERNEL lstm_cluster_bwd(const u16* __restrict__ w,       // (4 HID, HID): W_hh
 #endif
     u16 (&st)[BT][SRB] = sm.stage[s & 1];
 #if ABL != 2
-    float acc[MT][NT][4];
+    float acc[MT][NT][2][4];  // (even / odd k-tile: two chains)
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) acc[mt][nt][e] = 0.0f;
+        for (int s2 = 0; s2 < 2; ++s2)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) acc[mt][nt][s2][e] = 0.0f;
 #pragma unroll
     for (int kt = 0; kt < KTW; ++kt)
 #pragma unroll
@@ -770,14 +802,14 @@ KERNEL lstm_cluster_bwd(const u16* __restrict__ w,       // (4 HID, HID): W_hh
         const u32* dr = reinterpret_cast<const u32*>(&sm.dabuf[cur][nt * 8 + g][warp * KW + kt * 16 + 2 * q]);
         const u32 bb0 = dr[0], bb1 = dr[4];
 #pragma unroll
-        for (int mt = 0; mt < MT; ++mt) mma(acc[mt][nt], wa[mt][kt], bb0, bb1);
+        for (int mt = 0; mt < MT; ++mt) mma(acc[mt][nt][kt & 1], wa[mt][kt], bb0, bb1);
       }
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) sm.red[warp][mt][nt][e][lane] = acc[mt][nt][e];
+        for (int e = 0; e < 4; ++e) sm.red[warp][mt][nt][e][lane] = acc[mt][nt][0][e] + acc[mt][nt][1][e];
     __syncthreads();
     // unit ul = mt*16 + 8 hi + g: its partial sums sit in every warp's lane of this thread, element 2 hi + j
 #pragma unroll
@@ -835,12 +867,13 @@ KERNEL lstm_cluster_bwd(const u16* __restrict__ w,       // (4 HID, HID): W_hh
         for (int gate = 0; gate < 4; ++gate)
           st[nt * 8 + 2 * q + j][gate * UNITS + ul] = sm.dabuf[cur][nt * 8 + 2 * q + j][gate * HID + unit];
 #endif
-    __syncthreads();
+    __syncwarp();  // (as in the forward: each warp pushes the chunk it staged, units warp*8 .. +7 of each gate)
     if (s + 1 < T) {  // push da_t into the other buffer of every CTA (da_0 goes to global memory only)
-      for (int i = tid; i < CL * BT * 4 * CH; i += WARPS * 32) {
-        const int dst = i / (BT * 4 * CH), r = (i / (4 * CH)) % BT, gate = (i / CH) % 4, ch = i % CH;
-        const v4 v = *reinterpret_cast<const v4*>(&st[r][gate * UNITS + ch * 8]);
-        u16* slot = &sm.dabuf[cur ^ 1][r][gate * HID + rank * UNITS + ch * 8];
+#pragma unroll
+      for (int i = lane; i < CL * BT * 4; i += 32) {
+        const int dst = i / (BT * 4), r = (i / 4) % BT, gate = i % 4;
+        const v4 v = *reinterpret_cast<const v4*>(&st[r][gate * UNITS + warp * 8]);
+        u16* slot = &sm.dabuf[cur ^ 1][r][gate * HID + rank * UNITS + warp * 8];
 #if EXCH == 1 && ABL != 1
         if (dst == (int)rank) *reinterpret_cast<v4*>(slot) = v;
         else st_async(map_rank(smem_addr(slot), dst), v, map_rank(smem_addr(&sm.mbar[cur ^ 1]), dst));
@@ -856,13 +889,14 @@ KERNEL lstm_cluster_bwd(const u16* __restrict__ w,       // (4 HID, HID): W_hh
 #if EXCH == 0 && ABL != 1
     cluster_arrive();
 #endif
-    for (int i = tid; i < BT * 4 * CH; i += WARPS * 32) {
-      const int r = i / (4 * CH), gate = (i / CH) % 4, ch = i % CH, b = b0 + r;
+    for (int i = lane; i < BT * 4; i += 32) {
+      const int r = i / 4, gate = i % 4, b = b0 + r;
       if (b < B)
-        *reinterpret_cast<v4*>(&da[((long long)t * B + b) * G4 + gate * HID + rank * UNITS + ch * 8]) =
-            *reinterpret_cast<const v4*>(&st[r][gate * UNITS + ch * 8]);
+        *reinterpret_cast<v4*>(&da[((long long)t * B + b) * G4 + gate * HID + rank * UNITS + warp * 8]) =
+            *reinterpret_cast<const v4*>(&st[r][gate * UNITS + warp * 8]);
     }
     load_saved(gl, cp, dyl, gates, cs, c0, dy, t - 1, B, b0, unit, q);
+    prefetch_saved(gates, cs, dy, t - 4, B, b0, unit, q);  // (into L2: the loads above, three steps on)
     load_zone(zr, zh, zc, t - 1, T, B, b0, unit, q);
 #if EXCH == 0 && ABL != 1
     cluster_wait();
@@ -1267,7 +1301,7 @@ class _Recurrence(torch.autograd.Function):
             dh0 = dh0 + dhz if dhz is not None else dh0
         else:
             dh0 = dhT.float()
-        h_in = torch.cat([h0[None], y[:-1]]).float()  # (T, B, H): h_{t-1}, times rec: the product's operand
+        h_in = torch.cat([h0[None], y[:-1]])[:T].float()  # (T, B, H): h_{t-1}, times rec: the product's operand
         h_in = (h_in * recf if recf is not None else h_in).reshape(T * B, H)
         dw = da.reshape(T * B, 4 * H).float().t() @ h_in
         dw_ch = None
