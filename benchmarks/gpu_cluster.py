@@ -47,7 +47,7 @@ EDGE_SHAPES = [(1, 5, 128), (2, 5, 128), (3, 5, 128), (5, 20, 128)]
 DRY_SHAPES = [(3, 5, 64)]
 #: the variants: every switch at once (peephole, CIFG, cell clip 3.0, recurrent dropout 0.25, zoneout 0.1 / 0.05,
 #: and weight drop, which is W_hh masked before the call), as gpu.py's "all six"
-VARIANT_SHAPES = [(3, 5, 128), (1024, 8, 256)]
+VARIANT_SHAPES = [(3, 5, 128), (256, 8, 256), (1024, 8, 256)]  # checked: the first two (the NumPy spec is slow)
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -272,6 +272,9 @@ def _variant_case(T: int, B: int, H: int, dtype, device: str, seed: int = 3):
     return var, w_ch, wd
 
 
+_SPEC: dict = {}
+
+
 def _variants_one(T: int, B: int, H: int, dtype, device: str, exchange: str) -> dict:
     """Forward and gradients with all six variants against the NumPy spec (float64, on the CPU)."""
     from lstmkit import reference as ref
@@ -289,9 +292,12 @@ def _variants_one(T: int, B: int, H: int, dtype, device: str, exchange: str) -> 
     f64 = lambda t: t.detach().double().cpu().numpy()  # noqa: E731
     p = dict(weight_ih=np.eye(4 * H), weight_hh=f64(leaves[3]), weight_ch=f64(w_ch))
     masks = dict(recurrent=f64(var["rec"]), zoneout_h=list(f64(var["zh"])), zoneout_c=list(f64(var["zc"])))
-    hs, _, cache = ref.variant_layer_forward(list(f64(gx)), (f64(leaves[1]), f64(leaves[2])), p, peephole=True,
-                                             coupled_input_forget=True, cell_clip=3.0, masks=masks)  # fmt: skip
-    grads, dxs, (dh0, dc0) = ref.variant_layer_backward(list(f64(dy)), cache)
+    key = (T, B, H, dtype)  # the spec's numbers do not depend on the exchange: once per shape and dtype
+    if key not in _SPEC:
+        hs, _, cache = ref.variant_layer_forward(list(f64(gx)), (f64(leaves[1]), f64(leaves[2])), p, peephole=True,
+                                                 coupled_input_forget=True, cell_clip=3.0, masks=masks)  # fmt: skip
+        _SPEC[key] = (hs, *ref.variant_layer_backward(list(f64(dy)), cache))
+    hs, grads, dxs, (dh0, dc0) = _SPEC[key]
     rel = lambda a, b: float(np.linalg.norm(f64(a) - b) / np.linalg.norm(b))  # noqa: E731
     errs = dict(y=rel(y, np.stack(hs)), gx=rel(leaves[0].grad, np.stack(dxs)), h_0=rel(leaves[1].grad, dh0),
                 c_0=rel(leaves[2].grad, dc0), W_hh=rel(leaves[3].grad, grads["weight_hh"]),
@@ -552,9 +558,9 @@ def main(argv=None) -> int:
             report.notes.pop()  # (logged, not a failure)
         check(report, checked, device, deadline)
         check_grads(report, checked, device, deadline)
-        check_variants(report, DRY_SHAPES if args.dry_run else VARIANT_SHAPES, device, deadline)
+        check_variants(report, DRY_SHAPES if args.dry_run else VARIANT_SHAPES[:2], device, deadline)
         bench(report, shapes, device, *iters, deadline)
-        bench_variants(report, DRY_SHAPES if args.dry_run else VARIANT_SHAPES[1:], device, *iters, deadline)
+        bench_variants(report, DRY_SHAPES if args.dry_run else VARIANT_SHAPES[2:], device, *iters, deadline)
     except Broken as e:
         report.note(f"stopped: {e}")
     report.flush()
