@@ -256,8 +256,10 @@ def test_dispatch(monkeypatch):
     pytest.importorskip("triton")
     gpu = SimpleNamespace(is_cuda=True, dtype=torch.bfloat16, device=torch.device("cuda"))
     assert kernels.select_lstm("auto", (), like=gpu) is triton_lstm.lstm_or_native
+    assert kernels.select_lstm("auto", ("peephole",), like=gpu) is triton_lstm.variant_layer
     monkeypatch.setattr(cl, "ROUTE", True)
     assert kernels.select_lstm("auto", (), like=gpu) is cl.lstm_or_next
+    assert kernels.select_lstm("auto", ("peephole",), like=gpu) is cl.variant_layer
     m = torch.nn.LSTM(8, 16)
     x, hx = torch.randn(3, 2, 8), (torch.zeros(1, 2, 16), torch.zeros(1, 2, 16))
     kw = dict(bias=True, num_layers=1, dropout=0.0, training=False, bidirectional=False, batch_first=False)
@@ -265,6 +267,38 @@ def test_dispatch(monkeypatch):
     out, h, c = cl.lstm_or_next(x, hx, m._flat_weights, **kw)
     want, (hw, cw) = m(x, hx)
     assert torch.allclose(out, want, atol=1e-6) and torch.allclose(c, cw, atol=1e-6)
+
+
+def test_variant_module_on_the_cluster_kernels(monkeypatch):
+    """lstmkit.nn.LSTM with every variant but layer norm, its loop's per-layer kernel cluster_lstm.variant_layer
+    (bf16; CPU tensors: the emulation, let through by patching the GPU check), against the float32 module's
+    own loop with the same masks: outputs, states and every gradient."""
+    from lstmkit.nn import LSTM
+
+    torch.manual_seed(4)
+    kw = dict(peephole=True, coupled_input_forget=True, cell_clip=0.5, recurrent_dropout=0.3, zoneout=0.25,
+              weight_drop=0.3)  # fmt: skip
+    m32 = LSTM(8, 64, **kw).train()
+    m16 = LSTM(8, 64, dtype=torch.bfloat16, **kw).train()
+    m16.load_state_dict({k: v.bfloat16() for k, v in m32.state_dict().items()})
+    x = torch.randn(4, 3, 8)
+    hx = (torch.randn(1, 3, 64) * 0.5, torch.randn(1, 3, 64) * 0.5)
+    masks = m32.sample_masks(3, 4, like=x)
+    monkeypatch.setattr(cl, "_variant_reason", lambda *a: None)
+
+    def run(m, kernel, dtype):
+        for p in m.parameters():
+            p.grad = None
+        xl, h0, c0 = (t.detach().to(dtype, copy=True).requires_grad_() for t in (x, *hx))
+        cast = {k: {n: t.to(dtype) for n, t in d.items()} for k, d in masks.items()}  # per layer and direction
+        out, h, c = m._forward_loop(xl, (h0, c0), None, kernel, cast)
+        (out.float().square().sum() + h.float().sum() - c.float().sum()).backward()
+        return [out, h, c, xl.grad, h0.grad, c0.grad] + [p.grad for p in m.parameters()]
+
+    want = run(m32, None, torch.float32)
+    got = run(m16, cl.variant_layer, torch.bfloat16)
+    for g, w in zip(got, want):
+        assert g is not None and (g.float() - w).norm() / w.norm() < 3e-2
 
 
 def test_exact_activations_and_zero_steps():

@@ -112,9 +112,12 @@ def select_lstm(
     if like is not None and like.is_cuda:  # variants on the GPU: the Triton kernels where they cover them
         # (layer norm included: run 5 on the H200 measured its kernel 2.1-35x faster than the pure-torch loop,
         # training, at the five shapes of docs/gpu.md in all three dtypes, and checked it against float64)
-        from . import triton_lstm
+        from . import cluster_lstm, triton_lstm
 
-        return None if triton_lstm.why_not_variants(variants, proj_size, like) else triton_lstm.variant_layer
+        if triton_lstm.why_not_variants(variants, proj_size, like):
+            return None
+        # (the cluster kernels first where they cover a call, once measured: cluster_lstm.ROUTE)
+        return cluster_lstm.variant_layer if cluster_lstm.ROUTE else triton_lstm.variant_layer
     return None if cpu_fused.why_not(proj_size, like) else cpu_fused.layer
 
 

@@ -1418,3 +1418,51 @@ def lstm_or_next(input: Tensor, hx: tuple[Tensor, Tensor], weights: list[Tensor]
     from . import triton_lstm
 
     return triton_lstm.lstm_or_native(input, hx, weights, **kw)
+
+
+def _variant_reason(gx: Tensor, h0: Tensor, v, valid: Tensor | None) -> str | None:
+    """Why :func:`variant_layer` cannot run this call on the cluster kernels, or None."""
+    if v.layer_norm:
+        return "no layer norm in the cluster kernels (its row statistics need a second exchange)"
+    if valid is not None:
+        return "lengths= (padded batches) is not supported"
+    if not gx.is_cuda:
+        return "not a CUDA tensor"
+    if torch.cuda.get_device_capability(gx.device)[0] < 9:
+        return "thread-block clusters need an sm_90 (Hopper) or newer GPU"
+    T, B, G = gx.shape
+    try:
+        cfg = config(B, G // 4, gx.dtype)
+    except ValueError as e:
+        return str(e)
+    if cfg.units % 16:
+        return f"{cfg}: the backward needs 16 units per CTA"
+    if math.ceil(B / cfg.batch_rows) * cfg.C > torch.cuda.get_device_properties(gx.device).multi_processor_count:
+        return "more clusters than the GPU runs at once"
+    if not nvrtc_available():
+        return "NVRTC (libnvrtc) not found"
+    return None
+
+
+def variant_layer(
+    gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, v, p: dict, masks: dict, valid: Tensor | None,
+    eps: float = 1e-5, **kw,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """One layer and direction with variants, ``triton_lstm.variant_layer``'s interface, on the cluster kernels
+    where they cover the call (no layer norm, no ``lengths``, sm_90, bf16 / fp16, H <= 256, small batch),
+    else on the Triton kernels (which raise ``kernels.Unsupported`` for what they cannot run either).
+    ``kw``: cluster, fast, exchange. What ``impl="auto"`` runs for variants on a GPU when :data:`ROUTE`."""
+    if _variant_reason(gx, h0, v, valid) is not None:
+        from . import triton_lstm
+
+        return triton_lstm.variant_layer(gx, h0, c0, w_hh, v, p, masks, valid, eps)
+    if p.get("bias") is not None:
+        gx = gx + p["bias"]
+    var = dict(peephole=v.peephole, cifg=v.coupled_input_forget, clip=v.cell_clip, rec=masks.get("recurrent"),
+               zh=masks.get("zoneout_h"), zc=masks.get("zoneout_c"))  # fmt: skip
+    w_ch = p.get("weight_ch") if v.peephole else None
+    return _Recurrence.apply(gx, h0, c0, w_hh, w_ch, var, kw)
+
+
+variant_layer.per_layer = True  # type: ignore[attr-defined]  # the module's loop over layers/directions calls it
+variant_layer.linear = None  # type: ignore[attr-defined]  # input projection: torch's GEMM
