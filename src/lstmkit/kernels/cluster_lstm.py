@@ -1014,7 +1014,7 @@ def emulation_source(cfg: ClusterConfig) -> str:
 
 
 def _find_nvrtc() -> str | None:
-    dirs = [*site.getsitepackages(), site.getusersitepackages(), *sys.path]
+    dirs = [*getattr(site, "getsitepackages", list)(), *sys.path]  # (some virtualenvs' site lacks it)
     for d in dirs:
         for pat in ("nvidia/cu*/lib/libnvrtc.so*", "nvidia/cuda_nvrtc/lib/libnvrtc.so*"):
             hits = sorted(h for h in glob.glob(os.path.join(d, pat)) if "builtins" not in h and ".alt." not in h)
