@@ -116,6 +116,8 @@ GRAD_CASES = [  # T, B, H, cluster, dtype, seed: 16 or 32 units per CTA (1 or 2 
     (3, 16, 128, 4, torch.bfloat16, 2),
     (3, 20, 32, 1, torch.float16, 3),
     (3, 4, 128, 8, torch.bfloat16, 4),
+    (2, 3, 96, 2, torch.bfloat16, 8),  # 48 units a CTA: 6 warps, 3 m-tiles in the backward
+    (2, 3, 192, 4, torch.float16, 9),
 ]
 
 
@@ -301,6 +303,26 @@ def test_variant_module_on_the_cluster_kernels(monkeypatch):
         assert g is not None and (g.float() - w).norm() / w.norm() < 3e-2
 
 
+def test_variant_layer_under_autocast_and_bad_masks(monkeypatch):
+    """Float32 master parameters with a bf16 input projection (autocast): the bias does not turn gx into float32;
+    masks of the wrong shape are refused before any kernel reads them."""
+    from lstmkit.nn import LSTM
+
+    monkeypatch.setattr(cl, "_variant_reason", lambda *a: None)
+    m = LSTM(8, 64, peephole=True, recurrent_dropout=0.2).train()
+    v, T, B = m.variant_config, 3, 2
+    gx = torch.randn(T, B, 256).bfloat16()  # x W_ih^T as autocast leaves it
+    p = {"bias": m.bias_ih_l0 + m.bias_hh_l0, "weight_ch": m.weight_ch_l0}
+    h0, c0 = torch.zeros(B, 64), torch.zeros(B, 64)
+    masks = {"recurrent": torch.ones(B, 64)}
+    y, h, c = cl.variant_layer(gx, h0, c0, m.weight_hh_l0, v, p, masks, None)
+    assert y.dtype == torch.bfloat16 and torch.isfinite(y.float()).all()
+    y.float().sum().backward()
+    assert m.weight_hh_l0.grad.dtype == torch.float32 and m.weight_ch_l0.grad.dtype == torch.float32
+    with pytest.raises(ValueError, match="mask 'rec' has shape"):
+        cl.variant_layer(gx, h0, c0, m.weight_hh_l0, v, p, {"recurrent": torch.ones(B, 32)}, None)
+
+
 def test_exact_activations_and_zero_steps():
     gx, w, h0, c0 = _inputs(3, 4, 32, torch.bfloat16, 7)
     y, hT, cT = cl.emulate(gx, h0, c0, w, fast=False)
@@ -323,6 +345,12 @@ def test_configurations_and_errors():
         cl.config(8, 512, torch.bfloat16)
     with pytest.raises(ValueError, match="multiple of 16"):
         cl.config(8, 72, torch.bfloat16)
+    # registers: the default cluster sizes keep every thread's share of W_hh without spilling (docs/gpu.md)
+    assert [cl.config(16, H, torch.float16).C for H in (16, 32, 48, 64, 96, 128, 192, 256)] == [1, 1, 1, 2, 2, 4, 4, 8]
+    with pytest.raises(ValueError, match="no cluster size fits"):
+        cl.config(8, 160, torch.bfloat16)
+    with pytest.raises(ValueError, match="use a larger cluster"):
+        cl.config(8, 224, torch.bfloat16, cluster=2)
     with pytest.raises(ValueError, match="cluster one of"):
         cl.config(8, 64, torch.bfloat16, cluster=16)
     with pytest.raises(ValueError, match="exchange must be"):

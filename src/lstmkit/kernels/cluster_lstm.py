@@ -957,6 +957,17 @@ class ClusterConfig:
                 f"{abl}{''.join(', ' + f for f in self.flags)})")  # fmt: skip
 
 
+def _registers_fit(H: int, C: int) -> bool:
+    """Whether both kernels' threads fit their registers without spilling, with 16 batch rows and every
+    variant on: the backward needs about H / 2 (its share of W_hh) + 8 x m-tiles x 2 (accumulators) + 95, and
+    a warp scheduler (a quarter of the SM: 16384 registers) holds ceil(warps / 4) warps. This model matches
+    ptxas for sm_90 at H = 80 .. 256 (docs/gpu.md; spills where it says no, none where it says yes)."""
+    units = H // C
+    warps = units // 8
+    cap = min(255, 16384 // (-(-warps // 4) * 32) // 8 * 8)
+    return warps * 32 <= 1024 and H // 2 + 8 * (units // 16) * 2 + 95 <= cap
+
+
 def config(B: int, H: int, dtype: torch.dtype, cluster: int | None = None, ablate: int = 0,
            fast: bool = True, exchange: str = "barrier", flags: tuple[str, ...] = ()) -> ClusterConfig:  # fmt: skip
     """The configuration for batch ``B``, hidden size ``H``; ``ValueError`` saying why when there is none.
@@ -975,10 +986,16 @@ def config(B: int, H: int, dtype: torch.dtype, cluster: int | None = None, ablat
     if H > 256:
         raise ValueError(f"H={H}: the cluster kernel keeps W_hh in registers, H / 2 per thread, so H <= 256; "
                          "use the Triton kernels (lstmkit.kernels.triton_lstm) for larger layers")
-    C = cluster if cluster is not None else max(1, min(MAX_CLUSTER, H // 32))
+    # default: the largest cluster of at most 32 units a CTA whose CTAs get whole 16-unit m-tiles (the backward's)
+    fits = (c for c in (8, 4, 2) if c <= H // 32 and H % (16 * c) == 0 and _registers_fit(H, c))
+    C = cluster if cluster is not None else next(fits, 1)
     if C not in (1, 2, 4, 8) or H % (8 * C) or H % 16:
         raise ValueError(f"H={H} must be a multiple of 16 and of 8 x cluster, cluster one of 1, 2, 4, 8 "
                          f"(got cluster={C}): the product's K comes in 16s, each CTA's units in 8-unit warps")
+    if not _registers_fit(H, C):
+        what = "use a larger cluster" if cluster is not None else "no cluster size fits it: the Triton kernels run it"
+        raise ValueError(f"H={H} in a cluster of {C}: {H // C} units a CTA hold W_hh in {H // 2} registers a thread "
+                         f"for {H // C // 8 * 32} threads, more than an SM has (65536); {what}")
     if C == 1 and exchange == "mbarrier":
         raise ValueError(f"exchange='mbarrier' needs a cluster of 2 or more CTAs (st.async is undefined in a cluster "
                          f"of one); H={H} gives cluster=1: use exchange='barrier'")  # fmt: skip
@@ -1204,21 +1221,33 @@ def _check(gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor) -> None:
         raise ValueError("the cluster kernel needs thread-block clusters: an sm_90 (Hopper) or newer GPU")
 
 
-def _variant_args(var: dict | None, w_ch: Tensor | None, dtype: torch.dtype) -> tuple[tuple[str, ...], list]:
+def _variant_args(var: dict | None, w_ch: Tensor | None, gx: Tensor) -> tuple[tuple[str, ...], list]:
     """The kernels' switches and their arguments (rec, zh, zc, wch, clip) for ``var`` (triton_lstm's
-    ``_variant_args`` dict: ``peephole``, ``cifg``, ``clip``, masks ``rec`` (B, H), ``zh`` / ``zc`` (T, B, H))."""
+    ``_variant_args`` dict: ``peephole``, ``cifg``, ``clip``, masks ``rec`` (B, H), ``zh`` / ``zc`` (T, B, H)),
+    on ``gx``'s device, in its dtype (the kernels read them through raw pointers: shapes are checked here)."""
     var = var or {}
     if var.get("valid") is not None:
         raise ValueError("the cluster kernels take no lengths= (valid masks); use the Triton kernels")
-    c = lambda t: None if t is None else t.to(dtype).contiguous()  # noqa: E731
-    rec, zh, zc = c(var.get("rec")), c(var.get("zh")), c(var.get("zc"))
+    T, B, G = gx.shape
+
+    def c(name: str, shape: tuple) -> Tensor | None:
+        t = var.get(name)
+        if t is None:
+            return None
+        if tuple(t.shape) != shape:
+            raise ValueError(f"mask {name!r} has shape {tuple(t.shape)}, expected {shape} (T, B, H as the layer's)")
+        return t.to(device=gx.device, dtype=gx.dtype).contiguous()
+
+    rec, zh, zc = c("rec", (B, G // 4)), c("zh", (T, B, G // 4)), c("zc", (T, B, G // 4))
     peep, clip = bool(var.get("peephole")), var.get("clip")
     if peep and w_ch is None:
         raise ValueError("peephole needs w_ch (3H)")
     flags = tuple(f for f, on in (("PEEP", peep), ("CIFG", bool(var.get("cifg"))), ("CLIP", clip is not None),
                                   ("RDROP", rec is not None), ("ZONE_H", zh is not None), ("ZONE_C", zc is not None))
                   if on)  # fmt: skip
-    wch = w_ch.detach().float().contiguous() if peep else None
+    if peep and tuple(w_ch.shape) != (3 * (G // 4),):
+        raise ValueError(f"w_ch has shape {tuple(w_ch.shape)}, expected ({3 * (G // 4)},): w_ci, w_cf, w_co")
+    wch = w_ch.detach().to(device=gx.device, dtype=torch.float32).contiguous() if peep else None
     return flags, [rec, zh, zc, wch, float(clip) if clip is not None else 0.0]
 
 
@@ -1266,7 +1295,7 @@ class _Recurrence(torch.autograd.Function):
         T, B, G = gx.shape
         dtype = gx.dtype
         save = any(ctx.needs_input_grad[:5])
-        flags, vargs = _variant_args(var, w_ch, dtype)
+        flags, vargs = _variant_args(var, w_ch, gx)
         cfg = config(B, G // 4, dtype, kw.get("cluster"), 0, kw.get("fast", True), kw.get("exchange", "barrier"),
                      flags)  # fmt: skip
         if save and cfg.units % 16:
@@ -1457,7 +1486,7 @@ def variant_layer(
 
         return triton_lstm.variant_layer(gx, h0, c0, w_hh, v, p, masks, valid, eps)
     if p.get("bias") is not None:
-        gx = gx + p["bias"]
+        gx = gx + p["bias"].to(gx.dtype)  # (float32 master parameters under autocast: gx stays bf16)
     var = dict(peephole=v.peephole, cifg=v.coupled_input_forget, clip=v.cell_clip, rec=masks.get("recurrent"),
                zh=masks.get("zoneout_h"), zc=masks.get("zoneout_c"))  # fmt: skip
     w_ch = p.get("weight_ch") if v.peephole else None
