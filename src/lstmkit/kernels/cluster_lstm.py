@@ -1,35 +1,44 @@
-"""A thread-block-cluster LSTM forward for Hopper GPUs (sm_90): CUDA C++ compiled at run time by NVRTC.
+"""Thread-block-cluster LSTM kernels for Hopper GPUs (sm_90): CUDA C++, compiled at run time by NVRTC.
 
-Why it exists (docs/gpu.md, "Why the gaps"): goal 3 of issue 6 asks a bf16 kernel at small batch to be as
+Why they exist (docs/gpu.md, "Why the gaps"): goal 3 of issue 6 asks a bf16 kernel at small batch to be as
 fast as cuDNN's persistent fp16 kernel, 1.53 us per step at (T, B, H) = (1024, 8, 256) on an H200. The
 Triton kernels synchronise their programs through a counter in global memory; that barrier alone costs
 0.72-1.13 us per step (benchmarks/gpu_barrier.py, run 5), half of the budget. A *cluster* of up to 8
 thread blocks on neighbouring SMs has a hardware barrier (``barrier.cluster``) and can write into each
-other's shared memory (distributed shared memory, ``st.shared::cluster``), so h_t never leaves the chip.
-Triton 3.6 cannot express this: its multi-CTA mode (``num_ctas > 1``) fails in ``TritonGPUPlanCTAPass``
-even for a minimal recurrence (``benchmarks/triton_num_ctas.py``), so, as the issue allows, this one kernel
-is CUDA C++ ("only where Triton cannot do it").
+other's shared memory (distributed shared memory), so h_t never leaves the chip. Triton 3.6 cannot express
+this: its multi-CTA mode (``num_ctas > 1``) fails to compile even a minimal recurrence
+(``benchmarks/triton_num_ctas.py``), so, as the issue allows, these kernels are CUDA C++ ("only where Triton
+cannot do it").
 
 Design (one cluster per 8 or 16 batch rows; ``C`` CTAs per cluster; each CTA owns ``H / C`` hidden units):
 
-* each warp owns 8 units and holds their 4 x 8 rows of ``W_hh`` as tensor-core (``mma.sync m16n8k16``)
-  A fragments in registers for the whole sequence: m-tile 0 = rows (i, f), m-tile 1 = rows (g, o), so that
-  each thread's accumulators hold all four gates of one unit for two batch rows, and the cell update needs
-  no exchange between threads;
-* every CTA keeps the whole h_{t-1} (batch rows x H, bf16/fp16) in shared memory, double-buffered; the
-  batch is the product's N dimension (8 per n-tile), H its K;
-* a step: product from registers and shared memory -> gates (fp32) + gx_t -> cell (fp32, registers) ->
-  h_t staged in shared memory -> pushed, 16 bytes at a time, into the next buffer of every CTA of the
-  cluster -> y_t stored -> ``barrier.cluster.arrive.release`` -> gx_{t+1} loaded -> ``wait.acquire``.
-  The hardware schedules a cluster's CTAs together, so no co-residency check and no timeout are needed.
+* forward (``lstm_cluster_fwd``): each warp owns 8 units and holds their 4 x 8 rows of ``W_hh`` as
+  tensor-core (``mma.sync m16n8k16``) A fragments in registers for the whole sequence: m-tile 0 = rows
+  (i, f), m-tile 1 = rows (g, o), so that each thread's accumulators hold all four gates of one unit for two
+  batch rows and the cell needs no exchange between threads. Every CTA keeps the whole h_{t-1} (batch rows
+  x H) in shared memory, double-buffered; the batch is the product's N (8 per n-tile), H its K. A step:
+  product -> gates (fp32) + gx_t -> cell (fp32, registers) -> each warp stages its units' h_t and pushes
+  them, 16 bytes a store, into the other buffer of every CTA -> y_t stored -> wait for the other CTAs';
+* backward (``lstm_cluster_bwd``): the mirror image, each CTA holding the ``W_hh`` columns of its units
+  (K = 4H split over its warps, partial sums met in shared memory) and exchanging da_t as the forward
+  exchanges h_t;
+* two ways to synchronise (:data:`EXCHANGES`): DSMEM stores + the cluster barrier, or ``st.async`` stores
+  counted on the receiving CTA's mbarrier. The hardware schedules a cluster's CTAs together, so no
+  co-residency check is needed; an mbarrier wait of over 2 s traps instead of hanging;
+* the element-wise variants as compile-time switches (:data:`FLAGS`): peephole, coupled input-forget gate,
+  cell clip, recurrent dropout, zoneout of h and c.
 
-Limits: forward only (no saved activations, no autograd), plain LSTM, bfloat16 / float16, H a multiple of
-8 x C with H / 2 registers per thread for the weights (H <= 256). Not reachable from ``impl=``: it is
-measured by ``benchmarks/gpu_cluster.py`` first (checked against float64 cuDNN and timed against cuDNN in
-the same run). Sigmoid and tanh use ``tanh.approx.f32`` unless ``fast=False``.
+Entry points: :func:`layer` (one layer, differentiable), :func:`lstm` (``torch.nn.LSTM``'s interface),
+:func:`variant_layer` (the variant modules' per-layer kernel), :func:`forward` (no autograd),
+:func:`lstm_or_next` (what ``impl="auto"`` runs with :data:`ROUTE`, falling back per call). Limits:
+bfloat16 / float16, hidden sizes whose share of ``W_hh`` fits the registers (16 .. 256, see
+:func:`config`), no layer norm, no ``lengths=``, no projections. Sigmoid and tanh use ``tanh.approx.f32``
+unless ``fast=False``. Not measured on a GPU yet (``benchmarks/gpu_cluster.py`` checks them against float64
+cuDNN and times them against cuDNN in one run), so :data:`ROUTE` is off by default.
 
-Offline (no GPU): :func:`compile_cubin` builds it for sm_90 with NVRTC (``pip install
-nvidia-cuda-nvrtc-cu12``), and the tests check what the machine code holds (``tests/test_cluster_lstm.py``).
+Without a GPU: CPU tensors run the same kernel text under g++ with the GPU primitives emulated (one thread
+per GPU thread: tests only), and :func:`compile_cubin` builds the kernels for sm_90 with NVRTC
+(``tests/test_cluster_lstm.py``: the NumPy reference, ThreadSanitizer, the machine code).
 """
 
 from __future__ import annotations
@@ -984,7 +993,7 @@ def config(B: int, H: int, dtype: torch.dtype, cluster: int | None = None, ablat
     if B < 1 or H < 16:
         raise ValueError(f"need B >= 1 and H >= 16, got B={B}, H={H}")
     if H > 256:
-        raise ValueError(f"H={H}: the cluster kernel keeps W_hh in registers, H / 2 per thread, so H <= 256; "
+        raise ValueError(f"H={H}: the cluster kernels keep W_hh in registers, H / 2 per thread, so H <= 256; "
                          "use the Triton kernels (lstmkit.kernels.triton_lstm) for larger layers")
     # default: the largest cluster of at most 32 units a CTA whose CTAs get whole 16-unit m-tiles (the backward's)
     fits = (c for c in (8, 4, 2) if c <= H // 32 and H % (16 * c) == 0 and _registers_fit(H, c))
@@ -1478,7 +1487,7 @@ def variant_layer(
     eps: float = 1e-5, **kw,
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     """One layer and direction with variants, ``triton_lstm.variant_layer``'s interface, on the cluster kernels
-    where they cover the call (no layer norm, no ``lengths``, sm_90, bf16 / fp16, H <= 256, small batch),
+    where they cover the call (no layer norm, no ``lengths``, sm_90, bf16 / fp16, :func:`config`'s sizes),
     else on the Triton kernels (which raise ``kernels.Unsupported`` for what they cannot run either).
     ``kw``: cluster, fast, exchange. What ``impl="auto"`` runs for variants on a GPU when :data:`ROUTE`."""
     if _variant_reason(gx, h0, v, valid) is not None:
