@@ -51,13 +51,15 @@ import math
 import os
 import site
 import sys
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ClusterConfig", "config", "source", "emulation_source", "compile_cubin", "forward", "emulate", "layer",
-           "lstm", "lstm_forward", "nvrtc_available"]
+__all__ = ["ClusterConfig", "EXCHANGES", "FLAGS", "ROUTE", "config", "source", "emulation_source", "compile_cubin",
+           "forward", "emulate", "layer", "lstm", "lstm_forward", "lstm_or_next", "variant_layer", "unsupported_reason",
+           "nvrtc_available"]
 
 _HEAD = r"""
 // lstmkit cluster LSTM forward (src/lstmkit/kernels/cluster_lstm.py): one configuration per compile
@@ -238,9 +240,12 @@ _EMU = r"""
 
 namespace emu {
 // every emulated wait gives up after a minute: a broken protocol ends the test, it does not hang it
-inline void spin(long long& n) {
-  static const auto start = std::chrono::steady_clock::now();
-  if ((++n & 1023) == 0 && std::chrono::steady_clock::now() - start > std::chrono::seconds(60)) {
+struct Spin {  // one wait's spinning; aborts when that wait has lasted a minute
+  long long n = 0;
+  std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
+};
+inline void spin(Spin& w) {
+  if ((++w.n & 1023) == 0 && std::chrono::steady_clock::now() - w.start > std::chrono::seconds(60)) {
     std::fprintf(stderr, "deadlock: a wait did not end within 60 s\n");
     std::abort();
   }
@@ -261,7 +266,7 @@ struct Barrier {
     return ph;
   }
   void wait(int ph) {
-    for (long long n = 0; phase.load(std::memory_order_acquire) == ph;) spin(n);
+    for (Spin w; phase.load(std::memory_order_acquire) == ph;) spin(w);
   }
   void arrive_and_wait() { wait(arrive()); }
 };
@@ -359,7 +364,7 @@ static inline int min(int a, int b) { return a < b ? a : b; }
 static inline void mbar_expect(u32 addr, u32 bytes) { mbar_at(map_rank(addr, emu::rank)).expect_arrive(bytes); }
 static inline void mbar_wait(u32 addr, u32 parity) {
   emu::MBar& b = mbar_at(map_rank(addr, emu::rank));
-  for (long long n = 0; !b.done((int)parity);) emu::spin(n);
+  for (emu::Spin w; !b.done((int)parity);) emu::spin(w);
 }
 static inline void cluster_arrive() { emu::token = emu::cl->all->arrive(); }
 static inline void cluster_wait() { emu::cl->all->wait(emu::token); }
@@ -969,19 +974,25 @@ class ClusterConfig:
 def _registers_fit(H: int, C: int) -> bool:
     """Whether both kernels' threads fit their registers without spilling, with 16 batch rows and every
     variant on: the backward needs about H / 2 (its share of W_hh) + 8 x m-tiles x 2 (accumulators) + 95, and
-    a warp scheduler (a quarter of the SM: 16384 registers) holds ceil(warps / 4) warps. This model matches
-    ptxas for sm_90 at H = 80 .. 256 (docs/gpu.md; spills where it says no, none where it says yes)."""
-    units = H // C
-    warps = units // 8
-    cap = min(255, 16384 // (-(-warps // 4) * 32) // 8 * 8)
-    return warps * 32 <= 1024 and H // 2 + 8 * (units // 16) * 2 + 95 <= cap
+    a warp scheduler (a quarter of the SM: 16384 registers) holds ceil(warps / 4) warps. Checked against ptxas
+    for sm_90 at every H = 16 .. 256 and cluster size (``benchmarks/gpu_cluster.py --compile-only``)."""
+    return H // C // 8 * 32 <= 1024 and _registers_needed(H, C) <= _register_cap(H, C)
+
+
+def _registers_needed(H: int, C: int) -> int:
+    return H // 2 + 8 * (H // C // 16) * 2 + 95
+
+
+def _register_cap(H: int, C: int) -> int:
+    return min(255, 16384 // (-(-(H // C // 8) // 4) * 32) // 8 * 8)
 
 
 def config(B: int, H: int, dtype: torch.dtype, cluster: int | None = None, ablate: int = 0,
            fast: bool = True, exchange: str = "barrier", flags: tuple[str, ...] = ()) -> ClusterConfig:  # fmt: skip
     """The configuration for batch ``B``, hidden size ``H``; ``ValueError`` saying why when there is none.
 
-    ``cluster``: CTAs per cluster (default: 32 units per CTA, at most :data:`MAX_CLUSTER` CTAs)."""
+    ``cluster``: CTAs per cluster (default: the largest of 8, 4, 2, 1 with at least 32 units a CTA, whole 16-unit
+    tiles and registers enough; H = 16, 32, 48, 64, 96, 128, 192, 256 have one)."""
     if dtype not in (torch.bfloat16, torch.float16):
         raise ValueError(f"the cluster kernel runs bfloat16 or float16, got {dtype}; cast the layer first")
     if exchange not in EXCHANGES:
@@ -995,7 +1006,8 @@ def config(B: int, H: int, dtype: torch.dtype, cluster: int | None = None, ablat
     if H > 256:
         raise ValueError(f"H={H}: the cluster kernels keep W_hh in registers, H / 2 per thread, so H <= 256; "
                          "use the Triton kernels (lstmkit.kernels.triton_lstm) for larger layers")
-    # default: the largest cluster of at most 32 units a CTA whose CTAs get whole 16-unit m-tiles (the backward's)
+    # default: the largest cluster (at most 8, at least 32 units a CTA) whose CTAs get whole 16-unit m-tiles (the
+    # backward's) and whose threads keep their share of W_hh in registers
     fits = (c for c in (8, 4, 2) if c <= H // 32 and H % (16 * c) == 0 and _registers_fit(H, c))
     C = cluster if cluster is not None else next(fits, 1)
     if C not in (1, 2, 4, 8) or H % (8 * C) or H % 16:
@@ -1003,8 +1015,9 @@ def config(B: int, H: int, dtype: torch.dtype, cluster: int | None = None, ablat
                          f"(got cluster={C}): the product's K comes in 16s, each CTA's units in 8-unit warps")
     if not _registers_fit(H, C):
         what = "use a larger cluster" if cluster is not None else "no cluster size fits it: the Triton kernels run it"
-        raise ValueError(f"H={H} in a cluster of {C}: {H // C} units a CTA hold W_hh in {H // 2} registers a thread "
-                         f"for {H // C // 8 * 32} threads, more than an SM has (65536); {what}")
+        raise ValueError(f"H={H} in a cluster of {C}: {H // C} units a CTA need about {_registers_needed(H, C)} "
+                         f"registers a thread, over the {_register_cap(H, C)} its {H // C // 8} warps may have "
+                         f"(ptxas would spill); {what}")
     if C == 1 and exchange == "mbarrier":
         raise ValueError(f"exchange='mbarrier' needs a cluster of 2 or more CTAs (st.async is undefined in a cluster "
                          f"of one); H={H} gives cluster=1: use exchange='barrier'")  # fmt: skip
@@ -1227,7 +1240,8 @@ def _check(gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor) -> None:
         raise ValueError(f"shapes: gx (T, B, 4H), w_hh (4H, H), h0 and c0 (B, H); got {tuple(gx.shape)}, "
                          f"{tuple(w_hh.shape)}, {tuple(h0.shape)}, {tuple(c0.shape)}")  # fmt: skip
     if gx.device.type == "cuda" and torch.cuda.get_device_capability(gx.device)[0] < 9:
-        raise ValueError("the cluster kernel needs thread-block clusters: an sm_90 (Hopper) or newer GPU")
+        raise ValueError("the cluster kernels need thread-block clusters, an sm_90 (Hopper) or newer GPU; on this "
+                         "GPU use the Triton kernels (lstmkit.kernels.triton_lstm) or impl='auto'")
 
 
 def _variant_args(var: dict | None, w_ch: Tensor | None, gx: Tensor) -> tuple[tuple[str, ...], list]:
@@ -1385,30 +1399,16 @@ def lstm(
     if lengths is not None:
         raise ValueError("the cluster kernels take no lengths=; use kernels.native.lstm (packs the batch)")
     dirs = 2 if bidirectional else 1
-    per = 4 if bias else 2
-    if len(weights) != num_layers * dirs * per:
-        raise ValueError(f"expected {num_layers * dirs * per} weights, got {len(weights)}")
+    if len(weights) != num_layers * dirs * (4 if bias else 2):
+        raise ValueError(f"expected {num_layers * dirs * (4 if bias else 2)} weights, got {len(weights)}")
     H = weights[1].shape[1]
     if weights[1].shape[0] != 4 * H:
         raise ValueError(f"W_hh of shape {tuple(weights[1].shape)}: projections (proj_size) are not supported")
-    x = input.transpose(0, 1) if batch_first else input  # (B, T, I) -> (T, B, I)
-    h_n, c_n = [], []
-    for layer_idx in range(num_layers):
-        if layer_idx > 0 and dropout > 0 and training:
-            x = F.dropout(x, dropout, training=True)
-        outs = []
-        for d in range(dirs):
-            k = layer_idx * dirs + d
-            w = weights[k * per : (k + 1) * per]
-            xd = x.flip(0) if d == 1 else x  # the reverse direction: time flipped
-            y, h, c = layer(xd, hx[0][k], hx[1][k], w[0], w[1], w[2] if bias else None, w[3] if bias else None,
-                            cluster=cluster, fast=fast, exchange=exchange)  # fmt: skip
-            outs.append(y.flip(0) if d == 1 else y)
-            h_n.append(h)
-            c_n.append(c)
-        x = torch.cat(outs, dim=2) if dirs == 2 else outs[0]  # (T, B, D*H)
-    out = x.transpose(0, 1) if batch_first else x
-    return out, torch.stack(h_n), torch.stack(c_n)
+    from .stack import run
+
+    return run(partial(layer, cluster=cluster, fast=fast, exchange=exchange), input, hx, weights, bias=bias,
+               num_layers=num_layers, dropout=dropout, training=training, bidirectional=bidirectional,
+               batch_first=batch_first)  # fmt: skip
 
 
 #: Whether ``impl="auto"`` runs plain bfloat16 LSTMs on these kernels where they cover the call (else the
@@ -1417,16 +1417,31 @@ def lstm(
 ROUTE = os.environ.get("LSTMKIT_CLUSTER", "0") == "1"
 
 
+def _gpu_reason(x: Tensor, B: int, H: int) -> str | None:
+    """Why the kernels cannot run a (B, H) layer on ``x``'s device and dtype, or None when they can."""
+    if not x.is_cuda:
+        return "not a CUDA tensor"
+    if torch.cuda.get_device_capability(x.device)[0] < 9:
+        return "thread-block clusters need an sm_90 (Hopper) or newer GPU"
+    try:
+        cfg = config(B, H, x.dtype)
+    except ValueError as e:
+        return str(e)
+    if cfg.units % 16:
+        return f"{cfg}: the backward needs 16 units per CTA"
+    if math.ceil(B / cfg.batch_rows) * cfg.C > torch.cuda.get_device_properties(x.device).multi_processor_count:
+        return "more clusters than the GPU runs at once (large batch: the Triton kernels or cuDNN)"
+    if not nvrtc_available():
+        return "NVRTC (libnvrtc) not found"
+    return None
+
+
 def unsupported_reason(input: Tensor, hx: tuple[Tensor, Tensor], weights: list[Tensor], *, bias: bool,
                        num_layers: int, dropout: float, training: bool, bidirectional: bool, batch_first: bool,
                        lengths: Tensor | None = None) -> str | None:  # fmt: skip
     """Why :func:`lstm` cannot run this call on the GPU, or None when it can (``native.lstm``'s arguments)."""
     if not isinstance(input, Tensor) or input.dim() != 3:
         return "only batched (3-D) padded input"
-    if not input.is_cuda:
-        return "not a CUDA tensor"
-    if torch.cuda.get_device_capability(input.device)[0] < 9:
-        return "thread-block clusters need an sm_90 (Hopper) or newer GPU"
     if lengths is not None:
         return "lengths= (padded batches) is not supported"
     dirs, per = (2 if bidirectional else 1), (4 if bias else 2)
@@ -1434,18 +1449,7 @@ def unsupported_reason(input: Tensor, hx: tuple[Tensor, Tensor], weights: list[T
         return "projections (proj_size > 0) are not supported"
     if any(t.device != input.device or t.dtype != input.dtype for t in (*hx, *weights)):
         return "tensors on different devices or of mixed dtypes"
-    B = input.shape[0] if batch_first else input.shape[1]
-    try:
-        cfg = config(B, weights[1].shape[1], input.dtype)
-    except ValueError as e:
-        return str(e)
-    if cfg.units % 16:
-        return f"{cfg}: the backward needs 16 units per CTA"
-    if math.ceil(B / cfg.batch_rows) * cfg.C > torch.cuda.get_device_properties(input.device).multi_processor_count:
-        return "more clusters than the GPU runs at once (large batch: the Triton kernels or cuDNN)"
-    if not nvrtc_available():
-        return "NVRTC (libnvrtc) not found"
-    return None
+    return _gpu_reason(input, input.shape[0] if batch_first else input.shape[1], weights[1].shape[1])
 
 
 def lstm_or_next(input: Tensor, hx: tuple[Tensor, Tensor], weights: list[Tensor], **kw):
@@ -1458,28 +1462,13 @@ def lstm_or_next(input: Tensor, hx: tuple[Tensor, Tensor], weights: list[Tensor]
     return triton_lstm.lstm_or_native(input, hx, weights, **kw)
 
 
-def _variant_reason(gx: Tensor, h0: Tensor, v, valid: Tensor | None) -> str | None:
+def _variant_reason(gx: Tensor, v, valid: Tensor | None) -> str | None:
     """Why :func:`variant_layer` cannot run this call on the cluster kernels, or None."""
     if v.layer_norm:
         return "no layer norm in the cluster kernels (its row statistics need a second exchange)"
     if valid is not None:
         return "lengths= (padded batches) is not supported"
-    if not gx.is_cuda:
-        return "not a CUDA tensor"
-    if torch.cuda.get_device_capability(gx.device)[0] < 9:
-        return "thread-block clusters need an sm_90 (Hopper) or newer GPU"
-    T, B, G = gx.shape
-    try:
-        cfg = config(B, G // 4, gx.dtype)
-    except ValueError as e:
-        return str(e)
-    if cfg.units % 16:
-        return f"{cfg}: the backward needs 16 units per CTA"
-    if math.ceil(B / cfg.batch_rows) * cfg.C > torch.cuda.get_device_properties(gx.device).multi_processor_count:
-        return "more clusters than the GPU runs at once"
-    if not nvrtc_available():
-        return "NVRTC (libnvrtc) not found"
-    return None
+    return _gpu_reason(gx, gx.shape[1], gx.shape[2] // 4)
 
 
 def variant_layer(
@@ -1490,7 +1479,7 @@ def variant_layer(
     where they cover the call (no layer norm, no ``lengths``, sm_90, bf16 / fp16, :func:`config`'s sizes),
     else on the Triton kernels (which raise ``kernels.Unsupported`` for what they cannot run either).
     ``kw``: cluster, fast, exchange. What ``impl="auto"`` runs for variants on a GPU when :data:`ROUTE`."""
-    if _variant_reason(gx, h0, v, valid) is not None:
+    if _variant_reason(gx, v, valid) is not None:
         from . import triton_lstm
 
         return triton_lstm.variant_layer(gx, h0, c0, w_hh, v, p, masks, valid, eps)

@@ -2110,24 +2110,11 @@ def lstm(
     )  # fmt: skip
     if why is not None:
         raise ValueError(f"the Triton LSTM cannot run this call: {why}; use kernels.native.lstm")
-    x = input.transpose(0, 1) if batch_first else input  # (B, T, I) -> (T, B, I)
-    dirs = 2 if bidirectional else 1
-    per = 4 if bias else 2
-    h_n, c_n = [], []
-    for layer_idx in range(num_layers):
-        if layer_idx > 0 and dropout > 0 and training:
-            x = F.dropout(x, dropout, training=True)
-        outs = []
-        for d in range(dirs):
-            k = layer_idx * dirs + d
-            w = weights[k * per : (k + 1) * per]
-            b = w[2] + w[3] if bias else None
-            xd = x.flip(0) if d == 1 else x  # reverse direction: time flipped
-            y, h, c = layer(xd, hx[0][k], hx[1][k], w[0], w[1], b, mode=mode, tiles=tiles, resident=resident,
-                            poll=poll, ll=ll, fuse=fuse)  # fmt: skip
-            outs.append(y.flip(0) if d == 1 else y)
-            h_n.append(h)
-            c_n.append(c)
-        x = torch.cat(outs, dim=2) if dirs == 2 else outs[0]  # (T, B, D*H)
-    out = x.transpose(0, 1) if batch_first else x
-    return out, torch.stack(h_n), torch.stack(c_n)
+    from .stack import run
+
+    def one(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+        b = None if b_ih is None else b_ih + b_hh
+        return layer(x, h0, c0, w_ih, w_hh, b, mode=mode, tiles=tiles, resident=resident, poll=poll, ll=ll, fuse=fuse)
+
+    return run(one, input, hx, weights, bias=bias, num_layers=num_layers, dropout=dropout, training=training,
+               bidirectional=bidirectional, batch_first=batch_first)  # fmt: skip

@@ -1,0 +1,38 @@
+"""The loop over layers and directions that the per-layer GPU kernels share (``triton_lstm.lstm``,
+``cluster_lstm.lstm``): ``torch.nn.LSTM``'s stacking, dropout between layers and reversed directions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def run(
+    layer: Callable, input: Tensor, hx: tuple[Tensor, Tensor], weights: list[Tensor], *, bias: bool, num_layers: int,
+    dropout: float, training: bool, bidirectional: bool, batch_first: bool,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """``layer(x (T, B, I), h0, c0, w_ih, w_hh, b_ih, b_hh) -> (y (T, B, H), h_T, c_T)`` (biases None without
+    ``bias``) over ``torch.nn.LSTM``'s ``_flat_weights``, ``hx`` of shape (layers * directions, B, H): (output,
+    h_n, c_n) as ``torch.nn.LSTM`` returns them. The reverse direction runs on the time-flipped sequence."""
+    x = input.transpose(0, 1) if batch_first else input  # (B, T, I) -> (T, B, I)
+    dirs = 2 if bidirectional else 1
+    per = 4 if bias else 2
+    h_n, c_n = [], []
+    for layer_idx in range(num_layers):
+        if layer_idx > 0 and dropout > 0 and training:
+            x = F.dropout(x, dropout, training=True)
+        outs = []
+        for d in range(dirs):
+            k = layer_idx * dirs + d
+            w = weights[k * per : (k + 1) * per]
+            xd = x.flip(0) if d == 1 else x
+            y, h, c = layer(xd, hx[0][k], hx[1][k], w[0], w[1], w[2] if bias else None, w[3] if bias else None)
+            outs.append(y.flip(0) if d == 1 else y)
+            h_n.append(h)
+            c_n.append(c)
+        x = torch.cat(outs, dim=2) if dirs == 2 else outs[0]  # (T, B, D*H)
+    out = x.transpose(0, 1) if batch_first else x
+    return out, torch.stack(h_n), torch.stack(c_n)
