@@ -1,4 +1,4 @@
-"""The thread-block-cluster LSTM forward (``lstmkit.kernels.cluster_lstm``) on a Hopper GPU: checked, timed.
+"""The thread-block-cluster LSTM kernels (``lstmkit.kernels.cluster_lstm``) on a Hopper GPU: checked, timed.
 
 Goal 3 of issue 6 (docs/gpu.md): bf16 at small batch at least as fast as cuDNN's persistent fp16 kernel,
 1.53 us per step at (1024, 8, 256) on an H200 (run 5). The Triton kernels' grid barrier alone costs
@@ -67,7 +67,7 @@ def _params(m, dtype) -> list:
     return [p.detach().to(dtype) for p in (m.weight_ih_l0, m.weight_hh_l0, m.bias_ih_l0, m.bias_hh_l0)]
 
 
-def _ours(m, x, h0, c0, dtype, device: str, **kw):
+def _ours(m, x, h0, c0, dtype, **kw):
     """y, h_T, c_T of the cluster kernel (CPU tensors: its emulation)."""
     return cl.lstm_forward(x.to(dtype), h0.to(dtype), c0.float(), *_params(m, dtype), **kw)
 
@@ -78,9 +78,13 @@ def _rel(a, b) -> float:
 
 
 def clusters(B: int, H: int, dtype) -> list[int]:
-    """The cluster sizes that build for (B, H): 8 warps at most per CTA (256 threads)."""
-    out = []
+    """The cluster sizes that build for (B, H) with 8 warps at most per CTA (256 threads), the default first
+    (the one ``impl="auto"`` would run, where the ablations and the exact activations are measured)."""
+    default = cl.config(B, H, dtype).C
+    out = [default]
     for C in (8, 4, 2):
+        if C == default:
+            continue
         try:
             cfg = cl.config(B, H, dtype, C)
         except ValueError:
@@ -100,9 +104,15 @@ def precompile(shapes, arch: int, workers: int = 16) -> float:
         for dtype in DTYPES.values():
             for C in clusters(B, H, dtype):
                 for exchange in cl.EXCHANGES:
-                    for ablate, fast in ((0, True), (0, False), (1, True), (2, True)):
+                    extra = ((0, False), (1, True), (2, True)) if C == clusters(B, H, dtype)[0] else ()
+                    for ablate, fast in ((0, True), *extra):  # (exact activations and ablations: default size)
                         cfg = cl.config(B, H, dtype, C, ablate, fast, exchange)
                         cfgs[cfg.key()] = cfg
+    for _, B, H in VARIANT_SHAPES:  # every variant switch on, the default cluster size
+        for dtype in DTYPES.values():
+            for exchange in cl.EXCHANGES:
+                cfg = cl.config(B, H, dtype, exchange=exchange, flags=cl.FLAGS)
+                cfgs[cfg.key()] = cfg
     start = time.monotonic()
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(lambda c: cl.compile_cubin(c, arch), cfgs.values()))
@@ -168,7 +178,7 @@ def _bound(dtype) -> float:
 
 
 def _check_one(case, refs, dtype, device: str, **kw) -> dict:
-    y, hT, cT = _ours(*case, dtype, device, **kw)
+    y, hT, cT = _ours(*case, dtype, **kw)
     errs = dict(y=_rel(y, refs[0]), h_T=_rel(hT, refs[1]), c_T=_rel(cT, refs[2]))
     return dict(**errs, ok=all(v < _bound(dtype) for v in errs.values()))
 
@@ -482,42 +492,80 @@ def render_variants(checks: list[dict], times: list[dict]) -> str:
     return "\n".join(out) + ("\n" if out else "")
 
 
-def compile_report(shapes) -> str:
-    """Without a GPU: both kernels of each configuration built for sm_90 by NVRTC, what ptxas made of them
-    (registers, stack, spills) and what the machine code holds (cuobjdump -sass, Triton's copy)."""
-    import collections
-    import re
+def _cuobjdump(cubin: bytes, flag: str) -> str:
     import subprocess
     import tempfile
 
     import triton
 
     tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-    lines = ["| shape (T, B, H) | dtype | exchange | kernel | registers | stack | local | dynamic shared bytes | "
-             "instructions | HMMA | cluster barriers | MEMBAR | SYNCS (mbarrier) | STAS (st.async) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for T, B, H in shapes:
-        for dname, dtype in DTYPES.items():
-            for exchange in cl.EXCHANGES:
-                cfg = cl.config(B, H, dtype, exchange=exchange)
-                cubin, _ = cl.compile_cubin(cfg)
-                with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-                    f.write(cubin)
-                    f.flush()
-                    sass, res = (subprocess.run([str(tool), flag, f.name], capture_output=True, text=True).stdout
-                                 for flag in ("-sass", "--dump-resource-usage"))  # fmt: skip
-                for kind, smem in zip(("fwd", "bwd"), cl._smem_bytes(cfg)):
-                    name = f"lstm_cluster_{kind}"
-                    body = sass.split(f"Function : {name}")[1].split("Function :")[0]
-                    op = r"/\*[0-9a-f]{4}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)"
-                    ops = collections.Counter(re.findall(op, body))
-                    usage = re.search(rf"Function {name}:\s*REG:(\d+) STACK:(\d+) SHARED:\d+ LOCAL:(\d+)", res)
-                    reg, stack, local = usage.groups() if usage else ("?", "?", "?")
-                    syncs = sum(v for k, v in ops.items() if k.startswith("SYNCS"))
-                    lines.append(f"| {(T, B, H)} | {dname} | {exchange} | {kind} | {reg} | {stack} | {local} | "
-                                 f"{smem} | {sum(ops.values())} | {ops['HMMA']} | {ops['UCGABAR_ARV']} | "
-                                 f"{ops['MEMBAR']} | {syncs} | {ops['STAS']} |")  # fmt: skip
-    return "\n".join(lines) + "\n"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        return subprocess.run([str(tool), flag, f.name], capture_output=True, text=True).stdout
+
+
+def _usage(res: str, name: str) -> tuple[str, str, str]:
+    import re
+
+    usage = re.search(rf"Function {name}:\s*REG:(\d+) STACK:(\d+) SHARED:\d+ LOCAL:(\d+)", res)
+    return usage.groups() if usage else ("?", "?", "?")
+
+
+def compile_report(shapes) -> str:
+    """Without a GPU: both kernels of each configuration built for sm_90 by NVRTC, what ptxas made of them
+    (registers, stack, spills) and what the machine code holds (cuobjdump -sass, Triton's copy); the same with
+    every variant switch on; and ``cluster_lstm``'s register model against ptxas at every hidden size."""
+    import collections
+    import re
+    from concurrent.futures import ThreadPoolExecutor
+
+    lines = ["| shape (T, B, H) | dtype | exchange | variants | kernel | registers | stack | local | "
+             "dynamic shared bytes | instructions | HMMA | cluster barriers | MEMBAR | SYNCS (mbarrier) | "
+             "STAS (st.async) |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for flags in ((), cl.FLAGS):
+        for T, B, H in shapes:
+            for dname, dtype in DTYPES.items():
+                for exchange in cl.EXCHANGES:
+                    cfg = cl.config(B, H, dtype, exchange=exchange, flags=flags)
+                    cubin, _ = cl.compile_cubin(cfg)
+                    sass, res = _cuobjdump(cubin, "-sass"), _cuobjdump(cubin, "--dump-resource-usage")
+                    for kind, smem in zip(("fwd", "bwd"), cl._smem_bytes(cfg)):
+                        name = f"lstm_cluster_{kind}"
+                        body = sass.split(f"Function : {name}")[1].split("Function :")[0]
+                        op = r"/\*[0-9a-f]{4}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)"
+                        ops = collections.Counter(re.findall(op, body))
+                        reg, stack, local = _usage(res, name)
+                        syncs = sum(v for k, v in ops.items() if k.startswith("SYNCS"))
+                        lines.append(f"| {(T, B, H)} | {dname} | {exchange} | {'all six' if flags else 'none'} | "
+                                     f"{kind} | {reg} | {stack} | {local} | {smem} | {sum(ops.values())} | "
+                                     f"{ops['HMMA']} | {ops['UCGABAR_ARV']} | {ops['MEMBAR']} | {syncs} | "
+                                     f"{ops['STAS']} |")  # fmt: skip
+    # the register model (cluster_lstm._registers_fit) against ptxas: 16 batch rows, every variant on, fp16
+    sizes = [(H, C) for H in range(16, 257, 16) for C in (1, 2, 4, 8)
+             if H % (8 * C) == 0 and (H // C) % 16 == 0 and H // C // 8 * 32 <= 1024]  # fmt: skip
+
+    def build(hc):
+        H, C = hc
+        res = _cuobjdump(cl.compile_cubin(cl.ClusterConfig(H, C, 2, torch.float16, flags=cl.FLAGS))[0],
+                         "--dump-resource-usage")  # fmt: skip
+        return [_usage(res, f"lstm_cluster_{k}") for k in ("fwd", "bwd")]
+
+    with ThreadPoolExecutor(4) as pool:
+        built = list(pool.map(build, sizes))
+    agree = 0
+    model = ["", "Register model (`cluster_lstm._registers_fit`) against ptxas, 16 batch rows, every variant on, "
+             "fp16: the model allows a (H, cluster) exactly where neither kernel spills.", "",
+             "| H | cluster | units a CTA | warps | model: fits | fwd registers / stack | bwd registers / stack | "
+             "agree |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for (H, C), (fwd, bwd) in zip(sizes, built):
+        fits = cl._registers_fit(H, C)
+        spill = fwd[1] != "0" or bwd[1] != "0" or fwd[2] != "0" or bwd[2] != "0"
+        agree += fits != spill
+        model.append(f"| {H} | {C} | {H // C} | {H // C // 8} | {'yes' if fits else 'no'} | {fwd[0]} / {fwd[1]} | "
+                     f"{bwd[0]} / {bwd[1]} | {'yes' if fits != spill else '**no**'} |")  # fmt: skip
+    model.insert(2, f"The model agrees with ptxas at {agree} of {len(sizes)} sizes.")
+    return "\n".join(lines + model) + "\n"
 
 
 def main(argv=None) -> int:
@@ -554,8 +602,7 @@ def main(argv=None) -> int:
     try:
         if device == "cuda":
             major, minor = torch.cuda.get_device_capability()
-            report.note(f"compiled every configuration in {precompile(checked, major * 10 + minor):.1f} s")
-            report.notes.pop()  # (logged, not a failure)
+            print(f"compiled every configuration in {precompile(checked, major * 10 + minor):.1f} s", file=sys.stderr)
         check(report, checked, device, deadline)
         check_grads(report, checked, device, deadline)
         check_variants(report, DRY_SHAPES if args.dry_run else VARIANT_SHAPES[:2], device, deadline)

@@ -4,9 +4,9 @@ LSTM recurrence for sm_90? If it could, the cluster exchange of goal 3 (docs/gpu
 Compiles, without a GPU, a minimal recurrence (four resident gate weights, ``tl.dot`` per gate, the cell,
 one store per step) and our forward kernel with one program for all hidden units, for num_ctas = 1, 2, 8,
 and reports whether each compiles and, if not, the failing compiler pass. Run it with the Triton of the GPU
-image (3.6):
+image (triton==3.6.0):
 
-    PYTHONPATH=src /work/venv36/bin/python benchmarks/triton_num_ctas.py --out docs/gpu_runs/triton-num-ctas.md
+    PYTHONPATH=src python benchmarks/triton_num_ctas.py --out docs/gpu_runs/triton-num-ctas-2026-11-27.md
 """
 
 from __future__ import annotations

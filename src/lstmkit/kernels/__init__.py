@@ -13,11 +13,11 @@ loop. Today's kernels:
   ``impl="auto"`` runs them on a GPU, one layer and direction per call (``variant_layer``), layer norm
   included (2.1-35x faster than the pure-torch loop, run 5 on an H200, docs/gpu.md). The launch plan
   is tuned on the first call per shape (seconds, once).
-* ``cluster_lstm``: a plain LSTM layer's forward and backward as CUDA C++ kernels for Hopper thread-block
-  clusters (NVRTC at run time), h_t exchanged through distributed shared memory instead of a barrier in
-  global memory; tested on the CPU by emulation, waiting for a GPU measurement (docs/gpu.md, "Cluster
-  kernels"). ``impl="auto"`` runs small-batch bfloat16 calls on them only with ``cluster_lstm.ROUTE``
-  (environment variable ``LSTMKIT_CLUSTER=1``), off until measured.
+* ``cluster_lstm``: an LSTM layer's forward and backward (plain, or with the element-wise variants) as
+  CUDA C++ kernels for Hopper thread-block clusters (NVRTC at run time), h_t exchanged through distributed
+  shared memory instead of a barrier in global memory; tested on the CPU by emulation, waiting for a GPU
+  measurement (docs/gpu.md, "Cluster kernels"). ``impl="auto"`` runs small-batch bfloat16 calls, plain and
+  variant modules, on them only with ``cluster_lstm.ROUTE`` (``LSTMKIT_CLUSTER=1``), off until measured.
 * ``cpu_fused``: one layer and direction of an LSTM with variants (layer norm, peepholes, CIFG,
   cell clip, recurrent dropout, zoneout, weight drop; ``lengths``) on the CPU, float32/float64, no
   projection: the time loop forward and backward in C++ (ATen), JIT-compiled once and cached. It
