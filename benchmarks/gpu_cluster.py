@@ -259,7 +259,7 @@ def _time_one(d: dict, peers: dict, B: int, H: int, T: int, dtype, C: int, excha
             step = partial(_train_step, cl.layer, d["xd"], d["h0d"], d["c0d"], d["wg"], d["gy"], **kw)
             fb = time_ms(step, device, warmup, iters)
     steps, bsteps = {}, {}
-    none = [None, None, None, None, 0.0]  # (no variant: rec, zh, zc, wch, clip)
+    none = [None, None, None, None, None, 0.0]  # (no variant: rec, zh, zc, valid, wch, clip)
     fwd_args = [d["gx"], d["w"][1], d["h0d"], d["c0f"], *d["fwd_out"], None, None, *none, T, B]
     bwd_args = [d["w"][1], d["gates"], d["cs"], d["c0f"], d["gy"], d["h0d"], d["c0f"], *d["bwd_out"], None, *none, T, B]
     for a in cl.ABLATIONS if C == clusters(B, H, dtype)[0] else (0,):
@@ -537,7 +537,7 @@ def compile_report(shapes) -> str:
                         ops = collections.Counter(re.findall(op, body))
                         reg, stack, local = _usage(res, name)
                         syncs = sum(v for k, v in ops.items() if k.startswith("SYNCS"))
-                        lines.append(f"| {(T, B, H)} | {dname} | {exchange} | {'all six' if flags else 'none'} | "
+                        lines.append(f"| {(T, B, H)} | {dname} | {exchange} | {'every switch' if flags else 'none'} | "
                                      f"{kind} | {reg} | {stack} | {local} | {smem} | {sum(ops.values())} | "
                                      f"{ops['HMMA']} | {ops['UCGABAR_ARV']} | {ops['MEMBAR']} | {syncs} | "
                                      f"{ops['STAS']} |")  # fmt: skip

@@ -170,8 +170,9 @@ VARIANT_CASES = [  # the switches, cluster size, exchange, dtype, seed; each alo
     (("rec",), 2, "mbarrier", torch.bfloat16, 3),
     (("zh",), 4, "mbarrier", torch.float16, 4),
     (("zc",), 2, "barrier", torch.bfloat16, 5),
+    (("valid",), 2, "mbarrier", torch.bfloat16, 9),
     (("peephole", "cifg", "clip", "rec", "zh", "zc"), 2, "barrier", torch.float16, 6),
-    (("peephole", "cifg", "clip", "rec", "zh", "zc"), 4, "mbarrier", torch.bfloat16, 7),
+    (("peephole", "cifg", "clip", "rec", "zh", "zc", "valid"), 4, "mbarrier", torch.bfloat16, 7),
 ]
 
 
@@ -194,6 +195,9 @@ def test_variants_match_the_reference(on, C, exchange, dtype, seed, shape):
     for k in ("zh", "zc"):
         if k in on:
             var[k] = (torch.rand(T, B, H, generator=g) < 0.3).to(dtype)
+    if "valid" in on:  # lengths T, T - 1, T - 2, ... (at least 1): the state carried past each
+        lengths = torch.clamp(T - torch.arange(B), min=1)
+        var["valid"] = (torch.arange(T)[:, None] < lengths[None, :]).to(dtype)[..., None]  # (T, B, 1), as nn's
     dy = torch.randn(T, B, H, generator=g).to(dtype)
     dhT, dcT = torch.randn(B, H, generator=g).to(dtype), torch.randn(B, H, generator=g).to(dtype)
     leaves = [t.clone().requires_grad_() for t in (gx, h0, c0, w, w_ch)]
@@ -209,14 +213,15 @@ def test_variants_match_the_reference(on, C, exchange, dtype, seed, shape):
         masks["zoneout_h"] = list(f64(var["zh"]))
     if "zc" in var:
         masks["zoneout_c"] = list(f64(var["zc"]))
+    valid = list(f64(var["valid"])) if "valid" in var else None
     hs, (h_r, c_r), cache = ref.variant_layer_forward(
         list(f64(gx)), (f64(h0), f64(c0)), p, peephole=var["peephole"], coupled_input_forget=var["cifg"],
-        cell_clip=var["clip"], masks=masks)  # fmt: skip
+        cell_clip=var["clip"], masks=masks, valid=valid)  # fmt: skip
     grads, dxs, (dh0, dc0) = ref.variant_layer_backward(list(f64(dy)), cache, (f64(dhT), f64(dcT)))
     bound = 1e-2 if dtype == torch.bfloat16 else 3e-3
     rel = lambda a, b: np.linalg.norm(f64(a) - b) / np.linalg.norm(b)  # noqa: E731
     assert rel(y, np.stack(hs)) < bound and rel(cT, c_r) < bound
-    if len(on) == 6:  # the control: the plain kernels are far from the variant spec, so the check can fail
+    if len(on) >= 6:  # the control: the plain kernels are far from the variant spec, so the check can fail
         y_plain, _, _ = cl._Recurrence.apply(gx, h0, c0, w, None, None, dict(cluster=C, exchange=exchange))
         assert rel(y_plain, np.stack(hs)) > 0.1
     want = dict(gx=np.stack(dxs), h0=dh0, c0=dc0, w=grads["weight_hh"], w_ch=grads["weight_ch"])
@@ -300,10 +305,11 @@ def test_dispatch(monkeypatch):
 
 
 @emulated
-def test_variant_module_on_the_cluster_kernels(monkeypatch):
+@pytest.mark.parametrize("lengths", [None, [4, 2, 3]])
+def test_variant_module_on_the_cluster_kernels(monkeypatch, lengths):
     """lstmkit.nn.LSTM with every variant but layer norm, its loop's per-layer kernel cluster_lstm.variant_layer
     (bf16; CPU tensors: the emulation, let through by patching the GPU check), against the float32 module's
-    own loop with the same masks: outputs, states and every gradient."""
+    own loop with the same masks: outputs, states and every gradient, with and without lengths=."""
     from lstmkit.nn import LSTM
 
     torch.manual_seed(4)
@@ -322,7 +328,8 @@ def test_variant_module_on_the_cluster_kernels(monkeypatch):
             p.grad = None
         xl, h0, c0 = (t.detach().to(dtype, copy=True).requires_grad_() for t in (x, *hx))
         cast = {k: {n: t.to(dtype) for n, t in d.items()} for k, d in masks.items()}  # per layer and direction
-        out, h, c = m._forward_loop(xl, (h0, c0), None, kernel, cast)
+        lens = None if lengths is None else torch.tensor(lengths)
+        out, h, c = m._forward_loop(xl, (h0, c0), lens, kernel, cast)
         (out.float().square().sum() + h.float().sum() - c.float().sum()).backward()
         return [out, h, c, xl.grad, h0.grad, c0.grad] + [p.grad for p in m.parameters()]
 
@@ -416,10 +423,12 @@ int main() {
   std::vector<u16> rec(B * HID, from_f32(1.25f)), zh(T * B * HID), zc(T * B * HID);
   std::vector<float> wch(3 * HID, 0.1f), dhz(B * HID);
   for (size_t k = 0; k < zh.size(); ++k) { zh[k] = from_f32(k % 3 == 0 ? 1.0f : 0.0f); zc[k] = from_f32(k % 4 == 0); }
+  std::vector<u16> vd(T * B);
+  for (int k = 0; k < T * B; ++k) vd[k] = from_f32(k / B < T - (k % B) % 2 ? 1.0f : 0.0f);  // odd rows: one step short
   emu_run(gx.data(), w.data(), h0.data(), c0.data(), y.data(), hT.data(), cT.data(), gates.data(), cs.data(),
-          rec.data(), zh.data(), zc.data(), wch.data(), 2.0f, T, B, 1);
+          rec.data(), zh.data(), zc.data(), vd.data(), wch.data(), 2.0f, T, B, 1);
   emu_run_bwd(w.data(), gates.data(), cs.data(), c0.data(), y.data(), hT.data(), cT.data(), da.data(), dc0.data(),
-              dhz.data(), rec.data(), zh.data(), zc.data(), wch.data(), 2.0f, T, B, 1);  // (y, h_T, c_T as dy ...)
+              dhz.data(), rec.data(), zh.data(), zc.data(), vd.data(), wch.data(), 2.0f, T, B, 1);  // (y as dy ...)
   std::printf("done\n");
   return 0;
 }

@@ -26,13 +26,14 @@ Design (one cluster per 8 or 16 batch rows; ``C`` CTAs per cluster; each CTA own
   counted on the receiving CTA's mbarrier. The hardware schedules a cluster's CTAs together, so no
   co-residency check is needed; an mbarrier wait of over 2 s traps instead of hanging;
 * the element-wise variants as compile-time switches (:data:`FLAGS`): peephole, coupled input-forget gate,
-  cell clip, recurrent dropout, zoneout of h and c.
+  cell clip, recurrent dropout, zoneout of h and c, and per-row lengths (the state carried past them).
 
 Entry points: :func:`layer` (one layer, differentiable), :func:`lstm` (``torch.nn.LSTM``'s interface),
 :func:`variant_layer` (the variant modules' per-layer kernel), :func:`forward` (no autograd),
 :func:`lstm_or_next` (what ``impl="auto"`` runs with :data:`ROUTE`, falling back per call). Limits:
 bfloat16 / float16, hidden sizes whose share of ``W_hh`` fits the registers (16 .. 256, see
-:func:`config`), no layer norm, no ``lengths=``, no projections. Sigmoid and tanh use ``tanh.approx.f32``
+:func:`config`), no layer norm, no projections; ``lengths=`` only through :func:`variant_layer` (its ``valid``
+masks: the state is carried past each row's length). Sigmoid and tanh use ``tanh.approx.f32``
 unless ``fast=False``. Not measured on a GPU yet (``benchmarks/gpu_cluster.py`` checks them against float64
 cuDNN and times them against cuDNN in one run), so :data:`ROUTE` is off by default.
 
@@ -76,7 +77,8 @@ _HEAD = r"""
 #define RDROP {RDROP}
 #define ZONE_H {ZONE_H}
 #define ZONE_C {ZONE_C}
-#define ZONE (ZONE_H || ZONE_C)
+#define VALID {VALID}
+#define ZONE (ZONE_H || ZONE_C || VALID)
 #define SMEM_F {SMEM_F}
 #define SMEM_B {SMEM_B}
 #define UNITS (HID / CL)
@@ -386,17 +388,18 @@ template <class F> static void launch(int grid_y, F body) {
   }
 }
 extern "C" int emu_run(const u16* gx, const u16* w, const u16* h0, const float* c0, u16* y, u16* hT, float* cT,
-                       float* gates, float* cs, const u16* rec, const u16* zh, const u16* zc, const float* wch,
-                       float clip, int T, int B, int grid_y) {
-  launch(grid_y, [=] { lstm_cluster_fwd(gx, w, h0, c0, y, hT, cT, gates, cs, rec, zh, zc, wch, clip, T, B); });
+                       float* gates, float* cs, const u16* rec, const u16* zh, const u16* zc, const u16* vd,
+                       const float* wch, float clip, int T, int B, int grid_y) {
+  launch(grid_y, [=] { lstm_cluster_fwd(gx, w, h0, c0, y, hT, cT, gates, cs, rec, zh, zc, vd, wch, clip, T, B); });
   return 0;
 }
 #if UNITS % 16 == 0
 extern "C" int emu_run_bwd(const u16* w, const float* gates, const float* cs, const float* c0, const u16* dy,
                            const u16* dhT, const float* dcT, u16* da, float* dc0, float* dhz, const u16* rec,
-                           const u16* zh, const u16* zc, const float* wch, float clip, int T, int B, int grid_y) {
+                           const u16* zh, const u16* zc, const u16* vd, const float* wch, float clip, int T, int B,
+                           int grid_y) {
   launch(grid_y, [=] {
-    lstm_cluster_bwd(w, gates, cs, c0, dy, dhT, dcT, da, dc0, dhz, rec, zh, zc, wch, clip, T, B);
+    lstm_cluster_bwd(w, gates, cs, c0, dy, dhT, dcT, da, dc0, dhz, rec, zh, zc, vd, wch, clip, T, B);
   });
   return 0;
 }
@@ -421,19 +424,21 @@ static __device__ __forceinline__ void load_gx(u16 (&r)[NT][4][2], const u16* __
     }
 }
 
-// the zoneout masks of step t for this thread's unit, raw: [n-tile][h, c][batch row 2q + j] (as load_gx)
-static __device__ __forceinline__ void load_zone(u16 (&r)[NT][2][2], const u16* __restrict__ zh,
-                                                 const u16* __restrict__ zc, int t, int T, int B, int b0, int unit,
-                                                 int q) {
+// the zoneout masks of step t for this thread's unit and whether t is within each row's length, raw:
+// [n-tile][h, c, valid][batch row 2q + j] (as load_gx)
+static __device__ __forceinline__ void load_zone(u16 (&r)[NT][3][2], const u16* __restrict__ zh,
+                                                 const u16* __restrict__ zc, const u16* __restrict__ vd, int t,
+                                                 int T, int B, int b0, int unit, int q) {
 #if ZONE
   t = t < T ? (t > 0 ? t : 0) : T - 1;
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
-      const long long o = ((long long)t * B + min(b0 + nt * 8 + 2 * q + j, B - 1)) * HID + unit;
+      const long long row = (long long)t * B + min(b0 + nt * 8 + 2 * q + j, B - 1), o = row * HID + unit;
       r[nt][0][j] = ZONE_H ? zh[o] : (u16)0;
       r[nt][1][j] = ZONE_C ? zc[o] : (u16)0;
+      r[nt][2][j] = VALID ? vd[row] : (u16)0;
     }
 #endif
 }
@@ -450,6 +455,8 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
                         const u16* __restrict__ rec,   // RDROP: (B, HID) mask on h_{t-1} in the product
                         const u16* __restrict__ zh,    // ZONE_H: (T, B, HID) zoneout mask of h
                         const u16* __restrict__ zc,    // ZONE_C: (T, B, HID) zoneout mask of c
+                        const u16* __restrict__ vd,    // VALID: (T, B) 1 where t < the row's length (else the
+                                                       // state is carried unchanged)
                         const float* __restrict__ wch, // PEEP: (3 HID) peepholes w_ci, w_cf, w_co
                         float clip,                    // CLIP: c_t clamped to [-clip, clip]
                         int T, int B) {
@@ -493,10 +500,10 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
 #if PEEP
   const float wci = wch[unit], wcf = wch[HID + unit], wco = wch[2 * HID + unit];
 #endif
-  u16 gxr[NT][4][2], gxn[NT][4][2], zr[NT][2][2];  // gx of this step and of the next (loaded two steps ahead)
+  u16 gxr[NT][4][2], gxn[NT][4][2], zr[NT][3][2];  // gx of this step and of the next (loaded two steps ahead)
   load_gx(gxr, gx, 0, T, B, b0, unit, q);
   load_gx(gxn, gx, 1, T, B, b0, unit, q);
-  load_zone(zr, zh, zc, 0, T, B, b0, unit, q);
+  load_zone(zr, zh, zc, vd, 0, T, B, b0, unit, q);
 #if EXCH == 1 && ABL != 1
   // buffer b's mbarrier: thread 0's arrival with the bytes the other CTAs push (st.async), and one arrival
   // per warp of this CTA once its lanes have written this CTA's own slice (plain stores)
@@ -578,6 +585,13 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
         { const float z = to_f32(zr[nt][1][j]); c[nt][j] = z * cp + (1.0f - z) * cn; }
 #else
         c[nt][j] = cn;
+#endif
+#if VALID  // past the row's length: h and c carried unchanged
+        {
+          const float v = to_f32(zr[nt][2][j]);
+          hn = v * hn + (1.0f - v) * hp[nt][j];
+          c[nt][j] = v * c[nt][j] + (1.0f - v) * cp;
+        }
 #endif
         const u16 hb = from_f32(hn);
         hp[nt][j] = to_f32(hb);
@@ -663,7 +677,7 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
 #pragma unroll
         for (int j = 0; j < 2; ++j) gxr[nt][k][j] = gxn[nt][k][j];  // (loaded a step ago: no wait here)
     load_gx(gxn, gx, t + 2, T, B, b0, unit, q);
-    load_zone(zr, zh, zc, t + 1, T, B, b0, unit, q);
+    load_zone(zr, zh, zc, vd, t + 1, T, B, b0, unit, q);
 #if EXCH == 0 && ABL != 1
     cluster_wait();
 #endif
@@ -733,6 +747,7 @@ KERNEL lstm_cluster_bwd(const u16* __restrict__ w,       // (4 HID, HID): W_hh
                         const u16* __restrict__ rec,      // the forward's masks and peepholes, as there
                         const u16* __restrict__ zh,
                         const u16* __restrict__ zc,
+                        const u16* __restrict__ vd,
                         const float* __restrict__ wch,
                         float clip,
                         int T, int B) {
@@ -772,9 +787,9 @@ KERNEL lstm_cluster_bwd(const u16* __restrict__ w,       // (4 HID, HID): W_hh
   const float wci = wch[unit], wcf = wch[HID + unit], wco = wch[2 * HID + unit];
 #endif
   float gl[NT][4][2], cp[NT][2];
-  u16 dyl[NT][2], zr[NT][2][2];
+  u16 dyl[NT][2], zr[NT][3][2];
   load_saved(gl, cp, dyl, gates, cs, c0, dy, T - 1, B, b0, unit, q);
-  load_zone(zr, zh, zc, T - 1, T, B, b0, unit, q);
+  load_zone(zr, zh, zc, vd, T - 1, T, B, b0, unit, q);
 #if EXCH == 1 && ABL != 1
   const u32 bytes = (CL - 1) * BT * 4 * UNITS * 2;  // as in the forward: the other CTAs' bytes, one arrival per warp
   if (tid == 0) {
@@ -835,11 +850,14 @@ KERNEL lstm_cluster_bwd(const u16* __restrict__ w,       // (4 HID, HID): W_hh
         for (int v = 0; v < WARPS; ++v) prod += sm.red[v][ul / 16][nt][2 * ((ul % 16) / 8) + j][lane];
         float dh = to_f32(dyl[nt][j]) + dhl[nt][j] + prod * recr[nt][j];
         float dcn = dc[nt][j], dhp = 0.0f, dcp = 0.0f;  // dhp, dcp: dLoss/dh_{t-1}, dc_{t-1} (but the product)
+#if VALID
+        { const float v = to_f32(zr[nt][2][j]); dhp += (1.0f - v) * dh; dcp += (1.0f - v) * dcn; dh *= v; dcn *= v; }
+#endif
 #if ZONE_H
-        { const float z = to_f32(zr[nt][0][j]); dhp = z * dh; dh *= 1.0f - z; }
+        { const float z = to_f32(zr[nt][0][j]); dhp += z * dh; dh *= 1.0f - z; }
 #endif
 #if ZONE_C
-        { const float z = to_f32(zr[nt][1][j]); dcp = z * dcn; dcn *= 1.0f - z; }
+        { const float z = to_f32(zr[nt][1][j]); dcp += z * dcn; dcn *= 1.0f - z; }
 #endif
         const float i = gl[nt][0][j], f = gl[nt][1][j], gg = gl[nt][2][j], o = gl[nt][3][j], c1 = cp[nt][j];
         float cn = f * c1 + i * gg;  // c'_t, recomputed (the saved c_t is the zoned state)
@@ -911,7 +929,7 @@ KERNEL lstm_cluster_bwd(const u16* __restrict__ w,       // (4 HID, HID): W_hh
     }
     load_saved(gl, cp, dyl, gates, cs, c0, dy, t - 1, B, b0, unit, q);
     prefetch_saved(gates, cs, dy, t - 4, B, b0, unit, q);  // (into L2: the loads above, three steps on)
-    load_zone(zr, zh, zc, t - 1, T, B, b0, unit, q);
+    load_zone(zr, zh, zc, vd, t - 1, T, B, b0, unit, q);
 #if EXCH == 0 && ABL != 1
     cluster_wait();
 #endif
@@ -946,7 +964,7 @@ ABLATIONS = {0: "full step", 1: "no synchronisation", 2: "exchange only"}
 EXCHANGES = ("barrier", "mbarrier")
 #: the kernels' compile-time variant switches (lstmkit.nn's names: peephole, coupled_input_forget, cell_clip,
 #: recurrent_dropout, zoneout on h and on c); weight drop needs none (W_hh is masked before the call)
-FLAGS = ("PEEP", "CIFG", "CLIP", "RDROP", "ZONE_H", "ZONE_C")
+FLAGS = ("PEEP", "CIFG", "CLIP", "RDROP", "ZONE_H", "ZONE_C", "VALID")
 
 
 class ClusterConfig:
@@ -1245,13 +1263,14 @@ def _check(gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor) -> None:
 
 
 def _variant_args(var: dict | None, w_ch: Tensor | None, gx: Tensor) -> tuple[tuple[str, ...], list]:
-    """The kernels' switches and their arguments (rec, zh, zc, wch, clip) for ``var`` (triton_lstm's
-    ``_variant_args`` dict: ``peephole``, ``cifg``, ``clip``, masks ``rec`` (B, H), ``zh`` / ``zc`` (T, B, H)),
-    on ``gx``'s device, in its dtype (the kernels read them through raw pointers: shapes are checked here)."""
-    var = var or {}
-    if var.get("valid") is not None:
-        raise ValueError("the cluster kernels take no lengths= (valid masks); use the Triton kernels")
+    """The kernels' switches and their arguments (rec, zh, zc, valid, wch, clip) for ``var`` (triton_lstm's
+    ``_variant_args`` dict: ``peephole``, ``cifg``, ``clip``, masks ``rec`` (B, H), ``zh`` / ``zc`` (T, B, H),
+    ``valid`` (T, B[, 1]): 1 where t < the row's length), on ``gx``'s device, in its dtype (the kernels read
+    them through raw pointers: shapes are checked here)."""
+    var = dict(var or {})
     T, B, G = gx.shape
+    if var.get("valid") is not None and tuple(var["valid"].shape) == (T, B, 1):
+        var["valid"] = var["valid"].reshape(T, B)
 
     def c(name: str, shape: tuple) -> Tensor | None:
         t = var.get(name)
@@ -1262,16 +1281,17 @@ def _variant_args(var: dict | None, w_ch: Tensor | None, gx: Tensor) -> tuple[tu
         return t.to(device=gx.device, dtype=gx.dtype).contiguous()
 
     rec, zh, zc = c("rec", (B, G // 4)), c("zh", (T, B, G // 4)), c("zc", (T, B, G // 4))
+    valid = c("valid", (T, B))
     peep, clip = bool(var.get("peephole")), var.get("clip")
     if peep and w_ch is None:
         raise ValueError("peephole needs w_ch (3H)")
     flags = tuple(f for f, on in (("PEEP", peep), ("CIFG", bool(var.get("cifg"))), ("CLIP", clip is not None),
-                                  ("RDROP", rec is not None), ("ZONE_H", zh is not None), ("ZONE_C", zc is not None))
-                  if on)  # fmt: skip
+                                  ("RDROP", rec is not None), ("ZONE_H", zh is not None), ("ZONE_C", zc is not None),
+                                  ("VALID", valid is not None)) if on)  # fmt: skip
     if peep and tuple(w_ch.shape) != (3 * (G // 4),):
         raise ValueError(f"w_ch has shape {tuple(w_ch.shape)}, expected ({3 * (G // 4)},): w_ci, w_cf, w_co")
     wch = w_ch.detach().to(device=gx.device, dtype=torch.float32).contiguous() if peep else None
-    return flags, [rec, zh, zc, wch, float(clip) if clip is not None else 0.0]
+    return flags, [rec, zh, zc, valid, wch, float(clip) if clip is not None else 0.0]
 
 
 def _forward(cfg: ClusterConfig, gx: Tensor, w: Tensor, h0: Tensor, c0: Tensor, save: bool, vargs: list | None = None):
@@ -1282,7 +1302,8 @@ def _forward(cfg: ClusterConfig, gx: Tensor, w: Tensor, h0: Tensor, c0: Tensor, 
     gates = torch.empty(T, B, 4 * H, dtype=torch.float32, device=dev) if save else None
     cs = torch.empty(T, B, H, dtype=torch.float32, device=dev) if save else None
     if T > 0:
-        _run(cfg, "fwd", [gx, w, h0, c0, y, hT, cT, gates, cs, *(vargs or [None, None, None, None, 0.0]), T, B], B)
+        vargs = vargs or [None, None, None, None, None, 0.0]
+        _run(cfg, "fwd", [gx, w, h0, c0, y, hT, cT, gates, cs, *vargs, T, B], B)
     return y, hT, cT, gates, cs
 
 
@@ -1335,7 +1356,7 @@ class _Recurrence(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy: Tensor | None, dhT: Tensor | None, dcT: Tensor | None):
         w, gates, cs, c0, h0, y = ctx.saved_tensors
-        cfg, (rec, zh, zc, wch, clip) = ctx.cfg, ctx.vargs
+        cfg, (rec, zh, zc, vd, wch, clip) = ctx.cfg, ctx.vargs
         T, B, H = y.shape
         dtype, dev = y.dtype, y.device
         dy = torch.zeros_like(y) if dy is None else dy.to(dtype).contiguous()
@@ -1343,9 +1364,9 @@ class _Recurrence(torch.autograd.Function):
         dcT = torch.zeros_like(c0) if dcT is None else dcT.float().contiguous()
         da = torch.empty(T, B, 4 * H, dtype=dtype, device=dev)
         dc0 = dcT.clone()
-        dhz = torch.zeros(B, H, device=dev) if "ZONE_H" in cfg.flags else None
+        dhz = torch.zeros(B, H, device=dev) if {"ZONE_H", "VALID"} & set(cfg.flags) else None
         if T > 0:
-            _run(cfg, "bwd", [w, gates, cs, c0, dy, dhT, dcT, da, dc0, dhz, rec, zh, zc, wch, clip, T, B], B)
+            _run(cfg, "bwd", [w, gates, cs, c0, dy, dhT, dcT, da, dc0, dhz, rec, zh, zc, vd, wch, clip, T, B], B)
         recf = rec.float() if rec is not None else None
         if T > 0:  # dh_0 = (da_0 W_hh) * rec (+ what zoneout carried past step 0)
             dh0 = da[0].float() @ w.float()
@@ -1462,12 +1483,10 @@ def lstm_or_next(input: Tensor, hx: tuple[Tensor, Tensor], weights: list[Tensor]
     return triton_lstm.lstm_or_native(input, hx, weights, **kw)
 
 
-def _variant_reason(gx: Tensor, v, valid: Tensor | None) -> str | None:
+def _variant_reason(gx: Tensor, v) -> str | None:
     """Why :func:`variant_layer` cannot run this call on the cluster kernels, or None."""
     if v.layer_norm:
         return "no layer norm in the cluster kernels (its row statistics need a second exchange)"
-    if valid is not None:
-        return "lengths= (padded batches) is not supported"
     return _gpu_reason(gx, gx.shape[1], gx.shape[2] // 4)
 
 
@@ -1476,17 +1495,18 @@ def variant_layer(
     eps: float = 1e-5, **kw,
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     """One layer and direction with variants, ``triton_lstm.variant_layer``'s interface, on the cluster kernels
-    where they cover the call (no layer norm, no ``lengths``, sm_90, bf16 / fp16, :func:`config`'s sizes),
+    where they cover the call (no layer norm, sm_90, bf16 / fp16, :func:`config`'s sizes; ``valid`` masks carry the
+    state past each row's length, as the Triton kernels do),
     else on the Triton kernels (which raise ``kernels.Unsupported`` for what they cannot run either).
     ``kw``: cluster, fast, exchange. What ``impl="auto"`` runs for variants on a GPU when :data:`ROUTE`."""
-    if _variant_reason(gx, v, valid) is not None:
+    if _variant_reason(gx, v) is not None:
         from . import triton_lstm
 
         return triton_lstm.variant_layer(gx, h0, c0, w_hh, v, p, masks, valid, eps)
     if p.get("bias") is not None:
         gx = gx + p["bias"].to(gx.dtype)  # (float32 master parameters under autocast: gx stays bf16)
     var = dict(peephole=v.peephole, cifg=v.coupled_input_forget, clip=v.cell_clip, rec=masks.get("recurrent"),
-               zh=masks.get("zoneout_h"), zc=masks.get("zoneout_c"))  # fmt: skip
+               zh=masks.get("zoneout_h"), zc=masks.get("zoneout_c"), valid=valid)  # fmt: skip
     w_ch = p.get("weight_ch") if v.peephole else None
     return _Recurrence.apply(gx, h0, c0, w_hh, w_ch, var, kw)
 
