@@ -7,7 +7,9 @@ In one run, per shape and dtype:
 
 1. **Check** forward and gradients against float64 cuDNN (``torch.nn.LSTM`` in float64 on the GPU) on
    fresh random inputs: relative error of y, h_T, c_T for every cluster size and exchange timed (and once
-   with exact activations), and of the gradients of x, h_0, c_0 and the parameters; no NaN.
+   with exact activations), and of the gradients of x, h_0, c_0 and the parameters; no NaN. With all six
+   variants and per-row lengths against the NumPy spec; and the user's path, ``lstmkit.nn.LSTM`` with
+   ``cluster_lstm.ROUTE`` on, against the float64 module (beside the bf16 loop's own error).
 2. **Time** (CUDA events, warm-up, median) against ``torch.nn.LSTM`` (cuDNN) of the same dtype and cuDNN
    fp16 (goal 3's peer): a train step (``cluster_lstm.layer`` forward, ``y.backward``) and the forward of a
    whole layer (``cluster_lstm.lstm_forward``: the input GEMM and the kernel); each kernel alone in
@@ -129,7 +131,8 @@ class Report:
 
     def __init__(self, out: Path | None, machine: str, cmd: str):
         self.out, self.machine, self.cmd = out, machine, cmd
-        self.rows: dict[str, list[dict]] = {"checks": [], "grads": [], "times": [], "variants": [], "vtimes": []}
+        self.rows: dict[str, list[dict]] = {"checks": [], "grads": [], "times": [], "variants": [], "vtimes": [],
+                                            "modules": []}  # fmt: skip
         self.notes: list[str] = []
 
     def add(self, kind: str, row: dict) -> None:
@@ -148,10 +151,11 @@ class Report:
 
     def text(self) -> str:
         return render(self.machine, self.cmd, self.rows["checks"], self.rows["grads"], self.rows["times"],
-                      self.notes) + render_variants(self.rows["variants"], self.rows["vtimes"])  # fmt: skip
+                      self.notes) + render_variants(self.rows["variants"], self.rows["vtimes"],
+                                                    self.rows["modules"])  # fmt: skip
 
     def ok(self) -> bool:
-        checked = self.rows["checks"] + self.rows["grads"] + self.rows["variants"]
+        checked = self.rows["checks"] + self.rows["grads"] + self.rows["variants"] + self.rows["modules"]
         return all(r["ok"] for r in checked) and not any(n.startswith("stopped") for n in self.notes)
 
 
@@ -320,6 +324,46 @@ def _variants_one(T: int, B: int, H: int, dtype, device: str, exchange: str) -> 
     return dict(errs=errs, ok=all(v < _bound(dtype) for v in errs.values()))
 
 
+def _module_one(kw: dict, device: str) -> dict:
+    """lstmkit.nn.LSTM (2 layers, both directions, bf16) on ``impl="auto"`` with ``cluster_lstm.ROUTE`` on:
+    output and every gradient against the same module in float64 on its pure-torch loop (eval mode: the
+    variants' masks are their expectations, the same for all), beside the bf16 module's own loop's error (the
+    bound: 1.5 x that, at least 1e-2), and how many layer calls the cluster kernels ran (all 4 should)."""
+    from lstmkit.nn import LSTM
+
+    torch.manual_seed(5)
+    ref_m = LSTM(128, 128, num_layers=2, bidirectional=True, dtype=torch.float64, impl="loop", **kw).to(device).eval()
+    mods = [LSTM(128, 128, num_layers=2, bidirectional=True, dtype=torch.bfloat16, impl=impl, **kw).to(device).eval()
+            for impl in ("auto", "loop")]  # fmt: skip
+    for m in mods:
+        m.load_state_dict({k: v.bfloat16() for k, v in ref_m.state_dict().items()})
+    x = torch.randn(64, 8, 128, dtype=torch.float64, device=device)
+    lengths = torch.tensor([64, 40, 64, 17, 64, 64, 33, 64]) if kw else None
+    calls, apply = [], cl._Recurrence.apply
+    cl.ROUTE, cl._Recurrence.apply = True, lambda *a: (calls.append(1), apply(*a))[1]
+    try:
+        outs = []
+        for mod in (ref_m, *mods):
+            xin = x.detach().to(next(mod.parameters()).dtype, copy=True).requires_grad_()
+            y, (h, c) = mod(xin, lengths=lengths) if lengths is not None else mod(xin)
+            (y.double().square().sum() + h.double().sum() - c.double().sum()).backward()
+            outs.append([y, h, c, xin.grad] + [p.grad for p in mod.parameters()])
+    finally:
+        cl.ROUTE, cl._Recurrence.apply = False, apply
+    ours = [_rel(g, w) for g, w in zip(outs[1], outs[0])]
+    loop = [_rel(g, w) for g, w in zip(outs[2], outs[0])]
+    summary = lambda e: dict(y=e[0], h_n=e[1], c_n=e[2], x=e[3], params=max(e[4:]))  # noqa: E731
+    ok = all(o <= max(1.5 * lp, 1e-2) for o, lp in zip(ours, loop)) and len(calls) == 4
+    return dict(errs=summary(ours), loop=summary(loop), calls=len(calls), ok=ok)
+
+
+def check_modules(report: Report, device: str) -> None:
+    """The user's path with the routing on: plain and with variants and lengths=."""
+    for name, kw in (("plain", {}), ("variants + lengths", dict(peephole=True, cell_clip=3.0, zoneout=0.1,
+                                                                 recurrent_dropout=0.25))):  # fmt: skip
+        _guard(report, "modules", dict(module=name), partial(_module_one, kw, device))
+
+
 def check_variants(report: Report, shapes, device: str, deadline: float) -> None:
     for T, B, H in shapes:
         for exchange in cl.EXCHANGES:
@@ -467,8 +511,22 @@ def render(machine: str, cmd: str, checks: list[dict], grads: list[dict], times:
     return "\n".join(out) + "\n"
 
 
-def render_variants(checks: list[dict], times: list[dict]) -> str:
+def render_variants(checks: list[dict], times: list[dict], modules: list[dict] = ()) -> str:
     out = []
+    if modules:
+        out += ["", "## lstmkit.nn.LSTM (2 layers, both directions, bf16, eval) with cluster_lstm.ROUTE on, against "
+                "the float64 module's loop", "",
+                "| module | cluster-kernel layer calls | y | h_n | c_n | x grad | worst parameter grad | "
+                "the bf16 loop's own (y / worst grad) | ok |",
+                "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in modules:
+            if "error" in r:
+                out.append(f"| {r['module']} | {r['error']} | | | | | | | **no** |")
+                continue
+            e, lp = r["errs"], r["loop"]
+            out.append(f"| {r['module']} | {r['calls']} | {e['y']:.2e} | {e['h_n']:.2e} | {e['c_n']:.2e} | "
+                       f"{e['x']:.2e} | {e['params']:.2e} | {lp['y']:.2e} / {max(lp['x'], lp['params']):.2e} | "
+                       f"{'yes' if r['ok'] else '**no**'} |")  # fmt: skip
     if checks:
         out += ["", "## All six variants and per-row lengths: forward and gradients against the NumPy spec (float64; "
                 "same bounds)", "",
@@ -613,6 +671,8 @@ def main(argv=None) -> int:
         check(report, checked, device, deadline)
         check_grads(report, checked, device, deadline)
         check_variants(report, DRY_SHAPES if args.dry_run else VARIANT_SHAPES[:2], device, deadline)
+        if device == "cuda":  # (the routing needs a GPU: on the CPU nothing routes to the cluster kernels)
+            check_modules(report, device)
         bench(report, shapes, device, *iters, deadline)
         bench_variants(report, DRY_SHAPES if args.dry_run else VARIANT_SHAPES[2:], device, *iters, deadline)
     except Broken as e:
