@@ -75,7 +75,8 @@ def _ours(m, x, h0, c0, dtype, **kw):
 
 
 def _rel(a, b) -> float:
-    a, b = a.double(), b.double()
+    """||a - b|| / ||b|| in float64 on the CPU (``b`` a tensor or an array); NaN where ``a`` is not finite."""
+    a, b = a.detach().double().cpu(), torch.as_tensor(b).detach().double().cpu()
     return float((a - b).norm() / b.norm()) if torch.isfinite(a).all() else float("nan")
 
 
@@ -184,7 +185,7 @@ def _bound(dtype) -> float:
 def _check_one(case, refs, dtype, device: str, **kw) -> dict:
     y, hT, cT = _ours(*case, dtype, **kw)
     errs = dict(y=_rel(y, refs[0]), h_T=_rel(hT, refs[1]), c_T=_rel(cT, refs[2]))
-    return dict(**errs, ok=all(v < _bound(dtype) for v in errs.values()))
+    return dict(errs=errs, ok=all(v < _bound(dtype) for v in errs.values()))
 
 
 def _grads_one(case, params, upstream, want, dtype, exchange: str) -> dict:
@@ -317,10 +318,9 @@ def _variants_one(T: int, B: int, H: int, dtype, device: str, exchange: str) -> 
                                                  valid=valid)  # fmt: skip
         _SPEC[key] = (hs, *ref.variant_layer_backward(list(f64(dy)), cache))
     hs, grads, dxs, (dh0, dc0) = _SPEC[key]
-    rel = lambda a, b: float(np.linalg.norm(f64(a) - b) / np.linalg.norm(b))  # noqa: E731
-    errs = dict(y=rel(y, np.stack(hs)), gx=rel(leaves[0].grad, np.stack(dxs)), h_0=rel(leaves[1].grad, dh0),
-                c_0=rel(leaves[2].grad, dc0), W_hh=rel(leaves[3].grad, grads["weight_hh"]),
-                w_ch=rel(leaves[4].grad, grads["weight_ch"]))  # fmt: skip
+    errs = dict(y=_rel(y, np.stack(hs)), gx=_rel(leaves[0].grad, np.stack(dxs)), h_0=_rel(leaves[1].grad, dh0),
+                c_0=_rel(leaves[2].grad, dc0), W_hh=_rel(leaves[3].grad, grads["weight_hh"]),
+                w_ch=_rel(leaves[4].grad, grads["weight_ch"]))  # fmt: skip
     return dict(errs=errs, ok=all(v < _bound(dtype) for v in errs.values()))
 
 
@@ -455,6 +455,19 @@ def bench(report: Report, shapes, device: str, warmup: int, iters: int, deadline
                         _guard(report, "times", dict(shape=(T, B, H), dtype=dname, C=C, exchange=exchange), run)
 
 
+def _error_rows(rows: list[dict], head, n: int) -> list[str]:
+    """Table rows of relative errors: ``head(row)`` (the leading cells), then the row's ``errs`` (``n`` of them)
+    and whether it is within bounds; a failed configuration's error message instead."""
+    out = []
+    for r in rows:
+        if "error" in r:
+            out.append(f"{head(r)} {r['error']} |" + " |" * (n - 1) + " **no** |")
+        else:
+            out.append(f"{head(r)} " + " | ".join(f"{v:.2e}" for v in r["errs"].values())
+                       + f" | {'yes' if r['ok'] else '**no**'} |")  # fmt: skip
+    return out
+
+
 def render(machine: str, cmd: str, checks: list[dict], grads: list[dict], times: list[dict],
            notes: list[str] = ()) -> str:  # fmt: skip
     out = [f"# Cluster LSTM kernels (cluster_lstm.py) against cuDNN: {machine}", "",
@@ -463,24 +476,13 @@ def render(machine: str, cmd: str, checks: list[dict], grads: list[dict], times:
            "## Forward against float64 torch.nn.LSTM (cuDNN on a GPU; relative error; bound 1e-2 bf16, 2e-3 fp16)", "",
            "| shape (T, B, H) | dtype | CTAs per cluster | exchange | activations | y | h_T | c_T | ok |",
            "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for r in checks:
-        act = "tanh.approx" if r["fast"] else "exact"
-        head = f"| {r['shape']} | {r['dtype']} | {r['C']} | {r['exchange']} | {act} |"
-        if "error" in r:
-            out.append(f"{head} {r['error']} | | | **no** |")
-            continue
-        out.append(f"{head} {r['y']:.2e} | {r['h_T']:.2e} | {r['c_T']:.2e} | {'yes' if r['ok'] else '**no**'} |")
+    out += _error_rows(checks, lambda r: f"| {r['shape']} | {r['dtype']} | {r['C']} | {r['exchange']} | "
+                                         f"{'tanh.approx' if r['fast'] else 'exact'} |", 3)  # fmt: skip
     if grads:
         out += ["", "## Gradients against float64 torch.nn.LSTM (relative error; same bounds)", "",
                 "| shape | dtype | exchange | x | h_0 | c_0 | W_ih | W_hh | b_ih | b_hh | ok |",
                 "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-        for r in grads:
-            head = f"| {r['shape']} | {r['dtype']} | {r['exchange']} |"
-            if "error" in r:
-                out.append(f"{head} {r['error']} | | | | | | | **no** |")
-                continue
-            out.append(f"{head} " + " | ".join(f"{v:.2e}" for v in r["errs"].values())
-                       + f" | {'yes' if r['ok'] else '**no**'} |")  # fmt: skip
+        out += _error_rows(grads, lambda r: f"| {r['shape']} | {r['dtype']} | {r['exchange']} |", 7)
     if times:
         out += ["", "## Forward+backward, one layer, ms (a train step: forward, y.backward(gy))", "",
                 "| shape | dtype | CTAs | exchange | ours | cuDNN same dtype | speed-up | cuDNN fp16 (goal 3) | "
@@ -532,13 +534,7 @@ def render_variants(checks: list[dict], times: list[dict], modules: list[dict] =
                 "same bounds)", "",
                 "| shape | dtype | exchange | y | gx | h_0 | c_0 | W_hh | w_ch | ok |",
                 "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-        for r in checks:
-            head = f"| {r['shape']} | {r['dtype']} | {r['exchange']} |"
-            if "error" in r:
-                out.append(f"{head} {r['error']} | | | | | | **no** |")
-                continue
-            out.append(f"{head} " + " | ".join(f"{v:.2e}" for v in r["errs"].values())
-                       + f" | {'yes' if r['ok'] else '**no**'} |")  # fmt: skip
+        out += _error_rows(checks, lambda r: f"| {r['shape']} | {r['dtype']} | {r['exchange']} |", 6)
     if times:
         out += ["", "## All six variants and per-row lengths, one layer, ms: ours / plain cuDNN of the same dtype "
                 "(goal 2: <= 1.2) and "

@@ -443,6 +443,18 @@ static __device__ __forceinline__ void load_zone(u16 (&r)[NT][3][2], const u16* 
 #endif
 }
 
+// RDROP: the recurrent-dropout mask of this thread's unit, [n-tile][batch row 2q + j]; 1 without it or past B
+static __device__ __forceinline__ void load_rec(float (&r)[NT][2], const u16* __restrict__ rec, int B, int b0,
+                                                int unit, int q) {
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int b = b0 + nt * 8 + 2 * q + j;
+      r[nt][j] = RDROP && b < B ? to_f32(rec[(long long)b * HID + unit]) : 1.0f;
+    }
+}
+
 KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^T + b_ih + b_hh, gates i, f, g, o
                         const u16* __restrict__ w,     // (4 HID, HID): W_hh
                         const u16* __restrict__ h0,    // (B, HID)
@@ -488,6 +500,7 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
     sm.hbuf[0][r][k] = v;
   }
   float c[NT][2], hp[NT][2], recr[NT][2];  // c_{t-1}; ZONE_H: h_{t-1} of this unit; RDROP: its mask
+  load_rec(recr, rec, B, b0, unit, q);
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
@@ -495,7 +508,6 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
       const int b = b0 + nt * 8 + 2 * q + j;
       c[nt][j] = b < B ? c0[(long long)b * HID + unit] : 0.0f;
       hp[nt][j] = b < B ? to_f32(h0[(long long)b * HID + unit]) : 0.0f;
-      recr[nt][j] = RDROP && b < B ? to_f32(rec[(long long)b * HID + unit]) : 1.0f;
     }
 #if PEEP
   const float wci = wch[unit], wcf = wch[HID + unit], wco = wch[2 * HID + unit];
@@ -774,6 +786,7 @@ KERNEL lstm_cluster_bwd(const u16* __restrict__ w,       // (4 HID, HID): W_hh
   }
   for (int i = tid; i < BT * GS; i += WARPS * 32) sm.dabuf[0][i / GS][i % GS] = 0;  // da_T = 0
   float dc[NT][2], dhl[NT][2], recr[NT][2];  // dLoss/dc_t; dLoss/dh_t not through the product; RDROP mask
+  load_rec(recr, rec, B, b0, unit, q);
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
@@ -781,7 +794,6 @@ KERNEL lstm_cluster_bwd(const u16* __restrict__ w,       // (4 HID, HID): W_hh
       const int b = b0 + nt * 8 + 2 * q + j;
       dc[nt][j] = b < B ? dcT[(long long)b * HID + unit] : 0.0f;
       dhl[nt][j] = b < B ? to_f32(dhT[(long long)b * HID + unit]) : 0.0f;
-      recr[nt][j] = RDROP && b < B ? to_f32(rec[(long long)b * HID + unit]) : 1.0f;
     }
 #if PEEP
   const float wci = wch[unit], wcf = wch[HID + unit], wco = wch[2 * HID + unit];
