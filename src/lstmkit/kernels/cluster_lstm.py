@@ -78,6 +78,7 @@ _HEAD = r"""
 #define ZONE_H {ZONE_H}
 #define ZONE_C {ZONE_C}
 #define VALID {VALID}
+#define LN {LN}
 #define ZONE (ZONE_H || ZONE_C || VALID)
 #define SMEM_F {SMEM_F}
 #define SMEM_B {SMEM_B}
@@ -90,14 +91,20 @@ _HEAD = r"""
 #define G4F (4 * HID)
 #define SR (UNITS + 8)         // row stride of the staged h_t: +16 bytes, so rows start 4 banks apart
 #define SRB (4 * UNITS + 8)    // ... of the backward's staged da_t
+#define NP (HID / 8)           // LN: the row statistics' partials, one per warp of the cluster
+#define NLN (LN ? 2 : 0)
 
 typedef unsigned short u16;
 typedef unsigned int u32;
 struct alignas(16) v4 { u32 x, y, z, w; };
+struct alignas(8) f2 { float x, y; };
 struct alignas(16) Smem {       // the forward's shared memory
   unsigned long long mbar[2];  // EXCH 1: the mbarrier of each hbuf (first: the emulation finds it at offset 0)
   u16 hbuf[2][BT][HS];         // h_{t-1} of the cluster's batch rows, all units, double-buffered
   u16 stage[2][BT][SR];        // h_t of this CTA's units, double-buffered (by step parity)
+#if LN
+  f2 lst[NLN][BT][NP];         // LN: every warp's (mean, M2) of each row: [0] the product's 4 gates, [1] c'_t
+#endif
 };
 static_assert(sizeof(Smem) == SMEM_F, "the host's size of the forward's shared memory is wrong");
 #if UNITS % 16 == 0
@@ -111,6 +118,9 @@ struct alignas(16) SmemB {     // the backward's
   u16 dabuf[2][BT][GS];        // da_{t+1} of the cluster's batch rows, all 4 HID gate columns, double-buffered
   u16 stage[2][BT][SRB];       // da_t of this CTA's units, gate after gate (row padded as SR)
   float red[WARPS][MT][NT][4][32];  // each warp's partial dh (its K range), in fragment order
+#if LN
+  f2 lst[NLN][BT][NP];         // LN: every warp's two partial sums of each row: [0] through LN(c'), [1] LN(r)
+#endif
 };
 static_assert(sizeof(SmemB) == SMEM_B, "the host's size of the backward's shared memory is wrong");
 #endif
@@ -137,6 +147,12 @@ static __device__ __forceinline__ u16 from_f32(float x) {
   asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(x));
 #endif
   return r;
+}
+static __device__ __forceinline__ float h2f(u16 v) {  // float16, whatever the kernel's dtype (LN's saved LN(r))
+  float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v)); return f;
+}
+static __device__ __forceinline__ u16 f2h(float x) {
+  u16 r; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r) : "f"(x)); return r;
 }
 static __device__ __forceinline__ float tanh_(float x) {
 #if FAST
@@ -216,6 +232,13 @@ static __device__ __forceinline__ void cluster_arrive() {
 static __device__ __forceinline__ void cluster_wait() {
   asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
 }
+static __device__ __forceinline__ float shfl_xor(float v, int mask) {  // the whole warp takes part
+  float r; asm volatile("shfl.sync.bfly.b32 %0, %1, %2, 0x1f, 0xffffffff;" : "=f"(r) : "f"(v), "r"(mask)); return r;
+}
+static __device__ __forceinline__ void st_cluster_f2(u32 addr, float a, float b) {
+  asm volatile("st.shared::cluster.v2.f32 [%0], {%1, %2};" :: "r"(addr), "f"(a), "f"(b) : "memory");
+}
+static __device__ __forceinline__ float rsqrt_(float x) { return rsqrtf(x); }
 """
 
 # The CPU's side (tests, no GPU): one std::thread per GPU thread, a barrier each for __syncthreads, the
@@ -295,12 +318,14 @@ struct Cluster {
   std::vector<std::unique_ptr<Barrier>> cta, warp;
   std::unique_ptr<Barrier> all;
   std::vector<std::array<Lane, 32>> slots;
+  std::vector<std::array<float, 32>> shfl;
   std::vector<std::array<MBar, 2>> mbars;
   Cluster() : smem(CL, std::vector<v4>((SMEM_F > SMEM_B ? SMEM_F : SMEM_B) / 16 + 1)), mbars(CL) {
     for (int r = 0; r < CL; ++r) cta.emplace_back(new Barrier(WARPS * 32));
     for (int w = 0; w < CL * WARPS; ++w) warp.emplace_back(new Barrier(32));
     all.reset(new Barrier(CL * WARPS * 32));
     slots.resize(CL * WARPS);
+    shfl.resize(CL * WARPS);
   }
 };
 thread_local Dim tid, bid;
@@ -325,6 +350,8 @@ static inline u16 from_f32(float x) {
   u32 u; std::memcpy(&u, &x, 4); u += 0x7FFFu + ((u >> 16) & 1u); return (u16)(u >> 16);  // nearest, ties even
 #endif
 }
+static inline float h2f(u16 v) { _Float16 h; std::memcpy(&h, &v, 2); return (float)h; }
+static inline u16 f2h(float x) { _Float16 h = (_Float16)x; u16 r; std::memcpy(&r, &h, 2); return r; }
 static inline float tanh_(float x) { return std::tanh(x); }
 static inline float sigm(float x) { return 1.0f / (1.0f + std::exp(-x)); }
 static inline float frag(u32 reg, int half) { return to_f32((u16)(reg >> (16 * half))); }
@@ -370,6 +397,20 @@ static inline void mbar_wait(u32 addr, u32 parity) {
 }
 static inline void cluster_arrive() { emu::token = emu::cl->all->arrive(); }
 static inline void cluster_wait() { emu::cl->all->wait(emu::token); }
+static inline float shfl_xor(float v, int mask) {
+  const int lane = emu::tid.x & 31;
+  auto& s = emu::cl->shfl[emu::gwarp];
+  s[lane] = v;
+  emu::cl->warp[emu::gwarp]->arrive_and_wait();
+  const float r = s[lane ^ mask];
+  emu::cl->warp[emu::gwarp]->arrive_and_wait();
+  return r;
+}
+static inline void st_cluster_f2(u32 addr, float a, float b) {
+  const float v[2] = {a, b};
+  std::memcpy((char*)emu::cl->smem[addr >> 24].data() + (addr & 0xFFFFFFu), v, 8);
+}
+static inline float rsqrt_(float x) { return 1.0f / std::sqrt(x); }
 """
 
 _EMU_LAUNCH = r"""
@@ -389,17 +430,22 @@ template <class F> static void launch(int grid_y, F body) {
 }
 extern "C" int emu_run(const u16* gx, const u16* w, const u16* h0, const float* c0, u16* y, u16* hT, float* cT,
                        float* gates, float* cs, const u16* rec, const u16* zh, const u16* zc, const u16* vd,
-                       const float* wch, float clip, int T, int B, int grid_y) {
-  launch(grid_y, [=] { lstm_cluster_fwd(gx, w, h0, c0, y, hT, cT, gates, cs, rec, zh, zc, vd, wch, clip, T, B); });
+                       const float* wch, float clip, const float* lnw, float eps, u16* rh, float* nh, float* rs,
+                       int T, int B, int grid_y) {
+  launch(grid_y, [=] {
+    lstm_cluster_fwd(gx, w, h0, c0, y, hT, cT, gates, cs, rec, zh, zc, vd, wch, clip, lnw, eps, rh, nh, rs, T, B);
+  });
   return 0;
 }
 #if UNITS % 16 == 0
 extern "C" int emu_run_bwd(const u16* w, const float* gates, const float* cs, const float* c0, const u16* dy,
                            const u16* dhT, const float* dcT, u16* da, float* dc0, float* dhz, const u16* rec,
-                           const u16* zh, const u16* zc, const u16* vd, const float* wch, float clip, int T, int B,
-                           int grid_y) {
+                           const u16* zh, const u16* zc, const u16* vd, const float* wch, float clip,
+                           const float* lnw, float eps, const u16* rh, const float* nh, const float* rs, u16* dgx,
+                           float* dn, int T, int B, int grid_y) {
   launch(grid_y, [=] {
-    lstm_cluster_bwd(w, gates, cs, c0, dy, dhT, dcT, da, dc0, dhz, rec, zh, zc, vd, wch, clip, T, B);
+    lstm_cluster_bwd(w, gates, cs, c0, dy, dhT, dcT, da, dc0, dhz, rec, zh, zc, vd, wch, clip, lnw, eps, rh, nh, rs,
+                     dgx, dn, T, B);
   });
   return 0;
 }
@@ -407,6 +453,72 @@ extern "C" int emu_run_bwd(const u16* w, const float* gates, const float* cs, co
 """
 
 _KERNEL = r"""
+#if LN
+// the sum over the 8 lanes that share q: a warp's 8 units of the same batch rows (lane bits 2..4)
+static __device__ __forceinline__ float unit_sum(float v) {
+  v += shfl_xor(v, 4);
+  v += shfl_xor(v, 8);
+  return v + shfl_xor(v, 16);
+}
+// LN's exchange: this warp's pair (a, b) of each of the thread's rows into buf[row][partial rank * WARPS + warp]
+// of every CTA of the cluster (lane g writes CTAs g, g + 8, ...), then the cluster barrier, after which every CTA
+// holds all NP partials of its rows. One buffer suffices: a CTA writes it again only after passing the barrier of
+// the other exchange, which every CTA reaches after reading this one.
+static __device__ __forceinline__ void share(f2 (&buf)[BT][NP], const float (&a)[NT][2], const float (&b)[NT][2],
+                                             u32 rank, int warp, int g, int q) {
+  for (int d = g; d < CL; d += 8)
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int j = 0; j < 2; ++j)
+        st_cluster_f2(map_rank(smem_addr(&buf[nt * 8 + 2 * q + j][rank * WARPS + warp]), d), a[nt][j], b[nt][j]);
+  __syncwarp();  // (the barrier below is .aligned: the warp converged)
+  cluster_arrive();
+  cluster_wait();
+}
+// the sums over the NP partials of each of the thread's rows (lane g reads partials g, g + 8, ...)
+static __device__ __forceinline__ void gather_sums(const f2 (&buf)[BT][NP], float (&a)[NT][2], float (&b)[NT][2],
+                                                   int g, int q) {
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      float sa = 0.0f, sb = 0.0f;
+      for (int k = g; k < NP; k += 8) {
+        const f2 v = buf[nt * 8 + 2 * q + j][k];
+        sa += v.x;
+        sb += v.y;
+      }
+      a[nt][j] = unit_sum(sa);
+      b[nt][j] = unit_sum(sb);
+    }
+}
+// the mean and 1 / sqrt(var + eps) of each of the thread's rows from NP partials (mean, M2) of n values each:
+// M2 = sum M2_k + n sum (mean_k - mean)^2, the means taken relative to partial 0's (no cancellation)
+static __device__ __forceinline__ void gather_stats(const f2 (&buf)[BT][NP], float n, float eps, float (&mu)[NT][2],
+                                                    float (&rstd)[NT][2], int g, int q) {
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int row = nt * 8 + 2 * q + j;
+      const float shift = buf[row][0].x;
+      float sd = 0.0f, sd2 = 0.0f, m2 = 0.0f;
+      for (int k = g; k < NP; k += 8) {
+        const f2 v = buf[row][k];
+        const float d = v.x - shift;
+        sd += d;
+        sd2 += d * d;
+        m2 += v.y;
+      }
+      sd = unit_sum(sd);
+      sd2 = unit_sum(sd2);
+      m2 = unit_sum(m2);
+      mu[nt][j] = shift + sd * (1.0f / NP);
+      rstd[nt][j] = rsqrt_(fmaxf(m2 + n * (sd2 - sd * sd * (1.0f / NP)), 0.0f) / (n * NP) + eps);
+    }
+}
+#endif
 // gx of step t for this thread's unit, raw: [n-tile][gate][batch row 2q + j]. Loaded without branches from
 // clamped rows and steps (a row past the batch only feeds its own product column, which is never stored), and
 // converted where used, so that the loads issued before a step's wait do not stall there.
@@ -471,6 +583,12 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
                                                        // state is carried unchanged)
                         const float* __restrict__ wch, // PEEP: (3 HID) peepholes w_ci, w_cf, w_co
                         float clip,                    // CLIP: c_t clamped to [-clip, clip]
+                        const float* __restrict__ lnw, // LN: (6 HID) gains of LN(r) (4 HID), of LN(c') and its bias
+                        float eps,                     // LN: added to the variances
+                        u16* __restrict__ rh,          // LN, saved: (T, B, HID, 4) LN(r) in float16 (|LN(r)| <=
+                                                       // sqrt(4 HID)), a unit's gates together; or null (as gates)
+                        float* __restrict__ nh,        // LN, saved: (T, B, HID) LN(c'_t)
+                        float* __restrict__ rs,        // LN, saved: (T, B, 2) 1 / std of r and of c'_t
                         int T, int B) {
   SMEM(Smem)
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
@@ -511,6 +629,10 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
     }
 #if PEEP
   const float wci = wch[unit], wcf = wch[HID + unit], wco = wch[2 * HID + unit];
+#endif
+#if LN
+  const float ghh[4] = {lnw[unit], lnw[HID + unit], lnw[2 * HID + unit], lnw[3 * HID + unit]};
+  const float gcw = lnw[4 * HID + unit], gcb = lnw[5 * HID + unit];
 #endif
   u16 gxr[NT][4][2], gxn[NT][4][2], zr[NT][3][2];  // gx of this step and of the next (loaded two steps ahead)
   load_gx(gxr, gx, 0, T, B, b0, unit, q);
@@ -564,39 +686,109 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
         mma(acc[1][nt][kt & 1], wa[1][kt], bb0, bb1);
       }
     // accumulator e = j: row g (gate i / g), batch row 2q + j; e = 2 + j: row g + 8 (gate f / o)
+    float a[NT][2][4];  // the pre-activations i, f, g, o of this thread's unit (before the peepholes)
+#if LN  // a = gx + LN(r) g_hh, r = the product; LN over the 4 HID gates of a row: statistics through the cluster
+    float xh[NT][2][4], rsh[NT][2];  // LN(r) and 1 / std(r) of each row
+    {
+      float pm[NT][2], pv[NT][2], mu[NT][2];
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          float* r = xh[nt][j];
+          r[0] = acc[0][nt][0][j] + acc[0][nt][1][j];
+          r[1] = acc[0][nt][0][2 + j] + acc[0][nt][1][2 + j];
+          r[2] = acc[1][nt][0][j] + acc[1][nt][1][j];
+          r[3] = acc[1][nt][0][2 + j] + acc[1][nt][1][2 + j];
+          const float m = unit_sum(r[0] + r[1] + r[2] + r[3]) * (1.0f / 32);  // this warp's 32 values of the row
+          pm[nt][j] = m;
+          pv[nt][j] = unit_sum((r[0] - m) * (r[0] - m) + (r[1] - m) * (r[1] - m) + (r[2] - m) * (r[2] - m) +
+                               (r[3] - m) * (r[3] - m));
+        }
+      share(sm.lst[0], pm, pv, rank, warp, g, q);
+      gather_stats(sm.lst[0], 32.0f, eps, mu, rsh, g, q);
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+#pragma unroll
+          for (int k = 0; k < 4; ++k) {
+            xh[nt][j][k] = (xh[nt][j][k] - mu[nt][j]) * rsh[nt][j];
+            a[nt][j][k] = to_f32(gxr[nt][k][j]) + ghh[k] * xh[nt][j][k];
+          }
+    }
+#else
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
       for (int j = 0; j < 2; ++j) {
-        const float ai = acc[0][nt][0][j] + acc[0][nt][1][j] + to_f32(gxr[nt][0][j]);
-        const float af = acc[0][nt][0][2 + j] + acc[0][nt][1][2 + j] + to_f32(gxr[nt][1][j]);
-        const float ag = acc[1][nt][0][j] + acc[1][nt][1][j] + to_f32(gxr[nt][2][j]);
-        const float ao = acc[1][nt][0][2 + j] + acc[1][nt][1][2 + j] + to_f32(gxr[nt][3][j]);
+        a[nt][j][0] = acc[0][nt][0][j] + acc[0][nt][1][j] + to_f32(gxr[nt][0][j]);
+        a[nt][j][1] = acc[0][nt][0][2 + j] + acc[0][nt][1][2 + j] + to_f32(gxr[nt][1][j]);
+        a[nt][j][2] = acc[1][nt][0][j] + acc[1][nt][1][j] + to_f32(gxr[nt][2][j]);
+        a[nt][j][3] = acc[1][nt][0][2 + j] + acc[1][nt][1][2 + j] + to_f32(gxr[nt][3][j]);
+      }
+#endif
+    float cn[NT][2];  // c'_t (sv holds the gates)
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
         const float cp = c[nt][j];
-        float ai_ = ai, af_ = af, ao_ = ao;
+        float ai_ = a[nt][j][0], af_ = a[nt][j][1], ao_ = a[nt][j][3];
 #if PEEP
         ai_ += wci * cp;
         af_ += wcf * cp;
 #endif
         const float sf = sigm(af_);
         const float si = CIFG ? 1.0f - sf : sigm(ai_);
-        const float tg = tanh_(ag);
-        float cn = sf * cp + si * tg;
+        const float tg = tanh_(a[nt][j][2]);
+        float cc = sf * cp + si * tg;
 #if CLIP
-        cn = fminf(fmaxf(cn, -clip), clip);
+        cc = fminf(fmaxf(cc, -clip), clip);
 #endif
 #if PEEP
-        ao_ += wco * cn;
+        ao_ += wco * cc;
 #endif
-        const float so = sigm(ao_);
-        float hn = so * tanh_(cn);
+        cn[nt][j] = cc;
+        sv[nt][j][0] = si; sv[nt][j][1] = sf; sv[nt][j][2] = tg; sv[nt][j][3] = sigm(ao_);
+      }
+#if LN  // n_t = LN(c'_t) g_c + b_c, LN over the HID units of a row: statistics through the cluster again
+    float nhat[NT][2], rsc[NT][2];
+    {
+      float pm[NT][2], pv[NT][2], mu[NT][2];
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const float m = unit_sum(cn[nt][j]) * (1.0f / 8);
+          pm[nt][j] = m;
+          pv[nt][j] = unit_sum((cn[nt][j] - m) * (cn[nt][j] - m));
+        }
+      share(sm.lst[1], pm, pv, rank, warp, g, q);
+      gather_stats(sm.lst[1], 8.0f, eps, mu, rsc, g, q);
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int j = 0; j < 2; ++j) nhat[nt][j] = (cn[nt][j] - mu[nt][j]) * rsc[nt][j];
+    }
+#endif
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const float cp = c[nt][j];
+#if LN
+        float hn = sv[nt][j][3] * tanh_(nhat[nt][j] * gcw + gcb);
+#else
+        float hn = sv[nt][j][3] * tanh_(cn[nt][j]);
+#endif
 #if ZONE_H
         { const float z = to_f32(zr[nt][0][j]); hn = z * hp[nt][j] + (1.0f - z) * hn; }
 #endif
 #if ZONE_C
-        { const float z = to_f32(zr[nt][1][j]); c[nt][j] = z * cp + (1.0f - z) * cn; }
+        { const float z = to_f32(zr[nt][1][j]); c[nt][j] = z * cp + (1.0f - z) * cn[nt][j]; }
 #else
-        c[nt][j] = cn;
+        c[nt][j] = cn[nt][j];
 #endif
 #if VALID  // past the row's length: h and c carried unchanged
         {
@@ -609,7 +801,7 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
         hp[nt][j] = to_f32(hb);
         yv[nt][j] = hb;
         st[nt * 8 + 2 * q + j][ul] = RDROP ? from_f32(hp[nt][j] * recr[nt][j]) : hb;
-        sv[nt][j][0] = si; sv[nt][j][1] = sf; sv[nt][j][2] = tg; sv[nt][j][3] = so; sv[nt][j][4] = c[nt][j];
+        sv[nt][j][4] = c[nt][j];
       }
 #else  // the exchange alone: copy this CTA's slice of h_{t-1} forward
 #pragma unroll
@@ -678,6 +870,18 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
             float* gp = gates + ((long long)t * B + b) * G4F + unit;
             gp[0] = sv[nt][j][0]; gp[HID] = sv[nt][j][1]; gp[2 * HID] = sv[nt][j][2]; gp[3 * HID] = sv[nt][j][3];
             cs[((long long)t * B + b) * HID + unit] = sv[nt][j][4];
+#if LN
+            const u32 x01 = f2h(xh[nt][j][0]) | ((u32)f2h(xh[nt][j][1]) << 16);
+            const u32 x23 = f2h(xh[nt][j][2]) | ((u32)f2h(xh[nt][j][3]) << 16);
+            u32* rp = reinterpret_cast<u32*>(rh + (((long long)t * B + b) * HID + unit) * 4);
+            rp[0] = x01;
+            rp[1] = x23;
+            nh[((long long)t * B + b) * HID + unit] = nhat[nt][j];
+            if (unit == 0) {  // (the same in every thread of the row)
+              rs[((long long)t * B + b) * 2] = rsh[nt][j];
+              rs[((long long)t * B + b) * 2 + 1] = rsc[nt][j];
+            }
+#endif
           }
         }
     }
@@ -746,6 +950,42 @@ static __device__ __forceinline__ void prefetch_saved(const float* __restrict__ 
     }
 }
 
+#if LN
+// LN's saved values of step t for this thread's unit (as load_saved): LN(r) [n-tile][row][gates 0, 1 | 2, 3] as
+// float16 pairs, LN(c'_t), and the rows' 1 / std of r and of c'_t
+static __device__ __forceinline__ void load_ln(u32 (&xh)[NT][2][2], float (&nhat)[NT][2], float (&rst)[NT][2][2],
+                                               const u16* __restrict__ rh, const float* __restrict__ nh,
+                                               const float* __restrict__ rs, int t, int B, int b0, int unit, int q) {
+  t = t > 0 ? t : 0;
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const long long row = (long long)t * B + min(b0 + nt * 8 + 2 * q + j, B - 1);
+      const u32* rp = reinterpret_cast<const u32*>(rh + (row * HID + unit) * 4);
+      xh[nt][j][0] = rp[0];
+      xh[nt][j][1] = rp[1];
+      nhat[nt][j] = nh[row * HID + unit];
+      rst[nt][j][0] = rs[row * 2];
+      rst[nt][j][1] = rs[row * 2 + 1];
+    }
+}
+static __device__ __forceinline__ void prefetch_ln(const u16* __restrict__ rh, const float* __restrict__ nh,
+                                                   const float* __restrict__ rs, int t, int B, int b0, int unit,
+                                                   int q) {
+  if (t < 0) return;
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const long long row = (long long)t * B + min(b0 + nt * 8 + 2 * q + j, B - 1);
+      prefetch_l2(rh + (row * HID + unit) * 4);
+      prefetch_l2(nh + row * HID + unit);
+      if (unit == 0) prefetch_l2(rs + row * 2);
+    }
+}
+#endif
+
 KERNEL lstm_cluster_bwd(const u16* __restrict__ w,       // (4 HID, HID): W_hh
                         const float* __restrict__ gates,  // (T, B, 4 HID): the forward's i, f, g, o
                         const float* __restrict__ cs,     // (T, B, HID): the forward's c_t (the state: zoned)
@@ -762,6 +1002,13 @@ KERNEL lstm_cluster_bwd(const u16* __restrict__ w,       // (4 HID, HID): W_hh
                         const u16* __restrict__ vd,
                         const float* __restrict__ wch,
                         float clip,
+                        const float* __restrict__ lnw,    // LN: the gains and bias, as the forward's
+                        float eps,
+                        const u16* __restrict__ rh,       // LN: the forward's saved LN(r), LN(c'_t), 1 / std
+                        const float* __restrict__ nh,
+                        const float* __restrict__ rs,
+                        u16* __restrict__ dgx,            // LN, out: (T, B, 4 HID) dLoss/da (da receives dLoss/dr)
+                        float* __restrict__ dn,           // LN, out: (T, B, HID) dLoss/dn_t (g_c's, b_c's gradients)
                         int T, int B) {
   SMEM(SmemB)
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
@@ -797,6 +1044,13 @@ KERNEL lstm_cluster_bwd(const u16* __restrict__ w,       // (4 HID, HID): W_hh
     }
 #if PEEP
   const float wci = wch[unit], wcf = wch[HID + unit], wco = wch[2 * HID + unit];
+#endif
+#if LN
+  const float ghh[4] = {lnw[unit], lnw[HID + unit], lnw[2 * HID + unit], lnw[3 * HID + unit]};
+  const float gcw = lnw[4 * HID + unit], gcb = lnw[5 * HID + unit];
+  u32 xhl[NT][2][2];                   // the forward's LN(r) (float16 pairs), LN(c'_t), 1 / std of r and of c'_t
+  float nhl[NT][2], rsl[NT][2][2];
+  load_ln(xhl, nhl, rsl, rh, nh, rs, T - 1, B, b0, unit, q);
 #endif
   float gl[NT][4][2], cp[NT][2];
   u16 dyl[NT][2], zr[NT][3][2];
@@ -853,6 +1107,7 @@ KERNEL lstm_cluster_bwd(const u16* __restrict__ w,       // (4 HID, HID): W_hh
         for (int e = 0; e < 4; ++e) sm.red[warp][mt][nt][e][lane] = acc[mt][nt][0][e] + acc[mt][nt][1][e];
     __syncthreads();
     // unit ul = mt*16 + 8 hi + g: its partial sums sit in every warp's lane of this thread, element 2 hi + j
+    float dhv[NT][2], dcv[NT][2];  // dLoss/dh'_t and dLoss/dc'_t so far (past the lengths and zoneout)
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
@@ -871,15 +1126,55 @@ KERNEL lstm_cluster_bwd(const u16* __restrict__ w,       // (4 HID, HID): W_hh
 #if ZONE_C
         { const float z = to_f32(zr[nt][1][j]); dcp += z * dcn; dcn *= 1.0f - z; }
 #endif
-        const float i = gl[nt][0][j], f = gl[nt][1][j], gg = gl[nt][2][j], o = gl[nt][3][j], c1 = cp[nt][j];
-        float cn = f * c1 + i * gg;  // c'_t, recomputed (the saved c_t is the zoned state)
-#if CLIP
-        const bool inside = cn >= -clip && cn <= clip;
-        cn = fminf(fmaxf(cn, -clip), clip);
+        dhv[nt][j] = dh;
+        dcv[nt][j] = dcn;
+        dhl[nt][j] = dhp;
+        dc[nt][j] = dcp;  // (the cell's share is added below)
+      }
+#if LN  // h' = o tanh(n), n = LN(c') g_c + b_c: dLoss/dc' += rstd_c (dn^ - mean(dn^) - n^ mean(dn^ n^)), dn^ = dn g_c
+    float tn[NT][2];  // tanh(n_t)
+    {
+      float dnh[NT][2], sa[NT][2], sb[NT][2];
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          tn[nt][j] = tanh_(nhl[nt][j] * gcw + gcb);
+          const float dnt = dhv[nt][j] * gl[nt][3][j] * (1.0f - tn[nt][j] * tn[nt][j]);
+          const int b = b0 + nt * 8 + 2 * q + j;
+          if (b < B) dn[((long long)t * B + b) * HID + unit] = dnt;  // (for the gradients of g_c, b_c)
+          dnh[nt][j] = dnt * gcw;
+          sa[nt][j] = unit_sum(dnh[nt][j]);
+          sb[nt][j] = unit_sum(dnh[nt][j] * nhl[nt][j]);
+        }
+      share(sm.lst[0], sa, sb, rank, warp, g, q);
+      gather_sums(sm.lst[0], sa, sb, g, q);
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+          dcv[nt][j] += rsl[nt][j][1] * (dnh[nt][j] - (sa[nt][j] + nhl[nt][j] * sb[nt][j]) * (1.0f / HID));
+    }
 #endif
-        const float tc = tanh_(cn);
+    float dav[NT][2][4];  // dLoss/da_t: i, f, g, o
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const float dh = dhv[nt][j];
+        float dcn = dcv[nt][j], dcp = 0.0f;
+        const float i = gl[nt][0][j], f = gl[nt][1][j], gg = gl[nt][2][j], o = gl[nt][3][j], c1 = cp[nt][j];
+#if CLIP
+        const float cn = f * c1 + i * gg;  // c'_t before the clip, recomputed (the saved c_t is the zoned state)
+        const bool inside = cn >= -clip && cn <= clip;
+#endif
+#if LN
+        const float da_o = dh * tn[nt][j] * o * (1.0f - o);
+#else
+        const float tc = tanh_(CLIP ? fminf(fmaxf(f * c1 + i * gg, -clip), clip) : f * c1 + i * gg);
         const float da_o = dh * tc * o * (1.0f - o);
         dcn += dh * o * (1.0f - tc * tc);
+#endif
 #if PEEP
         dcn += da_o * wco;
 #endif
@@ -894,13 +1189,51 @@ KERNEL lstm_cluster_bwd(const u16* __restrict__ w,       // (4 HID, HID): W_hh
 #if PEEP
         dcp += da_i * wci + da_f * wcf;
 #endif
+        dc[nt][j] += dcp;
+        dav[nt][j][0] = da_i; dav[nt][j][1] = da_f; dav[nt][j][2] = da_g; dav[nt][j][3] = da_o;
+      }
+#if LN  // a = gx + LN(r) g_hh: dgx = da; what W_hh and the exchange need is dr = rstd (e - mean(e) - r^ mean(e r^)),
+        // e = da g_hh, over the 4 HID gates of a row
+    {
+      float sa[NT][2], sb[NT][2];
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int b = b0 + nt * 8 + 2 * q + j;
+          float ea = 0.0f, eb = 0.0f;
+#pragma unroll
+          for (int k = 0; k < 4; ++k) {
+            if (b < B) dgx[((long long)t * B + b) * G4 + k * HID + unit] = from_f32(dav[nt][j][k]);
+            dav[nt][j][k] *= ghh[k];
+            ea += dav[nt][j][k];
+            eb += dav[nt][j][k] * h2f((u16)(xhl[nt][j][k / 2] >> (16 * (k % 2))));
+          }
+          sa[nt][j] = unit_sum(ea);
+          sb[nt][j] = unit_sum(eb);
+        }
+      share(sm.lst[1], sa, sb, rank, warp, g, q);
+      gather_sums(sm.lst[1], sa, sb, g, q);
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+#pragma unroll
+          for (int k = 0; k < 4; ++k) {
+            const float xk = h2f((u16)(xhl[nt][j][k / 2] >> (16 * (k % 2))));
+            dav[nt][j][k] = rsl[nt][j][0] * (dav[nt][j][k] - (sa[nt][j] + xk * sb[nt][j]) * (1.0f / G4));
+          }
+    }
+#endif
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
         u16* sp = &st[nt * 8 + 2 * q + j][ul];
-        sp[0] = from_f32(da_i);
-        sp[UNITS] = from_f32(da_f);
-        sp[2 * UNITS] = from_f32(da_g);
-        sp[3 * UNITS] = from_f32(da_o);
-        dc[nt][j] = dcp;
-        dhl[nt][j] = dhp;
+        sp[0] = from_f32(dav[nt][j][0]);
+        sp[UNITS] = from_f32(dav[nt][j][1]);
+        sp[2 * UNITS] = from_f32(dav[nt][j][2]);
+        sp[3 * UNITS] = from_f32(dav[nt][j][3]);
       }
 #else  // the exchange alone
 #pragma unroll
@@ -941,6 +1274,10 @@ KERNEL lstm_cluster_bwd(const u16* __restrict__ w,       // (4 HID, HID): W_hh
     }
     load_saved(gl, cp, dyl, gates, cs, c0, dy, t - 1, B, b0, unit, q);
     prefetch_saved(gates, cs, dy, t - 4, B, b0, unit, q);  // (into L2: the loads above, three steps on)
+#if LN
+    load_ln(xhl, nhl, rsl, rh, nh, rs, t - 1, B, b0, unit, q);
+    prefetch_ln(rh, nh, rs, t - 4, B, b0, unit, q);
+#endif
     load_zone(zr, zh, zc, vd, t - 1, T, B, b0, unit, q);
 #if EXCH == 0 && ABL != 1
     cluster_wait();
@@ -975,8 +1312,9 @@ ABLATIONS = {0: "full step", 1: "no synchronisation", 2: "exchange only"}
 #: their bytes on the receiving CTA's mbarrier, which the receiver alone waits on (no cluster-wide barrier)
 EXCHANGES = ("barrier", "mbarrier")
 #: the kernels' compile-time variant switches (lstmkit.nn's names: peephole, coupled_input_forget, cell_clip,
-#: recurrent_dropout, zoneout on h and on c); weight drop needs none (W_hh is masked before the call)
-FLAGS = ("PEEP", "CIFG", "CLIP", "RDROP", "ZONE_H", "ZONE_C", "VALID")
+#: recurrent_dropout, zoneout on h and on c, lengths, layer_norm); weight drop needs none (W_hh is masked before
+#: the call). LN exchanges two row statistics a step through the cluster, besides h_t (da_t in the backward).
+FLAGS = ("PEEP", "CIFG", "CLIP", "RDROP", "ZONE_H", "ZONE_C", "VALID", "LN")
 
 
 class ClusterConfig:
@@ -1031,6 +1369,8 @@ def config(B: int, H: int, dtype: torch.dtype, cluster: int | None = None, ablat
         raise ValueError(f"unknown variant switches {sorted(set(flags) - set(FLAGS))}; the kernels have {FLAGS}")
     if ablate not in ABLATIONS:
         raise ValueError(f"ablate must be one of {sorted(ABLATIONS)}, got {ablate}")
+    if ablate and "LN" in flags:
+        raise ValueError("the ablations time the plain step: run them without LN")
     if B < 1 or H < 16:
         raise ValueError(f"need B >= 1 and H >= 16, got B={B}, H={H}")
     if H > 256:
@@ -1200,9 +1540,10 @@ def _smem_bytes(cfg: ClusterConfig) -> tuple[int, int]:
     """Shared memory of the forward's and the backward's CTA (``Smem``, ``SmemB``; the C++ static_asserts it)."""
     r16 = lambda n: -(-n // 16) * 16  # noqa: E731
     BT, H, U, W = cfg.batch_rows, cfg.H, cfg.units, cfg.threads // 32
-    fwd = r16(16 + 2 * BT * (H + 8) * 2 + 2 * BT * (U + 8) * 2)
+    lst = 2 * BT * (H // 8) * 8 if "LN" in cfg.flags else 0  # LN: two (row, partial) tables of float pairs
+    fwd = r16(16 + 2 * BT * (H + 8) * 2 + 2 * BT * (U + 8) * 2 + lst)
     red = W * (U // 16) * cfg.NT * 4 * 32 * 4
-    bwd = r16(16 + 2 * BT * (4 * H + 8) * 2 + 2 * BT * (4 * U + 8) * 2 + red) if U % 16 == 0 else 0
+    bwd = r16(16 + 2 * BT * (4 * H + 8) * 2 + 2 * BT * (4 * U + 8) * 2 + red + lst) if U % 16 == 0 else 0
     return fwd, bwd
 
 
@@ -1274,11 +1615,13 @@ def _check(gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor) -> None:
                          "GPU use the Triton kernels (lstmkit.kernels.triton_lstm) or impl='auto'")
 
 
-def _variant_args(var: dict | None, w_ch: Tensor | None, gx: Tensor) -> tuple[tuple[str, ...], list]:
-    """The kernels' switches and their arguments (rec, zh, zc, valid, wch, clip) for ``var`` (triton_lstm's
-    ``_variant_args`` dict: ``peephole``, ``cifg``, ``clip``, masks ``rec`` (B, H), ``zh`` / ``zc`` (T, B, H),
-    ``valid`` (T, B[, 1]): 1 where t < the row's length), on ``gx``'s device, in its dtype (the kernels read
-    them through raw pointers: shapes are checked here)."""
+def _variant_args(var: dict | None, w_ch: Tensor | None, gx: Tensor,
+                  lnw: Tensor | None = None) -> tuple[tuple[str, ...], list]:  # fmt: skip
+    """The kernels' switches and their arguments (rec, zh, zc, valid, wch, clip, lnw, eps) for ``var``
+    (``peephole``, ``cifg``, ``clip``, ``eps``, masks ``rec`` (B, H), ``zh`` / ``zc`` (T, B, H), ``valid``
+    (T, B[, 1]): 1 where t < the row's length) and ``lnw`` (6H: layer norm's gains g_hh (4H), g_c (H), bias b_c
+    (H), or None), on ``gx``'s device, the masks in its dtype (the kernels read them through raw pointers:
+    shapes are checked here)."""
     var = dict(var or {})
     T, B, G = gx.shape
     if var.get("valid") is not None and tuple(var["valid"].shape) == (T, B, 1):
@@ -1299,24 +1642,33 @@ def _variant_args(var: dict | None, w_ch: Tensor | None, gx: Tensor) -> tuple[tu
         raise ValueError("peephole needs w_ch (3H)")
     flags = tuple(f for f, on in (("PEEP", peep), ("CIFG", bool(var.get("cifg"))), ("CLIP", clip is not None),
                                   ("RDROP", rec is not None), ("ZONE_H", zh is not None), ("ZONE_C", zc is not None),
-                                  ("VALID", valid is not None)) if on)  # fmt: skip
+                                  ("VALID", valid is not None), ("LN", lnw is not None)) if on)  # fmt: skip
     if peep and tuple(w_ch.shape) != (3 * (G // 4),):
         raise ValueError(f"w_ch has shape {tuple(w_ch.shape)}, expected ({3 * (G // 4)},): w_ci, w_cf, w_co")
+    if lnw is not None and tuple(lnw.shape) != (6 * (G // 4),):
+        raise ValueError(f"lnw has shape {tuple(lnw.shape)}, expected ({6 * (G // 4)},): g_hh (4H), g_c (H), b_c (H)")
     wch = w_ch.detach().to(device=gx.device, dtype=torch.float32).contiguous() if peep else None
-    return flags, [rec, zh, zc, valid, wch, float(clip) if clip is not None else 0.0]
+    lnw = lnw.detach().to(device=gx.device, dtype=torch.float32).contiguous() if lnw is not None else None
+    return flags, [rec, zh, zc, valid, wch, float(clip) if clip is not None else 0.0, lnw, float(var.get("eps", 1e-5))]
+
+
+_NO_VARIANTS = [None, None, None, None, None, 0.0, None, 1e-5]
 
 
 def _forward(cfg: ClusterConfig, gx: Tensor, w: Tensor, h0: Tensor, c0: Tensor, save: bool, vargs: list | None = None):
+    """Launch the forward: y, h_T, c_T and, with ``save``, what the backward needs: the gates, c_t and (LN)
+    LN(r), LN(c'_t) and the rows' 1 / std (r = h_{t-1} W_hh^T)."""
     T, B, _ = gx.shape
     H, dev = cfg.H, gx.device
     y = torch.empty(T, B, H, dtype=gx.dtype, device=dev)
     hT, cT = h0.clone(), c0.clone()
-    gates = torch.empty(T, B, 4 * H, dtype=torch.float32, device=dev) if save else None
-    cs = torch.empty(T, B, H, dtype=torch.float32, device=dev) if save else None
+    f32 = partial(torch.empty, dtype=torch.float32, device=dev)
+    gates, cs = (f32(T, B, 4 * H), f32(T, B, H)) if save else (None, None)
+    ln = (torch.empty(T, B, H, 4, dtype=torch.float16, device=dev), f32(T, B, H), f32(T, B, 2)) if (
+        save and "LN" in cfg.flags) else (None, None, None)  # fmt: skip
     if T > 0:
-        vargs = vargs or [None, None, None, None, None, 0.0]
-        _run(cfg, "fwd", [gx, w, h0, c0, y, hT, cT, gates, cs, *vargs, T, B], B)
-    return y, hT, cT, gates, cs
+        _run(cfg, "fwd", [gx, w, h0, c0, y, hT, cT, gates, cs, *(vargs or _NO_VARIANTS), *ln, T, B], B)
+    return y, hT, cT, gates, cs, ln
 
 
 def forward(gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, *, cluster: int | None = None, ablate: int = 0,
@@ -1325,7 +1677,7 @@ def forward(gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, *, cluster: int | 
     -> y (T, B, H), h_T, c_T (float32). On an sm_90+ GPU; CPU tensors run the emulation (slow: tests)."""
     _check(gx, h0, c0, w_hh)
     cfg = config(gx.shape[1], gx.shape[2] // 4, gx.dtype, cluster, ablate, fast, exchange)
-    y, hT, cT, _, _ = _forward(cfg, gx.contiguous(), w_hh.to(gx.dtype).contiguous(), h0.to(gx.dtype).contiguous(),
+    y, hT, cT, *_ = _forward(cfg, gx.contiguous(), w_hh.to(gx.dtype).contiguous(), h0.to(gx.dtype).contiguous(),
                                c0.float().contiguous(), save=False)  # fmt: skip
     return y, hT, cT
 
@@ -1340,47 +1692,51 @@ def emulate(gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, **kw) -> tuple[Ten
 
 
 class _Recurrence(torch.autograd.Function):
-    """(gx (T, B, 4H), h0, c0 (B, H), W_hh (4H, H), w_ch (3H) | None) -> (y (T, B, H), h_T, c_T), the cluster
-    kernels forward and backward; dW_hh, dw_ch and dh_0 are reductions on the da_t the backward kernel writes.
-    ``var``: the variants (:func:`_variant_args`); ``kw``: cluster, fast, exchange."""
+    """(gx (T, B, 4H), h0, c0 (B, H), W_hh (4H, H), w_ch (3H) | None, lnw (6H) | None) -> (y (T, B, H), h_T,
+    c_T), the cluster kernels forward and backward; dW_hh, dw_ch, dlnw and dh_0 are reductions on what the backward
+    kernel writes (da_t; with LN also dLoss/dr_t, dLoss/dn_t). ``var``: the variants (:func:`_variant_args`);
+    ``kw``: cluster, fast, exchange."""
 
     @staticmethod
-    def forward(ctx, gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_ch: Tensor | None, var: dict | None,
-                kw: dict):  # fmt: skip
+    def forward(ctx, gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_ch: Tensor | None, lnw: Tensor | None,
+                var: dict | None, kw: dict):  # fmt: skip
         _check(gx, h0, c0, w_hh)
         T, B, G = gx.shape
         dtype = gx.dtype
-        save = any(ctx.needs_input_grad[:5])
-        flags, vargs = _variant_args(var, w_ch, gx)
+        save = any(ctx.needs_input_grad[:6])
+        flags, vargs = _variant_args(var, w_ch, gx, lnw)
         cfg = config(B, G // 4, dtype, kw.get("cluster"), 0, kw.get("fast", True), kw.get("exchange", "barrier"),
                      flags)  # fmt: skip
         if save and cfg.units % 16:
             raise ValueError(f"{cfg}: the backward needs 16 units per CTA or a multiple; choose a smaller cluster")
         w = w_hh.to(dtype).contiguous()
         h0_, c0_ = h0.to(dtype).contiguous(), c0.float().contiguous()
-        y, hT, cT, gates, cs = _forward(cfg, gx.contiguous(), w, h0_, c0_, save, vargs)
+        y, hT, cT, gates, cs, ln = _forward(cfg, gx.contiguous(), w, h0_, c0_, save, vargs)
         if save:
-            ctx.save_for_backward(w, gates, cs, c0_, h0_, y)
+            ctx.save_for_backward(w, gates, cs, c0_, h0_, y, *ln)
             ctx.cfg, ctx.vargs, ctx.dtypes = cfg, vargs, (h0.dtype, c0.dtype, w_hh.dtype)
             ctx.wch_dtype = None if w_ch is None else w_ch.dtype
+            ctx.lnw_dtype = None if lnw is None else lnw.dtype
         return y, hT, cT.to(dtype)
 
     @staticmethod
     def backward(ctx, dy: Tensor | None, dhT: Tensor | None, dcT: Tensor | None):
-        w, gates, cs, c0, h0, y = ctx.saved_tensors
-        cfg, (rec, zh, zc, vd, wch, clip) = ctx.cfg, ctx.vargs
+        w, gates, cs, c0, h0, y, rh, nh, rs = ctx.saved_tensors
+        cfg, (rec, zh, zc, vd, wch, clip, lnw, eps) = ctx.cfg, ctx.vargs
         T, B, H = y.shape
         dtype, dev = y.dtype, y.device
         dy = torch.zeros_like(y) if dy is None else dy.to(dtype).contiguous()
         dhT = torch.zeros_like(h0) if dhT is None else dhT.to(dtype).contiguous()
         dcT = torch.zeros_like(c0) if dcT is None else dcT.float().contiguous()
-        da = torch.empty(T, B, 4 * H, dtype=dtype, device=dev)
+        da = torch.empty(T, B, 4 * H, dtype=dtype, device=dev)  # dLoss/da_t; with LN dLoss/dr_t
+        dgx, dn = (torch.empty_like(da), torch.empty(T, B, H, device=dev)) if lnw is not None else (None, None)
         dc0 = dcT.clone()
         dhz = torch.zeros(B, H, device=dev) if {"ZONE_H", "VALID"} & set(cfg.flags) else None
         if T > 0:
-            _run(cfg, "bwd", [w, gates, cs, c0, dy, dhT, dcT, da, dc0, dhz, rec, zh, zc, vd, wch, clip, T, B], B)
+            _run(cfg, "bwd", [w, gates, cs, c0, dy, dhT, dcT, da, dc0, dhz, rec, zh, zc, vd, wch, clip, lnw, eps, rh,
+                              nh, rs, dgx, dn, T, B], B)  # fmt: skip
         recf = rec.float() if rec is not None else None
-        if T > 0:  # dh_0 = (da_0 W_hh) * rec (+ what zoneout carried past step 0)
+        if T > 0:  # dh_0 = (dr_0 W_hh) * rec (+ what zoneout carried past step 0); dr = da without LN
             dh0 = da[0].float() @ w.float()
             dh0 = dh0 * recf if recf is not None else dh0
             dh0 = dh0 + dhz if dhz is not None else dh0
@@ -1389,17 +1745,22 @@ class _Recurrence(torch.autograd.Function):
         h_in = torch.cat([h0[None], y[:-1]])[:T].float()  # (T, B, H): h_{t-1}, times rec: the product's operand
         h_in = (h_in * recf if recf is not None else h_in).reshape(T * B, H)
         dw = da.reshape(T * B, 4 * H).float().t() @ h_in
-        dw_ch = None
+        d_a = da if dgx is None else dgx  # dLoss/da_t (the gates' pre-activations, gx's gradient)
+        dw_ch = dlnw = None
         if wch is not None and ctx.needs_input_grad[4]:  # sum over t, b of da_i c_{t-1}, da_f c_{t-1}, da_o c'_t
             i_t, f_t, g_t, _ = gates.view(T, B, 4, H).unbind(2)
             c_prev = torch.cat([c0[None], cs[:-1]])
             c_new = f_t * c_prev + i_t * g_t
             c_new = c_new.clamp(-clip, clip) if "CLIP" in cfg.flags else c_new
-            d4 = da.view(T, B, 4, H).float()
+            d4 = d_a.view(T, B, 4, H).float()
             dw_ch = torch.cat([(d4[:, :, 0] * c_prev).sum((0, 1)), (d4[:, :, 1] * c_prev).sum((0, 1)),
                                (d4[:, :, 3] * c_new).sum((0, 1))]).to(ctx.wch_dtype)  # fmt: skip
+        if lnw is not None and ctx.needs_input_grad[5]:  # g_hh: sum da LN(r); g_c: sum dn LN(c'); b_c: sum dn
+            d_r = (d_a.view(T, B, 4, H).float() * rh.float().transpose(2, 3)).sum((0, 1)).reshape(4 * H)
+            dlnw = torch.cat([d_r, (dn * nh).sum((0, 1)), dn.sum((0, 1))])
+            dlnw = dlnw.to(ctx.lnw_dtype)
         h0_dt, c0_dt, w_dt = ctx.dtypes
-        return da, dh0.to(h0_dt), dc0.to(c0_dt), dw.to(w_dt), dw_ch, None, None
+        return d_a, dh0.to(h0_dt), dc0.to(c0_dt), dw.to(w_dt), dw_ch, dlnw, None, None
 
 
 def layer(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None,
@@ -1410,7 +1771,7 @@ def layer(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: T
     on the cluster kernels (GPU: sm_90+; CPU tensors: the emulation, for tests)."""
     b = None if b_ih is None else (b_ih if b_hh is None else b_ih + b_hh)
     gx = F.linear(x, w_ih.to(x.dtype), None if b is None else b.to(x.dtype))
-    return _Recurrence.apply(gx, h0, c0, w_hh, None, None, dict(cluster=cluster, fast=fast, exchange=exchange))
+    return _Recurrence.apply(gx, h0, c0, w_hh, None, None, None, dict(cluster=cluster, fast=fast, exchange=exchange))
 
 
 def lstm_forward(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
@@ -1497,9 +1858,13 @@ def lstm_or_next(input: Tensor, hx: tuple[Tensor, Tensor], weights: list[Tensor]
 
 def _variant_reason(gx: Tensor, v) -> str | None:
     """Why :func:`variant_layer` cannot run this call on the cluster kernels, or None."""
-    if v.layer_norm:
-        return "no layer norm in the cluster kernels (its row statistics need a second exchange)"
     return _gpu_reason(gx, gx.shape[1], gx.shape[2] // 4)
+
+
+def input_norm(gx: Tensor, weight: Tensor, eps: float = 1e-5) -> Tensor:
+    """LN(x W_ih^T) g_ih, all steps at once, in float32 (as autocast runs layer norm: the gain's gradient sums
+    T x B rows), back in gx's dtype."""
+    return F.layer_norm(gx.float(), (gx.shape[-1],), weight=weight.float(), eps=eps).to(gx.dtype)
 
 
 def variant_layer(
@@ -1507,20 +1872,25 @@ def variant_layer(
     eps: float = 1e-5, **kw,
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     """One layer and direction with variants, ``triton_lstm.variant_layer``'s interface, on the cluster kernels
-    where they cover the call (no layer norm, sm_90, bf16 / fp16, :func:`config`'s sizes; ``valid`` masks carry the
-    state past each row's length, as the Triton kernels do),
+    where they cover the call (sm_90, bf16 / fp16, :func:`config`'s sizes; ``valid`` masks carry the state past
+    each row's length, as the Triton kernels do; layer norm of the input projection runs in torch, over all steps
+    at once, the recurrent one and the cell's in the kernels),
     else on the Triton kernels (which raise ``kernels.Unsupported`` for what they cannot run either).
     ``kw``: cluster, fast, exchange. What ``impl="auto"`` runs for variants on a GPU when :data:`ROUTE`."""
     if _variant_reason(gx, v) is not None:
         from . import triton_lstm
 
         return triton_lstm.variant_layer(gx, h0, c0, w_hh, v, p, masks, valid, eps)
+    if v.layer_norm:
+        gx = input_norm(gx, p["layernorm_ih_weight"], eps)
     if p.get("bias") is not None:
         gx = gx + p["bias"].to(gx.dtype)  # (float32 master parameters under autocast: gx stays bf16)
     var = dict(peephole=v.peephole, cifg=v.coupled_input_forget, clip=v.cell_clip, rec=masks.get("recurrent"),
-               zh=masks.get("zoneout_h"), zc=masks.get("zoneout_c"), valid=valid)  # fmt: skip
+               zh=masks.get("zoneout_h"), zc=masks.get("zoneout_c"), valid=valid, eps=eps)  # fmt: skip
     w_ch = p.get("weight_ch") if v.peephole else None
-    return _Recurrence.apply(gx, h0, c0, w_hh, w_ch, var, kw)
+    ln = ("layernorm_hh_weight", "layernorm_c_weight", "layernorm_c_bias")
+    lnw = torch.cat([p[n] for n in ln]) if v.layer_norm else None  # (one input: autograd splits its gradient)
+    return _Recurrence.apply(gx, h0, c0, w_hh, w_ch, lnw, var, kw)
 
 
 variant_layer.per_layer = True  # type: ignore[attr-defined]  # the module's loop over layers/directions calls it
