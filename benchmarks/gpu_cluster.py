@@ -7,9 +7,10 @@ In one run, per shape and dtype:
 
 1. **Check** forward and gradients against float64 cuDNN (``torch.nn.LSTM`` in float64 on the GPU) on
    fresh random inputs: relative error of y, h_T, c_T for every cluster size and exchange timed (and once
-   with exact activations), and of the gradients of x, h_0, c_0 and the parameters; no NaN. With all six
-   variants and per-row lengths against the NumPy spec; and the user's path, ``lstmkit.nn.LSTM`` with
-   ``cluster_lstm.ROUTE`` on, against the float64 module (beside the bf16 loop's own error).
+   with exact activations), and of the gradients of x, h_0, c_0 and the parameters; no NaN. With the
+   variant sets (:data:`VARIANT_SETS`: the six element-wise variants and per-row lengths, layer norm, both)
+   against the NumPy spec; and the user's path, ``lstmkit.nn.LSTM`` with ``cluster_lstm.ROUTE`` on, against the
+   float64 module (beside the bf16 loop's own error).
 2. **Time** (CUDA events, warm-up, median) against ``torch.nn.LSTM`` (cuDNN) of the same dtype and cuDNN
    fp16 (goal 3's peer): a train step (``cluster_lstm.layer`` forward, ``y.backward``) and the forward of a
    whole layer (``cluster_lstm.lstm_forward``: the input GEMM and the kernel); each kernel alone in
@@ -47,8 +48,11 @@ SHAPES = [(1024, 8, 256), (1024, 16, 256), (1024, 4, 128)]
 #: first phases), an odd batch, two batch tiles
 EDGE_SHAPES = [(1, 5, 128), (2, 5, 128), (3, 5, 128), (5, 20, 128)]
 DRY_SHAPES = [(3, 5, 64)]
-#: the variants: every switch at once (peephole, CIFG, cell clip 3.0, recurrent dropout 0.25, zoneout 0.1 / 0.05,
-#: and weight drop, which is W_hh masked before the call), as gpu.py's "all six"
+#: the variant sets, each checked and timed: (element-wise switches, layer norm). "element-wise": every switch
+#: but layer norm at once (peephole, CIFG, cell clip 3.0, recurrent dropout 0.25, zoneout 0.1 / 0.05, per-row
+#: lengths, and weight drop, which is W_hh masked before the call: gpu.py's "all six"); "layer norm" alone (two more
+#: exchanges a step, forward and backward); "all" of them at once
+VARIANT_SETS = {"element-wise": (True, False), "layer norm": (False, True), "all": (True, True)}
 VARIANT_SHAPES = [(3, 5, 128), (256, 8, 256), (1024, 8, 256)]  # checked: the first two (the NumPy spec is slow)
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -111,11 +115,13 @@ def precompile(shapes, arch: int, workers: int = 16) -> float:
                     for ablate, fast in ((0, True), *extra):  # (exact activations and ablations: default size)
                         cfg = cl.config(B, H, dtype, C, ablate, fast, exchange)
                         cfgs[cfg.key()] = cfg
-    for _, B, H in VARIANT_SHAPES:  # every variant switch on, the default cluster size
+    elementwise = tuple(f for f in cl.FLAGS if f != "LN")
+    for _, B, H in VARIANT_SHAPES:  # each variant set, the default cluster size
         for dtype in DTYPES.values():
             for exchange in cl.EXCHANGES:
-                cfg = cl.config(B, H, dtype, exchange=exchange, flags=cl.FLAGS)
-                cfgs[cfg.key()] = cfg
+                for flags in (elementwise, ("LN",), cl.FLAGS):
+                    cfg = cl.config(B, H, dtype, exchange=exchange, flags=flags)
+                    cfgs[cfg.key()] = cfg
     start = time.monotonic()
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(lambda c: cl.compile_cubin(c, arch), cfgs.values()))
@@ -264,9 +270,8 @@ def _time_one(d: dict, peers: dict, B: int, H: int, T: int, dtype, C: int, excha
             step = partial(_train_step, cl.layer, d["xd"], d["h0d"], d["c0d"], d["wg"], d["gy"], **kw)
             fb = time_ms(step, device, warmup, iters)
     steps, bsteps = {}, {}
-    none = [None, None, None, None, None, 0.0]  # (no variant: rec, zh, zc, valid, wch, clip)
-    fwd_args = [d["gx"], d["w"][1], d["h0d"], d["c0f"], *d["fwd_out"], None, None, *none, T, B]
-    bwd_args = [d["w"][1], d["gates"], d["cs"], d["c0f"], d["gy"], d["h0d"], d["c0f"], *d["bwd_out"], None, *none, T, B]
+    fwd_args = cl.fwd_args(d["gx"], d["w"][1], d["h0d"], d["c0f"], *d["fwd_out"])  # (no variant, nothing saved)
+    bwd_args = cl.bwd_args(d["w"][1], d["gates"], d["cs"], d["c0f"], d["gy"], d["h0d"], d["c0f"], *d["bwd_out"])
     for a in cl.ABLATIONS if C == clusters(B, H, dtype)[0] else (0,):
         cfg = cl.config(B, H, dtype, C, a, True, exchange)
         steps[a] = time_ms(partial(cl._run, cfg, "fwd", fwd_args, B), device, warmup, iters) * 1e3 / T
@@ -275,53 +280,92 @@ def _time_one(d: dict, peers: dict, B: int, H: int, T: int, dtype, C: int, excha
     return dict(ours=layer, ours_fb=fb, steps=steps, bsteps=bsteps, ok=True, **peers)
 
 
-def _variant_case(T: int, B: int, H: int, dtype, device: str, seed: int = 3):
-    """Masks and peepholes as lstmkit.nn samples them in training (all six variants), in ``dtype``, and
-    per-row lengths (every other row a quarter shorter: the state carried past its end)."""
+def _variant_case(T: int, B: int, H: int, dtype, device: str, vset: str, seed: int = 3):
+    """The variant set ``vset`` (:data:`VARIANT_SETS`): the element-wise ones' masks and peepholes as lstmkit.nn
+    samples them in training, in ``dtype``, and per-row lengths (every other row a quarter shorter: the state
+    carried past its end); layer norm's gains (about 1) and cell bias, float32. -> (var, w_ch, weight-drop mask,
+    [g_ih, g_hh, g_c, b_c]), None for what the set leaves out."""
+    elementwise, ln = VARIANT_SETS[vset]
     g = torch.Generator(device="cpu").manual_seed(seed)
-    lengths = torch.tensor([T if b % 2 == 0 else max(1, 3 * T // 4) for b in range(B)])
-    var = dict(peephole=True, cifg=True, clip=3.0,
-               rec=((torch.rand(B, H, generator=g) > 0.25).float() / 0.75).to(device, dtype),
-               zh=(torch.rand(T, B, H, generator=g) < 0.1).to(device, dtype),
-               zc=(torch.rand(T, B, H, generator=g) < 0.05).to(device, dtype),
-               valid=(torch.arange(T)[:, None] < lengths[None, :]).to(device, dtype))  # fmt: skip
-    w_ch = (torch.randn(3 * H, generator=g) * 0.3).to(device)
-    wd = ((torch.rand(4 * H, H, generator=g) > 0.5).float() / 0.5).to(device)  # weight drop 0.5
-    return var, w_ch, wd
+    var, w_ch, wd, lnp = {}, None, None, None
+    if elementwise:
+        lengths = torch.tensor([T if b % 2 == 0 else max(1, 3 * T // 4) for b in range(B)])
+        var = dict(peephole=True, cifg=True, clip=3.0,
+                   rec=((torch.rand(B, H, generator=g) > 0.25).float() / 0.75).to(device, dtype),
+                   zh=(torch.rand(T, B, H, generator=g) < 0.1).to(device, dtype),
+                   zc=(torch.rand(T, B, H, generator=g) < 0.05).to(device, dtype),
+                   valid=(torch.arange(T)[:, None] < lengths[None, :]).to(device, dtype))  # fmt: skip
+        w_ch = (torch.randn(3 * H, generator=g) * 0.3).to(device)
+        wd = ((torch.rand(4 * H, H, generator=g) > 0.5).float() / 0.5).to(device)  # weight drop 0.5
+    if ln:
+        lnp = [(1.0 + 0.2 * torch.randn(n, generator=g)).to(device) for n in (4 * H, 4 * H, H)]
+        lnp.append((0.1 * torch.randn(H, generator=g)).to(device))
+    return var, w_ch, wd, lnp
+
+
+def _variant_inputs(leaves: dict, bias: torch.Tensor, lnp) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """gx and the kernels' LN gains as variant_layer makes them: with layer norm, LN(x W_ih^T) g_ih (in torch)
+    and then the bias; without, gx already holds the bias."""
+    if lnp is None:
+        return leaves["gx"], None
+    gx = cl.input_norm(leaves["gx"], leaves["g_ih"]) + bias.to(leaves["gx"].dtype)
+    return gx, torch.cat([leaves["g_hh"], leaves["g_c"], leaves["b_c"]])
 
 
 _SPEC: dict = {}
 
 
-def _variants_one(T: int, B: int, H: int, dtype, device: str, exchange: str) -> dict:
-    """Forward and gradients with all six variants against the NumPy spec (float64, on the CPU)."""
+#: the columns of the variant checks (None where the set has no such parameter)
+VARIANT_ERRS = ("y", "gx", "h_0", "c_0", "W_hh", "w_ch", "LN gains")
+
+
+def _variants_one(T: int, B: int, H: int, dtype, device: str, exchange: str, vset: str) -> dict:
+    """Forward and gradients of a variant set against the NumPy spec (float64, on the CPU)."""
     from lstmkit import reference as ref
 
+    elementwise, ln = VARIANT_SETS[vset]
     m, x, h0, c0 = _case(T, B, H, device)
-    var, w_ch, wd = _variant_case(T, B, H, dtype, device)
+    var, w_ch, wd, lnp = _variant_case(T, B, H, dtype, device, vset)
     w_ih, w_hh, b_ih, b_hh = _params(m, torch.float64)
-    w_hh = w_hh * wd
-    gx = (torch.nn.functional.linear(x, w_ih, b_ih + b_hh)).to(dtype)
+    w_hh = w_hh * wd if wd is not None else w_hh
+    bias = (b_ih + b_hh).to(dtype)  # (with layer norm added after it, in the dtype: the spec gets the same)
+    gx = torch.nn.functional.linear(x, w_ih, None if ln else b_ih + b_hh).to(dtype)
     g = torch.Generator(device="cpu").manual_seed(2)
     dy = torch.randn(T, B, H, generator=g).to(device, dtype)
-    leaves = [t.clone().requires_grad_() for t in (gx, h0.to(dtype), c0.float(), w_hh.to(dtype), w_ch)]
-    y, hT, cT = cl._Recurrence.apply(*leaves, var, dict(exchange=exchange))
+    leaves = dict(gx=gx, h_0=h0.to(dtype), c_0=c0.float(), W_hh=w_hh.to(dtype))
+    if elementwise:
+        leaves["w_ch"] = w_ch
+    if ln:
+        leaves.update(zip(("g_ih", "g_hh", "g_c", "b_c"), lnp))
+    leaves = {k: v.clone().requires_grad_() for k, v in leaves.items()}
+    gx_in, lnw = _variant_inputs(leaves, bias, lnp)
+    y, hT, cT = cl._Recurrence.apply(gx_in, leaves["h_0"], leaves["c_0"], leaves["W_hh"], leaves.get("w_ch"), lnw,
+                                     var, dict(exchange=exchange))  # fmt: skip
     y.backward(dy)
     f64 = lambda t: t.detach().double().cpu().numpy()  # noqa: E731
-    p = dict(weight_ih=np.eye(4 * H), weight_hh=f64(leaves[3]), weight_ch=f64(w_ch))
-    masks = dict(recurrent=f64(var["rec"]), zoneout_h=list(f64(var["zh"])), zoneout_c=list(f64(var["zc"])))
-    valid = list(f64(var["valid"])[..., None])  # (T x (B, 1))
-    key = (T, B, H, dtype)  # the spec's numbers do not depend on the exchange: once per shape and dtype
+    p = dict(weight_ih=np.eye(4 * H), weight_hh=f64(leaves["W_hh"]))
+    names = dict(g_ih="layernorm_ih_weight", g_hh="layernorm_hh_weight", g_c="layernorm_c_weight",
+                 b_c="layernorm_c_bias")  # fmt: skip
+    masks, valid = {}, None
+    if elementwise:
+        p["weight_ch"] = f64(w_ch)
+        masks = dict(recurrent=f64(var["rec"]), zoneout_h=list(f64(var["zh"])), zoneout_c=list(f64(var["zc"])))
+        valid = list(f64(var["valid"])[..., None])  # (T x (B, 1))
+    if ln:
+        p.update({names[k]: f64(leaves[k]) for k in names}, bias=f64(bias))
+    key = (T, B, H, dtype, vset)  # the spec's numbers do not depend on the exchange: once per shape, dtype, set
     if key not in _SPEC:
-        hs, _, cache = ref.variant_layer_forward(list(f64(gx)), (f64(leaves[1]), f64(leaves[2])), p, peephole=True,
-                                                 coupled_input_forget=True, cell_clip=3.0, masks=masks,
-                                                 valid=valid)  # fmt: skip
+        hs, _, cache = ref.variant_layer_forward(list(f64(gx)), (f64(leaves["h_0"]), f64(leaves["c_0"])), p,
+                                                 peephole=elementwise, coupled_input_forget=elementwise,
+                                                 cell_clip=3.0 if elementwise else None, masks=masks, valid=valid,
+                                                 layer_norm=ln)  # fmt: skip
         _SPEC[key] = (hs, *ref.variant_layer_backward(list(f64(dy)), cache))
     hs, grads, dxs, (dh0, dc0) = _SPEC[key]
-    errs = dict(y=_rel(y, np.stack(hs)), gx=_rel(leaves[0].grad, np.stack(dxs)), h_0=_rel(leaves[1].grad, dh0),
-                c_0=_rel(leaves[2].grad, dc0), W_hh=_rel(leaves[3].grad, grads["weight_hh"]),
-                w_ch=_rel(leaves[4].grad, grads["weight_ch"]))  # fmt: skip
-    return dict(errs=errs, ok=all(v < _bound(dtype) for v in errs.values()))
+    errs = dict(y=_rel(y, np.stack(hs)), gx=_rel(leaves["gx"].grad, np.stack(dxs)), h_0=_rel(leaves["h_0"].grad, dh0),
+                c_0=_rel(leaves["c_0"].grad, dc0), W_hh=_rel(leaves["W_hh"].grad, grads["weight_hh"]),
+                w_ch=_rel(leaves["w_ch"].grad, grads["weight_ch"]) if elementwise else None)  # fmt: skip
+    errs["LN gains"] = max(_rel(leaves[k].grad, grads[n]) for k, n in names.items()) if ln else None
+    return dict(errs=errs, ok=all(v < _bound(dtype) for v in errs.values() if v is not None))
 
 
 def _module_one(kw: dict, device: str) -> dict:
@@ -359,33 +403,41 @@ def _module_one(kw: dict, device: str) -> dict:
 
 def check_modules(report: Report, device: str) -> None:
     """The user's path with the routing on: plain and with variants and lengths=."""
-    for name, kw in (("plain", {}), ("variants + lengths", dict(peephole=True, cell_clip=3.0, zoneout=0.1,
-                                                                 recurrent_dropout=0.25))):  # fmt: skip
+    variants = dict(peephole=True, cell_clip=3.0, zoneout=0.1, recurrent_dropout=0.25)
+    for name, kw in (("plain", {}), ("variants + lengths", variants),
+                     ("layer norm + variants + lengths", dict(variants, layer_norm=True))):  # fmt: skip
         _guard(report, "modules", dict(module=name), partial(_module_one, kw, device))
 
 
 def check_variants(report: Report, shapes, device: str, deadline: float) -> None:
     for T, B, H in shapes:
-        for exchange in cl.EXCHANGES:
-            for dname, dtype in DTYPES.items():
-                if time.monotonic() > deadline:
-                    report.note(f"time budget spent: variant checks from {(T, B, H)} on skipped")
-                    return
-                run = partial(_variants_one, T, B, H, dtype, device, exchange)
-                _guard(report, "variants", dict(shape=(T, B, H), dtype=dname, exchange=exchange), run)
+        for vset in VARIANT_SETS:
+            for exchange in cl.EXCHANGES:
+                for dname, dtype in DTYPES.items():
+                    if time.monotonic() > deadline:
+                        report.note(f"time budget spent: variant checks from {(T, B, H)} {vset} on skipped")
+                        return
+                    run = partial(_variants_one, T, B, H, dtype, device, exchange, vset)
+                    _guard(report, "variants", dict(shape=(T, B, H), vset=vset, dtype=dname, exchange=exchange), run)
 
 
-def _time_variants(T: int, B: int, H: int, dtype, device: str, exchange: str, warmup: int, iters: int) -> dict:
+def _time_variants(T: int, B: int, H: int, dtype, device: str, exchange: str, vset: str, warmup: int,
+                   iters: int) -> dict:  # fmt: skip
+    """A train step (forward, y.backward) and a forward of one layer with a variant set, as variant_layer runs it
+    (the input GEMM, LN of it with layer norm, weight drop as W_hh * mask in the graph)."""
     m, x, h0, c0 = _case(T, B, H, device)
-    var, w_ch, wd = _variant_case(T, B, H, dtype, device)
+    var, w_ch, wd, lnp = _variant_case(T, B, H, dtype, device, vset)
     w_ih, w_hh, b_ih, b_hh = [p.clone().requires_grad_() for p in _params(m, dtype)]
-    w_ch = w_ch.clone().requires_grad_()
+    leaves = {} if lnp is None else dict(zip(("g_ih", "g_hh", "g_c", "b_c"), (t.clone().requires_grad_() for t in lnp)))
+    w_ch = w_ch.clone().requires_grad_() if w_ch is not None else None
     xd, h0d, c0d = x.to(dtype), h0.to(dtype), c0.to(dtype)
     gy = torch.randn(T, B, H, device=device, dtype=dtype)
 
     def step(train: bool):
-        gx = torch.nn.functional.linear(xd, w_ih, b_ih + b_hh)  # (weight drop: W_hh * mask, in the graph)
-        y, _, _ = cl._Recurrence.apply(gx, h0d, c0d, w_hh * wd.to(dtype), w_ch, var, dict(exchange=exchange))
+        leaves["gx"] = torch.nn.functional.linear(xd, w_ih, None if lnp is not None else b_ih + b_hh)
+        gx, lnw = _variant_inputs(leaves, b_ih + b_hh, lnp)
+        w = w_hh * wd.to(dtype) if wd is not None else w_hh
+        y, _, _ = cl._Recurrence.apply(gx, h0d, c0d, w, w_ch, lnw, var, dict(exchange=exchange))
         if train:
             y.backward(gy)
 
@@ -408,15 +460,16 @@ def bench_variants(report: Report, shapes, device: str, warmup: int, iters: int,
                 fwd = time_ms(partial(mc, xd, hc), device, warmup, iters)
             gy = torch.randn(T, B, H, device=device, dtype=dtype)
             peers[dname] = (fwd, time_ms(partial(_cudnn_train_step, mc, xd, hc, gy), device, warmup, iters))
-        for exchange in cl.EXCHANGES:
-            for dname, dtype in DTYPES.items():
-                if time.monotonic() > deadline:
-                    report.note(f"time budget spent: variant timings from {(T, B, H)} on skipped")
-                    return
-                run = partial(_time_variants, T, B, H, dtype, device, exchange, warmup, iters)
-                base = dict(shape=(T, B, H), dtype=dname, exchange=exchange, cudnn=peers[dname],
-                            cudnn_fp16=peers["fp16"])  # fmt: skip
-                _guard(report, "vtimes", base, run)
+        for vset in VARIANT_SETS:
+            for exchange in cl.EXCHANGES:
+                for dname, dtype in DTYPES.items():
+                    if time.monotonic() > deadline:
+                        report.note(f"time budget spent: variant timings from {(T, B, H)} {vset} on skipped")
+                        return
+                    run = partial(_time_variants, T, B, H, dtype, device, exchange, vset, warmup, iters)
+                    base = dict(shape=(T, B, H), vset=vset, dtype=dname, exchange=exchange, cudnn=peers[dname],
+                                cudnn_fp16=peers["fp16"])  # fmt: skip
+                    _guard(report, "vtimes", base, run)
 
 
 def bench(report: Report, shapes, device: str, warmup: int, iters: int, deadline: float) -> None:
@@ -463,7 +516,7 @@ def _error_rows(rows: list[dict], head, n: int) -> list[str]:
         if "error" in r:
             out.append(f"{head(r)} {r['error']} |" + " |" * (n - 1) + " **no** |")
         else:
-            out.append(f"{head(r)} " + " | ".join(f"{v:.2e}" for v in r["errs"].values())
+            out.append(f"{head(r)} " + " | ".join("—" if v is None else f"{v:.2e}" for v in r["errs"].values())
                        + f" | {'yes' if r['ok'] else '**no**'} |")  # fmt: skip
     return out
 
@@ -530,20 +583,20 @@ def render_variants(checks: list[dict], times: list[dict], modules: list[dict] =
                        f"{e['x']:.2e} | {e['params']:.2e} | {lp['y']:.2e} / {max(lp['x'], lp['params']):.2e} | "
                        f"{'yes' if r['ok'] else '**no**'} |")  # fmt: skip
     if checks:
-        out += ["", "## All six variants and per-row lengths: forward and gradients against the NumPy spec (float64; "
-                "same bounds)", "",
-                "| shape | dtype | exchange | y | gx | h_0 | c_0 | W_hh | w_ch | ok |",
-                "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-        out += _error_rows(checks, lambda r: f"| {r['shape']} | {r['dtype']} | {r['exchange']} |", 6)
+        out += ["", "## Variants against the NumPy spec, forward and gradients (float64; same bounds). element-wise: "
+                "the six element-wise variants and per-row lengths at once; layer norm: alone; all: both", "",
+                "| shape | variants | dtype | exchange | " + " | ".join(VARIANT_ERRS) + " | ok |",
+                "|---|---|---|---|" + "---|" * len(VARIANT_ERRS) + "---|"]  # fmt: skip
+        out += _error_rows(checks, lambda r: f"| {r['shape']} | {r['vset']} | {r['dtype']} | {r['exchange']} |",
+                           len(VARIANT_ERRS))  # fmt: skip
     if times:
-        out += ["", "## All six variants and per-row lengths, one layer, ms: ours / plain cuDNN of the same dtype "
-                "(goal 2: <= 1.2) and "
-                "/ plain cuDNN fp16 (goal 3)", "",
-                "| shape | dtype | exchange | ours fwd | / cuDNN | / cuDNN fp16 | ours fwd+bwd | / cuDNN | "
+        out += ["", "## Variants, one layer, ms: ours / plain cuDNN of the same dtype (goal 2: <= 1.2) and / plain "
+                "cuDNN fp16 (goal 3: <= 1)", "",
+                "| shape | variants | dtype | exchange | ours fwd | / cuDNN | / cuDNN fp16 | ours fwd+bwd | / cuDNN | "
                 "/ cuDNN fp16 |",
-                "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+                "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in times:
-            head = f"| {r['shape']} | {r['dtype']} | {r['exchange']} |"
+            head = f"| {r['shape']} | {r['vset']} | {r['dtype']} | {r['exchange']} |"
             if "error" in r:
                 out.append(f"{head} {r['error']} | | | | | |")
                 continue
@@ -576,7 +629,8 @@ def _usage(res: str, name: str) -> tuple[str, str, str]:
 def compile_report(shapes) -> str:
     """Without a GPU: both kernels of each configuration built for sm_90 by NVRTC, what ptxas made of them
     (registers, stack, spills) and what the machine code holds (cuobjdump -sass, Triton's copy); the same with
-    every variant switch on; and ``cluster_lstm``'s register model against ptxas at every hidden size."""
+    every element-wise switch on and with every switch (layer norm too); and ``cluster_lstm``'s register model
+    against ptxas at every hidden size (element-wise switches), beside what layer norm adds."""
     import collections
     import re
     from concurrent.futures import ThreadPoolExecutor
@@ -584,7 +638,9 @@ def compile_report(shapes) -> str:
     lines = ["| shape (T, B, H) | dtype | exchange | variants | kernel | registers | stack | local | "
              "dynamic shared bytes | instructions | HMMA | cluster barriers | MEMBAR | SYNCS (mbarrier) | "
              "STAS (st.async) |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for flags in ((), cl.FLAGS):
+    elementwise = tuple(f for f in cl.FLAGS if f != "LN")
+    names = {(): "none", elementwise: "element-wise", cl.FLAGS: "every switch"}
+    for flags in names:
         for T, B, H in shapes:
             for dname, dtype in DTYPES.items():
                 for exchange in cl.EXCHANGES:
@@ -598,34 +654,40 @@ def compile_report(shapes) -> str:
                         ops = collections.Counter(re.findall(op, body))
                         reg, stack, local = _usage(res, name)
                         syncs = sum(v for k, v in ops.items() if k.startswith("SYNCS"))
-                        lines.append(f"| {(T, B, H)} | {dname} | {exchange} | {'every switch' if flags else 'none'} | "
+                        lines.append(f"| {(T, B, H)} | {dname} | {exchange} | {names[flags]} | "
                                      f"{kind} | {reg} | {stack} | {local} | {smem} | {sum(ops.values())} | "
                                      f"{ops['HMMA']} | {ops['UCGABAR_ARV']} | {ops['MEMBAR']} | {syncs} | "
                                      f"{ops['STAS']} |")  # fmt: skip
-    # the register model (cluster_lstm._registers_fit) against ptxas: 16 batch rows, every variant on, fp16
+    # the register model (cluster_lstm._registers_fit) against ptxas: 16 batch rows, every element-wise variant on,
+    # fp16; and the same with layer norm on too (every switch), which the model does not count
     sizes = [(H, C) for H in range(16, 257, 16) for C in (1, 2, 4, 8)
              if H % (8 * C) == 0 and (H // C) % 16 == 0 and H // C // 8 * 32 <= 1024]  # fmt: skip
 
-    def build(hc):
-        H, C = hc
-        res = _cuobjdump(cl.compile_cubin(cl.ClusterConfig(H, C, 2, torch.float16, flags=cl.FLAGS))[0],
+    def build(hcf):
+        H, C, flags = hcf
+        res = _cuobjdump(cl.compile_cubin(cl.ClusterConfig(H, C, 2, torch.float16, flags=flags))[0],
                          "--dump-resource-usage")  # fmt: skip
         return [_usage(res, f"lstm_cluster_{k}") for k in ("fwd", "bwd")]
 
     with ThreadPoolExecutor(4) as pool:
-        built = list(pool.map(build, sizes))
-    agree = 0
-    model = ["", "Register model (`cluster_lstm._registers_fit`) against ptxas, 16 batch rows, every variant on, "
-             "fp16: the model allows a (H, cluster) exactly where neither kernel spills.", "",
+        built = list(pool.map(build, [(H, C, f) for H, C in sizes for f in (elementwise, cl.FLAGS)]))
+    agree, ln_spills = 0, []
+    model = ["", "Register model (`cluster_lstm._registers_fit`) against ptxas, 16 batch rows, every element-wise "
+             "variant on, fp16: the model allows a (H, cluster) exactly where neither kernel spills. The last "
+             "columns: the same with layer norm on too (every switch), which the model does not count.", "",
              "| H | cluster | units a CTA | warps | model: fits | fwd registers / stack | bwd registers / stack | "
-             "agree |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for (H, C), (fwd, bwd) in zip(sizes, built):
+             "agree | with LN: fwd | with LN: bwd |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for (H, C), (fwd, bwd), (lfwd, lbwd) in zip(sizes, built[0::2], built[1::2]):
         fits = cl._registers_fit(H, C)
         spill = fwd[1] != "0" or bwd[1] != "0" or fwd[2] != "0" or bwd[2] != "0"
         agree += fits != spill
+        if fits and (lfwd[1] != "0" or lbwd[1] != "0"):
+            ln_spills.append(f"({H}, {C})")
         model.append(f"| {H} | {C} | {H // C} | {H // C // 8} | {'yes' if fits else 'no'} | {fwd[0]} / {fwd[1]} | "
-                     f"{bwd[0]} / {bwd[1]} | {'yes' if fits != spill else '**no**'} |")  # fmt: skip
-    model.insert(2, f"The model agrees with ptxas at {agree} of {len(sizes)} sizes.")
+                     f"{bwd[0]} / {bwd[1]} | {'yes' if fits != spill else '**no**'} | {lfwd[0]} / {lfwd[1]} | "
+                     f"{lbwd[0]} / {lbwd[1]} |")  # fmt: skip
+    model.insert(2, f"The model agrees with ptxas at {agree} of {len(sizes)} sizes. Where it allows a size, layer "
+                    f"norm on top of every element-wise switch spills at: {', '.join(ln_spills) or 'none'}.")
     return "\n".join(lines + model) + "\n"
 
 

@@ -389,6 +389,18 @@ def test_exact_activations_and_zero_steps():
     assert y0.shape == (0, 4, 32) and torch.equal(h, h0) and torch.equal(c, c0)
 
 
+def test_kernel_arguments_match_the_kernels():
+    """The argument lists the host builds have the kernels' parameter count (neither the driver nor ctypes
+    would notice a drift: the kernel would read past the list), and _run refuses a list that does not."""
+    gx, w, h0, c0 = _inputs(2, 3, 32, torch.bfloat16, 0)
+    y, f = torch.empty(2, 3, 32, dtype=torch.bfloat16), torch.empty(3, 32)
+    assert len(cl.fwd_args(gx, w, h0, c0, y, h0, f)) == cl._param_count("fwd") == 22
+    assert len(cl.bwd_args(w, f, f, f, y, h0, f, gx, f)) == cl._param_count("bwd") == 25
+    cfg = cl.config(3, 32, torch.bfloat16)
+    with pytest.raises(ValueError, match="takes 22 arguments, got 17"):
+        cl._run(cfg, "fwd", cl.fwd_args(gx, w, h0, c0, y, h0, f)[:15] + [2, 3], 3)
+
+
 def test_configurations_and_errors():
     cfg = cl.config(8, 256, torch.bfloat16)
     assert (cfg.C, cfg.units, cfg.threads, cfg.batch_rows) == (8, 32, 128, 8)

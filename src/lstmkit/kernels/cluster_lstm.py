@@ -25,14 +25,16 @@ Design (one cluster per 8 or 16 batch rows; ``C`` CTAs per cluster; each CTA own
 * two ways to synchronise (:data:`EXCHANGES`): DSMEM stores + the cluster barrier, or ``st.async`` stores
   counted on the receiving CTA's mbarrier. The hardware schedules a cluster's CTAs together, so no
   co-residency check is needed; an mbarrier wait of over 2 s traps instead of hanging;
-* the element-wise variants as compile-time switches (:data:`FLAGS`): peephole, coupled input-forget gate,
-  cell clip, recurrent dropout, zoneout of h and c, and per-row lengths (the state carried past them).
+* the variants as compile-time switches (:data:`FLAGS`): peephole, coupled input-forget gate, cell clip,
+  recurrent dropout, zoneout of h and c, per-row lengths (the state carried past them), and layer norm (of the
+  recurrent product over 4H and of c'_t over H: each row's statistics from every CTA, two more exchanges a step
+  through distributed shared memory and the cluster barrier; LN of the input projection runs in torch).
 
 Entry points: :func:`layer` (one layer, differentiable), :func:`lstm` (``torch.nn.LSTM``'s interface),
 :func:`variant_layer` (the variant modules' per-layer kernel), :func:`forward` (no autograd),
 :func:`lstm_or_next` (what ``impl="auto"`` runs with :data:`ROUTE`, falling back per call). Limits:
 bfloat16 / float16, hidden sizes whose share of ``W_hh`` fits the registers (16 .. 256, see
-:func:`config`), no layer norm, no projections; ``lengths=`` only through :func:`variant_layer` (its ``valid``
+:func:`config`), no projections; ``lengths=`` only through :func:`variant_layer` (its ``valid``
 masks: the state is carried past each row's length). Sigmoid and tanh use ``tanh.approx.f32``
 unless ``fast=False``. Not measured on a GPU yet (``benchmarks/gpu_cluster.py`` checks them against float64
 cuDNN and times them against cuDNN in one run), so :data:`ROUTE` is off by default.
@@ -98,6 +100,7 @@ typedef unsigned short u16;
 typedef unsigned int u32;
 struct alignas(16) v4 { u32 x, y, z, w; };
 struct alignas(8) f2 { float x, y; };
+struct alignas(8) u2 { u32 x, y; };
 struct alignas(16) Smem {       // the forward's shared memory
   unsigned long long mbar[2];  // EXCH 1: the mbarrier of each hbuf (first: the emulation finds it at offset 0)
   u16 hbuf[2][BT][HS];         // h_{t-1} of the cluster's batch rows, all units, double-buffered
@@ -873,9 +876,7 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
 #if LN
             const u32 x01 = f2h(xh[nt][j][0]) | ((u32)f2h(xh[nt][j][1]) << 16);
             const u32 x23 = f2h(xh[nt][j][2]) | ((u32)f2h(xh[nt][j][3]) << 16);
-            u32* rp = reinterpret_cast<u32*>(rh + (((long long)t * B + b) * HID + unit) * 4);
-            rp[0] = x01;
-            rp[1] = x23;
+            *reinterpret_cast<u2*>(rh + (((long long)t * B + b) * HID + unit) * 4) = u2{x01, x23};  // (8 bytes)
             nh[((long long)t * B + b) * HID + unit] = nhat[nt][j];
             if (unit == 0) {  // (the same in every thread of the row)
               rs[((long long)t * B + b) * 2] = rsh[nt][j];
@@ -962,9 +963,9 @@ static __device__ __forceinline__ void load_ln(u32 (&xh)[NT][2][2], float (&nhat
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
       const long long row = (long long)t * B + min(b0 + nt * 8 + 2 * q + j, B - 1);
-      const u32* rp = reinterpret_cast<const u32*>(rh + (row * HID + unit) * 4);
-      xh[nt][j][0] = rp[0];
-      xh[nt][j][1] = rp[1];
+      const u2 v = *reinterpret_cast<const u2*>(rh + (row * HID + unit) * 4);  // (one 8-byte load)
+      xh[nt][j][0] = v.x;
+      xh[nt][j][1] = v.y;
       nhat[nt][j] = nh[row * HID + unit];
       rst[nt][j][0] = rs[row * 2];
       rst[nt][j][1] = rs[row * 2 + 1];
@@ -1584,9 +1585,37 @@ def _c_args(args: list) -> list:
             ctypes.c_void_p(0 if a is None else a.data_ptr()) for a in args]  # fmt: skip
 
 
+@functools.cache
+def _param_count(kind: str) -> int:
+    """How many parameters ``lstm_cluster_{kind}`` has, read from the kernel's text."""
+    import re
+
+    head = re.sub(r"//[^\n]*", "", _KERNEL.split(f"KERNEL lstm_cluster_{kind}(")[1]).split(") {")[0]
+    return head.count(",") + 1
+
+
+def fwd_args(gx: Tensor, w: Tensor, h0: Tensor, c0: Tensor, y: Tensor, hT: Tensor, cT: Tensor,
+             gates: Tensor | None = None, cs: Tensor | None = None, vargs: list | None = None,
+             ln: tuple = (None, None, None)) -> list:  # fmt: skip
+    """The forward kernel's arguments in its parameter order: ``vargs`` from :func:`_variant_args` (rec, zh, zc,
+    valid, wch, clip, lnw, eps), ``ln`` the saved LN(r), LN(c'_t), 1 / std (with ``gates``, under LN)."""
+    T, B, _ = gx.shape
+    return [gx, w, h0, c0, y, hT, cT, gates, cs, *(vargs or _NO_VARIANTS), *ln, T, B]
+
+
+def bwd_args(w: Tensor, gates: Tensor, cs: Tensor, c0: Tensor, dy: Tensor, dhT: Tensor, dcT: Tensor, da: Tensor,
+             dc0: Tensor, dhz: Tensor | None = None, vargs: list | None = None, ln: tuple = (None, None, None),
+             ln_out: tuple = (None, None)) -> list:  # fmt: skip
+    """The backward kernel's arguments in its parameter order (``ln_out``: dLoss/da and dLoss/dn under LN)."""
+    T, B, _ = dy.shape
+    return [w, gates, cs, c0, dy, dhT, dcT, da, dc0, dhz, *(vargs or _NO_VARIANTS), *ln, *ln_out, T, B]
+
+
 def _run(cfg: ClusterConfig, kind: str, args: list, B: int) -> None:
     """Launch the forward (``kind`` "fwd") or backward kernel of ``cfg`` on the device of the first tensor:
-    a GPU (NVRTC, the driver) or the CPU (the emulation)."""
+    a GPU (NVRTC, the driver) or the CPU (the emulation). ``args``: :func:`fwd_args` / :func:`bwd_args`."""
+    if len(args) != _param_count(kind):  # (neither the driver nor ctypes would notice)
+        raise ValueError(f"lstm_cluster_{kind} takes {_param_count(kind)} arguments, got {len(args)}")
     grid_y = math.ceil(B / cfg.batch_rows)
     dev = args[0].device
     vals = _c_args(args)
@@ -1667,7 +1696,7 @@ def _forward(cfg: ClusterConfig, gx: Tensor, w: Tensor, h0: Tensor, c0: Tensor, 
     ln = (torch.empty(T, B, H, 4, dtype=torch.float16, device=dev), f32(T, B, H), f32(T, B, 2)) if (
         save and "LN" in cfg.flags) else (None, None, None)  # fmt: skip
     if T > 0:
-        _run(cfg, "fwd", [gx, w, h0, c0, y, hT, cT, gates, cs, *(vargs or _NO_VARIANTS), *ln, T, B], B)
+        _run(cfg, "fwd", fwd_args(gx, w, h0, c0, y, hT, cT, gates, cs, vargs, ln), B)
     return y, hT, cT, gates, cs, ln
 
 
@@ -1722,19 +1751,20 @@ class _Recurrence(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy: Tensor | None, dhT: Tensor | None, dcT: Tensor | None):
         w, gates, cs, c0, h0, y, rh, nh, rs = ctx.saved_tensors
-        cfg, (rec, zh, zc, vd, wch, clip, lnw, eps) = ctx.cfg, ctx.vargs
+        cfg, (rec, _, _, _, wch, clip, lnw, _) = ctx.cfg, ctx.vargs
         T, B, H = y.shape
         dtype, dev = y.dtype, y.device
         dy = torch.zeros_like(y) if dy is None else dy.to(dtype).contiguous()
         dhT = torch.zeros_like(h0) if dhT is None else dhT.to(dtype).contiguous()
         dcT = torch.zeros_like(c0) if dcT is None else dcT.float().contiguous()
         da = torch.empty(T, B, 4 * H, dtype=dtype, device=dev)  # dLoss/da_t; with LN dLoss/dr_t
-        dgx, dn = (torch.empty_like(da), torch.empty(T, B, H, device=dev)) if lnw is not None else (None, None)
+        f32 = partial(torch.empty, dtype=torch.float32, device=dev)
+        dgx, dn = (torch.empty_like(da), f32(T, B, H)) if lnw is not None else (None, None)
         dc0 = dcT.clone()
-        dhz = torch.zeros(B, H, device=dev) if {"ZONE_H", "VALID"} & set(cfg.flags) else None
+        dhz = f32(B, H).zero_() if {"ZONE_H", "VALID"} & set(cfg.flags) else None
         if T > 0:
-            _run(cfg, "bwd", [w, gates, cs, c0, dy, dhT, dcT, da, dc0, dhz, rec, zh, zc, vd, wch, clip, lnw, eps, rh,
-                              nh, rs, dgx, dn, T, B], B)  # fmt: skip
+            _run(cfg, "bwd", bwd_args(w, gates, cs, c0, dy, dhT, dcT, da, dc0, dhz, ctx.vargs, (rh, nh, rs),
+                                      (dgx, dn)), B)  # fmt: skip
         recf = rec.float() if rec is not None else None
         if T > 0:  # dh_0 = (dr_0 W_hh) * rec (+ what zoneout carried past step 0); dr = da without LN
             dh0 = da[0].float() @ w.float()
