@@ -488,9 +488,12 @@ _MUTATIONS = {  # (exchange, what the kernel's text has, without the synchronisa
     "backward: mbarrier wait": ("mbarrier", "      mbar_wait(smem_addr(&sm.mbar[cur]), (parity >> cur) & 1);\n"
                                 "      parity ^= 1u << cur;\n    }\n    if (tid == 0 && s + 2",
                                 "      parity ^= 1u << cur;\n    }\n    if (tid == 0 && s + 2"),
-    "LN: the cluster barrier of the statistics' exchange": ("mbarrier", "  __syncwarp();  // (the barrier below is "
-                                                            ".aligned: the warp converged)\n  cluster_arrive();\n"
-                                                            "  cluster_wait();\n", ""),
+    "LN: the cluster barrier of the statistics' exchange": ("barrier", "#else\n  cluster_arrive();\n  cluster_wait();"
+                                                            "\n#endif\n}", "#else\n#endif\n}"),
+    "LN: the mbarrier wait of the statistics' exchange": ("mbarrier",  # (and its re-arming: T = 3 reuses none)
+                                                          "  mbar_wait(smem_addr(&mb), (par >> bit) & 1);\n  par ^= 1u "
+                                                          "<< bit;\n  if (rearm) mbar_expect(smem_addr(&mb), bytes);\n",
+                                                          ""),
 }  # fmt: skip
 
 

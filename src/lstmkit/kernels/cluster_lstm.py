@@ -95,6 +95,7 @@ _HEAD = r"""
 #define SRB (4 * UNITS + 8)    // ... of the backward's staged da_t
 #define NP (HID / 8)           // LN: the row statistics' partials, one per warp of the cluster
 #define NLN (LN ? 2 : 0)
+#define NMB (2 + 2 * NLN)      // mbarriers: h (da) by buffer; EXCH 1 and LN: LN's tables by step parity
 
 typedef unsigned short u16;
 typedef unsigned int u32;
@@ -102,11 +103,13 @@ struct alignas(16) v4 { u32 x, y, z, w; };
 struct alignas(8) f2 { float x, y; };
 struct alignas(8) u2 { u32 x, y; };
 struct alignas(16) Smem {       // the forward's shared memory
-  unsigned long long mbar[2];  // EXCH 1: the mbarrier of each hbuf (first: the emulation finds it at offset 0)
+  unsigned long long mbar[NMB];  // EXCH 1: the mbarrier of each hbuf, then of LN's tables [2 + 2 table + parity]
+                                 // (first: the emulation finds them at offset 0)
   u16 hbuf[2][BT][HS];         // h_{t-1} of the cluster's batch rows, all units, double-buffered
   u16 stage[2][BT][SR];        // h_t of this CTA's units, double-buffered (by step parity)
 #if LN
-  f2 lst[NLN][BT][NP];         // LN: every warp's (mean, M2) of each row: [0] the product's 4 gates, [1] c'_t
+  f2 lst[NLN][2][BT][NP];      // LN: every warp's (mean, M2) of each row: [0] the product's 4 gates, [1] c'_t;
+                               // by step parity
 #endif
 };
 static_assert(sizeof(Smem) == SMEM_F, "the host's size of the forward's shared memory is wrong");
@@ -117,12 +120,12 @@ static_assert(sizeof(Smem) == SMEM_F, "the host's size of the forward's shared m
 #define KTW (KW / 16)
 #define GS (G4 + 8)            // backward: row stride of the exchanged da buffer
 struct alignas(16) SmemB {     // the backward's
-  unsigned long long mbar[2];
+  unsigned long long mbar[NMB];
   u16 dabuf[2][BT][GS];        // da_{t+1} of the cluster's batch rows, all 4 HID gate columns, double-buffered
   u16 stage[2][BT][SRB];       // da_t of this CTA's units, gate after gate (row padded as SR)
   float red[WARPS][MT][NT][4][32];  // each warp's partial dh (its K range), in fragment order
 #if LN
-  f2 lst[NLN][BT][NP];         // LN: every warp's two partial sums of each row: [0] through LN(c'), [1] LN(r)
+  f2 lst[NLN][2][BT][NP];      // LN: every warp's two partial sums of each row: [0] through LN(c'), [1] LN(r)
 #endif
 };
 static_assert(sizeof(SmemB) == SMEM_B, "the host's size of the backward's shared memory is wrong");
@@ -241,6 +244,10 @@ static __device__ __forceinline__ float shfl_xor(float v, int mask) {  // the wh
 static __device__ __forceinline__ void st_cluster_f2(u32 addr, float a, float b) {
   asm volatile("st.shared::cluster.v2.f32 [%0], {%1, %2};" :: "r"(addr), "f"(a), "f"(b) : "memory");
 }
+static __device__ __forceinline__ void st_async_f2(u32 addr, float a, float b, u32 mbar) {
+  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v2.f32 [%0], {%1, %2}, [%3];"
+               :: "r"(addr), "f"(a), "f"(b), "r"(mbar) : "memory");
+}
 static __device__ __forceinline__ float rsqrt_(float x) { return rsqrtf(x); }
 """
 
@@ -322,7 +329,7 @@ struct Cluster {
   std::unique_ptr<Barrier> all;
   std::vector<std::array<Lane, 32>> slots;
   std::vector<std::array<float, 32>> shfl;
-  std::vector<std::array<MBar, 2>> mbars;
+  std::vector<std::array<MBar, NMB>> mbars;
   Cluster() : smem(CL, std::vector<v4>((SMEM_F > SMEM_B ? SMEM_F : SMEM_B) / 16 + 1)), mbars(CL) {
     for (int r = 0; r < CL; ++r) cta.emplace_back(new Barrier(WARPS * 32));
     for (int w = 0; w < CL * WARPS; ++w) warp.emplace_back(new Barrier(32));
@@ -384,7 +391,7 @@ static inline void st_cluster(u32 addr, v4 v) {
   std::memcpy((char*)emu::cl->smem[addr >> 24].data() + (addr & 0xFFFFFFu), &v, 16);
 }
 static inline emu::MBar& mbar_at(u32 addr) {  // the emulated mbarrier behind a (cluster) address of Smem::mbar
-  return emu::cl->mbars[addr >> 24][(addr & 0xFFFFFFu) / 8];  // mbar[2] opens both kernels' shared memory
+  return emu::cl->mbars[addr >> 24][(addr & 0xFFFFFFu) / 8];  // mbar[NMB] opens both kernels' shared memory
 }
 static inline void st_async(u32 addr, v4 v, u32 mbar) { st_cluster(addr, v); mbar_at(mbar).complete(16); }
 static inline void mbar_init(u32 addr, u32 count) { mbar_at(map_rank(addr, emu::rank)).init((int)count); }
@@ -414,6 +421,10 @@ static inline void st_cluster_f2(u32 addr, float a, float b) {
   std::memcpy((char*)emu::cl->smem[addr >> 24].data() + (addr & 0xFFFFFFu), v, 8);
 }
 static inline float rsqrt_(float x) { return 1.0f / std::sqrt(x); }
+static inline void st_async_f2(u32 addr, float a, float b, u32 mbar) {
+  st_cluster_f2(addr, a, b);
+  mbar_at(mbar).complete(8);
+}
 """
 
 _EMU_LAUNCH = r"""
@@ -464,20 +475,38 @@ static __device__ __forceinline__ float unit_sum(float v) {
   return v + shfl_xor(v, 16);
 }
 // LN's exchange: this warp's pair (a, b) of each of the thread's rows into buf[row][partial rank * WARPS + warp]
-// of every CTA of the cluster (lane g writes CTAs g, g + 8, ...), then the cluster barrier, after which every CTA
-// holds all NP partials of its rows. One buffer suffices: a CTA writes it again only after passing the barrier of
-// the other exchange, which every CTA reaches after reading this one.
+// of every CTA of the cluster (lane g writes CTAs g, g + 8, ...); afterwards every CTA holds all NP partials of
+// its rows. EXCH 0: DSMEM stores, then the cluster barrier. EXCH 1: st.async to the other CTAs, counted on their
+// mbarrier `mb` of this table and step parity (`bytes` from the others; one arrival per warp for the own slice,
+// plain stores), and the wait on the own one; thread 0 then arms it for two steps on (`rearm`). The tables are
+// double-buffered by step parity: a CTA writes a table of parity p again (two steps on) only after it has had
+// h (da) of the step between from every CTA, which each pushed after reading this one.
 static __device__ __forceinline__ void share(f2 (&buf)[BT][NP], const float (&a)[NT][2], const float (&b)[NT][2],
-                                             u32 rank, int warp, int g, int q) {
+                                             u32 rank, int warp, int g, int q, unsigned long long& mb, u32& par,
+                                             int bit, bool rearm, u32 bytes) {
   for (int d = g; d < CL; d += 8)
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-      for (int j = 0; j < 2; ++j)
-        st_cluster_f2(map_rank(smem_addr(&buf[nt * 8 + 2 * q + j][rank * WARPS + warp]), d), a[nt][j], b[nt][j]);
-  __syncwarp();  // (the barrier below is .aligned: the warp converged)
+      for (int j = 0; j < 2; ++j) {
+        f2* slot = &buf[nt * 8 + 2 * q + j][rank * WARPS + warp];
+#if EXCH == 1
+        if (d == (int)rank) *slot = f2{a[nt][j], b[nt][j]};
+        else st_async_f2(map_rank(smem_addr(slot), d), a[nt][j], b[nt][j], map_rank(smem_addr(&mb), d));
+#else
+        st_cluster_f2(map_rank(smem_addr(slot), d), a[nt][j], b[nt][j]);
+#endif
+      }
+  __syncwarp();  // (EXCH 1: the warp's own slice is written; EXCH 0: the barrier below is .aligned)
+#if EXCH == 1
+  if ((threadIdx.x & 31) == 0) mbar_arrive(smem_addr(&mb));
+  mbar_wait(smem_addr(&mb), (par >> bit) & 1);
+  par ^= 1u << bit;
+  if (rearm) mbar_expect(smem_addr(&mb), bytes);
+#else
   cluster_arrive();
   cluster_wait();
+#endif
 }
 // the sums over the NP partials of each of the thread's rows (lane g reads partials g, g + 8, ...)
 static __device__ __forceinline__ void gather_sums(const f2 (&buf)[BT][NP], float (&a)[NT][2], float (&b)[NT][2],
@@ -646,12 +675,17 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
   // per warp of this CTA once its lanes have written this CTA's own slice (plain stores)
   const u32 bytes = (CL - 1) * BT * UNITS * 2;
   if (tid == 0) {
-    mbar_init(smem_addr(&sm.mbar[0]), 1 + WARPS);
-    mbar_init(smem_addr(&sm.mbar[1]), 1 + WARPS);
+    for (int i = 0; i < NMB; ++i) mbar_init(smem_addr(&sm.mbar[i]), 1 + WARPS);
     mbar_fence_init();
     if (T >= 2) mbar_expect(smem_addr(&sm.mbar[1]), bytes);  // h_0, pushed at step 0
+    for (int i = 2; i < NMB; ++i)  // LN's tables: steps 0 and 1
+      if (T >= 1 + (i & 1)) mbar_expect(smem_addr(&sm.mbar[i]), (CL - 1) * WARPS * BT * 8);
   }
   u32 parity = 0;  // bit b: the phase of buffer b's mbarrier to wait for
+#endif
+#if LN
+  u32 lpar = 0;  // EXCH 1: bit 2 table + p: the phase of LN's table of step parity p to wait for
+  const u32 lbytes = (CL - 1) * WARPS * BT * 8;  // (as h: the other CTAs' bytes)
 #endif
   cluster_arrive();  // every CTA of the cluster has started (and set up its barriers): its shared memory may be written
   cluster_wait();
@@ -708,8 +742,9 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
           pv[nt][j] = unit_sum((r[0] - m) * (r[0] - m) + (r[1] - m) * (r[1] - m) + (r[2] - m) * (r[2] - m) +
                                (r[3] - m) * (r[3] - m));
         }
-      share(sm.lst[0], pm, pv, rank, warp, g, q);
-      gather_stats(sm.lst[0], 32.0f, eps, mu, rsh, g, q);
+      share(sm.lst[0][t & 1], pm, pv, rank, warp, g, q, sm.mbar[2 + (t & 1)], lpar, t & 1, tid == 0 && t + 2 < T,
+            lbytes);
+      gather_stats(sm.lst[0][t & 1], 32.0f, eps, mu, rsh, g, q);
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
@@ -767,8 +802,9 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
           pm[nt][j] = m;
           pv[nt][j] = unit_sum((cn[nt][j] - m) * (cn[nt][j] - m));
         }
-      share(sm.lst[1], pm, pv, rank, warp, g, q);
-      gather_stats(sm.lst[1], 8.0f, eps, mu, rsc, g, q);
+      share(sm.lst[1][t & 1], pm, pv, rank, warp, g, q, sm.mbar[4 + (t & 1)], lpar, 2 + (t & 1),
+            tid == 0 && t + 2 < T, lbytes);
+      gather_stats(sm.lst[1][t & 1], 8.0f, eps, mu, rsc, g, q);
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
@@ -1060,12 +1096,17 @@ KERNEL lstm_cluster_bwd(const u16* __restrict__ w,       // (4 HID, HID): W_hh
 #if EXCH == 1 && ABL != 1
   const u32 bytes = (CL - 1) * BT * 4 * UNITS * 2;  // as in the forward: the other CTAs' bytes, one arrival per warp
   if (tid == 0) {
-    mbar_init(smem_addr(&sm.mbar[0]), 1 + WARPS);
-    mbar_init(smem_addr(&sm.mbar[1]), 1 + WARPS);
+    for (int i = 0; i < NMB; ++i) mbar_init(smem_addr(&sm.mbar[i]), 1 + WARPS);
     mbar_fence_init();
     if (T >= 2) mbar_expect(smem_addr(&sm.mbar[1]), bytes);
+    for (int i = 2; i < NMB; ++i)
+      if (T >= 1 + (i & 1)) mbar_expect(smem_addr(&sm.mbar[i]), (CL - 1) * WARPS * BT * 8);
   }
   u32 parity = 0;
+#endif
+#if LN
+  u32 lpar = 0;
+  const u32 lbytes = (CL - 1) * WARPS * BT * 8;
 #endif
   cluster_arrive();
   cluster_wait();
@@ -1148,8 +1189,9 @@ KERNEL lstm_cluster_bwd(const u16* __restrict__ w,       // (4 HID, HID): W_hh
           sa[nt][j] = unit_sum(dnh[nt][j]);
           sb[nt][j] = unit_sum(dnh[nt][j] * nhl[nt][j]);
         }
-      share(sm.lst[0], sa, sb, rank, warp, g, q);
-      gather_sums(sm.lst[0], sa, sb, g, q);
+      share(sm.lst[0][s & 1], sa, sb, rank, warp, g, q, sm.mbar[2 + (s & 1)], lpar, s & 1, tid == 0 && s + 2 < T,
+            lbytes);
+      gather_sums(sm.lst[0][s & 1], sa, sb, g, q);
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
@@ -1213,8 +1255,9 @@ KERNEL lstm_cluster_bwd(const u16* __restrict__ w,       // (4 HID, HID): W_hh
           sa[nt][j] = unit_sum(ea);
           sb[nt][j] = unit_sum(eb);
         }
-      share(sm.lst[1], sa, sb, rank, warp, g, q);
-      gather_sums(sm.lst[1], sa, sb, g, q);
+      share(sm.lst[1][s & 1], sa, sb, rank, warp, g, q, sm.mbar[4 + (s & 1)], lpar, 2 + (s & 1),
+            tid == 0 && s + 2 < T, lbytes);
+      gather_sums(sm.lst[1][s & 1], sa, sb, g, q);
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
@@ -1541,10 +1584,12 @@ def _smem_bytes(cfg: ClusterConfig) -> tuple[int, int]:
     """Shared memory of the forward's and the backward's CTA (``Smem``, ``SmemB``; the C++ static_asserts it)."""
     r16 = lambda n: -(-n // 16) * 16  # noqa: E731
     BT, H, U, W = cfg.batch_rows, cfg.H, cfg.units, cfg.threads // 32
-    lst = 2 * BT * (H // 8) * 8 if "LN" in cfg.flags else 0  # LN: two (row, partial) tables of float pairs
-    fwd = r16(16 + 2 * BT * (H + 8) * 2 + 2 * BT * (U + 8) * 2 + lst)
+    ln = "LN" in cfg.flags
+    lst = 2 * 2 * BT * (H // 8) * 8 if ln else 0  # LN: two (row, partial) tables of float pairs, by step parity
+    mbar = 8 * (6 if ln else 2)
+    fwd = r16(mbar + 2 * BT * (H + 8) * 2 + 2 * BT * (U + 8) * 2 + lst)
     red = W * (U // 16) * cfg.NT * 4 * 32 * 4
-    bwd = r16(16 + 2 * BT * (4 * H + 8) * 2 + 2 * BT * (4 * U + 8) * 2 + red + lst) if U % 16 == 0 else 0
+    bwd = r16(mbar + 2 * BT * (4 * H + 8) * 2 + 2 * BT * (4 * U + 8) * 2 + red + lst) if U % 16 == 0 else 0
     return fwd, bwd
 
 
