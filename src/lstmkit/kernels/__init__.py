@@ -13,7 +13,7 @@ loop. Today's kernels:
   ``impl="auto"`` runs them on a GPU, one layer and direction per call (``variant_layer``), layer norm
   included (2.1-35x faster than the pure-torch loop, run 5 on an H200, docs/gpu.md). The launch plan
   is tuned on the first call per shape (seconds, once).
-* ``cluster_lstm``: an LSTM layer's forward and backward (plain, or with the element-wise variants) as
+* ``cluster_lstm``: an LSTM layer's forward and backward (plain, or with the variants, layer norm too) as
   CUDA C++ kernels for Hopper thread-block clusters (NVRTC at run time), h_t exchanged through distributed
   shared memory instead of a barrier in global memory; tested on the CPU by emulation, waiting for a GPU
   measurement (docs/gpu.md, "Cluster kernels"). ``impl="auto"`` runs small-batch bfloat16 calls, plain and
