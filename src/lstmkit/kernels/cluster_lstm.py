@@ -1970,3 +1970,4 @@ def variant_layer(
 
 variant_layer.per_layer = True  # type: ignore[attr-defined]  # the module's loop over layers/directions calls it
 variant_layer.linear = None  # type: ignore[attr-defined]  # input projection: torch's GEMM
+variant_layer.fuses_input_norm = True  # type: ignore[attr-defined]  # gx without bias and LN: added here
