@@ -44,11 +44,13 @@ from lstmkit.kernels import cluster_lstm as cl
 sys.path.insert(0, str(Path(__file__).parent))
 from gpu import time_ms  # noqa: E402  (the same clock as gpu.py)
 
-SHAPES = [(1024, 8, 256), (1024, 16, 256), (1024, 4, 128)]
+#: timed (and checked): goal 3's (1024, 8, 256) and its neighbours; goal 3's (256, 16, 768) forward only (W_hh
+#: partly in shared memory, clusters of 16: no backward kernel there)
+SHAPES = [(1024, 8, 256), (1024, 16, 256), (1024, 4, 128), (256, 16, 768)]
 #: checked first, not timed: the first and last steps' protocol (no push after the last step, the mbarriers'
 #: first phases), an odd batch, two batch tiles
 EDGE_SHAPES = [(1, 5, 128), (2, 5, 128), (3, 5, 128), (5, 20, 128)]
-DRY_SHAPES = [(3, 5, 64)]
+DRY_SHAPES = [(3, 5, 64), (2, 3, 512)]  # (the second: W_hh partly in shared memory, forward only)
 #: the variant sets, each checked and timed: (element-wise switches, layer norm). "element-wise": every switch
 #: but layer norm at once (peephole, CIFG, cell clip 3.0, recurrent dropout 0.25, zoneout 0.1 / 0.05, per-row
 #: lengths, and weight drop, which is W_hh masked before the call: gpu.py's "all six"); "layer norm" alone (two more
@@ -244,6 +246,8 @@ def check_grads(report: Report, shapes, device: str, deadline: float = float("in
         if time.monotonic() > deadline:
             report.note(f"time budget spent: gradient checks from {(T, B, H)} on skipped")
             return
+        if not cl.config(B, H, torch.bfloat16).trains:
+            continue  # (forward only there: no backward kernel)
         m, x, h0, c0 = _case(T, B, H, device)
         g = torch.Generator(device="cpu").manual_seed(1)
         gy, gh, gc = (torch.randn(*s, generator=g, dtype=torch.float64).to(device) for s in ((T, B, H), (B, H), (B, H)))
@@ -263,7 +267,7 @@ def _time_one(d: dict, peers: dict, B: int, H: int, T: int, dtype, C: int, excha
     """One configuration's times: the layer forward and a train step (ms), each kernel per step (us) with
     its ablations at the default cluster size."""
     kw = dict(cluster=C, exchange=exchange)
-    trains = cl.config(B, H, dtype, C).units % 16 == 0  # (the backward's m-tiles: 16 units)
+    trains = cl.config(B, H, dtype, C).trains  # (whole 16-unit m-tiles, W_hh in registers)
     layer = time_ms(partial(cl.lstm_forward, d["xd"], d["h0d"], d["c0f"], *d["w"], **kw), device, warmup, iters)
     fb = float("nan")
     if trains:
@@ -645,10 +649,17 @@ def compile_report(shapes) -> str:
         for T, B, H in shapes:
             for dname, dtype in DTYPES.items():
                 for exchange in cl.EXCHANGES:
-                    cfg = cl.config(B, H, dtype, exchange=exchange, flags=flags)
+                    try:
+                        cfg = cl.config(B, H, dtype, exchange=exchange, flags=flags)
+                    except ValueError as e:  # (H = 768 with layer norm: its tables do not fit beside W_hh)
+                        lines.append(f"| {(T, B, H)} | {dname} | {exchange} | {names[flags]} | no configuration: "
+                                     f"{e} |" + " |" * 10)  # fmt: skip
+                        continue
                     cubin, _ = cl.compile_cubin(cfg)
                     sass, res = _cuobjdump(cubin, "-sass"), _cuobjdump(cubin, "--dump-resource-usage")
                     for kind, smem in zip(("fwd", "bwd"), cl._smem_bytes(cfg)):
+                        if not smem:  # (no backward kernel: W_hh partly in shared memory)
+                            continue
                         name = f"lstm_cluster_{kind}"
                         body = sass.split(f"Function : {name}")[1].split("Function :")[0]
                         op = r"/\*[0-9a-f]{4}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)"
@@ -729,11 +740,11 @@ def main(argv=None) -> int:
             print(f"compiled every configuration in {precompile(checked, major * 10 + minor):.1f} s", file=sys.stderr)
         check(report, checked, device, deadline)
         check_grads(report, checked, device, deadline)
-        check_variants(report, DRY_SHAPES if args.dry_run else VARIANT_SHAPES[:2], device, deadline)
+        check_variants(report, DRY_SHAPES[:1] if args.dry_run else VARIANT_SHAPES[:2], device, deadline)
         if device == "cuda":  # (the routing needs a GPU: on the CPU nothing routes to the cluster kernels)
             check_modules(report, device)
         bench(report, shapes, device, *iters, deadline)
-        bench_variants(report, DRY_SHAPES if args.dry_run else VARIANT_SHAPES[2:], device, *iters, deadline)
+        bench_variants(report, DRY_SHAPES[:1] if args.dry_run else VARIANT_SHAPES[2:], device, *iters, deadline)
     except Broken as e:
         report.note(f"stopped: {e}")
     report.flush()

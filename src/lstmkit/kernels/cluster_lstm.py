@@ -88,6 +88,8 @@ _HEAD = r"""
 #define WARPS (UNITS / 8)
 #define BT (8 * NT)
 #define KT (HID / 16)
+#define KR {KR}                // forward: the k-tiles of W_hh a warp keeps in registers; the other KS in shared memory
+#define KS (KT - KR)
 #define HS (HID + 8)
 #define CH (UNITS / 8)
 #define G4F (4 * HID)
@@ -107,13 +109,17 @@ struct alignas(16) Smem {       // the forward's shared memory
                                  // (first: the emulation finds them at offset 0)
   u16 hbuf[2][BT][HS];         // h_{t-1} of the cluster's batch rows, all units, double-buffered
   u16 stage[2][BT][SR];        // h_t of this CTA's units, double-buffered (by step parity)
+#if KS > 0
+  v4 wsm[WARPS][2][KS][32];    // W_hh's k-tiles KR.. of each warp, in fragment order: each lane reads its own
+#endif
 #if LN
   f2 lst[NLN][2][BT][NP];      // LN: every warp's (mean, M2) of each row: [0] the product's 4 gates, [1] c'_t;
                                // by step parity
 #endif
 };
 static_assert(sizeof(Smem) == SMEM_F, "the host's size of the forward's shared memory is wrong");
-#if UNITS % 16 == 0
+#define TRAINS (UNITS % 16 == 0 && KS == 0)  // the backward kernel: whole 16-unit m-tiles, W_hh in registers
+#if TRAINS
 #define G4 (4 * HID)
 #define MT (UNITS / 16)        // backward: m-tiles of this CTA's units
 #define KW (G4 / WARPS)        // backward: the K (gate columns of da) of each warp
@@ -451,7 +457,7 @@ extern "C" int emu_run(const u16* gx, const u16* w, const u16* h0, const float* 
   });
   return 0;
 }
-#if UNITS % 16 == 0
+#if TRAINS
 extern "C" int emu_run_bwd(const u16* w, const float* gates, const float* cs, const float* c0, const u16* dy,
                            const u16* dhT, const float* dcT, u16* da, float* dc0, float* dhz, const u16* rec,
                            const u16* zh, const u16* zc, const u16* vd, const float* wch, float clip,
@@ -630,7 +636,8 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
   const int unit = rank * UNITS + ul;      // ... in the layer
 
   // W_hh rows of this warp as A fragments: row r of m-tile mt is gate 2 mt + (r >= 8) of unit warp*8 + r % 8
-  u32 wa[2][KT][4];
+  // (KS > 0: k-tiles KR.. go to this lane's own slots of shared memory, which only it reads: no barrier)
+  u32 wa[2][KR][4];
 #pragma unroll
   for (int mt = 0; mt < 2; ++mt) {
     const u32* r0 = reinterpret_cast<const u32*>(w + ((long long)(2 * mt) * HID + unit) * HID);
@@ -638,7 +645,14 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
 #pragma unroll
     for (int kt = 0; kt < KT; ++kt) {
       const int k = kt * 8 + q;  // 32-bit words: elements kt*16 + 2q, +1
-      wa[mt][kt][0] = r0[k]; wa[mt][kt][1] = r1[k]; wa[mt][kt][2] = r0[k + 4]; wa[mt][kt][3] = r1[k + 4];
+      const v4 f{r0[k], r1[k], r0[k + 4], r1[k + 4]};
+      if (kt < KR) {
+        u32* a = wa[mt][kt < KR ? kt : 0];
+        a[0] = f.x; a[1] = f.y; a[2] = f.z; a[3] = f.w;
+      }
+#if KS > 0
+      else sm.wsm[warp][mt][kt >= KR ? kt - KR : 0][lane] = f;
+#endif
     }
   }
   for (int i = tid; i < BT * HID; i += WARPS * 32) {  // the product's operand h_0 (RDROP: h_0 * rec)
@@ -713,15 +727,28 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
 #pragma unroll
           for (int e = 0; e < 4; ++e) acc[mt][nt][s][e] = 0.0f;
 #pragma unroll
-    for (int kt = 0; kt < KT; ++kt)
+    for (int kt = 0; kt < KT; ++kt) {
+      u32 a0[4], a1[4];  // this k-tile's A fragments: registers, or (KS > 0, kt >= KR) this lane's shared slots
+      if (kt < KR) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) { a0[e] = wa[0][kt < KR ? kt : 0][e]; a1[e] = wa[1][kt < KR ? kt : 0][e]; }
+      }
+#if KS > 0
+      else {
+        const v4 f0 = sm.wsm[warp][0][kt >= KR ? kt - KR : 0][lane], f1 = sm.wsm[warp][1][kt >= KR ? kt - KR : 0][lane];
+        a0[0] = f0.x; a0[1] = f0.y; a0[2] = f0.z; a0[3] = f0.w;
+        a1[0] = f1.x; a1[1] = f1.y; a1[2] = f1.z; a1[3] = f1.w;
+      }
+#endif
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
         // B fragment: B[k][n] = h[n][k], n = batch row g, k = kt*16 + 2q (+1) and + 8 (+1)
         const u32* hr = reinterpret_cast<const u32*>(&sm.hbuf[cur][nt * 8 + g][kt * 16 + 2 * q]);
         const u32 bb0 = hr[0], bb1 = hr[4];
-        mma(acc[0][nt][kt & 1], wa[0][kt], bb0, bb1);
-        mma(acc[1][nt][kt & 1], wa[1][kt], bb0, bb1);
+        mma(acc[0][nt][kt & 1], a0, bb0, bb1);
+        mma(acc[1][nt][kt & 1], a1, bb0, bb1);
       }
+    }
     // accumulator e = j: row g (gate i / g), batch row 2q + j; e = 2 + j: row g + 8 (gate f / o)
     float a[NT][2][4];  // the pre-activations i, f, g, o of this thread's unit (before the peepholes)
 #if LN  // a = gx + LN(r) g_hh, r = the product; LN over the 4 HID gates of a row: statistics through the cluster
@@ -946,7 +973,7 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
   cluster_arrive();  // no CTA leaves while another may still write into its shared memory
   cluster_wait();
 }
-#if UNITS % 16 == 0
+#if TRAINS
 // dLoss/d(pre-activations) of step t, backwards from t = T-1: program (cluster) of the forward's, mirrored.
 // Each CTA holds the columns of W_hh for its units as A fragments of dh^T = W_hh[:, units]^T da^T, the
 // product's K (the 4 HID gate columns of da) split over the warps; the partial sums meet in shared memory.
@@ -1362,25 +1389,32 @@ FLAGS = ("PEEP", "CIFG", "CLIP", "RDROP", "ZONE_H", "ZONE_C", "VALID", "LN")
 
 
 class ClusterConfig:
-    """One compiled configuration: hidden size ``H``, ``C`` CTAs per cluster, ``NT`` n-tiles of 8 batch rows."""
+    """One compiled configuration: hidden size ``H``, ``C`` CTAs per cluster, ``NT`` n-tiles of 8 batch rows;
+    ``kr``: the k-tiles (16 columns) of W_hh each warp of the forward keeps in registers (default: all, H / 16),
+    the rest in shared memory. Only configurations with all of them in registers and whole 16-unit m-tiles
+    have a backward kernel (:attr:`trains`)."""
 
     def __init__(self, H: int, C: int, NT: int, dtype: torch.dtype, ablate: int = 0, fast: bool = True,
-                 exchange: str = "barrier", flags: tuple[str, ...] = ()):  # fmt: skip
+                 exchange: str = "barrier", flags: tuple[str, ...] = (), kr: int | None = None):  # fmt: skip
         self.H, self.C, self.NT, self.dtype, self.ablate, self.fast = H, C, NT, dtype, ablate, fast
         self.exchange, self.flags = exchange, tuple(sorted(flags))
+        self.kr = H // 16 if kr is None else kr
         self.units = H // C
         self.threads = self.units // 8 * 32
         self.batch_rows = 8 * NT
+        self.trains = self.units % 16 == 0 and self.kr == H // 16
 
     def key(self) -> tuple:
-        return (self.H, self.C, self.NT, self.dtype, self.ablate, self.fast, self.exchange, self.flags)
+        split = () if self.kr == self.H // 16 else (self.kr,)  # (the keys of register-only configurations as before)
+        return (self.H, self.C, self.NT, self.dtype, self.ablate, self.fast, self.exchange, self.flags, *split)
 
     def __repr__(self) -> str:
         name = {torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
         abl = "" if not self.ablate else f", {ABLATIONS[self.ablate]}"
+        split = "" if self.kr == self.H // 16 else f", {self.kr} of {self.H // 16} k-tiles in registers"
         return (f"ClusterConfig(H={self.H}, {self.C} CTAs x {self.units} units, {self.threads} threads, "
                 f"{self.batch_rows} batch rows, {name}, {self.exchange}{'' if self.fast else ', exact activations'}"
-                f"{abl}{''.join(', ' + f for f in self.flags)})")  # fmt: skip
+                f"{abl}{''.join(', ' + f for f in self.flags)}{split})")  # fmt: skip
 
 
 def _registers_fit(H: int, C: int) -> bool:
@@ -1400,11 +1434,15 @@ def _register_cap(H: int, C: int) -> int:
 
 
 def config(B: int, H: int, dtype: torch.dtype, cluster: int | None = None, ablate: int = 0,
-           fast: bool = True, exchange: str = "barrier", flags: tuple[str, ...] = ()) -> ClusterConfig:  # fmt: skip
+           fast: bool = True, exchange: str = "barrier", flags: tuple[str, ...] = (),
+           kr: int | None = None) -> ClusterConfig:  # fmt: skip
     """The configuration for batch ``B``, hidden size ``H``; ``ValueError`` saying why when there is none.
+    ``kr``: how many k-tiles of W_hh the forward keeps in registers (tests, benchmarks; default: config's choice).
 
     ``cluster``: CTAs per cluster (default: the largest of 8, 4, 2, 1 with at least 32 units a CTA, whole 16-unit
-    tiles and registers enough; H = 16, 32, 48, 64, 96, 128, 192, 256 have one)."""
+    tiles and registers enough; H = 16, 32, 48, 64, 96, 128, 192, 256 have one). H = 384, 512, 640, 768: the
+    forward only, 8 batch rows a cluster, the k-tiles of W_hh the registers cannot hold in shared memory, a
+    cluster of 8 or (non-portable) 16 (:func:`_split_config`)."""
     if dtype not in (torch.bfloat16, torch.float16):
         raise ValueError(f"the cluster kernel runs bfloat16 or float16, got {dtype}; cast the layer first")
     if exchange not in EXCHANGES:
@@ -1417,9 +1455,18 @@ def config(B: int, H: int, dtype: torch.dtype, cluster: int | None = None, ablat
         raise ValueError("the ablations time the plain step: run them without LN")
     if B < 1 or H < 16:
         raise ValueError(f"need B >= 1 and H >= 16, got B={B}, H={H}")
-    if H > 256:
-        raise ValueError(f"H={H}: the cluster kernels keep W_hh in registers, H / 2 per thread, so H <= 256; "
-                         "use the Triton kernels (lstmkit.kernels.triton_lstm) for larger layers")
+    cfg = _split_config(H, dtype, cluster, ablate, fast, exchange, tuple(flags)) if H > 256 else _config(
+        B, H, dtype, cluster, ablate, fast, exchange, tuple(flags))  # fmt: skip
+    if kr is not None:
+        if not 0 <= kr <= H // 16:
+            raise ValueError(f"kr={kr}: the k-tiles in registers are 0 .. H / 16 = {H // 16}")
+        cfg = ClusterConfig(cfg.H, cfg.C, cfg.NT, dtype, ablate, fast, exchange, flags, kr=kr)
+    return cfg
+
+
+def _config(B: int, H: int, dtype: torch.dtype, cluster: int | None, ablate: int, fast: bool, exchange: str,
+            flags: tuple[str, ...]) -> ClusterConfig:  # fmt: skip
+    """config up to H = 256: every k-tile of W_hh in registers."""
     # default: the largest cluster (at most 8, at least 32 units a CTA) whose CTAs get whole 16-unit m-tiles (the
     # backward's) and whose threads keep their share of W_hh in registers
     fits = (c for c in (8, 4, 2) if c <= H // 32 and H % (16 * c) == 0 and _registers_fit(H, c))
@@ -1439,12 +1486,41 @@ def config(B: int, H: int, dtype: torch.dtype, cluster: int | None = None, ablat
     return ClusterConfig(H, C, NT, dtype, ablate, fast, exchange, flags)
 
 
+#: registers the forward's threads need besides their W_hh k-tiles (8 registers a k-tile), 8 batch rows: plain,
+#: and with any variant switch on (ptxas at (8, 256): 194-205 and 216-230 registers with 16 k-tiles)
+_FWD_OTHER = {False: 80, True: 104}
+#: the shared memory a CTA may have on sm_90 (227 KB)
+MAX_SMEM = 232448
+
+
+def _split_config(H: int, dtype: torch.dtype, cluster: int | None, ablate: int, fast: bool, exchange: str,
+                  flags: tuple[str, ...]) -> ClusterConfig:  # fmt: skip
+    """Above H = 256 (forward only, 8 batch rows a cluster): the k-tiles of W_hh that the registers cannot hold
+    in shared memory; a cluster of 8, or of 16 (non-portable: H100 / H200 schedule it) where 8 CTAs' shared memory
+    cannot hold the rest."""
+    if H % 128 or H > 768:
+        raise ValueError(f"H={H}: above 256 the cluster kernels run H = 384, 512, 640 or 768 (forward only); use the "
+                         "Triton kernels (lstmkit.kernels.triton_lstm) for this layer")  # fmt: skip
+    for C in (cluster,) if cluster is not None else (8, 16):
+        if C not in (8, 16) or H % (8 * C) or H // C // 8 * 32 > 1024:
+            continue
+        kt = H // 16
+        kr = min(kt, max(0, (_register_cap(H, C) - _FWD_OTHER[bool(flags)]) // 8))
+        cfg = ClusterConfig(H, C, 1, dtype, ablate, fast, exchange, flags, kr=kr)
+        if _smem_bytes(cfg)[0] <= MAX_SMEM:
+            return cfg
+    raise ValueError(f"H={H}{'' if cluster is None else f' in a cluster of {cluster}'}: W_hh does not fit the "
+                     f"registers and shared memory of {cluster or 16} CTAs with these variants {flags}; use the Triton "
+                     "kernels")  # fmt: skip
+
+
 def _defines(text: str, cfg: ClusterConfig) -> str:
     smem_f, smem_b = _smem_bytes(cfg)
     text = text.replace("{SMEM_F}", str(smem_f)).replace("{SMEM_B}", str(smem_b))
     text = text.replace("{H}", str(cfg.H)).replace("{C}", str(cfg.C)).replace("{NT}", str(cfg.NT)).replace(
         "{ABLATE}", str(cfg.ablate)).replace("{F16}", str(int(cfg.dtype == torch.float16))).replace(
-        "{FAST}", str(int(cfg.fast))).replace("{EXCH}", str(EXCHANGES.index(cfg.exchange)))  # fmt: skip
+        "{FAST}", str(int(cfg.fast))).replace("{EXCH}", str(EXCHANGES.index(cfg.exchange))).replace(
+        "{KR}", str(cfg.kr))  # fmt: skip
     for flag in FLAGS:
         text = text.replace("{" + flag + "}", str(int(flag in cfg.flags)))
     return text
@@ -1587,9 +1663,10 @@ def _smem_bytes(cfg: ClusterConfig) -> tuple[int, int]:
     ln = "LN" in cfg.flags
     lst = 2 * 2 * BT * (H // 8) * 8 if ln else 0  # LN: two (row, partial) tables of float pairs, by step parity
     mbar = 8 * (6 if ln else 2)
-    fwd = r16(mbar + 2 * BT * (H + 8) * 2 + 2 * BT * (U + 8) * 2 + lst)
+    wsm = W * 2 * (H // 16 - cfg.kr) * 32 * 16  # the forward's k-tiles in shared memory
+    fwd = r16(mbar + 2 * BT * (H + 8) * 2 + 2 * BT * (U + 8) * 2 + wsm + lst)
     red = W * (U // 16) * cfg.NT * 4 * 32 * 4
-    bwd = r16(mbar + 2 * BT * (4 * H + 8) * 2 + 2 * BT * (4 * U + 8) * 2 + red + lst) if U % 16 == 0 else 0
+    bwd = r16(mbar + 2 * BT * (4 * H + 8) * 2 + 2 * BT * (4 * U + 8) * 2 + red + lst) if cfg.trains else 0
     return fwd, bwd
 
 
@@ -1604,6 +1681,8 @@ def _function(key: tuple, device_index: int, name: str, smem: int) -> ctypes.c_v
         _cu_check(_driver().cuModuleGetFunction(ctypes.byref(fn), mod, name.encode()), f"cuModuleGetFunction {name}")
         max_dynamic_shared, cluster_width = 8, 11  # CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, ..._CLUSTER_WIDTH
         _cu_check(_driver().cuFuncSetAttribute(fn, max_dynamic_shared, smem), f"{name}: {smem} bytes of shared memory")
+        if key[1] > MAX_CLUSTER:  # CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED
+            _cu_check(_driver().cuFuncSetAttribute(fn, 14, 1), f"{name}: a non-portable cluster of {key[1]}")
         width = ctypes.c_int()
         _cu_check(_driver().cuFuncGetAttribute(ctypes.byref(width), cluster_width, fn), f"{name}: cluster width")
         if width.value != key[1]:  # (a plain cuLaunchKernel takes the cluster size from the cubin)
@@ -1746,11 +1825,12 @@ def _forward(cfg: ClusterConfig, gx: Tensor, w: Tensor, h0: Tensor, c0: Tensor, 
 
 
 def forward(gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, *, cluster: int | None = None, ablate: int = 0,
-            fast: bool = True, exchange: str = "barrier") -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+            fast: bool = True, exchange: str = "barrier",
+            kr: int | None = None) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     """One layer's recurrence, no autograd: gx (T, B, 4H) = x W_ih^T + b_ih + b_hh, h0, c0 (B, H), W_hh (4H, H)
     -> y (T, B, H), h_T, c_T (float32). On an sm_90+ GPU; CPU tensors run the emulation (slow: tests)."""
     _check(gx, h0, c0, w_hh)
-    cfg = config(gx.shape[1], gx.shape[2] // 4, gx.dtype, cluster, ablate, fast, exchange)
+    cfg = config(gx.shape[1], gx.shape[2] // 4, gx.dtype, cluster, ablate, fast, exchange, kr=kr)
     y, hT, cT, *_ = _forward(cfg, gx.contiguous(), w_hh.to(gx.dtype).contiguous(), h0.to(gx.dtype).contiguous(),
                                c0.float().contiguous(), save=False)  # fmt: skip
     return y, hT, cT
@@ -1769,7 +1849,7 @@ class _Recurrence(torch.autograd.Function):
     """(gx (T, B, 4H), h0, c0 (B, H), W_hh (4H, H), w_ch (3H) | None, lnw (6H) | None) -> (y (T, B, H), h_T,
     c_T), the cluster kernels forward and backward; dW_hh, dw_ch, dlnw and dh_0 are reductions on what the backward
     kernel writes (da_t; with LN also dLoss/dr_t, dLoss/dn_t). ``var``: the variants (:func:`_variant_args`);
-    ``kw``: cluster, fast, exchange."""
+    ``kw``: cluster, fast, exchange, kr, and grad (the caller's grad mode: without it nothing is saved)."""
 
     @staticmethod
     def forward(ctx, gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_ch: Tensor | None, lnw: Tensor | None,
@@ -1777,12 +1857,14 @@ class _Recurrence(torch.autograd.Function):
         _check(gx, h0, c0, w_hh)
         T, B, G = gx.shape
         dtype = gx.dtype
-        save = any(ctx.needs_input_grad[:6])
+        # (grad mode is off inside forward, and needs_input_grad ignores torch.no_grad(): the caller's mode comes in kw)
+        save = kw.get("grad", True) and any(ctx.needs_input_grad[:6])
         flags, vargs = _variant_args(var, w_ch, gx, lnw)
         cfg = config(B, G // 4, dtype, kw.get("cluster"), 0, kw.get("fast", True), kw.get("exchange", "barrier"),
-                     flags)  # fmt: skip
-        if save and cfg.units % 16:
-            raise ValueError(f"{cfg}: the backward needs 16 units per CTA or a multiple; choose a smaller cluster")
+                     flags, kw.get("kr"))  # fmt: skip
+        if save and not cfg.trains:
+            raise ValueError(f"{cfg}: no backward kernel (it needs whole 16-unit tiles a CTA and W_hh in registers); "
+                             "choose a smaller cluster, or the Triton kernels for training")  # fmt: skip
         w = w_hh.to(dtype).contiguous()
         h0_, c0_ = h0.to(dtype).contiguous(), c0.float().contiguous()
         y, hT, cT, gates, cs, ln = _forward(cfg, gx.contiguous(), w, h0_, c0_, save, vargs)
@@ -1846,7 +1928,8 @@ def layer(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: T
     on the cluster kernels (GPU: sm_90+; CPU tensors: the emulation, for tests)."""
     b = None if b_ih is None else (b_ih if b_hh is None else b_ih + b_hh)
     gx = F.linear(x, w_ih.to(x.dtype), None if b is None else b.to(x.dtype))
-    return _Recurrence.apply(gx, h0, c0, w_hh, None, None, None, dict(cluster=cluster, fast=fast, exchange=exchange))
+    kw = dict(cluster=cluster, fast=fast, exchange=exchange, grad=torch.is_grad_enabled())
+    return _Recurrence.apply(gx, h0, c0, w_hh, None, None, None, kw)
 
 
 def lstm_forward(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
@@ -1886,18 +1969,20 @@ def lstm(
 ROUTE = os.environ.get("LSTMKIT_CLUSTER", "0") == "1"
 
 
-def _gpu_reason(x: Tensor, B: int, H: int) -> str | None:
-    """Why the kernels cannot run a (B, H) layer on ``x``'s device and dtype, or None when they can."""
+def _gpu_reason(x: Tensor, B: int, H: int, grad: bool = True, flags: tuple[str, ...] = ()) -> str | None:
+    """Why the kernels cannot run a (B, H) layer on ``x``'s device and dtype, or None when they can; ``grad``:
+    a backward will be needed; ``flags``: the variant switches (config's choice depends on whether any is on
+    and on LN)."""
     if not x.is_cuda:
         return "not a CUDA tensor"
     if torch.cuda.get_device_capability(x.device)[0] < 9:
         return "thread-block clusters need an sm_90 (Hopper) or newer GPU"
     try:
-        cfg = config(B, H, x.dtype)
+        cfg = config(B, H, x.dtype, flags=flags)
     except ValueError as e:
         return str(e)
-    if cfg.units % 16:
-        return f"{cfg}: the backward needs 16 units per CTA"
+    if grad and not cfg.trains:
+        return f"{cfg}: no backward kernel for it (training runs on the Triton kernels)"
     if math.ceil(B / cfg.batch_rows) * cfg.C > torch.cuda.get_device_properties(x.device).multi_processor_count:
         return "more clusters than the GPU runs at once (large batch: the Triton kernels or cuDNN)"
     if not nvrtc_available():
@@ -1918,7 +2003,8 @@ def unsupported_reason(input: Tensor, hx: tuple[Tensor, Tensor], weights: list[T
         return "projections (proj_size > 0) are not supported"
     if any(t.device != input.device or t.dtype != input.dtype for t in (*hx, *weights)):
         return "tensors on different devices or of mixed dtypes"
-    return _gpu_reason(input, input.shape[0] if batch_first else input.shape[1], weights[1].shape[1])
+    grad = torch.is_grad_enabled() and (input.requires_grad or any(t.requires_grad for t in (*hx, *weights)))
+    return _gpu_reason(input, input.shape[0] if batch_first else input.shape[1], weights[1].shape[1], grad)
 
 
 def lstm_or_next(input: Tensor, hx: tuple[Tensor, Tensor], weights: list[Tensor], **kw):
@@ -1931,9 +2017,12 @@ def lstm_or_next(input: Tensor, hx: tuple[Tensor, Tensor], weights: list[Tensor]
     return triton_lstm.lstm_or_native(input, hx, weights, **kw)
 
 
-def _variant_reason(gx: Tensor, v) -> str | None:
+def _variant_reason(gx: Tensor, v, grad: bool = True) -> str | None:
     """Why :func:`variant_layer` cannot run this call on the cluster kernels, or None."""
-    return _gpu_reason(gx, gx.shape[1], gx.shape[2] // 4)
+    others = (v.peephole or v.coupled_input_forget or v.cell_clip is not None or v.recurrent_dropout or v.zoneout_h
+              or v.zoneout_c)
+    flags = (("LN",) if v.layer_norm else ()) + (("PEEP",) if others else ())  # (what config's choice depends on)
+    return _gpu_reason(gx, gx.shape[1], gx.shape[2] // 4, grad, flags)
 
 
 def input_norm(gx: Tensor, weight: Tensor, eps: float = 1e-5) -> Tensor:
@@ -1952,7 +2041,8 @@ def variant_layer(
     at once, the recurrent one and the cell's in the kernels),
     else on the Triton kernels (which raise ``kernels.Unsupported`` for what they cannot run either).
     ``kw``: cluster, fast, exchange. What ``impl="auto"`` runs for variants on a GPU when :data:`ROUTE`."""
-    if _variant_reason(gx, v) is not None:
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (gx, h0, c0, w_hh, *p.values()))
+    if _variant_reason(gx, v, grad) is not None:
         from . import triton_lstm
 
         return triton_lstm.variant_layer(gx, h0, c0, w_hh, v, p, masks, valid, eps)
@@ -1965,7 +2055,7 @@ def variant_layer(
     w_ch = p.get("weight_ch") if v.peephole else None
     ln = ("layernorm_hh_weight", "layernorm_c_weight", "layernorm_c_bias")
     lnw = torch.cat([p[n] for n in ln]) if v.layer_norm else None  # (one input: autograd splits its gradient)
-    return _Recurrence.apply(gx, h0, c0, w_hh, w_ch, lnw, var, kw)
+    return _Recurrence.apply(gx, h0, c0, w_hh, w_ch, lnw, var, {**kw, "grad": torch.is_grad_enabled()})
 
 
 variant_layer.per_layer = True  # type: ignore[attr-defined]  # the module's loop over layers/directions calls it
