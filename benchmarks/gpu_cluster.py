@@ -442,7 +442,7 @@ def _time_variants(T: int, B: int, H: int, dtype, device: str, exchange: str, vs
         leaves["gx"] = torch.nn.functional.linear(xd, w_ih, None if lnp is not None else b_ih + b_hh)
         gx, lnw = _variant_inputs(leaves, b_ih + b_hh, lnp)
         w = w_hh * wd.to(dtype) if wd is not None else w_hh
-        y, _, _ = cl._Recurrence.apply(gx, h0d, c0d, w, w_ch, lnw, var, dict(exchange=exchange))
+        y, _, _ = cl._Recurrence.apply(gx, h0d, c0d, w, w_ch, lnw, var, dict(exchange=exchange, grad=train))
         if train:
             y.backward(gy)
 

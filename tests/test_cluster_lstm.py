@@ -471,6 +471,11 @@ def test_split_configurations():
         cl.config(8, 650, torch.bfloat16)
     with pytest.raises(ValueError, match="kr=5"):
         cl.config(8, 64, torch.bfloat16, kr=5)
+    with pytest.raises(ValueError, match="kr=10: the other k-tiles need"):
+        cl.config(8, 768, torch.bfloat16, kr=10)
+    with pytest.raises(ValueError, match="clusters of 8 or 16"):
+        cl.config(8, 512, torch.bfloat16, cluster=4)
+    assert not cl.config(8, 512, torch.bfloat16, kr=32).trains  # (no backward above H = 256, whatever kr)
 
 
 def test_kernel_arguments_match_the_kernels():
@@ -662,13 +667,14 @@ def test_compiles_for_sm90(tmp_path, B, H, dtype, flags, exchange):
 
 
 @needs_nvrtc
-@pytest.mark.parametrize("H,flags,exchange", [(768, (), "mbarrier"), (512, tuple(f for f in cl.FLAGS), "barrier")])
-def test_split_forward_compiles_for_sm90(tmp_path, H, flags, exchange):
+@pytest.mark.parametrize("H,flags,exchange,kr", [(768, (), "mbarrier", None), (512, cl.FLAGS, "barrier", None),
+                                                 (64, (), "barrier", 0)])  # fmt: skip
+def test_split_forward_compiles_for_sm90(tmp_path, H, flags, exchange, kr):
     """The forward with part of W_hh in shared memory builds for sm_90, with the cluster size in the code (16 at
-    H = 768: non-portable), no backward kernel, and no spill."""
-    cfg = cl.config(8, H, torch.bfloat16, exchange=exchange, flags=flags)
+    H = 768: non-portable), no backward kernel, and no spill; also with no k-tile in registers at all."""
+    cfg = cl.config(8, H, torch.bfloat16, exchange=exchange, flags=flags, kr=kr)
     cubin, ptx = cl.compile_cubin(cfg)
-    assert f".reqnctapercluster {cfg.C}, 1, 1" in ptx and "lstm_cluster_bwd" not in ptx
+    assert f".reqnctapercluster {cfg.C}, 1, 1" in ptx and ("lstm_cluster_bwd" in ptx) == cfg.trains
     for name, (regs, stack, local) in _resources(cubin, tmp_path).items():
         assert stack == 0 and local == 0 and regs <= 255, (name, regs, stack, local)
 

@@ -637,7 +637,7 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
 
   // W_hh rows of this warp as A fragments: row r of m-tile mt is gate 2 mt + (r >= 8) of unit warp*8 + r % 8
   // (KS > 0: k-tiles KR.. go to this lane's own slots of shared memory, which only it reads: no barrier)
-  u32 wa[2][KR][4];
+  u32 wa[2][KR > 0 ? KR : 1][4];  // (nvcc refuses a zero-size array)
 #pragma unroll
   for (int mt = 0; mt < 2; ++mt) {
     const u32* r0 = reinterpret_cast<const u32*>(w + ((long long)(2 * mt) * HID + unit) * HID);
@@ -1402,7 +1402,7 @@ class ClusterConfig:
         self.units = H // C
         self.threads = self.units // 8 * 32
         self.batch_rows = 8 * NT
-        self.trains = self.units % 16 == 0 and self.kr == H // 16
+        self.trains = H <= 256 and self.units % 16 == 0 and self.kr == H // 16
 
     def key(self) -> tuple:
         split = () if self.kr == self.H // 16 else (self.kr,)  # (the keys of register-only configurations as before)
@@ -1461,6 +1461,9 @@ def config(B: int, H: int, dtype: torch.dtype, cluster: int | None = None, ablat
         if not 0 <= kr <= H // 16:
             raise ValueError(f"kr={kr}: the k-tiles in registers are 0 .. H / 16 = {H // 16}")
         cfg = ClusterConfig(cfg.H, cfg.C, cfg.NT, dtype, ablate, fast, exchange, flags, kr=kr)
+        if _smem_bytes(cfg)[0] > MAX_SMEM:
+            raise ValueError(f"kr={kr}: the other k-tiles need {_smem_bytes(cfg)[0]} bytes of shared memory a CTA, "
+                             f"over {MAX_SMEM}; keep more in registers")  # fmt: skip
     return cfg
 
 
@@ -1501,6 +1504,8 @@ def _split_config(H: int, dtype: torch.dtype, cluster: int | None, ablate: int, 
     if H % 128 or H > 768:
         raise ValueError(f"H={H}: above 256 the cluster kernels run H = 384, 512, 640 or 768 (forward only); use the "
                          "Triton kernels (lstmkit.kernels.triton_lstm) for this layer")  # fmt: skip
+    if cluster is not None and cluster not in (8, 16):
+        raise ValueError(f"cluster={cluster}: above H = 256 the cluster kernels run clusters of 8 or 16 CTAs")
     for C in (cluster,) if cluster is not None else (8, 16):
         if C not in (8, 16) or H % (8 * C) or H // C // 8 * 32 > 1024:
             continue
@@ -1690,6 +1695,26 @@ def _function(key: tuple, device_index: int, name: str, smem: int) -> ctypes.c_v
     return fn
 
 
+class _LaunchConfig(ctypes.Structure):  # CUlaunchConfig (cuda.h)
+    _fields_ = [("gridDimX", ctypes.c_uint), ("gridDimY", ctypes.c_uint), ("gridDimZ", ctypes.c_uint),
+                ("blockDimX", ctypes.c_uint), ("blockDimY", ctypes.c_uint), ("blockDimZ", ctypes.c_uint),
+                ("sharedMemBytes", ctypes.c_uint), ("hStream", ctypes.c_void_p), ("attrs", ctypes.c_void_p),
+                ("numAttrs", ctypes.c_uint)]  # fmt: skip
+
+
+@functools.cache
+def _max_active_clusters(cfg_key: tuple, device_index: int, kind: str, threads: int, smem: int, C: int) -> int:
+    """How many clusters of the kernel the GPU can have resident at once (``cuOccupancyMaxActiveClusters``): 0
+    where it cannot place one at all (a cluster of 16 with this much shared memory a CTA, on a smaller part or a
+    MIG slice)."""
+    fn = _function(cfg_key, device_index, f"lstm_cluster_{kind}", smem)
+    _make_current(device_index)
+    n, conf = ctypes.c_int(), _LaunchConfig(C, 1, 1, threads, 1, 1, smem, None, None, 0)
+    _cu_check(_driver().cuOccupancyMaxActiveClusters(ctypes.byref(n), fn, ctypes.byref(conf)),
+              f"cuOccupancyMaxActiveClusters lstm_cluster_{kind}")  # fmt: skip
+    return n.value
+
+
 def _make_current(index: int) -> None:
     """The device's primary context (torch's) current on this thread: the autograd engine's threads may have
     none yet, or another device's."""
@@ -1863,8 +1888,9 @@ class _Recurrence(torch.autograd.Function):
         cfg = config(B, G // 4, dtype, kw.get("cluster"), 0, kw.get("fast", True), kw.get("exchange", "barrier"),
                      flags, kw.get("kr"))  # fmt: skip
         if save and not cfg.trains:
-            raise ValueError(f"{cfg}: no backward kernel (it needs whole 16-unit tiles a CTA and W_hh in registers); "
-                             "choose a smaller cluster, or the Triton kernels for training")  # fmt: skip
+            how = ("above H = 256 the cluster kernels run the forward only: train on the Triton kernels" if cfg.H > 256
+                   else "it needs whole 16-unit tiles a CTA: choose a smaller cluster")  # fmt: skip
+            raise ValueError(f"{cfg}: no backward kernel ({how})")
         w = w_hh.to(dtype).contiguous()
         h0_, c0_ = h0.to(dtype).contiguous(), c0.float().contiguous()
         y, hT, cT, gates, cs, ln = _forward(cfg, gx.contiguous(), w, h0_, c0_, save, vargs)
@@ -1983,10 +2009,23 @@ def _gpu_reason(x: Tensor, B: int, H: int, grad: bool = True, flags: tuple[str, 
         return str(e)
     if grad and not cfg.trains:
         return f"{cfg}: no backward kernel for it (training runs on the Triton kernels)"
-    if math.ceil(B / cfg.batch_rows) * cfg.C > torch.cuda.get_device_properties(x.device).multi_processor_count:
+    props = torch.cuda.get_device_properties(x.device)
+    if math.ceil(B / cfg.batch_rows) * cfg.C > props.multi_processor_count:
         return "more clusters than the GPU runs at once (large batch: the Triton kernels or cuDNN)"
+    smem = _smem_bytes(cfg)
+    if max(smem) > getattr(props, "shared_memory_per_block_optin", MAX_SMEM):
+        return f"{cfg}: {max(smem)} bytes of shared memory a CTA, more than this GPU gives one"
     if not nvrtc_available():
         return "NVRTC (libnvrtc) not found"
+    index = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    for kind, size in zip(("fwd", "bwd"), smem):
+        if kind == "bwd" and not grad:
+            continue
+        try:  # (compiles the kernel: it runs next anyway)
+            if _max_active_clusters(cfg.key(), index, kind, cfg.threads, size, cfg.C) < 1:
+                return f"{cfg}: the GPU cannot place one cluster of {cfg.C} CTAs of lstm_cluster_{kind}"
+        except (RuntimeError, OSError, AttributeError) as e:  # (AttributeError: a driver without the call)
+            return f"{cfg}: the driver cannot say whether its clusters fit ({e})"
     return None
 
 
@@ -2017,10 +2056,10 @@ def lstm_or_next(input: Tensor, hx: tuple[Tensor, Tensor], weights: list[Tensor]
     return triton_lstm.lstm_or_native(input, hx, weights, **kw)
 
 
-def _variant_reason(gx: Tensor, v, grad: bool = True) -> str | None:
+def _variant_reason(gx: Tensor, v, grad: bool = True, lengths: bool = False) -> str | None:
     """Why :func:`variant_layer` cannot run this call on the cluster kernels, or None."""
     others = (v.peephole or v.coupled_input_forget or v.cell_clip is not None or v.recurrent_dropout or v.zoneout_h
-              or v.zoneout_c)
+              or v.zoneout_c or lengths)
     flags = (("LN",) if v.layer_norm else ()) + (("PEEP",) if others else ())  # (what config's choice depends on)
     return _gpu_reason(gx, gx.shape[1], gx.shape[2] // 4, grad, flags)
 
@@ -2042,7 +2081,7 @@ def variant_layer(
     else on the Triton kernels (which raise ``kernels.Unsupported`` for what they cannot run either).
     ``kw``: cluster, fast, exchange. What ``impl="auto"`` runs for variants on a GPU when :data:`ROUTE`."""
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (gx, h0, c0, w_hh, *p.values()))
-    if _variant_reason(gx, v, grad) is not None:
+    if _variant_reason(gx, v, grad, valid is not None) is not None:
         from . import triton_lstm
 
         return triton_lstm.variant_layer(gx, h0, c0, w_hh, v, p, masks, valid, eps)
