@@ -2019,7 +2019,7 @@ def _gpu_reason(x: Tensor, B: int, H: int, grad: bool = True, flags: tuple[str, 
         return "NVRTC (libnvrtc) not found"
     index = x.device.index if x.device.index is not None else torch.cuda.current_device()
     for kind, size in zip(("fwd", "bwd"), smem):
-        if kind == "bwd" and not grad:
+        if (kind == "bwd" and not grad) or cfg.C <= MAX_CLUSTER:  # (a portable cluster is placed where a CTA fits)
             continue
         try:  # (compiles the kernel: it runs next anyway)
             if _max_active_clusters(cfg.key(), index, kind, cfg.threads, size, cfg.C) < 1:
