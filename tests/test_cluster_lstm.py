@@ -185,6 +185,9 @@ VARIANT_CASES = [  # the switches, cluster size, exchange, dtype, seed; each alo
     # the configuration the GPU runs at goal 3's shape: 8 CTAs, 16 batch rows (two n-tiles), every switch
     (("peephole", "clip", "rec", "zh", "zc"), 8, "mbarrier", torch.bfloat16, 8, (3, 16, 256)),
     (("ln", "valid"), 8, "barrier", torch.bfloat16, 13, (3, 16, 256)),
+    # one step: the first phase of LN's mbarriers only (none re-armed), and its barriers
+    (("ln",), 2, "mbarrier", torch.bfloat16, 15, (1, 5, 64)),
+    (("ln", "peephole", "cifg", "clip", "rec", "zh", "zc", "valid"), 2, "barrier", torch.float16, 16, (1, 5, 64)),
     # a cluster of one, 2 warps: LN's row statistics from fewer partials than lanes that read them
     (("ln", "zh"), 1, "barrier", torch.float16, 14, (4, 5, 16)),
 ])  # fmt: skip
