@@ -4,6 +4,7 @@ import json
 import math
 import os
 import socket
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -173,6 +174,11 @@ def _ddp_worker(rank: int, world: int, port: int, cfg_json: str) -> None:
                       LOCAL_RANK=str(rank))  # fmt: skip
     torch.set_num_threads(1)
     lm.train(lm.LMConfig(**json.loads(cfg_json)), show_progress=False)
+    # trained and left the group: skip the interpreter's teardown, where gloo's threads have (rarely, under load)
+    # aborted a worker after its work was done; a failure above still raises through mp.spawn
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def test_ddp_step_equals_single_process_step(corpus, tmp_path):

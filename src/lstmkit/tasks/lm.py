@@ -360,9 +360,14 @@ def train(cfg: LMConfig, *, resume: bool = False, overwrite: bool = False, show_
             dist.barrier()
     finally:
         if own_group:
+            import gc
+
             import torch.distributed as dist
 
             dist.destroy_process_group()
+            # gloo's worker threads can still hold work objects referencing tensors; collected now, while the
+            # interpreter is alive, they cannot abort the process at exit (pytorch/pytorch PR 179291)
+            gc.collect()
     summary.update(vocab_size=len(vocab), parameters=n_params, train_tokens=task.train_ids.numel())
     return summary
 
