@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from lstmkit.kernels import cluster_lstm as cl
+from lstmkit.nn.variants import input_norm
 
 sys.path.insert(0, str(Path(__file__).parent))
 from gpu import time_ms  # noqa: E402  (the same clock as gpu.py)
@@ -313,7 +314,7 @@ def _variant_inputs(leaves: dict, bias: torch.Tensor, lnp) -> tuple[torch.Tensor
     and then the bias; without, gx already holds the bias."""
     if lnp is None:
         return leaves["gx"], None
-    gx = cl.input_norm(leaves["gx"], leaves["g_ih"]) + bias.to(leaves["gx"].dtype)
+    gx = input_norm(leaves["gx"], leaves["g_ih"]) + bias.to(leaves["gx"].dtype)
     return gx, torch.cat([leaves["g_hh"], leaves["g_c"], leaves["b_c"]])
 
 

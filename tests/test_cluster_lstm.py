@@ -31,6 +31,7 @@ import torch
 
 from lstmkit import reference as ref
 from lstmkit.kernels import cluster_lstm as cl
+from lstmkit.nn.variants import input_norm
 
 
 def _emulation_builds() -> bool:
@@ -215,7 +216,7 @@ def test_variants_match_the_reference(on, C, exchange, dtype, seed, shape):
     leaves = [t.clone().requires_grad_() for t in (gx, h0, c0, w, w_ch, *ln)]
     gx_in, lnw = leaves[0], None
     if "ln" in on:
-        gx_in = cl.input_norm(gx_in, leaves[5])
+        gx_in = input_norm(gx_in, leaves[5])
         lnw = torch.cat(leaves[6:])
     y, hT, cT = cl._Recurrence.apply(gx_in, *leaves[1:5], lnw, var, dict(cluster=C, exchange=exchange))
     torch.autograd.backward([y, hT, cT], [dy, dhT, dcT])

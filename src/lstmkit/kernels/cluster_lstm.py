@@ -2064,12 +2064,6 @@ def _variant_reason(gx: Tensor, v, grad: bool = True, lengths: bool = False) -> 
     return _gpu_reason(gx, gx.shape[1], gx.shape[2] // 4, grad, flags)
 
 
-def input_norm(gx: Tensor, weight: Tensor, eps: float = 1e-5) -> Tensor:
-    """LN(x W_ih^T) g_ih, all steps at once, in float32 (as autocast runs layer norm: the gain's gradient sums
-    T x B rows), back in gx's dtype."""
-    return F.layer_norm(gx.float(), (gx.shape[-1],), weight=weight.float(), eps=eps).to(gx.dtype)
-
-
 def variant_layer(
     gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, v, p: dict, masks: dict, valid: Tensor | None,
     eps: float = 1e-5, **kw,
@@ -2077,7 +2071,7 @@ def variant_layer(
     """One layer and direction with variants, ``triton_lstm.variant_layer``'s interface, on the cluster kernels
     where they cover the call (sm_90, bf16 / fp16, :func:`config`'s sizes; ``valid`` masks carry the state past
     each row's length, as the Triton kernels do; layer norm of the input projection runs in torch, over all steps
-    at once, the recurrent one and the cell's in the kernels),
+    at once, by ``nn.variants.input_norm``, the recurrent one and the cell's in the kernels),
     else on the Triton kernels (which raise ``kernels.Unsupported`` for what they cannot run either).
     ``kw``: cluster, fast, exchange. What ``impl="auto"`` runs for variants on a GPU when :data:`ROUTE`."""
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (gx, h0, c0, w_hh, *p.values()))
@@ -2085,7 +2079,9 @@ def variant_layer(
         from . import triton_lstm
 
         return triton_lstm.variant_layer(gx, h0, c0, w_hh, v, p, masks, valid, eps)
-    if v.layer_norm:
+    if v.layer_norm:  # LN of the input projection (all steps at once, in torch), before the bias
+        from ..nn.variants import input_norm
+
         gx = input_norm(gx, p["layernorm_ih_weight"], eps)
     if p.get("bias") is not None:
         gx = gx + p["bias"].to(gx.dtype)  # (float32 master parameters under autocast: gx stays bf16)

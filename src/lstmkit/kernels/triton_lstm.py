@@ -1941,7 +1941,9 @@ def variant_layer(
         raise Unsupported(f"(T + 1) * B * 4H = {(T + 1) * B * width} is too large for the kernels' int32 indexing")
     plan_kw = {k: plan_kw.get(k) for k in ("mode", "tiles", "resident", "poll", "ll", "ln_sync", "fuse")}
     if v.layer_norm:  # LN of the input projection (all steps at once, in torch), before the bias
-        gx = F.layer_norm(gx, (gx.shape[-1],), weight=p["layernorm_ih_weight"], eps=eps)
+        from ..nn.variants import input_norm
+
+        gx = input_norm(gx, p["layernorm_ih_weight"], eps)
     if p.get("bias") is not None:
         gx = gx + p["bias"]
     var = _variant_args(

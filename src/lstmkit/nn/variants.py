@@ -42,7 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["Variants", "LN_EPS", "variant_step", "sample_masks", "add_variant_params", "init_variant_params"]
+__all__ = ["Variants", "LN_EPS", "input_norm", "variant_step", "sample_masks", "add_variant_params",
+           "init_variant_params"]
 
 #: The epsilon of every layer normalisation (``torch.nn.LayerNorm``'s default).
 LN_EPS = 1e-5
@@ -176,6 +177,14 @@ def sample_masks(
     return masks
 
 
+def input_norm(gx: Tensor, weight: Tensor, eps: float = LN_EPS) -> Tensor:
+    """LN(x W_ih^T) g_ih over the gates, all steps at once, computed in float32 at least (as autocast runs layer
+    norm: the gain's gradient sums T x B rows), returned in gx's dtype. The torch loop and the kernels' paths
+    (which take gx without it) all normalise the input projection here."""
+    acc = torch.promote_types(gx.dtype, torch.float32)
+    return F.layer_norm(gx.to(acc), (gx.shape[-1],), weight=weight.to(acc), eps=eps).to(gx.dtype)
+
+
 def input_projection(
     x: Tensor, w_ih: Tensor, bias: Tensor | None, ln_ih: Tensor | None, linear=None
 ) -> Tensor:
@@ -185,7 +194,7 @@ def input_projection(
     """
     gx = x @ w_ih.t() if linear is None else linear(x, w_ih)  # (T, B, I) -> (T, B, 4H)
     if ln_ih is not None:
-        gx = F.layer_norm(gx, (gx.shape[-1],), weight=ln_ih, eps=LN_EPS)
+        gx = input_norm(gx, ln_ih)
     if bias is not None:
         gx = gx + bias
     return gx
