@@ -584,8 +584,9 @@ _MUTATIONS = {  # (exchange, what the kernel's text has, without the synchronisa
     "LN: the cluster barrier of the statistics' exchange": ("barrier", "#else\n  cluster_arrive();\n  cluster_wait();"
                                                             "\n#endif\n}", "#else\n#endif\n}"),
     "LN: the mbarrier wait of the statistics' exchange": ("mbarrier",  # (and its re-arming: T = 3 reuses none)
-                                                          "  mbar_wait(smem_addr(&mb), (par >> bit) & 1);\n  par ^= 1u "
-                                                          "<< bit;\n  if (rearm) mbar_expect(smem_addr(&mb), bytes);\n",
+                                                          "  mbar_wait(smem_addr(&mb), (par >> bit) & 1);\n"
+                                                          "  par ^= 1u << bit;\n"
+                                                          "  if (rearm) mbar_expect(smem_addr(&mb), LBYTES);\n",
                                                           ""),
 }  # fmt: skip
 

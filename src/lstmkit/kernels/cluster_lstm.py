@@ -98,6 +98,7 @@ _HEAD = r"""
 #define NP (HID / 8)           // LN: the row statistics' partials, one per warp of the cluster
 #define NLN (LN ? 2 : 0)
 #define NMB (2 + 2 * NLN)      // mbarriers: h (da) by buffer; EXCH 1 and LN: LN's tables by step parity
+#define LBYTES ((CL - 1) * WARPS * BT * 8)  // EXCH 1, LN: the bytes of a table the other CTAs push a step
 
 typedef unsigned short u16;
 typedef unsigned int u32;
@@ -473,6 +474,41 @@ extern "C" int emu_run_bwd(const u16* w, const float* gates, const float* cs, co
 """
 
 _KERNEL = r"""
+// the variants' parameters of this thread's unit: the peepholes w_ci, w_cf, w_co; LN's gains of the recurrent
+// product (gates i, f, g, o), of c'_t and its bias
+struct UnitParams {
+#if PEEP
+  float wci, wcf, wco;
+#endif
+#if LN
+  float ghh[4], gcw, gcb;
+#endif
+};
+static __device__ __forceinline__ UnitParams unit_params(const float* __restrict__ wch, const float* __restrict__ lnw,
+                                                         int unit) {
+  UnitParams p{};
+#if PEEP
+  p.wci = wch[unit]; p.wcf = wch[HID + unit]; p.wco = wch[2 * HID + unit];
+#endif
+#if LN
+  for (int k = 0; k < 4; ++k) p.ghh[k] = lnw[k * HID + unit];
+  p.gcw = lnw[4 * HID + unit]; p.gcb = lnw[5 * HID + unit];
+#endif
+  return p;
+}
+
+#if EXCH == 1
+// thread 0: every mbarrier expects one arrival per warp (its share of the own slice) and thread 0's, which
+// brings the other CTAs' bytes; armed for their first uses: buffer 1 (h / da pushed at the first step) and
+// LN's tables of steps 0 and 1
+static __device__ __forceinline__ void init_mbarriers(unsigned long long (&mbar)[NMB], int T, u32 bytes) {
+  for (int i = 0; i < NMB; ++i) mbar_init(smem_addr(&mbar[i]), 1 + WARPS);
+  mbar_fence_init();
+  if (T >= 2) mbar_expect(smem_addr(&mbar[1]), bytes);
+  for (int i = 2; i < NMB; ++i)
+    if (T >= 1 + (i & 1)) mbar_expect(smem_addr(&mbar[i]), LBYTES);
+}
+#endif
 #if LN
 // the sum over the 8 lanes that share q: a warp's 8 units of the same batch rows (lane bits 2..4)
 static __device__ __forceinline__ float unit_sum(float v) {
@@ -483,13 +519,13 @@ static __device__ __forceinline__ float unit_sum(float v) {
 // LN's exchange: this warp's pair (a, b) of each of the thread's rows into buf[row][partial rank * WARPS + warp]
 // of every CTA of the cluster (lane g writes CTAs g, g + 8, ...); afterwards every CTA holds all NP partials of
 // its rows. EXCH 0: DSMEM stores, then the cluster barrier. EXCH 1: st.async to the other CTAs, counted on their
-// mbarrier `mb` of this table and step parity (`bytes` from the others; one arrival per warp for the own slice,
+// mbarrier `mb` of this table and step parity (LBYTES from the others; one arrival per warp for the own slice,
 // plain stores), and the wait on the own one; thread 0 then arms it for two steps on (`rearm`). The tables are
 // double-buffered by step parity: a CTA writes a table of parity p again (two steps on) only after it has had
 // h (da) of the step between from every CTA, which each pushed after reading this one.
 static __device__ __forceinline__ void share(f2 (&buf)[BT][NP], const float (&a)[NT][2], const float (&b)[NT][2],
                                              u32 rank, int warp, int g, int q, unsigned long long& mb, u32& par,
-                                             int bit, bool rearm, u32 bytes) {
+                                             int bit, bool rearm) {
   for (int d = g; d < CL; d += 8)
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt)
@@ -508,7 +544,7 @@ static __device__ __forceinline__ void share(f2 (&buf)[BT][NP], const float (&a)
   if ((threadIdx.x & 31) == 0) mbar_arrive(smem_addr(&mb));
   mbar_wait(smem_addr(&mb), (par >> bit) & 1);
   par ^= 1u << bit;
-  if (rearm) mbar_expect(smem_addr(&mb), bytes);
+  if (rearm) mbar_expect(smem_addr(&mb), LBYTES);
 #else
   cluster_arrive();
   cluster_wait();
@@ -673,13 +709,7 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
       c[nt][j] = b < B ? c0[(long long)b * HID + unit] : 0.0f;
       hp[nt][j] = b < B ? to_f32(h0[(long long)b * HID + unit]) : 0.0f;
     }
-#if PEEP
-  const float wci = wch[unit], wcf = wch[HID + unit], wco = wch[2 * HID + unit];
-#endif
-#if LN
-  const float ghh[4] = {lnw[unit], lnw[HID + unit], lnw[2 * HID + unit], lnw[3 * HID + unit]};
-  const float gcw = lnw[4 * HID + unit], gcb = lnw[5 * HID + unit];
-#endif
+  const UnitParams up = unit_params(wch, lnw, unit);
   u16 gxr[NT][4][2], gxn[NT][4][2], zr[NT][3][2];  // gx of this step and of the next (loaded two steps ahead)
   load_gx(gxr, gx, 0, T, B, b0, unit, q);
   load_gx(gxn, gx, 1, T, B, b0, unit, q);
@@ -688,18 +718,11 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
   // buffer b's mbarrier: thread 0's arrival with the bytes the other CTAs push (st.async), and one arrival
   // per warp of this CTA once its lanes have written this CTA's own slice (plain stores)
   const u32 bytes = (CL - 1) * BT * UNITS * 2;
-  if (tid == 0) {
-    for (int i = 0; i < NMB; ++i) mbar_init(smem_addr(&sm.mbar[i]), 1 + WARPS);
-    mbar_fence_init();
-    if (T >= 2) mbar_expect(smem_addr(&sm.mbar[1]), bytes);  // h_0, pushed at step 0
-    for (int i = 2; i < NMB; ++i)  // LN's tables: steps 0 and 1
-      if (T >= 1 + (i & 1)) mbar_expect(smem_addr(&sm.mbar[i]), (CL - 1) * WARPS * BT * 8);
-  }
+  if (tid == 0) init_mbarriers(sm.mbar, T, bytes);  // (h_0 is pushed at step 0)
   u32 parity = 0;  // bit b: the phase of buffer b's mbarrier to wait for
 #endif
 #if LN
   u32 lpar = 0;  // EXCH 1: bit 2 table + p: the phase of LN's table of step parity p to wait for
-  const u32 lbytes = (CL - 1) * WARPS * BT * 8;  // (as h: the other CTAs' bytes)
 #endif
   cluster_arrive();  // every CTA of the cluster has started (and set up its barriers): its shared memory may be written
   cluster_wait();
@@ -769,8 +792,8 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
           pv[nt][j] = unit_sum((r[0] - m) * (r[0] - m) + (r[1] - m) * (r[1] - m) + (r[2] - m) * (r[2] - m) +
                                (r[3] - m) * (r[3] - m));
         }
-      share(sm.lst[0][t & 1], pm, pv, rank, warp, g, q, sm.mbar[2 + (t & 1)], lpar, t & 1, tid == 0 && t + 2 < T,
-            lbytes);
+      share(sm.lst[0][t & 1], pm, pv, rank, warp, g, q, sm.mbar[2 + (t & 1)], lpar, t & 1,
+            tid == 0 && t + 2 < T);
       gather_stats(sm.lst[0][t & 1], 32.0f, eps, mu, rsh, g, q);
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt)
@@ -779,7 +802,7 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
 #pragma unroll
           for (int k = 0; k < 4; ++k) {
             xh[nt][j][k] = (xh[nt][j][k] - mu[nt][j]) * rsh[nt][j];
-            a[nt][j][k] = to_f32(gxr[nt][k][j]) + ghh[k] * xh[nt][j][k];
+            a[nt][j][k] = to_f32(gxr[nt][k][j]) + up.ghh[k] * xh[nt][j][k];
           }
     }
 #else
@@ -801,8 +824,8 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
         const float cp = c[nt][j];
         float ai_ = a[nt][j][0], af_ = a[nt][j][1], ao_ = a[nt][j][3];
 #if PEEP
-        ai_ += wci * cp;
-        af_ += wcf * cp;
+        ai_ += up.wci * cp;
+        af_ += up.wcf * cp;
 #endif
         const float sf = sigm(af_);
         const float si = CIFG ? 1.0f - sf : sigm(ai_);
@@ -812,7 +835,7 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
         cc = fminf(fmaxf(cc, -clip), clip);
 #endif
 #if PEEP
-        ao_ += wco * cc;
+        ao_ += up.wco * cc;
 #endif
         cn[nt][j] = cc;
         sv[nt][j][0] = si; sv[nt][j][1] = sf; sv[nt][j][2] = tg; sv[nt][j][3] = sigm(ao_);
@@ -830,7 +853,7 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
           pv[nt][j] = unit_sum((cn[nt][j] - m) * (cn[nt][j] - m));
         }
       share(sm.lst[1][t & 1], pm, pv, rank, warp, g, q, sm.mbar[4 + (t & 1)], lpar, 2 + (t & 1),
-            tid == 0 && t + 2 < T, lbytes);
+            tid == 0 && t + 2 < T);
       gather_stats(sm.lst[1][t & 1], 8.0f, eps, mu, rsc, g, q);
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt)
@@ -844,7 +867,7 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
       for (int j = 0; j < 2; ++j) {
         const float cp = c[nt][j];
 #if LN
-        float hn = sv[nt][j][3] * tanh_(nhat[nt][j] * gcw + gcb);
+        float hn = sv[nt][j][3] * tanh_(nhat[nt][j] * up.gcw + up.gcb);
 #else
         float hn = sv[nt][j][3] * tanh_(cn[nt][j]);
 #endif
@@ -1106,12 +1129,8 @@ KERNEL lstm_cluster_bwd(const u16* __restrict__ w,       // (4 HID, HID): W_hh
       dc[nt][j] = b < B ? dcT[(long long)b * HID + unit] : 0.0f;
       dhl[nt][j] = b < B ? to_f32(dhT[(long long)b * HID + unit]) : 0.0f;
     }
-#if PEEP
-  const float wci = wch[unit], wcf = wch[HID + unit], wco = wch[2 * HID + unit];
-#endif
+  const UnitParams up = unit_params(wch, lnw, unit);
 #if LN
-  const float ghh[4] = {lnw[unit], lnw[HID + unit], lnw[2 * HID + unit], lnw[3 * HID + unit]};
-  const float gcw = lnw[4 * HID + unit], gcb = lnw[5 * HID + unit];
   u32 xhl[NT][2][2];                   // the forward's LN(r) (float16 pairs), LN(c'_t), 1 / std of r and of c'_t
   float nhl[NT][2], rsl[NT][2][2];
   load_ln(xhl, nhl, rsl, rh, nh, rs, T - 1, B, b0, unit, q);
@@ -1122,18 +1141,11 @@ KERNEL lstm_cluster_bwd(const u16* __restrict__ w,       // (4 HID, HID): W_hh
   load_zone(zr, zh, zc, vd, T - 1, T, B, b0, unit, q);
 #if EXCH == 1 && ABL != 1
   const u32 bytes = (CL - 1) * BT * 4 * UNITS * 2;  // as in the forward: the other CTAs' bytes, one arrival per warp
-  if (tid == 0) {
-    for (int i = 0; i < NMB; ++i) mbar_init(smem_addr(&sm.mbar[i]), 1 + WARPS);
-    mbar_fence_init();
-    if (T >= 2) mbar_expect(smem_addr(&sm.mbar[1]), bytes);
-    for (int i = 2; i < NMB; ++i)
-      if (T >= 1 + (i & 1)) mbar_expect(smem_addr(&sm.mbar[i]), (CL - 1) * WARPS * BT * 8);
-  }
+  if (tid == 0) init_mbarriers(sm.mbar, T, bytes);
   u32 parity = 0;
 #endif
 #if LN
   u32 lpar = 0;
-  const u32 lbytes = (CL - 1) * WARPS * BT * 8;
 #endif
   cluster_arrive();
   cluster_wait();
@@ -1208,16 +1220,16 @@ KERNEL lstm_cluster_bwd(const u16* __restrict__ w,       // (4 HID, HID): W_hh
       for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
-          tn[nt][j] = tanh_(nhl[nt][j] * gcw + gcb);
+          tn[nt][j] = tanh_(nhl[nt][j] * up.gcw + up.gcb);
           const float dnt = dhv[nt][j] * gl[nt][3][j] * (1.0f - tn[nt][j] * tn[nt][j]);
           const int b = b0 + nt * 8 + 2 * q + j;
           if (b < B) dn[((long long)t * B + b) * HID + unit] = dnt;  // (for the gradients of g_c, b_c)
-          dnh[nt][j] = dnt * gcw;
+          dnh[nt][j] = dnt * up.gcw;
           sa[nt][j] = unit_sum(dnh[nt][j]);
           sb[nt][j] = unit_sum(dnh[nt][j] * nhl[nt][j]);
         }
-      share(sm.lst[0][s & 1], sa, sb, rank, warp, g, q, sm.mbar[2 + (s & 1)], lpar, s & 1, tid == 0 && s + 2 < T,
-            lbytes);
+      share(sm.lst[0][s & 1], sa, sb, rank, warp, g, q, sm.mbar[2 + (s & 1)], lpar, s & 1,
+            tid == 0 && s + 2 < T);
       gather_sums(sm.lst[0][s & 1], sa, sb, g, q);
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt)
@@ -1246,7 +1258,7 @@ KERNEL lstm_cluster_bwd(const u16* __restrict__ w,       // (4 HID, HID): W_hh
         dcn += dh * o * (1.0f - tc * tc);
 #endif
 #if PEEP
-        dcn += da_o * wco;
+        dcn += da_o * up.wco;
 #endif
 #if CLIP
         if (!inside) dcn = 0.0f;
@@ -1257,7 +1269,7 @@ KERNEL lstm_cluster_bwd(const u16* __restrict__ w,       // (4 HID, HID): W_hh
         const float da_f = (dcn * c1 - (CIFG ? d_i : 0.0f)) * f * (1.0f - f);
         const float da_g = dcn * i * (1.0f - gg * gg);
 #if PEEP
-        dcp += da_i * wci + da_f * wcf;
+        dcp += da_i * up.wci + da_f * up.wcf;
 #endif
         dc[nt][j] += dcp;
         dav[nt][j][0] = da_i; dav[nt][j][1] = da_f; dav[nt][j][2] = da_g; dav[nt][j][3] = da_o;
@@ -1275,7 +1287,7 @@ KERNEL lstm_cluster_bwd(const u16* __restrict__ w,       // (4 HID, HID): W_hh
 #pragma unroll
           for (int k = 0; k < 4; ++k) {
             if (b < B) dgx[((long long)t * B + b) * G4 + k * HID + unit] = from_f32(dav[nt][j][k]);
-            dav[nt][j][k] *= ghh[k];
+            dav[nt][j][k] *= up.ghh[k];
             ea += dav[nt][j][k];
             eb += dav[nt][j][k] * h2f((u16)(xhl[nt][j][k / 2] >> (16 * (k % 2))));
           }
@@ -1283,7 +1295,7 @@ KERNEL lstm_cluster_bwd(const u16* __restrict__ w,       // (4 HID, HID): W_hh
           sb[nt][j] = unit_sum(eb);
         }
       share(sm.lst[1][s & 1], sa, sb, rank, warp, g, q, sm.mbar[4 + (s & 1)], lpar, 2 + (s & 1),
-            tid == 0 && s + 2 < T, lbytes);
+            tid == 0 && s + 2 < T);
       gather_sums(sm.lst[1][s & 1], sa, sb, g, q);
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt)
