@@ -21,7 +21,9 @@ Design (one cluster per 8 or 16 batch rows; ``C`` CTAs per cluster; each CTA own
   them, 16 bytes a store, into the other buffer of every CTA -> y_t stored -> wait for the other CTAs';
 * backward (``lstm_cluster_bwd``): the mirror image, each CTA holding the ``W_hh`` columns of its units
   (K = 4H split over its warps, partial sums met in shared memory) and exchanging da_t as the forward
-  exchanges h_t;
+  exchanges h_t; above H = 256 (``ClusterConfig.rs``) a reduce-scatter instead: each CTA keeps the forward's
+  rows of ``W_hh`` (its own gates), multiplies them by its own da_t into a partial dh of every unit and sends
+  each CTA the partial sums of that CTA's units, which it adds; da_t never leaves its CTA;
 * two ways to synchronise (:data:`EXCHANGES`): DSMEM stores + the cluster barrier, or ``st.async`` stores
   counted on the receiving CTA's mbarrier. The hardware schedules a cluster's CTAs together, so no
   co-residency check is needed; an mbarrier wait of over 2 s traps instead of hanging;
@@ -33,8 +35,9 @@ Design (one cluster per 8 or 16 batch rows; ``C`` CTAs per cluster; each CTA own
 Entry points: :func:`layer` (one layer, differentiable), :func:`lstm` (``torch.nn.LSTM``'s interface),
 :func:`variant_layer` (the variant modules' per-layer kernel), :func:`forward` (no autograd),
 :func:`lstm_or_next` (what ``impl="auto"`` runs with :data:`ROUTE`, falling back per call). Limits:
-bfloat16 / float16, hidden sizes whose share of ``W_hh`` fits the registers (16 .. 256, see
-:func:`config`), no projections; ``lengths=`` only through :func:`variant_layer` (its ``valid``
+bfloat16 / float16, hidden sizes whose share of ``W_hh`` fits the registers (16 .. 256) or registers and
+shared memory (384, 512, 640, 768; layer norm there: forward only, not at 768), see :func:`config`; no
+projections; ``lengths=`` only through :func:`variant_layer` (its ``valid``
 masks: the state is carried past each row's length). Sigmoid and tanh use ``tanh.approx.f32``
 unless ``fast=False``. Not measured on a GPU yet (``benchmarks/gpu_cluster.py`` checks them against float64
 cuDNN and times them against cuDNN in one run), so :data:`ROUTE` is off by default.
@@ -119,9 +122,14 @@ struct alignas(16) Smem {       // the forward's shared memory
 #endif
 };
 static_assert(sizeof(Smem) == SMEM_F, "the host's size of the forward's shared memory is wrong");
-#define TRAINS (UNITS % 16 == 0 && KS == 0)  // the backward kernel: whole 16-unit m-tiles, W_hh in registers
+#define TRAINS {TRAINS}        // a backward kernel: broadcast (W_hh in registers, whole 16-unit m-tiles) or RS
+#define RS {RS}                // the backward as a reduce-scatter of partial dh (kernel lstm_cluster_bwd, RS form)
+#define WB {WB}                // the backward's warps
+#define KRB {KRB}              // RS: the k-tiles of each warp's W_hh fragments kept in registers; the rest in shared
 #if TRAINS
 #define G4 (4 * HID)
+#endif
+#if TRAINS && !RS
 #define MT (UNITS / 16)        // backward: m-tiles of this CTA's units
 #define KW (G4 / WARPS)        // backward: the K (gate columns of da) of each warp
 #define KTW (KW / 16)
@@ -137,11 +145,28 @@ struct alignas(16) SmemB {     // the backward's
 };
 static_assert(sizeof(SmemB) == SMEM_B, "the host's size of the backward's shared memory is wrong");
 #endif
+#if RS
+#define MTB (HID / 16)         // RS: the m-tiles of dh, every unit of the layer
+#define MW (MTB / WB)          // ... of each warp
+#define KTB (UNITS / 4)        // ... the k-tiles: this CTA's 4 UNITS gate columns of da
+#define KSB (KTB - KRB)
+struct alignas(16) SmemB {     // the backward's, reduce-scatter form
+  unsigned long long mbar[NMB];
+  float part[2][CL][UNITS][BT];  // partial dh of this CTA's units from every CTA (by source), double-buffered
+  u16 stage[2][BT][SRB];       // da_t of this CTA's units, gate after gate: the product's B operand (by step parity)
+#if KSB > 0
+  v4 wsm[WB][MW][KSB][32];     // W_hh's k-tiles KRB.. of each warp's m-tiles, in fragment order (each lane its own)
+#endif
+};
+static_assert(sizeof(SmemB) == SMEM_B, "the host's size of the backward's shared memory is wrong");
+static_assert(MTB % WB == 0 && WB >= WARPS && UNITS % 4 == 0 && !LN, "RS: m-tiles split evenly, a warp per 8 units");
+#endif
 """
 
 # The GPU's side of the helpers: PTX for conversions, tensor-core products and the cluster.
 _DEVICE = r"""
 #define KERNEL extern "C" __global__ void __cluster_dims__(CL, 1, 1) __launch_bounds__(WARPS * 32, 1)
+#define KERNEL_B extern "C" __global__ void __cluster_dims__(CL, 1, 1) __launch_bounds__(WB * 32, 1)
 #define SMEM(Type) extern __shared__ __align__(16) unsigned char smem_raw[]; \
                    Type& sm = *reinterpret_cast<Type*>(smem_raw);
 
@@ -277,6 +302,7 @@ _EMU = r"""
 #define __device__
 #define __forceinline__ inline
 #define KERNEL static void
+#define KERNEL_B static void
 #define SMEM(Type) Type& sm = *reinterpret_cast<Type*>(emu::cl->smem[emu::rank].data());
 #define __restrict__
 
@@ -337,12 +363,12 @@ struct Cluster {
   std::vector<std::array<Lane, 32>> slots;
   std::vector<std::array<float, 32>> shfl;
   std::vector<std::array<MBar, NMB>> mbars;
-  Cluster() : smem(CL, std::vector<v4>((SMEM_F > SMEM_B ? SMEM_F : SMEM_B) / 16 + 1)), mbars(CL) {
-    for (int r = 0; r < CL; ++r) cta.emplace_back(new Barrier(WARPS * 32));
-    for (int w = 0; w < CL * WARPS; ++w) warp.emplace_back(new Barrier(32));
-    all.reset(new Barrier(CL * WARPS * 32));
-    slots.resize(CL * WARPS);
-    shfl.resize(CL * WARPS);
+  explicit Cluster(int nw) : smem(CL, std::vector<v4>((SMEM_F > SMEM_B ? SMEM_F : SMEM_B) / 16 + 1)), mbars(CL) {
+    for (int r = 0; r < CL; ++r) cta.emplace_back(new Barrier(nw * 32));
+    for (int w = 0; w < CL * nw; ++w) warp.emplace_back(new Barrier(32));
+    all.reset(new Barrier(CL * nw * 32));
+    slots.resize(CL * nw);
+    shfl.resize(CL * nw);
   }
 };
 thread_local Dim tid, bid;
@@ -436,14 +462,14 @@ static inline void st_async_f2(u32 addr, float a, float b, u32 mbar) {
 
 _EMU_LAUNCH = r"""
 // every GPU thread of the grid (cluster after cluster) as one std::thread running body
-template <class F> static void launch(int grid_y, F body) {
+template <class F> static void launch(int grid_y, int nw, F body) {
   for (int by = 0; by < grid_y; ++by) {
-    emu::Cluster cl;
+    emu::Cluster cl(nw);
     std::vector<std::thread> threads;
     for (int r = 0; r < CL; ++r)
-      for (int t = 0; t < WARPS * 32; ++t)
+      for (int t = 0; t < nw * 32; ++t)
         threads.emplace_back([=, &cl] {
-          emu::tid = {t, 0, 0}; emu::bid = {r, by, 0}; emu::cl = &cl; emu::rank = r; emu::gwarp = r * WARPS + t / 32;
+          emu::tid = {t, 0, 0}; emu::bid = {r, by, 0}; emu::cl = &cl; emu::rank = r; emu::gwarp = r * nw + t / 32;
           body();
         });
     for (auto& th : threads) th.join();
@@ -453,7 +479,7 @@ extern "C" int emu_run(const u16* gx, const u16* w, const u16* h0, const float* 
                        float* gates, float* cs, const u16* rec, const u16* zh, const u16* zc, const u16* vd,
                        const float* wch, float clip, const float* lnw, float eps, u16* rh, float* nh, float* rs,
                        int T, int B, int grid_y) {
-  launch(grid_y, [=] {
+  launch(grid_y, WARPS, [=] {
     lstm_cluster_fwd(gx, w, h0, c0, y, hT, cT, gates, cs, rec, zh, zc, vd, wch, clip, lnw, eps, rh, nh, rs, T, B);
   });
   return 0;
@@ -464,7 +490,7 @@ extern "C" int emu_run_bwd(const u16* w, const float* gates, const float* cs, co
                            const u16* zh, const u16* zc, const u16* vd, const float* wch, float clip,
                            const float* lnw, float eps, const u16* rh, const float* nh, const float* rs, u16* dgx,
                            float* dn, int T, int B, int grid_y) {
-  launch(grid_y, [=] {
+  launch(grid_y, WB, [=] {
     lstm_cluster_bwd(w, gates, cs, c0, dy, dhT, dcT, da, dc0, dhz, rec, zh, zc, vd, wch, clip, lnw, eps, rh, nh, rs,
                      dgx, dn, T, B);
   });
@@ -501,8 +527,8 @@ static __device__ __forceinline__ UnitParams unit_params(const float* __restrict
 // thread 0: every mbarrier expects one arrival per warp (its share of the own slice) and thread 0's, which
 // brings the other CTAs' bytes; armed for their first uses: buffer 1 (h / da pushed at the first step) and
 // LN's tables of steps 0 and 1
-static __device__ __forceinline__ void init_mbarriers(unsigned long long (&mbar)[NMB], int T, u32 bytes) {
-  for (int i = 0; i < NMB; ++i) mbar_init(smem_addr(&mbar[i]), 1 + WARPS);
+static __device__ __forceinline__ void init_mbarriers(unsigned long long (&mbar)[NMB], int T, u32 bytes, int warps) {
+  for (int i = 0; i < NMB; ++i) mbar_init(smem_addr(&mbar[i]), 1 + warps);
   mbar_fence_init();
   if (T >= 2) mbar_expect(smem_addr(&mbar[1]), bytes);
   for (int i = 2; i < NMB; ++i)
@@ -718,7 +744,7 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
   // buffer b's mbarrier: thread 0's arrival with the bytes the other CTAs push (st.async), and one arrival
   // per warp of this CTA once its lanes have written this CTA's own slice (plain stores)
   const u32 bytes = (CL - 1) * BT * UNITS * 2;
-  if (tid == 0) init_mbarriers(sm.mbar, T, bytes);  // (h_0 is pushed at step 0)
+  if (tid == 0) init_mbarriers(sm.mbar, T, bytes, WARPS);  // (h_0 is pushed at step 0)
   u32 parity = 0;  // bit b: the phase of buffer b's mbarrier to wait for
 #endif
 #if LN
@@ -1073,7 +1099,79 @@ static __device__ __forceinline__ void prefetch_ln(const u16* __restrict__ rh, c
 }
 #endif
 
-KERNEL lstm_cluster_bwd(const u16* __restrict__ w,       // (4 HID, HID): W_hh
+// dLoss/dh'_t and dLoss/dc'_t of the thread's unit and rows (dhv, dcv): dy_t, what the step after carried (dhl,
+// dc) and the product's prod = (da_{t+1} W_hh)[unit], past the lengths and zoneout; dhl and dc become what goes on
+// to step t-1 but through the product and the cell (grad_gates adds the cell's share to dc)
+static __device__ __forceinline__ void grad_in(float (&dhv)[NT][2], float (&dcv)[NT][2], float (&dhl)[NT][2],
+                                               float (&dc)[NT][2], const float (&prod)[NT][2],
+                                               const u16 (&dyl)[NT][2], const float (&recr)[NT][2],
+                                               const u16 (&zr)[NT][3][2]) {
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      float dh = to_f32(dyl[nt][j]) + dhl[nt][j] + prod[nt][j] * recr[nt][j];
+      float dcn = dc[nt][j], dhp = 0.0f, dcp = 0.0f;  // dhp, dcp: dLoss/dh_{t-1}, dc_{t-1} (but the product)
+#if VALID
+      { const float v = to_f32(zr[nt][2][j]); dhp += (1.0f - v) * dh; dcp += (1.0f - v) * dcn; dh *= v; dcn *= v; }
+#endif
+#if ZONE_H
+      { const float z = to_f32(zr[nt][0][j]); dhp += z * dh; dh *= 1.0f - z; }
+#endif
+#if ZONE_C
+      { const float z = to_f32(zr[nt][1][j]); dcp += z * dcn; dcn *= 1.0f - z; }
+#endif
+      dhv[nt][j] = dh;
+      dcv[nt][j] = dcn;
+      dhl[nt][j] = dhp;
+      dc[nt][j] = dcp;  // (the cell's share is added by grad_gates)
+    }
+}
+// dLoss/da_t of the thread's unit (i, f, g, o) from dLoss/dh'_t, dLoss/dc'_t (under LN already through LN(c'_t);
+// tn = tanh(n_t), h' = o tanh(n_t)) and the saved gates; adds the cell's share of dLoss/dc_{t-1} to dc
+static __device__ __forceinline__ void grad_gates(float (&dav)[NT][2][4], float (&dc)[NT][2],
+                                                  const float (&dhv)[NT][2], const float (&dcv)[NT][2],
+                                                  const float (&gl)[NT][4][2], const float (&cp)[NT][2],
+                                                  const UnitParams& up, float clip, const float (&tn)[NT][2]) {
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const float dh = dhv[nt][j];
+      float dcn = dcv[nt][j], dcp = 0.0f;
+      const float i = gl[nt][0][j], f = gl[nt][1][j], gg = gl[nt][2][j], o = gl[nt][3][j], c1 = cp[nt][j];
+#if CLIP
+      const float cn = f * c1 + i * gg;  // c'_t before the clip, recomputed (the saved c_t is the zoned state)
+      const bool inside = cn >= -clip && cn <= clip;
+#endif
+#if LN
+      const float da_o = dh * tn[nt][j] * o * (1.0f - o);
+#else
+      const float tc = tanh_(CLIP ? fminf(fmaxf(f * c1 + i * gg, -clip), clip) : f * c1 + i * gg);
+      const float da_o = dh * tc * o * (1.0f - o);
+      dcn += dh * o * (1.0f - tc * tc);
+#endif
+#if PEEP
+      dcn += da_o * up.wco;
+#endif
+#if CLIP
+      if (!inside) dcn = 0.0f;
+#endif
+      dcp += dcn * f;
+      const float d_i = dcn * gg;
+      const float da_i = CIFG ? 0.0f : d_i * i * (1.0f - i);
+      const float da_f = (dcn * c1 - (CIFG ? d_i : 0.0f)) * f * (1.0f - f);
+      const float da_g = dcn * i * (1.0f - gg * gg);
+#if PEEP
+      dcp += da_i * up.wci + da_f * up.wcf;
+#endif
+      dc[nt][j] += dcp;
+      dav[nt][j][0] = da_i; dav[nt][j][1] = da_f; dav[nt][j][2] = da_g; dav[nt][j][3] = da_o;
+    }
+}
+
+#if !RS
+KERNEL_B lstm_cluster_bwd(const u16* __restrict__ w,       // (4 HID, HID): W_hh
                         const float* __restrict__ gates,  // (T, B, 4 HID): the forward's i, f, g, o
                         const float* __restrict__ cs,     // (T, B, HID): the forward's c_t (the state: zoned)
                         const float* __restrict__ c0,     // (B, HID)
@@ -1141,7 +1239,7 @@ KERNEL lstm_cluster_bwd(const u16* __restrict__ w,       // (4 HID, HID): W_hh
   load_zone(zr, zh, zc, vd, T - 1, T, B, b0, unit, q);
 #if EXCH == 1 && ABL != 1
   const u32 bytes = (CL - 1) * BT * 4 * UNITS * 2;  // as in the forward: the other CTAs' bytes, one arrival per warp
-  if (tid == 0) init_mbarriers(sm.mbar, T, bytes);
+  if (tid == 0) init_mbarriers(sm.mbar, T, bytes, WB);
   u32 parity = 0;
 #endif
 #if LN
@@ -1188,30 +1286,17 @@ KERNEL lstm_cluster_bwd(const u16* __restrict__ w,       // (4 HID, HID): W_hh
         for (int e = 0; e < 4; ++e) sm.red[warp][mt][nt][e][lane] = acc[mt][nt][0][e] + acc[mt][nt][1][e];
     __syncthreads();
     // unit ul = mt*16 + 8 hi + g: its partial sums sit in every warp's lane of this thread, element 2 hi + j
-    float dhv[NT][2], dcv[NT][2];  // dLoss/dh'_t and dLoss/dc'_t so far (past the lengths and zoneout)
+    float prod[NT][2];  // (da_{t+1} W_hh)[unit]: dLoss/d(the product's operand h_t * rec)
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
       for (int j = 0; j < 2; ++j) {
-        float prod = 0.0f;  // (da_{t+1} W_hh)[unit]: dLoss/d(the product's operand h_t * rec)
+        prod[nt][j] = 0.0f;
 #pragma unroll
-        for (int v = 0; v < WARPS; ++v) prod += sm.red[v][ul / 16][nt][2 * ((ul % 16) / 8) + j][lane];
-        float dh = to_f32(dyl[nt][j]) + dhl[nt][j] + prod * recr[nt][j];
-        float dcn = dc[nt][j], dhp = 0.0f, dcp = 0.0f;  // dhp, dcp: dLoss/dh_{t-1}, dc_{t-1} (but the product)
-#if VALID
-        { const float v = to_f32(zr[nt][2][j]); dhp += (1.0f - v) * dh; dcp += (1.0f - v) * dcn; dh *= v; dcn *= v; }
-#endif
-#if ZONE_H
-        { const float z = to_f32(zr[nt][0][j]); dhp += z * dh; dh *= 1.0f - z; }
-#endif
-#if ZONE_C
-        { const float z = to_f32(zr[nt][1][j]); dcp += z * dcn; dcn *= 1.0f - z; }
-#endif
-        dhv[nt][j] = dh;
-        dcv[nt][j] = dcn;
-        dhl[nt][j] = dhp;
-        dc[nt][j] = dcp;  // (the cell's share is added below)
+        for (int v = 0; v < WARPS; ++v) prod[nt][j] += sm.red[v][ul / 16][nt][2 * ((ul % 16) / 8) + j][lane];
       }
+    float dhv[NT][2], dcv[NT][2];  // dLoss/dh'_t and dLoss/dc'_t so far (past the lengths and zoneout)
+    grad_in(dhv, dcv, dhl, dc, prod, dyl, recr, zr);
 #if LN  // h' = o tanh(n), n = LN(c') g_c + b_c: dLoss/dc' += rstd_c (dn^ - mean(dn^) - n^ mean(dn^ n^)), dn^ = dn g_c
     float tn[NT][2];  // tanh(n_t)
     {
@@ -1239,41 +1324,11 @@ KERNEL lstm_cluster_bwd(const u16* __restrict__ w,       // (4 HID, HID): W_hh
     }
 #endif
     float dav[NT][2][4];  // dLoss/da_t: i, f, g, o
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        const float dh = dhv[nt][j];
-        float dcn = dcv[nt][j], dcp = 0.0f;
-        const float i = gl[nt][0][j], f = gl[nt][1][j], gg = gl[nt][2][j], o = gl[nt][3][j], c1 = cp[nt][j];
-#if CLIP
-        const float cn = f * c1 + i * gg;  // c'_t before the clip, recomputed (the saved c_t is the zoned state)
-        const bool inside = cn >= -clip && cn <= clip;
-#endif
 #if LN
-        const float da_o = dh * tn[nt][j] * o * (1.0f - o);
+    grad_gates(dav, dc, dhv, dcv, gl, cp, up, clip, tn);
 #else
-        const float tc = tanh_(CLIP ? fminf(fmaxf(f * c1 + i * gg, -clip), clip) : f * c1 + i * gg);
-        const float da_o = dh * tc * o * (1.0f - o);
-        dcn += dh * o * (1.0f - tc * tc);
+    grad_gates(dav, dc, dhv, dcv, gl, cp, up, clip, dhv);
 #endif
-#if PEEP
-        dcn += da_o * up.wco;
-#endif
-#if CLIP
-        if (!inside) dcn = 0.0f;
-#endif
-        dcp += dcn * f;
-        const float d_i = dcn * gg;
-        const float da_i = CIFG ? 0.0f : d_i * i * (1.0f - i);
-        const float da_f = (dcn * c1 - (CIFG ? d_i : 0.0f)) * f * (1.0f - f);
-        const float da_g = dcn * i * (1.0f - gg * gg);
-#if PEEP
-        dcp += da_i * up.wci + da_f * up.wcf;
-#endif
-        dc[nt][j] += dcp;
-        dav[nt][j][0] = da_i; dav[nt][j][1] = da_f; dav[nt][j][2] = da_g; dav[nt][j][3] = da_o;
-      }
 #if LN  // a = gx + LN(r) g_hh: dgx = da; what W_hh and the exchange need is dr = rstd (e - mean(e) - r^ mean(e r^)),
         // e = da g_hh, over the 4 HID gates of a row
     {
@@ -1380,6 +1435,209 @@ KERNEL lstm_cluster_bwd(const u16* __restrict__ w,       // (4 HID, HID): W_hh
   cluster_arrive();
   cluster_wait();
 }
+#else  // RS
+// The backward as a reduce-scatter (above H = 256, where W_hh's columns and a broadcast da_t do not fit a CTA):
+// each CTA keeps the rows of W_hh of its own 4 UNITS gates (as the forward), as A fragments of the partial
+// dh^T = W_hh[its gate rows, :]^T da_t[its gate columns]^T over every unit of the layer (M = HID, split over the
+// warps; K = 4 UNITS), and sends each CTA the partial sums of that CTA's units; the receiver adds the CL
+// partials. da_t itself never leaves the CTA that computes it. Warps WARPS.. (WB > WARPS) take part in the
+// product only, so the registers of 8 warps hold W_hh (the k-tiles KRB.. in shared memory, as the forward's).
+KERNEL_B lstm_cluster_bwd(const u16* __restrict__ w, const float* __restrict__ gates, const float* __restrict__ cs,
+                          const float* __restrict__ c0, const u16* __restrict__ dy, const u16* __restrict__ dhT,
+                          const float* __restrict__ dcT, u16* __restrict__ da, float* __restrict__ dc0,
+                          float* __restrict__ dhz, const u16* __restrict__ rec, const u16* __restrict__ zh,
+                          const u16* __restrict__ zc, const u16* __restrict__ vd, const float* __restrict__ wch,
+                          float clip, const float* __restrict__ lnw, float eps, const u16* __restrict__ rh,
+                          const float* __restrict__ nh, const float* __restrict__ rs, u16* __restrict__ dgx,
+                          float* __restrict__ dn, int T, int B) {  // (the parameters of the broadcast form above)
+  SMEM(SmemB)
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
+  const u32 rank = cluster_rank();
+  const int b0 = blockIdx.y * BT;
+  const bool cellw = warp < WARPS;            // the warps with units of their own (the cell's)
+  const int ul = (cellw ? warp : 0) * 8 + g;  // (the product-only warps load warp 0's values and store nothing)
+  const int unit = rank * UNITS + ul;
+
+  // A[m][k] = W_hh[gate row of column k][unit m]: m-tile warp * MW + mt of the layer's units; column k = gate *
+  // UNITS + u is gate `gate` of this CTA's unit u (row gate * HID + rank * UNITS + u of W_hh)
+  u32 wa[MW][KRB > 0 ? KRB : 1][4];  // (nvcc refuses a zero-size array)
+#pragma unroll
+  for (int mt = 0; mt < MW; ++mt) {
+    const int m0 = (warp * MW + mt) * 16 + g, m1 = m0 + 8;
+#pragma unroll
+    for (int kt = 0; kt < KTB; ++kt) {
+      const int k0 = kt * 16 + 2 * q, k1 = k0 + 8;
+      auto wk = [&](int k, int m) {  // W_hh[row(k)][m] and W_hh[row(k + 1)][m] (k even: the same gate), one register
+        const long long r = (long long)(k / UNITS) * HID + rank * UNITS + k % UNITS;
+        return (u32)w[r * HID + m] | ((u32)w[(r + 1) * HID + m] << 16);
+      };
+      const v4 f{wk(k0, m0), wk(k0, m1), wk(k1, m0), wk(k1, m1)};
+      if (kt < KRB) {
+        u32* a = wa[mt][kt < KRB ? kt : 0];
+        a[0] = f.x; a[1] = f.y; a[2] = f.z; a[3] = f.w;
+      }
+#if KSB > 0
+      else sm.wsm[warp][mt][kt >= KRB ? kt - KRB : 0][lane] = f;
+#endif
+    }
+  }
+  float dc[NT][2], dhl[NT][2], recr[NT][2];  // dLoss/dc_t; dLoss/dh_t not through the product; RDROP mask
+  load_rec(recr, rec, B, b0, unit, q);
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int b = b0 + nt * 8 + 2 * q + j;
+      dc[nt][j] = b < B ? dcT[(long long)b * HID + unit] : 0.0f;
+      dhl[nt][j] = b < B ? to_f32(dhT[(long long)b * HID + unit]) : 0.0f;
+    }
+  const UnitParams up = unit_params(wch, lnw, unit);
+  float gl[NT][4][2], cp[NT][2];
+  u16 dyl[NT][2], zr[NT][3][2];
+  load_saved(gl, cp, dyl, gates, cs, c0, dy, T - 1, B, b0, unit, q);
+  load_zone(zr, zh, zc, vd, T - 1, T, B, b0, unit, q);
+#if EXCH == 1 && ABL != 1
+  const u32 bytes = (CL - 1) * UNITS * BT * 4;  // the other CTAs' partial sums of this CTA's units; an arrival a warp
+  if (tid == 0) init_mbarriers(sm.mbar, T, bytes, WB);
+  u32 parity = 0;
+#endif
+  cluster_arrive();
+  cluster_wait();
+
+  int cur = 0;
+  for (int s = 0; s < T; ++s) {
+    const int t = T - 1 - s;
+#if EXCH == 1 && ABL != 1
+    if (s >= 1) {  // the partial sums of dh_t = W_hh^T da_{t+1} from every CTA
+      mbar_wait(smem_addr(&sm.mbar[cur]), (parity >> cur) & 1);
+      parity ^= 1u << cur;
+    }
+    if (tid == 0 && s + 2 <= T - 1) mbar_expect(smem_addr(&sm.mbar[cur]), bytes);  // (the partial sums of step s + 2)
+#endif
+    u16 (&st)[BT][SRB] = sm.stage[s & 1];
+    if (cellw) {
+      float prod[NT][2];  // (da_{t+1} W_hh)[unit]: the CL partial sums (none at the last step: da_T = 0)
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        float p0 = 0.0f, p1 = 0.0f;
+        if (s >= 1) {
+#pragma unroll
+          for (int src = 0; src < CL; ++src) {
+            const f2 v = *reinterpret_cast<const f2*>(&sm.part[cur][src][ul][nt * 8 + 2 * q]);
+            p0 += v.x;
+            p1 += v.y;
+          }
+        }
+        prod[nt][0] = p0;
+        prod[nt][1] = p1;
+      }
+      float dhv[NT][2], dcv[NT][2], dav[NT][2][4];
+      grad_in(dhv, dcv, dhl, dc, prod, dyl, recr, zr);
+      grad_gates(dav, dc, dhv, dcv, gl, cp, up, clip, dhv);
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          u16* sp = &st[nt * 8 + 2 * q + j][ul];
+          sp[0] = from_f32(dav[nt][j][0]);
+          sp[UNITS] = from_f32(dav[nt][j][1]);
+          sp[2 * UNITS] = from_f32(dav[nt][j][2]);
+          sp[3 * UNITS] = from_f32(dav[nt][j][3]);
+        }
+    }
+    __syncthreads();  // da_t of every unit of this CTA staged: each warp's product reads all of it
+    if (s + 1 < T) {  // the partial dh_{t-1} of every unit, each CTA's share sent to it (dh_0's: the host's GEMM)
+      float acc[MW][NT][4];
+#pragma unroll
+      for (int mt = 0; mt < MW; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) acc[mt][nt][e] = 0.0f;
+#pragma unroll
+      for (int kt = 0; kt < KTB; ++kt) {
+        u32 bb[NT][2];  // B[k][n] = da_t[row n][column k]
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+          const u32* dr = reinterpret_cast<const u32*>(&st[nt * 8 + g][kt * 16 + 2 * q]);
+          bb[nt][0] = dr[0];
+          bb[nt][1] = dr[4];
+        }
+#pragma unroll
+        for (int mt = 0; mt < MW; ++mt) {
+          u32 a[4];  // registers, or (kt >= KRB) this lane's own shared slots
+          if (kt < KRB) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) a[e] = wa[mt][kt < KRB ? kt : 0][e];
+          }
+#if KSB > 0
+          else {
+            const v4 f = sm.wsm[warp][mt][kt >= KRB ? kt - KRB : 0][lane];
+            a[0] = f.x; a[1] = f.y; a[2] = f.z; a[3] = f.w;
+          }
+#endif
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt) mma(acc[mt][nt], a, bb[nt][0], bb[nt][1]);
+        }
+      }
+      // accumulator e: unit m-tile row g (e < 2) or g + 8, batch row 2q + (e & 1): a pair of rows, 8 bytes, to the
+      // CTA that owns the unit, slot [source = this CTA][its unit][rows]
+#pragma unroll
+      for (int mt = 0; mt < MW; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+          for (int hi = 0; hi < 2; ++hi) {
+            const int m = (warp * MW + mt) * 16 + g + 8 * hi, dst = m / UNITS;
+            float* slot = &sm.part[cur ^ 1][rank][m % UNITS][nt * 8 + 2 * q];
+            const float x = acc[mt][nt][2 * hi], y = acc[mt][nt][2 * hi + 1];
+#if EXCH == 1 && ABL != 1
+            if (dst == (int)rank) *reinterpret_cast<f2*>(slot) = f2{x, y};
+            else st_async_f2(map_rank(smem_addr(slot), dst), x, y, map_rank(smem_addr(&sm.mbar[cur ^ 1]), dst));
+#else
+            st_cluster_f2(map_rank(smem_addr(slot), dst), x, y);
+#endif
+          }
+#if EXCH == 1 && ABL != 1
+      __syncwarp();
+      if (lane == 0) mbar_arrive(smem_addr(&sm.mbar[cur ^ 1]));  // this warp's partial sums for its own CTA written
+#endif
+    }
+#if EXCH == 0 && ABL != 1
+    cluster_arrive();  // (partial sums sent)
+#endif
+    if (cellw) {
+      for (int i = lane; i < BT * 4; i += 32) {
+        const int r = i / 4, gate = i % 4, b = b0 + r;
+        if (b < B)
+          *reinterpret_cast<v4*>(&da[((long long)t * B + b) * G4 + gate * HID + rank * UNITS + warp * 8]) =
+              *reinterpret_cast<const v4*>(&st[r][gate * UNITS + warp * 8]);
+      }
+      load_saved(gl, cp, dyl, gates, cs, c0, dy, t - 1, B, b0, unit, q);
+      prefetch_saved(gates, cs, dy, t - 4, B, b0, unit, q);
+      load_zone(zr, zh, zc, vd, t - 1, T, B, b0, unit, q);
+    }
+#if EXCH == 0 && ABL != 1
+    cluster_wait();
+#endif
+    cur ^= 1;
+  }
+  if (cellw) {
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int b = b0 + nt * 8 + 2 * q + j;
+        if (b < B) {
+          dc0[(long long)b * HID + unit] = dc[nt][j];
+          if (dhz != nullptr) dhz[(long long)b * HID + unit] = dhl[nt][j];
+        }
+      }
+  }
+  cluster_arrive();
+  cluster_wait();
+}
+#endif  // RS
 #endif
 """
 
@@ -1403,27 +1661,44 @@ FLAGS = ("PEEP", "CIFG", "CLIP", "RDROP", "ZONE_H", "ZONE_C", "VALID", "LN")
 class ClusterConfig:
     """One compiled configuration: hidden size ``H``, ``C`` CTAs per cluster, ``NT`` n-tiles of 8 batch rows;
     ``kr``: the k-tiles (16 columns) of W_hh each warp of the forward keeps in registers (default: all, H / 16),
-    the rest in shared memory. Only configurations with all of them in registers and whole 16-unit m-tiles
-    have a backward kernel (:attr:`trains`)."""
+    the rest in shared memory. The backward (:attr:`trains`): the broadcast form, where W_hh is all in registers
+    and a CTA has whole 16-unit m-tiles (H <= 256); or with ``rs`` the reduce-scatter form (no layer norm, no
+    "exchange only" ablation), :attr:`wb` warps, ``krb`` of each warp's k-tiles in registers (default: all of
+    its ``units / 4``), the rest in shared memory."""
 
     def __init__(self, H: int, C: int, NT: int, dtype: torch.dtype, ablate: int = 0, fast: bool = True,
-                 exchange: str = "barrier", flags: tuple[str, ...] = (), kr: int | None = None):  # fmt: skip
+                 exchange: str = "barrier", flags: tuple[str, ...] = (), kr: int | None = None,
+                 rs: bool = False, krb: int | None = None):  # fmt: skip
         self.H, self.C, self.NT, self.dtype, self.ablate, self.fast = H, C, NT, dtype, ablate, fast
         self.exchange, self.flags = exchange, tuple(sorted(flags))
         self.kr = H // 16 if kr is None else kr
         self.units = H // C
         self.threads = self.units // 8 * 32
         self.batch_rows = 8 * NT
-        self.trains = H <= 256 and self.units % 16 == 0 and self.kr == H // 16
+        self.rs = bool(rs)
+        cw = self.units // 8  # the forward's warps: one per 8 units
+        # RS: the most warps (<= 8) that split the H / 16 m-tiles of dh evenly, at least one per 8 units
+        wb = max((d for d in range(1, 9) if (H // 16) % d == 0 and d >= cw), default=0) if self.rs else cw
+        self.wb, self.bthreads = wb, wb * 32
+        self.krb = (self.units // 4 if krb is None else krb) if self.rs else 0
+        if self.rs:
+            self.trains = wb > 0 and self.units % 4 == 0 and "LN" not in self.flags and ablate != 2
+        else:
+            self.trains = H <= 256 and self.units % 16 == 0 and self.kr == H // 16
 
     def key(self) -> tuple:
         split = () if self.kr == self.H // 16 else (self.kr,)  # (the keys of register-only configurations as before)
+        if self.rs:
+            split = (self.kr, True, self.krb)
         return (self.H, self.C, self.NT, self.dtype, self.ablate, self.fast, self.exchange, self.flags, *split)
 
     def __repr__(self) -> str:
         name = {torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
         abl = "" if not self.ablate else f", {ABLATIONS[self.ablate]}"
         split = "" if self.kr == self.H // 16 else f", {self.kr} of {self.H // 16} k-tiles in registers"
+        if self.rs:
+            split += (f", backward reduce-scatter: {self.bthreads} threads, {self.krb} of {self.units // 4} k-tiles "
+                      "in registers" if self.trains else ", no backward")  # fmt: skip
         return (f"ClusterConfig(H={self.H}, {self.C} CTAs x {self.units} units, {self.threads} threads, "
                 f"{self.batch_rows} batch rows, {name}, {self.exchange}{'' if self.fast else ', exact activations'}"
                 f"{abl}{''.join(', ' + f for f in self.flags)}{split})")  # fmt: skip
@@ -1447,14 +1722,16 @@ def _register_cap(H: int, C: int) -> int:
 
 def config(B: int, H: int, dtype: torch.dtype, cluster: int | None = None, ablate: int = 0,
            fast: bool = True, exchange: str = "barrier", flags: tuple[str, ...] = (),
-           kr: int | None = None) -> ClusterConfig:  # fmt: skip
+           kr: int | None = None, rs: bool | None = None, krb: int | None = None) -> ClusterConfig:  # fmt: skip
     """The configuration for batch ``B``, hidden size ``H``; ``ValueError`` saying why when there is none.
     ``kr``: how many k-tiles of W_hh the forward keeps in registers (tests, benchmarks; default: config's choice).
+    ``rs``: the backward's reduce-scatter form (default: above H = 256, without layer norm); ``krb``: its k-tiles
+    in registers a warp (tests, benchmarks; default: what the registers hold).
 
     ``cluster``: CTAs per cluster (default: the largest of 8, 4, 2, 1 with at least 32 units a CTA, whole 16-unit
-    tiles and registers enough; H = 16, 32, 48, 64, 96, 128, 192, 256 have one). H = 384, 512, 640, 768: the
-    forward only, 8 batch rows a cluster, the k-tiles of W_hh the registers cannot hold in shared memory, a
-    cluster of 8 or (non-portable) 16 (:func:`_split_config`)."""
+    tiles and registers enough; H = 16, 32, 48, 64, 96, 128, 192, 256 have one). H = 384, 512, 640, 768: 8 batch
+    rows a cluster, the k-tiles of W_hh the registers cannot hold in shared memory, a cluster of 8 or
+    (non-portable) 16, and the backward in its reduce-scatter form (none with layer norm) (:func:`_split_config`)."""
     if dtype not in (torch.bfloat16, torch.float16):
         raise ValueError(f"the cluster kernel runs bfloat16 or float16, got {dtype}; cast the layer first")
     if exchange not in EXCHANGES:
@@ -1469,13 +1746,23 @@ def config(B: int, H: int, dtype: torch.dtype, cluster: int | None = None, ablat
         raise ValueError(f"need B >= 1 and H >= 16, got B={B}, H={H}")
     cfg = _split_config(H, dtype, cluster, ablate, fast, exchange, tuple(flags)) if H > 256 else _config(
         B, H, dtype, cluster, ablate, fast, exchange, tuple(flags))  # fmt: skip
-    if kr is not None:
-        if not 0 <= kr <= H // 16:
+    if kr is not None or rs is not None or krb is not None:
+        if kr is not None and not 0 <= kr <= H // 16:
             raise ValueError(f"kr={kr}: the k-tiles in registers are 0 .. H / 16 = {H // 16}")
-        cfg = ClusterConfig(cfg.H, cfg.C, cfg.NT, dtype, ablate, fast, exchange, flags, kr=kr)
-        if _smem_bytes(cfg)[0] > MAX_SMEM:
-            raise ValueError(f"kr={kr}: the other k-tiles need {_smem_bytes(cfg)[0]} bytes of shared memory a CTA, "
-                             f"over {MAX_SMEM}; keep more in registers")  # fmt: skip
+        rs = cfg.rs if rs is None else rs
+        if krb is not None and not (rs and 0 <= krb <= cfg.units // 4):
+            raise ValueError(f"krb={krb}: the reduce-scatter backward's k-tiles in registers are 0 .. units / 4 = "
+                             f"{cfg.units // 4} (and need rs)")  # fmt: skip
+        krb = krb if krb is not None else cfg.krb if cfg.rs else None
+        cfg = ClusterConfig(cfg.H, cfg.C, cfg.NT, dtype, ablate, fast, exchange, flags,
+                            kr=cfg.kr if kr is None else kr, rs=rs, krb=krb)  # fmt: skip
+        for kind, size in zip(("forward", "backward"), _smem_bytes(cfg)):
+            if size > MAX_SMEM:
+                raise ValueError(f"kr={cfg.kr}, krb={cfg.krb}: the {kind}'s other k-tiles need {size} bytes of "
+                                 f"shared memory a CTA, over {MAX_SMEM}; keep more in registers")  # fmt: skip
+        if rs and not cfg.trains:
+            raise ValueError(f"{cfg}: no reduce-scatter backward for it (layer norm, the exchange-only ablation, or "
+                             "no even split of the m-tiles over the warps)")  # fmt: skip
     return cfg
 
 
@@ -1504,17 +1791,22 @@ def _config(B: int, H: int, dtype: torch.dtype, cluster: int | None, ablate: int
 #: registers the forward's threads need besides their W_hh k-tiles (8 registers a k-tile), 8 batch rows: plain,
 #: and with any variant switch on (ptxas at (8, 256): 194-205 and 216-230 registers with 16 k-tiles)
 _FWD_OTHER = {False: 80, True: 104}
+#: the registers the reduce-scatter backward's threads need besides their W_hh k-tiles (4 registers a fragment),
+#: plain and with any variant switch on (checked against ptxas for sm_90 at H = 384 .. 768: the compile report of
+#: ``benchmarks/gpu_cluster.py --compile-only``)
+_BWD_OTHER = {False: 112, True: 144}
 #: the shared memory a CTA may have on sm_90 (227 KB)
 MAX_SMEM = 232448
 
 
 def _split_config(H: int, dtype: torch.dtype, cluster: int | None, ablate: int, fast: bool, exchange: str,
                   flags: tuple[str, ...]) -> ClusterConfig:  # fmt: skip
-    """Above H = 256 (forward only, 8 batch rows a cluster): the k-tiles of W_hh that the registers cannot hold
-    in shared memory; a cluster of 8, or of 16 (non-portable: H100 / H200 schedule it) where 8 CTAs' shared memory
-    cannot hold the rest."""
+    """Above H = 256 (8 batch rows a cluster): the k-tiles of W_hh that the registers cannot hold in shared memory;
+    a cluster of 8, or of 16 (non-portable: H100 / H200 schedule it) where 8 CTAs' shared memory cannot hold the
+    rest; the backward in its reduce-scatter form (not with layer norm: forward only), its k-tiles split the same
+    way."""
     if H % 128 or H > 768:
-        raise ValueError(f"H={H}: above 256 the cluster kernels run H = 384, 512, 640 or 768 (forward only); use the "
+        raise ValueError(f"H={H}: above 256 the cluster kernels run H = 384, 512, 640 or 768; use the "
                          "Triton kernels (lstmkit.kernels.triton_lstm) for this layer")  # fmt: skip
     if cluster is not None and cluster not in (8, 16):
         raise ValueError(f"cluster={cluster}: above H = 256 the cluster kernels run clusters of 8 or 16 CTAs")
@@ -1524,8 +1816,18 @@ def _split_config(H: int, dtype: torch.dtype, cluster: int | None, ablate: int, 
         kt = H // 16
         kr = min(kt, max(0, (_register_cap(H, C) - _FWD_OTHER[bool(flags)]) // 8))
         cfg = ClusterConfig(H, C, 1, dtype, ablate, fast, exchange, flags, kr=kr)
-        if _smem_bytes(cfg)[0] <= MAX_SMEM:
-            return cfg
+        if _smem_bytes(cfg)[0] > MAX_SMEM:
+            continue
+        if "LN" not in flags and ablate != 2:  # the backward's reduce-scatter form, where its W_hh k-tiles fit
+            rsc = ClusterConfig(H, C, 1, dtype, ablate, fast, exchange, flags, kr=kr, rs=True)
+            # as many k-tiles in registers as the model says they hold, or more where shared memory needs it
+            cap = min(255, 16384 // (-(-rsc.wb // 4) * 32) // 8 * 8)
+            by_regs = max(0, (cap - _BWD_OTHER[bool(flags)]) // (4 * (H // 16 // max(rsc.wb, 1))))
+            for krb in range(min(rsc.units // 4, by_regs), rsc.units // 4 + 1):
+                rsc = ClusterConfig(H, C, 1, dtype, ablate, fast, exchange, flags, kr=kr, rs=True, krb=krb)
+                if rsc.trains and _smem_bytes(rsc)[1] <= MAX_SMEM:
+                    return rsc
+        return cfg
     raise ValueError(f"H={H}{'' if cluster is None else f' in a cluster of {cluster}'}: W_hh does not fit the "
                      f"registers and shared memory of {cluster or 16} CTAs with these variants {flags}; use the Triton "
                      "kernels")  # fmt: skip
@@ -1537,7 +1839,8 @@ def _defines(text: str, cfg: ClusterConfig) -> str:
     text = text.replace("{H}", str(cfg.H)).replace("{C}", str(cfg.C)).replace("{NT}", str(cfg.NT)).replace(
         "{ABLATE}", str(cfg.ablate)).replace("{F16}", str(int(cfg.dtype == torch.float16))).replace(
         "{FAST}", str(int(cfg.fast))).replace("{EXCH}", str(EXCHANGES.index(cfg.exchange))).replace(
-        "{KR}", str(cfg.kr))  # fmt: skip
+        "{KR}", str(cfg.kr)).replace("{TRAINS}", str(int(cfg.trains))).replace("{RS}", str(int(cfg.rs))).replace(
+        "{WB}", str(cfg.wb)).replace("{KRB}", str(cfg.krb))  # fmt: skip
     for flag in FLAGS:
         text = text.replace("{" + flag + "}", str(int(flag in cfg.flags)))
     return text
@@ -1684,6 +1987,9 @@ def _smem_bytes(cfg: ClusterConfig) -> tuple[int, int]:
     fwd = r16(mbar + 2 * BT * (H + 8) * 2 + 2 * BT * (U + 8) * 2 + wsm + lst)
     red = W * (U // 16) * cfg.NT * 4 * 32 * 4
     bwd = r16(mbar + 2 * BT * (4 * H + 8) * 2 + 2 * BT * (4 * U + 8) * 2 + red + lst) if cfg.trains else 0
+    if cfg.rs and cfg.trains:  # partial sums from every CTA, the staged da_t, W_hh's k-tiles in shared memory
+        wsm = cfg.wb * (H // 16 // cfg.wb) * (U // 4 - cfg.krb) * 32 * 16
+        bwd = r16(mbar + 2 * cfg.C * U * BT * 4 + 2 * BT * (4 * U + 8) * 2 + wsm)
     return fwd, bwd
 
 
@@ -1751,8 +2057,11 @@ def _param_count(kind: str) -> int:
     """How many parameters ``lstm_cluster_{kind}`` has, read from the kernel's text."""
     import re
 
-    head = re.sub(r"//[^\n]*", "", _KERNEL.split(f"KERNEL lstm_cluster_{kind}(")[1]).split(") {")[0]
-    return head.count(",") + 1
+    text = re.sub(r"//[^\n]*", "", _KERNEL)
+    counts = {h.split(") {")[0].count(",") + 1 for h in re.split(rf"KERNEL(?:_B)? lstm_cluster_{kind}\(", text)[1:]}
+    if len(counts) != 1:  # (the backward's two forms share one parameter list, so one host list)
+        raise RuntimeError(f"lstm_cluster_{kind}'s forms take different numbers of parameters: {sorted(counts)}")
+    return counts.pop()
 
 
 def fwd_args(gx: Tensor, w: Tensor, h0: Tensor, c0: Tensor, y: Tensor, hT: Tensor, cT: Tensor,
@@ -1790,7 +2099,8 @@ def _run(cfg: ClusterConfig, kind: str, args: list, B: int) -> None:
     _make_current(index)
     arr = (ctypes.c_void_p * len(vals))(*[ctypes.cast(ctypes.byref(v), ctypes.c_void_p) for v in vals])
     stream = ctypes.c_void_p(torch.cuda.current_stream(dev).cuda_stream)
-    _cu_check(_driver().cuLaunchKernel(fn, cfg.C, grid_y, 1, cfg.threads, 1, 1, smem, stream, arr, None),
+    threads = cfg.threads if kind == "fwd" else cfg.bthreads
+    _cu_check(_driver().cuLaunchKernel(fn, cfg.C, grid_y, 1, threads, 1, 1, smem, stream, arr, None),
               f"cuLaunchKernel {kind} {cfg}")  # fmt: skip
 
 
@@ -1886,7 +2196,7 @@ class _Recurrence(torch.autograd.Function):
     """(gx (T, B, 4H), h0, c0 (B, H), W_hh (4H, H), w_ch (3H) | None, lnw (6H) | None) -> (y (T, B, H), h_T,
     c_T), the cluster kernels forward and backward; dW_hh, dw_ch, dlnw and dh_0 are reductions on what the backward
     kernel writes (da_t; with LN also dLoss/dr_t, dLoss/dn_t). ``var``: the variants (:func:`_variant_args`);
-    ``kw``: cluster, fast, exchange, kr, and grad (the caller's grad mode: without it nothing is saved)."""
+    ``kw``: cluster, fast, exchange, kr, rs, krb, and grad (the caller's grad mode: without it nothing is saved)."""
 
     @staticmethod
     def forward(ctx, gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_ch: Tensor | None, lnw: Tensor | None,
@@ -1898,10 +2208,11 @@ class _Recurrence(torch.autograd.Function):
         save = kw.get("grad", True) and any(ctx.needs_input_grad[:6])
         flags, vargs = _variant_args(var, w_ch, gx, lnw)
         cfg = config(B, G // 4, dtype, kw.get("cluster"), 0, kw.get("fast", True), kw.get("exchange", "barrier"),
-                     flags, kw.get("kr"))  # fmt: skip
+                     flags, kw.get("kr"), kw.get("rs"), kw.get("krb"))  # fmt: skip
         if save and not cfg.trains:
-            how = ("above H = 256 the cluster kernels run the forward only: train on the Triton kernels" if cfg.H > 256
-                   else "it needs whole 16-unit tiles a CTA: choose a smaller cluster")  # fmt: skip
+            how = ("above H = 256 with layer norm the cluster kernels run the forward only: train on the Triton "
+                   "kernels" if cfg.H > 256 else
+                   "it needs whole 16-unit tiles a CTA: choose a smaller cluster")  # fmt: skip
             raise ValueError(f"{cfg}: no backward kernel ({how})")
         w = w_hh.to(dtype).contiguous()
         h0_, c0_ = h0.to(dtype).contiguous(), c0.float().contiguous()
@@ -2034,7 +2345,8 @@ def _gpu_reason(x: Tensor, B: int, H: int, grad: bool = True, flags: tuple[str, 
         if (kind == "bwd" and not grad) or cfg.C <= MAX_CLUSTER:  # (a portable cluster is placed where a CTA fits)
             continue
         try:  # (compiles the kernel: it runs next anyway)
-            if _max_active_clusters(cfg.key(), index, kind, cfg.threads, size, cfg.C) < 1:
+            threads = cfg.threads if kind == "fwd" else cfg.bthreads
+            if _max_active_clusters(cfg.key(), index, kind, threads, size, cfg.C) < 1:
                 return f"{cfg}: the GPU cannot place one cluster of {cfg.C} CTAs of lstm_cluster_{kind}"
         except (RuntimeError, OSError, AttributeError) as e:  # (AttributeError: a driver without the call)
             return f"{cfg}: the driver cannot say whether its clusters fit ({e})"
