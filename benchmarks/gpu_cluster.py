@@ -16,7 +16,9 @@ In one run, per shape and dtype:
    whole layer (``cluster_lstm.lstm_forward``: the input GEMM and the kernel); each kernel alone in
    microseconds per step, for both exchanges (``cluster_lstm.EXCHANGES``: DSMEM stores and the cluster
    barrier; ``st.async`` counted on the receiver's mbarrier) and every cluster size, and, at the default
-   cluster size, their ablations (no synchronisation: wrong numbers, timing only; the exchange alone); and
+   cluster size, their ablations (no synchronisation: wrong numbers, timing only; the exchange alone) and, up to
+   H = 256, the backward's other form, the reduce-scatter that H = 384-768 run (which form to make the default
+   there is for this column to say); and
    each variant set's forward and train step against plain cuDNN of the same dtype (goal 2: <= 1.2x) and
    plain cuDNN fp16 (goal 3), both exchanges. Our Triton kernels at (1024, 8, 256) are in the same session's
    ``gpu.py`` table (timing them here would tune and compile their plans, a minute of this script's time).
@@ -119,6 +121,9 @@ def precompile(shapes, arch: int, workers: int = 16) -> float:
                     for ablate, fast in ((0, True), *extra):  # (exact activations and ablations: default size)
                         cfg = cl.config(B, H, dtype, C, ablate, fast, exchange)
                         cfgs[cfg.key()] = cfg
+                    rs = _rs_config(B, H, dtype, C, exchange) if C == clusters(B, H, dtype)[0] else None
+                    if rs is not None:
+                        cfgs[rs.key()] = rs
     elementwise = tuple(f for f in cl.FLAGS if f != "LN")
     for _, B, H in VARIANT_SHAPES:  # each variant set, the default cluster size
         for dtype in DTYPES.values():
@@ -263,6 +268,17 @@ def check_grads(report: Report, shapes, device: str, deadline: float = float("in
                 _guard(report, "grads", dict(shape=(T, B, H), dtype=dname, exchange=exchange), run)
 
 
+def _rs_config(B: int, H: int, dtype, C: int, exchange: str):
+    """Up to H = 256, where the backward's default is the broadcast form: the reduce-scatter form of the same
+    cluster (what H = 384-768 run), to time beside it; None where it has none or is the default already."""
+    if H > 256:
+        return None
+    try:
+        return cl.config(B, H, dtype, C, exchange=exchange, rs=True)
+    except ValueError:
+        return None
+
+
 def _time_one(d: dict, peers: dict, B: int, H: int, T: int, dtype, C: int, exchange: str, device: str,
               warmup: int, iters: int) -> dict:  # fmt: skip
     """One configuration's times: the layer forward and a train step (ms), each kernel per step (us) with
@@ -283,6 +299,9 @@ def _time_one(d: dict, peers: dict, B: int, H: int, T: int, dtype, C: int, excha
         steps[a] = time_ms(partial(cl._run, cfg, "fwd", fwd_args, B), device, warmup, iters) * 1e3 / T
         if trains and cfg.trains:  # (the reduce-scatter backward has no "exchange only" ablation)
             bsteps[a] = time_ms(partial(cl._run, cfg, "bwd", bwd_args, B), device, warmup, iters) * 1e3 / T
+    rs = _rs_config(B, H, dtype, C, exchange)
+    if trains and rs is not None and C == clusters(B, H, dtype)[0]:  # the other form of the backward, same inputs
+        bsteps["rs"] = time_ms(partial(cl._run, rs, "bwd", bwd_args, B), device, warmup, iters) * 1e3 / T
     return dict(ours=layer, ours_fb=fb, steps=steps, bsteps=bsteps, ok=True, **peers)
 
 
@@ -545,19 +564,19 @@ def render(machine: str, cmd: str, checks: list[dict], grads: list[dict], times:
     if times:
         out += ["", "## Forward+backward, one layer, ms (a train step: forward, y.backward(gy))", "",
                 "| shape | dtype | CTAs | exchange | ours | cuDNN same dtype | speed-up | cuDNN fp16 (goal 3) | "
-                "speed-up | backward kernel us/step | no synchronisation | exchange only |",
-                "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+                "speed-up | backward kernel us/step | no synchronisation | exchange only | reduce-scatter form "
+                "us/step |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in times:
             head = f"| {r['shape']} | {r['dtype']} | {r['C']} | {r['exchange']} |"
             if "error" in r:
-                out.append(f"{head} {r['error']} | | | | | | | |")
+                out.append(f"{head} {r['error']} | | | | | | | | |")
                 continue
             if r["ours_fb"] != r["ours_fb"]:  # nan: no backward for this cluster size
                 continue
             s = {a: f"{v:.3g}" for a, v in r["bsteps"].items()}
             out.append(f"{head} {r['ours_fb']:.3g} | {r['cudnn_fb']:.3g} | {r['cudnn_fb'] / r['ours_fb']:.2f}x | "
                        f"{r['cudnn_fp16_fb']:.3g} | {r['cudnn_fp16_fb'] / r['ours_fb']:.2f}x | {s[0]} | "
-                       f"{s.get(1, '')} | {s.get(2, '')} |")  # fmt: skip
+                       f"{s.get(1, '')} | {s.get(2, '')} | {s.get('rs', '')} |")  # fmt: skip
         out += ["", "## Forward, one layer (input GEMM + recurrence), ms; speed-up = peer / ours", "",
                 "| shape | dtype | CTAs | exchange | ours | cuDNN same dtype | speed-up | cuDNN fp16 (goal 3) | "
                 "speed-up | kernel us/step | no synchronisation | exchange only |",
