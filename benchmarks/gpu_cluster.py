@@ -671,7 +671,7 @@ def compile_report(shapes) -> str:
                 for exchange in cl.EXCHANGES:
                     try:
                         cfg = cl.config(B, H, dtype, exchange=exchange, flags=flags)
-                    except ValueError as e:  # (H = 768 with layer norm: its tables do not fit beside W_hh)
+                    except ValueError as e:  # (a size with no configuration for these variants)
                         lines.append(f"| {(T, B, H)} | {dname} | {exchange} | {names[flags]} | no configuration: "
                                      f"{e} |" + " |" * 10)  # fmt: skip
                         continue

@@ -478,10 +478,12 @@ def test_forward_with_weights_in_shared_memory(T, B, H, C, kr, exchange):
 
 
 @emulated
-def test_split_forward_with_every_variant():
-    """H = 384 (8 CTAs, 18 of 24 k-tiles in registers) with every variant, layer norm included, forward only,
-    against the spec's variant_layer_forward; training such a layer is refused before any kernel runs."""
-    T, B, H = 2, 3, 384
+@pytest.mark.parametrize("H", [384, 768])
+def test_split_forward_with_every_variant(H):
+    """H = 384 (8 CTAs, 18 of 24 k-tiles in registers) and 768 (16 CTAs, 19 of 48) with every variant, layer norm
+    included, forward only, against the spec's variant_layer_forward; training such a layer is refused before any
+    kernel runs."""
+    T, B = 2, 3
     gx, w, h0, c0 = _inputs(T, B, H, torch.float16, 5)
     g = torch.Generator().manual_seed(55)
     w_ch = torch.randn(3 * H, generator=g) * 0.5
@@ -527,7 +529,7 @@ def test_inference_saves_nothing():
 def test_split_configurations():
     """Above H = 256: a cluster of 16 where 8 CTAs cannot hold W_hh, the backward's reduce-scatter form (8 warps,
     its k-tiles split between registers and shared memory; none with layer norm), and a clear error where nothing
-    fits (H = 768 with layer norm's tables) or H is not one of the sizes."""
+    fits (H = 768 in clusters of 8) or H is not one of the sizes."""
     got = {H: cl.config(16, H, torch.bfloat16) for H in (384, 512, 640, 768)}
     assert [(c.C, c.kr, c.batch_rows, c.trains, c.rs, c.bthreads, c.krb) for c in got.values()] == [
         (8, 21, 8, True, True, 256, 11), (8, 21, 8, True, True, 256, 8), (16, 21, 8, True, True, 256, 7),
@@ -544,8 +546,10 @@ def test_split_configurations():
     with pytest.raises(ValueError, match="the backward's other k-tiles need"):
         cl.config(8, 768, torch.bfloat16, krb=0)
     assert cl.config(16, 512, torch.bfloat16, flags=("PEEP",)).kr == 18  # (the variants' registers)
+    ln768 = cl.config(8, 768, torch.bfloat16, flags=("LN",))  # (19 k-tiles in registers: room for LN's tables)
+    assert (ln768.kr, ln768.trains) == (19, False) and cl._smem_bytes(ln768)[0] <= cl.MAX_SMEM
     with pytest.raises(ValueError, match="does not fit"):
-        cl.config(8, 768, torch.bfloat16, flags=("LN",))
+        cl.config(8, 768, torch.bfloat16, cluster=8)
     with pytest.raises(ValueError, match="384, 512, 640 or 768"):
         cl.config(8, 650, torch.bfloat16)
     with pytest.raises(ValueError, match="kr=5"):
@@ -767,7 +771,8 @@ def test_compiles_for_sm90(tmp_path, B, H, dtype, flags, exchange):
 @needs_nvrtc
 @pytest.mark.parametrize("H,flags,exchange,kr", [(768, (), "mbarrier", None), (512, cl.FLAGS, "barrier", None),
                                                  (64, (), "barrier", 0), (640, _ELEMENTWISE, "mbarrier", None),
-                                                 (768, _ELEMENTWISE, "barrier", None)])  # fmt: skip
+                                                 (768, _ELEMENTWISE, "barrier", None),
+                                                 (768, cl.FLAGS, "mbarrier", None)])  # fmt: skip
 def test_split_configurations_compile_for_sm90(tmp_path, H, flags, exchange, kr):
     """The forward with part of W_hh in shared memory builds for sm_90, with the cluster size in the code (16 at
     H = 768: non-portable), the backward where there is one (not with layer norm), and no spill; also with no

@@ -36,7 +36,7 @@ Entry points: :func:`layer` (one layer, differentiable), :func:`lstm` (``torch.n
 :func:`variant_layer` (the variant modules' per-layer kernel), :func:`forward` (no autograd),
 :func:`lstm_or_next` (what ``impl="auto"`` runs with :data:`ROUTE`, falling back per call). Limits:
 bfloat16 / float16, hidden sizes whose share of ``W_hh`` fits the registers (16 .. 256) or registers and
-shared memory (384, 512, 640, 768; layer norm there: forward only, not at 768), see :func:`config`; no
+shared memory (384, 512, 640, 768; layer norm there: forward only), see :func:`config`; no
 projections; ``lengths=`` only through :func:`variant_layer` (its ``valid``
 masks: the state is carried past each row's length). Sigmoid and tanh use ``tanh.approx.f32``
 unless ``fast=False``. Not measured on a GPU yet (``benchmarks/gpu_cluster.py`` checks them against float64
@@ -1814,10 +1814,15 @@ def _split_config(H: int, dtype: torch.dtype, cluster: int | None, ablate: int, 
         if C not in (8, 16) or H % (8 * C) or H // C // 8 * 32 > 1024:
             continue
         kt = H // 16
-        kr = min(kt, max(0, (_register_cap(H, C) - _FWD_OTHER[bool(flags)]) // 8))
-        cfg = ClusterConfig(H, C, 1, dtype, ablate, fast, exchange, flags, kr=kr)
-        if _smem_bytes(cfg)[0] > MAX_SMEM:
+        # as many k-tiles in registers as the model says they hold, or more where shared memory needs it (layer
+        # norm's tables at H = 768: 19 of 48, no spill with every switch on; the compile report)
+        by_regs = min(kt, max(0, (_register_cap(H, C) - _FWD_OTHER[bool(flags)]) // 8))
+        cfg = next((c for c in (ClusterConfig(H, C, 1, dtype, ablate, fast, exchange, flags, kr=kr)
+                                for kr in range(by_regs, min(kt, by_regs + 2) + 1))
+                    if _smem_bytes(c)[0] <= MAX_SMEM), None)  # fmt: skip
+        if cfg is None:
             continue
+        kr = cfg.kr
         if "LN" not in flags and ablate != 2:  # the backward's reduce-scatter form, where its W_hh k-tiles fit
             rsc = ClusterConfig(H, C, 1, dtype, ablate, fast, exchange, flags, kr=kr, rs=True)
             # as many k-tiles in registers as the model says they hold, or more where shared memory needs it
