@@ -145,7 +145,7 @@ struct alignas(16) SmemB {     // the backward's
 };
 static_assert(sizeof(SmemB) == SMEM_B, "the host's size of the backward's shared memory is wrong");
 #endif
-#if RS
+#if TRAINS && RS
 #define MTB (HID / 16)         // RS: the m-tiles of dh, every unit of the layer
 #define MW (MTB / WB)          // ... of each warp
 #define KTB (UNITS / 4)        // ... the k-tiles: this CTA's 4 UNITS gate columns of da
@@ -273,6 +273,7 @@ static __device__ __forceinline__ void cluster_wait() {
 static __device__ __forceinline__ float shfl_xor(float v, int mask) {  // the whole warp takes part
   float r; asm volatile("shfl.sync.bfly.b32 %0, %1, %2, 0x1f, 0xffffffff;" : "=f"(r) : "f"(v), "r"(mask)); return r;
 }
+static __device__ __forceinline__ u32 f2u(float x) { return __float_as_uint(x); }
 static __device__ __forceinline__ void st_cluster_f2(u32 addr, float a, float b) {
   asm volatile("st.shared::cluster.v2.f32 [%0], {%1, %2};" :: "r"(addr), "f"(a), "f"(b) : "memory");
 }
@@ -449,6 +450,7 @@ static inline float shfl_xor(float v, int mask) {
   emu::cl->warp[emu::gwarp]->arrive_and_wait();
   return r;
 }
+static inline u32 f2u(float x) { u32 u; std::memcpy(&u, &x, 4); return u; }
 static inline void st_cluster_f2(u32 addr, float a, float b) {
   const float v[2] = {a, b};
   std::memcpy((char*)emu::cl->smem[addr >> 24].data() + (addr & 0xFFFFFFu), v, 8);
@@ -1580,24 +1582,26 @@ KERNEL_B lstm_cluster_bwd(const u16* __restrict__ w, const float* __restrict__ g
           for (int nt = 0; nt < NT; ++nt) mma(acc[mt][nt], a, bb[nt][0], bb[nt][1]);
         }
       }
-      // accumulator e: unit m-tile row g (e < 2) or g + 8, batch row 2q + (e & 1): a pair of rows, 8 bytes, to the
-      // CTA that owns the unit, slot [source = this CTA][its unit][rows]
+      // accumulator e: unit m-tile row g (e < 2) or g + 8, batch row 2q + (e & 1). Lanes q and q ^ 1 trade halves
+      // (two shuffles), so each sends one 16-byte store: the even lane unit g's rows 2q .. 2q + 3, the odd lane
+      // unit g + 8's rows 2q - 2 .. 2q + 1, into slot [source = this CTA][the unit][rows] of the unit's CTA
+      const bool odd = q & 1;
 #pragma unroll
       for (int mt = 0; mt < MW; ++mt)
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-          for (int hi = 0; hi < 2; ++hi) {
-            const int m = (warp * MW + mt) * 16 + g + 8 * hi, dst = m / UNITS;
-            float* slot = &sm.part[cur ^ 1][rank][m % UNITS][nt * 8 + 2 * q];
-            const float x = acc[mt][nt][2 * hi], y = acc[mt][nt][2 * hi + 1];
+        for (int nt = 0; nt < NT; ++nt) {
+          const float* a = acc[mt][nt];
+          const float r0 = shfl_xor(odd ? a[0] : a[2], 1), r1 = shfl_xor(odd ? a[1] : a[3], 1);
+          const int m = (warp * MW + mt) * 16 + g + (odd ? 8 : 0), dst = m / UNITS;
+          float* slot = &sm.part[cur ^ 1][rank][m % UNITS][nt * 8 + 2 * (q & 2)];
+          const v4 v = odd ? v4{f2u(r0), f2u(r1), f2u(a[2]), f2u(a[3])} : v4{f2u(a[0]), f2u(a[1]), f2u(r0), f2u(r1)};
 #if EXCH == 1 && ABL != 1
-            if (dst == (int)rank) *reinterpret_cast<f2*>(slot) = f2{x, y};
-            else st_async_f2(map_rank(smem_addr(slot), dst), x, y, map_rank(smem_addr(&sm.mbar[cur ^ 1]), dst));
+          if (dst == (int)rank) *reinterpret_cast<v4*>(slot) = v;
+          else st_async(map_rank(smem_addr(slot), dst), v, map_rank(smem_addr(&sm.mbar[cur ^ 1]), dst));
 #else
-            st_cluster_f2(map_rank(smem_addr(slot), dst), x, y);
+          st_cluster(map_rank(smem_addr(slot), dst), v);
 #endif
-          }
+        }
 #if EXCH == 1 && ABL != 1
       __syncwarp();
       if (lane == 0) mbar_arrive(smem_addr(&sm.mbar[cur ^ 1]));  // this warp's partial sums for its own CTA written
@@ -1794,7 +1798,7 @@ _FWD_OTHER = {False: 80, True: 104}
 #: the registers the reduce-scatter backward's threads need besides their W_hh k-tiles (4 registers a fragment),
 #: plain and with any variant switch on (checked against ptxas for sm_90 at H = 384 .. 768: the compile report of
 #: ``benchmarks/gpu_cluster.py --compile-only``)
-_BWD_OTHER = {False: 112, True: 144}
+_BWD_OTHER = {False: 116, True: 144}
 #: the shared memory a CTA may have on sm_90 (227 KB)
 MAX_SMEM = 232448
 
@@ -2215,8 +2219,8 @@ class _Recurrence(torch.autograd.Function):
         cfg = config(B, G // 4, dtype, kw.get("cluster"), 0, kw.get("fast", True), kw.get("exchange", "barrier"),
                      flags, kw.get("kr"), kw.get("rs"), kw.get("krb"))  # fmt: skip
         if save and not cfg.trains:
-            how = ("above H = 256 with layer norm the cluster kernels run the forward only: train on the Triton "
-                   "kernels" if cfg.H > 256 else
+            how = ("above H = 256 with layer norm (or rs=False) the cluster kernels run the forward only: train on "
+                   "the Triton kernels" if cfg.H > 256 else
                    "it needs whole 16-unit tiles a CTA: choose a smaller cluster")  # fmt: skip
             raise ValueError(f"{cfg}: no backward kernel ({how})")
         w = w_hh.to(dtype).contiguous()
