@@ -47,13 +47,15 @@ from lstmkit.nn.variants import input_norm
 sys.path.insert(0, str(Path(__file__).parent))
 from gpu import time_ms  # noqa: E402  (the same clock as gpu.py)
 
-#: timed (and checked): goal 3's (1024, 8, 256) and its neighbours; goal 3's (256, 16, 768) (W_hh partly in shared
-#: memory, clusters of 16, the backward's reduce-scatter form)
-SHAPES = [(1024, 8, 256), (1024, 16, 256), (1024, 4, 128), (256, 16, 768)]
+#: timed (and checked): goal 3's (1024, 8, 256) and (256, 16, 768) (W_hh partly in shared memory, clusters of 16,
+#: the backward's reduce-scatter form), goal 3's (100, 1, 512), goal 1's (35, 20, 650) (run padded to 768 units:
+#: cluster_lstm.kernel_units), and neighbours of (1024, 8, 256); in this order, so a spent budget skips the last
+SHAPES = [(1024, 8, 256), (256, 16, 768), (100, 1, 512), (35, 20, 650), (1024, 16, 256), (1024, 4, 128)]
 #: checked first, not timed: the first and last steps' protocol (no push after the last step, the mbarriers'
 #: first phases), an odd batch, two batch tiles
 EDGE_SHAPES = [(1, 5, 128), (2, 5, 128), (3, 5, 128), (5, 20, 128)]
-DRY_SHAPES = [(3, 5, 64), (2, 3, 512)]  # (the second: W_hh partly in shared memory, reduce-scatter backward)
+#: (the second: W_hh partly in shared memory, the reduce-scatter backward; the third: padded to 128 units)
+DRY_SHAPES = [(3, 5, 64), (2, 3, 512), (2, 3, 100)]
 #: the variant sets, each checked and timed: (element-wise switches, layer norm). "element-wise": every switch
 #: but layer norm at once (peephole, CIFG, cell clip 3.0, recurrent dropout 0.25, zoneout 0.1 / 0.05, per-row
 #: lengths, and weight drop, which is W_hh masked before the call: gpu.py's "all six"); "layer norm" alone (two more
@@ -93,13 +95,13 @@ def _rel(a, b) -> float:
 def clusters(B: int, H: int, dtype) -> list[int]:
     """The cluster sizes that build for (B, H) with 8 warps at most per CTA (256 threads), the default first
     (the one ``impl="auto"`` would run, where the ablations and the exact activations are measured)."""
-    default = cl.config(B, H, dtype).C
+    default = cl.config(B, cl.kernel_units(B, H, dtype), dtype).C
     out = [default]
     for C in (8, 4, 2):
         if C == default:
             continue
         try:
-            cfg = cl.config(B, H, dtype, C)
+            cfg = cl.config(B, cl.kernel_units(B, H, dtype, C), dtype, C)
         except ValueError:
             continue
         if cfg.threads <= 256:
@@ -119,7 +121,8 @@ def precompile(shapes, arch: int, workers: int = 16) -> float:
                 for exchange in cl.EXCHANGES:
                     extra = ((0, False), (1, True), (2, True)) if C == clusters(B, H, dtype)[0] else ()
                     for ablate, fast in ((0, True), *extra):  # (exact activations and ablations: default size)
-                        cfg = cl.config(B, H, dtype, C, ablate, fast, exchange)
+                        n = cl.kernel_units(B, H, dtype, C, exchange=exchange)
+                        cfg = cl.config(B, n, dtype, C, ablate, fast, exchange)
                         cfgs[cfg.key()] = cfg
                     rs = _rs_config(B, H, dtype, C, exchange) if C == clusters(B, H, dtype)[0] else None
                     if rs is not None:
@@ -252,7 +255,7 @@ def check_grads(report: Report, shapes, device: str, deadline: float = float("in
         if time.monotonic() > deadline:
             report.note(f"time budget spent: gradient checks from {(T, B, H)} on skipped")
             return
-        if not cl.config(B, H, torch.bfloat16).trains:
+        if not cl.config(B, cl.kernel_units(B, H, torch.bfloat16), torch.bfloat16).trains:
             continue  # (forward only there: no backward kernel, e.g. with layer norm above H = 256)
         m, x, h0, c0 = _case(T, B, H, device)
         g = torch.Generator(device="cpu").manual_seed(1)
@@ -274,7 +277,7 @@ def _rs_config(B: int, H: int, dtype, C: int, exchange: str):
     if H > 256:
         return None
     try:
-        return cl.config(B, H, dtype, C, exchange=exchange, rs=True)
+        return cl.config(B, cl.kernel_units(B, H, dtype, C, exchange=exchange), dtype, C, exchange=exchange, rs=True)
     except ValueError:
         return None
 
@@ -284,7 +287,8 @@ def _time_one(d: dict, peers: dict, B: int, H: int, T: int, dtype, C: int, excha
     """One configuration's times: the layer forward and a train step (ms), each kernel per step (us) with
     its ablations at the default cluster size."""
     kw = dict(cluster=C, exchange=exchange)
-    trains = cl.config(B, H, dtype, C).trains  # (no backward kernel: forward only)
+    n = cl.kernel_units(B, H, dtype, C, exchange=exchange)  # (a layer of another size runs padded to n units)
+    trains = cl.config(B, n, dtype, C).trains  # (no backward kernel: forward only)
     layer = time_ms(partial(cl.lstm_forward, d["xd"], d["h0d"], d["c0f"], *d["w"], **kw), device, warmup, iters)
     fb = float("nan")
     if trains:
@@ -292,10 +296,12 @@ def _time_one(d: dict, peers: dict, B: int, H: int, T: int, dtype, C: int, excha
             step = partial(_train_step, cl.layer, d["xd"], d["h0d"], d["c0d"], d["wg"], d["gy"], **kw)
             fb = time_ms(step, device, warmup, iters)
     steps, bsteps = {}, {}
-    fwd_args = cl.fwd_args(d["gx"], d["w"][1], d["h0d"], d["c0f"], *d["fwd_out"])  # (no variant, nothing saved)
-    bwd_args = cl.bwd_args(d["w"][1], d["gates"], d["cs"], d["c0f"], d["gy"], d["h0d"], d["c0f"], *d["bwd_out"])
+    if n != d["n"]:  # (a cluster size that pads the layer otherwise than the default: its layer timings only)
+        return dict(ours=layer, ours_fb=fb, steps={0: float("nan")}, bsteps={0: float("nan")}, ok=True, **peers)
+    fwd_args = cl.fwd_args(d["gxk"], d["whk"], d["h0k"], d["c0k"], *d["fwd_out"])  # (no variant, nothing saved)
+    bwd_args = cl.bwd_args(d["whk"], d["gates"], d["cs"], d["c0k"], d["gyk"], d["h0k"], d["c0k"], *d["bwd_out"])
     for a in cl.ABLATIONS if C == clusters(B, H, dtype)[0] else (0,):
-        cfg = cl.config(B, H, dtype, C, a, True, exchange)
+        cfg = cl.config(B, n, dtype, C, a, True, exchange)
         steps[a] = time_ms(partial(cl._run, cfg, "fwd", fwd_args, B), device, warmup, iters) * 1e3 / T
         if trains and cfg.trains:  # (the reduce-scatter backward has no "exchange only" ablation)
             bsteps[a] = time_ms(partial(cl._run, cfg, "bwd", bwd_args, B), device, warmup, iters) * 1e3 / T
@@ -516,12 +522,16 @@ def bench(report: Report, shapes, device: str, warmup: int, iters: int, deadline
                 xd, h0d, c0d, c0f = x.to(dtype), h0.to(dtype), c0.to(dtype), c0.float()
                 gy = torch.randn(T, B, H, device=device, dtype=dtype)
                 gx = torch.nn.functional.linear(xd, w[0], w[2] + w[3])
-                fwd_out = [torch.empty(T, B, H, dtype=dtype, device=device), h0d.clone(), c0f.clone()]
-                gates = torch.rand(T, B, 4 * H, device=device)  # (timing only: any saved values in range)
-                cs = torch.randn(T, B, H, device=device)
-                bwd_out = [torch.empty(T, B, 4 * H, dtype=dtype, device=device), c0f.clone()]
+                # the kernels alone run at the padded size n where the layer's own has no configuration
+                n = cl.kernel_units(B, H, dtype)
+                gxk, h0k, c0k, whk, _, _ = cl._pad(n, gx, h0d, c0f, w[1]) if n != H else (gx, h0d, c0f, w[1], 0, 0)
+                fwd_out = [torch.empty(T, B, n, dtype=dtype, device=device), h0k.clone(), c0k.clone()]
+                gates = torch.rand(T, B, 4 * n, device=device)  # (timing only: any saved values in range)
+                cs = torch.randn(T, B, n, device=device)
+                bwd_out = [torch.empty(T, B, 4 * n, dtype=dtype, device=device), c0k.clone()]
                 data = dict(w=w, wg=wg, xd=xd, h0d=h0d, c0d=c0d, c0f=c0f, gy=gy, gx=gx, fwd_out=fwd_out, gates=gates,
-                            cs=cs, bwd_out=bwd_out)  # fmt: skip
+                            cs=cs, bwd_out=bwd_out, n=n, gxk=gxk, h0k=h0k, c0k=c0k, whk=whk,
+                            gyk=torch.nn.functional.pad(gy, (0, n - H)))  # fmt: skip
                 for exchange in cl.EXCHANGES:
                     for C in clusters(B, H, dtype):
                         if time.monotonic() > deadline:
@@ -670,7 +680,8 @@ def compile_report(shapes) -> str:
             for dname, dtype in DTYPES.items():
                 for exchange in cl.EXCHANGES:
                     try:
-                        cfg = cl.config(B, H, dtype, exchange=exchange, flags=flags)
+                        n = cl.kernel_units(B, H, dtype, flags=flags)
+                        cfg = cl.config(B, n, dtype, exchange=exchange, flags=flags)
                     except ValueError as e:  # (a size with no configuration for these variants)
                         lines.append(f"| {(T, B, H)} | {dname} | {exchange} | {names[flags]} | no configuration: "
                                      f"{e} |" + " |" * 10)  # fmt: skip

@@ -223,6 +223,18 @@ def test_reduce_scatter_variants(C, krb, exchange, dtype, seed, shape):
     _check_variants(on, C, exchange, dtype, seed, shape, rs=True, krb=krb)
 
 
+@emulated
+@pytest.mark.parametrize("exchange,dtype,seed", [("barrier", torch.bfloat16, 40), ("mbarrier", torch.float16, 41)])
+def test_padded_variants(exchange, dtype, seed):
+    """Every element-wise variant at H = 40, which runs padded (to 48 units with the barrier exchange, to 64 in a
+    cluster of 2 with the mbarrier one): masks, peepholes and state padded with zeros, the real units' forward
+    and gradients as the spec's; layer norm is not padded (its statistics are over the layer's units)."""
+    assert cl.kernel_units(5, 40, dtype, exchange=exchange) == {"barrier": 48, "mbarrier": 64}[exchange]
+    _check_variants(("peephole", "cifg", "clip", "rec", "zh", "zc", "valid"), None, exchange, dtype, seed, (3, 5, 40))
+    with pytest.raises(ValueError, match="multiple of 16"):
+        cl.kernel_units(5, 40, dtype, flags=("LN",))
+
+
 VARIANT_CASES = [  # the switches, cluster size, exchange, dtype, seed; each alone and all at once
     (("peephole",), 2, "barrier", torch.bfloat16, 0),
     (("cifg",), 2, "mbarrier", torch.float16, 1),
@@ -282,7 +294,7 @@ def _check_variants(on, C, exchange, dtype, seed, shape, **kw):
     if "ln" in on:
         gx_in = input_norm(gx_in, leaves[5])
         lnw = torch.cat(leaves[6:])
-    y, hT, cT = cl._Recurrence.apply(gx_in, *leaves[1:5], lnw, var, kw)
+    y, hT, cT = cl._recurrence(gx_in, *leaves[1:5], lnw, var, kw)  # (padded where H has no configuration)
     torch.autograd.backward([y, hT, cT], [dy, dhT, dcT])
 
     f64 = lambda t: t.detach().double().numpy()  # noqa: E731
@@ -305,7 +317,7 @@ def _check_variants(on, C, exchange, dtype, seed, shape, **kw):
     rel = lambda a, b: np.linalg.norm(f64(a) - b) / np.linalg.norm(b)  # noqa: E731
     assert rel(y, np.stack(hs)) < bound and rel(cT, c_r) < bound
     if len(on) >= 6 or on == ("ln",):  # the control: the plain kernels are far from the spec, so the check can fail
-        y_plain, _, _ = cl._Recurrence.apply(gx, h0, c0, w, None, None, None, kw)
+        y_plain, _, _ = cl._recurrence(gx, h0, c0, w, None, None, None, kw)
         assert rel(y_plain, np.stack(hs)) > 0.1
     want = dict(gx=np.stack(dxs), h0=dh0, c0=dc0, w=grads["weight_hh"], w_ch=grads.get("weight_ch"))
     want.update({n: grads[n] for n in names})
@@ -317,13 +329,18 @@ def _check_variants(on, C, exchange, dtype, seed, shape, **kw):
 
 
 @emulated
-def test_layer_matches_torch_lstm():
+@pytest.mark.parametrize("H", [32, 40, 300])
+def test_layer_matches_torch_lstm(H):
     """cluster_lstm.layer with torch.nn.LSTM's float32 parameters and bf16 x: every parameter and x get a
-    gradient in its own dtype, close to the float32 module's own (relative 3e-2: bf16 activations)."""
+    gradient in its own dtype, close to the float32 module's own (relative 3e-2: bf16 activations). H = 40 and
+    300 have no configuration of their own: they run padded to 48 and 384 units (kernel_units), the latter with
+    W_hh partly in shared memory and the reduce-scatter backward; the forward alone (cluster_lstm.forward)
+    pads the same way."""
     torch.manual_seed(0)
-    m = torch.nn.LSTM(24, 32)
+    m = torch.nn.LSTM(24, H)
     x = torch.randn(3, 2, 24).bfloat16().requires_grad_()
-    h0, c0 = torch.randn(2, 32) * 0.5, torch.randn(2, 32) * 0.5
+    h0, c0 = torch.randn(2, H) * 0.5, torch.randn(2, H) * 0.5
+    assert cl.kernel_units(2, H, torch.bfloat16) == {32: 32, 40: 48, 300: 384}[H]
     params = (m.weight_ih_l0, m.weight_hh_l0, m.bias_ih_l0, m.bias_hh_l0)
     y, hT, cT = cl.layer(x, h0, c0, *params)
     (y.float().square().sum() + cT.float().sum()).backward()
@@ -336,6 +353,9 @@ def test_layer_matches_torch_lstm():
     assert (y.float() - yr).abs().max() < 2e-2 and (hT.float() - hr[0]).abs().max() < 2e-2
     for g, want in zip(got, (xr.grad, *(p.grad for p in params))):
         assert (g.float() - want).norm() / want.norm() < 3e-2
+    with torch.no_grad():
+        yf, hf, cf = cl.lstm_forward(x.detach(), h0, c0, *params)
+    assert yf.shape == y.shape and torch.equal(yf, y.detach()) and torch.equal(cf.to(cT.dtype), cT.detach())
 
 
 @emulated

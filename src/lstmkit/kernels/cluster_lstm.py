@@ -36,11 +36,12 @@ Entry points: :func:`layer` (one layer, differentiable), :func:`lstm` (``torch.n
 :func:`variant_layer` (the variant modules' per-layer kernel), :func:`forward` (no autograd),
 :func:`lstm_or_next` (what ``impl="auto"`` runs with :data:`ROUTE`, falling back per call). Limits:
 bfloat16 / float16, hidden sizes whose share of ``W_hh`` fits the registers (16 .. 256) or registers and
-shared memory (384, 512, 640, 768; layer norm there: forward only), see :func:`config`; no
-projections; ``lengths=`` only through :func:`variant_layer` (its ``valid``
-masks: the state is carried past each row's length). Sigmoid and tanh use ``tanh.approx.f32``
-unless ``fast=False``. Not measured on a GPU yet (``benchmarks/gpu_cluster.py`` checks them against float64
-cuDNN and times them against cuDNN in one run), so :data:`ROUTE` is off by default.
+shared memory (384, 512, 640, 768; layer norm there: forward only), see :func:`config`, other sizes up to 768
+padded with zero units to the next of these (:func:`kernel_units`; not with layer norm); no projections;
+``lengths=`` only through :func:`variant_layer` (its ``valid`` masks: the state is carried past each row's
+length). Sigmoid and tanh use ``tanh.approx.f32`` unless ``fast=False``. Not measured on a GPU yet
+(``benchmarks/gpu_cluster.py`` checks them against float64 cuDNN and times them against cuDNN in one run), so
+:data:`ROUTE` is off by default.
 
 Without a GPU: CPU tensors run the same kernel text under g++ with the GPU primitives emulated (one thread
 per GPU thread: tests only), and :func:`compile_cubin` builds the kernels for sm_90 with NVRTC
@@ -62,6 +63,8 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .stack import pad_dim, pad_gates
 
 __all__ = ["ClusterConfig", "EXCHANGES", "FLAGS", "ROUTE", "config", "source", "emulation_source", "compile_cubin",
            "forward", "emulate", "layer", "lstm", "lstm_forward", "lstm_or_next", "variant_layer", "unsupported_reason",
@@ -1770,6 +1773,43 @@ def config(B: int, H: int, dtype: torch.dtype, cluster: int | None = None, ablat
     return cfg
 
 
+#: the hidden sizes above 256 the kernels run (W_hh partly in shared memory: :func:`_split_config`)
+SPLIT_SIZES = (384, 512, 640, 768)
+
+
+def kernel_units(B: int, H: int, dtype: torch.dtype, cluster: int | None = None, flags: tuple[str, ...] = (),
+                 exchange: str = "barrier") -> int:  # fmt: skip
+    """The hidden size the kernels run a layer of ``H`` units at: ``H`` where :func:`config` has a configuration
+    for it (with ``cluster`` CTAs, if given, and ``exchange``), else the next size that has one (multiples of 16
+    up to 256, then :data:`SPLIT_SIZES`). The layer then runs padded (:func:`_pad`): its extra units get zero
+    weights, inputs, state and masks, so their pre-activations are 0, c stays 0 and h = 0.5 tanh(0) = 0, and
+    W_hh's zero columns keep them out of the real units, whose numbers are unchanged (as the Triton kernels pad
+    to multiples of 16). Not with layer norm, whose statistics are over the layer's own units. ``ValueError``
+    (config's, for ``H``) where none fits."""
+    sizes = [H]
+    if "LN" not in flags:
+        sizes += [h for h in range(-(-H // 16) * 16, 257, 16) if h > H] + [h for h in SPLIT_SIZES if h > H]
+    first = None
+    for h in sizes:
+        try:
+            config(B, h, dtype, flags=flags, cluster=cluster, exchange=exchange)
+            return h
+        except ValueError as e:
+            first = first or e
+    raise first
+
+
+def _pad(n: int, gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_ch: Tensor | None = None,
+         var: dict | None = None) -> tuple:  # fmt: skip
+    """A layer's recurrence inputs with its hidden units padded with zeros to ``n`` (:func:`kernel_units`):
+    (gx, h0, c0, w_hh, w_ch, var); differentiable (autograd slices the padding's gradients off)."""
+    H = w_hh.shape[1]
+    w_ch = None if w_ch is None else pad_dim(w_ch.unflatten(0, (3, H)), 1, n).flatten()
+    var = {k: pad_dim(v, -1, n) if k in ("rec", "zh", "zc") and v is not None else v for k, v in (var or {}).items()}
+    return (pad_gates(gx, -1, H, n), pad_dim(h0, -1, n), pad_dim(c0, -1, n), pad_dim(pad_gates(w_hh, 0, H, n), 1, n),
+            w_ch, var)  # fmt: skip
+
+
 def _config(B: int, H: int, dtype: torch.dtype, cluster: int | None, ablate: int, fast: bool, exchange: str,
             flags: tuple[str, ...]) -> ClusterConfig:  # fmt: skip
     """config up to H = 256: every k-tile of W_hh in registers."""
@@ -2186,10 +2226,14 @@ def forward(gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, *, cluster: int | 
     """One layer's recurrence, no autograd: gx (T, B, 4H) = x W_ih^T + b_ih + b_hh, h0, c0 (B, H), W_hh (4H, H)
     -> y (T, B, H), h_T, c_T (float32). On an sm_90+ GPU; CPU tensors run the emulation (slow: tests)."""
     _check(gx, h0, c0, w_hh)
-    cfg = config(gx.shape[1], gx.shape[2] // 4, gx.dtype, cluster, ablate, fast, exchange, kr=kr)
+    B, H = gx.shape[1], gx.shape[2] // 4
+    n = H if kr is not None else kernel_units(B, H, gx.dtype, cluster, (), exchange)  # (other sizes run padded)
+    if n != H:
+        gx, h0, c0, w_hh, _, _ = _pad(n, gx, h0, c0, w_hh)
+    cfg = config(B, n, gx.dtype, cluster, ablate, fast, exchange, kr=kr)
     y, hT, cT, *_ = _forward(cfg, gx.contiguous(), w_hh.to(gx.dtype).contiguous(), h0.to(gx.dtype).contiguous(),
                                c0.float().contiguous(), save=False)  # fmt: skip
-    return y, hT, cT
+    return (y, hT, cT) if n == H else (y[..., :H].contiguous(), hT[:, :H].contiguous(), cT[:, :H].contiguous())
 
 
 def emulate(gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, **kw) -> tuple[Tensor, Tensor, Tensor]:
@@ -2278,6 +2322,22 @@ class _Recurrence(torch.autograd.Function):
         return d_a, dh0.to(h0_dt), dc0.to(c0_dt), dw.to(w_dt), dw_ch, dlnw, None, None
 
 
+def _recurrence(gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_ch: Tensor | None, lnw: Tensor | None,
+                var: dict | None, kw: dict) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """:class:`_Recurrence` at the hidden size the kernels run (:func:`kernel_units`; ``kw``'s explicit ``kr``,
+    ``rs`` or ``krb`` keep the layer's own size): y, h_T, c_T of the layer's own units."""
+    _check(gx, h0, c0, w_hh)
+    B, H = gx.shape[1], w_hh.shape[1]
+    explicit = any(kw.get(k) is not None for k in ("kr", "rs", "krb"))
+    flags = () if explicit else _variant_args(var, w_ch, gx, lnw)[0]  # (checks the masks at the layer's own size)
+    n = H if explicit else kernel_units(B, H, gx.dtype, kw.get("cluster"), flags, kw.get("exchange", "barrier"))
+    if n == H:
+        return _Recurrence.apply(gx, h0, c0, w_hh, w_ch, lnw, var, kw)
+    gx, h0, c0, w_hh, w_ch, var = _pad(n, gx, h0, c0, w_hh, w_ch, var)
+    y, hT, cT = _Recurrence.apply(gx, h0, c0, w_hh, w_ch, lnw, var, kw)
+    return y[..., :H].contiguous(), hT[:, :H], cT[:, :H]
+
+
 def layer(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None,
           *, cluster: int | None = None, fast: bool = True,
           exchange: str = "barrier") -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
@@ -2287,7 +2347,7 @@ def layer(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: T
     b = None if b_ih is None else (b_ih if b_hh is None else b_ih + b_hh)
     gx = F.linear(x, w_ih.to(x.dtype), None if b is None else b.to(x.dtype))
     kw = dict(cluster=cluster, fast=fast, exchange=exchange, grad=torch.is_grad_enabled())
-    return _Recurrence.apply(gx, h0, c0, w_hh, None, None, None, kw)
+    return _recurrence(gx, h0, c0, w_hh, None, None, None, kw)
 
 
 def lstm_forward(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
@@ -2336,7 +2396,7 @@ def _gpu_reason(x: Tensor, B: int, H: int, grad: bool = True, flags: tuple[str, 
     if torch.cuda.get_device_capability(x.device)[0] < 9:
         return "thread-block clusters need an sm_90 (Hopper) or newer GPU"
     try:
-        cfg = config(B, H, x.dtype, flags=flags)
+        cfg = config(B, kernel_units(B, H, x.dtype, None, flags), x.dtype, flags=flags)
     except ValueError as e:
         return str(e)
     if grad and not cfg.trains:
@@ -2423,7 +2483,7 @@ def variant_layer(
     w_ch = p.get("weight_ch") if v.peephole else None
     ln = ("layernorm_hh_weight", "layernorm_c_weight", "layernorm_c_bias")
     lnw = torch.cat([p[n] for n in ln]) if v.layer_norm else None  # (one input: autograd splits its gradient)
-    return _Recurrence.apply(gx, h0, c0, w_hh, w_ch, lnw, var, {**kw, "grad": torch.is_grad_enabled()})
+    return _recurrence(gx, h0, c0, w_hh, w_ch, lnw, var, {**kw, "grad": torch.is_grad_enabled()})
 
 
 variant_layer.per_layer = True  # type: ignore[attr-defined]  # the module's loop over layers/directions calls it

@@ -1,5 +1,6 @@
-"""The loop over layers and directions that the per-layer GPU kernels share (``triton_lstm.lstm``,
-``cluster_lstm.lstm``): ``torch.nn.LSTM``'s stacking, dropout between layers and reversed directions."""
+"""What the per-layer GPU kernels share (``triton_lstm``, ``cluster_lstm``): the loop over layers and directions
+(``torch.nn.LSTM``'s stacking, dropout between layers and reversed directions), and the zero padding of a layer's
+hidden units up to a size the kernels run (:func:`pad_dim`, :func:`pad_gates`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,18 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+
+def pad_dim(t: Tensor, dim: int, n: int) -> Tensor:
+    """``t`` with zeros appended along ``dim`` up to size ``n``."""
+    dim = dim % t.dim()
+    return F.pad(t, [0, 0] * (t.dim() - 1 - dim) + [0, n - t.shape[dim]])
+
+
+def pad_gates(t: Tensor, dim: int, H: int, n: int) -> Tensor:
+    """A (..., 4H, ...) gate-blocked dimension ``dim`` padded per gate block to 4n: i, f, g, o stay apart."""
+    dim = dim % t.dim()
+    return pad_dim(t.unflatten(dim, (4, H)), dim + 1, n).flatten(dim, dim + 1)
 
 
 def run(

@@ -94,6 +94,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .stack import pad_dim as _pad_dim  # (zero padding of the hidden units, shared with cluster_lstm)
+from .stack import pad_gates as _pad_gates
+
 try:  # Triton is optional: without it the dispatcher never selects this module.
     import triton
     import triton.language as tl
@@ -1857,16 +1860,6 @@ def kernel_units(H: int, device: torch.device | str) -> int:
     return -(-H // a) * a
 
 
-def _pad_dim(t: Tensor, dim: int, n: int) -> Tensor:
-    """``t`` with zeros appended along ``dim`` up to size ``n``."""
-    dim = dim % t.dim()
-    return F.pad(t, [0, 0] * (t.dim() - 1 - dim) + [0, n - t.shape[dim]])
-
-
-def _pad_gates(t: Tensor, dim: int, H: int, n: int) -> Tensor:
-    """A (..., 4H, ...) gate-blocked dimension ``dim`` padded per gate block to 4n: i, f, g, o stay apart."""
-    dim = dim % t.dim()
-    return _pad_dim(t.unflatten(dim, (4, H)), dim + 1, n).flatten(dim, dim + 1)
 
 
 def _recurrence(gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_ch: Tensor | None, ln: list, plan_kw: dict,
