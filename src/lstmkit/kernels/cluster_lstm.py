@@ -1174,6 +1174,75 @@ static __device__ __forceinline__ void grad_gates(float (&dav)[NT][2][4], float 
       dav[nt][j][0] = da_i; dav[nt][j][1] = da_f; dav[nt][j][2] = da_g; dav[nt][j][3] = da_o;
     }
 }
+#if LN
+// LN(c')'s backward, before the gates': h' = o tanh(n), n = LN(c') g_c + b_c, so dLoss/dc' += rstd_c (dn^ - mean(dn^)
+// - n^ mean(dn^ n^)), dn^ = dn g_c, the means over the HID units of a row (its two sums through the cluster, table
+// `buf`); writes dLoss/dn_t (the gradients of g_c, b_c) and tanh(n_t) (tn)
+static __device__ __forceinline__ void ln_cell_grad(float (&dcv)[NT][2], float (&tn)[NT][2], const float (&dhv)[NT][2],
+                                                    const float (&gl)[NT][4][2], const float (&nhl)[NT][2],
+                                                    const float (&rsl)[NT][2][2], const UnitParams& up,
+                                                    float* __restrict__ dn, int t, int B, int b0, int unit, u32 rank,
+                                                    int warp, int g, int q, f2 (&buf)[BT][NP], unsigned long long& mb,
+                                                    u32& lpar, int bit, bool rearm) {
+  float dnh[NT][2], sa[NT][2], sb[NT][2];
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      tn[nt][j] = tanh_(nhl[nt][j] * up.gcw + up.gcb);
+      const float dnt = dhv[nt][j] * gl[nt][3][j] * (1.0f - tn[nt][j] * tn[nt][j]);
+      const int b = b0 + nt * 8 + 2 * q + j;
+      if (b < B) dn[((long long)t * B + b) * HID + unit] = dnt;
+      dnh[nt][j] = dnt * up.gcw;
+      sa[nt][j] = unit_sum(dnh[nt][j]);
+      sb[nt][j] = unit_sum(dnh[nt][j] * nhl[nt][j]);
+    }
+  share(buf, sa, sb, rank, warp, g, q, mb, lpar, bit, rearm);
+  gather_sums(buf, sa, sb, g, q);
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+      dcv[nt][j] += rsl[nt][j][1] * (dnh[nt][j] - (sa[nt][j] + nhl[nt][j] * sb[nt][j]) * (1.0f / HID));
+}
+// LN(r)'s backward, after the gates': a = gx + LN(r) g_hh, so dLoss/dgx = da (written to dgx), and what W_hh and the
+// exchange need, dr = rstd (e - mean(e) - r^ mean(e r^)), e = da g_hh, the means over the 4 HID gates of a row (table
+// `buf`), replaces dav
+static __device__ __forceinline__ void ln_gate_grad(float (&dav)[NT][2][4], const u32 (&xhl)[NT][2][2],
+                                                    const float (&rsl)[NT][2][2], const UnitParams& up,
+                                                    u16* __restrict__ dgx, int t, int B, int b0, int unit, u32 rank,
+                                                    int warp, int g, int q, f2 (&buf)[BT][NP], unsigned long long& mb,
+                                                    u32& lpar, int bit, bool rearm) {
+  float sa[NT][2], sb[NT][2];
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int b = b0 + nt * 8 + 2 * q + j;
+      float ea = 0.0f, eb = 0.0f;
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        if (b < B) dgx[((long long)t * B + b) * G4 + k * HID + unit] = from_f32(dav[nt][j][k]);
+        dav[nt][j][k] *= up.ghh[k];
+        ea += dav[nt][j][k];
+        eb += dav[nt][j][k] * h2f((u16)(xhl[nt][j][k / 2] >> (16 * (k % 2))));
+      }
+      sa[nt][j] = unit_sum(ea);
+      sb[nt][j] = unit_sum(eb);
+    }
+  share(buf, sa, sb, rank, warp, g, q, mb, lpar, bit, rearm);
+  gather_sums(buf, sa, sb, g, q);
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const float xk = h2f((u16)(xhl[nt][j][k / 2] >> (16 * (k % 2))));
+        dav[nt][j][k] = rsl[nt][j][0] * (dav[nt][j][k] - (sa[nt][j] + xk * sb[nt][j]) * (1.0f / G4));
+      }
+}
+#endif
 
 #if !RS
 KERNEL_B lstm_cluster_bwd(const u16* __restrict__ w,       // (4 HID, HID): W_hh
@@ -1302,71 +1371,18 @@ KERNEL_B lstm_cluster_bwd(const u16* __restrict__ w,       // (4 HID, HID): W_hh
       }
     float dhv[NT][2], dcv[NT][2];  // dLoss/dh'_t and dLoss/dc'_t so far (past the lengths and zoneout)
     grad_in(dhv, dcv, dhl, dc, prod, dyl, recr, zr);
-#if LN  // h' = o tanh(n), n = LN(c') g_c + b_c: dLoss/dc' += rstd_c (dn^ - mean(dn^) - n^ mean(dn^ n^)), dn^ = dn g_c
+#if LN
     float tn[NT][2];  // tanh(n_t)
-    {
-      float dnh[NT][2], sa[NT][2], sb[NT][2];
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          tn[nt][j] = tanh_(nhl[nt][j] * up.gcw + up.gcb);
-          const float dnt = dhv[nt][j] * gl[nt][3][j] * (1.0f - tn[nt][j] * tn[nt][j]);
-          const int b = b0 + nt * 8 + 2 * q + j;
-          if (b < B) dn[((long long)t * B + b) * HID + unit] = dnt;  // (for the gradients of g_c, b_c)
-          dnh[nt][j] = dnt * up.gcw;
-          sa[nt][j] = unit_sum(dnh[nt][j]);
-          sb[nt][j] = unit_sum(dnh[nt][j] * nhl[nt][j]);
-        }
-      share(sm.lst[0][s & 1], sa, sb, rank, warp, g, q, sm.mbar[2 + (s & 1)], lpar, s & 1,
-            tid == 0 && s + 2 < T);
-      gather_sums(sm.lst[0][s & 1], sa, sb, g, q);
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-        for (int j = 0; j < 2; ++j)
-          dcv[nt][j] += rsl[nt][j][1] * (dnh[nt][j] - (sa[nt][j] + nhl[nt][j] * sb[nt][j]) * (1.0f / HID));
-    }
+    ln_cell_grad(dcv, tn, dhv, gl, nhl, rsl, up, dn, t, B, b0, unit, rank, warp, g, q, sm.lst[0][s & 1],
+                 sm.mbar[2 + (s & 1)], lpar, s & 1, tid == 0 && s + 2 < T);
 #endif
-    float dav[NT][2][4];  // dLoss/da_t: i, f, g, o
+    float dav[NT][2][4];  // dLoss/da_t: i, f, g, o (under LN then dLoss/dr_t)
 #if LN
     grad_gates(dav, dc, dhv, dcv, gl, cp, up, clip, tn);
+    ln_gate_grad(dav, xhl, rsl, up, dgx, t, B, b0, unit, rank, warp, g, q, sm.lst[1][s & 1], sm.mbar[4 + (s & 1)],
+                 lpar, 2 + (s & 1), tid == 0 && s + 2 < T);
 #else
     grad_gates(dav, dc, dhv, dcv, gl, cp, up, clip, dhv);
-#endif
-#if LN  // a = gx + LN(r) g_hh: dgx = da; what W_hh and the exchange need is dr = rstd (e - mean(e) - r^ mean(e r^)),
-        // e = da g_hh, over the 4 HID gates of a row
-    {
-      float sa[NT][2], sb[NT][2];
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int b = b0 + nt * 8 + 2 * q + j;
-          float ea = 0.0f, eb = 0.0f;
-#pragma unroll
-          for (int k = 0; k < 4; ++k) {
-            if (b < B) dgx[((long long)t * B + b) * G4 + k * HID + unit] = from_f32(dav[nt][j][k]);
-            dav[nt][j][k] *= up.ghh[k];
-            ea += dav[nt][j][k];
-            eb += dav[nt][j][k] * h2f((u16)(xhl[nt][j][k / 2] >> (16 * (k % 2))));
-          }
-          sa[nt][j] = unit_sum(ea);
-          sb[nt][j] = unit_sum(eb);
-        }
-      share(sm.lst[1][s & 1], sa, sb, rank, warp, g, q, sm.mbar[4 + (s & 1)], lpar, 2 + (s & 1),
-            tid == 0 && s + 2 < T);
-      gather_sums(sm.lst[1][s & 1], sa, sb, g, q);
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-        for (int j = 0; j < 2; ++j)
-#pragma unroll
-          for (int k = 0; k < 4; ++k) {
-            const float xk = h2f((u16)(xhl[nt][j][k / 2] >> (16 * (k % 2))));
-            dav[nt][j][k] = rsl[nt][j][0] * (dav[nt][j][k] - (sa[nt][j] + xk * sb[nt][j]) * (1.0f / G4));
-          }
-    }
 #endif
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt)
