@@ -36,7 +36,7 @@ Entry points: :func:`layer` (one layer, differentiable), :func:`lstm` (``torch.n
 :func:`variant_layer` (the variant modules' per-layer kernel), :func:`forward` (no autograd),
 :func:`lstm_or_next` (what ``impl="auto"`` runs with :data:`ROUTE`, falling back per call). Limits:
 bfloat16 / float16, hidden sizes whose share of ``W_hh`` fits the registers (16 .. 256) or registers and
-shared memory (384, 512, 640, 768; layer norm there: forward only), see :func:`config`, other sizes up to 768
+shared memory (384, 512, 640, 768), see :func:`config`, other sizes up to 768
 padded with zero units to the next of these (:func:`kernel_units`; not with layer norm); no projections;
 ``lengths=`` only through :func:`variant_layer` (its ``valid`` masks: the state is carried past each row's
 length). Sigmoid and tanh use ``tanh.approx.f32`` unless ``fast=False``. Not measured on a GPU yet
@@ -160,9 +160,12 @@ struct alignas(16) SmemB {     // the backward's, reduce-scatter form
 #if KSB > 0
   v4 wsm[WB][MW][KSB][32];     // W_hh's k-tiles KRB.. of each warp's m-tiles, in fragment order (each lane its own)
 #endif
+#if LN
+  f2 lst[NLN][2][BT][NP];      // LN: the cell warps' two partial sums of each row, as the broadcast form's
+#endif
 };
 static_assert(sizeof(SmemB) == SMEM_B, "the host's size of the backward's shared memory is wrong");
-static_assert(MTB % WB == 0 && WB >= WARPS && UNITS % 4 == 0 && !LN, "RS: m-tiles split evenly, a warp per 8 units");
+static_assert(MTB % WB == 0 && WB >= WARPS && UNITS % 4 == 0, "RS: m-tiles split evenly, a warp per 8 units");
 #endif
 """
 
@@ -532,8 +535,9 @@ static __device__ __forceinline__ UnitParams unit_params(const float* __restrict
 // thread 0: every mbarrier expects one arrival per warp (its share of the own slice) and thread 0's, which
 // brings the other CTAs' bytes; armed for their first uses: buffer 1 (h / da pushed at the first step) and
 // LN's tables of steps 0 and 1
-static __device__ __forceinline__ void init_mbarriers(unsigned long long (&mbar)[NMB], int T, u32 bytes, int warps) {
-  for (int i = 0; i < NMB; ++i) mbar_init(smem_addr(&mbar[i]), 1 + warps);
+static __device__ __forceinline__ void init_mbarriers(unsigned long long (&mbar)[NMB], int T, u32 bytes, int warps,
+                                                      int ln_warps) {
+  for (int i = 0; i < NMB; ++i) mbar_init(smem_addr(&mbar[i]), 1 + (i < 2 ? warps : ln_warps));
   mbar_fence_init();
   if (T >= 2) mbar_expect(smem_addr(&mbar[1]), bytes);
   for (int i = 2; i < NMB; ++i)
@@ -749,7 +753,7 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
   // buffer b's mbarrier: thread 0's arrival with the bytes the other CTAs push (st.async), and one arrival
   // per warp of this CTA once its lanes have written this CTA's own slice (plain stores)
   const u32 bytes = (CL - 1) * BT * UNITS * 2;
-  if (tid == 0) init_mbarriers(sm.mbar, T, bytes, WARPS);  // (h_0 is pushed at step 0)
+  if (tid == 0) init_mbarriers(sm.mbar, T, bytes, WARPS, WARPS);  // (h_0 is pushed at step 0)
   u32 parity = 0;  // bit b: the phase of buffer b's mbarrier to wait for
 #endif
 #if LN
@@ -1313,7 +1317,7 @@ KERNEL_B lstm_cluster_bwd(const u16* __restrict__ w,       // (4 HID, HID): W_hh
   load_zone(zr, zh, zc, vd, T - 1, T, B, b0, unit, q);
 #if EXCH == 1 && ABL != 1
   const u32 bytes = (CL - 1) * BT * 4 * UNITS * 2;  // as in the forward: the other CTAs' bytes, one arrival per warp
-  if (tid == 0) init_mbarriers(sm.mbar, T, bytes, WB);
+  if (tid == 0) init_mbarriers(sm.mbar, T, bytes, WB, WARPS);
   u32 parity = 0;
 #endif
 #if LN
@@ -1519,8 +1523,13 @@ KERNEL_B lstm_cluster_bwd(const u16* __restrict__ w, const float* __restrict__ g
   load_zone(zr, zh, zc, vd, T - 1, T, B, b0, unit, q);
 #if EXCH == 1 && ABL != 1
   const u32 bytes = (CL - 1) * UNITS * BT * 4;  // the other CTAs' partial sums of this CTA's units; an arrival a warp
-  if (tid == 0) init_mbarriers(sm.mbar, T, bytes, WB);
+  if (tid == 0) init_mbarriers(sm.mbar, T, bytes, WB, WARPS);  // (LN's tables: the cell warps')
   u32 parity = 0;
+#endif
+#if LN
+  u32 xhl[NT][2][2], lpar = 0;  // the forward's LN(r) (float16 pairs), LN(c'_t), 1 / std of r and of c'_t
+  float nhl[NT][2], rsl[NT][2][2];
+  load_ln(xhl, nhl, rsl, rh, nh, rs, T - 1, B, b0, unit, q);
 #endif
   cluster_arrive();
   cluster_wait();
@@ -1554,7 +1563,16 @@ KERNEL_B lstm_cluster_bwd(const u16* __restrict__ w, const float* __restrict__ g
       }
       float dhv[NT][2], dcv[NT][2], dav[NT][2][4];
       grad_in(dhv, dcv, dhl, dc, prod, dyl, recr, zr);
+#if LN  // (the row statistics' two exchanges: the cell warps of every CTA, tables as the broadcast form's)
+      float tn[NT][2];
+      ln_cell_grad(dcv, tn, dhv, gl, nhl, rsl, up, dn, t, B, b0, unit, rank, warp, g, q, sm.lst[0][s & 1],
+                   sm.mbar[2 + (s & 1)], lpar, s & 1, tid == 0 && s + 2 < T);
+      grad_gates(dav, dc, dhv, dcv, gl, cp, up, clip, tn);
+      ln_gate_grad(dav, xhl, rsl, up, dgx, t, B, b0, unit, rank, warp, g, q, sm.lst[1][s & 1], sm.mbar[4 + (s & 1)],
+                   lpar, 2 + (s & 1), tid == 0 && s + 2 < T);
+#else
       grad_gates(dav, dc, dhv, dcv, gl, cp, up, clip, dhv);
+#endif
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
@@ -1566,6 +1584,14 @@ KERNEL_B lstm_cluster_bwd(const u16* __restrict__ w, const float* __restrict__ g
           sp[3 * UNITS] = from_f32(dav[nt][j][3]);
         }
     }
+#if LN && EXCH == 0
+    else {  // the product-only warps' part in the cell warps' two cluster barriers (LN's exchanges)
+      cluster_arrive();
+      cluster_wait();
+      cluster_arrive();
+      cluster_wait();
+    }
+#endif
     __syncthreads();  // da_t of every unit of this CTA staged: each warp's product reads all of it
     if (s + 1 < T) {  // the partial dh_{t-1} of every unit, each CTA's share sent to it (dh_0's: the host's GEMM)
       float acc[MW][NT][4];
@@ -1638,6 +1664,10 @@ KERNEL_B lstm_cluster_bwd(const u16* __restrict__ w, const float* __restrict__ g
       }
       load_saved(gl, cp, dyl, gates, cs, c0, dy, t - 1, B, b0, unit, q);
       prefetch_saved(gates, cs, dy, t - 4, B, b0, unit, q);
+#if LN
+      load_ln(xhl, nhl, rsl, rh, nh, rs, t - 1, B, b0, unit, q);
+      prefetch_ln(rh, nh, rs, t - 4, B, b0, unit, q);
+#endif
       load_zone(zr, zh, zc, vd, t - 1, T, B, b0, unit, q);
     }
 #if EXCH == 0 && ABL != 1
@@ -1685,8 +1715,8 @@ class ClusterConfig:
     """One compiled configuration: hidden size ``H``, ``C`` CTAs per cluster, ``NT`` n-tiles of 8 batch rows;
     ``kr``: the k-tiles (16 columns) of W_hh each warp of the forward keeps in registers (default: all, H / 16),
     the rest in shared memory. The backward (:attr:`trains`): the broadcast form, where W_hh is all in registers
-    and a CTA has whole 16-unit m-tiles (H <= 256); or with ``rs`` the reduce-scatter form (no layer norm, no
-    "exchange only" ablation), :attr:`wb` warps, ``krb`` of each warp's k-tiles in registers (default: all of
+    and a CTA has whole 16-unit m-tiles (H <= 256); or with ``rs`` the reduce-scatter form (no "exchange only"
+    ablation), :attr:`wb` warps, ``krb`` of each warp's k-tiles in registers (default: all of
     its ``units / 4``), the rest in shared memory."""
 
     def __init__(self, H: int, C: int, NT: int, dtype: torch.dtype, ablate: int = 0, fast: bool = True,
@@ -1705,7 +1735,7 @@ class ClusterConfig:
         self.wb, self.bthreads = wb, wb * 32
         self.krb = (self.units // 4 if krb is None else krb) if self.rs else 0
         if self.rs:
-            self.trains = wb > 0 and self.units % 4 == 0 and "LN" not in self.flags and ablate != 2
+            self.trains = wb > 0 and self.units % 4 == 0 and ablate != 2
         else:
             self.trains = H <= 256 and self.units % 16 == 0 and self.kr == H // 16
 
@@ -1748,7 +1778,7 @@ def config(B: int, H: int, dtype: torch.dtype, cluster: int | None = None, ablat
            kr: int | None = None, rs: bool | None = None, krb: int | None = None) -> ClusterConfig:  # fmt: skip
     """The configuration for batch ``B``, hidden size ``H``; ``ValueError`` saying why when there is none.
     ``kr``: how many k-tiles of W_hh the forward keeps in registers (tests, benchmarks; default: config's choice).
-    ``rs``: the backward's reduce-scatter form (default: above H = 256, without layer norm); ``krb``: its k-tiles
+    ``rs``: the backward's reduce-scatter form (default: above H = 256); ``krb``: its k-tiles
     in registers a warp (tests, benchmarks; default: what the registers hold).
 
     ``cluster``: CTAs per cluster (default: the largest of 8, 4, 2, 1 with at least 32 units a CTA, whole 16-unit
@@ -1784,8 +1814,8 @@ def config(B: int, H: int, dtype: torch.dtype, cluster: int | None = None, ablat
                 raise ValueError(f"kr={cfg.kr}, krb={cfg.krb}: the {kind}'s other k-tiles need {size} bytes of "
                                  f"shared memory a CTA, over {MAX_SMEM}; keep more in registers")  # fmt: skip
         if rs and not cfg.trains:
-            raise ValueError(f"{cfg}: no reduce-scatter backward for it (layer norm, the exchange-only ablation, or "
-                             "no even split of the m-tiles over the warps)")  # fmt: skip
+            raise ValueError(f"{cfg}: no reduce-scatter backward for it (the exchange-only ablation, or no even "
+                             "split of the m-tiles over the warps)")  # fmt: skip
     return cfg
 
 
@@ -1863,8 +1893,7 @@ def _split_config(H: int, dtype: torch.dtype, cluster: int | None, ablate: int, 
                   flags: tuple[str, ...]) -> ClusterConfig:  # fmt: skip
     """Above H = 256 (8 batch rows a cluster): the k-tiles of W_hh that the registers cannot hold in shared memory;
     a cluster of 8, or of 16 (non-portable: H100 / H200 schedule it) where 8 CTAs' shared memory cannot hold the
-    rest; the backward in its reduce-scatter form (not with layer norm: forward only), its k-tiles split the same
-    way."""
+    rest; the backward in its reduce-scatter form, its k-tiles split the same way."""
     if H % 128 or H > 768:
         raise ValueError(f"H={H}: above 256 the cluster kernels run H = 384, 512, 640 or 768; use the "
                          "Triton kernels (lstmkit.kernels.triton_lstm) for this layer")  # fmt: skip
@@ -1883,7 +1912,7 @@ def _split_config(H: int, dtype: torch.dtype, cluster: int | None, ablate: int, 
         if cfg is None:
             continue
         kr = cfg.kr
-        if "LN" not in flags and ablate != 2:  # the backward's reduce-scatter form, where its W_hh k-tiles fit
+        if ablate != 2:  # the backward's reduce-scatter form, where its W_hh k-tiles fit
             rsc = ClusterConfig(H, C, 1, dtype, ablate, fast, exchange, flags, kr=kr, rs=True)
             # as many k-tiles in registers as the model says they hold, or more where shared memory needs it
             cap = min(255, 16384 // (-(-rsc.wb // 4) * 32) // 8 * 8)
@@ -2052,9 +2081,9 @@ def _smem_bytes(cfg: ClusterConfig) -> tuple[int, int]:
     fwd = r16(mbar + 2 * BT * (H + 8) * 2 + 2 * BT * (U + 8) * 2 + wsm + lst)
     red = W * (U // 16) * cfg.NT * 4 * 32 * 4
     bwd = r16(mbar + 2 * BT * (4 * H + 8) * 2 + 2 * BT * (4 * U + 8) * 2 + red + lst) if cfg.trains else 0
-    if cfg.rs and cfg.trains:  # partial sums from every CTA, the staged da_t, W_hh's k-tiles in shared memory
+    if cfg.rs and cfg.trains:  # partial sums from every CTA, the staged da_t, W_hh's k-tiles in shared memory, LN's
         wsm = cfg.wb * (H // 16 // cfg.wb) * (U // 4 - cfg.krb) * 32 * 16
-        bwd = r16(mbar + 2 * cfg.C * U * BT * 4 + 2 * BT * (4 * U + 8) * 2 + wsm)
+        bwd = r16(mbar + 2 * cfg.C * U * BT * 4 + 2 * BT * (4 * U + 8) * 2 + wsm + lst)
     return fwd, bwd
 
 
@@ -2279,8 +2308,8 @@ class _Recurrence(torch.autograd.Function):
         cfg = config(B, G // 4, dtype, kw.get("cluster"), 0, kw.get("fast", True), kw.get("exchange", "barrier"),
                      flags, kw.get("kr"), kw.get("rs"), kw.get("krb"))  # fmt: skip
         if save and not cfg.trains:
-            how = ("above H = 256 with layer norm (or rs=False) the cluster kernels run the forward only: train on "
-                   "the Triton kernels" if cfg.H > 256 else
+            how = ("above H = 256 the backward is the reduce-scatter form: leave rs alone, or train on the Triton "
+                   "kernels" if cfg.H > 256 else
                    "it needs whole 16-unit tiles a CTA: choose a smaller cluster")  # fmt: skip
             raise ValueError(f"{cfg}: no backward kernel ({how})")
         w = w_hh.to(dtype).contiguous()
