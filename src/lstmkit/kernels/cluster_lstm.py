@@ -155,7 +155,9 @@ static_assert(sizeof(SmemB) == SMEM_B, "the host's size of the backward's shared
 #define KSB (KTB - KRB)
 struct alignas(16) SmemB {     // the backward's, reduce-scatter form
   unsigned long long mbar[NMB];
-  float part[2][CL][UNITS][BT];  // partial dh of this CTA's units from every CTA (by source), double-buffered
+  float part[LN ? 1 : 2][CL][UNITS][BT];  // partial dh of this CTA's units from every CTA (by source), double-
+                                          // buffered; one buffer under LN, whose exchanges order every CTA's
+                                          // read of step s before any other's write of step s + 1 (below)
   u16 stage[2][BT][SRB];       // da_t of this CTA's units, gate after gate: the product's B operand (by step parity)
 #if KSB > 0
   v4 wsm[WB][MW][KSB][32];     // W_hh's k-tiles KRB.. of each warp's m-tiles, in fragment order (each lane its own)
@@ -275,6 +277,9 @@ static __device__ __forceinline__ void cluster_arrive() {
 }
 static __device__ __forceinline__ void cluster_wait() {
   asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+static __device__ __forceinline__ void cluster_arrive_relaxed() {  // (publishes nothing: no release fence)
+  asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
 }
 static __device__ __forceinline__ float shfl_xor(float v, int mask) {  // the whole warp takes part
   float r; asm volatile("shfl.sync.bfly.b32 %0, %1, %2, 0x1f, 0xffffffff;" : "=f"(r) : "f"(v), "r"(mask)); return r;
@@ -446,6 +451,7 @@ static inline void mbar_wait(u32 addr, u32 parity) {
   for (emu::Spin w; !b.done((int)parity);) emu::spin(w);
 }
 static inline void cluster_arrive() { emu::token = emu::cl->all->arrive(); }
+static inline void cluster_arrive_relaxed() { cluster_arrive(); }
 static inline void cluster_wait() { emu::cl->all->wait(emu::token); }
 static inline float shfl_xor(float v, int mask) {
   const int lane = emu::tid.x & 31;
@@ -532,7 +538,8 @@ static __device__ __forceinline__ UnitParams unit_params(const float* __restrict
 }
 
 #if EXCH == 1
-// thread 0: every mbarrier expects one arrival per warp (its share of the own slice) and thread 0's, which
+// thread 0: every mbarrier expects one arrival per warp (its share of the own slice; `warps` for h / da / the
+// partial sums, `ln_warps`, the warps with units, for LN's tables) and thread 0's, which
 // brings the other CTAs' bytes; armed for their first uses: buffer 1 (h / da pushed at the first step) and
 // LN's tables of steps 0 and 1
 static __device__ __forceinline__ void init_mbarriers(unsigned long long (&mbar)[NMB], int T, u32 bytes, int warps,
@@ -1553,7 +1560,7 @@ KERNEL_B lstm_cluster_bwd(const u16* __restrict__ w, const float* __restrict__ g
         if (s >= 1) {
 #pragma unroll
           for (int src = 0; src < CL; ++src) {
-            const f2 v = *reinterpret_cast<const f2*>(&sm.part[cur][src][ul][nt * 8 + 2 * q]);
+            const f2 v = *reinterpret_cast<const f2*>(&sm.part[LN ? 0 : cur][src][ul][nt * 8 + 2 * q]);
             p0 += v.x;
             p1 += v.y;
           }
@@ -1585,10 +1592,11 @@ KERNEL_B lstm_cluster_bwd(const u16* __restrict__ w, const float* __restrict__ g
         }
     }
 #if LN && EXCH == 0
-    else {  // the product-only warps' part in the cell warps' two cluster barriers (LN's exchanges)
-      cluster_arrive();
+    else {  // the product-only warps' part in the cell warps' two cluster barriers (LN's exchanges): they publish
+            // nothing there, so a relaxed arrival (no MEMBAR)
+      cluster_arrive_relaxed();
       cluster_wait();
-      cluster_arrive();
+      cluster_arrive_relaxed();
       cluster_wait();
     }
 #endif
@@ -1638,7 +1646,9 @@ KERNEL_B lstm_cluster_bwd(const u16* __restrict__ w, const float* __restrict__ g
           const float* a = acc[mt][nt];
           const float r0 = shfl_xor(odd ? a[0] : a[2], 1), r1 = shfl_xor(odd ? a[1] : a[3], 1);
           const int m = (warp * MW + mt) * 16 + g + (odd ? 8 : 0), dst = m / UNITS;
-          float* slot = &sm.part[cur ^ 1][rank][m % UNITS][nt * 8 + 2 * (q & 2)];
+          // (LN: one buffer. A CTA reads its partial sums of step s before its part in LN's first exchange of step
+          // s, and every other CTA writes those of step s + 1 only after that exchange and its CTA barrier)
+          float* slot = &sm.part[LN ? 0 : cur ^ 1][rank][m % UNITS][nt * 8 + 2 * (q & 2)];
           const v4 v = odd ? v4{f2u(r0), f2u(r1), f2u(a[2]), f2u(a[3])} : v4{f2u(a[0]), f2u(a[1]), f2u(r0), f2u(r1)};
 #if EXCH == 1 && ABL != 1
           if (dst == (int)rank) *reinterpret_cast<v4*>(slot) = v;
@@ -1784,7 +1794,7 @@ def config(B: int, H: int, dtype: torch.dtype, cluster: int | None = None, ablat
     ``cluster``: CTAs per cluster (default: the largest of 8, 4, 2, 1 with at least 32 units a CTA, whole 16-unit
     tiles and registers enough; H = 16, 32, 48, 64, 96, 128, 192, 256 have one). H = 384, 512, 640, 768: 8 batch
     rows a cluster, the k-tiles of W_hh the registers cannot hold in shared memory, a cluster of 8 or
-    (non-portable) 16, and the backward in its reduce-scatter form (none with layer norm) (:func:`_split_config`)."""
+    (non-portable) 16, and the backward in its reduce-scatter form (:func:`_split_config`)."""
     if dtype not in (torch.bfloat16, torch.float16):
         raise ValueError(f"the cluster kernel runs bfloat16 or float16, got {dtype}; cast the layer first")
     if exchange not in EXCHANGES:
@@ -1824,24 +1834,29 @@ SPLIT_SIZES = (384, 512, 640, 768)
 
 
 def kernel_units(B: int, H: int, dtype: torch.dtype, cluster: int | None = None, flags: tuple[str, ...] = (),
-                 exchange: str = "barrier") -> int:  # fmt: skip
+                 exchange: str = "barrier", grad: bool = False) -> int:  # fmt: skip
     """The hidden size the kernels run a layer of ``H`` units at: ``H`` where :func:`config` has a configuration
     for it (with ``cluster`` CTAs, if given, and ``exchange``), else the next size that has one (multiples of 16
     up to 256, then :data:`SPLIT_SIZES`). The layer then runs padded (:func:`_pad`): its extra units get zero
     weights, inputs, state and masks, so their pre-activations are 0, c stays 0 and h = 0.5 tanh(0) = 0, and
     W_hh's zero columns keep them out of the real units, whose numbers are unchanged (as the Triton kernels pad
-    to multiples of 16). Not with layer norm, whose statistics are over the layer's own units. ``ValueError``
-    (config's, for ``H``) where none fits."""
+    to multiples of 16). ``grad``: only a size with a backward kernel. Not with layer norm, whose statistics are
+    over the layer's own units. With ``exchange="mbarrier"`` the sizes whose own configuration is a cluster of one
+    (16, 32, 48) run padded to 64 units in a cluster of 2. ``ValueError`` (config's, for ``H``) where none fits."""
     sizes = [H]
     if "LN" not in flags:
         sizes += [h for h in range(-(-H // 16) * 16, 257, 16) if h > H] + [h for h in SPLIT_SIZES if h > H]
     first = None
     for h in sizes:
         try:
-            config(B, h, dtype, flags=flags, cluster=cluster, exchange=exchange)
+            cfg = config(B, h, dtype, flags=flags, cluster=cluster, exchange=exchange)
+            if grad and not cfg.trains:
+                raise ValueError(f"{cfg}: no backward kernel")
             return h
         except ValueError as e:
             first = first or e
+    if "LN" in flags:
+        raise ValueError(f"{first} (layer norm's layers are not padded: its statistics are over the layer's units)")
     raise first
 
 
@@ -2083,7 +2098,7 @@ def _smem_bytes(cfg: ClusterConfig) -> tuple[int, int]:
     bwd = r16(mbar + 2 * BT * (4 * H + 8) * 2 + 2 * BT * (4 * U + 8) * 2 + red + lst) if cfg.trains else 0
     if cfg.rs and cfg.trains:  # partial sums from every CTA, the staged da_t, W_hh's k-tiles in shared memory, LN's
         wsm = cfg.wb * (H // 16 // cfg.wb) * (U // 4 - cfg.krb) * 32 * 16
-        bwd = r16(mbar + 2 * cfg.C * U * BT * 4 + 2 * BT * (4 * U + 8) * 2 + wsm + lst)
+        bwd = r16(mbar + (1 if ln else 2) * cfg.C * U * BT * 4 + 2 * BT * (4 * U + 8) * 2 + wsm + lst)
     return fwd, bwd
 
 
@@ -2375,12 +2390,14 @@ def _recurrence(gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_ch: Tensor |
     B, H = gx.shape[1], w_hh.shape[1]
     explicit = any(kw.get(k) is not None for k in ("kr", "rs", "krb"))
     flags = () if explicit else _variant_args(var, w_ch, gx, lnw)[0]  # (checks the masks at the layer's own size)
-    n = H if explicit else kernel_units(B, H, gx.dtype, kw.get("cluster"), flags, kw.get("exchange", "barrier"))
+    grad = kw.get("grad", True) and torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (gx, h0, c0, w_hh, w_ch, lnw))  # fmt: skip
+    n = H if explicit else kernel_units(B, H, gx.dtype, kw.get("cluster"), flags, kw.get("exchange", "barrier"), grad)
     if n == H:
         return _Recurrence.apply(gx, h0, c0, w_hh, w_ch, lnw, var, kw)
     gx, h0, c0, w_hh, w_ch, var = _pad(n, gx, h0, c0, w_hh, w_ch, var)
     y, hT, cT = _Recurrence.apply(gx, h0, c0, w_hh, w_ch, lnw, var, kw)
-    return y[..., :H].contiguous(), hT[:, :H], cT[:, :H]
+    return y[..., :H].contiguous(), hT[:, :H].contiguous(), cT[:, :H].contiguous()
 
 
 def layer(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None,
@@ -2441,7 +2458,7 @@ def _gpu_reason(x: Tensor, B: int, H: int, grad: bool = True, flags: tuple[str, 
     if torch.cuda.get_device_capability(x.device)[0] < 9:
         return "thread-block clusters need an sm_90 (Hopper) or newer GPU"
     try:
-        cfg = config(B, kernel_units(B, H, x.dtype, None, flags), x.dtype, flags=flags)
+        cfg = config(B, kernel_units(B, H, x.dtype, None, flags, "barrier", grad), x.dtype, flags=flags)
     except ValueError as e:
         return str(e)
     if grad and not cfg.trains:

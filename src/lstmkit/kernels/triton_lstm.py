@@ -1860,8 +1860,6 @@ def kernel_units(H: int, device: torch.device | str) -> int:
     return -(-H // a) * a
 
 
-
-
 def _recurrence(gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_ch: Tensor | None, ln: list, plan_kw: dict,
                 var: dict) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     """:class:`_Recurrence` on hidden units padded to :data:`ALIGN_UNITS`; y, h_T, c_T of the real units, y
