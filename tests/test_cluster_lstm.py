@@ -463,6 +463,33 @@ def test_dispatch(monkeypatch):
     assert torch.allclose(out, want, atol=1e-6) and torch.allclose(c, cw, atol=1e-6)
 
 
+def test_routing_on_a_hopper_gpu(monkeypatch):
+    """What routing (`_gpu_reason`) lets through on an sm_90 GPU with 132 SMs (faked: no GPU here): training at
+    H = 768 (the reduce-scatter backward) and at 650 (padded to 768), layer norm at its own sizes only, and clear
+    reasons for the rest: too large a hidden size, more clusters than SMs, a cluster of 16 the driver cannot
+    place (asked for both kernels when training)."""
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    props = SimpleNamespace(multi_processor_count=132, shared_memory_per_block_optin=cl.MAX_SMEM)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: props)
+    monkeypatch.setattr(cl, "nvrtc_available", lambda: True)
+    asked = []
+    monkeypatch.setattr(cl, "_max_active_clusters", lambda key, index, kind, threads, smem, C: asked.append(
+        (kind, threads, C)) or 1)  # fmt: skip
+    x = SimpleNamespace(is_cuda=True, dtype=torch.bfloat16, device=torch.device("cuda", 0))
+    assert cl._gpu_reason(x, 16, 768, grad=True) is None
+    assert asked == [("fwd", 192, 16), ("bwd", 256, 16)]  # (the backward's own thread count)
+    assert cl._gpu_reason(x, 20, 650, grad=True) is None and cl._gpu_reason(x, 20, 650, flags=("PEEP",)) is None
+    assert cl._gpu_reason(x, 16, 768, grad=True, flags=("LN",)) is None
+    assert "not padded" in cl._gpu_reason(x, 16, 650, grad=True, flags=("LN",))
+    assert "384, 512, 640 or 768" in cl._gpu_reason(x, 16, 1024)
+    assert "more clusters than the GPU runs at once" in cl._gpu_reason(x, 8 * 9, 768)  # (9 clusters of 16 CTAs)
+    monkeypatch.setattr(cl, "_max_active_clusters", lambda *a: 0)
+    assert "cannot place one cluster of 16" in cl._gpu_reason(x, 16, 768)
+    assert cl._gpu_reason(x, 8, 256, grad=True) is None  # (portable clusters of 8: not asked)
+
+
 @emulated
 @pytest.mark.parametrize("lengths", [None, [4, 2, 3]])
 def test_variant_module_on_the_cluster_kernels(monkeypatch, lengths):
