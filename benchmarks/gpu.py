@@ -137,6 +137,10 @@ def rel_errors(got, want) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------------
 
 
+#: the plan keywords of the float32 check with the other product precision (tuning times both: Plan's precision)
+FMA_CHECK = {"precision": "ieee" if tk.FP32_PRECISION == "tf32x3" else "tf32x3"}
+
+
 def _valid(B: int, H: int, dname: str, kw: dict, device: str = "cuda") -> bool:
     """Whether plan keywords ``kw`` make a plan here (LL needs a persistent, resident plan)."""
     try:
@@ -188,6 +192,7 @@ def precompile(shapes, dtypes, workers: int, inference: bool = True) -> None:
             kws = tk.candidates(B, KH, DTYPES[d], "cuda") if tk.TUNE else [{}]
             kws += [{"mode": "stepwise"}] + ([{"resident": False}] if (T, B, H) == shapes[0] else [])
             kws += [kw for kw in [{"ll": True}] if LL_CHECK and _valid(B, H, d, kw)]
+            kws += [kw for kw in [FMA_CHECK] if _valid(B, H, d, kw)]  # (float32 only)
             # tuning also times each persistent plan with its gate products the other way (fused / unfused)
             kws += [kw for kw in tk.candidates(B, KH, DTYPES[d], "cuda", kind="fwd") if "fuse" in kw and tk.TUNE]
             for kw in {repr(tk.plan(B, KH, DTYPES[d], "cuda", **kw)): kw for kw in kws}.values():
@@ -212,6 +217,8 @@ def check(shapes, dtypes, device: str) -> list[dict]:
             variants += [("stepwise", {"mode": "stepwise"}), ("streamed", {"resident": False})]
         if LL_CHECK:  # the flag-in-data exchange, wherever the heuristic plan allows it (--ll)
             variants += [("LL", {"ll": True})]
+        # float32: the products in the precision the default plan does not use (tuning may choose it)
+        variants += [("fp32 products " + FMA_CHECK["precision"], FMA_CHECK)]
         Tr = min(T, REF_STEPS)
         want_np = run_numpy(m, x[:Tr], h0, c0, gy[:Tr])
         want_t = run_torch(m, x, h0, c0, gy)
@@ -761,6 +768,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     LL_CHECK = args.ll
     if args.fp32_precision:  # before the workers spawn: they read it at import
         os.environ["LSTMKIT_TRITON_FP32"] = tk.FP32_PRECISION = args.fp32_precision
+        FMA_CHECK["precision"] = "ieee" if args.fp32_precision == "tf32x3" else "tf32x3"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     start = time.monotonic()
     dtypes = [d for d in args.dtypes.split(",") if d]

@@ -31,7 +31,7 @@ from lstmkit.kernels import triton_lstm as tk
 sys.path.insert(0, str(Path(__file__).parent))
 from sass_alignment import cuobjdump, sass_counts  # noqa: E402
 
-#: run 5's tuned plans (docs/gpu_runs/2026-11-27-h200-run5.md), bf16 at the five shapes, and one fp32 plan
+#: run 5's tuned plans (docs/gpu_runs/2026-11-27-h200-run5.md), bf16 at the five shapes, and fp32 plans
 CASES = [
     (1024, 8, 256, torch.bfloat16, "fwd", dict(tiles=(16, 8), resident=True)),
     (1024, 8, 256, torch.bfloat16, "bwd", dict(tiles=(16, 32), resident=True)),
@@ -47,6 +47,17 @@ CASES = [
     (35, 20, 650, torch.float32, "fwd", dict(tiles=(32, 16), resident=False)),
     (35, 20, 650, torch.float32, "bwd", dict(tiles=(32, 16), resident=False)),
     (128, 256, 1024, torch.float32, "fwd", dict(tiles=(64, 32), resident=False)),
+    # float32 with fp32 FMA products (precision="ieee"), the small-batch candidates tuning times beside tf32x3
+    (1024, 8, 256, torch.float32, "fwd", dict(tiles=(16, 8), resident=True, precision="ieee")),
+    (1024, 8, 256, torch.float32, "bwd", dict(tiles=(16, 8), resident=True, precision="ieee")),
+    (256, 16, 768, torch.float32, "fwd", dict(tiles=(16, 8), resident=True, precision="ieee")),
+    (256, 16, 768, torch.float32, "bwd", dict(tiles=(16, 8), resident=True, precision="ieee")),
+    (100, 1, 512, torch.float32, "fwd", dict(tiles=(16, 8), resident=True, precision="ieee")),
+    (100, 1, 512, torch.float32, "bwd", dict(tiles=(16, 8), resident=True, precision="ieee")),
+    (35, 20, 650, torch.float32, "fwd", dict(tiles=(32, 16), resident=False, precision="ieee")),
+    (35, 20, 650, torch.float32, "bwd", dict(tiles=(32, 16), resident=False, precision="ieee")),
+    (35, 20, 650, torch.float32, "fwd", dict(tiles=(32, 8), resident=False, precision="ieee")),
+    (35, 20, 650, torch.float32, "bwd", dict(tiles=(32, 8), resident=False, precision="ieee")),
 ]
 
 

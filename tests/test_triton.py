@@ -213,7 +213,8 @@ def test_gpu_plans_without_a_gpu():
     # neither the heuristic nor tuning offers them; they can still be asked for
     if tk._precision(torch.float32) == "tf32x3":
         assert not tk.plan(8, 256, torch.float32, "cuda", sm_count=132).resident
-        assert not any(kw.get("resident") for kw in tk.candidates(8, 256, torch.float32, "cuda", sm_count=132))
+        assert not any(kw.get("resident") for kw in tk.candidates(8, 256, torch.float32, "cuda", sm_count=132)
+                       if "precision" not in kw)
         assert tk.plan(8, 256, torch.float32, "cuda", sm_count=132, resident=True).resident
 
 
@@ -330,6 +331,52 @@ def test_tuning_also_times_the_unfused_gate_products():
     assert not tk.plan(256, 1024, torch.float32, "cuda", sm_count=132).fuse
     assert tk.plan(8, 256, torch.float32, "cuda", sm_count=132).fuse
     assert "four gate products" in repr(tk.plan(8, 256, torch.bfloat16, "cuda", sm_count=132, fuse=False))
+
+
+def test_float32_tuning_also_times_fp32_fma_products():
+    """Float32 without TF32: tuning times the persistent plans with the products in the other precision too
+    (``ieee``, fp32 FMA, where the default is tf32x3), only small tiles (the sm_90 builds of larger ones
+    spill); bf16 and TF32 get none, and a precision they cannot take is a clear error."""
+    assert tk.FP32_PRECISION in tk.FP32_CHOICES
+    other = "ieee" if tk.FP32_PRECISION == "tf32x3" else "tf32x3"
+    for B, H in ((8, 256), (1, 512), (20, 656), (16, 768)):
+        cands = tk.candidates(B, H, torch.float32, "cuda", sm_count=132, kind="fwd")
+        fma = [kw for kw in cands if kw.get("precision") == other]
+        assert fma and all(tk.plan(B, H, torch.float32, "cuda", sm_count=132, **kw).persistent for kw in fma)
+        assert {kw.get("fuse", True) for kw in fma} == {True, False}  # (ieee is fused by default: unfused twins)
+        if other == "ieee":
+            for kw in fma:
+                p = tk.plan(B, H, torch.float32, "cuda", sm_count=132, **kw)
+                assert p.BLOCK_B * p.BLOCK_H <= 512 and (not p.resident or p.BLOCK_H == 8)
+                assert p.precision == "ieee" and p.constants(5, B, H)["PRECISION"] == "ieee"
+                assert "products ieee (fp32 FMA)" in repr(p)
+                again = tk.Plan(B, H, torch.float32, torch.device("cuda"), sm_count=132, **tk._plan_kwargs(p))
+                assert repr(again) == repr(p)  # (_plan_kwargs keeps the precision: layer norm's and fuse's rebuilds)
+    assert not any("precision" in kw for kw in tk.candidates(256, 1024, torch.float32, "cuda", sm_count=132))
+    assert not any("precision" in kw for kw in tk.candidates(8, 256, torch.bfloat16, "cuda", sm_count=132))
+    with pytest.raises(ValueError, match="only for float32 without TF32"):
+        tk.plan(8, 256, torch.bfloat16, "cuda", sm_count=132, precision="ieee")
+    with pytest.raises(ValueError, match="'tf32x3' or 'ieee'"):
+        tk.plan(8, 256, torch.float32, "cuda", sm_count=132, precision="fp64")
+    was = torch.backends.cuda.matmul.allow_tf32  # (a property of torch's module: set and restored by hand)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        assert not any("precision" in kw for kw in tk.candidates(8, 256, torch.float32, "cuda", sm_count=132))
+        with pytest.raises(ValueError, match="allow_tf32=True"):
+            tk.plan(8, 256, torch.float32, "cuda", sm_count=132, precision="ieee")
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = was
+
+
+def test_fp32_fma_products_through_the_layer():
+    """``precision`` reaches the kernels through tk.lstm (the interpreter multiplies exactly either way, so
+    this checks the plumbing: the same numbers as the spec, float32, both precisions)."""
+    w, x, h0, c0, gy = one_layer_case(4, 3, 5, 7, seed=3)
+    want = reference_case(w, x, h0, c0, gy)
+    for prec in tk.FP32_CHOICES:
+        got = triton_case(w, x, h0, c0, gy, torch.float32, precision=prec)
+        for k, v in want.items():
+            assert rel(got[k], v) < 1e-5, (prec, k, rel(got[k], v))  # (the issue's float32 bound)
 
 
 def test_a_given_fuse_keeps_the_tuned_tiles(monkeypatch):

@@ -61,8 +61,9 @@ programs one after another, so a grid barrier among several programs could never
 Precision: ``h`` and the weights are in the input dtype (float32, bfloat16 or float16); products are
 accumulated in float32 (``tl.dot``), gates and the cell state are float32, and the saved activations
 for the backward pass are float32. In float32 the recurrent product is ``tf32x3`` (three TF32
-tensor-core products, close to fp32; :data:`FP32_PRECISION`, or ``ieee`` for exact fp32 FMA), and
-plain TF32 when ``torch.backends.cuda.matmul.allow_tf32`` is on. Float64 runs only under the
+tensor-core products, close to fp32; :data:`FP32_PRECISION`) or ``ieee`` (exact fp32 FMA, no tensor
+cores), whichever tuning measures faster (:class:`Plan`'s ``precision``), and plain TF32 when
+``torch.backends.cuda.matmul.allow_tf32`` is on. Float64 runs only under the
 interpreter (tests).
 
 Measured on an NVIDIA H200 (docs/gpu.md): about 2.8 us per step at small batch whatever the tiling (the
@@ -1018,14 +1019,24 @@ class Plan:
         self, B: int, H: int, dtype: torch.dtype, device: torch.device, mode: str = "auto",
         tiles: tuple[int, ...] | None = None, resident: bool | None = None, sm_count: int | None = None,
         poll: int | None = None, ll: bool | None = None, ln_sync: bool | None = None, fuse: bool | None = None,
+        precision: str | None = None,
     ):  # fmt: skip
         if mode not in ("auto", "persistent", "stepwise"):
             raise ValueError(f"mode must be 'auto', 'persistent' or 'stepwise', got {mode!r}")
         self.interpret = device.type != "cuda"
         self.dtype = dtype
         # Matters for float32 only (bf16/fp16 products are exact in fp32): tf32 when torch allows it, else
-        # FP32_PRECISION. Ignored by the interpreter.
+        # FP32_PRECISION or the given ``precision`` ("tf32x3" or "ieee"; tuning times both). Ignored by the
+        # interpreter.
         self.precision = _precision(dtype)
+        if precision is not None and precision != self.precision:
+            if self.precision not in FP32_CHOICES or precision not in FP32_CHOICES:
+                raise ValueError(
+                    f"precision={precision!r}: the float32 products can be {' or '.join(map(repr, FP32_CHOICES))}, "
+                    f"and only for float32 without TF32 (this call's are {self.precision!r}: {dtype}, "
+                    f"allow_tf32={torch.backends.cuda.matmul.allow_tf32}); leave precision=None"
+                )  # fmt: skip
+            self.precision = precision
         self._split = self.precision == "tf32x3"
         self.H_PAD = max(16, _next_pow2(H))
         self.BLOCK_K = 64 if not self.interpret else 16
@@ -1123,6 +1134,8 @@ class Plan:
         wait = ", LL exchange (flag in the data, no barrier)" if self.ll else wait
         wait += ", layer-norm statistics behind a counter" if self.ln_sync else ""
         wait += "" if self.fuse else ", four gate products"
+        if self.precision in FP32_CHOICES and self.precision != FP32_PRECISION:  # (the default goes unsaid)
+            wait += ", products " + {"ieee": "ieee (fp32 FMA)", "tf32x3": "tf32x3"}[self.precision]
         return (f"Plan({mode}, {self.n_btiles}x{self.n_htiles} programs of {self.BLOCK_B}x{self.BLOCK_H}, "
                 f"weights {weights}, warps={self.num_warps}{wait})")  # fmt: skip
 
@@ -1135,6 +1148,10 @@ SMEM_BUDGET = 200 * 1024
 #: accuracy) or "ieee" (exact fp32 FMA, no tensor cores: slow, and slow to compile at large H).
 #: Environment variable LSTMKIT_TRITON_FP32 overrides it (read at import, so worker processes agree).
 FP32_PRECISION = os.environ.get("LSTMKIT_TRITON_FP32", "tf32x3")
+#: the float32 product precisions a plan may take (Plan's ``precision``) when TF32 is off
+FP32_CHOICES = ("tf32x3", "ieee")
+if FP32_PRECISION not in FP32_CHOICES:
+    raise ValueError(f"LSTMKIT_TRITON_FP32={FP32_PRECISION!r}: use one of {FP32_CHOICES}")
 
 
 def _resident_smem(block_b: int, block_h: int, h_pad: int, size: int, split: bool = False) -> int:
@@ -1196,7 +1213,8 @@ def candidates(
     """The :class:`Plan` keyword sets :func:`tuned_plan` times on a GPU: the heuristic plan, every hidden tile
     of 8..64 units whose grid fits the SMs with resident weights (where they fit in shared memory; not for
     tf32x3 float32), two
-    streamed tilings (more for B > 16: larger batch and hidden tiles) and the step-wise launch.
+    streamed tilings (more for B > 16: larger batch and hidden tiles) and the step-wise launch; for float32
+    without TF32 also persistent plans with the other product precision (:func:`_other_precision`).
     Duplicates (same ``repr``) are dropped. ``kind`` ("fwd" or "bwd", for tuning): also each persistent plan
     with its gate products the other way (``fuse`` = not its default: unfused, or for tf32x3 at 32+ batch
     rows fused), so that tuning measures which way is faster for each kernel."""
@@ -1222,6 +1240,8 @@ def candidates(
             if bb2 <= 128 and bb2 <= _next_pow2(B) and math.ceil(B / bb2) * math.ceil(H / bh) <= sms:
                 out.append(dict(mode="persistent", tiles=(bb2, bh), resident=False))
     out.append(dict(mode="stepwise"))
+    if base.precision in FP32_CHOICES:  # float32 without TF32: also the other product precision
+        out += _other_precision(B, H, base, sms, size)
     if kind is not None:
         plans = [(kw, Plan(B, H, dtype, device, sm_count=sm_count, **kw)) for kw in out]
         out += [{**kw, "fuse": not p.fuse} for kw, p in plans if p.persistent]
@@ -1232,6 +1252,28 @@ def candidates(
             seen.add(r)
             unique.append(kw)
     return unique
+
+
+def _other_precision(B: int, H: int, base: Plan, sms: int, size: int) -> list[dict]:
+    """Float32 without TF32: the persistent candidates with the products in the precision ``base`` does not
+    use. ``ieee`` (fp32 FMA, no tensor cores) is one product where ``tf32x3`` is three TF32 products plus
+    the operands' splitting, so at small batch it may be the faster; only small tiles are offered: the
+    sm_90 builds (benchmarks/sass_loop.py) keep them in registers (0-8 bytes of stack), where larger fused
+    tiles spill kilobytes (forward, 4 BLOCK_H x BLOCK_B >= 4096 products, or resident with BLOCK_H >= 16:
+    4-23 KB). ``tf32x3`` (the other way round, when FP32_PRECISION is ieee): the streamed tilings."""
+    other = "ieee" if base.precision == "tf32x3" else "tf32x3"
+    bb, out = base.BLOCK_B, []
+    for bh in (8, 16, 32):
+        if math.ceil(B / bb) * math.ceil(H / bh) > sms:
+            continue
+        if other == "ieee":
+            if bh == 8 and _resident_smem(bb, bh, base.H_PAD, size) <= SMEM_BUDGET:
+                out.append(dict(mode="persistent", tiles=(bb, bh), resident=True, precision=other))
+            if bb * bh <= 512:
+                out.append(dict(mode="persistent", tiles=(bb, bh), resident=False, precision=other))
+        elif bh in (16, 32):
+            out.append(dict(mode="persistent", tiles=(bb, bh), resident=False, precision=other))
+    return out
 
 
 def _time_launch(fn, device: torch.device, reps: int = 3, prep=None) -> float:
@@ -1766,7 +1808,8 @@ def _ln_shortlist(B: int, H: int, dtype: torch.dtype, dev: torch.device, ranked:
 def _plan_kwargs(p: Plan) -> dict:
     """Keywords that rebuild plan ``p`` (its tiling and launch; not layer norm's exchange)."""
     return dict(mode="persistent" if p.persistent else "stepwise", tiles=(p.BLOCK_B, p.BLOCK_H, p.BLOCK_K),
-                resident=p.resident, poll=p.poll, ll=p.ll, fuse=p.fuse)  # fmt: skip
+                resident=p.resident, poll=p.poll, ll=p.ll, fuse=p.fuse,
+                precision=p.precision if p.precision in FP32_CHOICES else None)  # fmt: skip
 
 
 def _ln_kwargs(
@@ -1890,19 +1933,19 @@ def _recurrence(gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_ch: Tensor |
 def layer(
     x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b: Tensor | None, *, mode: str = "auto",
     tiles: tuple[int, ...] | None = None, resident: bool | None = None, poll: int | None = None,
-    ll: bool | None = None, fuse: bool | None = None,
+    ll: bool | None = None, fuse: bool | None = None, precision: str | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     """One LSTM layer, one direction: x (T, B, I) -> (y (T, B, H), h_T (B, H), c_T (B, H)).
 
     ``b`` is ``b_ih + b_hh`` (or None). Differentiable in every argument. ``mode``, ``tiles``,
-    ``resident``, ``poll``, ``ll`` and ``fuse`` go to :class:`Plan` (all None / "auto": the tuned plan,
-    :func:`tuned_plan`).
+    ``resident``, ``poll``, ``ll``, ``fuse`` and ``precision`` go to :class:`Plan` (all None / "auto": the
+    tuned plan, :func:`tuned_plan`).
     """
     H, n = w_hh.shape[1], kernel_units(w_hh.shape[1], x.device)
     if n != H:  # gx comes out of the GEMM padded (see ALIGN_UNITS)
         w_ih, b = _pad_gates(w_ih, 0, H, n), None if b is None else _pad_gates(b, 0, H, n)
     gx = F.linear(x, w_ih, b)  # (T, B, I) -> (T, B, 4H), one GEMM for all steps
-    plan_kw = dict(mode=mode, tiles=tiles, resident=resident, poll=poll, ll=ll, fuse=fuse)
+    plan_kw = dict(mode=mode, tiles=tiles, resident=resident, poll=poll, ll=ll, fuse=fuse, precision=precision)
     return _recurrence(gx, h0, c0, w_hh, None, [None] * 3, plan_kw, {})
 
 
@@ -1930,7 +1973,7 @@ def variant_layer(
         from . import Unsupported
 
         raise Unsupported(f"(T + 1) * B * 4H = {(T + 1) * B * width} is too large for the kernels' int32 indexing")
-    plan_kw = {k: plan_kw.get(k) for k in ("mode", "tiles", "resident", "poll", "ll", "ln_sync", "fuse")}
+    plan_kw = {k: plan_kw.get(k) for k in ("mode", "tiles", "resident", "poll", "ll", "ln_sync", "fuse", "precision")}
     if v.layer_norm:  # LN of the input projection (all steps at once, in torch), before the bias
         from ..nn.variants import input_norm
 
@@ -2089,13 +2132,15 @@ def lstm(
     poll: int | None = None,
     ll: bool | None = None,
     fuse: bool | None = None,
+    precision: str | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``kernels.native.lstm``'s interface on the Triton kernels: (output, h_n, c_n), as torch.nn.LSTM.
 
     ``weights`` is ``torch.nn.LSTM._flat_weights`` (per layer and direction ``w_ih, w_hh[, b_ih, b_hh]``);
     ``hx`` is ``(h_0, c_0)``, each (layers * directions, B, H). No projections, no ``lengths``.
     ``mode`` is ``auto``, ``persistent`` or ``stepwise`` (see the module docstring). CPU tensors run
-    in the Triton interpreter. ``tiles`` and ``resident`` override the tiling (tests, tuning; see :class:`Plan`).
+    in the Triton interpreter. ``tiles`` and ``resident`` override the tiling (tests, tuning; see :class:`Plan`);
+    ``precision`` the float32 products (``"tf32x3"`` or ``"ieee"``, without TF32; tuned by default).
     """
     why = unsupported_reason(
         input, hx, weights, bias=bias, num_layers=num_layers, dropout=dropout, training=training,
@@ -2107,7 +2152,8 @@ def lstm(
 
     def one(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
         b = None if b_ih is None else b_ih + b_hh
-        return layer(x, h0, c0, w_ih, w_hh, b, mode=mode, tiles=tiles, resident=resident, poll=poll, ll=ll, fuse=fuse)
+        return layer(x, h0, c0, w_ih, w_hh, b, mode=mode, tiles=tiles, resident=resident, poll=poll, ll=ll, fuse=fuse,
+                     precision=precision)
 
     return run(one, input, hx, weights, bias=bias, num_layers=num_layers, dropout=dropout, training=training,
                bidirectional=bidirectional, batch_first=batch_first)  # fmt: skip
