@@ -1145,7 +1145,8 @@ class Plan:
 #: benchmarks/gpu.py --compile-only for sm_90); an H100/H200 block may have 227 KiB.
 SMEM_BUDGET = 200 * 1024
 #: tl.dot precision for float32 without TF32: "tf32x3" (three TF32 tensor-core products, about fp32
-#: accuracy) or "ieee" (exact fp32 FMA, no tensor cores: slow, and slow to compile at large H).
+#: accuracy) or "ieee" (exact fp32 FMA, no tensor cores; its large tiles spill, so tuning times it at small
+#: batch only, :func:`_other_precision`).
 #: Environment variable LSTMKIT_TRITON_FP32 overrides it (read at import, so worker processes agree).
 FP32_PRECISION = os.environ.get("LSTMKIT_TRITON_FP32", "tf32x3")
 #: the float32 product precisions a plan may take (Plan's ``precision``) when TF32 is off
