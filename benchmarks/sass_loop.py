@@ -47,6 +47,12 @@ CASES = [
     (35, 20, 650, torch.float32, "fwd", dict(tiles=(32, 16), resident=False)),
     (35, 20, 650, torch.float32, "bwd", dict(tiles=(32, 16), resident=False)),
     (128, 256, 1024, torch.float32, "fwd", dict(tiles=(64, 32), resident=False)),
+    # 16-bit streamed plans with K chunks of 128 (triton_lstm.DEEP_K), the candidates tuning times beside 64
+    (128, 256, 1024, torch.bfloat16, "fwd", dict(tiles=(64, 32, 128), resident=False)),
+    (128, 256, 1024, torch.bfloat16, "bwd", dict(tiles=(64, 32, 128), resident=False)),
+    (128, 256, 1024, torch.bfloat16, "bwd", dict(tiles=(128, 32, 128), resident=False)),
+    (35, 20, 650, torch.bfloat16, "bwd", dict(tiles=(32, 16, 128), resident=False)),
+    (256, 16, 768, torch.bfloat16, "bwd", dict(tiles=(16, 32, 128), resident=False)),
     # float32 with fp32 FMA products (precision="ieee"), the small-batch candidates tuning times beside tf32x3
     (1024, 8, 256, torch.float32, "fwd", dict(tiles=(16, 8), resident=True, precision="ieee")),
     (1024, 8, 256, torch.float32, "bwd", dict(tiles=(16, 8), resident=True, precision="ieee")),

@@ -321,7 +321,10 @@ def test_tuning_also_times_the_unfused_gate_products():
     base = tk.candidates(8, 256, torch.bfloat16, "cuda", sm_count=132)
     fwd = tk.candidates(8, 256, torch.bfloat16, "cuda", sm_count=132, kind="fwd")
     twins = [kw for kw in fwd if kw.get("fuse") is False]
-    assert fwd[: len(base)] == base and len(twins) == len([kw for kw in base if kw.get("mode") != "stepwise"])
+    # (the deeper-K and other-precision extras come without twins)
+    plain = [kw for kw in base
+             if kw.get("mode") != "stepwise" and len(kw.get("tiles", ())) < 3 and "precision" not in kw]  # fmt: skip
+    assert all(kw in fwd for kw in base) and len(twins) == len(plain)
     assert tk.candidates(8, 256, torch.bfloat16, "cuda", sm_count=132, kind="bwd") == fwd
     assert all(tk.plan(8, 256, torch.bfloat16, "cuda", sm_count=132, **kw).persistent for kw in twins)
     big = tk.candidates(4096, 4096, torch.bfloat16, "cuda", sm_count=132, kind="fwd")  # (heuristic: step-wise)
@@ -343,7 +346,7 @@ def test_float32_tuning_also_times_fp32_fma_products():
         cands = tk.candidates(B, H, torch.float32, "cuda", sm_count=132, kind="fwd")
         fma = [kw for kw in cands if kw.get("precision") == other]
         assert fma and all(tk.plan(B, H, torch.float32, "cuda", sm_count=132, **kw).persistent for kw in fma)
-        assert {kw.get("fuse", True) for kw in fma} == {True, False}  # (ieee is fused by default: unfused twins)
+        assert not any("fuse" in kw for kw in fma)  # (no twins: each would be one more kernel to compile)
         if other == "ieee":
             for kw in fma:
                 p = tk.plan(B, H, torch.float32, "cuda", sm_count=132, **kw)
@@ -366,6 +369,28 @@ def test_float32_tuning_also_times_fp32_fma_products():
             tk.plan(8, 256, torch.float32, "cuda", sm_count=132, precision="ieee")
     finally:
         torch.backends.cuda.matmul.allow_tf32 = was
+
+
+def test_16_bit_tuning_also_times_deeper_k_chunks():
+    """16-bit streamed plans also come with K chunks of DEEP_K (more bytes in flight in the K pipeline), each
+    within the shared-memory budget, with its default gate products only; float32 gets none (its builds spill)."""
+    for B, H in ((8, 256), (20, 656), (16, 768), (256, 1024), (1, 512)):
+        for dt in (torch.bfloat16, torch.float16):
+            cands = tk.candidates(B, H, dt, "cuda", sm_count=132, kind="bwd")
+            deep = [kw for kw in cands if len(kw.get("tiles", ())) == 3]
+            assert deep and all(kw["tiles"][2] == tk.DEEP_K and "fuse" not in kw for kw in deep)
+            for kw in deep:
+                p = tk.plan(B, H, dt, "cuda", sm_count=132, **kw)
+                assert p.persistent and not p.resident and p.BLOCK_K == tk.DEEP_K
+                assert f"streamed by {tk.DEEP_K}" in repr(p)
+                assert tk._streamed_smem(p.BLOCK_B, p.BLOCK_H, p.BLOCK_K, 2) <= tk.SMEM_BUDGET
+                # each is a streamed plan of the usual list with its K chunk deepened
+                usual = [tk.plan(B, H, dt, "cuda", sm_count=132, **c) for c in cands]
+                assert any((u.BLOCK_B, u.BLOCK_H, u.BLOCK_K) == (*kw["tiles"][:2], 64) and u.persistent
+                           and not u.resident for u in usual)  # fmt: skip
+    assert not any(len(kw.get("tiles", ())) == 3 for kw in tk.candidates(20, 656, torch.float32, "cuda", sm_count=132))
+    # (64 x 32 tiles, forward fused: 3 stages x (64 x 128 + 128 x 128) bf16 values = 144 KiB, as compiled for sm_90)
+    assert tk._streamed_smem(64, 32, 128, 2) == 147456
 
 
 def test_fp32_fma_products_through_the_layer():

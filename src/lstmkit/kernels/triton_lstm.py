@@ -1214,11 +1214,12 @@ def candidates(
     """The :class:`Plan` keyword sets :func:`tuned_plan` times on a GPU: the heuristic plan, every hidden tile
     of 8..64 units whose grid fits the SMs with resident weights (where they fit in shared memory; not for
     tf32x3 float32), two
-    streamed tilings (more for B > 16: larger batch and hidden tiles) and the step-wise launch; for float32
-    without TF32 also persistent plans with the other product precision (:func:`_other_precision`).
-    Duplicates (same ``repr``) are dropped. ``kind`` ("fwd" or "bwd", for tuning): also each persistent plan
-    with its gate products the other way (``fuse`` = not its default: unfused, or for tf32x3 at 32+ batch
-    rows fused), so that tuning measures which way is faster for each kernel."""
+    streamed tilings (more for B > 16: larger batch and hidden tiles) and the step-wise launch.
+    ``kind`` ("fwd" or "bwd", for tuning): also each persistent plan with its gate products the other way
+    (``fuse`` = not its default: unfused, or for tf32x3 at 32+ batch rows fused), so that tuning measures which
+    way is faster for each kernel. Then, with their default gate products only: in 16-bit dtypes each streamed
+    plan with K chunks of :data:`DEEP_K`, and for float32 without TF32 the persistent plans with the other
+    product precision (:func:`_other_precision`). Duplicates (same ``repr``) are dropped."""
     device = torch.device(device)
     base = Plan(B, H, dtype, device, sm_count=sm_count)
     if base.interpret:
@@ -1241,11 +1242,16 @@ def candidates(
             if bb2 <= 128 and bb2 <= _next_pow2(B) and math.ceil(B / bb2) * math.ceil(H / bh) <= sms:
                 out.append(dict(mode="persistent", tiles=(bb2, bh), resident=False))
     out.append(dict(mode="stepwise"))
-    if base.precision in FP32_CHOICES:  # float32 without TF32: also the other product precision
-        out += _other_precision(B, H, base, sms, size)
     if kind is not None:
         plans = [(kw, Plan(B, H, dtype, device, sm_count=sm_count, **kw)) for kw in out]
         out += [{**kw, "fuse": not p.fuse} for kw, p in plans if p.persistent]
+    # (the two below with their default gate products only: each twin would be another kernel to compile)
+    if size == 2:  # 16-bit: streamed plans with K chunks of 128, twice the bytes in flight (:data:`DEEP_K`)
+        out += [{**kw, "tiles": (*kw["tiles"][:2], DEEP_K)} for kw in out
+                if kw.get("resident") is False and "fuse" not in kw
+                and _streamed_smem(*kw["tiles"][:2], DEEP_K, size) <= SMEM_BUDGET]  # fmt: skip
+    if base.precision in FP32_CHOICES:  # float32 without TF32: also the other product precision
+        out += _other_precision(B, H, base, sms, size)
     seen, unique = set(), []
     for kw in out:
         r = repr(Plan(B, H, dtype, device, sm_count=sm_count, **kw))
@@ -1253,6 +1259,23 @@ def candidates(
             seen.add(r)
             unique.append(kw)
     return unique
+
+
+#: the K chunk of the streamed 16-bit candidates beside the default 64. A streamed step loads its operands
+#: through a 3-stage cp.async pipeline, one K chunk a stage: at (256, 1024) bf16 backward, 64 chunks of
+#: (64 x 64 + 64 x 32) values a step, 27.5 us/step in run 5, about 12 KB a stage and 24 KB in flight per SM:
+#: at an L2 latency near a microsecond that is the ~30 GB/s per SM the step achieved, a fraction of what an
+#: SM can take from L2. Chunks of 128 double the bytes in flight and halve the chunks (an estimate, not a
+#: measurement: tuning times both). Their sm_90 builds (benchmarks/sass_loop.py, Triton 3.6) spill nothing in
+#: bf16 at run 5's streamed tilings and up to 120 bytes at 128 x 32; float32's (tf32x3) spill 0.9-1.5 KB, so
+#: float32 keeps 64.
+DEEP_K = 128
+
+
+def _streamed_smem(block_b: int, block_h: int, block_k: int, size: int, stages: int = 3) -> int:
+    """Shared memory of a streamed program's K pipeline: each stage a (BLOCK_B, BLOCK_K) operand chunk and a
+    (BLOCK_K, 4 BLOCK_H) weight chunk (the fused forward's; the backward's is a quarter), as compiled for sm_90."""
+    return stages * (block_b * block_k + block_k * 4 * block_h) * size
 
 
 def _other_precision(B: int, H: int, base: Plan, sms: int, size: int) -> list[dict]:
