@@ -51,6 +51,8 @@ CASES = [
     (128, 256, 1024, torch.bfloat16, "fwd", dict(tiles=(64, 32, 128), resident=False)),
     (128, 256, 1024, torch.bfloat16, "bwd", dict(tiles=(64, 32, 128), resident=False)),
     (128, 256, 1024, torch.bfloat16, "bwd", dict(tiles=(128, 32, 128), resident=False)),
+    (128, 256, 1024, torch.bfloat16, "fwd", dict(tiles=(64, 32, 128), resident=False, stages=4)),
+    (128, 256, 1024, torch.bfloat16, "bwd", dict(tiles=(64, 32, 128), resident=False, stages=4)),
     (35, 20, 650, torch.bfloat16, "bwd", dict(tiles=(32, 16, 128), resident=False)),
     (256, 16, 768, torch.bfloat16, "bwd", dict(tiles=(16, 32, 128), resident=False)),
     # float32 with fp32 FMA products (precision="ieee"), the small-batch candidates tuning times beside tf32x3
@@ -94,11 +96,13 @@ def main(argv=None) -> int:
         "# One time step of the Triton LSTM kernels in sm_90 machine code (ahead of time, no GPU)", "",
         "Command: `python benchmarks/sass_loop.py --out docs/gpu_runs/sass-loop-DATE.md`  ",
         f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, triton {triton.__version__}; "
-        "run 5's tuned plans; static counts of the time loop (an inner K loop of a streamed plan counted once)",
+        "run 5's tuned plans and, since session 8, the fp32 FMA and 16-bit deeper-K tuning candidates; "
+        "static counts of the time loop (an inner K loop of a streamed plan counted once)",
         "",
         "| shape (T, B, H) | dtype | kernel | plan | loop instructions | BAR.SYNC (CTA barriers) "
-        "| HMMA + HGMMA (tensor core) | MEMBAR | layout conversions in the loop (TTGIR) | stack bytes (spills) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| HMMA + HGMMA (tensor core) | MEMBAR | layout conversions in the loop (TTGIR) | stack bytes (spills) "
+        "| shared memory bytes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for T, B, H, dtype, kind, kw in CASES:
         # the kernel as it runs (FUSE where Plan fuses by default) and the other way, as tuning times it
@@ -108,7 +112,8 @@ def main(argv=None) -> int:
             k = tk.compile_ahead(T, B, H, dtype, mode="persistent", which=(kind,), fuse=fuse, **kw)[kind]
             c = loop_counts(k)
             lines.append(f"| ({T}, {B}, {H}) | {str(dtype)[6:]} | {kind} | {p!r} | {c['instr']} | {c['bar']} | "
-                         f"{c['hmma']} | {c['membar']} | {c['convert']} | {sass_counts(k)['stack']} |")  # fmt: skip
+                         f"{c['hmma']} | {c['membar']} | {c['convert']} | {sass_counts(k)['stack']} | "
+                         f"{k.metadata.shared} |")  # fmt: skip
             print(lines[-1], flush=True)
     text = "\n".join(lines) + "\n"
     if args.out:

@@ -393,6 +393,39 @@ def test_16_bit_tuning_also_times_deeper_k_chunks():
     assert tk._streamed_smem(64, 32, 128, 2) == 147456
 
 
+def test_large_batch_tuning_also_times_a_deeper_k_pipeline():
+    """At B > 16, 16-bit: each deeper-K streamed candidate also with a 4-stage K pipeline where 4 stages fit;
+    ``stages`` reaches the launch options only when set (a plan without it keeps triton's default and its
+    kernels' cache keys), round-trips through _plan_kwargs, and is checked."""
+    cands = tk.candidates(256, 1024, torch.bfloat16, "cuda", sm_count=132, kind="bwd")
+    staged = [kw for kw in cands if kw.get("stages")]
+    assert staged and all(kw["stages"] == 4 and kw["tiles"][2] == tk.DEEP_K for kw in staged)
+    for kw in staged:
+        p = tk.plan(256, 1024, torch.bfloat16, "cuda", sm_count=132, **kw)
+        assert "4-stage K pipeline" in repr(p) and tk._stage_option(p) == {"num_stages": 4}
+        assert tk._streamed_smem(p.BLOCK_B, p.BLOCK_H, p.BLOCK_K, 2, 4) <= tk.SMEM_BUDGET
+        assert tk._plan_kwargs(p)["stages"] == 4
+        again = tk.Plan(256, 1024, torch.bfloat16, torch.device("cuda"), sm_count=132, **tk._plan_kwargs(p))
+        assert repr(again) == repr(p)
+    assert not any(kw.get("stages") for kw in tk.candidates(8, 256, torch.bfloat16, "cuda", sm_count=132))
+    assert tk._stage_option(tk.plan(8, 256, torch.bfloat16, "cuda", sm_count=132)) == {}
+    with pytest.raises(ValueError, match="2..6"):
+        tk.plan(8, 256, torch.bfloat16, "cuda", sm_count=132, stages=1)
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="TRITON_INTERPRET=1 turns triton.jit off")
+def test_a_deeper_k_pipeline_builds_for_the_gpu():
+    """stages=4 reaches the sm_90 build: one more stage of operand buffers in shared memory, the same kernel
+    otherwise (a streamed plan, K chunks of 16 over H = 64: four chunks a step)."""
+    kw = dict(mode="persistent", tiles=(16, 16, 16), resident=False, which=("bwd",))
+    three = tk.compile_ahead(5, 2, 64, torch.bfloat16, **kw)["bwd"]
+    four = tk.compile_ahead(5, 2, 64, torch.bfloat16, stages=4, **kw)["bwd"]
+    stage = 16 * 16 * 2 + 16 * 16 * 2  # one K chunk of da (16 x 16) and of W (16 x 16), bf16
+    assert four.metadata.shared == three.metadata.shared + stage
+    copies = [k.asm["ttgir"].count("async_copy_global_to_local") for k in (three, four)]
+    assert copies[1] > copies[0]
+
+
 def test_fp32_fma_products_through_the_layer():
     """``precision`` reaches the kernels through tk.lstm (the interpreter multiplies exactly either way, so
     this checks the plumbing: the same numbers as the spec, float32, both precisions)."""

@@ -1019,10 +1019,14 @@ class Plan:
         self, B: int, H: int, dtype: torch.dtype, device: torch.device, mode: str = "auto",
         tiles: tuple[int, ...] | None = None, resident: bool | None = None, sm_count: int | None = None,
         poll: int | None = None, ll: bool | None = None, ln_sync: bool | None = None, fuse: bool | None = None,
-        precision: str | None = None,
+        precision: str | None = None, stages: int | None = None,
     ):  # fmt: skip
         if mode not in ("auto", "persistent", "stepwise"):
             raise ValueError(f"mode must be 'auto', 'persistent' or 'stepwise', got {mode!r}")
+        if stages is not None and not (isinstance(stages, int) and 2 <= stages <= 6):
+            raise ValueError(f"stages (the K loop's software pipeline depth) must be 2..6 or None, got {stages!r}")
+        # the K loop's pipeline depth (triton's num_stages; None: triton's default, 3 on sm_90)
+        self.stages = stages
         self.interpret = device.type != "cuda"
         self.dtype = dtype
         # Matters for float32 only (bf16/fp16 products are exact in fp32): tf32 when torch allows it, else
@@ -1136,6 +1140,7 @@ class Plan:
         wait += "" if self.fuse else ", four gate products"
         if self.precision in FP32_CHOICES and self.precision != FP32_PRECISION:  # (the default goes unsaid)
             wait += ", products " + {"ieee": "ieee (fp32 FMA)", "tf32x3": "tf32x3"}[self.precision]
+        wait += f", {self.stages}-stage K pipeline" if self.stages else ""
         return (f"Plan({mode}, {self.n_btiles}x{self.n_htiles} programs of {self.BLOCK_B}x{self.BLOCK_H}, "
                 f"weights {weights}, warps={self.num_warps}{wait})")  # fmt: skip
 
@@ -1247,9 +1252,12 @@ def candidates(
         out += [{**kw, "fuse": not p.fuse} for kw, p in plans if p.persistent]
     # (the two below with their default gate products only: each twin would be another kernel to compile)
     if size == 2:  # 16-bit: streamed plans with K chunks of 128, twice the bytes in flight (:data:`DEEP_K`)
-        out += [{**kw, "tiles": (*kw["tiles"][:2], DEEP_K)} for kw in out
+        deep = [{**kw, "tiles": (*kw["tiles"][:2], DEEP_K)} for kw in out
                 if kw.get("resident") is False and "fuse" not in kw
                 and _streamed_smem(*kw["tiles"][:2], DEEP_K, size) <= SMEM_BUDGET]  # fmt: skip
+        if B > 16:  # large batch (the most operand bytes a step): also 4 stages deep, where they fit
+            deep += [{**kw, "stages": 4} for kw in deep if _streamed_smem(*kw["tiles"], size, 4) <= SMEM_BUDGET]
+        out += deep
     if base.precision in FP32_CHOICES:  # float32 without TF32: also the other product precision
         out += _other_precision(B, H, base, sms, size)
     seen, unique = set(), []
@@ -1268,7 +1276,7 @@ def candidates(
 #: SM can take from L2. Chunks of 128 double the bytes in flight and halve the chunks (an estimate, not a
 #: measurement: tuning times both). Their sm_90 builds (benchmarks/sass_loop.py, Triton 3.6) spill nothing in
 #: bf16 at run 5's streamed tilings and up to 120 bytes at 128 x 32; float32's (tf32x3) spill 0.9-1.5 KB, so
-#: float32 keeps 64.
+#: float32 keeps 64. At B > 16 they also come 4 stages deep (Plan's ``stages``), where 4 stages fit.
 DEEP_K = 128
 
 
@@ -1457,13 +1465,19 @@ def step_ablation(B: int, H: int, dtype: torch.dtype, device: torch.device | str
     return out
 
 
+def _stage_option(p: Plan) -> dict:
+    """The launch option of ``p``'s pipeline depth: none for triton's default (so the kernels' cache keys, and
+    what :func:`warmup` compiles, stay those of a plan without ``stages``)."""
+    return {"num_stages": p.stages} if p.stages else {}
+
+
 def _launch(kernel, p: Plan, ptrs: tuple, consts: dict, T: int, t_first: int, down: bool) -> None:
     """Persistent: one launch over every step. Step-wise: one launch per step (``down``: t decreasing)."""
     unknown = set(consts) - set(kernel.arg_names)  # (the interpreter would ignore them silently)
     if unknown:
         raise TypeError(f"{kernel.fn.__name__} takes no argument(s) {sorted(unknown)}")
     grid = (p.n_htiles, p.n_btiles)
-    extra = {} if p.interpret else {"num_warps": p.num_warps}
+    extra = {} if p.interpret else {"num_warps": p.num_warps, **_stage_option(p)}
     if p.persistent:
         if not p.interpret and HAVE_COOPERATIVE:
             extra["launch_cooperative_grid"] = True  # co-residency guaranteed, or the launch fails
@@ -1505,7 +1519,7 @@ def warmup(
         p = Plan(B, H, dtype, device, **kw)
         if p.interpret:
             raise ValueError("warmup compiles GPU kernels: pass a CUDA device")
-        extra = {"num_warps": p.num_warps, "grid": (p.n_htiles, p.n_btiles)}
+        extra = {"num_warps": p.num_warps, "grid": (p.n_htiles, p.n_btiles), **_stage_option(p)}
         if p.persistent and HAVE_COOPERATIVE:
             extra["launch_cooperative_grid"] = True
         steps = T if p.persistent else 1
@@ -1617,7 +1631,8 @@ def compile_ahead(
                 attrs[(jf.arg_names.index(a),)] = CUDABackend.parse_attr("D")
         cx = {(jf.arg_names.index(k),): v for k, v in consts.items()}
         src = ASTSource(fn=jf, signature=sig, constexprs=cx, attrs=attrs)
-        out[name] = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": p.num_warps})
+        out[name] = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                                   options={"num_warps": p.num_warps, **_stage_option(p)})
     return out
 
 
@@ -1833,7 +1848,7 @@ def _plan_kwargs(p: Plan) -> dict:
     """Keywords that rebuild plan ``p`` (its tiling and launch; not layer norm's exchange)."""
     return dict(mode="persistent" if p.persistent else "stepwise", tiles=(p.BLOCK_B, p.BLOCK_H, p.BLOCK_K),
                 resident=p.resident, poll=p.poll, ll=p.ll, fuse=p.fuse,
-                precision=p.precision if p.precision in FP32_CHOICES else None)  # fmt: skip
+                precision=p.precision if p.precision in FP32_CHOICES else None, stages=p.stages)  # fmt: skip
 
 
 def _ln_kwargs(
