@@ -544,6 +544,45 @@ def test_padded_hidden_units_change_no_number(monkeypatch, T, B, I, H, mode, til
     assert got["y"].is_contiguous() and got["y"].shape == (T, B, H)
 
 
+@pytest.mark.parametrize("align", [1, 8])
+def test_outputs_are_their_own_tensors_with_fewer_copies(monkeypatch, align):
+    """One layer, aligned (1) or padded (8): y, h_n and c_n can be modified in place and the gradients still
+    equal the spec's, though the padded layer's y is copied once (not twice) and h_n / c_n of one layer are
+    views of the layer's own h_T / c_T (not stacked copies); h_n never aliases y."""
+    monkeypatch.setitem(tk.ALIGN_UNITS, "cpu", align)
+    T, B, I, H = 3, 2, 4, 5
+    w, x, h0, c0, gy = one_layer_case(T, B, I, H, seed=11)
+    want = reference_case(w, x, h0, c0, gy)
+    leaf = [t.clone().requires_grad_() for t in (x, h0, c0, *w)]
+    y, h, c = tk.lstm(leaf[0], (leaf[1], leaf[2]), leaf[3:], **KW)
+    assert h.data_ptr() != y[-1].data_ptr() and not torch.equal(h, torch.zeros_like(h))
+    h_before = h.detach().clone()
+    ((y * gy).sum() + 1.3 * h.sum() + 0.7 * c.sum()).backward(retain_graph=True)
+    grads = [t.grad.clone() for t in leaf]
+    y.mul_(0.0)  # in place, after the graph was used: neither h_n nor the saved state changes
+    assert torch.equal(h.detach(), h_before)
+    for t in leaf:
+        t.grad = None
+    y2, h2, c2 = tk.lstm(leaf[0], (leaf[1], leaf[2]), leaf[3:], **KW)
+    h2.mul_(2.0)  # in place before backward: allowed, as with torch.nn.LSTM
+    c2.add_(1.0)
+    ((y2 * gy).sum() + 0.65 * h2.sum() + 0.7 * c2.sum()).backward()
+    for g, t, k in zip(grads, leaf, ("dx", "dh0", "dc0", "dw_ih", "dw_hh", "db")):
+        assert rel(g, want[k]) < 1e-10 and rel(t.grad, want[k]) < 1e-10, k
+
+
+def test_pad_recurrent_is_the_two_pads_in_one():
+    """stack.pad_recurrent (one pad op) equals pad_gates then pad_dim, forward and gradient."""
+    from lstmkit.kernels import stack
+
+    w = torch.randn(4 * 5, 5, dtype=torch.float64, requires_grad=True)
+    one = stack.pad_recurrent(w, 8)
+    two = stack.pad_dim(stack.pad_gates(w, 0, 5, 8), 1, 8)
+    assert one.shape == (32, 8) and torch.equal(one, two)
+    g = torch.randn(32, 8, dtype=torch.float64)
+    assert torch.equal(torch.autograd.grad(one, w, g)[0], torch.autograd.grad(two, w, g)[0])
+
+
 def test_no_grad_calls_save_nothing_for_backward(monkeypatch):
     """Under torch.no_grad() the forward kernel runs without saving gates and cell states (SAVE=False), even
     when the weights require gradients (a custom Function's needs_input_grad ignores grad mode)."""

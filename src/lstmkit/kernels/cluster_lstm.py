@@ -64,7 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .stack import pad_dim, pad_gates
+from .stack import pad_dim, pad_gates, pad_recurrent
 
 __all__ = ["ClusterConfig", "EXCHANGES", "FLAGS", "ROUTE", "config", "source", "emulation_source", "compile_cubin",
            "forward", "emulate", "layer", "lstm", "lstm_forward", "lstm_or_next", "variant_layer", "unsupported_reason",
@@ -1867,8 +1867,7 @@ def _pad(n: int, gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_ch: Tensor 
     H = w_hh.shape[1]
     w_ch = None if w_ch is None else pad_dim(w_ch.unflatten(0, (3, H)), 1, n).flatten()
     var = {k: pad_dim(v, -1, n) if k in ("rec", "zh", "zc") and v is not None else v for k, v in (var or {}).items()}
-    return (pad_gates(gx, -1, H, n), pad_dim(h0, -1, n), pad_dim(c0, -1, n), pad_dim(pad_gates(w_hh, 0, H, n), 1, n),
-            w_ch, var)  # fmt: skip
+    return pad_gates(gx, -1, H, n), pad_dim(h0, -1, n), pad_dim(c0, -1, n), pad_recurrent(w_hh, n), w_ch, var
 
 
 def _config(B: int, H: int, dtype: torch.dtype, cluster: int | None, ablate: int, fast: bool, exchange: str,

@@ -1,6 +1,6 @@
 """What the per-layer GPU kernels share (``triton_lstm``, ``cluster_lstm``): the loop over layers and directions
 (``torch.nn.LSTM``'s stacking, dropout between layers and reversed directions), and the zero padding of a layer's
-hidden units up to a size the kernels run (:func:`pad_dim`, :func:`pad_gates`)."""
+hidden units up to a size the kernels run (:func:`pad_dim`, :func:`pad_gates`, :func:`pad_recurrent`)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,13 @@ def pad_gates(t: Tensor, dim: int, H: int, n: int) -> Tensor:
     """A (..., 4H, ...) gate-blocked dimension ``dim`` padded per gate block to 4n: i, f, g, o stay apart."""
     dim = dim % t.dim()
     return pad_dim(t.unflatten(dim, (4, H)), dim + 1, n).flatten(dim, dim + 1)
+
+
+def pad_recurrent(w_hh: Tensor, n: int) -> Tensor:
+    """W_hh (4H, H) padded to (4n, n) in one op: each gate block's rows and the columns (one pad, one
+    gradient op, where :func:`pad_gates` then :func:`pad_dim` take two of each)."""
+    H = w_hh.shape[1]
+    return F.pad(w_hh.unflatten(0, (4, H)), [0, n - H, 0, n - H]).flatten(0, 1)
 
 
 def run(
@@ -48,4 +55,6 @@ def run(
             c_n.append(c)
         x = torch.cat(outs, dim=2) if dirs == 2 else outs[0]  # (T, B, D*H)
     out = x.transpose(0, 1) if batch_first else x
+    if len(h_n) == 1:  # one layer, one direction: views, not two more copies (the layer's h_T, c_T are its own)
+        return out, h_n[0].unsqueeze(0), c_n[0].unsqueeze(0)
     return out, torch.stack(h_n), torch.stack(c_n)

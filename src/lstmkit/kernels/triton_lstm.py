@@ -97,6 +97,7 @@ from torch import Tensor
 
 from .stack import pad_dim as _pad_dim  # (zero padding of the hidden units, shared with cluster_lstm)
 from .stack import pad_gates as _pad_gates
+from .stack import pad_recurrent as _pad_recurrent
 
 try:  # Triton is optional: without it the dispatcher never selects this module.
     import triton
@@ -1693,7 +1694,8 @@ class _Recurrence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_ch: Tensor | None, ln_hh: Tensor | None,
-                ln_cw: Tensor | None, ln_cb: Tensor | None, plan_kw: dict, var: dict, grad: bool):  # fmt: skip
+                ln_cw: Tensor | None, ln_cb: Tensor | None, plan_kw: dict, var: dict, grad: bool,
+                copy_y: bool = True):  # fmt: skip
         T, B, G = gx.shape
         H = G // 4
         dtype, dev = gx.dtype, gx.device
@@ -1728,8 +1730,9 @@ class _Recurrence(torch.autograd.Function):
         ctx.save_for_backward(hs, cs, gates, w_hh, w_ch, ln_hh, ln_cw, ln_cb, rh, rs)
         ctx.plan_kw, ctx.var = plan_kw, var
         # copies, not views of the saved buffers: callers may modify outputs in place, as torch.nn.LSTM's
-        # (without a backward pass nothing is saved, and y may stay a view of the buffer h_T is copied from)
-        return hs[1:].clone() if save else hs[1:], hs[T].clone(), cs[T].to(dtype, copy=True)
+        # (without a backward pass nothing is saved, and y may stay a view of the buffer h_T is copied from;
+        # nor where the caller copies y itself: ``copy_y`` False, _recurrence's padded layers)
+        return hs[1:].clone() if save and copy_y else hs[1:], hs[T].clone(), cs[T].to(dtype, copy=True)
 
     @staticmethod
     def backward(ctx, dy: Tensor | None, dh_n: Tensor | None, dc_n: Tensor | None):
@@ -1745,7 +1748,7 @@ class _Recurrence(torch.autograd.Function):
         dc = torch.zeros(B, H, dtype=acc, device=dev) if dc_n is None else dc_n.to(acc).clone()
         # dLoss/da_t (with layer norm: dLoss/dr_t, r = h_in W_hh^T); slot T = 0: no step after the last
         da = torch.empty(T + 1, B, 4 * H, dtype=dtype, device=dev)
-        da[T] = 0
+        da[T].zero_()
         sync = torch.zeros(p.n_btiles, max(T, 1), dtype=torch.int32, device=dev)
         err = torch.zeros(1, dtype=torch.int32, device=dev)
         vk = _variant_kwargs(var, w_ch, "bwd")
@@ -1791,7 +1794,7 @@ class _Recurrence(torch.autograd.Function):
         if ln:
             d_hh, d_cw, d_cb = dln[: 4 * H].to(ln_hh.dtype), dln[4 * H : 5 * H].to(ln_cw.dtype), dln[5 * H :].to(
                 ln_cb.dtype)  # fmt: skip
-        return dgx_t, dh0, dc.to(dtype), dw_hh, dw_ch, d_hh, d_cw, d_cb, None, None, None
+        return dgx_t, dh0, dc.to(dtype), dw_hh, dw_ch, d_hh, d_cw, d_cb, None, None, None, None
 
 
 def _plan_for(kind: str, B: int, H: int, dtype: torch.dtype, dev: torch.device, plan_kw: dict, ln: bool) -> Plan:
@@ -1959,13 +1962,13 @@ def _recurrence(gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_ch: Tensor |
     if gx.shape[-1] != 4 * n:  # (layer() pads W_ih and the bias instead: the GEMM then writes gx padded)
         gx = _pad_gates(gx, -1, H, n)
     h0, c0 = _pad_dim(h0, -1, n), _pad_dim(c0, -1, n)
-    w_hh = _pad_dim(_pad_gates(w_hh, 0, H, n), 1, n)
+    w_hh = _pad_recurrent(w_hh, n)
     if w_ch is not None:  # (3H) w_ci, w_cf, w_co
         w_ch = _pad_dim(w_ch.unflatten(0, (3, H)), 1, n).flatten()
     var = {k: _pad_dim(v, -1, n) if k in ("rec", "zh", "zc") and v is not None else v for k, v in var.items()}
     if ln[0] is not None:
         ln = [_pad_gates(ln[0], 0, H, n), _pad_dim(ln[1], 0, n), _pad_dim(ln[2], 0, n)]
-    y, h, c = _Recurrence.apply(gx, h0, c0, w_hh, w_ch, *ln, plan_kw, var, grad)
+    y, h, c = _Recurrence.apply(gx, h0, c0, w_hh, w_ch, *ln, plan_kw, var, grad, False)  # (y copied here)
     return y[..., :H].contiguous(), h[:, :H], c[:, :H]
 
 
