@@ -141,6 +141,17 @@ def rel_errors(got, want) -> dict[str, float]:
 FMA_CHECK = {"precision": "ieee" if tk.FP32_PRECISION == "tf32x3" else "tf32x3"}
 
 
+def _fma_check_here(B: int, H: int, dname: str, device: str) -> bool:
+    """Whether the float32 check with the other product precision runs at this shape: where tuning has such
+    candidates (small batch; with tuning the check runs the fastest of them), and in a dry run on the CPU."""
+    if dname != "fp32" or not _valid(B, H, dname, FMA_CHECK, device):
+        return False
+    if device != "cuda":
+        return True
+    kh = tk.kernel_units(H, device)
+    return any(kw.get("precision") == FMA_CHECK["precision"] for kw in tk.candidates(B, kh, torch.float32, device))
+
+
 def _valid(B: int, H: int, dname: str, kw: dict, device: str = "cuda") -> bool:
     """Whether plan keywords ``kw`` make a plan here (LL needs a persistent, resident plan)."""
     try:
@@ -192,7 +203,8 @@ def precompile(shapes, dtypes, workers: int, inference: bool = True) -> None:
             kws = tk.candidates(B, KH, DTYPES[d], "cuda") if tk.TUNE else [{}]
             kws += [{"mode": "stepwise"}] + ([{"resident": False}] if (T, B, H) == shapes[0] else [])
             kws += [kw for kw in [{"ll": True}] if LL_CHECK and _valid(B, H, d, kw)]
-            kws += [kw for kw in [FMA_CHECK] if _valid(B, H, d, kw)]  # (float32 only)
+            # (tuning: the check's plan is one of the candidates above; without it, the heuristic one)
+            kws += [kw for kw in [FMA_CHECK] if not tk.TUNE and _fma_check_here(B, H, d, "cuda")]
             # tuning also times each persistent plan with its gate products the other way (fused / unfused)
             kws += [kw for kw in tk.candidates(B, KH, DTYPES[d], "cuda", kind="fwd") if "fuse" in kw and tk.TUNE]
             for kw in {repr(tk.plan(B, KH, DTYPES[d], "cuda", **kw)): kw for kw in kws}.values():
@@ -218,7 +230,7 @@ def check(shapes, dtypes, device: str) -> list[dict]:
         if LL_CHECK:  # the flag-in-data exchange, wherever the heuristic plan allows it (--ll)
             variants += [("LL", {"ll": True})]
         # float32: the products in the precision the default plan does not use (tuning may choose it)
-        variants += [("fp32 products " + FMA_CHECK["precision"], FMA_CHECK)]
+        fma = [("fp32 products " + FMA_CHECK["precision"], FMA_CHECK)]
         Tr = min(T, REF_STEPS)
         want_np = run_numpy(m, x[:Tr], h0, c0, gy[:Tr])
         want_t = run_torch(m, x, h0, c0, gy)
@@ -228,15 +240,14 @@ def check(shapes, dtypes, device: str) -> list[dict]:
             except Exception as e:  # e.g. a dtype the CPU's LSTM lacks in a dry run
                 log.warning("torch.nn.LSTM in %s: %s", dname, e)
                 e_cudnn = float("nan")
-            for vname, kw in variants:
+            for vname, kw in variants + (fma if _fma_check_here(B, H, dname, device) else []):
                 if not _valid(B, H, dname, kw, device):
                     continue
                 try:
                     e_np = rel_errors(run_ours(m._flat_weights, x[:Tr], h0, c0, gy[:Tr], DTYPES[dname], **kw), want_np)
                     e_t = rel_errors(run_ours(m._flat_weights, x, h0, c0, gy, DTYPES[dname], **kw), want_t)
                     dt = DTYPES[dname]
-                    plan = tuned_plans(B, H, dt, device) if not kw else tk.plan(B, tk.kernel_units(H, device), dt,
-                                                                                 device, **kw)  # fmt: skip
+                    plan = tuned_plans(B, H, dt, device, **kw)  # (what ran: fuse / precision keep tuned tiles)
                     worst = max(max(e_np.values()), max(e_t.values()))
                     ok = worst < TOL[dname]  # nan compares False: a NaN fails
                     rows.append(dict(shape=(T, B, H), dtype=dname, variant=vname, plan=str(plan),
@@ -336,10 +347,11 @@ def bench_one(T: int, B: int, H: int, dname: str, device: str, warmup: int, iter
     return row
 
 
-def tuned_plans(B: int, H: int, dtype: torch.dtype, device: str) -> str:
-    """The plans the kernels ran with (tuned on the first call when tuning is on): 'fwd; bwd'."""
+def tuned_plans(B: int, H: int, dtype: torch.dtype, device: str, **plan_kw) -> str:
+    """The plans the kernels ran with (tuned on the first call when tuning is on; ``plan_kw`` as the call
+    gave them): 'fwd; bwd'."""
     dev = torch.device(device)
-    fwd, bwd = (repr(tk.tuned_plan(k, B, tk.kernel_units(H, dev), dtype, dev)) for k in ("fwd", "bwd"))
+    fwd, bwd = (repr(tk.tuned_plan(k, B, tk.kernel_units(H, dev), dtype, dev, **plan_kw)) for k in ("fwd", "bwd"))
     return fwd if fwd == bwd else f"fwd {fwd}; bwd {bwd}"
 
 

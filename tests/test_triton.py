@@ -426,13 +426,18 @@ def test_a_deeper_k_pipeline_builds_for_the_gpu():
     assert copies[1] > copies[0]
 
 
-def test_fp32_fma_products_through_the_layer():
-    """``precision`` reaches the kernels through tk.lstm (the interpreter multiplies exactly either way, so
-    this checks the plumbing: the same numbers as the spec, float32, both precisions)."""
+def test_fp32_fma_products_through_the_layer(monkeypatch):
+    """``precision`` reaches both kernels' launches through tk.lstm (the constants they get), and the numbers
+    are the spec's in float32 (the interpreter multiplies exactly either way)."""
+    seen, launch = [], tk._launch
+    monkeypatch.setattr(tk, "_launch", lambda k, p, ptrs, consts, *a, **kw: seen.append(consts["PRECISION"]) or
+                        launch(k, p, ptrs, consts, *a, **kw))  # fmt: skip
     w, x, h0, c0, gy = one_layer_case(4, 3, 5, 7, seed=3)
     want = reference_case(w, x, h0, c0, gy)
     for prec in tk.FP32_CHOICES:
+        seen.clear()
         got = triton_case(w, x, h0, c0, gy, torch.float32, precision=prec)
+        assert seen == [prec, prec], seen  # forward and backward
         for k, v in want.items():
             assert rel(got[k], v) < 1e-5, (prec, k, rel(got[k], v))  # (the issue's float32 bound)
 
@@ -446,6 +451,53 @@ def test_a_given_fuse_keeps_the_tuned_tiles(monkeypatch):
     p = tk.tuned_plan("fwd", 3, 6, torch.float64, dev, fuse=False)
     assert (p.BLOCK_B, p.BLOCK_H, p.persistent, p.fuse) == (2, 16, True, False)
     assert tk.tuned_plan("fwd", 3, 6, torch.float64, dev).fuse
+
+
+def test_unfused_from_a_deeper_k_plan_keeps_within_shared_memory(monkeypatch):
+    """A deeper-K / 4-stage plan is tuned fused only; asked unfused (fuse=False alone, layer norm's fuse, the step
+    ablation's other way), it goes back to K chunks of 64 and triton's default depth: unfused, the backward's
+    pipeline holds four gates' chunks a stage (299-491 KB at 64-128 x 32 x 128, over an H100/H200 block's 227 KB)."""
+    monkeypatch.setattr(tk, "_tunes", lambda d: True)
+    monkeypatch.setattr(tk, "_sm_count", lambda d: 132)
+    monkeypatch.setattr(tk, "_TUNED", {})
+    dev = torch.device("cuda", 0)
+    deep = dict(mode="persistent", tiles=(64, 32, 128), resident=False, stages=4)
+    tk._TUNED[tk.tune_key("bwd", 256, 1024, torch.bfloat16, dev)] = deep
+    p = tk.tuned_plan("bwd", 256, 1024, torch.bfloat16, dev, fuse=False)
+    assert not p.fuse and (p.BLOCK_B, p.BLOCK_H, p.BLOCK_K, p.stages) == (64, 32, 64, None)
+    fused = tk.tuned_plan("bwd", 256, 1024, torch.bfloat16, dev, fuse=True)
+    assert fused.fuse and (fused.BLOCK_K, fused.stages) == (128, 4)
+    # a plan of chunks of 64 keeps its tiles either way
+    tk._TUNED[tk.tune_key("bwd", 256, 1024, torch.bfloat16, dev)] = dict(mode="persistent", tiles=(64, 32),
+                                                                          resident=False)  # fmt: skip
+    p = tk.tuned_plan("bwd", 256, 1024, torch.bfloat16, dev, fuse=False)
+    assert not p.fuse and (p.BLOCK_B, p.BLOCK_H, p.BLOCK_K, p.stages) == (64, 32, 64, None)
+
+
+def test_a_given_precision_keeps_tuning(monkeypatch):
+    """precision (like fuse) is not a tiling: asked for alone, the fastest tuned persistent plan with those
+    products runs (the ranking tuning kept), else the heuristic tiles with them."""
+    monkeypatch.setattr(tk, "_tunes", lambda d: True)
+    monkeypatch.setattr(tk, "_sm_count", lambda d: 132)
+    monkeypatch.setattr(tk, "_TUNED", {})
+    monkeypatch.setattr(tk, "_PERSISTENT_RANKED", {})
+    dev = torch.device("cuda", 0)
+    key = tk.tune_key("fwd", 8, 256, torch.float32, dev)
+    if key[-1] != "tf32x3":
+        pytest.skip("LSTMKIT_TRITON_FP32 changes the default precision")
+    tk._TUNED[key] = dict(mode="persistent", tiles=(16, 32), resident=False)
+    fma = dict(mode="persistent", tiles=(16, 16), resident=False, precision="ieee")
+    tk._PERSISTENT_RANKED[key] = [tk._TUNED[key], dict(mode="persistent", tiles=(16, 8), resident=True,
+                                                       precision="ieee"), fma]  # fmt: skip
+    p = tk.tuned_plan("fwd", 8, 256, torch.float32, dev, precision="ieee")
+    assert (p.precision, p.BLOCK_H, p.resident) == ("ieee", 8, True)  # the faster of the two FMA plans
+    assert repr(tk.tuned_plan("fwd", 8, 256, torch.float32, dev, precision="tf32x3")) == repr(
+        tk.tuned_plan("fwd", 8, 256, torch.float32, dev))  # fmt: skip
+    p = tk.tuned_plan("fwd", 8, 256, torch.float32, dev, precision="ieee", fuse=False)
+    assert (p.precision, p.BLOCK_H, p.fuse) == ("ieee", 8, False)
+    monkeypatch.setattr(tk, "_PERSISTENT_RANKED", {})  # nothing ranked: the heuristic tiles, FMA products
+    p = tk.tuned_plan("fwd", 8, 256, torch.float32, dev, precision="ieee")
+    assert p.precision == "ieee" and repr(p) == repr(tk.plan(8, 256, torch.float32, dev, precision="ieee"))
 
 
 def test_dispatcher_routes_gpu_calls_to_the_triton_kernels():
@@ -556,6 +608,8 @@ def test_outputs_are_their_own_tensors_with_fewer_copies(monkeypatch, align):
     leaf = [t.clone().requires_grad_() for t in (x, h0, c0, *w)]
     y, h, c = tk.lstm(leaf[0], (leaf[1], leaf[2]), leaf[3:], **KW)
     assert h.data_ptr() != y[-1].data_ptr() and not torch.equal(h, torch.zeros_like(h))
+    # contiguous, as torch.nn.LSTM's (cuDNN refuses a strided hx: the state goes back in at the next call)
+    assert y.is_contiguous() and h.is_contiguous() and c.is_contiguous() and h.shape == (1, B, H)
     h_before = h.detach().clone()
     ((y * gy).sum() + 1.3 * h.sum() + 0.7 * c.sum()).backward(retain_graph=True)
     grads = [t.grad.clone() for t in leaf]

@@ -55,6 +55,7 @@ def run(
             c_n.append(c)
         x = torch.cat(outs, dim=2) if dirs == 2 else outs[0]  # (T, B, D*H)
     out = x.transpose(0, 1) if batch_first else x
-    if len(h_n) == 1:  # one layer, one direction: views, not two more copies (the layer's h_T, c_T are its own)
-        return out, h_n[0].unsqueeze(0), c_n[0].unsqueeze(0)
+    if len(h_n) == 1:  # one layer, one direction: no copy where the layer's h_T, c_T are its own contiguous
+        # tensors (a padded layer's are slices: copied once, contiguous as torch.nn.LSTM's, which cuDNN requires)
+        return out, h_n[0].contiguous().unsqueeze(0), c_n[0].contiguous().unsqueeze(0)
     return out, torch.stack(h_n), torch.stack(c_n)

@@ -1344,11 +1344,18 @@ def tuned_plan(kind: str, B: int, H: int, dtype: torch.dtype, device: torch.devi
     on, the fastest of :func:`candidates`, timed once per process (:func:`_tune`); else the heuristic."""
     plan_kw = {k: v for k, v in plan_kw.items() if v is not None and not (k == "mode" and v == "auto")}
     fuse = plan_kw.pop("fuse", None)  # (not a tiling: the tuned tiles, with the gate products as asked)
-    if fuse is not None and not plan_kw and _tunes(device):
+    prec = plan_kw.pop("precision", None)  # (nor this: the fastest tuned plan with these products)
+    if (fuse is not None or prec is not None) and not plan_kw and _tunes(device):
         p = tuned_plan(kind, B, H, dtype, device)
-        return p if p.fuse == fuse else Plan(B, H, dtype, device, **{**_plan_kwargs(p), "fuse": fuse})
+        if prec is not None and p.precision != prec:
+            key = tune_key(kind, B, H, dtype, device)
+            ranked = [Plan(B, H, dtype, device, **kw) for kw in _PERSISTENT_RANKED.get(key, [])]
+            p = next((q for q in ranked if q.precision == prec), None) or Plan(B, H, dtype, device, precision=prec)
+        return p if fuse is None or p.fuse == fuse else _with_fuse(p, B, H, dtype, device, fuse)
     if fuse is not None:
         plan_kw["fuse"] = fuse
+    if prec is not None:
+        plan_kw["precision"] = prec
     if plan_kw or not _tunes(device):
         return Plan(B, H, dtype, device, **plan_kw)
     key = tune_key(kind, B, H, dtype, device)
@@ -1460,7 +1467,7 @@ def step_ablation(B: int, H: int, dtype: torch.dtype, device: torch.device | str
             continue
         run, _, prep = _random_launch("fwd", p, T, B, H, dtype, device, gen, ABLATE=k)
         out[name] = _time_launch(run, device, prep=prep) * 1e3 / T
-    other = Plan(B, H, dtype, device, **{**_plan_kwargs(p), "fuse": not p.fuse})
+    other = _with_fuse(p, B, H, dtype, device, not p.fuse)
     run, _, prep = _random_launch("fwd", other, T, B, H, dtype, device, gen)
     out["gate products the other way"] = _time_launch(run, device, prep=prep) * 1e3 / T
     return out
@@ -1695,7 +1702,7 @@ class _Recurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_ch: Tensor | None, ln_hh: Tensor | None,
                 ln_cw: Tensor | None, ln_cb: Tensor | None, plan_kw: dict, var: dict, grad: bool,
-                copy_y: bool = True):  # fmt: skip
+                copy_out: bool = True):  # fmt: skip
         T, B, G = gx.shape
         H = G // 4
         dtype, dev = gx.dtype, gx.device
@@ -1730,9 +1737,11 @@ class _Recurrence(torch.autograd.Function):
         ctx.save_for_backward(hs, cs, gates, w_hh, w_ch, ln_hh, ln_cw, ln_cb, rh, rs)
         ctx.plan_kw, ctx.var = plan_kw, var
         # copies, not views of the saved buffers: callers may modify outputs in place, as torch.nn.LSTM's
-        # (without a backward pass nothing is saved, and y may stay a view of the buffer h_T is copied from;
-        # nor where the caller copies y itself: ``copy_y`` False, _recurrence's padded layers)
-        return hs[1:].clone() if save and copy_y else hs[1:], hs[T].clone(), cs[T].to(dtype, copy=True)
+        # (without a backward pass nothing is saved, and y may stay a view of the buffer h_T is copied from);
+        # none where the caller copies the outputs itself (``copy_out`` False: _recurrence's padded layers)
+        if not copy_out:
+            return hs[1:], hs[T], cs[T].to(dtype)
+        return hs[1:].clone() if save else hs[1:], hs[T].clone(), cs[T].to(dtype, copy=True)
 
     @staticmethod
     def backward(ctx, dy: Tensor | None, dh_n: Tensor | None, dc_n: Tensor | None):
@@ -1833,8 +1842,19 @@ def _plan_for(kind: str, B: int, H: int, dtype: torch.dtype, dev: torch.device, 
         best = _TUNED_PERSISTENT.get(key)  # cannot be co-resident)
         p = Plan(B, H, dtype, dev, **{**best[1], **sync}) if best else Plan(B, H, dtype, dev, mode="persistent", **sync)
     if fuse is not None and p.fuse != fuse:
-        p = Plan(B, H, dtype, dev, **{**_plan_kwargs(p), "fuse": fuse}, ln_sync=p.ln_sync)
+        p = _with_fuse(p, B, H, dtype, dev, fuse, ln_sync=p.ln_sync)
     return p
+
+
+def _with_fuse(p: Plan, B: int, H: int, dtype: torch.dtype, device: torch.device, fuse: bool, **extra) -> Plan:
+    """``p`` with its gate products as asked. The deeper-K and staged candidates are tuned fused only: unfused,
+    the backward's K pipeline holds all four gates' chunks a stage (299-491 KB of shared memory at 64-128 x 32 x
+    128, more than the 227 KB an H100/H200 block may have), so unfused they go back to K chunks of 64 and
+    triton's default depth."""
+    kw = {**_plan_kwargs(p), "fuse": fuse, **extra}
+    if not fuse and p.fuse and ((not p.interpret and p.BLOCK_K > 64) or p.stages):
+        kw.update(tiles=(p.BLOCK_B, p.BLOCK_H), stages=None)
+    return Plan(B, H, dtype, device, **kw)
 
 
 def _ln_shortlist(B: int, H: int, dtype: torch.dtype, dev: torch.device, ranked: list[dict]) -> list[dict]:
@@ -1968,8 +1988,8 @@ def _recurrence(gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_ch: Tensor |
     var = {k: _pad_dim(v, -1, n) if k in ("rec", "zh", "zc") and v is not None else v for k, v in var.items()}
     if ln[0] is not None:
         ln = [_pad_gates(ln[0], 0, H, n), _pad_dim(ln[1], 0, n), _pad_dim(ln[2], 0, n)]
-    y, h, c = _Recurrence.apply(gx, h0, c0, w_hh, w_ch, *ln, plan_kw, var, grad, False)  # (y copied here)
-    return y[..., :H].contiguous(), h[:, :H], c[:, :H]
+    y, h, c = _Recurrence.apply(gx, h0, c0, w_hh, w_ch, *ln, plan_kw, var, grad, False)  # (copied here)
+    return y[..., :H].contiguous(), h[:, :H].contiguous(), c[:, :H].contiguous()
 
 
 def layer(
