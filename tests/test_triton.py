@@ -413,6 +413,38 @@ def test_large_batch_tuning_also_times_a_deeper_k_pipeline():
         tk.plan(8, 256, torch.bfloat16, "cuda", sm_count=132, stages=1)
 
 
+def test_warmup_and_launch_pass_the_same_launch_options(monkeypatch):
+    """Triton keys a compiled kernel on its launch options: warmup (what gpu.py's workers precompile) must pass
+    exactly the options a launch passes, num_stages only for a plan that sets it (recorded on a fake kernel;
+    no GPU needed to build the GPU plans)."""
+    real = {k: tk._compiled(k, True) for k in ("fwd", "bwd")}
+    seen: dict = {"warmup": [], "launch": []}
+    options = ("num_warps", "num_stages", "launch_cooperative_grid", "num_ctas")
+
+    class Fake:
+        def __init__(self, kind):
+            self.arg_names, self.fn = real[kind].arg_names, real[kind].fn
+
+        def warmup(self, *args, grid, **kw):
+            seen["warmup"].append({k: v for k, v in kw.items() if k in options})
+
+        def __getitem__(self, grid):
+            return lambda *args, **kw: seen["launch"].append({k: v for k, v in kw.items() if k in options})
+
+    monkeypatch.setattr(tk, "_compiled", lambda kind, interpret: Fake(kind))
+    monkeypatch.setattr(tk, "_sm_count", lambda d: 132)
+    for kw in (dict(tiles=(64, 32, 128), resident=False, stages=4), dict(tiles=(64, 32), resident=False)):
+        seen["warmup"].clear()
+        seen["launch"].clear()
+        n = tk.warmup(8, 256, 1024, torch.bfloat16, "cuda", tune=False, inference=False, mode="persistent", **kw)
+        assert n == 2
+        p = tk.plan(256, 1024, torch.bfloat16, "cuda", mode="persistent", **kw)
+        for kind in ("fwd", "bwd"):
+            tk._launch(Fake(kind), p, (), {}, 8, 0, down=False)
+        assert seen["warmup"] == seen["launch"] and len(seen["launch"]) == 2
+        assert seen["launch"][0].get("num_stages") == kw.get("stages")  # (absent unless set: default cache keys)
+
+
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="TRITON_INTERPRET=1 turns triton.jit off")
 def test_a_deeper_k_pipeline_builds_for_the_gpu():
     """stages=4 reaches the sm_90 build: one more stage of operand buffers in shared memory, the same kernel
