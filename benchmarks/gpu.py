@@ -192,23 +192,27 @@ def _compile_in_workers(tasks: list, workers: int, name: str) -> None:
     log.info("precompile %s: %d kernels of %d tasks in %.0f s", name, n_all, len(tasks), time.perf_counter() - t0)
 
 
+def plans_to_compile(shapes, T: int, B: int, H: int, d: str, sm_count: int | None = None) -> list[dict]:
+    """The distinct plans (keyword sets) whose kernels the run launches at one shape and dtype: each tuning
+    candidate's, the checks'. ``sm_count`` plans for a GPU of that many SMs without one (``--count-plans``)."""
+    KH = tk.kernel_units(H, "cuda")  # the hidden size the kernels run (padded to aligned rows)
+    kws = tk.candidates(B, KH, DTYPES[d], "cuda", sm_count=sm_count) if tk.TUNE else [{}]
+    kws += [{"mode": "stepwise"}] + ([{"resident": False}] if (T, B, H) == shapes[0] else [])
+    kws += [kw for kw in [{"ll": True}] if LL_CHECK and _valid(B, H, d, kw)]
+    # (tuning: the check's plan is one of the candidates above; without it, the heuristic one)
+    kws += [kw for kw in [FMA_CHECK] if not tk.TUNE and _fma_check_here(B, H, d, "cuda")]
+    # tuning also times each persistent plan with its gate products the other way (fused / unfused)
+    kws += [kw for kw in tk.candidates(B, KH, DTYPES[d], "cuda", sm_count=sm_count, kind="fwd")
+            if "fuse" in kw and tk.TUNE]  # fmt: skip
+    return list({repr(tk.plan(B, KH, DTYPES[d], "cuda", sm_count=sm_count, **kw)): kw for kw in kws}.values())
+
+
 def precompile(shapes, dtypes, workers: int, inference: bool = True) -> None:
     """Compile every kernel the run will launch (each tuning candidate's, the checks'), one task per plan;
     ``inference``: also each plan's forward without saving (else precompile_variants compiles the tuned
     plans' after tuning: no candidate needs it)."""
-    tasks = []
-    for T, B, H in shapes:
-        for d in dtypes:
-            KH = tk.kernel_units(H, "cuda")  # the hidden size the kernels run (padded to aligned rows)
-            kws = tk.candidates(B, KH, DTYPES[d], "cuda") if tk.TUNE else [{}]
-            kws += [{"mode": "stepwise"}] + ([{"resident": False}] if (T, B, H) == shapes[0] else [])
-            kws += [kw for kw in [{"ll": True}] if LL_CHECK and _valid(B, H, d, kw)]
-            # (tuning: the check's plan is one of the candidates above; without it, the heuristic one)
-            kws += [kw for kw in [FMA_CHECK] if not tk.TUNE and _fma_check_here(B, H, d, "cuda")]
-            # tuning also times each persistent plan with its gate products the other way (fused / unfused)
-            kws += [kw for kw in tk.candidates(B, KH, DTYPES[d], "cuda", kind="fwd") if "fuse" in kw and tk.TUNE]
-            for kw in {repr(tk.plan(B, KH, DTYPES[d], "cuda", **kw)): kw for kw in kws}.values():
-                tasks.append((T, B, H, d, [kw], (), inference))
+    tasks = [(T, B, H, d, [kw], (), inference) for T, B, H in shapes for d in dtypes
+             for kw in plans_to_compile(shapes, T, B, H, d)]  # fmt: skip
     tasks.sort(key=lambda t: -t[2])  # large H first: they compile longest
     _compile_in_workers(tasks, workers, "plans")
 
@@ -760,6 +764,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dry-run", action="store_true", help="tiny shapes, CPU interpreter: proves the script runs")
     ap.add_argument("--compile-only", action="store_true", help="compile for sm_90 and report resources; no GPU")
+    ap.add_argument("--count-plans", action="store_true",
+                    help="print how many plans' kernels the run compiles on a 132-SM GPU (each: forward and backward); "
+                         "no GPU")  # fmt: skip
     ap.add_argument("--dtypes", default="fp32,bf16,fp16", help="comma-separated subset of fp32,bf16,fp16")
     ap.add_argument("--shapes", default=None, help="T,B,H;T,B,H;... (default: the issue's five)")
     ap.add_argument("--warmup", type=int, default=3)
@@ -792,6 +799,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         shapes = DRY_SHAPES if args.dry_run else SHAPES
     cmd = "python benchmarks/gpu.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.count_plans:
+        n = sum(len(plans_to_compile(shapes, T, B, H, d, sm_count=132)) for T, B, H in shapes for d in dtypes)
+        print(f"{n} plans at {len(shapes)} shapes x {len(dtypes)} dtypes (132 SMs)")
+        return 0
     if args.compile_only:
         compiled = compile_report(shapes, dtypes, flagsets=[()] if args.no_variants else COMPILE_FLAGSETS)
         text = render("ahead-of-time compile, no GPU", cmd, [], [], compiled,

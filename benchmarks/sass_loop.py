@@ -66,6 +66,15 @@ CASES = [
     (35, 20, 650, torch.float32, "bwd", dict(tiles=(32, 16), resident=False, precision="ieee")),
     (35, 20, 650, torch.float32, "fwd", dict(tiles=(32, 8), resident=False, precision="ieee")),
     (35, 20, 650, torch.float32, "bwd", dict(tiles=(32, 8), resident=False, precision="ieee")),
+    # left out of the candidates for their spills (triton_lstm._other_precision, DEEP_K): larger FMA tiles, and
+    # float32 (tf32x3) with K chunks of 128
+    (128, 256, 1024, torch.float32, "fwd", dict(tiles=(64, 32), resident=False, precision="ieee")),
+    (128, 256, 1024, torch.float32, "fwd", dict(tiles=(128, 64), resident=False, precision="ieee")),
+    (100, 1, 512, torch.float32, "fwd", dict(tiles=(16, 16), resident=True, precision="ieee")),
+    (35, 20, 650, torch.float32, "fwd", dict(tiles=(32, 16, 128), resident=False)),
+    (35, 20, 650, torch.float32, "bwd", dict(tiles=(32, 16, 128), resident=False)),
+    (128, 256, 1024, torch.float32, "fwd", dict(tiles=(64, 32, 128), resident=False)),
+    (128, 256, 1024, torch.float32, "bwd", dict(tiles=(64, 32, 128), resident=False)),
 ]
 
 

@@ -1276,8 +1276,9 @@ def candidates(
 #: at an L2 latency near a microsecond that is the ~30 GB/s per SM the step achieved, a fraction of what an
 #: SM can take from L2. Chunks of 128 double the bytes in flight and halve the chunks (an estimate, not a
 #: measurement: tuning times both). Their sm_90 builds (benchmarks/sass_loop.py, Triton 3.6) spill nothing in
-#: bf16 at run 5's streamed tilings and up to 120 bytes at 128 x 32; float32's (tf32x3) spill 0.9-1.5 KB, so
-#: float32 keeps 64. At B > 16 they also come 4 stages deep (Plan's ``stages``), where 4 stages fit.
+#: bf16 at run 5's streamed tilings and up to 120 bytes at 128 x 32; float32's (tf32x3) spill 0.9-1.5 KB and
+#: need up to 416 KiB of shared memory, so float32 keeps 64. At B > 16 they also come 4 stages deep (Plan's
+#: ``stages``), where 4 stages fit.
 DEEP_K = 128
 
 
