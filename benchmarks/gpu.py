@@ -14,6 +14,9 @@ Without a GPU:
 
 * ``--compile-only`` compiles every kernel the GPU plan would launch at the five shapes for sm_90
   (Triton compiles ahead of time without a device) and reports registers, spills and shared memory;
+* ``--compile-plans`` does so for every plan a GPU run compiles (each tuning candidate's and the checks'),
+  and says which would not fit an H100 / H200's shared memory (a run's tuning drops those, after
+  compiling them);
 * ``--dry-run`` runs the whole script end to end at tiny shapes on the CPU (Triton interpreter;
   timings there are meaningless and are marked so).
 
@@ -22,6 +25,7 @@ Run (``PYTHONPATH=src`` where lstmkit is not installed, e.g. the device machine'
     python benchmarks/gpu.py --out gpu_results.md          # on the GPU, < 8 minutes
     python benchmarks/gpu.py --dry-run --out /tmp/dry.md     # anywhere, seconds
     python benchmarks/gpu.py --compile-only                  # anywhere, a few minutes
+    python benchmarks/gpu.py --compile-plans --workers 2     # anywhere, about N plans x 10 s / workers
 
 The exit status is 1 when a check misses its bound (or errors), 0 otherwise.
 """
@@ -647,9 +651,6 @@ COMPILE_FLAGSETS = [(), ("LN",), tuple(tk.VARIANT_FLAGS)]
 def compile_report(shapes, dtypes, arch: int = 90, sm_count: int = 132, flagsets=((),)) -> list[dict]:
     """Compile the kernels each shape's GPU plan launches, for sm_``arch``, with each set of variant switches in
     ``flagsets``; registers, spills, shared memory."""
-    import triton
-
-    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     rows = []
     for (T, B, H), dname, flags in [(s, d, f) for s in shapes for d in dtypes for f in flagsets]:
         p = tk.plan(B, tk.kernel_units(H, "cuda"), DTYPES[dname], "cuda", sm_count=sm_count)
@@ -666,18 +667,91 @@ def compile_report(shapes, dtypes, arch: int = 90, sm_count: int = 132, flagsets
             continue
         for kname, kern in kernels.items():
             row = dict(shape=(T, B, H), dtype=dname, kernel=f"{what} {kname}", plan=repr(p),
-                       compile_s=(time.perf_counter() - t0) / 2, shared_bytes=kern.metadata.shared)  # fmt: skip
-            with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-                f.write(kern.asm["cubin"])
-                f.flush()
-                res = subprocess.run([str(cuobjdump), "--dump-resource-usage", f.name],
-                                     capture_output=True, text=True, check=True).stdout  # fmt: skip
-            for field in ("REG", "STACK", "LOCAL"):
-                tok = [w for w in res.split() if w.startswith(field + ":")]
-                row[field.lower()] = int(tok[0].split(":")[1]) if tok else None
+                       compile_s=(time.perf_counter() - t0) / 2, **_resources(kern))  # fmt: skip
             rows.append(row)
             log.info("compile %s", row)
     return rows
+
+
+def _resources(kern) -> dict:
+    """Shared bytes, registers, stack and local bytes of one compiled kernel (cuobjdump on its cubin)."""
+    import triton
+
+    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    row = {"shared_bytes": kern.metadata.shared}
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kern.asm["cubin"])
+        f.flush()
+        res = subprocess.run([str(cuobjdump), "--dump-resource-usage", f.name],
+                             capture_output=True, text=True, check=True).stdout  # fmt: skip
+    for field in ("REG", "STACK", "LOCAL"):
+        tok = [w for w in res.split() if w.startswith(field + ":")]
+        row[field.lower()] = int(tok[0].split(":")[1]) if tok else None
+    return row
+
+
+#: shared memory one block may have on an H100 / H200 (cudaDevAttrMaxSharedMemoryPerBlockOptin): a kernel
+#: asking for more fails to load there (triton's OutOfResources; tuning then drops the plan)
+SM90_SHARED_LIMIT = 232448
+
+
+def _compile_plan(task) -> list[dict]:
+    """One worker's ahead-of-time compile of one plan's forward and backward (``--compile-plans``)."""
+    T, B, H, dname, kw, arch, sm_count = task
+    base = dict(shape=(T, B, H), dtype=dname, plan=repr(tk.plan(B, tk.kernel_units(H, "cuda"), DTYPES[dname],
+                                                                    "cuda", sm_count=sm_count, **kw)))  # fmt: skip
+    t0 = time.perf_counter()
+    try:
+        kernels = tk.compile_ahead(T, B, H, DTYPES[dname], arch=arch, sm_count=sm_count, **kw)
+    except Exception as e:
+        return [dict(base, kernel="fwd+bwd", error=f"{type(e).__name__}: {e}"[:300])]
+    sec = (time.perf_counter() - t0) / len(kernels)
+    return [dict(base, kernel=k, compile_s=sec, **_resources(kern)) for k, kern in kernels.items()]
+
+
+def compile_plans_report(shapes, dtypes, workers: int, arch: int = 90, sm_count: int = 132) -> list[dict]:
+    """Compile, for sm_``arch`` and without a GPU, every plan a GPU run compiles (:func:`plans_to_compile`:
+    each tuning candidate's, the checks'), forward and backward, in ``workers`` processes: the check that
+    each builds with this Triton, and what it spills and asks of shared memory (above
+    :data:`SM90_SHARED_LIMIT` it cannot load on an H100 / H200)."""
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    tasks = [(T, B, H, d, kw, arch, sm_count) for T, B, H in shapes for d in dtypes
+             for kw in plans_to_compile(shapes, T, B, H, d, sm_count=sm_count)]  # fmt: skip
+    tasks.sort(key=lambda t: -t[2])  # large H first: they compile longest
+    rows: list[dict] = []
+    t0 = time.perf_counter()
+    with cf.ProcessPoolExecutor(max_workers=max(1, min(workers, len(tasks))),
+                                mp_context=mp.get_context("spawn")) as ex:  # fmt: skip
+        for i, got in enumerate(ex.map(_compile_plan, tasks)):
+            rows += got
+            log.info("compiled plan %d of %d (%.0f s): %s", i + 1, len(tasks), time.perf_counter() - t0, got)
+    order = {(s, d): i for i, (s, d) in enumerate((s, d) for s in shapes for d in dtypes)}
+    rows.sort(key=lambda r: (order[(r["shape"], r["dtype"])], r["kernel"], r["plan"]))
+    return rows
+
+
+def render_plans(rows: list[dict], arch: int = 90) -> str:
+    """``--compile-plans``' table and its summary."""
+    ok = [r for r in rows if "error" not in r]
+    over = [r for r in ok if r["shared_bytes"] > SM90_SHARED_LIMIT]
+    spill = [r for r in ok if (r.get("stack") or 0) > 0]
+    lines = [f"## Every plan a GPU run compiles, built for sm_{arch} ahead of time (no GPU)", "",
+             f"{len(ok)} kernels built, {len(rows) - len(ok)} plans failed to build; {len(over)} kernels ask for "
+             f"more shared memory than an H100 / H200 block may have ({SM90_SHARED_LIMIT} bytes); "
+             f"{len(spill)} have a stack (register spills or local arrays).", "",
+             "| shape | dtype | kernel | plan | registers | stack bytes | shared bytes | fits | compile s |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['shape']} | {r['dtype']} | {r['kernel']} | {r['plan']} | ERROR: {r['error']} "
+                         "| | | | |")  # fmt: skip
+        else:
+            fits = "yes" if r["shared_bytes"] <= SM90_SHARED_LIMIT else "**NO**"
+            lines.append(f"| {r['shape']} | {r['dtype']} | {r['kernel']} | {r['plan']} | {r.get('reg')} "
+                         f"| {r.get('stack')} | {r['shared_bytes']} | {fits} | {r['compile_s']:.1f} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -764,6 +838,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dry-run", action="store_true", help="tiny shapes, CPU interpreter: proves the script runs")
     ap.add_argument("--compile-only", action="store_true", help="compile for sm_90 and report resources; no GPU")
+    ap.add_argument("--compile-plans", action="store_true",
+                    help="compile every plan a GPU run compiles (tuning candidates, checks) for sm_90; no GPU")
     ap.add_argument("--count-plans", action="store_true",
                     help="print how many plans' kernels the run compiles on a 132-SM GPU (each: forward and backward); "
                          "no GPU")  # fmt: skip
@@ -803,6 +879,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         n = sum(len(plans_to_compile(shapes, T, B, H, d, sm_count=132)) for T, B, H in shapes for d in dtypes)
         print(f"{n} plans at {len(shapes)} shapes x {len(dtypes)} dtypes (132 SMs)")
         return 0
+    if args.compile_plans:
+        rows = compile_plans_report(shapes, dtypes, args.workers)
+        text = (f"# Triton LSTM plans, ahead-of-time compile, no GPU: triton {_triton_version()}, torch "
+                f"{torch.__version__}\n\nCommand: `{cmd}`  \nDate: {_now()}\n\n{render_plans(rows)}")
+        print(text)
+        args.out.write_text(text)
+        return 0 if all("error" not in r and r["shared_bytes"] <= SM90_SHARED_LIMIT for r in rows) else 1
     if args.compile_only:
         compiled = compile_report(shapes, dtypes, flagsets=[()] if args.no_variants else COMPILE_FLAGSETS)
         text = render("ahead-of-time compile, no GPU", cmd, [], [], compiled,
