@@ -16,7 +16,7 @@ launch path, this says what a call is made of. Two tables:
 Plans are fixed to what run 5's tuning chose (``PLANS``), so the script compiles a few kernels and tunes none.
 
     PYTHONPATH=src python benchmarks/gpu_profile.py --out gpu_profile.md     # on a GPU, about 1-2 min
-    TRITON_INTERPRET=1 PYTHONPATH=src python benchmarks/gpu_profile.py --dry-run   # CPU, plumbing only
+    PYTHONPATH=src python benchmarks/gpu_profile.py --dry-run --out /tmp/profile.md   # CPU, plumbing only
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.interpreter import InterpretedFunction
 
 from lstmkit.kernels import triton_lstm as tk
 
@@ -48,10 +49,14 @@ PLANS = {
 DRY = {(6, 2, 16, "bf16"): dict(mode="persistent", tiles=(16, 16))}
 
 
-@triton.jit
-def _two_args(x_ptr, n, BLOCK: tl.constexpr):
+def _two_args_fn(x_ptr, n, BLOCK: tl.constexpr):
     offs = tl.arange(0, BLOCK)
     tl.store(x_ptr + offs, tl.load(x_ptr + offs, mask=offs < n) + 1, mask=offs < n)
+
+
+#: for the GPU; a dry run interprets the same function on the CPU (as triton_lstm does its kernels), so it
+#: needs no TRITON_INTERPRET=1 in the environment
+_two_args = triton.jit(_two_args_fn)
 
 
 def _host_us(fn, device: str, n: int, rounds: int = 5) -> float:
@@ -74,7 +79,8 @@ def launch_costs(device: str, n: int) -> list[tuple[str, float]]:
     dev = torch.device(device)
     x = torch.zeros(16, device=dev)
     rows = [("torch op, x.add_(1)", _host_us(lambda: x.add_(1), device, n))]
-    rows.append(("Triton kernel, 2 arguments", _host_us(lambda: _two_args[(1,)](x, 16, BLOCK=16), device, n)))
+    two = _two_args if device == "cuda" else InterpretedFunction(_two_args_fn)
+    rows.append(("Triton kernel, 2 arguments", _host_us(lambda: two[(1,)](x, 16, BLOCK=16), device, n)))
     B, H, dt = 8, 256 if device == "cuda" else 16, torch.bfloat16
     p = tk.Plan(B, H, dt, dev, mode="stepwise")
     run, _, prep = tk._random_launch("fwd", p, 1, B, H, dt, dev, torch.Generator(device=dev).manual_seed(0))
