@@ -2,7 +2,8 @@
 
 A GPU is lent for a few minutes at a time and the whole session is one call of ``benchmarks/gpu_session.sh``;
 a script that fails on a Python error there costs that session. Each ``--dry-run`` drives the same code on
-tiny shapes (the Triton interpreter, the cluster kernels' CPU emulation), so such an error shows here first.
+tiny shapes (the Triton interpreter, the cluster kernels' CPU emulation; ``gpu_user_path.py`` the CPU's own
+kernels, its modules and checks), so such an error shows here first.
 Timings in a dry run mean nothing and are not looked at; the checks against the float64 references are
 (exit status 0). Run in subprocesses: the scripts set module state (``SYNC_CHECK``, tuning switches) for
 the rest of their process.
@@ -65,3 +66,10 @@ def test_gpu_cluster_dry_run(tmp_path):
     out = tmp_path / "cluster.md"
     _ok(_run("gpu_cluster.py", "--dry-run", "--out", str(out)))
     assert out.read_text().strip()
+
+
+def test_gpu_user_path_dry_run(tmp_path):
+    out = tmp_path / "user.md"
+    _ok(_run("gpu_user_path.py", "--dry-run", "--out", str(out)))
+    text = out.read_text()
+    assert text.count("| yes |") + text.count("| NO |") == 6 and "ERROR" not in text
