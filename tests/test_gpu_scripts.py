@@ -27,49 +27,39 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _run(script: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    env.pop("TRITON_INTERPRET", None)  # the dry runs must not need it (gpu_profile.py once did)
     return subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)  # fmt: skip
 
 
-def _ok(res: subprocess.CompletedProcess) -> None:
-    assert res.returncode == 0, f"exit {res.returncode}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
-
-
-def test_gpu_py_dry_run(tmp_path):
-    out = tmp_path / "gpu.md"
-    _ok(_run("gpu.py", "--dry-run", "--out", str(out)))
-    text = out.read_text()
-    for table in ("## Correctness", "## Time, ms", "## Forward step ablation"):
-        assert table in text, f"{table!r} missing from the dry run's report"
-    assert "| NO |" not in text
-    assert "DRY RUN" in text  # says its times mean nothing
+def test_the_gpu_session_dry_run(tmp_path):
+    """``benchmarks/gpu_session.sh`` as the GPU runs it (same commands, options and time limits), each script
+    with ``--dry-run`` (``DRY=1``): every script exits 0 and writes its tables."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "DRY": "1", "OUT": str(tmp_path),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # (its python3)
+    env.pop("TRITON_INTERPRET", None)  # the dry runs must not need it (gpu_profile.py's once did)
+    res = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_session.sh")], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=700)  # fmt: skip
+    status = (tmp_path / "gpu.txt").read_text()
+    logs = {f.name: f.read_text()[-2000:] for f in tmp_path.glob("*_log.txt")}
+    cluster = _emulation_builds()
+    for script in ("gpu_cluster.py", "gpu_user_path.py", "gpu_profile.py", "gpu.py"):
+        if script == "gpu_cluster.py" and not cluster:  # (its emulation needs g++ >= 12)
+            continue
+        assert f"{script}: exit 0" in status, f"{script} failed:\n{status}\n{res.stdout[-2000:]}\n{logs}"
+    gpu = (tmp_path / "gpu_results.md").read_text()
+    for table in ("## Correctness", "## Time, ms", "## Variants: time", "## Plan tuning", "## Forward step ablation"):
+        assert table in gpu, f"{table!r} missing from gpu.py's report"
+    assert "| NO |" not in gpu and "DRY RUN" in gpu  # (and it says its times mean nothing)
+    profile = (tmp_path / "gpu_profile.md").read_text()
+    assert "| Triton kernel, 2 arguments |" in profile and "| ours fwd+bwd |" in profile and "ERROR" not in profile
+    user = (tmp_path / "gpu_user_path.md").read_text()
+    assert user.count("| yes |") == 6 and "ERROR" not in user
+    if cluster:
+        assert "## Forward against float64" in (tmp_path / "gpu_cluster.md").read_text()
 
 
 def test_gpu_py_counts_its_plans():
     res = _run("gpu.py", "--count-plans")
-    _ok(res)
+    assert res.returncode == 0, res.stderr[-3000:]
     n = int(res.stdout.split()[0])
     assert n > 100, res.stdout  # every tuning candidate at five shapes and three dtypes (177 when written)
-
-
-def test_gpu_profile_dry_run(tmp_path):
-    out = tmp_path / "profile.md"
-    _ok(_run("gpu_profile.py", "--dry-run", "--out", str(out)))
-    text = out.read_text()
-    assert "| Triton kernel, 2 arguments |" in text
-    assert "| ours fwd+bwd |" in text and "ERROR" not in text
-
-
-@pytest.mark.skipif(not _emulation_builds(), reason="the cluster kernels' emulation needs g++ >= 12 (C++20, _Float16)")
-def test_gpu_cluster_dry_run(tmp_path):
-    out = tmp_path / "cluster.md"
-    _ok(_run("gpu_cluster.py", "--dry-run", "--out", str(out)))
-    assert out.read_text().strip()
-
-
-def test_gpu_user_path_dry_run(tmp_path):
-    out = tmp_path / "user.md"
-    _ok(_run("gpu_user_path.py", "--dry-run", "--out", str(out)))
-    text = out.read_text()
-    assert text.count("| yes |") + text.count("| NO |") == 6 and "ERROR" not in text
