@@ -1045,7 +1045,7 @@ class Plan:
         self._split = self.precision == "tf32x3"
         self.H_PAD = max(16, _next_pow2(H))
         self.BLOCK_K = 64 if not self.interpret else 16
-        size = torch.empty((), dtype=dtype).element_size()
+        size = dtype.itemsize
         if self.interpret:
             sms = 1 << 30
             self.BLOCK_B, self.BLOCK_H = 16, 16
@@ -1231,7 +1231,7 @@ def candidates(
     if base.interpret:
         return [{}]
     sms = sm_count if sm_count is not None else _sm_count(device)
-    size = torch.empty((), dtype=dtype).element_size()
+    size = dtype.itemsize
     bb = base.BLOCK_B
     n_b = math.ceil(B / bb)
     out: list[dict] = [{}]
