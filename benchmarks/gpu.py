@@ -266,7 +266,7 @@ def check(shapes, dtypes, device: str) -> list[dict]:
                     nan = float("nan")
                     why = f"{type(e).__name__}: {e}"[:200]
                     rows.append(dict(shape=(T, B, H), dtype=dname, variant=vname, plan="", ref_numpy=nan,
-                                     ref_full=nan, cudnn=e_cudnn, worst_field=why, ok=False))  # fmt: skip
+                                     ref_full=nan, cudnn=e_cudnn, worst_field=why, ok=False, error=why))  # fmt: skip
                 log.info("check %s", rows[-1])
     return rows
 
@@ -885,7 +885,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{torch.__version__}\n\nCommand: `{cmd}`  \nDate: {_now()}\n\n{render_plans(rows)}")
         print(text)
         args.out.write_text(text)
-        return 0 if all("error" not in r and r["shared_bytes"] <= SM90_SHARED_LIMIT for r in rows) else 1
+        return 0 if all("error" not in r for r in rows) else 1  # (a plan over the limit: tuning drops it)
     if args.compile_only:
         compiled = compile_report(shapes, dtypes, flagsets=[()] if args.no_variants else COMPILE_FLAGSETS)
         text = render("ahead-of-time compile, no GPU", cmd, [], [], compiled,

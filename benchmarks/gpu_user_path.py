@@ -67,7 +67,7 @@ def case(
     m.load_state_dict(ref_m.state_dict())
     peer_m.load_state_dict(ref_m.state_dict())
     x = torch.randn(B, T, H, device=DEVICE, dtype=torch.float64)
-    ln = torch.tensor([40, 7, 33, 40, 1, 25]).clamp(max=T).to(DEVICE) if lengths else None
+    ln = torch.tensor([40, 7, 33, 40, 1, 25]).clamp(max=T) if lengths else None
     masks = ref_m.sample_masks(B, T, like=x) if opts else None
     want = grads(ref_m, x, ln, masks)
     mk = {k: {n: t.to(dtype) for n, t in v.items()} for k, v in masks.items()} if masks else None

@@ -506,6 +506,30 @@ def test_unfused_from_a_deeper_k_plan_keeps_within_shared_memory(monkeypatch):
     assert not p.fuse and (p.BLOCK_B, p.BLOCK_H, p.BLOCK_K, p.stages) == (64, 32, 64, None)
 
 
+def test_a_given_fuse_avoids_a_plan_tuning_could_not_run(monkeypatch):
+    """The tuned tiles with the gate products the other way may not fit on the GPU (the unfused backward at
+    128 x 32 in 16-bit asks for 245760 bytes of shared memory, over an H100's 232448): where tuning tried them
+    and they could not launch, a given fuse takes the fastest tuned plan with the products as asked."""
+    monkeypatch.setattr(tk, "_tunes", lambda d: True)
+    monkeypatch.setattr(tk, "_sm_count", lambda d: 132)
+    monkeypatch.setattr(tk, "_TUNED", {})
+    monkeypatch.setattr(tk, "_PERSISTENT_RANKED", {})
+    monkeypatch.setattr(tk, "TUNE_LOG", {})
+    dev = torch.device("cuda", 0)
+    key = tk.tune_key("bwd", 256, 1024, torch.bfloat16, dev)
+    big = dict(mode="persistent", tiles=(128, 32), resident=False)
+    small_unfused = dict(mode="persistent", tiles=(64, 32), resident=False, fuse=False)
+    tk._TUNED[key] = big
+    tk._PERSISTENT_RANKED[key] = [big, dict(mode="persistent", tiles=(64, 32), resident=False), small_unfused]
+    unfused_big = tk.Plan(256, 1024, torch.bfloat16, dev, **big, fuse=False)
+    tk.TUNE_LOG[key] = [(repr(tk.Plan(256, 1024, torch.bfloat16, dev, **big)), 0.5), (repr(unfused_big), None)]
+    p = tk.tuned_plan("bwd", 256, 1024, torch.bfloat16, dev, fuse=False)
+    assert not p.fuse and (p.BLOCK_B, p.BLOCK_H) == (64, 32), p
+    tk.TUNE_LOG[key] = [(repr(unfused_big), 0.7)]  # it ran: the tuned tiles, unfused
+    p = tk.tuned_plan("bwd", 256, 1024, torch.bfloat16, dev, fuse=False)
+    assert not p.fuse and (p.BLOCK_B, p.BLOCK_H) == (128, 32), p
+
+
 def test_a_given_precision_keeps_tuning(monkeypatch):
     """precision (like fuse) is not a tiling: asked for alone, the fastest tuned persistent plan with those
     products runs (the ranking tuning kept), else the heuristic tiles with them."""

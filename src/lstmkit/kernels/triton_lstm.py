@@ -1342,17 +1342,26 @@ def _tunes(device: torch.device) -> bool:
 
 def tuned_plan(kind: str, B: int, H: int, dtype: torch.dtype, device: torch.device, **plan_kw) -> Plan:
     """The launch plan for kernel ``kind`` ("fwd" or "bwd"): given keywords win; on a GPU with :data:`TUNE`
-    on, the fastest of :func:`candidates`, timed once per process (:func:`_tune`); else the heuristic."""
+    on, the fastest of :func:`candidates`, timed once per process (:func:`_tune`); else the heuristic.
+    ``fuse`` or ``precision`` given alone keep tuning: the tuned tiles with the gate products as asked (or,
+    where tuning could not run those, the fastest tuned plan with them), the fastest tuned plan with the
+    products' precision as asked."""
     plan_kw = {k: v for k, v in plan_kw.items() if v is not None and not (k == "mode" and v == "auto")}
     fuse = plan_kw.pop("fuse", None)  # (not a tiling: the tuned tiles, with the gate products as asked)
     prec = plan_kw.pop("precision", None)  # (nor this: the fastest tuned plan with these products)
     if (fuse is not None or prec is not None) and not plan_kw and _tunes(device):
         p = tuned_plan(kind, B, H, dtype, device)
+        key = tune_key(kind, B, H, dtype, device)
+        ranked = [Plan(B, H, dtype, device, **kw) for kw in _PERSISTENT_RANKED.get(key, [])]
         if prec is not None and p.precision != prec:
-            key = tune_key(kind, B, H, dtype, device)
-            ranked = [Plan(B, H, dtype, device, **kw) for kw in _PERSISTENT_RANKED.get(key, [])]
             p = next((q for q in ranked if q.precision == prec), None) or Plan(B, H, dtype, device, precision=prec)
-        return p if fuse is None or p.fuse == fuse else _with_fuse(p, B, H, dtype, device, fuse)
+        if fuse is None or p.fuse == fuse:
+            return p
+        q = _with_fuse(p, B, H, dtype, device, fuse)
+        if repr(q) in _refused(key):  # the tuned tiles the other way could not launch (e.g. their shared memory,
+            # unfused backward at 128 x 32 in 16-bit): the fastest tuned plan with the products as asked
+            q = next((r for r in ranked if r.fuse == fuse and r.precision == p.precision), q)
+        return q
     if fuse is not None:
         plan_kw["fuse"] = fuse
     if prec is not None:
@@ -1368,6 +1377,11 @@ def tuned_plan(kind: str, B: int, H: int, dtype: torch.dtype, device: torch.devi
                  "LSTMKIT_TRITON_TUNE=0 skips), chose %r", kind, B, H, dtype, len(cands), time.perf_counter() - t0,
                  Plan(B, H, dtype, device, **_TUNED[key]))  # fmt: skip
     return Plan(B, H, dtype, device, **_TUNED[key])
+
+
+def _refused(key) -> set[str]:
+    """The plans (``repr``) tuning tried under ``key`` and could not run (:data:`TUNE_LOG`, no time)."""
+    return {r for r, ms in TUNE_LOG.get(key, []) if ms is None}
 
 
 def _random_launch(kind: str, p: Plan, T: int, B: int, H: int, dtype: torch.dtype, device: torch.device, gen,
@@ -1851,7 +1865,8 @@ def _with_fuse(p: Plan, B: int, H: int, dtype: torch.dtype, device: torch.device
     """``p`` with its gate products as asked. The deeper-K and staged candidates are tuned fused only: unfused,
     the backward's K pipeline holds all four gates' chunks a stage (299-491 KB of shared memory at 64-128 x 32 x
     128, more than the 227 KB an H100/H200 block may have), so unfused they go back to K chunks of 64 and
-    triton's default depth."""
+    triton's default depth. (Even that does not fit everywhere: 240 KB at 128 x 32 in 16-bit, Triton 3.6,
+    docs/gpu_runs/compile-plans-2026-11-28.md; :func:`tuned_plan` then takes another tuned plan.)"""
     kw = {**_plan_kwargs(p), "fuse": fuse, **extra}
     if not fuse and p.fuse and ((not p.interpret and p.BLOCK_K > 64) or p.stages):
         kw.update(tiles=(p.BLOCK_B, p.BLOCK_H), stages=None)
