@@ -332,7 +332,14 @@ def one_layer_calls(T: int, B: int, H: int, dtype: torch.dtype, device: str) -> 
         y, _, _ = tk.lstm(xg, (h0, c0), w, training=True, **kw, **plan)
         y.sum().backward()
 
-    return dict(cudnn_fwd=cudnn_fwd, cudnn_fb=cudnn_fb, ours_fwd=ours_fwd, ours_fb=ours_fb)
+    def cudnn_fwd_grad():  # the forward of a training step alone (what it saves; the graph is dropped)
+        return m(xg, (h0, c0))[0]
+
+    def ours_fwd_grad(**plan):
+        return tk.lstm(xg, (h0, c0), w, training=True, **kw, **plan)[0]
+
+    return dict(cudnn_fwd=cudnn_fwd, cudnn_fb=cudnn_fb, ours_fwd=ours_fwd, ours_fb=ours_fb,
+                cudnn_fwd_grad=cudnn_fwd_grad, ours_fwd_grad=ours_fwd_grad)  # fmt: skip
 
 
 def bench_one(T: int, B: int, H: int, dname: str, device: str, warmup: int, iters: int, stepwise: bool) -> dict:

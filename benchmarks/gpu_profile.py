@@ -9,9 +9,13 @@ launch path, this says what a call is made of. Two tables:
    launch (about 60 arguments, ``triton_lstm._launch``), and a whole one-step ``triton_lstm.lstm`` call
    (planning, buffers, GEMM, launch, copies).
 2. **One call under torch.profiler** (``SYNC_CHECK`` off, as a user runs it), ours and cuDNN, forward
-   (no grad) and forward+backward, at the shapes where host work or the backward decides goal 1: per call
-   the wall time (CUDA events, without the profiler), the GPU time of its kernels, the number of kernels,
-   and the longest kernels. Wall minus kernel time is time the GPU waited for the host.
+   (no grad), the forward of a training step alone (with grad, no backward) and forward+backward, at the
+   shapes where host work or the backward decides goal 1: per call the wall time (CUDA events, without the
+   profiler), the GPU time of its kernels, the number of kernels, the longest kernels, and the host events
+   with the most self time (aten ops, autograd nodes, CUDA runtime calls). Wall minus kernel time is time
+   the GPU waited for the host. Run 5's numbers put about 1.2-1.8 ms a training call outside the forward
+   and the backward recurrence at four shapes (docs/gpu.md, "Next GPU session"): the with-grad row and the
+   host events say where.
 
 Plans are fixed to what run 5's tuning chose (``PLANS``), so the script compiles a few kernels and tunes none.
 
@@ -100,6 +104,14 @@ def launch_costs(device: str, n: int) -> list[tuple[str, float]]:
     return rows
 
 
+def _host_ops(prof, iters: int, top: int = 5) -> str:
+    """The host events with the most self time, microseconds per call: aten ops, autograd nodes, and on a GPU the
+    CUDA runtime calls (a synchronisation, an allocation or a module load that stalls the call shows here)."""
+    evs = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    evs.sort(key=lambda e: -e.self_cpu_time_total)
+    return "; ".join(f"{e.key[:40]} {e.self_cpu_time_total / iters:.0f} ({e.count / iters:g}x)" for e in evs[:top])
+
+
 def _kernels(prof) -> list[tuple[str, float]]:
     """(name, device microseconds) of every GPU kernel / memcpy / memset event in a profile."""
     out = []
@@ -115,6 +127,8 @@ def profile_case(T: int, B: int, H: int, dname: str, plan: dict, device: str, it
     rows = []
     acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device == "cuda" else [])
     named = [("ours fwd", lambda: calls["ours_fwd"](**plan)), ("cuDNN fwd", calls["cudnn_fwd"]),
+             ("ours fwd, with grad", lambda: calls["ours_fwd_grad"](**plan)),
+             ("cuDNN fwd, with grad", calls["cudnn_fwd_grad"]),
              ("ours fwd+bwd", lambda: calls["ours_fb"](**plan)), ("cuDNN fwd+bwd", calls["cudnn_fb"])]
     for name, fn in named:
         host: dict = {}
@@ -132,7 +146,7 @@ def profile_case(T: int, B: int, H: int, dname: str, plan: dict, device: str, it
             by[k] = by.get(k, 0.0) + us / iters
         top = sorted(by.items(), key=lambda kv: -kv[1])[:4]
         rows.append(dict(case=f"({T}, {B}, {H}) {dname}", call=name, wall=wall, host=host["call"],
-                         busy=sum(by.values()) / 1e3, n=len(ks) / iters,
+                         busy=sum(by.values()) / 1e3, n=len(ks) / iters, host_top=_host_ops(prof, iters),
                          top="; ".join(f"{k[:48]} {v:.0f}" for k, v in top)))  # fmt: skip
     return rows
 
@@ -157,18 +171,19 @@ def main(argv=None) -> int:
         lines.append(f"| {what} | {us:.1f} |")
         args.out.write_text("\n".join(lines) + "\n")
     lines += ["", "## One call: wall (CUDA events, no profiler), host time of the call, GPU time of its kernels "
-              "(profiler), ms; kernels per call; the longest kernels (us per call)", "",
+              "(profiler), ms; kernels per call; the longest kernels (us per call); the host events with the most "
+              "self time (us per call, and how many a call)", "",
               "| shape, dtype | call | wall | host | kernels busy | GPU waiting (wall - busy) | kernels per call "
-              "| longest kernels |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+              "| longest kernels | longest host events |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for (T, B, H, dname), plan in (DRY if args.dry_run else PLANS).items():
         try:
             rows = profile_case(T, B, H, dname, plan, device, args.iters if device == "cuda" else 1)
         except Exception as e:  # a failing case is a row, not the end of the run
-            lines.append(f"| ({T}, {B}, {H}) {dname} | ERROR {type(e).__name__}: {str(e)[:150]} | | | | | | |")
+            lines.append(f"| ({T}, {B}, {H}) {dname} | ERROR {type(e).__name__}: {str(e)[:150]} | | | | | | | |")
             continue
         for r in rows:
             lines.append(f"| {r['case']} | {r['call']} | {r['wall']:.3f} | {r['host']:.3f} | {r['busy']:.3f} | "
-                         f"{r['wall'] - r['busy']:.3f} | {r['n']:.0f} | {r['top']} |")  # fmt: skip
+                         f"{r['wall'] - r['busy']:.3f} | {r['n']:.0f} | {r['top']} | {r['host_top']} |")  # fmt: skip
         args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
