@@ -68,7 +68,7 @@ from .stack import pad_dim, pad_gates, pad_recurrent
 
 __all__ = ["ClusterConfig", "EXCHANGES", "FLAGS", "ROUTE", "config", "source", "emulation_source", "compile_cubin",
            "forward", "emulate", "layer", "lstm", "lstm_forward", "lstm_or_next", "variant_layer", "unsupported_reason",
-           "nvrtc_available"]
+           "nvrtc_available", "nvrtc_version"]
 
 _HEAD = r"""
 // lstmkit cluster LSTM forward (src/lstmkit/kernels/cluster_lstm.py): one configuration per compile
@@ -1982,6 +1982,13 @@ def _find_nvrtc() -> str | None:
 
 @functools.cache
 def _nvrtc() -> ctypes.CDLL:
+    given = os.environ.get("LSTMKIT_NVRTC")  # a libnvrtc of one's choice (e.g. the CUDA major a GPU image has)
+    if given:
+        try:
+            return ctypes.CDLL(given)
+        except OSError as e:
+            raise RuntimeError(f"LSTMKIT_NVRTC={given!r} could not be loaded ({e}); point it at a libnvrtc.so, "
+                               "or unset it to use torch's or an installed one") from e  # fmt: skip
     if torch.version.cuda is not None:  # the NVRTC that torch's CUDA build comes with
         try:
             from torch.cuda._utils import _get_nvrtc_library
@@ -1994,6 +2001,13 @@ def _nvrtc() -> ctypes.CDLL:
         raise RuntimeError("NVRTC (libnvrtc) not found: it comes with CUDA builds of torch, or "
                            "`pip install nvidia-cuda-nvrtc-cu12`")  # fmt: skip
     return ctypes.CDLL(path)
+
+
+def nvrtc_version() -> tuple[int, int]:
+    """(major, minor) of the NVRTC :func:`compile_cubin` uses."""
+    major, minor = ctypes.c_int(), ctypes.c_int()
+    _nvrtc_check(_nvrtc(), _nvrtc().nvrtcVersion(ctypes.byref(major), ctypes.byref(minor)))
+    return major.value, minor.value
 
 
 def nvrtc_available() -> bool:
