@@ -305,8 +305,9 @@ def time_ms(fn: Callable[[], object], device: str, warmup: int, iters: int, host
 
 
 def one_layer_calls(T: int, B: int, H: int, dtype: torch.dtype, device: str) -> dict:
-    """The four calls the timings compare at one shape, on the same seeded random data: ``cudnn_fwd`` (no
-    autograd), ``cudnn_fb`` (forward+backward), and ours, ``ours_fwd(**plan)`` / ``ours_fb(**plan)``."""
+    """The calls the timings compare at one shape, on the same seeded random data: ``cudnn_fwd`` (no
+    autograd), ``cudnn_fb`` (forward+backward), and ours, ``ours_fwd(**plan)`` / ``ours_fb(**plan)``; and the
+    forward of a training step alone, ``cudnn_fwd_grad`` / ``ours_fwd_grad(**plan)`` (gpu_profile.py)."""
     torch.manual_seed(0)
     m = torch.nn.LSTM(H, H).to(device=device, dtype=dtype)
     x = torch.randn(T, B, H, device=device, dtype=dtype)

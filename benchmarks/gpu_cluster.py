@@ -752,8 +752,8 @@ def main(argv=None) -> int:
     if args.compile_only:
         major, minor = cl.nvrtc_version()
         text = (f"# Cluster kernels built for sm_90 by NVRTC {major}.{minor} (no GPU), {datetime.date.today()}\n\n"
-                f"Command: `PYTHONPATH=src python benchmarks/gpu_cluster.py --compile-only --out ...` (NVRTC: torch's, "
-                "else an installed one, else `LSTMKIT_NVRTC=/path/to/libnvrtc.so`). Default cluster "
+                f"Command: `PYTHONPATH=src python benchmarks/gpu_cluster.py --compile-only --out ...` (NVRTC: "
+                "`LSTMKIT_NVRTC=/path/to/libnvrtc.so` when set, else torch's, else an installed one). Default cluster "
                 "size (32 units per CTA); counts are of the whole kernel's machine code (the time loop is unrolled "
                 "over K, not over steps).\n\n" + compile_report(SHAPES))  # fmt: skip
         if args.out:

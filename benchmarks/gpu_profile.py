@@ -13,9 +13,9 @@ launch path, this says what a call is made of. Two tables:
    shapes where host work or the backward decides goal 1: per call the wall time (CUDA events, without the
    profiler), the GPU time of its kernels, the number of kernels, the longest kernels, and the host events
    with the most self time (aten ops, autograd nodes, CUDA runtime calls). Wall minus kernel time is time
-   the GPU waited for the host. Run 5's numbers put about 1.2-1.8 ms a training call outside the forward
-   and the backward recurrence at four shapes (docs/gpu.md, "Next GPU session"): the with-grad row and the
-   host events say where.
+   the GPU waited for the host. Run 5's numbers put about 1.2-2.0 ms a training call outside the forward
+   and the backward recurrence at four bf16 shapes (an estimate, docs/gpu.md, "Next GPU session"): the
+   with-grad row and the host events say where. Times are medians of ``--iters`` calls; the profile is of 3.
 
 Plans are fixed to what run 5's tuning chose (``PLANS``), so the script compiles a few kernels and tunes none.
 
@@ -26,6 +26,7 @@ Plans are fixed to what run 5's tuning chose (``PLANS``), so the script compiles
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -39,7 +40,7 @@ from triton.runtime.interpreter import InterpretedFunction
 from lstmkit.kernels import triton_lstm as tk
 
 sys.path.insert(0, str(Path(__file__).parent))
-from gpu import DTYPES, one_layer_calls, time_ms  # noqa: E402  (the timings' own calls and clock)
+from gpu import DTYPES, _compile_in_workers, one_layer_calls, time_ms  # noqa: E402  (the timings' calls and clock)
 
 #: (T, B, H, dtype) -> the forward plan run 5's tuning chose, used for both kernels (its backward was within 8%
 #: of the tuned backward's time at each of these shapes, docs/gpu_runs/2026-11-27-h200-run5.md)
@@ -107,7 +108,8 @@ def launch_costs(device: str, n: int) -> list[tuple[str, float]]:
 def _host_ops(prof, iters: int, top: int = 5) -> str:
     """The host events with the most self time, microseconds per call: aten ops, autograd nodes, and on a GPU the
     CUDA runtime calls (a synchronisation, an allocation or a module load that stalls the call shows here)."""
-    evs = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    # (not the harness's own cudaDeviceSynchronize after the profiled calls: it waits for them all at once)
+    evs = [e for e in prof.key_averages() if e.self_cpu_time_total > 0 and e.key != "cudaDeviceSynchronize"]
     evs.sort(key=lambda e: -e.self_cpu_time_total)
     return "; ".join(f"{e.key[:40]} {e.self_cpu_time_total / iters:.0f} ({e.count / iters:g}x)" for e in evs[:top])
 
@@ -122,7 +124,8 @@ def _kernels(prof) -> list[tuple[str, float]]:
     return out
 
 
-def profile_case(T: int, B: int, H: int, dname: str, plan: dict, device: str, iters: int) -> list[dict]:
+def profile_case(T: int, B: int, H: int, dname: str, plan: dict, device: str, iters: int,
+                 prof_iters: int = 3) -> list[dict]:  # fmt: skip
     calls = one_layer_calls(T, B, H, DTYPES[dname], device)
     rows = []
     acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device == "cuda" else [])
@@ -135,18 +138,18 @@ def profile_case(T: int, B: int, H: int, dname: str, plan: dict, device: str, it
         wall = time_ms(fn, device, 2, iters, host, "call")
         if device == "cuda":
             torch.cuda.synchronize()
-        with torch.profiler.profile(activities=acts) as prof:
-            for _ in range(iters):
+        with torch.profiler.profile(activities=acts) as prof:  # (fewer calls than timed: events cost host time)
+            for _ in range(prof_iters):
                 fn()
             if device == "cuda":
                 torch.cuda.synchronize()
         ks = _kernels(prof)
         by: dict[str, float] = {}
         for k, us in ks:
-            by[k] = by.get(k, 0.0) + us / iters
+            by[k] = by.get(k, 0.0) + us / prof_iters
         top = sorted(by.items(), key=lambda kv: -kv[1])[:4]
         rows.append(dict(case=f"({T}, {B}, {H}) {dname}", call=name, wall=wall, host=host["call"],
-                         busy=sum(by.values()) / 1e3, n=len(ks) / iters, host_top=_host_ops(prof, iters),
+                         busy=sum(by.values()) / 1e3, n=len(ks) / prof_iters, host_top=_host_ops(prof, prof_iters),
                          top="; ".join(f"{k[:48]} {v:.0f}" for k, v in top)))  # fmt: skip
     return rows
 
@@ -161,6 +164,12 @@ def main(argv=None) -> int:
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no GPU here: use --dry-run")
     tk.SYNC_CHECK = False  # a user's call: no host synchronisation after the kernels
+    if device == "cuda":  # every kernel this script launches, compiled in parallel first (a fresh machine's Triton
+        # cache is empty, and one process compiling them one by one could spend most of the session's 70 s)
+        tasks = [(T, B, H, d, [plan], (), True) for (T, B, H, d), plan in PLANS.items()]
+        tasks += [(1, 8, 256, "bf16", [{"mode": "stepwise"}], (), True),
+                  (1, 8, 256, "bf16", [{"mode": "persistent", "tiles": (16, 32)}], (), True)]  # fmt: skip
+        _compile_in_workers(tasks, min(15, os.cpu_count() or 1), "profile plans")
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU (Triton interpreter, DRY RUN: times mean nothing)"
     cmd = "python benchmarks/gpu_profile.py " + " ".join(sys.argv[1:] if argv is None else argv)
     lines = [f"# Where a call's time goes: {name}, torch {torch.__version__}, triton {triton.__version__}", "",

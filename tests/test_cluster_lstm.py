@@ -264,17 +264,22 @@ def test_reduce_scatter_layer_norm_matches_broadcast(exchange):
         assert float((a.double() - b.double()).norm() / b.double().norm()) < 1e-3, name
 
 
-def test_nvrtc_of_ones_choice(monkeypatch):
-    """LSTMKIT_NVRTC picks the libnvrtc (e.g. the CUDA major of a GPU image); a wrong path says what to do."""
-    monkeypatch.setenv("LSTMKIT_NVRTC", "/nonexistent/libnvrtc.so")
+def test_nvrtc_of_ones_choice():
+    """LSTMKIT_NVRTC picks the libnvrtc (e.g. the CUDA major of a GPU image); a wrong path says what to do.
+    (The session's own choice, if any, is put back before the library is loaded again: later tests use it.)"""
+    before = os.environ.get("LSTMKIT_NVRTC")
+    os.environ["LSTMKIT_NVRTC"] = "/nonexistent/libnvrtc.so"
     cl._nvrtc.cache_clear()
     try:
         with pytest.raises(RuntimeError, match="LSTMKIT_NVRTC=.*could not be loaded.*unset it"):
             cl._nvrtc()
         assert not cl.nvrtc_available()
     finally:
+        if before is None:
+            del os.environ["LSTMKIT_NVRTC"]
+        else:
+            os.environ["LSTMKIT_NVRTC"] = before
         cl._nvrtc.cache_clear()
-    monkeypatch.delenv("LSTMKIT_NVRTC")
     if cl.nvrtc_available():
         major, minor = cl.nvrtc_version()
         assert major >= 12 and minor >= 0

@@ -525,6 +525,14 @@ def test_a_given_fuse_avoids_a_plan_tuning_could_not_run(monkeypatch):
     tk.TUNE_LOG[key] = [(repr(tk.Plan(256, 1024, torch.bfloat16, dev, **big)), 0.5), (repr(unfused_big), None)]
     p = tk.tuned_plan("bwd", 256, 1024, torch.bfloat16, dev, fuse=False)
     assert not p.fuse and (p.BLOCK_B, p.BLOCK_H) == (64, 32), p
+    # layer norm's plan, tuned on the same tiles: the plain kernel's refusal stands for it too
+    tk._TUNED[(*key, "LN", None)] = big
+    p = tk._plan_for("bwd", 256, 1024, torch.bfloat16, dev, {"fuse": False}, ln=True)
+    assert not p.fuse and (p.BLOCK_B, p.BLOCK_H) == (64, 32), p
+    # no tuned plan with the products as asked: the heuristic tiles with them
+    tk._PERSISTENT_RANKED[key] = [big]
+    p = tk.tuned_plan("bwd", 256, 1024, torch.bfloat16, dev, fuse=False)
+    assert not p.fuse and repr(p) == repr(tk.Plan(256, 1024, torch.bfloat16, dev, fuse=False)) != repr(unfused_big)
     tk.TUNE_LOG[key] = [(repr(unfused_big), 0.7)]  # it ran: the tuned tiles, unfused
     p = tk.tuned_plan("bwd", 256, 1024, torch.bfloat16, dev, fuse=False)
     assert not p.fuse and (p.BLOCK_B, p.BLOCK_H) == (128, 32), p

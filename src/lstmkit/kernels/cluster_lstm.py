@@ -1985,6 +1985,10 @@ def _nvrtc() -> ctypes.CDLL:
     given = os.environ.get("LSTMKIT_NVRTC")  # a libnvrtc of one's choice (e.g. the CUDA major a GPU image has)
     if given:
         try:
+            # its builtins library sits beside it; loaded first, so no LD_LIBRARY_PATH is needed to find it
+            for b in sorted(glob.glob(os.path.join(os.path.dirname(given), "libnvrtc-builtins.so*"))):
+                if ".alt." not in b:
+                    ctypes.CDLL(b, mode=ctypes.RTLD_GLOBAL)
             return ctypes.CDLL(given)
         except OSError as e:
             raise RuntimeError(f"LSTMKIT_NVRTC={given!r} could not be loaded ({e}); point it at a libnvrtc.so, "

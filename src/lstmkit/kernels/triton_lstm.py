@@ -1352,15 +1352,21 @@ def tuned_plan(kind: str, B: int, H: int, dtype: torch.dtype, device: torch.devi
     if (fuse is not None or prec is not None) and not plan_kw and _tunes(device):
         p = tuned_plan(kind, B, H, dtype, device)
         key = tune_key(kind, B, H, dtype, device)
-        ranked = [Plan(B, H, dtype, device, **kw) for kw in _PERSISTENT_RANKED.get(key, [])]
+
+        def ranked():  # (built only when needed: a Plan a ranked entry, a few us each)
+            return (Plan(B, H, dtype, device, **kw) for kw in _PERSISTENT_RANKED.get(key, []))
+
         if prec is not None and p.precision != prec:
-            p = next((q for q in ranked if q.precision == prec), None) or Plan(B, H, dtype, device, precision=prec)
+            p = next((q for q in ranked() if q.precision == prec), None) or Plan(B, H, dtype, device, precision=prec)
         if fuse is None or p.fuse == fuse:
             return p
         q = _with_fuse(p, B, H, dtype, device, fuse)
         if repr(q) in _refused(key):  # the tuned tiles the other way could not launch (e.g. their shared memory,
-            # unfused backward at 128 x 32 in 16-bit): the fastest tuned plan with the products as asked
-            q = next((r for r in ranked if r.fuse == fuse and r.precision == p.precision), q)
+            # unfused backward at 128 x 32 in 16-bit): the fastest tuned plan with the products as asked, else
+            # the heuristic tiles with them
+            prec_kw = {"precision": p.precision} if p.precision in FP32_CHOICES else {}
+            q = next((r for r in ranked() if r.fuse == fuse and r.precision == p.precision), None) or Plan(
+                B, H, dtype, device, fuse=fuse, **prec_kw)  # fmt: skip
         return q
     if fuse is not None:
         plan_kw["fuse"] = fuse
@@ -1857,7 +1863,15 @@ def _plan_for(kind: str, B: int, H: int, dtype: torch.dtype, dev: torch.device, 
         best = _TUNED_PERSISTENT.get(key)  # cannot be co-resident)
         p = Plan(B, H, dtype, dev, **{**best[1], **sync}) if best else Plan(B, H, dtype, dev, mode="persistent", **sync)
     if fuse is not None and p.fuse != fuse:
-        p = _with_fuse(p, B, H, dtype, dev, fuse, ln_sync=p.ln_sync)
+        q = _with_fuse(p, B, H, dtype, dev, fuse, ln_sync=p.ln_sync)
+        # where the plain kernel could not launch these tiles this way, the layer-norm one (more on chip) cannot:
+        # the fastest plain plan tuning ran with the products as asked
+        if repr(Plan(B, H, dtype, dev, **_plan_kwargs(q))) in _refused(key):
+            kws = (kw for kw in _PERSISTENT_RANKED.get(key, [])
+                   if (r := Plan(B, H, dtype, dev, **kw)).fuse == fuse and r.precision == p.precision)  # fmt: skip
+            kw = next(kws, None)
+            q = Plan(B, H, dtype, dev, **kw, ln_sync=p.ln_sync) if kw is not None else q
+        p = q
     return p
 
 
