@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The prepared GPU session of issue 6, in one call of at most 9.6 minutes (device tool: timeout_s 600; the
-# timeouts below sum to 580 s, each command killed 5 s after its limit if it ignores the signal).
+# timeouts below sum to 570 s (run 6 took 288 s in all, gpu.py 180 s of its 300), each command killed 5 s after its limit if it ignores the signal).
 # Writes under $OUT (default ./gpu_out): gpu_cluster.md (the thread-block-cluster kernels checked against
 # float64 cuDNN and the NumPy spec, forward, gradients and variants, and timed against cuDNN bf16/fp16;
 # goal 3), gpu_user_path.md (the user's path through lstmkit.nn.LSTM, checks), gpu_results.md (every Triton
@@ -26,9 +26,11 @@ $T $((120 * X)) python3 benchmarks/gpu_cluster.py $D --out "$OUT/gpu_cluster.md"
 echo "gpu_cluster.py: exit $?" >> "$OUT/gpu.txt"
 $T $((60 * X)) python3 benchmarks/gpu_user_path.py $D --out "$OUT/gpu_user_path.md" 2> "$OUT/user_log.txt" > /dev/null
 echo "gpu_user_path.py: exit $?" >> "$OUT/gpu.txt"
+$T $((60 * X)) python3 benchmarks/gpu_routed.py $D --out "$OUT/gpu_routed.md" 2> "$OUT/routed_log.txt" > /dev/null
+echo "gpu_routed.py: exit $?" >> "$OUT/gpu.txt"
 $T $((70 * X)) python3 benchmarks/gpu_profile.py $D --out "$OUT/gpu_profile.md" 2> "$OUT/profile_log.txt" > /dev/null
 echo "gpu_profile.py: exit $?" >> "$OUT/gpu.txt"
-$T $((300 * X)) python3 benchmarks/gpu.py $D --out "$OUT/gpu_results.md" --budget-s 250 2> "$OUT/gpu_log.txt" > /dev/null
+$T $((230 * X)) python3 benchmarks/gpu.py $D --out "$OUT/gpu_results.md" --budget-s 180 2> "$OUT/gpu_log.txt" > /dev/null
 echo "gpu.py: exit $?" >> "$OUT/gpu.txt"
 cat "$OUT/gpu.txt"
 tail -n 5 "$OUT/cluster_log.txt" "$OUT/gpu_log.txt"

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from lstmkit import kernels
+from lstmkit.kernels import cluster_lstm as cl
 from lstmkit.kernels import triton_lstm as tk
 from lstmkit.nn import LSTM
 
@@ -100,11 +101,15 @@ def main(argv=None) -> int:
     # every shape here, in this one process: it ran into its time limit in run 4); benchmarks/gpu.py tunes
     tk.TUNE = False
     v = dict(peephole=True, zoneout=(0.1, 0.05), recurrent_dropout=0.25, weight_drop=0.3)
+    # what impl="auto" selects: the cluster kernels' entry points when they are routed (cluster_lstm.ROUTE, on
+    # since run 6; they fall back per call), but layer norm stays on the Triton kernels
+    plain = cl.lstm_or_next if cl.ROUTE else tk.lstm_or_native
+    var = cl.variant_layer if cl.ROUTE else tk.variant_layer
     cases = [
-        ("plain, 2 layers, bidirectional", {}, torch.bfloat16, False, tk.lstm_or_native),
-        ("plain, lengths=", {}, torch.bfloat16, True, tk.lstm_or_native),
-        ("variants, lengths=", v, torch.bfloat16, True, tk.variant_layer),
-        ("variants, lengths=", v, torch.float32, True, tk.variant_layer),
+        ("plain, 2 layers, bidirectional", {}, torch.bfloat16, False, plain),
+        ("plain, lengths=", {}, torch.bfloat16, True, plain),
+        ("variants, lengths=", v, torch.bfloat16, True, var),
+        ("variants, lengths=", v, torch.float32, True, var),
         # T=10: at its initialisation a layer-norm LSTM amplifies rounding step after step. torch's own bf16 loop,
         # against float64: 0.57 worst over 40 steps in run 5 (ours 0.93); one layer on the CPU, output only:
         # 4.7e-3 at t=0, 1.3e-2 at t=4; this case at T=10, 0.135 (CPU, benchmarks/ln_bf16_rounding.py): the peer

@@ -470,11 +470,17 @@ def test_dispatch(monkeypatch):
 
     pytest.importorskip("triton")
     gpu = SimpleNamespace(is_cuda=True, dtype=torch.bfloat16, device=torch.device("cuda"))
+    fp16 = SimpleNamespace(is_cuda=True, dtype=torch.float16, device=torch.device("cuda"))
+    monkeypatch.setattr(cl, "ROUTE", False)
     assert kernels.select_lstm("auto", (), like=gpu) is triton_lstm.lstm_or_native
     assert kernels.select_lstm("auto", ("peephole",), like=gpu) is triton_lstm.variant_layer
-    monkeypatch.setattr(cl, "ROUTE", True)
+    assert kernels.select_lstm("auto", (), like=fp16) is kernels.native.lstm
+    monkeypatch.setattr(cl, "ROUTE", True)  # (the default since run 6)
     assert kernels.select_lstm("auto", (), like=gpu) is cl.lstm_or_next
+    assert kernels.select_lstm("auto", (), like=fp16) is cl.lstm_or_native
     assert kernels.select_lstm("auto", ("peephole",), like=gpu) is cl.variant_layer
+    # layer norm stays on the Triton kernels: run 6's check of the cluster kernels' against the spec missed
+    assert kernels.select_lstm("auto", ("layer_norm", "peephole"), like=gpu) is triton_lstm.variant_layer
     m = torch.nn.LSTM(8, 16)
     x, hx = torch.randn(3, 2, 8), (torch.zeros(1, 2, 16), torch.zeros(1, 2, 16))
     kw = dict(bias=True, num_layers=1, dropout=0.0, training=False, bidirectional=False, batch_first=False)
@@ -482,6 +488,29 @@ def test_dispatch(monkeypatch):
     out, h, c = cl.lstm_or_next(x, hx, m._flat_weights, **kw)
     want, (hw, cw) = m(x, hx)
     assert torch.allclose(out, want, atol=1e-6) and torch.allclose(c, cw, atol=1e-6)
+
+
+def test_routing_policy():
+    """What impl="auto" sends elsewhere although the kernels might run it (run 6's measurements): batches over
+    ROUTE_MAX_BATCH (the Triton kernels), float16 above ROUTE_FP16_MAX_H kernel units (cuDNN's persistent
+    kernel); everything else goes on to the kernels' own checks."""
+    w = lambda H: [torch.zeros(4 * H, H), torch.zeros(4 * H, H)]  # noqa: E731  (W_ih, W_hh: only shapes are read)
+    bf16, fp16 = torch.zeros(5, 8, 1, dtype=torch.bfloat16), torch.zeros(5, 8, 1, dtype=torch.float16)
+    assert cl._route_reason(bf16, w(256), {}) is None
+    assert cl._route_reason(fp16, w(256), {}) is None and cl._route_reason(fp16, w(512), {}) is None
+    assert "cuDNN's persistent fp16" in cl._route_reason(fp16, w(768), {})
+    assert "cuDNN's persistent fp16" in cl._route_reason(fp16, w(650), {})  # (padded to 768)
+    big = torch.zeros(5, 20, 1, dtype=torch.bfloat16)
+    assert "batch 20 > 16" in cl._route_reason(big, w(650), {})
+    assert cl._route_reason(big.transpose(0, 1), w(650), {"batch_first": True}) is not None
+    assert cl._route_reason(torch.zeros(5, 20, 1, dtype=torch.bfloat16), w(650), {"batch_first": True}) is None
+    # off the GPU each routed entry point runs the next path (Triton refuses CPU tensors: native)
+    m = torch.nn.LSTM(8, 16).to(torch.float16)
+    x, hx = torch.randn(3, 2, 8).half(), (torch.zeros(1, 2, 16).half(), torch.zeros(1, 2, 16).half())
+    kw = dict(bias=True, num_layers=1, dropout=0.0, training=False, bidirectional=False, batch_first=False)
+    out, h, c = cl.lstm_or_native(x, hx, m._flat_weights, **kw)
+    want, (hw, cw) = m(x, hx)
+    assert torch.equal(out, want) and torch.equal(c, cw)
 
 
 def test_routing_on_a_hopper_gpu(monkeypatch):

@@ -38,11 +38,11 @@ def test_the_gpu_session_dry_run(tmp_path):
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # (its python3)
     env.pop("TRITON_INTERPRET", None)  # the dry runs must not need it (gpu_profile.py's once did)
     res = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_session.sh")], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=1800)  # fmt: skip (the script's own limits: 1680 s)
+                         capture_output=True, text=True, timeout=1800)  # fmt: skip (the script's own limits: 1710 s)
     status = (tmp_path / "gpu.txt").read_text()
     logs = {f.name: f.read_text()[-2000:] for f in tmp_path.glob("*_log.txt")}
     cluster = _emulation_builds()
-    for script in ("gpu_cluster.py", "gpu_user_path.py", "gpu_profile.py", "gpu.py"):
+    for script in ("gpu_cluster.py", "gpu_user_path.py", "gpu_routed.py", "gpu_profile.py", "gpu.py"):
         if script == "gpu_cluster.py" and not cluster:  # (its emulation needs g++ >= 12)
             continue
         assert f"{script}: exit 0" in status, f"{script} failed:\n{status}\n{res.stdout[-2000:]}\n{logs}"

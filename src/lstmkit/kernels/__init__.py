@@ -100,14 +100,20 @@ def select_lstm(
         if ragged and like is not None and not cpu_fused.why_not(proj_size, like):
             return cpu_fused.layer
         if like is not None and like.is_cuda and like.dtype == torch.bfloat16 and not proj_size:
-            # bfloat16 on a GPU: cuDNN has no persistent kernel there; ours measured 1.7-5.0x cuDNN at the three
-            # small-batch shapes of docs/gpu.md (H200, run 5; 2.1-5.5x in runs 2 and 4), forward and training,
-            # and 1.23-1.41x forward, 0.87-0.93x training at the other two. Per call it falls back to native.
+            # bfloat16 on a GPU: cuDNN has no persistent kernel there; run 6 (H200, docs/gpu.md) measured the
+            # Triton kernels 1.28-5.87x cuDNN bf16 at the five shapes, forward and training, and the cluster
+            # kernels (small batch: cluster_lstm.ROUTE) faster still. Per call each falls back to the next.
             from . import cluster_lstm, triton_lstm
 
             if triton_lstm.why_not((), proj_size, like) is None:
-                # (the cluster kernels first where they cover a call, once measured: cluster_lstm.ROUTE)
                 return cluster_lstm.lstm_or_next if cluster_lstm.ROUTE else triton_lstm.lstm_or_native
+        if like is not None and like.is_cuda and like.dtype == torch.float16 and not proj_size:
+            # float16: cuDNN's persistent kernel, but at small batch and up to 512 units the cluster kernels
+            # measured 1.03-2.0x it in run 6 (cluster_lstm.lstm_or_native routes per call)
+            from . import cluster_lstm
+
+            if cluster_lstm.ROUTE:
+                return cluster_lstm.lstm_or_native
         return native.lstm
     if like is not None and like.is_cuda:  # variants on the GPU: the Triton kernels where they cover them
         # (layer norm included: run 5 on the H200 measured its kernel 2.1-35x faster than the pure-torch loop,
@@ -116,8 +122,11 @@ def select_lstm(
 
         if triton_lstm.why_not_variants(variants, proj_size, like):
             return None
-        # (the cluster kernels first where they cover a call, once measured: cluster_lstm.ROUTE)
-        return cluster_lstm.variant_layer if cluster_lstm.ROUTE else triton_lstm.variant_layer
+        # the cluster kernels first where they cover a call (cluster_lstm.ROUTE), but not layer norm: run 6's
+        # check of their layer norm against the NumPy spec at (256, 8, 256) missed its bound (docs/gpu.md)
+        if cluster_lstm.ROUTE and "layer_norm" not in variants:
+            return cluster_lstm.variant_layer
+        return triton_lstm.variant_layer
     return None if cpu_fused.why_not(proj_size, like) else cpu_fused.layer
 
 

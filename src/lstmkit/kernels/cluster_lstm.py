@@ -2460,13 +2460,24 @@ def lstm(
                batch_first=batch_first)  # fmt: skip
 
 
-#: Whether ``impl="auto"`` runs plain bfloat16 LSTMs on these kernels where they cover the call (else the
-#: Triton kernels). Off until a GPU has checked and timed them against cuDNN (benchmarks/gpu_cluster.py);
-#: ``LSTMKIT_CLUSTER=1`` switches it on (read at import).
-ROUTE = os.environ.get("LSTMKIT_CLUSTER", "0") == "1"
+#: Whether ``impl="auto"`` runs small-batch bfloat16 / float16 LSTMs on these kernels where they cover the call
+#: (else the Triton kernels, or cuDNN for float16). On since run 6 (H200, docs/gpu.md): checked against float64
+#: cuDNN and the NumPy spec and, with the mbarrier exchange, 1.53x / 1.31x cuDNN's fp16 forward / train step at
+#: (1024, 8, 256) bf16 and 3.5x / 2.7x at (100, 1, 512); ``LSTMKIT_CLUSTER=0`` switches it off (read at import).
+ROUTE = os.environ.get("LSTMKIT_CLUSTER", "1") != "0"
+#: The exchange routed calls use: mbarrier measured faster than the cluster barrier in run 6 at every goal shape
+#: but two train steps within 5% ((100, 1, 512) fp16, (35, 20, 650) bf16).
+ROUTE_EXCHANGE = "mbarrier"
+#: Routed calls only up to this batch: at (35, 20, 650) bf16 (two clusters a step) the Triton kernels trained
+#: faster in run 6 (1.38x cuDNN against the cluster kernels' 1.22x).
+ROUTE_MAX_BATCH = 16
+#: float16 is routed (else it runs on cuDNN, whose fp16 kernel is persistent) only up to this many kernel units:
+#: run 6 measured the cluster kernels 1.03-2.0x cuDNN fp16 at H = 128-512 and 0.78-0.97x at 768 and 650 (padded).
+ROUTE_FP16_MAX_H = 512
 
 
-def _gpu_reason(x: Tensor, B: int, H: int, grad: bool = True, flags: tuple[str, ...] = ()) -> str | None:
+def _gpu_reason(x: Tensor, B: int, H: int, grad: bool = True, flags: tuple[str, ...] = (),
+                exchange: str = "barrier") -> str | None:  # fmt: skip
     """Why the kernels cannot run a (B, H) layer on ``x``'s device and dtype, or None when they can; ``grad``:
     a backward will be needed; ``flags``: the variant switches (config's choice depends on whether any is on
     and on LN)."""
@@ -2475,7 +2486,8 @@ def _gpu_reason(x: Tensor, B: int, H: int, grad: bool = True, flags: tuple[str, 
     if torch.cuda.get_device_capability(x.device)[0] < 9:
         return "thread-block clusters need an sm_90 (Hopper) or newer GPU"
     try:
-        cfg = config(B, kernel_units(B, H, x.dtype, None, flags, "barrier", grad), x.dtype, flags=flags)
+        cfg = config(B, kernel_units(B, H, x.dtype, None, flags, exchange, grad), x.dtype, flags=flags,
+                     exchange=exchange)  # fmt: skip
     except ValueError as e:
         return str(e)
     if grad and not cfg.trains:
@@ -2503,8 +2515,9 @@ def _gpu_reason(x: Tensor, B: int, H: int, grad: bool = True, flags: tuple[str, 
 
 def unsupported_reason(input: Tensor, hx: tuple[Tensor, Tensor], weights: list[Tensor], *, bias: bool,
                        num_layers: int, dropout: float, training: bool, bidirectional: bool, batch_first: bool,
-                       lengths: Tensor | None = None) -> str | None:  # fmt: skip
-    """Why :func:`lstm` cannot run this call on the GPU, or None when it can (``native.lstm``'s arguments)."""
+                       lengths: Tensor | None = None, exchange: str = "barrier") -> str | None:  # fmt: skip
+    """Why :func:`lstm` cannot run this call on the GPU, or None when it can (``native.lstm``'s arguments, and
+    the exchange it would run with)."""
     if not isinstance(input, Tensor) or input.dim() != 3:
         return "only batched (3-D) padded input"
     if lengths is not None:
@@ -2515,25 +2528,57 @@ def unsupported_reason(input: Tensor, hx: tuple[Tensor, Tensor], weights: list[T
     if any(t.device != input.device or t.dtype != input.dtype for t in (*hx, *weights)):
         return "tensors on different devices or of mixed dtypes"
     grad = torch.is_grad_enabled() and (input.requires_grad or any(t.requires_grad for t in (*hx, *weights)))
-    return _gpu_reason(input, input.shape[0] if batch_first else input.shape[1], weights[1].shape[1], grad)
+    return _gpu_reason(input, input.shape[0] if batch_first else input.shape[1], weights[1].shape[1], grad,
+                       exchange=exchange)  # fmt: skip
+
+
+def _route_reason(input: Tensor, weights: list[Tensor], kw: dict) -> str | None:
+    """Why ``impl="auto"`` sends this call elsewhere although the kernels might run it (the routing policy,
+    from run 6's measurements), or None."""
+    B = input.shape[0] if kw.get("batch_first") else input.shape[1]
+    if B > ROUTE_MAX_BATCH:
+        return f"batch {B} > {ROUTE_MAX_BATCH}: the Triton kernels trained faster there (run 6)"
+    if input.dtype == torch.float16:
+        grad = torch.is_grad_enabled()
+        try:
+            units = kernel_units(B, weights[1].shape[1], input.dtype, None, (), ROUTE_EXCHANGE, grad)
+        except ValueError as e:
+            return str(e)
+        if units > ROUTE_FP16_MAX_H:
+            return f"float16 at {units} units: cuDNN's persistent fp16 kernel was faster there (run 6)"
+    return None
 
 
 def lstm_or_next(input: Tensor, hx: tuple[Tensor, Tensor], weights: list[Tensor], **kw):
-    """:func:`lstm` where it covers the call, else ``triton_lstm.lstm_or_native`` (which falls back to
-    ``native.lstm`` in turn): what ``impl="auto"`` runs for a plain bfloat16 LSTM on a GPU when :data:`ROUTE`."""
-    if unsupported_reason(input, hx, weights, **kw) is None:
-        return lstm(input, hx, weights, **kw)
+    """:func:`lstm` (the :data:`ROUTE_EXCHANGE`) where it covers the call and routing sends it here
+    (:func:`_route_reason`), else ``triton_lstm.lstm_or_native`` (which falls back to ``native.lstm`` in turn):
+    what ``impl="auto"`` runs for a plain bfloat16 LSTM on a GPU when :data:`ROUTE`."""
+    if isinstance(input, Tensor) and input.dim() == 3 and _route_reason(input, weights, kw) is None:
+        if unsupported_reason(input, hx, weights, **kw, exchange=ROUTE_EXCHANGE) is None:
+            return lstm(input, hx, weights, **kw, exchange=ROUTE_EXCHANGE)
     from . import triton_lstm
 
     return triton_lstm.lstm_or_native(input, hx, weights, **kw)
 
 
-def _variant_reason(gx: Tensor, v, grad: bool = True, lengths: bool = False) -> str | None:
+def lstm_or_native(input: Tensor, hx: tuple[Tensor, Tensor], weights: list[Tensor], **kw):
+    """:func:`lstm` where it covers the call and routing sends it here, else ``native.lstm`` (cuDNN): what
+    ``impl="auto"`` runs for a plain float16 LSTM on a GPU when :data:`ROUTE` (small batch, at most
+    :data:`ROUTE_FP16_MAX_H` units)."""
+    if isinstance(input, Tensor) and input.dim() == 3 and _route_reason(input, weights, kw) is None:
+        if unsupported_reason(input, hx, weights, **kw, exchange=ROUTE_EXCHANGE) is None:
+            return lstm(input, hx, weights, **kw, exchange=ROUTE_EXCHANGE)
+    from . import native
+
+    return native.lstm(input, hx, weights, **kw)
+
+
+def _variant_reason(gx: Tensor, v, grad: bool = True, lengths: bool = False, exchange: str = "barrier") -> str | None:
     """Why :func:`variant_layer` cannot run this call on the cluster kernels, or None."""
     others = (v.peephole or v.coupled_input_forget or v.cell_clip is not None or v.recurrent_dropout or v.zoneout_h
               or v.zoneout_c or lengths)
     flags = (("LN",) if v.layer_norm else ()) + (("PEEP",) if others else ())  # (what config's choice depends on)
-    return _gpu_reason(gx, gx.shape[1], gx.shape[2] // 4, grad, flags)
+    return _gpu_reason(gx, gx.shape[1], gx.shape[2] // 4, grad, flags, exchange)
 
 
 def variant_layer(
@@ -2547,7 +2592,8 @@ def variant_layer(
     else on the Triton kernels (which raise ``kernels.Unsupported`` for what they cannot run either).
     ``kw``: cluster, fast, exchange. What ``impl="auto"`` runs for variants on a GPU when :data:`ROUTE`."""
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (gx, h0, c0, w_hh, *p.values()))
-    if _variant_reason(gx, v, grad, valid is not None) is not None:
+    kw.setdefault("exchange", ROUTE_EXCHANGE)
+    if _variant_reason(gx, v, grad, valid is not None, kw["exchange"]) is not None:
         from . import triton_lstm
 
         return triton_lstm.variant_layer(gx, h0, c0, w_hh, v, p, masks, valid, eps)

@@ -1,0 +1,159 @@
+"""On a GPU: what ``impl="auto"`` does since the cluster kernels are routed (issue 6, after run 6).
+
+``lstmkit.nn.LSTM(H, H, impl="auto")``, one layer, at the issue's small-batch shapes in bfloat16 and float16
+(where ``cluster_lstm.ROUTE`` sends calls to the thread-block-cluster kernels, or float16 above
+``ROUTE_FP16_MAX_H`` units to cuDNN), plain and with the six element-wise variants at once: which kernel ran
+(the cluster kernels' layer calls counted), the worst relative error against the same module in float64 over
+the output, states and every gradient (beside torch's own path in the same dtype: cuDNN for the plain LSTM,
+the PyTorch loop for variants), and the time of a forward (no grad) and of a forward+backward against
+``torch.nn.LSTM`` (cuDNN) in the same dtype and in float16 (goal 3). Medians of 10 after 3 warm-ups, CUDA
+events. Triton's plan tuning is off (``LSTMKIT_TRITON_TUNE=0``): the routed calls do not use it.
+
+    PYTHONPATH=src python benchmarks/gpu_routed.py --out gpu_routed.md     # on a GPU, about 2 min
+    PYTHONPATH=src python benchmarks/gpu_routed.py --dry-run --out /tmp/r.md   # CPU, plumbing only
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("LSTMKIT_TRITON_TUNE", "0")  # (before lstmkit's kernels are imported)
+
+import torch  # noqa: E402
+
+from lstmkit.kernels import cluster_lstm as cl  # noqa: E402
+from lstmkit.nn import LSTM  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from gpu import time_ms  # noqa: E402  (the timings' clock)
+
+SHAPES = [(1024, 8, 256), (256, 16, 768), (100, 1, 512)]
+DRY_SHAPES = [(4, 2, 16)]
+SIX = dict(peephole=True, coupled_input_forget=True, cell_clip=3.0, recurrent_dropout=0.25, zoneout=(0.1, 0.05),
+           weight_drop=0.5)  # fmt: skip
+TOL = {torch.bfloat16: 1e-2, torch.float16: 1e-2}
+
+
+def _grads(m, x, masks):
+    m.zero_grad()
+    xl = x.detach().clone().requires_grad_()
+    out, (h, c) = m(xl, masks=masks) if masks is not None else m(xl)
+    g = torch.Generator(device=x.device).manual_seed(1)
+    w = torch.randn(out.shape, generator=g, device=x.device, dtype=torch.float64)
+    ((out.double() * w).sum() + h.double().sum() - c.double().sum()).backward()
+    return [out, h, c, xl.grad] + [p.grad for p in m.parameters()]
+
+
+def _worst(got, want) -> float:
+    return max(float((a.detach().double() - b.detach()).norm() / b.detach().norm().clamp_min(1e-300))
+               for a, b in zip(got, want))  # fmt: skip
+
+
+def case(T: int, B: int, H: int, dtype: torch.dtype, opts: dict, device: str, warmup: int, iters: int) -> dict:
+    torch.manual_seed(0)
+    peer_impl = "loop" if opts else "native"
+    ref = LSTM(H, H, impl=peer_impl, device=device, dtype=torch.float64, **opts).train()
+    m = LSTM(H, H, device=device, dtype=dtype, **opts).train()  # impl="auto"
+    peer = LSTM(H, H, impl=peer_impl, device=device, dtype=dtype, **opts).train()
+    m.load_state_dict(ref.state_dict())
+    peer.load_state_dict(ref.state_dict())
+    x = torch.randn(T, B, H, device=device, dtype=torch.float64)
+    masks = ref.sample_masks(B, T, like=x) if opts else None
+    mk = {k: {n: t.to(dtype) for n, t in v.items()} for k, v in masks.items()} if masks else None
+    calls = {"n": 0}
+    real = cl._recurrence
+
+    def counted(*a, **k):
+        calls["n"] += 1
+        return real(*a, **k)
+
+    cl._recurrence = counted
+    try:
+        err = _worst(_grads(m, x.to(dtype), mk), want := _grads(ref, x, masks))
+        n_cluster = calls["n"]
+        peer_err = _worst(_grads(peer, x.to(dtype), mk), want)
+        xd = x.to(dtype)
+        xg = xd.clone().requires_grad_()
+
+        def fwd():
+            with torch.no_grad():
+                return m(xd)
+
+        def fb():
+            y, _ = m(xg)
+            y.sum().backward()
+
+        t_fwd, t_fb = time_ms(fwd, device, warmup, iters), time_ms(fb, device, warmup, iters)
+    finally:
+        cl._recurrence = real
+    cudnn = {}
+    for dt in dict.fromkeys([dtype, torch.float16]):
+        base = torch.nn.LSTM(H, H, device=device, dtype=dt)
+        xb = torch.randn(T, B, H, device=device, dtype=dt)
+        xbg = xb.clone().requires_grad_()
+
+        def bf(base=base, xb=xb):
+            with torch.no_grad():
+                return base(xb)
+
+        def bfb(base=base, xbg=xbg):
+            y, _ = base(xbg)
+            y.sum().backward()
+
+        cudnn[dt] = (time_ms(bf, device, warmup, iters), time_ms(bfb, device, warmup, iters))
+    name = "plain" if not opts else "six element-wise"
+    return dict(shape=(T, B, H), dtype=str(dtype).replace("torch.", ""), module=name, cluster_calls=n_cluster,
+                err=err, peer_err=peer_err, ok=err <= max(TOL[dtype], 1.5 * peer_err), fwd=t_fwd, fb=t_fb,
+                cudnn=cudnn[dtype], cudnn16=cudnn[torch.float16])  # fmt: skip
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("gpu_routed.md"))
+    ap.add_argument("--dry-run", action="store_true", help="CPU, tiny, the CPU's kernels: proves the script runs")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--iters", type=int, default=10)
+    args = ap.parse_args(argv)
+    device = "cpu" if args.dry_run else "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("no GPU here: use --dry-run")
+    where = torch.cuda.get_device_name() if device == "cuda" else "CPU, DRY RUN (the CPU's kernels; times mean nothing)"
+    cmd = "python benchmarks/gpu_routed.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    lines = [f"# impl='auto' with the cluster kernels routed: {where}, torch {torch.__version__}", "",
+             f"Command: `{cmd}`  ", f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+             f"cluster_lstm.ROUTE={cl.ROUTE}, exchange {cl.ROUTE_EXCHANGE}, at most {cl.ROUTE_MAX_BATCH} rows, "
+             f"float16 at most {cl.ROUTE_FP16_MAX_H} units. Times in ms; speed-up = cuDNN / ours.", "",
+             "| shape | dtype | module | cluster-kernel calls | worst rel. error vs float64 | torch's own in this "
+             "dtype | ok | ours fwd | cuDNN fwd | speed-up | ours fwd+bwd | cuDNN fwd+bwd | speed-up "
+             "| vs cuDNN fp16 fwd / fwd+bwd |", "|" + "---|" * 14]  # fmt: skip
+    rows = []
+    shapes = DRY_SHAPES if args.dry_run else SHAPES
+    for T, B, H in shapes:
+        for dtype in (torch.bfloat16, torch.float16):
+            for opts in ({}, SIX):
+                try:
+                    r = case(T, B, H, dtype, opts, device, args.warmup, args.iters)
+                except Exception as e:  # a failing case is a row, not the end of the run
+                    r = dict(shape=(T, B, H), dtype=str(dtype), module=str(opts or "plain"), error=str(e)[:200])
+                rows.append(r)
+                if "error" in r:
+                    lines.append(f"| {r['shape']} | {r['dtype']} | {r['module']} | ERROR {r['error']} "
+                                 "| | | | | | | | | | |")  # fmt: skip
+                else:
+                    (cf, cb), (hf, hb) = r["cudnn"], r["cudnn16"]
+                    lines.append(f"| {r['shape']} | {r['dtype']} | {r['module']} | {r['cluster_calls']} "
+                                 f"| {r['err']:.2e} | {r['peer_err']:.2e} | {'yes' if r['ok'] else 'NO'} "
+                                 f"| {r['fwd']:.3g} | {cf:.3g} | {cf / r['fwd']:.2f}x | {r['fb']:.3g} | {cb:.3g} "
+                                 f"| {cb / r['fb']:.2f}x | {hf / r['fwd']:.2f}x / {hb / r['fb']:.2f}x |")  # fmt: skip
+                args.out.write_text("\n".join(lines) + "\n")
+                print(lines[-1], flush=True)
+    # a dry run's 16-bit rows at 16 units: too few values for the bound (plumbing); errors still fail it
+    return 0 if all(("error" not in r) and (r["ok"] or args.dry_run) for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
