@@ -39,9 +39,11 @@ bfloat16 / float16, hidden sizes whose share of ``W_hh`` fits the registers (16 
 shared memory (384, 512, 640, 768), see :func:`config`, other sizes up to 768
 padded with zero units to the next of these (:func:`kernel_units`; not with layer norm); no projections;
 ``lengths=`` only through :func:`variant_layer` (its ``valid`` masks: the state is carried past each row's
-length). Sigmoid and tanh use ``tanh.approx.f32`` unless ``fast=False``. Not measured on a GPU yet
-(``benchmarks/gpu_cluster.py`` checks them against float64 cuDNN and times them against cuDNN in one run), so
-:data:`ROUTE` is off by default.
+length). Sigmoid and tanh use ``tanh.approx.f32`` unless ``fast=False``. Measured on an H200 in run 6
+(``benchmarks/gpu_cluster.py``, docs/gpu.md): the plain and element-wise kernels pass their checks against
+float64 cuDNN and the NumPy spec and beat cuDNN's fp16 persistent kernel at (1024, 8, 256) and (100, 1, 512),
+so :data:`ROUTE` is on; layer norm's check against the spec at (256, 8, 256) missed (fp16 gradients NaN), so
+``impl="auto"`` keeps layer norm on the Triton kernels.
 
 Without a GPU: CPU tensors run the same kernel text under g++ with the GPU primitives emulated (one thread
 per GPU thread: tests only), and :func:`compile_cubin` builds the kernels for sm_90 with NVRTC
