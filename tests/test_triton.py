@@ -564,13 +564,16 @@ def test_a_given_precision_keeps_tuning(monkeypatch):
     assert p.precision == "ieee" and repr(p) == repr(tk.plan(8, 256, torch.float32, dev, precision="ieee"))
 
 
-def test_dispatcher_routes_gpu_calls_to_the_triton_kernels():
-    """impl='auto' on a GPU: plain bfloat16 -> the Triton kernels (per call, native fallback); float32 and
-    float16 -> cuDNN; variants (layer norm too) -> variant_layer; projections with variants -> the torch loop
-    (None)."""
+def test_dispatcher_routes_gpu_calls_to_the_triton_kernels(monkeypatch):
+    """impl='auto' on a GPU, the cluster kernels' routing off (tests/test_cluster_lstm.py::test_dispatch has it
+    on, the default): plain bfloat16 -> the Triton kernels (per call, native fallback); float32 and float16 ->
+    cuDNN; variants (layer norm too) -> variant_layer; projections with variants -> the torch loop (None)."""
     from types import SimpleNamespace
 
     from lstmkit import kernels
+    from lstmkit.kernels import cluster_lstm
+
+    monkeypatch.setattr(cluster_lstm, "ROUTE", False)
 
     gpu = lambda dt: SimpleNamespace(is_cuda=True, dtype=dt, device=torch.device("cuda"))  # noqa: E731
     assert kernels.select_lstm("auto", (), like=gpu(torch.bfloat16)) is tk.lstm_or_native
