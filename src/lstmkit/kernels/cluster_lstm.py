@@ -1785,10 +1785,31 @@ def _register_cap(H: int, C: int) -> int:
     return min(255, 16384 // (-(-(H // C // 8) // 4) * 32) // 8 * 8)
 
 
+#: config's and kernel_units' answers (a configuration, a size, or the refusal's message) by their arguments: each
+#: call of a routed layer asks them several times, and on run 6's GPU host that was a noticeable part of a call's
+#: 0.8 ms of host time (benchmarks/gpu_module_gap.py); both are pure functions of their arguments
+_ANSWERS: dict[tuple, tuple[bool, object]] = {}
+
+
+def _answer(key: tuple, make):
+    """``make()`` once per ``key``: its value, or its ValueError raised again with the same message."""
+    got = _ANSWERS.get(key)
+    if got is None:
+        try:
+            got = (True, make())
+        except ValueError as e:
+            got = (False, str(e))
+        _ANSWERS[key] = got
+    if not got[0]:
+        raise ValueError(got[1])
+    return got[1]
+
+
 def config(B: int, H: int, dtype: torch.dtype, cluster: int | None = None, ablate: int = 0,
            fast: bool = True, exchange: str = "barrier", flags: tuple[str, ...] = (),
            kr: int | None = None, rs: bool | None = None, krb: int | None = None) -> ClusterConfig:  # fmt: skip
-    """The configuration for batch ``B``, hidden size ``H``; ``ValueError`` saying why when there is none.
+    """The configuration for batch ``B``, hidden size ``H``; ``ValueError`` saying why when there is none
+    (remembered per arguments: the configuration returned is shared, not to be modified).
     ``kr``: how many k-tiles of W_hh the forward keeps in registers (tests, benchmarks; default: config's choice).
     ``rs``: the backward's reduce-scatter form (default: above H = 256); ``krb``: its k-tiles
     in registers a warp (tests, benchmarks; default: what the registers hold).
@@ -1797,6 +1818,14 @@ def config(B: int, H: int, dtype: torch.dtype, cluster: int | None = None, ablat
     tiles and registers enough; H = 16, 32, 48, 64, 96, 128, 192, 256 have one). H = 384, 512, 640, 768: 8 batch
     rows a cluster, the k-tiles of W_hh the registers cannot hold in shared memory, a cluster of 8 or
     (non-portable) 16, and the backward in its reduce-scatter form (:func:`_split_config`)."""
+    args = (B, H, dtype, cluster, ablate, fast, exchange, tuple(flags), kr, rs, krb)
+    return _answer(("config", *args), lambda: _make_config(*args))
+
+
+def _make_config(
+    B: int, H: int, dtype: torch.dtype, cluster: int | None, ablate: int, fast: bool, exchange: str,
+    flags: tuple[str, ...], kr: int | None, rs: bool | None, krb: int | None,
+) -> ClusterConfig:  # fmt: skip
     if dtype not in (torch.bfloat16, torch.float16):
         raise ValueError(f"the cluster kernel runs bfloat16 or float16, got {dtype}; cast the layer first")
     if exchange not in EXCHANGES:
@@ -1845,6 +1874,12 @@ def kernel_units(B: int, H: int, dtype: torch.dtype, cluster: int | None = None,
     to multiples of 16). ``grad``: only a size with a backward kernel. Not with layer norm, whose statistics are
     over the layer's own units. With ``exchange="mbarrier"`` the sizes whose own configuration is a cluster of one
     (16, 32, 48) run padded to 64 units in a cluster of 2. ``ValueError`` (config's, for ``H``) where none fits."""
+    args = (B, H, dtype, cluster, tuple(flags), exchange, grad)
+    return _answer(("kernel_units", *args), lambda: _kernel_units(*args))
+
+
+def _kernel_units(B: int, H: int, dtype: torch.dtype, cluster: int | None, flags: tuple[str, ...], exchange: str,
+                  grad: bool) -> int:  # fmt: skip
     sizes = [H]
     if "LN" not in flags:
         sizes += [h for h in range(-(-H // 16) * 16, 257, 16) if h > H] + [h for h in SPLIT_SIZES if h > H]

@@ -1,0 +1,94 @@
+"""On a GPU: where a routed ``lstmkit.nn.LSTM`` forward spends the time its cluster-kernel layer does not (issue 6).
+
+Run 6 timed the cluster forward at (256, 16, 768) bf16 at 0.71 ms as a layer (``gpu_cluster.py``) and 1.57 ms
+through ``lstmkit.nn.LSTM`` (``gpu_routed.py``), in two processes on two machines. This times, in one process,
+at each shape: the layer without autograd (``cluster_lstm.lstm_forward``), ``cluster_lstm.lstm`` (the stack
+``impl="auto"`` calls, under ``torch.no_grad()``), the module's forward under ``torch.no_grad()``, and cuDNN
+(``torch.nn.LSTM``) in bf16 and fp16; then profiles the module's call (host events with the most self time,
+and the GPU's busy time). Medians of 20 after 5 warm-ups, CUDA events.
+
+    PYTHONPATH=src python benchmarks/gpu_module_gap.py --out gap.md      # on a GPU, about a minute
+    PYTHONPATH=src python benchmarks/gpu_module_gap.py --dry-run --out /tmp/gap.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from lstmkit.kernels import cluster_lstm as cl
+from lstmkit.nn import LSTM
+
+sys.path.insert(0, str(Path(__file__).parent))
+from gpu import time_ms  # noqa: E402
+from gpu_profile import _host_ops, _kernels  # noqa: E402
+
+SHAPES = [(256, 16, 768), (1024, 8, 256)]
+
+
+def one(T: int, B: int, H: int, device: str, iters: int) -> list[str]:
+    torch.manual_seed(0)
+    dt = torch.bfloat16
+    m = LSTM(H, H, device=device, dtype=dt).eval()
+    x = torch.randn(T, B, H, device=device, dtype=dt)
+    h0 = torch.zeros(1, B, H, device=device, dtype=dt)
+    w = [p.detach() for p in (m.weight_ih_l0, m.weight_hh_l0, m.bias_ih_l0, m.bias_hh_l0)]
+    kw = dict(bias=True, num_layers=1, dropout=0.0, training=False, bidirectional=False, batch_first=False)
+    calls = {
+        "layer, no autograd (cluster_lstm.lstm_forward)": lambda: cl.lstm_forward(x, h0[0], h0[0].float(), *w,
+                                                                                   exchange=cl.ROUTE_EXCHANGE),
+        "cluster_lstm.lstm, no grad": lambda: cl.lstm(x, (h0, h0), w, **kw, exchange=cl.ROUTE_EXCHANGE),
+        "routed entry (cluster_lstm.lstm_or_next), no grad": lambda: cl.lstm_or_next(x, (h0, h0), w, **kw),
+        "lstmkit.nn.LSTM, no grad": lambda: m(x),
+    }  # fmt: skip
+    for dname, cdt in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        c = torch.nn.LSTM(H, H, device=device, dtype=cdt)
+        xc = x.to(cdt)
+        calls[f"cuDNN {dname}"] = lambda c=c, xc=xc: c(xc)
+    lines = []
+    with torch.no_grad():
+        for name, fn in calls.items():
+            host: dict = {}
+            ms = time_ms(fn, device, 5, iters, host, "h")
+            lines.append(f"| ({T}, {B}, {H}) | {name} | {ms:.3f} | {host['h']:.3f} | |")
+        acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device == "cuda"
+                                                         else [])  # fmt: skip
+        with torch.profiler.profile(activities=acts) as prof:
+            for _ in range(3):
+                m(x)
+            if device == "cuda":
+                torch.cuda.synchronize()
+        busy = sum(us for _, us in _kernels(prof)) / 3 / 1e3
+        lines.append(f"| ({T}, {B}, {H}) | lstmkit.nn.LSTM, profiled | | | GPU busy {busy:.3f} ms a call; "
+                     f"{_host_ops(prof, 3, top=8)} |")  # fmt: skip
+    return lines
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("gpu_module_gap.md"))
+    ap.add_argument("--dry-run", action="store_true", help="CPU, tiny: the plumbing (the emulation is not timed)")
+    ap.add_argument("--iters", type=int, default=20)
+    args = ap.parse_args(argv)
+    device = "cpu" if args.dry_run else "cuda"
+    where = torch.cuda.get_device_name() if device == "cuda" else "CPU, DRY RUN"
+    lines = [f"# A routed module's forward against its layer: {where}, torch {torch.__version__}", "",
+             f"Command: `python benchmarks/gpu_module_gap.py {' '.join(sys.argv[1:] if argv is None else argv)}`  ",
+             f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", "",
+             "| shape | call | ms (CUDA events) | host ms of the call | profile |", "|" + "---|" * 5]  # fmt: skip
+    for T, B, H in [(4, 2, 16)] if args.dry_run else SHAPES:
+        try:
+            lines += one(T, B, H, device, 2 if args.dry_run else args.iters)
+        except Exception as e:  # a failing shape is a row
+            lines.append(f"| ({T}, {B}, {H}) | ERROR {type(e).__name__}: {str(e)[:200]} | | | |")
+        args.out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
