@@ -513,6 +513,55 @@ def test_routing_policy():
     assert torch.equal(out, want) and torch.equal(c, cw)
 
 
+def test_routing_only_on_hopper_and_falls_back_when_a_launch_fails(monkeypatch):
+    """Routing sends calls to the cluster kernels only on sm_90 (the chip measured); a routed call whose launch
+    fails (NVRTC, module load, launch) warns once and runs on the next path, and so do later calls like it."""
+    from lstmkit.kernels import triton_lstm
+
+    class FakeCuda(torch.Tensor):  # (a CPU tensor that says it is on a GPU, for the policy check only)
+        @property
+        def is_cuda(self):
+            return True
+
+    x = torch.zeros(5, 8, 1, dtype=torch.bfloat16).as_subclass(FakeCuda)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (10, 0))
+    assert "Hopper" in cl._policy_reason(x, 8, 256)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert cl._policy_reason(x, 8, 256) is None
+
+    monkeypatch.setattr(cl, "_FAILED", set())
+    monkeypatch.setattr(cl, "unsupported_reason", lambda *a, **k: None)
+    monkeypatch.setattr(cl, "lstm", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("NVRTC: boom")))
+    m = torch.nn.LSTM(8, 16).to(torch.float16)
+    xs, hx = torch.randn(3, 2, 8).half(), (torch.zeros(1, 2, 16).half(), torch.zeros(1, 2, 16).half())
+    kw = dict(bias=True, num_layers=1, dropout=0.0, training=False, bidirectional=False, batch_first=False)
+    want, (hw, cw) = m(xs, hx)
+    with pytest.warns(RuntimeWarning, match="cluster LSTM kernels failed.*NVRTC: boom"):
+        out, h, c = cl.lstm_or_native(xs, hx, m._flat_weights, **kw)
+    assert torch.equal(out, want) and len(cl._FAILED) == 1
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (no second warning: the policy now says it failed before)
+        out, h, c = cl.lstm_or_native(xs, hx, m._flat_weights, **kw)
+    assert torch.equal(out, want)
+    # bf16 falls back to the Triton entry point (which runs native.lstm off the GPU)
+    mb = torch.nn.LSTM(8, 16).to(torch.bfloat16)
+    xb, hb = xs.bfloat16(), (hx[0].bfloat16(), hx[1].bfloat16())
+    with pytest.warns(RuntimeWarning):
+        out, _, _ = cl.lstm_or_next(xb, hb, mb._flat_weights, **kw)
+    assert torch.equal(out, mb(xb, hb)[0])
+    # variant layers through the module's loop (no exchange given) follow the policy too: 20 rows -> Triton
+    monkeypatch.setattr(cl, "_variant_reason", lambda *a: None)
+    monkeypatch.setattr(triton_lstm, "variant_layer", lambda *a, **k: "triton")
+    from lstmkit.nn.variants import Variants
+
+    v = Variants.build(peephole=True)
+    gx = torch.zeros(3, 20, 4 * 16, dtype=torch.bfloat16)
+    z = torch.zeros(20, 16, dtype=torch.bfloat16)
+    assert cl.variant_layer(gx, z, z.float(), torch.zeros(64, 16, dtype=torch.bfloat16), v, {}, {}, None) == "triton"
+
+
 def test_routing_on_a_hopper_gpu(monkeypatch):
     """What routing (`_gpu_reason`) lets through on an sm_90 GPU with 132 SMs (faked: no GPU here): training at
     H = 768 (the reduce-scatter backward) and at 650 (padded to 768), layer norm at its own sizes only, and clear

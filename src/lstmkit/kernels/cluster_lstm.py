@@ -60,6 +60,7 @@ import math
 import os
 import site
 import sys
+import warnings
 from functools import partial
 
 import torch
@@ -2500,17 +2501,23 @@ def lstm(
 #: Whether ``impl="auto"`` runs small-batch bfloat16 / float16 LSTMs on these kernels where they cover the call
 #: (else the Triton kernels, or cuDNN for float16). On since run 6 (H200, docs/gpu.md): checked against float64
 #: cuDNN and the NumPy spec and, with the mbarrier exchange, 1.53x / 1.31x cuDNN's fp16 forward / train step at
-#: (1024, 8, 256) bf16 and 3.5x / 2.7x at (100, 1, 512); ``LSTMKIT_CLUSTER=0`` switches it off (read at import).
-ROUTE = os.environ.get("LSTMKIT_CLUSTER", "1") != "0"
-#: The exchange routed calls use: mbarrier measured faster than the cluster barrier in run 6 at every goal shape
-#: but two train steps within 5% ((100, 1, 512) fp16, (35, 20, 650) bf16).
+#: (1024, 8, 256) bf16 and 3.5x / 2.7x at (100, 1, 512); ``LSTMKIT_CLUSTER=0`` (or false / off / no) switches it
+#: off (read at import). Only on Hopper (sm_90), the only chip measured: elsewhere the calls go on as before.
+ROUTE = os.environ.get("LSTMKIT_CLUSTER", "1").strip().lower() not in ("0", "false", "off", "no")
+#: The exchange routed calls use: mbarrier measured faster than the cluster barrier in run 6 in every row but three
+#: ((100, 1, 512) fp16 training 1.47 against 1.39 ms, (35, 20, 650) bf16 training 1.96 against 1.92, and fp16
+#: forward 0.402 against 0.382), and by up to 1.41x elsewhere.
 ROUTE_EXCHANGE = "mbarrier"
 #: Routed calls only up to this batch: at (35, 20, 650) bf16 (two clusters a step) the Triton kernels trained
-#: faster in run 6 (1.38x cuDNN against the cluster kernels' 1.22x).
+#: faster in run 6 (1.38x cuDNN against the cluster kernels' 1.22x), and nothing larger was timed.
 ROUTE_MAX_BATCH = 16
 #: float16 is routed (else it runs on cuDNN, whose fp16 kernel is persistent) only up to this many kernel units:
-#: run 6 measured the cluster kernels 1.03-2.0x cuDNN fp16 at H = 128-512 and 0.78-0.97x at 768 and 650 (padded).
+#: run 6 measured the cluster kernels 1.03-3.59x cuDNN fp16 at H = 128-512, 0.78-0.89x at 768, and at 650 (padded
+#: to 768) 1.11x forward but 0.97x training.
 ROUTE_FP16_MAX_H = 512
+#: Routed configurations whose launch failed in this process (a compile, load or launch error): their calls go
+#: on to the next path, with one warning each.
+_FAILED: set = set()
 
 
 def _gpu_reason(x: Tensor, B: int, H: int, grad: bool = True, flags: tuple[str, ...] = (),
@@ -2573,28 +2580,60 @@ def _route_reason(input: Tensor, weights: list[Tensor], kw: dict) -> str | None:
     """Why ``impl="auto"`` sends this call elsewhere although the kernels might run it (the routing policy,
     from run 6's measurements), or None."""
     B = input.shape[0] if kw.get("batch_first") else input.shape[1]
+    return _policy_reason(input, B, weights[1].shape[1])
+
+
+def _policy_reason(x: Tensor, B: int, H: int, flags: tuple[str, ...] = ()) -> str | None:
+    """The routing policy for a (B, H) layer in ``x``'s dtype and device: only Hopper, at most
+    :data:`ROUTE_MAX_BATCH` rows, float16 at most :data:`ROUTE_FP16_MAX_H` kernel units; and not a
+    configuration whose launch failed before (:data:`_FAILED`)."""
+    if x.is_cuda and torch.cuda.get_device_capability(x.device)[0] != 9:
+        return "measured on Hopper (sm_90) only"
     if B > ROUTE_MAX_BATCH:
-        return f"batch {B} > {ROUTE_MAX_BATCH}: the Triton kernels trained faster there (run 6)"
-    if input.dtype == torch.float16:
-        grad = torch.is_grad_enabled()
-        try:
-            units = kernel_units(B, weights[1].shape[1], input.dtype, None, (), ROUTE_EXCHANGE, grad)
-        except ValueError as e:
-            return str(e)
-        if units > ROUTE_FP16_MAX_H:
-            return f"float16 at {units} units: cuDNN's persistent fp16 kernel was faster there (run 6)"
+        return f"batch {B} > {ROUTE_MAX_BATCH}: faster elsewhere or not timed (run 6)"
+    grad = torch.is_grad_enabled()
+    try:
+        units = kernel_units(B, H, x.dtype, None, flags, ROUTE_EXCHANGE, grad)
+    except ValueError as e:
+        return str(e)
+    if x.dtype == torch.float16 and units > ROUTE_FP16_MAX_H:
+        return f"float16 at {units} units: cuDNN's persistent fp16 kernel was faster there (run 6)"
+    if (B, units, x.dtype, flags, grad) in _FAILED:
+        return "its launch failed before in this process"
     return None
+
+
+def _routed(fn, key: tuple, fallback):
+    """``fn()``; where its launch fails (NVRTC, the module load, the cluster launch), the key is remembered in
+    :data:`_FAILED`, a warning says so once, and ``fallback()`` runs the call instead."""
+    try:
+        return fn()
+    except (RuntimeError, OSError) as e:
+        if key not in _FAILED:
+            _FAILED.add(key)
+            warnings.warn(f"cluster LSTM kernels failed for {key[:4]} ({type(e).__name__}: {str(e)[:200]}); this "
+                          "process runs such calls on the next path (LSTMKIT_CLUSTER=0 skips the cluster kernels)",
+                          RuntimeWarning, stacklevel=3)  # fmt: skip
+        return fallback()
+
+
+def _key(x: Tensor, B: int, H: int, flags: tuple[str, ...] = ()) -> tuple:
+    return (B, kernel_units(B, H, x.dtype, None, flags, ROUTE_EXCHANGE, torch.is_grad_enabled()), x.dtype, flags,
+            torch.is_grad_enabled())  # fmt: skip
 
 
 def lstm_or_next(input: Tensor, hx: tuple[Tensor, Tensor], weights: list[Tensor], **kw):
     """:func:`lstm` (the :data:`ROUTE_EXCHANGE`) where it covers the call and routing sends it here
     (:func:`_route_reason`), else ``triton_lstm.lstm_or_native`` (which falls back to ``native.lstm`` in turn):
     what ``impl="auto"`` runs for a plain bfloat16 LSTM on a GPU when :data:`ROUTE`."""
-    if isinstance(input, Tensor) and input.dim() == 3 and _route_reason(input, weights, kw) is None:
-        if unsupported_reason(input, hx, weights, **kw, exchange=ROUTE_EXCHANGE) is None:
-            return lstm(input, hx, weights, **kw, exchange=ROUTE_EXCHANGE)
     from . import triton_lstm
 
+    if isinstance(input, Tensor) and input.dim() == 3 and _route_reason(input, weights, kw) is None:
+        if unsupported_reason(input, hx, weights, **kw, exchange=ROUTE_EXCHANGE) is None:
+            B = input.shape[0] if kw.get("batch_first") else input.shape[1]
+            return _routed(lambda: lstm(input, hx, weights, **kw, exchange=ROUTE_EXCHANGE),
+                           _key(input, B, weights[1].shape[1]),
+                           lambda: triton_lstm.lstm_or_native(input, hx, weights, **kw))  # fmt: skip
     return triton_lstm.lstm_or_native(input, hx, weights, **kw)
 
 
@@ -2602,11 +2641,13 @@ def lstm_or_native(input: Tensor, hx: tuple[Tensor, Tensor], weights: list[Tenso
     """:func:`lstm` where it covers the call and routing sends it here, else ``native.lstm`` (cuDNN): what
     ``impl="auto"`` runs for a plain float16 LSTM on a GPU when :data:`ROUTE` (small batch, at most
     :data:`ROUTE_FP16_MAX_H` units)."""
-    if isinstance(input, Tensor) and input.dim() == 3 and _route_reason(input, weights, kw) is None:
-        if unsupported_reason(input, hx, weights, **kw, exchange=ROUTE_EXCHANGE) is None:
-            return lstm(input, hx, weights, **kw, exchange=ROUTE_EXCHANGE)
     from . import native
 
+    if isinstance(input, Tensor) and input.dim() == 3 and _route_reason(input, weights, kw) is None:
+        if unsupported_reason(input, hx, weights, **kw, exchange=ROUTE_EXCHANGE) is None:
+            B = input.shape[0] if kw.get("batch_first") else input.shape[1]
+            return _routed(lambda: lstm(input, hx, weights, **kw, exchange=ROUTE_EXCHANGE),
+                           _key(input, B, weights[1].shape[1]), lambda: native.lstm(input, hx, weights, **kw))
     return native.lstm(input, hx, weights, **kw)
 
 
@@ -2628,12 +2669,24 @@ def variant_layer(
     at once, by ``nn.variants.input_norm``, the recurrent one and the cell's in the kernels),
     else on the Triton kernels (which raise ``kernels.Unsupported`` for what they cannot run either).
     ``kw``: cluster, fast, exchange. What ``impl="auto"`` runs for variants on a GPU when :data:`ROUTE`."""
-    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (gx, h0, c0, w_hh, *p.values()))
-    kw.setdefault("exchange", ROUTE_EXCHANGE)
-    if _variant_reason(gx, v, grad, valid is not None, kw["exchange"]) is not None:
-        from . import triton_lstm
+    from . import triton_lstm
 
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (gx, h0, c0, w_hh, *p.values()))
+    routed = "exchange" not in kw  # (the module's loop, through impl="auto": the routing policy applies)
+    kw.setdefault("exchange", ROUTE_EXCHANGE)
+    B, H = gx.shape[1], gx.shape[2] // 4
+    if (routed and _policy_reason(gx, B, H) is not None) or _variant_reason(
+            gx, v, grad, valid is not None, kw["exchange"]) is not None:  # fmt: skip
         return triton_lstm.variant_layer(gx, h0, c0, w_hh, v, p, masks, valid, eps)
+    if routed and gx.is_cuda:
+        return _routed(lambda: _variant_layer(gx, h0, c0, w_hh, v, p, masks, valid, eps, kw),
+                       ("variants", *_key(gx, B, H)),
+                       lambda: triton_lstm.variant_layer(gx, h0, c0, w_hh, v, p, masks, valid, eps))  # fmt: skip
+    return _variant_layer(gx, h0, c0, w_hh, v, p, masks, valid, eps, kw)
+
+
+def _variant_layer(gx, h0, c0, w_hh, v, p: dict, masks: dict, valid, eps: float, kw: dict):
+    """:func:`variant_layer` on the cluster kernels (the call is known to be covered)."""
     if v.layer_norm:  # LN of the input projection (all steps at once, in torch), before the bias
         from ..nn.variants import input_norm
 
