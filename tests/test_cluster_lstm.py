@@ -500,6 +500,8 @@ def test_routing_policy():
     assert cl._route_reason(fp16, w(256), {}) is None and cl._route_reason(fp16, w(512), {}) is None
     assert "cuDNN's persistent fp16" in cl._route_reason(fp16, w(768), {})
     assert "cuDNN's persistent fp16" in cl._route_reason(fp16, w(650), {})  # (padded to 768)
+    # variants' alternative is the Triton kernels, not cuDNN: no float16 cap for them
+    assert cl._policy_reason(torch.zeros(5, 16, 1, dtype=torch.float16), 16, 768, fp16_cap=False) is None
     big = torch.zeros(5, 20, 1, dtype=torch.bfloat16)
     assert "batch 20 > 16" in cl._route_reason(big, w(650), {})
     assert cl._route_reason(big.transpose(0, 1), w(650), {"batch_first": True}) is not None

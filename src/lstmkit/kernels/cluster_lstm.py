@@ -2583,10 +2583,12 @@ def _route_reason(input: Tensor, weights: list[Tensor], kw: dict) -> str | None:
     return _policy_reason(input, B, weights[1].shape[1])
 
 
-def _policy_reason(x: Tensor, B: int, H: int, flags: tuple[str, ...] = ()) -> str | None:
+def _policy_reason(x: Tensor, B: int, H: int, flags: tuple[str, ...] = (), fp16_cap: bool = True) -> str | None:
     """The routing policy for a (B, H) layer in ``x``'s dtype and device: only Hopper, at most
-    :data:`ROUTE_MAX_BATCH` rows, float16 at most :data:`ROUTE_FP16_MAX_H` kernel units; and not a
-    configuration whose launch failed before (:data:`_FAILED`)."""
+    :data:`ROUTE_MAX_BATCH` rows, float16 at most :data:`ROUTE_FP16_MAX_H` kernel units (``fp16_cap``: the plain
+    LSTM, whose alternative is cuDNN's persistent fp16 kernel; variants' is the Triton kernels, which the cluster
+    kernels beat at 768 too: run 6, (256, 16, 768) fp16, six element-wise variants, 4.34 against 4.83 ms in
+    training); and not a configuration whose launch failed before (:data:`_FAILED`)."""
     if x.is_cuda and torch.cuda.get_device_capability(x.device)[0] != 9:
         return "measured on Hopper (sm_90) only"
     if B > ROUTE_MAX_BATCH:
@@ -2596,7 +2598,7 @@ def _policy_reason(x: Tensor, B: int, H: int, flags: tuple[str, ...] = ()) -> st
         units = kernel_units(B, H, x.dtype, None, flags, ROUTE_EXCHANGE, grad)
     except ValueError as e:
         return str(e)
-    if x.dtype == torch.float16 and units > ROUTE_FP16_MAX_H:
+    if fp16_cap and x.dtype == torch.float16 and units > ROUTE_FP16_MAX_H:
         return f"float16 at {units} units: cuDNN's persistent fp16 kernel was faster there (run 6)"
     if (B, units, x.dtype, flags, grad) in _FAILED:
         return "its launch failed before in this process"
@@ -2675,7 +2677,7 @@ def variant_layer(
     routed = "exchange" not in kw  # (the module's loop, through impl="auto": the routing policy applies)
     kw.setdefault("exchange", ROUTE_EXCHANGE)
     B, H = gx.shape[1], gx.shape[2] // 4
-    if (routed and _policy_reason(gx, B, H) is not None) or _variant_reason(
+    if (routed and _policy_reason(gx, B, H, fp16_cap=False) is not None) or _variant_reason(
             gx, v, grad, valid is not None, kw["exchange"]) is not None:  # fmt: skip
         return triton_lstm.variant_layer(gx, h0, c0, w_hh, v, p, masks, valid, eps)
     if routed and gx.is_cuda:
