@@ -553,7 +553,7 @@ def test_routing_only_on_hopper_and_falls_back_when_a_launch_fails(monkeypatch):
     with pytest.warns(RuntimeWarning):
         out, _, _ = cl.lstm_or_next(xb, hb, mb._flat_weights, **kw)
     assert torch.equal(out, mb(xb, hb)[0])
-    # variant layers through the module's loop (no exchange given) follow the policy too: 20 rows -> Triton
+    # variant layers (the module loop's per-layer kernel) follow the policy too: 20 rows -> Triton
     monkeypatch.setattr(cl, "_variant_reason", lambda *a: None)
     monkeypatch.setattr(triton_lstm, "variant_layer", lambda *a, **k: "triton")
     from lstmkit.nn.variants import Variants

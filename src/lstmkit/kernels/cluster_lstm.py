@@ -2630,13 +2630,7 @@ def lstm_or_next(input: Tensor, hx: tuple[Tensor, Tensor], weights: list[Tensor]
     what ``impl="auto"`` runs for a plain bfloat16 LSTM on a GPU when :data:`ROUTE`."""
     from . import triton_lstm
 
-    if isinstance(input, Tensor) and input.dim() == 3 and _route_reason(input, weights, kw) is None:
-        if unsupported_reason(input, hx, weights, **kw, exchange=ROUTE_EXCHANGE) is None:
-            B = input.shape[0] if kw.get("batch_first") else input.shape[1]
-            return _routed(lambda: lstm(input, hx, weights, **kw, exchange=ROUTE_EXCHANGE),
-                           _key(input, B, weights[1].shape[1]),
-                           lambda: triton_lstm.lstm_or_native(input, hx, weights, **kw))  # fmt: skip
-    return triton_lstm.lstm_or_native(input, hx, weights, **kw)
+    return _lstm_or(triton_lstm.lstm_or_native, input, hx, weights, kw)
 
 
 def lstm_or_native(input: Tensor, hx: tuple[Tensor, Tensor], weights: list[Tensor], **kw):
@@ -2645,12 +2639,18 @@ def lstm_or_native(input: Tensor, hx: tuple[Tensor, Tensor], weights: list[Tenso
     :data:`ROUTE_FP16_MAX_H` units)."""
     from . import native
 
+    return _lstm_or(native.lstm, input, hx, weights, kw)
+
+
+def _lstm_or(fallback, input: Tensor, hx: tuple[Tensor, Tensor], weights: list[Tensor], kw: dict):
+    """The routed plain call: :func:`lstm` where routing sends it here and the kernels cover it, else (or where its
+    launch fails) ``fallback`` with ``native.lstm``'s arguments."""
     if isinstance(input, Tensor) and input.dim() == 3 and _route_reason(input, weights, kw) is None:
         if unsupported_reason(input, hx, weights, **kw, exchange=ROUTE_EXCHANGE) is None:
             B = input.shape[0] if kw.get("batch_first") else input.shape[1]
             return _routed(lambda: lstm(input, hx, weights, **kw, exchange=ROUTE_EXCHANGE),
-                           _key(input, B, weights[1].shape[1]), lambda: native.lstm(input, hx, weights, **kw))
-    return native.lstm(input, hx, weights, **kw)
+                           _key(input, B, weights[1].shape[1]), lambda: fallback(input, hx, weights, **kw))
+    return fallback(input, hx, weights, **kw)
 
 
 def _variant_reason(gx: Tensor, v, grad: bool = True, lengths: bool = False, exchange: str = "barrier") -> str | None:
@@ -2674,13 +2674,12 @@ def variant_layer(
     from . import triton_lstm
 
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (gx, h0, c0, w_hh, *p.values()))
-    routed = "exchange" not in kw  # (the module's loop, through impl="auto": the routing policy applies)
     kw.setdefault("exchange", ROUTE_EXCHANGE)
     B, H = gx.shape[1], gx.shape[2] // 4
-    if (routed and _policy_reason(gx, B, H, fp16_cap=False) is not None) or _variant_reason(
+    if _policy_reason(gx, B, H, fp16_cap=False) is not None or _variant_reason(
             gx, v, grad, valid is not None, kw["exchange"]) is not None:  # fmt: skip
         return triton_lstm.variant_layer(gx, h0, c0, w_hh, v, p, masks, valid, eps)
-    if routed and gx.is_cuda:
+    if gx.is_cuda:
         return _routed(lambda: _variant_layer(gx, h0, c0, w_hh, v, p, masks, valid, eps, kw),
                        ("variants", *_key(gx, B, H)),
                        lambda: triton_lstm.variant_layer(gx, h0, c0, w_hh, v, p, masks, valid, eps))  # fmt: skip
