@@ -5,7 +5,9 @@ its bound (bf16: 0.40 on the output, 1.7 on the gradients; fp16: NaN gradients).
 16-bit implementation could pass it: ``lstmkit.nn.LSTM(layer_norm=True, impl="loop")`` (the pure-torch loop)
 in each dtype against the same module in float64, weights as ``gpu_cluster.py`` draws them (uniform
 +-1/sqrt(H), gains 1 + 0.2 N(0, 1), cell bias 0.1 N(0, 1)), h_0 and c_0 0.5 N(0, 1), a random gradient of y.
-Prints the relative error of y, of x's gradient and of the worst parameter gradient (nan: not finite).
+Prints the relative error of y, of x's gradient and of the worst parameter gradient (nan: not finite), and
+how large the float64 gradients are (beyond float16's range here: they grow 5e4-fold from the last step back
+to the first).
 
     PYTHONPATH=src python benchmarks/ln_long_rounding.py     # CPU, about 10 s
 """
@@ -43,6 +45,13 @@ def main() -> int:
         return [y.detach(), xl.grad] + [p.grad for p in m.parameters()]
 
     want = run(ref, torch.float64)
+    # how large the float64 numbers are: past float16's largest finite number (65504), no float16 implementation
+    # can return them (NaN / inf in any); and how much the gradient grows from the last step back to the first
+    big = max(float(t.abs().max()) for t in want)
+    dx = want[1].abs().amax(dim=(1, 2))
+    print(f"float64: largest magnitude in y and the gradients {big:.3g} (float16's largest finite: "
+          f"{torch.finfo(torch.float16).max:.0f}); |x grad| at the last step {float(dx[-1]):.3g}, at the first "
+          f"{float(dx[0]):.3g}", flush=True)  # fmt: skip
     for dt in (torch.bfloat16, torch.float16, torch.float32):
         m = LSTM(H, H, layer_norm=True, impl="loop", dtype=dt)
         m.load_state_dict(ref.state_dict())

@@ -479,8 +479,14 @@ def test_dispatch(monkeypatch):
     assert kernels.select_lstm("auto", (), like=gpu) is cl.lstm_or_next
     assert kernels.select_lstm("auto", (), like=fp16) is cl.lstm_or_native
     assert kernels.select_lstm("auto", ("peephole",), like=gpu) is cl.variant_layer
-    # layer norm stays on the Triton kernels: run 6's check of the cluster kernels' against the spec missed
+    # layer norm stays on the Triton kernels unless cluster_lstm.ROUTE_LN (off: see there)
+    monkeypatch.setattr(cl, "ROUTE_LN", False)
     assert kernels.select_lstm("auto", ("layer_norm", "peephole"), like=gpu) is triton_lstm.variant_layer
+    monkeypatch.setattr(cl, "ROUTE_LN", True)
+    assert kernels.select_lstm("auto", ("layer_norm", "peephole"), like=gpu) is cl.variant_layer
+    monkeypatch.setattr(cl, "ROUTE", False)
+    assert kernels.select_lstm("auto", ("layer_norm",), like=gpu) is triton_lstm.variant_layer
+    monkeypatch.setattr(cl, "ROUTE", True)
     m = torch.nn.LSTM(8, 16)
     x, hx = torch.randn(3, 2, 8), (torch.zeros(1, 2, 16), torch.zeros(1, 2, 16))
     kw = dict(bias=True, num_layers=1, dropout=0.0, training=False, bidirectional=False, batch_first=False)
@@ -776,6 +782,64 @@ def test_kernel_arguments_match_the_kernels():
     cfg = cl.config(3, 32, torch.bfloat16)
     with pytest.raises(ValueError, match="takes 22 arguments, got 17"):
         cl._run(cfg, "fwd", cl.fwd_args(gx, w, h0, c0, y, h0, f)[:15] + [2, 3], 3)
+
+
+def test_the_gpu_launch_path_with_a_fake_driver(monkeypatch):
+    """_run's GPU branch, which CI cannot reach otherwise: one cuLaunchKernel with the cluster's grid and block,
+    the configuration's shared memory, torch's current stream and a pointer to each argument's value (tensor
+    pointers, C ints, C floats, in order); the function is looked up once per configuration and device, and on a
+    thread where the device's context is already current a launch makes one context call, not four."""
+
+    class Arg:  # (a tensor that says it is on GPU 0: _run reads .device and .data_ptr() only)
+        def __init__(self, ptr):
+            self.device, self.ptr = torch.device("cuda", 0), ptr
+
+        def data_ptr(self):
+            return self.ptr
+
+    class Driver:
+        def __init__(self):
+            self.calls, self.ctx, self.launches = [], None, []
+
+        def __getattr__(self, name):
+            def call(*a):
+                self.calls.append(name)
+                if name == "cuCtxGetCurrent":
+                    a[0]._obj.value = self.ctx
+                elif name == "cuDevicePrimaryCtxRetain":
+                    a[0]._obj.value = 0xC0
+                elif name == "cuCtxSetCurrent":
+                    self.ctx = a[0].value
+                elif name == "cuLaunchKernel":
+                    fn, gx, gy, gz, bx, by, bz, smem, stream, arr, extra = a
+                    vals = [ctypes.cast(arr[i], ctypes.POINTER(t)).contents.value for i, t in enumerate(
+                        [ctypes.c_void_p] * 20 + [ctypes.c_int] * 2)]  # fmt: skip
+                    self.launches.append((fn, (gx, gy, gz), (bx, by, bz), smem, stream.value, vals))
+                return 0
+
+            return call
+
+    import ctypes
+
+    drv = Driver()
+    looked_up = []
+    monkeypatch.setattr(cl, "_driver", lambda: drv)
+    monkeypatch.setattr(cl, "_function", lambda *a: looked_up.append(a) or 0xF00)
+    monkeypatch.setattr(cl, "_raw_stream", lambda index: 0x5E)
+    monkeypatch.setattr(cl, "_LAUNCHES", {})
+    monkeypatch.setattr(cl, "_CONTEXTS", {})
+    cfg = cl.config(20, 256, torch.bfloat16)  # clusters of 16 rows: grid (C, 2)
+    assert cfg.batch_rows == 16
+    args = [Arg(0x1000 + 16 * i) for i in range(9)] + [None] * 11 + [7, 20]  # (9 tensors, 11 absent, T, B)
+    cl._run(cfg, "fwd", args, 20)
+    cl._run(cfg, "fwd", args, 20)
+    assert len(looked_up) == 1 and looked_up[0][2:] == ("lstm_cluster_fwd", cl._smem_bytes(cfg)[0])
+    want = (0xF00, (cfg.C, 2, 1), (cfg.threads, 1, 1), cl._smem_bytes(cfg)[0], 0x5E,
+            [0x1000 + 16 * i for i in range(9)] + [None] * 11 + [7, 20])  # fmt: skip
+    assert drv.launches == [want, want]
+    first = drv.calls[: drv.calls.index("cuLaunchKernel")]
+    assert first == ["cuCtxGetCurrent", "cuDeviceGet", "cuDevicePrimaryCtxRetain", "cuCtxSetCurrent"]
+    assert drv.calls[len(first) + 1:] == ["cuCtxGetCurrent", "cuLaunchKernel"]
 
 
 def test_configurations_and_errors():

@@ -42,7 +42,8 @@ def test_the_gpu_session_dry_run(tmp_path):
     status = (tmp_path / "gpu.txt").read_text()
     logs = {f.name: f.read_text()[-2000:] for f in tmp_path.glob("*_log.txt")}
     cluster = _emulation_builds()
-    for script in ("gpu_cluster.py", "gpu_user_path.py", "gpu_routed.py", "gpu_profile.py", "gpu.py"):
+    for script in ("gpu_cluster.py", "gpu_user_path.py", "gpu_ln_diag.py", "gpu_routed.py", "gpu_module_gap.py",
+                   "gpu.py"):  # fmt: skip
         if script == "gpu_cluster.py" and not cluster:  # (its emulation needs g++ >= 12)
             continue
         assert f"{script}: exit 0" in status, f"{script} failed:\n{status}\n{res.stdout[-2000:]}\n{logs}"
@@ -51,14 +52,30 @@ def test_the_gpu_session_dry_run(tmp_path):
         assert table in gpu, f"{table!r} missing from gpu.py's report"
     assert "ERROR" not in gpu and "_error:" not in gpu  # (exit 0 judged the checks; these are the timings')
     assert "DRY RUN" in gpu  # (and it says its times mean nothing)
-    profile = (tmp_path / "gpu_profile.md").read_text()
+    user = (tmp_path / "gpu_user_path.md").read_text()
+    assert user.count("| yes |") + user.count("| NO |") == 6 and "ERROR" not in user
+    diag = (tmp_path / "gpu_ln_diag.md").read_text()
+    assert diag.count("| LN ") == 8 and "ERROR" not in diag
+    routed = (tmp_path / "gpu_routed.md").read_text()
+    assert routed.count("| layer norm, routed (ROUTE_LN on) |") == 2 and "ERROR" not in routed  # (bf16, fp16)
+    if cluster:
+        text = (tmp_path / "gpu_cluster.md").read_text()
+        assert "## Forward against float64" in text
+        assert "torch's loop in this dtype" in text  # (the variant checks give torch's own error beside ours)
+        gap = (tmp_path / "gpu_module_gap.md").read_text()
+        assert "| cluster_lstm._run (the launch, Python and driver) |" in gap and "cProfile" in gap
+        assert "ERROR" not in gap
+
+
+def test_gpu_profile_dry_run(tmp_path):
+    """``gpu_profile.py`` (run 6's launch costs and profiles; not in the session script while nothing it measures
+    changes) still runs: its dry run writes every table."""
+    res = _run("gpu_profile.py", "--dry-run", "--out", str(tmp_path / "p.md"), timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    profile = (tmp_path / "p.md").read_text()
     assert "| Triton kernel, 2 arguments |" in profile and "ERROR" not in profile
     for call in ("ours fwd", "cuDNN fwd", "ours fwd, with grad", "cuDNN fwd, with grad", "ours fwd+bwd"):
         assert f"| {call} |" in profile, call
-    user = (tmp_path / "gpu_user_path.md").read_text()
-    assert user.count("| yes |") + user.count("| NO |") == 6 and "ERROR" not in user
-    if cluster:
-        assert "## Forward against float64" in (tmp_path / "gpu_cluster.md").read_text()
 
 
 def test_gpu_py_counts_its_plans():

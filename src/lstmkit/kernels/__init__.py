@@ -123,9 +123,9 @@ def select_lstm(
 
         if triton_lstm.why_not_variants(variants, proj_size, like):
             return None
-        # the cluster kernels first where they cover a call (cluster_lstm.ROUTE), but not layer norm: run 6's
-        # check of their layer norm against the NumPy spec at (256, 8, 256) missed its bound (docs/gpu.md)
-        if cluster_lstm.ROUTE and "layer_norm" not in variants:
+        # the cluster kernels first where they cover a call (cluster_lstm.ROUTE), layer norm only with
+        # cluster_lstm.ROUTE_LN (see there)
+        if cluster_lstm.ROUTE and ("layer_norm" not in variants or cluster_lstm.ROUTE_LN):
             return cluster_lstm.variant_layer
         return triton_lstm.variant_layer
     return None if cpu_fused.why_not(proj_size, like) else cpu_fused.layer
