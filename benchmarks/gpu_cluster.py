@@ -198,6 +198,11 @@ def _guard(report: Report, kind: str, base: dict, fn) -> dict | None:
     return row
 
 
+#: the recurrent projection's layer-norm gain g_hh in the variant checks, about this (times 1 + 0.2 N(0, 1)). At 1
+#: (run 6) the module is chaotic over 256 steps: its float64 gradients grow 5e4-fold backwards (to 1.9e6), and
+#: torch's own float32 loop lands 25% from them (benchmarks/ln_long_rounding.py), so no dtype can be checked there;
+#: at 0.5 torch's float32 loop is within 1e-6 and its bf16 loop 0.8% / 2.6% (y / gradients; CPU, docs/gpu.md)
+LN_HH_SCALE = 0.5
 #: a variant check also passes where its error is at most this times torch's own loop's in the same dtype (against
 #: the same spec): the bound for modules that amplify rounding (gpu_user_path.py has the same rule)
 PEER_SLACK = 1.5
@@ -335,8 +340,9 @@ def _variant_case(T: int, B: int, H: int, dtype, device: str, vset: str, seed: i
                    valid=(torch.arange(T)[:, None] < lengths[None, :]).to(device, dtype))  # fmt: skip
         w_ch = (torch.randn(3 * H, generator=g) * 0.3).to(device)
         wd = ((torch.rand(4 * H, H, generator=g) > 0.5).float() / 0.5).to(device)  # weight drop 0.5
-    if ln:
-        lnp = [(1.0 + 0.2 * torch.randn(n, generator=g)).to(device) for n in (4 * H, 4 * H, H)]
+    if ln:  # (g_ih, g_hh, g_c): g_hh at LN_HH_SCALE (see there)
+        lnp = [(scale * (1.0 + 0.2 * torch.randn(n, generator=g))).to(device)
+               for n, scale in ((4 * H, 1.0), (4 * H, LN_HH_SCALE), (H, 1.0))]  # fmt: skip
         lnp.append((0.1 * torch.randn(H, generator=g)).to(device))
     return var, w_ch, wd, lnp
 
@@ -465,8 +471,13 @@ def _module_one(kw: dict, device: str) -> dict:
         m.load_state_dict({k: v.bfloat16() for k, v in ref_m.state_dict().items()})
     x = torch.randn(64, 8, 128, dtype=torch.float64, device=device)
     lengths = torch.tensor([64, 40, 64, 17, 64, 64, 33, 64]) if kw else None
-    calls, apply = [], cl._Recurrence.apply
-    cl.ROUTE, cl._Recurrence.apply = True, lambda *a: (calls.append(1), apply(*a))[1]
+    with torch.no_grad():  # (layer norm: the recurrent gains at LN_HH_SCALE, as the variant checks have them)
+        for m in (ref_m, *mods):
+            for n, p in m.named_parameters():
+                if "layernorm_hh" in n:
+                    p.mul_(LN_HH_SCALE)
+    calls, apply, route_ln = [], cl._Recurrence.apply, cl.ROUTE_LN
+    cl.ROUTE, cl.ROUTE_LN, cl._Recurrence.apply = True, True, lambda *a: (calls.append(1), apply(*a))[1]
     try:
         outs = []
         for mod in (ref_m, *mods):
@@ -475,7 +486,7 @@ def _module_one(kw: dict, device: str) -> dict:
             (y.double().square().sum() + h.double().sum() - c.double().sum()).backward()
             outs.append([y, h, c, xin.grad] + [p.grad for p in mod.parameters()])
     finally:
-        cl.ROUTE, cl._Recurrence.apply = False, apply
+        cl.ROUTE, cl.ROUTE_LN, cl._Recurrence.apply = False, route_ln, apply
     ours = [_rel(g, w) for g, w in zip(outs[1], outs[0])]
     loop = [_rel(g, w) for g, w in zip(outs[2], outs[0])]
     summary = lambda e: dict(y=e[0], h_n=e[1], c_n=e[2], x=e[3], params=max(e[4:]))  # noqa: E731
@@ -807,6 +818,8 @@ def main(argv=None) -> int:
                     help="no GPU: build both kernels for sm_90 (NVRTC) and report registers, spills, instructions")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--variants-only", action="store_true",
+                    help="only the variant checks against the spec and the module checks (no timings)")
     ap.add_argument("--budget-s", type=float, default=None,
                     help="stop checking and timing after this many seconds in all (the compiles included); default "
                          "90 on a GPU, none for --dry-run (every table)")
@@ -839,13 +852,15 @@ def main(argv=None) -> int:
             print(f"compiled every configuration in {precompile(checked, major * 10 + minor):.1f} s", file=sys.stderr)
         # the checks may take at most half of what the compiles left, so the timings (goal shapes first) get the rest
         checks_until = time.monotonic() + 0.5 * max(0.0, deadline - time.monotonic())
-        check(report, checked, device, checks_until)
-        check_grads(report, checked, device, checks_until)
+        if not args.variants_only:
+            check(report, checked, device, checks_until)
+            check_grads(report, checked, device, checks_until)
         check_variants(report, DRY_SHAPES[:1] if args.dry_run else VARIANT_SHAPES[:2], device, checks_until)
         if device == "cuda":  # (the routing needs a GPU: on the CPU nothing routes to the cluster kernels)
             check_modules(report, device)
-        bench(report, shapes, device, *iters, deadline)
-        bench_variants(report, DRY_SHAPES[:1] if args.dry_run else VARIANT_SHAPES[2:], device, *iters, deadline)
+        if not args.variants_only:
+            bench(report, shapes, device, *iters, deadline)
+            bench_variants(report, DRY_SHAPES[:1] if args.dry_run else VARIANT_SHAPES[2:], device, *iters, deadline)
     except Broken as e:
         report.note(f"stopped: {e}")
     report.flush()

@@ -29,18 +29,23 @@ from lstmkit.kernels import triton_lstm as tk
 from lstmkit.nn import LSTM
 
 FOUR = dict(peephole=True, zoneout=(0.1, 0.05), recurrent_dropout=0.25, weight_drop=0.3)
-ONE_TILE = {"mode": "persistent", "tiles": (16, 128), "resident": False}  # all 112 units in one program
-COUNTER = {"ln_sync": True}  # the row statistics behind a counter, not in flagged words
-USER = "LN + the four, 2 layers, both directions, lengths= (the user path)"
-CASES = [  # (name, module options, layers, bidirectional, T, lengths, plan given to every layer: {} the heuristic)
-    ("LN only, 1 layer", {}, 1, False, 1, False, {}),
-    ("LN only, 1 layer", {}, 1, False, 1, False, ONE_TILE),
-    ("LN only, 1 layer", {}, 1, False, 1, False, COUNTER),
-    ("LN only, 1 layer", {}, 1, False, 2, False, {}),
-    ("LN only, 1 layer", {}, 1, False, 10, False, {}),
-    ("LN only, 1 layer", {}, 1, False, 10, False, ONE_TILE),
-    (USER, FOUR, 2, True, 10, True, {}),
-    (USER, FOUR, 2, True, 10, True, ONE_TILE),
+USER = "user path"
+CASES = [  # (name, module options besides layer norm, layers, bidirectional, T, lengths, g_hh scale)
+    ("LN only, 1 layer", {}, 1, False, 1, False, 1.0),
+    ("LN only, 1 layer", {}, 1, False, 10, False, 1.0),
+    (USER + ": LN + the four, 2 layers, both directions, lengths=", FOUR, 2, True, 10, True, 1.0),
+    (USER + ", layer norm's recurrent gains halved", FOUR, 2, True, 10, True, 0.5),
+    (USER + " without peepholes", {k: v for k, v in FOUR.items() if k != "peephole"}, 2, True, 10, True, 1.0),
+    (USER + " without zoneout", {k: v for k, v in FOUR.items() if k != "zoneout"}, 2, True, 10, True, 1.0),
+    (USER + " without recurrent dropout", {k: v for k, v in FOUR.items() if k != "recurrent_dropout"}, 2, True, 10,
+     True, 1.0),
+    (USER + " without weight drop", {k: v for k, v in FOUR.items() if k != "weight_drop"}, 2, True, 10, True, 1.0),
+    (USER + " without lengths=", FOUR, 2, True, 10, False, 1.0),
+    (USER + ", 1 layer", FOUR, 1, True, 10, True, 1.0),
+    (USER + ", one direction", FOUR, 2, False, 10, True, 1.0),
+    ("LN + peepholes only, 1 layer", {"peephole": True}, 1, False, 10, False, 1.0),
+    ("LN + zoneout only, 1 layer", {"zoneout": (0.1, 0.05)}, 1, False, 10, False, 1.0),
+    ("LN, 1 layer, lengths=", {}, 1, False, 10, True, 1.0),
 ]
 ORIG = tk.variant_layer
 
@@ -55,12 +60,17 @@ def forced(plan: dict):
     return f
 
 
-def errors(opts: dict, layers: int, bidir: bool, T: int, lengths: bool, dtype, device: str, H: int = 100,
-           B: int = 6) -> tuple[dict, dict]:  # fmt: skip
-    """{tensor name: relative error vs float64} for ours (impl="triton" on a GPU, "auto" on the CPU) and the loop."""
+def errors(opts: dict, layers: int, bidir: bool, T: int, lengths: bool, scale: float, dtype, device: str,
+           H: int = 100, B: int = 6) -> tuple[dict, dict]:  # fmt: skip
+    """{tensor name: relative error vs float64} for ours (impl="triton" on a GPU, "auto" on the CPU) and the loop;
+    ``scale``: layer norm's recurrent gains times this."""
     torch.manual_seed(0)
     kw = dict(num_layers=layers, bidirectional=bidir, batch_first=True, device=device, layer_norm=True, **opts)
     ref = LSTM(H, H, **kw, impl="loop", dtype=torch.float64).train()
+    with torch.no_grad():
+        for n, p in ref.named_parameters():
+            if "layernorm_hh" in n:
+                p.mul_(scale)
     mods = [LSTM(H, H, **kw, impl=impl, dtype=dtype).train() for impl in
             ("triton" if device == "cuda" else "auto", "loop")]  # fmt: skip
     for m in mods:
@@ -98,14 +108,15 @@ def main(argv=None) -> int:
              f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, torch {torch.__version__}; B = 6, H = 100",
              "", "| case | T | plan (forward, first layer) | ours: worst | where | ours there / torch's loop there | "
              "torch's loop: worst | ours: out / h_n / c_n / x grad |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for name, opts, layers, bidir, T, lengths, plan in CASES:
+    for name, opts, layers, bidir, T, lengths, scale in CASES:
+        plan: dict = {}  # (run 10 measured three plans: the same errors to three digits; the heuristic's here)
         try:
-            shown = "the heuristic" if not plan else str(plan)
+            shown = "the heuristic"
             if device == "cuda":
                 given = {k: plan.get(k) for k in ("mode", "tiles", "resident", "poll", "ll", "ln_sync", "fuse")}
                 shown = repr(tk._plan_for("fwd", 6, 112, torch.bfloat16, torch.device("cuda"), given, True))
             tk.variant_layer = forced(plan)
-            ours, loop = errors(opts, layers, bidir, T, lengths, torch.bfloat16, device)
+            ours, loop = errors(opts, layers, bidir, T, lengths, scale, torch.bfloat16, device)
             at = max(ours, key=ours.get)
             lines.append(f"| {name} | {T} | {shown} | {ours[at]:.3g} | {at} | {ours[at]:.3g} / {loop[at]:.3g} | "
                          f"{max(loop.values()):.3g} | {ours['out']:.3g} / {ours['h_n']:.3g} / {ours['c_n']:.3g} / "

@@ -122,17 +122,17 @@ def host_parts(T: int, B: int, H: int, device: str) -> list[str]:
         "lstmkit.nn.LSTM forward": lambda: m(x),
     }  # fmt: skip
     if device == "cuda":  # the driver's launch alone, everything prepared
-        fn, smem, threads = cl._LAUNCHES[(cfg.key(), "fwd", index)]
+        cu_fn, smem, threads = cl._LAUNCHES[(cfg.key(), "fwd", index)]
         vals = cl._c_args(args)
         arr = (ctypes.c_void_p * len(vals))(*[ctypes.addressof(v) for v in vals])
         stream, drv = ctypes.c_void_p(cl._raw_stream(index)), cl._driver()
         grid = -(-B // cfg.batch_rows)
         parts["cuLaunchKernel alone (driver, arguments prepared)"] = lambda: drv.cuLaunchKernel(
-            fn, cfg.C, grid, 1, threads, 1, 1, smem, stream, arr, None)  # fmt: skip
+            cu_fn, cfg.C, grid, 1, threads, 1, 1, smem, stream, arr, None)  # fmt: skip
     lines = []
     with torch.no_grad():
-        for name, fn in parts.items():
-            lines.append(f"| ({T}, {B}, {H}) | {name} | {_host_us(fn, device, 100 if device == 'cuda' else 2):.1f} |")
+        for name, part in parts.items():
+            lines.append(f"| ({T}, {B}, {H}) | {name} | {_host_us(part, device, 100 if device == 'cuda' else 2):.1f} |")
         prof, n = cProfile.Profile(), 50 if device == "cuda" else 2
         if device == "cuda":
             torch.cuda.synchronize()

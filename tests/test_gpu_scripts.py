@@ -55,7 +55,7 @@ def test_the_gpu_session_dry_run(tmp_path):
     user = (tmp_path / "gpu_user_path.md").read_text()
     assert user.count("| yes |") + user.count("| NO |") == 6 and "ERROR" not in user
     diag = (tmp_path / "gpu_ln_diag.md").read_text()
-    assert diag.count("| LN ") == 8 and "ERROR" not in diag
+    assert diag.count("| the heuristic |") == 14 and "ERROR" not in diag
     routed = (tmp_path / "gpu_routed.md").read_text()
     assert routed.count("| layer norm, routed (ROUTE_LN on) |") == 2 and "ERROR" not in routed  # (bf16, fp16)
     if cluster:
