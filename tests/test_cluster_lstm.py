@@ -264,6 +264,12 @@ def test_reduce_scatter_layer_norm_matches_broadcast(exchange):
         assert float((a.double() - b.double()).norm() / b.double().norm()) < 1e-3, name
 
 
+@pytest.fixture(autouse=True)
+def _fresh_device_caches(monkeypatch):
+    """cluster_lstm remembers each device's capability and properties; tests fake them, each its own."""
+    monkeypatch.setattr(cl, "_CAPABILITIES", {})
+    monkeypatch.setattr(cl, "_PROPERTIES", {})
+
 def test_nvrtc_of_ones_choice():
     """LSTMKIT_NVRTC picks the libnvrtc (e.g. the CUDA major of a GPU image); a wrong path says what to do.
     (The session's own choice, if any, is put back before the library is loaded again: later tests use it.)"""
@@ -479,7 +485,9 @@ def test_dispatch(monkeypatch):
     assert kernels.select_lstm("auto", (), like=gpu) is cl.lstm_or_next
     assert kernels.select_lstm("auto", (), like=fp16) is cl.lstm_or_native
     assert kernels.select_lstm("auto", ("peephole",), like=gpu) is cl.variant_layer
-    # layer norm stays on the Triton kernels unless cluster_lstm.ROUTE_LN (off: see there)
+    # layer norm goes there too with cluster_lstm.ROUTE_LN (the default since run 7), else to the Triton kernels
+    assert cl.ROUTE_LN
+    assert kernels.select_lstm("auto", ("layer_norm", "peephole"), like=gpu) is cl.variant_layer
     monkeypatch.setattr(cl, "ROUTE_LN", False)
     assert kernels.select_lstm("auto", ("layer_norm", "peephole"), like=gpu) is triton_lstm.variant_layer
     monkeypatch.setattr(cl, "ROUTE_LN", True)
@@ -534,6 +542,8 @@ def test_routing_only_on_hopper_and_falls_back_when_a_launch_fails(monkeypatch):
     x = torch.zeros(5, 8, 1, dtype=torch.bfloat16).as_subclass(FakeCuda)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (10, 0))
     assert "Hopper" in cl._policy_reason(x, 8, 256)
+    assert cl._CAPABILITIES == {x.device: (10, 0)}  # (remembered: asked once per device)
+    monkeypatch.setattr(cl, "_CAPABILITIES", {})  # (another chip in the same process: only in a test)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     assert cl._policy_reason(x, 8, 256) is None
 

@@ -123,8 +123,8 @@ def select_lstm(
 
         if triton_lstm.why_not_variants(variants, proj_size, like):
             return None
-        # the cluster kernels first where they cover a call (cluster_lstm.ROUTE), layer norm only with
-        # cluster_lstm.ROUTE_LN (see there)
+        # the cluster kernels first where they cover a call (cluster_lstm.ROUTE), layer norm with
+        # cluster_lstm.ROUTE_LN (on since run 7; see there)
         if cluster_lstm.ROUTE and ("layer_norm" not in variants or cluster_lstm.ROUTE_LN):
             return cluster_lstm.variant_layer
         return triton_lstm.variant_layer
