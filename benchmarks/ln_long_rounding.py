@@ -9,10 +9,13 @@ Prints the relative error of y, of x's gradient and of the worst parameter gradi
 how large the float64 gradients are (beyond float16's range here: they grow 5e4-fold from the last step back
 to the first).
 
-    PYTHONPATH=src python benchmarks/ln_long_rounding.py     # CPU, about 10 s
+    PYTHONPATH=src python benchmarks/ln_long_rounding.py                        # CPU, about 10 s
+    PYTHONPATH=src python benchmarks/ln_long_rounding.py --hh-gain-scale 0.5   # the recurrent gains halved
 """
 
 from __future__ import annotations
+
+import argparse
 
 import torch
 
@@ -21,13 +24,18 @@ from lstmkit.nn import LSTM
 T, B, H = 256, 8, 256
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--hh-gain-scale", type=float, default=1.0,
+                    help="layer norm's recurrent gains times this (0.5: the module is no longer chaotic here)")
+    args = ap.parse_args(argv)
     g = torch.Generator().manual_seed(0)
     ref = LSTM(H, H, layer_norm=True, impl="loop", dtype=torch.float64)
     with torch.no_grad():
         for n, p in ref.named_parameters():
             if "layernorm" in n and "weight" in n:
-                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g, dtype=torch.float64))
+                scale = args.hh_gain_scale if "layernorm_hh" in n else 1.0
+                p.copy_(scale * (1.0 + 0.2 * torch.randn(p.shape, generator=g, dtype=torch.float64)))
             elif "layernorm" in n:
                 p.copy_(0.1 * torch.randn(p.shape, generator=g, dtype=torch.float64))
             else:

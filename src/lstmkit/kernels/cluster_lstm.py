@@ -2373,7 +2373,8 @@ def _forward(cfg: ClusterConfig, gx: Tensor, w: Tensor, h0: Tensor, c0: Tensor, 
     T, B, _ = gx.shape
     H, dev = cfg.H, gx.device
     y = torch.empty(T, B, H, dtype=gx.dtype, device=dev)
-    hT, cT = h0.clone(), c0.clone()
+    # (the kernel writes every row and unit of h_T and c_T at its last step: no copy of h_0, c_0 to start from)
+    hT, cT = (torch.empty_like(h0), torch.empty_like(c0)) if T > 0 else (h0.clone(), c0.clone())
     f32 = partial(torch.empty, dtype=torch.float32, device=dev)
     gates, cs = (f32(T, B, 4 * H), f32(T, B, H)) if save else (None, None)
     ln = (torch.empty(T, B, H, 4, dtype=torch.float16, device=dev), f32(T, B, H), f32(T, B, 2)) if (
