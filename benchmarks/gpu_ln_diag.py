@@ -2,15 +2,15 @@
 
 Runs 5 and 6 measured ``gpu_user_path.py``'s layer-norm case in bf16 (2 layers, both directions, four other
 variants, ``lengths=``) at 0.93 (T = 40) and 0.87 (T = 10) from float64, where torch's own bf16 loop is 0.57
-and 0.18; run 5 found that error the same for every launch plan and both exchanges of the row statistics. On the
-CPU, Triton's interpreter runs the same case at 0.087 against the loop's 0.135 (single hidden tile; and
-emulating the GPU's 13 tiles of 8 units, docs/gpu.md). This asks the GPU, in one module at a time, whether the
-gap is there at one step (a defect: at T = 1 nothing has had time to amplify) or grows with T (rounding the
-module amplifies), and which output or gradient carries it: one layer, one direction, no other variant, no
-lengths, T = 1, 2, 10; then the user-path module at T = 10; with the heuristic plan (13 programs of 8 units,
-as gpu_user_path.py runs), all units in one program, and the statistics behind a counter. Each row: relative
-error of every output and gradient against the same module in float64 (the pure-torch loop), for the Triton
-kernels (``impl="triton"``) and torch's loop in bf16, and the tensor where ours is worst.
+and 0.18; run 5 found that error the same for every launch plan and both exchanges of the row statistics. This
+asks the GPU whether the gap is there at one step (a defect: at T = 1 nothing has had time to amplify) or grows
+with T (rounding the module amplifies), which output or gradient carries it, and which part of the case it
+needs: one layer, one direction, no other variant, no lengths, T = 1 and 10; then the user-path module at
+T = 10, with layer norm's recurrent gains halved (a well-conditioned module), and without each of its parts in
+turn. Each row: relative error of every output and gradient against the same module in float64 (the
+pure-torch loop), for the Triton kernels (``impl="triton"``) and torch's loop in bf16, and the tensor where
+ours is worst. Run 7's answers: docs/gpu.md. ``--save``: the user path's case at gains 1, for
+``benchmarks/ln_case_replay.py`` (the same numbers through Triton's interpreter on a CPU).
 
     PYTHONPATH=src python benchmarks/gpu_ln_diag.py --out ln_diag.md            # on a GPU, seconds
     PYTHONPATH=src python benchmarks/gpu_ln_diag.py --dry-run --out /tmp/d.md   # CPU (its kernels): plumbing only
@@ -61,9 +61,11 @@ def forced(plan: dict):
 
 
 def errors(opts: dict, layers: int, bidir: bool, T: int, lengths: bool, scale: float, dtype, device: str,
-           H: int = 100, B: int = 6) -> tuple[dict, dict]:  # fmt: skip
+           H: int = 100, B: int = 6, save: Path | None = None) -> tuple[dict, dict]:  # fmt: skip
     """{tensor name: relative error vs float64} for ours (impl="triton" on a GPU, "auto" on the CPU) and the loop;
-    ``scale``: layer norm's recurrent gains times this."""
+    ``scale``: layer norm's recurrent gains times this; ``save``: write the case (module options, float64
+    parameters, input, masks, lengths, the loss's weights) and both error dicts there, for
+    ``benchmarks/ln_case_replay.py`` to run the same numbers through Triton's interpreter on a CPU."""
     torch.manual_seed(0)
     kw = dict(num_layers=layers, bidirectional=bidir, batch_first=True, device=device, layer_norm=True, **opts)
     ref = LSTM(H, H, **kw, impl="loop", dtype=torch.float64).train()
@@ -80,24 +82,38 @@ def errors(opts: dict, layers: int, bidir: bool, T: int, lengths: bool, scale: f
     masks = ref.sample_masks(B, T, like=x)
     mk = {k: {n: t.to(dtype) for n, t in v.items()} for k, v in masks.items()}
 
-    def run(m, xin, msk):
-        m.zero_grad()
-        xl = xin.detach().clone().requires_grad_()
-        out, (h, c) = m(xl, lengths=ln, masks=msk)
-        g = torch.Generator(device=device).manual_seed(1)
-        w = torch.randn(out.shape, generator=g, device=device, dtype=torch.float64)
-        ((out.double() * w).sum() + h.double().sum() - c.double().sum()).backward()
-        return {"out": out, "h_n": h, "c_n": c, "x grad": xl.grad, **{n: p.grad for n, p in m.named_parameters()}}
+    g = torch.Generator(device=device).manual_seed(1)
+    w = torch.randn(B, T, (2 if bidir else 1) * H, generator=g, device=device, dtype=torch.float64)
+    want = run_case(ref, x, ln, masks, w)
+    found = tuple(compare(run_case(m, x.to(dtype), ln, mk, w), want) for m in mods)
+    if save is not None:
+        cpu = lambda d: {k: v.detach().cpu() for k, v in d.items()}  # noqa: E731
+        torch.save(dict(opts=kw | {"device": "cpu"}, H=H, state=cpu(ref.state_dict()), x=x.cpu(), lengths=ln,
+                        masks={k: cpu(v) for k, v in masks.items()}, w=w.cpu(), ours=found[0], loop=found[1],
+                        where=torch.cuda.get_device_name() if device == "cuda" else "cpu"), save)  # fmt: skip
+    return found
 
-    want = run(ref, x, masks)
-    rel = lambda a, b: float((a.detach().double() - b).norm() / b.norm().clamp_min(1e-300))  # noqa: E731
-    return tuple({k: rel(v, want[k]) for k, v in run(m, x.to(dtype), mk).items()} for m in mods)
+
+def run_case(m, xin, lengths, masks, w) -> dict:
+    """Output, final states and every gradient of the fixed loss (out * w).sum() + h_n.sum() - c_n.sum()."""
+    m.zero_grad()
+    xl = xin.detach().clone().requires_grad_()
+    out, (h, c) = m(xl, lengths=lengths, masks=masks)
+    ((out.double() * w).sum() + h.double().sum() - c.double().sum()).backward()
+    return {"out": out, "h_n": h, "c_n": c, "x grad": xl.grad, **{n: p.grad for n, p in m.named_parameters()}}
+
+
+def compare(got: dict, want: dict) -> dict:
+    """{name: ||got - want|| / ||want||}."""
+    return {k: float((v.detach().double() - want[k]).norm() / want[k].norm().clamp_min(1e-300)) for k, v in got.items()}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("gpu_ln_diag.md"))
     ap.add_argument("--dry-run", action="store_true", help="CPU, the CPU's kernels: proves the script runs")
+    ap.add_argument("--save", type=Path, default=None,
+                    help="write the user path's case at gains 1 (run 6's 0.87) here, for ln_case_replay.py")
     args = ap.parse_args(argv)
     device = "cpu" if args.dry_run else "cuda"
     if device == "cuda":
@@ -116,7 +132,8 @@ def main(argv=None) -> int:
                 given = {k: plan.get(k) for k in ("mode", "tiles", "resident", "poll", "ll", "ln_sync", "fuse")}
                 shown = repr(tk._plan_for("fwd", 6, 112, torch.bfloat16, torch.device("cuda"), given, True))
             tk.variant_layer = forced(plan)
-            ours, loop = errors(opts, layers, bidir, T, lengths, scale, torch.bfloat16, device)
+            keep = args.save if (name.startswith(USER + ":") and scale == 1.0) else None
+            ours, loop = errors(opts, layers, bidir, T, lengths, scale, torch.bfloat16, device, save=keep)
             at = max(ours, key=ours.get)
             lines.append(f"| {name} | {T} | {shown} | {ours[at]:.3g} | {at} | {ours[at]:.3g} / {loop[at]:.3g} | "
                          f"{max(loop.values()):.3g} | {ours['out']:.3g} / {ours['h_n']:.3g} / {ours['c_n']:.3g} / "

@@ -11,7 +11,8 @@
 # kernel and variant checked against float64 references and timed against cuDNN, without a host
 # synchronisation per kernel; the tuning measurements, the forward step ablation), gpu_ln_diag.md (the Triton
 # layer-norm kernel's bf16 error step by step, beside torch's), gpu_module_gap.md (a routed module's forward
-# against its layer, and the parts of its host time, each alone), and the logs. Needs python3 with torch and triton (the device
+# against its layer, and the parts of its host time, each alone), ln_case.pt (the layer-norm case run 7 found
+# 0.87 from float64, saved for benchmarks/ln_case_replay.py on a CPU), and logs.txt. Needs python3 with torch and triton (the device
 # image's); lstmkit is taken from src/, not installed.
 # DRY=1 runs every script with --dry-run instead (CPU, tiny shapes, about 90 s; limits x3, no cluster budget):
 # tests/test_gpu_scripts.py does, so a Python error or a wrong option here shows in CI, not in the few minutes a
@@ -25,19 +26,24 @@ if [ -n "${DRY:-}" ] && [ "${DRY}" != 0 ]; then D="--dry-run"; X=3; CB=""; fi
 mkdir -p "$OUT"
 export PYTHONPATH=src PYTHONUNBUFFERED=1
 T="timeout -k 5"
-$T 10 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$OUT/gpu.txt" 2>&1
-$T 20 python3 -c "import torch, triton; print('torch', torch.__version__, 'cudnn', torch.backends.cudnn.version(), 'triton', triton.__version__)" >> "$OUT/gpu.txt" 2>&1
-$T $((120 * X)) python3 benchmarks/gpu_cluster.py $D --out "$OUT/gpu_cluster.md" $CB 2> "$OUT/cluster_log.txt" > /dev/null
-echo "gpu_cluster.py: exit $?" >> "$OUT/gpu.txt"
-$T $((60 * X)) python3 benchmarks/gpu_user_path.py $D --out "$OUT/gpu_user_path.md" 2> "$OUT/user_log.txt" > /dev/null
-echo "gpu_user_path.py: exit $?" >> "$OUT/gpu.txt"
-$T $((40 * X)) python3 benchmarks/gpu_ln_diag.py $D --out "$OUT/gpu_ln_diag.md" 2> "$OUT/ln_diag_log.txt" > /dev/null
-echo "gpu_ln_diag.py: exit $?" >> "$OUT/gpu.txt"
-$T $((120 * X)) python3 benchmarks/gpu_routed.py $D --out "$OUT/gpu_routed.md" 2> "$OUT/routed_log.txt" > /dev/null
-echo "gpu_routed.py: exit $?" >> "$OUT/gpu.txt"
-$T $((50 * X)) python3 benchmarks/gpu_module_gap.py $D --out "$OUT/gpu_module_gap.md" 2> "$OUT/gap_log.txt" > /dev/null
-echo "gpu_module_gap.py: exit $?" >> "$OUT/gpu.txt"
-$T $((180 * X)) python3 benchmarks/gpu.py $D --out "$OUT/gpu_results.md" --budget-s 130 2> "$OUT/gpu_log.txt" > /dev/null
-echo "gpu.py: exit $?" >> "$OUT/gpu.txt"
-cat "$OUT/gpu.txt"
-tail -n 5 "$OUT/cluster_log.txt" "$OUT/gpu_log.txt"
+# At most 8 files come back from the device tool (run 7 lost two tables to that): 7 results and one log, logs.txt,
+# which holds the machine, the versions, each script's exit status and each script's stderr under a header.
+L="$OUT/logs.txt"
+: > "$L"
+$T 10 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >> "$L" 2>&1
+$T 20 python3 -c "import torch, triton; print('torch', torch.__version__, 'cudnn', torch.backends.cudnn.version(), 'triton', triton.__version__)" >> "$L" 2>&1
+step() {  # step LIMIT_S SCRIPT ARGS...: one script, its time limit (x3 in a dry run), its stderr into logs.txt
+  local lim=$1 name=$2
+  shift 2
+  echo "===== $name $*" >> "$L"
+  $T $((lim * X)) python3 "benchmarks/$name" $D "$@" 2>> "$L" > /dev/null
+  echo "STATUS $name: exit $?" >> "$L"
+}
+step 120 gpu_cluster.py --out "$OUT/gpu_cluster.md" $CB
+step 60 gpu_user_path.py --out "$OUT/gpu_user_path.md"
+step 40 gpu_ln_diag.py --out "$OUT/gpu_ln_diag.md" --save "$OUT/ln_case.pt"
+step 120 gpu_routed.py --out "$OUT/gpu_routed.md"
+step 50 gpu_module_gap.py --out "$OUT/gpu_module_gap.md"
+step 180 gpu.py --out "$OUT/gpu_results.md" --budget-s 130
+head -n 2 "$L"
+grep "^STATUS" "$L"
