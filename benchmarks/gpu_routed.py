@@ -40,6 +40,8 @@ SIX = dict(peephole=True, coupled_input_forget=True, cell_clip=3.0, recurrent_dr
            weight_drop=0.5)  # fmt: skip
 TOL = {torch.bfloat16: 1e-2, torch.float16: 1e-2}
 LN = dict(layer_norm=True)
+#: (T, B, H, dtype, device) -> cuDNN's (forward, forward+backward) ms, measured once per shape and dtype
+_CUDNN: dict = {}
 #: the module option sets, each a row: (name, options, cluster_lstm.ROUTE_LN for the row)
 MODULES = [("plain", {}, False), ("six element-wise", SIX, False),
            ("layer norm, routed (ROUTE_LN on)", LN, True), ("layer norm, Triton (ROUTE_LN off)", LN, False)]
@@ -117,6 +119,9 @@ def _case(T: int, B: int, H: int, dtype: torch.dtype, name: str, opts: dict, dev
         cl._recurrence = real
     cudnn = {}
     for dt in dict.fromkeys([dtype, torch.float16]):
+        if (T, B, H, dt, device) in _CUDNN:  # (timed once per shape and dtype: each module's rows share it)
+            cudnn[dt] = _CUDNN[T, B, H, dt, device]
+            continue
         base = torch.nn.LSTM(H, H, device=device, dtype=dt)
         xb = torch.randn(T, B, H, device=device, dtype=dt)
         xbg = xb.clone().requires_grad_()
@@ -129,7 +134,8 @@ def _case(T: int, B: int, H: int, dtype: torch.dtype, name: str, opts: dict, dev
             y, _ = base(xbg)
             y.sum().backward()
 
-        cudnn[dt] = (time_ms(bf, device, warmup, iters), time_ms(bfb, device, warmup, iters))
+        cudnn[dt] = _CUDNN[T, B, H, dt, device] = (time_ms(bf, device, warmup, iters),
+                                                   time_ms(bfb, device, warmup, iters))
     ok = err <= max(TOL[dtype], 1.5 * peer_err) or (err != err and peer_err != peer_err and beyond)
     return dict(shape=(T, B, H), dtype=str(dtype).replace("torch.", ""), module=name, cluster_calls=n_cluster,
                 err=err, peer_err=peer_err, ok=ok, fwd=t_fwd, fb=t_fb, cudnn=cudnn[dtype],

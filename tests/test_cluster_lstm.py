@@ -578,6 +578,18 @@ def test_routing_only_on_hopper_and_falls_back_when_a_launch_fails(monkeypatch):
     gx = torch.zeros(3, 20, 4 * 16, dtype=torch.bfloat16)
     z = torch.zeros(20, 16, dtype=torch.bfloat16)
     assert cl.variant_layer(gx, z, z.float(), torch.zeros(64, 16, dtype=torch.bfloat16), v, {}, {}, None) == "triton"
+    # a variant layer whose launch fails is remembered as the plain calls are: the next call does not try again
+    tries = []
+    monkeypatch.setattr(cl, "_variant_layer", lambda *a: tries.append(1) or (_ for _ in ()).throw(
+        RuntimeError("NVRTC: boom")))  # fmt: skip
+    gx8, z8 = torch.zeros(3, 8, 4 * 16, dtype=torch.bfloat16).as_subclass(FakeCuda), torch.zeros(8, 16)
+    w = torch.zeros(64, 16, dtype=torch.bfloat16)
+    with pytest.warns(RuntimeWarning, match="NVRTC: boom"):
+        assert cl.variant_layer(gx8, z8, z8, w, v, {}, {}, None) == "triton"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert cl.variant_layer(gx8, z8, z8, w, v, {}, {}, None) == "triton"
+    assert tries == [1]
 
 
 def test_routing_on_a_hopper_gpu(monkeypatch):
@@ -850,6 +862,17 @@ def test_the_gpu_launch_path_with_a_fake_driver(monkeypatch):
     first = drv.calls[: drv.calls.index("cuLaunchKernel")]
     assert first == ["cuCtxGetCurrent", "cuDeviceGet", "cuDevicePrimaryCtxRetain", "cuCtxSetCurrent"]
     assert drv.calls[len(first) + 1:] == ["cuCtxGetCurrent", "cuLaunchKernel"]
+
+
+def test_variant_arguments_of_the_plain_lstm_and_of_layer_norm_alone():
+    """The plain LSTM's variant arguments come without host work (and a fresh list: the shared default stays as
+    it is); layer norm's gains alone, with no variant dict, are a variant call."""
+    gx = torch.zeros(2, 3, 4 * 16, dtype=torch.bfloat16)
+    flags, args = cl._variant_args(None, torch.zeros(48), gx)  # (w_ch counts only with peephole)
+    assert flags == () and args == cl._NO_VARIANTS and args is not cl._NO_VARIANTS
+    assert cl._variant_args({}, None, gx) == ((), cl._NO_VARIANTS)
+    flags, args = cl._variant_args(None, None, gx, torch.ones(6 * 16))
+    assert flags == ("LN",) and args[6].dtype == torch.float32 and args[6].shape == (96,)
 
 
 def test_configurations_and_errors():

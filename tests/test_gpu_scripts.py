@@ -38,7 +38,7 @@ def test_the_gpu_session_dry_run(tmp_path):
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # (its python3)
     env.pop("TRITON_INTERPRET", None)  # the dry runs must not need it (gpu_profile.py's once did)
     res = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_session.sh")], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=1800)  # fmt: skip (the script's own limits: 1710 s)
+                         capture_output=True, text=True, timeout=1800)  # fmt: skip (the script's own limits: 1680 s)
     status = (tmp_path / "logs.txt").read_text()
     logs = status[-3000:]
     # (the device tool brings back at most 8 files: run 7 lost two tables to that limit)

@@ -2298,8 +2298,15 @@ _CAPABILITIES: dict = {}
 _PROPERTIES: dict = {}
 
 
+def _device_key(device: torch.device) -> torch.device:
+    """``device`` with its index (``cuda`` alone means the current device, which ``torch.cuda.set_device`` moves)."""
+    return device if device.index is not None or device.type != "cuda" else torch.device(
+        "cuda", torch.cuda.current_device())  # fmt: skip
+
+
 def _capability(device: torch.device) -> tuple[int, int]:
     """``torch.cuda.get_device_capability(device)``, remembered."""
+    device = _device_key(device)
     cap = _CAPABILITIES.get(device)
     if cap is None:
         cap = _CAPABILITIES[device] = torch.cuda.get_device_capability(device)
@@ -2308,6 +2315,7 @@ def _capability(device: torch.device) -> tuple[int, int]:
 
 def _properties(device: torch.device):
     """``torch.cuda.get_device_properties(device)``, remembered."""
+    device = _device_key(device)
     props = _PROPERTIES.get(device)
     if props is None:
         props = _PROPERTIES[device] = torch.cuda.get_device_properties(device)
@@ -2334,7 +2342,7 @@ def _variant_args(var: dict | None, w_ch: Tensor | None, gx: Tensor,
     shapes are checked here)."""
     if not var and lnw is None:  # the plain LSTM (w_ch only counts with var's peephole): no work on the host
         return (), list(_NO_VARIANTS)
-    var = dict(var)
+    var = dict(var or {})
     T, B, G = gx.shape
     if var.get("valid") is not None and tuple(var["valid"].shape) == (T, B, 1):
         var["valid"] = var["valid"].reshape(T, B)
@@ -2708,12 +2716,17 @@ def _lstm_or(fallback, input: Tensor, hx: tuple[Tensor, Tensor], weights: list[T
     return fallback(input, hx, weights, **kw)
 
 
-def _variant_reason(gx: Tensor, v, grad: bool = True, lengths: bool = False, exchange: str = "barrier") -> str | None:
-    """Why :func:`variant_layer` cannot run this call on the cluster kernels, or None."""
+def _variant_flags(v, lengths: bool = False) -> tuple[str, ...]:
+    """The switches :func:`config`'s choice for a variant call depends on: whether layer norm is on, whether any
+    element-wise variant (or per-row lengths) is (weight drop changes only W_hh's values: none)."""
     others = (v.peephole or v.coupled_input_forget or v.cell_clip is not None or v.recurrent_dropout or v.zoneout_h
               or v.zoneout_c or lengths)
-    flags = (("LN",) if v.layer_norm else ()) + (("PEEP",) if others else ())  # (what config's choice depends on)
-    return _gpu_reason(gx, gx.shape[1], gx.shape[2] // 4, grad, flags, exchange)
+    return (("LN",) if v.layer_norm else ()) + (("PEEP",) if others else ())
+
+
+def _variant_reason(gx: Tensor, v, grad: bool = True, lengths: bool = False, exchange: str = "barrier") -> str | None:
+    """Why :func:`variant_layer` cannot run this call on the cluster kernels, or None."""
+    return _gpu_reason(gx, gx.shape[1], gx.shape[2] // 4, grad, _variant_flags(v, lengths), exchange)
 
 
 def variant_layer(
@@ -2731,12 +2744,13 @@ def variant_layer(
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (gx, h0, c0, w_hh, *p.values()))
     kw.setdefault("exchange", ROUTE_EXCHANGE)
     B, H = gx.shape[1], gx.shape[2] // 4
-    if _policy_reason(gx, B, H, fp16_cap=False) is not None or _variant_reason(
+    flags = _variant_flags(v, valid is not None)  # (also the key a failed launch is remembered under)
+    if _policy_reason(gx, B, H, flags, fp16_cap=False) is not None or _variant_reason(
             gx, v, grad, valid is not None, kw["exchange"]) is not None:  # fmt: skip
         return triton_lstm.variant_layer(gx, h0, c0, w_hh, v, p, masks, valid, eps)
     if gx.is_cuda:
         return _routed(lambda: _variant_layer(gx, h0, c0, w_hh, v, p, masks, valid, eps, kw),
-                       ("variants", *_key(gx, B, H)),
+                       _key(gx, B, H, flags),
                        lambda: triton_lstm.variant_layer(gx, h0, c0, w_hh, v, p, masks, valid, eps))  # fmt: skip
     return _variant_layer(gx, h0, c0, w_hh, v, p, masks, valid, eps, kw)
 
