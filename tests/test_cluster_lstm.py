@@ -269,6 +269,7 @@ def _fresh_device_caches(monkeypatch):
     """cluster_lstm remembers each device's capability and properties; tests fake them, each its own."""
     monkeypatch.setattr(cl, "_CAPABILITIES", {})
     monkeypatch.setattr(cl, "_PROPERTIES", {})
+    monkeypatch.setattr(cl, "_REASONS", {})
 
 def test_nvrtc_of_ones_choice():
     """LSTMKIT_NVRTC picks the libnvrtc (e.g. the CUDA major of a GPU image); a wrong path says what to do.
@@ -615,6 +616,8 @@ def test_routing_on_a_hopper_gpu(monkeypatch):
     assert "384, 512, 640 or 768" in cl._gpu_reason(x, 16, 1024)
     assert "more clusters than the GPU runs at once" in cl._gpu_reason(x, 8 * 9, 768)  # (9 clusters of 16 CTAs)
     monkeypatch.setattr(cl, "_max_active_clusters", lambda *a: 0)
+    assert cl._gpu_reason(x, 16, 768) is None  # (remembered: the answer does not change in a process)
+    monkeypatch.setattr(cl, "_REASONS", {})  # (another GPU, only in a test)
     assert "cannot place one cluster of 16" in cl._gpu_reason(x, 16, 768)
     assert cl._gpu_reason(x, 8, 256, grad=True) is None  # (portable clusters of 8: not asked)
 
@@ -756,6 +759,24 @@ def test_inference_saves_nothing():
     assert not y.requires_grad and torch.equal(y, want)
     with pytest.raises(ValueError, match="no backward kernel"):
         cl._Recurrence.apply(gx, h0, c0, w, None, lnw, dict(), {"rs": False})
+
+
+@emulated
+def test_a_forward_without_a_gradient_builds_no_graph(monkeypatch):
+    """_recurrence without a gradient to take runs the forward alone, no autograd node (its machinery is host
+    time at every inference call): the same numbers as through the node."""
+    T, B, H = 3, 2, 32
+    gx, w, h0, c0 = _inputs(T, B, H, torch.bfloat16, 1)
+    w.requires_grad_()
+    applied, real = [], cl._Recurrence.apply
+    monkeypatch.setattr(cl._Recurrence, "apply", lambda *a: applied.append(1) or real(*a))
+    kw = dict(exchange="barrier", grad=True)
+    y1, h1, c1 = cl._recurrence(gx, h0, c0, w, None, None, None, kw)
+    assert applied == [1] and y1.grad_fn is not None
+    with torch.no_grad():
+        y2, h2, c2 = cl._recurrence(gx, h0, c0, w, None, None, None, kw)
+    assert applied == [1] and y2.grad_fn is None
+    assert torch.equal(y1.detach(), y2) and torch.equal(h1.detach(), h2) and torch.equal(c1.detach(), c2)
 
 
 def test_split_configurations():

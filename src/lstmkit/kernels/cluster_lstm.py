@@ -2417,6 +2417,32 @@ def emulate(gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, **kw) -> tuple[Ten
     return forward(gx, h0, c0, w_hh, **kw)
 
 
+def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t`` in ``dtype``, contiguous (without a trip through the dispatcher where it already is: each costs
+    microseconds of host time a call)."""
+    t = t if t.dtype == dtype else t.to(dtype)
+    return t if t.is_contiguous() else t.contiguous()
+
+
+def _recurrence_forward(gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_ch: Tensor | None, lnw: Tensor | None,
+                        var: dict | None, kw: dict, save: bool):  # fmt: skip
+    """:class:`_Recurrence`'s forward: (y, h_T, c_T in gx's dtype, what the backward keeps when ``save``)."""
+    _check(gx, h0, c0, w_hh)
+    T, B, G = gx.shape
+    dtype = gx.dtype
+    flags, vargs = _variant_args(var, w_ch, gx, lnw)
+    cfg = config(B, G // 4, dtype, kw.get("cluster"), 0, kw.get("fast", True), kw.get("exchange", "barrier"),
+                 flags, kw.get("kr"), kw.get("rs"), kw.get("krb"))  # fmt: skip
+    if save and not cfg.trains:
+        how = ("above H = 256 the backward is the reduce-scatter form: leave rs alone, or train on the Triton "
+               "kernels" if cfg.H > 256 else
+               "it needs whole 16-unit tiles a CTA: choose a smaller cluster")  # fmt: skip
+        raise ValueError(f"{cfg}: no backward kernel ({how})")
+    w, h0_, c0_ = _as(w_hh, dtype), _as(h0, dtype), _as(c0, torch.float32)
+    y, hT, cT, gates, cs, ln = _forward(cfg, _as(gx, dtype), w, h0_, c0_, save, vargs)
+    return y, hT, cT.to(dtype), ((w, gates, cs, c0_, h0_, ln, cfg, vargs) if save else None)
+
+
 class _Recurrence(torch.autograd.Function):
     """(gx (T, B, 4H), h0, c0 (B, H), W_hh (4H, H), w_ch (3H) | None, lnw (6H) | None) -> (y (T, B, H), h_T,
     c_T), the cluster kernels forward and backward; dW_hh, dw_ch, dlnw and dh_0 are reductions on what the backward
@@ -2426,28 +2452,16 @@ class _Recurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_ch: Tensor | None, lnw: Tensor | None,
                 var: dict | None, kw: dict):  # fmt: skip
-        _check(gx, h0, c0, w_hh)
-        T, B, G = gx.shape
-        dtype = gx.dtype
         # (grad mode is off inside forward, and needs_input_grad ignores torch.no_grad(): the caller's mode comes in kw)
         save = kw.get("grad", True) and any(ctx.needs_input_grad[:6])
-        flags, vargs = _variant_args(var, w_ch, gx, lnw)
-        cfg = config(B, G // 4, dtype, kw.get("cluster"), 0, kw.get("fast", True), kw.get("exchange", "barrier"),
-                     flags, kw.get("kr"), kw.get("rs"), kw.get("krb"))  # fmt: skip
-        if save and not cfg.trains:
-            how = ("above H = 256 the backward is the reduce-scatter form: leave rs alone, or train on the Triton "
-                   "kernels" if cfg.H > 256 else
-                   "it needs whole 16-unit tiles a CTA: choose a smaller cluster")  # fmt: skip
-            raise ValueError(f"{cfg}: no backward kernel ({how})")
-        w = w_hh.to(dtype).contiguous()
-        h0_, c0_ = h0.to(dtype).contiguous(), c0.float().contiguous()
-        y, hT, cT, gates, cs, ln = _forward(cfg, gx.contiguous(), w, h0_, c0_, save, vargs)
+        y, hT, cT, kept = _recurrence_forward(gx, h0, c0, w_hh, w_ch, lnw, var, kw, save)
         if save:
+            w, gates, cs, c0_, h0_, ln, cfg, vargs = kept
             ctx.save_for_backward(w, gates, cs, c0_, h0_, y, *ln)
             ctx.cfg, ctx.vargs, ctx.dtypes = cfg, vargs, (h0.dtype, c0.dtype, w_hh.dtype)
             ctx.wch_dtype = None if w_ch is None else w_ch.dtype
             ctx.lnw_dtype = None if lnw is None else lnw.dtype
-        return y, hT, cT.to(dtype)
+        return y, hT, cT
 
     @staticmethod
     def backward(ctx, dy: Tensor | None, dhT: Tensor | None, dcT: Tensor | None):
@@ -2505,10 +2519,13 @@ def _recurrence(gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_ch: Tensor |
     grad = kw.get("grad", True) and torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (gx, h0, c0, w_hh, w_ch, lnw))  # fmt: skip
     n = H if explicit else kernel_units(B, H, gx.dtype, kw.get("cluster"), flags, kw.get("exchange", "barrier"), grad)
+    # without a gradient to take, no autograd node (its machinery is host time a call): the forward alone
+    needs = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (gx, h0, c0, w_hh, w_ch, lnw))
+    run = _Recurrence.apply if needs else lambda *a: _recurrence_forward(*a, False)[:3]
     if n == H:
-        return _Recurrence.apply(gx, h0, c0, w_hh, w_ch, lnw, var, kw)
+        return run(gx, h0, c0, w_hh, w_ch, lnw, var, kw)
     gx, h0, c0, w_hh, w_ch, var = _pad(n, gx, h0, c0, w_hh, w_ch, var)
-    y, hT, cT = _Recurrence.apply(gx, h0, c0, w_hh, w_ch, lnw, var, kw)
+    y, hT, cT = run(gx, h0, c0, w_hh, w_ch, lnw, var, kw)
     return y[..., :H].contiguous(), hT[:, :H].contiguous(), cT[:, :H].contiguous()
 
 
@@ -2519,7 +2536,8 @@ def layer(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: T
     y (T, B, H), h_T, c_T in x's dtype (bfloat16 / float16). The input GEMM is torch's; the recurrence runs
     on the cluster kernels (GPU: sm_90+; CPU tensors: the emulation, for tests)."""
     b = None if b_ih is None else (b_ih if b_hh is None else b_ih + b_hh)
-    gx = F.linear(x, w_ih.to(x.dtype), None if b is None else b.to(x.dtype))
+    same = lambda t: t if t.dtype == x.dtype else t.to(x.dtype)  # noqa: E731  (no dispatcher trip when it is)
+    gx = F.linear(x, same(w_ih), None if b is None else same(b))
     kw = dict(cluster=cluster, fast=fast, exchange=exchange, grad=torch.is_grad_enabled())
     return _recurrence(gx, h0, c0, w_hh, None, None, None, kw)
 
@@ -2583,13 +2601,26 @@ ROUTE_FP16_MAX_H = 512
 _FAILED: set = set()
 
 
+#: (device, B, H, dtype, grad, flags, exchange) -> _gpu_reason's answer: asked at every routed call, and it
+#: depends on nothing that changes in a process (the device, NVRTC, the configurations)
+_REASONS: dict = {}
+
+
 def _gpu_reason(x: Tensor, B: int, H: int, grad: bool = True, flags: tuple[str, ...] = (),
                 exchange: str = "barrier") -> str | None:  # fmt: skip
     """Why the kernels cannot run a (B, H) layer on ``x``'s device and dtype, or None when they can; ``grad``:
     a backward will be needed; ``flags``: the variant switches (config's choice depends on whether any is on
-    and on LN)."""
+    and on LN). Remembered per arguments (:data:`_REASONS`)."""
     if not x.is_cuda:
         return "not a CUDA tensor"
+    key = (_device_key(x.device), B, H, x.dtype, bool(grad), tuple(flags), exchange)
+    if key not in _REASONS:
+        _REASONS[key] = _find_gpu_reason(x, B, H, grad, tuple(flags), exchange)
+    return _REASONS[key]
+
+
+def _find_gpu_reason(x: Tensor, B: int, H: int, grad: bool, flags: tuple[str, ...], exchange: str) -> str | None:
+    """:func:`_gpu_reason`, worked out."""
     if _capability(x.device)[0] < 9:
         return "thread-block clusters need an sm_90 (Hopper) or newer GPU"
     try:
