@@ -266,10 +266,9 @@ def test_reduce_scatter_layer_norm_matches_broadcast(exchange):
 
 @pytest.fixture(autouse=True)
 def _fresh_device_caches(monkeypatch):
-    """cluster_lstm remembers each device's capability and properties; tests fake them, each its own."""
-    monkeypatch.setattr(cl, "_CAPABILITIES", {})
-    monkeypatch.setattr(cl, "_PROPERTIES", {})
-    monkeypatch.setattr(cl, "_REASONS", {})
+    """cluster_lstm remembers each device's capability, properties and routing answers (and configurations);
+    tests fake the device, each its own."""
+    monkeypatch.setattr(cl, "_ANSWERS", {})
 
 def test_nvrtc_of_ones_choice():
     """LSTMKIT_NVRTC picks the libnvrtc (e.g. the CUDA major of a GPU image); a wrong path says what to do.
@@ -543,8 +542,8 @@ def test_routing_only_on_hopper_and_falls_back_when_a_launch_fails(monkeypatch):
     x = torch.zeros(5, 8, 1, dtype=torch.bfloat16).as_subclass(FakeCuda)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (10, 0))
     assert "Hopper" in cl._policy_reason(x, 8, 256)
-    assert cl._CAPABILITIES == {x.device: (10, 0)}  # (remembered: asked once per device)
-    monkeypatch.setattr(cl, "_CAPABILITIES", {})  # (another chip in the same process: only in a test)
+    assert cl._ANSWERS[("capability", x.device)] == (True, (10, 0))  # (remembered: asked once per device)
+    monkeypatch.setattr(cl, "_ANSWERS", {})  # (another chip in the same process: only in a test)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     assert cl._policy_reason(x, 8, 256) is None
 
@@ -617,7 +616,7 @@ def test_routing_on_a_hopper_gpu(monkeypatch):
     assert "more clusters than the GPU runs at once" in cl._gpu_reason(x, 8 * 9, 768)  # (9 clusters of 16 CTAs)
     monkeypatch.setattr(cl, "_max_active_clusters", lambda *a: 0)
     assert cl._gpu_reason(x, 16, 768) is None  # (remembered: the answer does not change in a process)
-    monkeypatch.setattr(cl, "_REASONS", {})  # (another GPU, only in a test)
+    monkeypatch.setattr(cl, "_ANSWERS", {})  # (another GPU, only in a test)
     assert "cannot place one cluster of 16" in cl._gpu_reason(x, 16, 768)
     assert cl._gpu_reason(x, 8, 256, grad=True) is None  # (portable clusters of 8: not asked)
 

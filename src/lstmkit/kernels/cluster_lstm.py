@@ -1787,9 +1787,10 @@ def _register_cap(H: int, C: int) -> int:
     return min(255, 16384 // (-(-(H // C // 8) // 4) * 32) // 8 * 8)
 
 
-#: config's and kernel_units' answers (a configuration, a size, or the refusal's message) by their arguments: each
-#: call of a routed layer asks them several times, and on run 6's GPU host that was a noticeable part of a call's
-#: 0.8 ms of host time (benchmarks/gpu_module_gap.py); both are pure functions of their arguments
+#: config's and kernel_units' answers (a configuration, a size, or the refusal's message) by their arguments, and
+#: the device's capability, properties and routing answers (_capability, _properties, _gpu_reason): each call of a
+#: routed layer asks them several times, and on run 6's GPU host that was a noticeable part of a call's 0.8 ms of
+#: host time (benchmarks/gpu_module_gap.py); all are pure functions of their arguments in a process
 _ANSWERS: dict[tuple, tuple[bool, object]] = {}
 
 
@@ -2292,12 +2293,6 @@ def _raw_stream(index: int) -> int:
     return raw(index) if raw is not None else torch.cuda.current_stream(index).cuda_stream
 
 
-#: torch.device -> (major, minor) and its properties: asked at every routed call, and each asking costs several
-#: microseconds of host time (run 7, gpu_module_gap.py: torch's device-index lookup 55 us a module call)
-_CAPABILITIES: dict = {}
-_PROPERTIES: dict = {}
-
-
 def _device_key(device: torch.device) -> torch.device:
     """``device`` with its index (``cuda`` alone means the current device, which ``torch.cuda.set_device`` moves)."""
     return device if device.index is not None or device.type != "cuda" else torch.device(
@@ -2305,21 +2300,16 @@ def _device_key(device: torch.device) -> torch.device:
 
 
 def _capability(device: torch.device) -> tuple[int, int]:
-    """``torch.cuda.get_device_capability(device)``, remembered."""
+    """``torch.cuda.get_device_capability(device)``, remembered (:func:`_answer`: asked at every routed call, each
+    asking several microseconds of host time; run 7, gpu_module_gap.py)."""
     device = _device_key(device)
-    cap = _CAPABILITIES.get(device)
-    if cap is None:
-        cap = _CAPABILITIES[device] = torch.cuda.get_device_capability(device)
-    return cap
+    return _answer(("capability", device), lambda: torch.cuda.get_device_capability(device))
 
 
 def _properties(device: torch.device):
-    """``torch.cuda.get_device_properties(device)``, remembered."""
+    """``torch.cuda.get_device_properties(device)``, remembered (:func:`_answer`)."""
     device = _device_key(device)
-    props = _PROPERTIES.get(device)
-    if props is None:
-        props = _PROPERTIES[device] = torch.cuda.get_device_properties(device)
-    return props
+    return _answer(("properties", device), lambda: torch.cuda.get_device_properties(device))
 
 
 def _check(gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor) -> None:
@@ -2536,8 +2526,7 @@ def layer(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: T
     y (T, B, H), h_T, c_T in x's dtype (bfloat16 / float16). The input GEMM is torch's; the recurrence runs
     on the cluster kernels (GPU: sm_90+; CPU tensors: the emulation, for tests)."""
     b = None if b_ih is None else (b_ih if b_hh is None else b_ih + b_hh)
-    same = lambda t: t if t.dtype == x.dtype else t.to(x.dtype)  # noqa: E731  (no dispatcher trip when it is)
-    gx = F.linear(x, same(w_ih), None if b is None else same(b))
+    gx = F.linear(x, _as(w_ih, x.dtype), None if b is None else _as(b, x.dtype))
     kw = dict(cluster=cluster, fast=fast, exchange=exchange, grad=torch.is_grad_enabled())
     return _recurrence(gx, h0, c0, w_hh, None, None, None, kw)
 
@@ -2601,22 +2590,17 @@ ROUTE_FP16_MAX_H = 512
 _FAILED: set = set()
 
 
-#: (device, B, H, dtype, grad, flags, exchange) -> _gpu_reason's answer: asked at every routed call, and it
-#: depends on nothing that changes in a process (the device, NVRTC, the configurations)
-_REASONS: dict = {}
-
-
 def _gpu_reason(x: Tensor, B: int, H: int, grad: bool = True, flags: tuple[str, ...] = (),
                 exchange: str = "barrier") -> str | None:  # fmt: skip
     """Why the kernels cannot run a (B, H) layer on ``x``'s device and dtype, or None when they can; ``grad``:
     a backward will be needed; ``flags``: the variant switches (config's choice depends on whether any is on
-    and on LN). Remembered per arguments (:data:`_REASONS`)."""
+    and on LN). Remembered per arguments (:func:`_answer`: asked at every routed call, and it depends on nothing
+    that changes in a process: the device, NVRTC, the configurations)."""
     if not x.is_cuda:
         return "not a CUDA tensor"
-    key = (_device_key(x.device), B, H, x.dtype, bool(grad), tuple(flags), exchange)
-    if key not in _REASONS:
-        _REASONS[key] = _find_gpu_reason(x, B, H, grad, tuple(flags), exchange)
-    return _REASONS[key]
+    flags = tuple(flags)
+    return _answer(("gpu_reason", _device_key(x.device), B, H, x.dtype, bool(grad), flags, exchange),
+                   lambda: _find_gpu_reason(x, B, H, grad, flags, exchange))
 
 
 def _find_gpu_reason(x: Tensor, B: int, H: int, grad: bool, flags: tuple[str, ...], exchange: str) -> str | None:
