@@ -134,8 +134,9 @@ def precompile(shapes, arch: int, workers: int = 16) -> float:
         for dtype in DTYPES.values():
             for exchange in cl.EXCHANGES:
                 for flags in (elementwise, ("LN",), cl.FLAGS):
-                    cfg = cl.config(B, H, dtype, exchange=exchange, flags=flags)
-                    cfgs[cfg.key()] = cfg
+                    for ablate in (0, 1) if "LN" in flags else (0,):  # (layer norm's timings: its ablation too)
+                        cfg = cl.config(B, H, dtype, ablate=ablate, exchange=exchange, flags=flags)
+                        cfgs[cfg.key()] = cfg
     start = time.monotonic()
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(lambda c: cl.compile_cubin(c, arch), cfgs.values()))
@@ -538,7 +539,20 @@ def _time_variants(T: int, B: int, H: int, dtype, device: str, exchange: str, vs
         fwd = time_ms(partial(step, False), device, warmup, iters)
     with torch.enable_grad():
         fb = time_ms(partial(step, True), device, warmup, iters)
-    return dict(fwd=fwd, fb=fb, ok=True)
+    steps = {}
+    if lnp is not None:  # the forward kernel alone, us a step: full, and without any synchronisation (ablation 1:
+        # wrong numbers; what layer norm's two exchanges a step cost beside the plain step's, whose ablation the
+        # plain timings have)
+        with torch.no_grad():
+            leaves["gx"] = torch.nn.functional.linear(xd, w_ih, None)
+            gx, lnw = _variant_inputs(leaves, b_ih + b_hh, lnp)
+            flags, vargs = cl._variant_args(var, w_ch, gx, lnw)
+            w = (w_hh * wd if wd is not None else w_hh).to(dtype).contiguous()
+            for a in (0, 1):
+                cfg = cl.config(B, H, dtype, None, a, True, exchange, flags)
+                run = partial(cl._forward, cfg, gx.contiguous(), w, h0d, c0.float().contiguous(), False, vargs)
+                steps[a] = time_ms(run, device, warmup, iters) * 1e3 / T
+    return dict(fwd=fwd, fb=fb, steps=steps, ok=True)
 
 
 def bench_variants(report: Report, shapes, device: str, warmup: int, iters: int, deadline: float) -> None:
@@ -703,16 +717,18 @@ def render_variants(checks: list[dict], times: list[dict], modules: list[dict] =
         out += ["", "## Variants, one layer, ms: ours / plain cuDNN of the same dtype (goal 2: <= 1.2) and / plain "
                 "cuDNN fp16 (goal 3: <= 1)", "",
                 "| shape | variants | dtype | exchange | ours fwd | / cuDNN | / cuDNN fp16 | ours fwd+bwd | / cuDNN | "
-                "/ cuDNN fp16 |",
-                "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+                "/ cuDNN fp16 | with layer norm: forward kernel, us a step, full / no synchronisation |",
+                "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in times:
             head = f"| {r['shape']} | {r['vset']} | {r['dtype']} | {r['exchange']} |"
             if "error" in r:
-                out.append(f"{head} {r['error']} | | | | | |")
+                out.append(f"{head} {r['error']} | | | | | | |")
                 continue
             (cf, cfb), (hf, hfb) = r["cudnn"], r["cudnn_fp16"]
+            st = r.get("steps") or {}
+            steps = f"{st[0]:.3g} / {st[1]:.3g}" if st else "—"
             out.append(f"{head} {r['fwd']:.3g} | {r['fwd'] / cf:.2f} | {r['fwd'] / hf:.2f} | {r['fb']:.3g} | "
-                       f"{r['fb'] / cfb:.2f} | {r['fb'] / hfb:.2f} |")  # fmt: skip
+                       f"{r['fb'] / cfb:.2f} | {r['fb'] / hfb:.2f} | {steps} |")  # fmt: skip
     return "\n".join(out) + ("\n" if out else "")
 
 

@@ -293,28 +293,82 @@ def test_nvrtc_of_ones_choice():
 
 def test_kernel_units():
     """The size a layer runs padded to: the next with a configuration, and where a backward is needed the next
-    with a backward kernel (H = 40 in clusters of 2: 48 units, 24 a CTA, has none, 64 has); layer norm unpadded."""
+    with a backward kernel (H = 40 in clusters of 2: 48 units, 24 a CTA, has none, 64 has); layer norm's layers
+    too, their configuration told the real units (config's ``real``; compiled in only with layer norm)."""
     bf16 = torch.bfloat16
     assert [cl.kernel_units(8, H, bf16) for H in (16, 40, 100, 256, 300, 650, 768)] == [16, 48, 128, 256, 384, 768, 768]
     assert cl.kernel_units(5, 40, bf16, 2) == 48 and not cl.config(5, 48, bf16, 2).trains
     assert cl.kernel_units(5, 40, bf16, 2, grad=True) == 64 and cl.config(5, 64, bf16, 2).trains
     assert cl.kernel_units(5, 32, bf16, exchange="mbarrier") == 64  # (32's own configuration is a cluster of one)
-    with pytest.raises(ValueError, match="layer norm's layers are not padded"):
-        cl.kernel_units(5, 40, bf16, flags=("LN",))
+    assert cl.kernel_units(5, 40, bf16, flags=("LN",)) == 48 and cl.kernel_units(20, 650, bf16, flags=("LN",)) == 768
+    ln = cl.config(20, 768, bf16, flags=("LN",), real=650)
+    assert ln.real == 650 and "650 real units" in repr(ln) and cl.ClusterConfig(*ln.key()).key() == ln.key()
+    assert "#define HREAL 650" in cl.source(ln) and "#define HREAL 768" in cl.source(cl.config(20, 768, bf16))
+    assert cl.config(20, 768, bf16, real=650).key() == cl.config(20, 768, bf16).key()  # (nothing to leave out)
+    with pytest.raises(ValueError, match="1 <= real < H"):
+        cl.config(5, 48, bf16, flags=("LN",), real=60)
     with pytest.raises(ValueError, match="384, 512, 640 or 768"):
         cl.kernel_units(5, 1000, bf16)
 
 
 @emulated
-@pytest.mark.parametrize("exchange,dtype,seed", [("barrier", torch.bfloat16, 40), ("mbarrier", torch.float16, 41)])
-def test_padded_variants(exchange, dtype, seed):
-    """Every element-wise variant at H = 40, which runs padded (to 48 units with the barrier exchange, to 64 in a
-    cluster of 2 with the mbarrier one): masks, peepholes and state padded with zeros, the real units' forward
-    and gradients as the spec's; layer norm is not padded (its statistics are over the layer's units)."""
+@pytest.mark.parametrize("on,exchange,dtype,seed,shape", [
+    (("peephole", "cifg", "clip", "rec", "zh", "zc", "valid"), "barrier", torch.bfloat16, 40, (3, 5, 40)),
+    (("peephole", "cifg", "clip", "rec", "zh", "zc", "valid"), "mbarrier", torch.float16, 41, (3, 5, 40)),
+    (("ln",), "barrier", torch.bfloat16, 42, (3, 5, 40)),
+    (("ln", "peephole", "cifg", "clip", "rec", "zh", "zc", "valid"), "mbarrier", torch.float16, 43, (3, 5, 40)),
+    (("ln",), "mbarrier", torch.bfloat16, 44, (2, 3, 300)),  # (384 units: W_hh partly in shared memory, RS backward)
+])  # fmt: skip
+def test_padded_variants(on, exchange, dtype, seed, shape):
+    """Every variant at H = 40, which runs padded (to 48 units with the barrier exchange, to 64 in a cluster of 2
+    with the mbarrier one), and layer norm at H = 300 (384): masks, peepholes, state and layer norm's gains and bias
+    padded with zeros, the real units' forward and gradients as the spec's. Layer norm's row statistics and the
+    means of its backward leave the padding out (the next test: counted in, the check fails)."""
     assert cl.kernel_units(5, 40, dtype, exchange=exchange) == {"barrier": 48, "mbarrier": 64}[exchange]
-    _check_variants(("peephole", "cifg", "clip", "rec", "zh", "zc", "valid"), None, exchange, dtype, seed, (3, 5, 40))
-    with pytest.raises(ValueError, match="multiple of 16.*not padded"):
-        cl.kernel_units(5, 40, dtype, flags=("LN",))
+    _check_variants(on, None, exchange, dtype, seed, shape)
+
+
+@emulated
+@pytest.mark.parametrize("exchange,H,C", [("barrier", 64, 2), ("mbarrier", 64, 2), ("mbarrier", 384, 8)])
+def test_layer_norm_ablation_runs_to_its_end(exchange, H, C):
+    """The "no synchronisation" ablation with layer norm (benchmarks/gpu_cluster.py times it: what the statistics'
+    exchanges cost; wrong numbers by design) runs forward and backward to their end, emulated, in both exchanges
+    and in the reduce-scatter backward (384 units): nothing waits for an arrival the ablation took away."""
+    T, B = 3, 5
+    cfg = cl.config(B, H, torch.bfloat16, C, 1, True, exchange, ("LN",))
+    assert "no synchronisation" in repr(cfg) and cfg.trains and cfg.rs == (H > 256)
+    gx, w, h0, c0 = _inputs(T, B, H, torch.bfloat16, 5)
+    _, vargs = cl._variant_args(None, None, gx, torch.ones(6 * H))
+    y, hT, cT, gates, cs, ln = cl._forward(cfg, gx, w, h0, c0, True, vargs)
+    assert torch.isfinite(y.float()).all() and torch.isfinite(gates).all()
+    da, dgx = torch.empty(T, B, 4 * H, dtype=torch.bfloat16), torch.empty(T, B, 4 * H, dtype=torch.bfloat16)
+    dn, dc0 = torch.empty(T, B, H), torch.zeros(B, H)
+    dy = torch.ones_like(y)
+    cl._run(cfg, "bwd", cl.bwd_args(w, gates, cs, c0, dy, h0, c0, da, dc0, None, vargs, ln, (dgx, dn)), B)
+    assert torch.isfinite(dn).all()
+    with pytest.raises(ValueError, match="exchange-only ablation"):
+        cl.config(B, H, torch.bfloat16, C, 2, True, exchange, ("LN",))
+
+
+@emulated
+@pytest.mark.parametrize("where", ["the forward's statistics", "the backward's means"])
+def test_padded_layer_norm_check_sees_the_padding_counted(monkeypatch, where):
+    """The padded layer-norm check can fail: with the padding counted in the forward's row statistics, or in
+    the means of the backward (divided by the padded size), the kernels land past its bound."""
+    if where == "the forward's statistics":
+        text = cl._HEAD.replace("#define LNPAD (LN && HREAL < HID)", "#define LNPAD 0")
+        assert text != cl._HEAD
+        monkeypatch.setattr(cl, "_HEAD", text)
+    else:
+        text = cl._KERNEL.replace("(1.0f / HREAL)", "(1.0f / HID)").replace("(1.0f / (4 * HREAL))", "(1.0f / G4)")
+        assert text != cl._KERNEL
+        monkeypatch.setattr(cl, "_KERNEL", text)
+    cl._emulator.cache_clear()  # (remembered per configuration: the mutated text is built and loaded apart)
+    try:
+        with pytest.raises(AssertionError):
+            _check_variants(("ln",), None, "barrier", torch.bfloat16, 42, (3, 5, 40))
+    finally:
+        cl._emulator.cache_clear()
 
 
 VARIANT_CASES = [  # the switches, cluster size, exchange, dtype, seed; each alone and all at once
@@ -506,8 +560,8 @@ def test_dispatch(monkeypatch):
 
 def test_routing_policy():
     """What impl="auto" sends elsewhere although the kernels might run it (run 6's measurements): batches over
-    ROUTE_MAX_BATCH (the Triton kernels), float16 above ROUTE_FP16_MAX_H kernel units (cuDNN's persistent
-    kernel); everything else goes on to the kernels' own checks."""
+    ROUTE_MAX_BATCH (the Triton kernels; layer norm: ROUTE_LN_MAX_BATCH), float16 above ROUTE_FP16_MAX_H kernel
+    units (cuDNN's persistent kernel); everything else goes on to the kernels' own checks."""
     w = lambda H: [torch.zeros(4 * H, H), torch.zeros(4 * H, H)]  # noqa: E731  (W_ih, W_hh: only shapes are read)
     bf16, fp16 = torch.zeros(5, 8, 1, dtype=torch.bfloat16), torch.zeros(5, 8, 1, dtype=torch.float16)
     assert cl._route_reason(bf16, w(256), {}) is None
@@ -518,6 +572,9 @@ def test_routing_policy():
     assert cl._policy_reason(torch.zeros(5, 16, 1, dtype=torch.float16), 16, 768, fp16_cap=False) is None
     big = torch.zeros(5, 20, 1, dtype=torch.bfloat16)
     assert "batch 20 > 16" in cl._route_reason(big, w(650), {})
+    # layer norm up to ROUTE_LN_MAX_BATCH rows (its alternative is the Triton kernels' layer norm), padded too
+    assert cl._policy_reason(big, 20, 650, ("LN",)) is None and cl._policy_reason(big, 20, 650, ("PEEP",))
+    assert "batch 33 > 32" in cl._policy_reason(big, 33, 650, ("LN",))
     assert cl._route_reason(big.transpose(0, 1), w(650), {"batch_first": True}) is not None
     assert cl._route_reason(torch.zeros(5, 20, 1, dtype=torch.bfloat16), w(650), {"batch_first": True}) is None
     # off the GPU each routed entry point runs the next path (Triton refuses CPU tensors: native)
@@ -594,7 +651,7 @@ def test_routing_only_on_hopper_and_falls_back_when_a_launch_fails(monkeypatch):
 
 def test_routing_on_a_hopper_gpu(monkeypatch):
     """What routing (`_gpu_reason`) lets through on an sm_90 GPU with 132 SMs (faked: no GPU here): training at
-    H = 768 (the reduce-scatter backward) and at 650 (padded to 768), layer norm at its own sizes only, and clear
+    H = 768 (the reduce-scatter backward) and at 650 (padded to 768), layer norm too, and clear
     reasons for the rest: too large a hidden size, more clusters than SMs, a cluster of 16 the driver cannot
     place (asked for both kernels when training)."""
     from types import SimpleNamespace
@@ -611,7 +668,7 @@ def test_routing_on_a_hopper_gpu(monkeypatch):
     assert asked == [("fwd", 192, 16), ("bwd", 256, 16)]  # (the backward's own thread count)
     assert cl._gpu_reason(x, 20, 650, grad=True) is None and cl._gpu_reason(x, 20, 650, flags=("PEEP",)) is None
     assert cl._gpu_reason(x, 16, 768, grad=True, flags=("LN",)) is None
-    assert "not padded" in cl._gpu_reason(x, 16, 650, grad=True, flags=("LN",))
+    assert cl._gpu_reason(x, 20, 650, grad=True, flags=("LN",)) is None  # (padded to 768: three clusters of 16)
     assert "384, 512, 640 or 768" in cl._gpu_reason(x, 16, 1024)
     assert "more clusters than the GPU runs at once" in cl._gpu_reason(x, 8 * 9, 768)  # (9 clusters of 16 CTAs)
     monkeypatch.setattr(cl, "_max_active_clusters", lambda *a: 0)
@@ -1111,6 +1168,23 @@ def test_split_configurations_compile_for_sm90(tmp_path, H, flags, exchange, kr)
     for name, (regs, stack, local) in _resources(cubin, tmp_path).items():
         known = name == "lstm_cluster_bwd" and H == 768 and flags == cl.FLAGS
         assert (stack <= 32 if known else stack == 0) and local == 0 and regs <= 255, (name, regs, stack, local)
+
+
+@needs_nvrtc
+@pytest.mark.parametrize("H,real,ablate,exchange", [(768, 650, 0, "mbarrier"), (768, 650, 0, "barrier"),
+                                                    (256, 200, 0, "mbarrier"), (768, None, 1, "mbarrier"),
+                                                    (256, None, 1, "barrier")])  # fmt: skip
+def test_layer_norm_padded_and_ablated_build_for_sm90(tmp_path, H, real, ablate, exchange):
+    """Layer norm's padded configurations (650 units run as 768: the issue's (35, 20, 650)) and its "no
+    synchronisation" ablation (gpu_cluster.py's timing of the statistics' exchanges) build for sm_90 without a
+    spill, and the ablation keeps no wait in the step: only the cluster barriers at the kernels' start and end."""
+    cfg = cl.config(8, H, torch.bfloat16, exchange=exchange, flags=("LN",), real=real, ablate=ablate)
+    cubin, ptx = cl.compile_cubin(cfg)
+    assert f"#define HREAL {real or H}" in cl.source(cfg)
+    if ablate:
+        assert "mbarrier.try_wait" not in ptx and ptx.count("barrier.cluster.wait") == 4
+    for name, (regs, stack, local) in _resources(cubin, tmp_path).items():
+        assert stack == 0 and local == 0 and regs <= 255, (name, regs, stack, local)
 
 
 @needs_nvrtc
