@@ -63,7 +63,9 @@ def test_the_gpu_session_dry_run(tmp_path):
     diag = (tmp_path / "gpu_ln_diag.md").read_text()
     assert diag.count("| the heuristic |") == 14 and "ERROR" not in diag
     routed = (tmp_path / "gpu_routed.md").read_text()
-    assert routed.count("| layer norm, routed (ROUTE_LN on) |") == 2 and "ERROR" not in routed  # (bf16, fp16)
+    # (bf16 and fp16 at the dry shape, and first bf16 at DRY_LN_FIRST: layer norm padded, more rows)
+    assert routed.count("| layer norm, routed (ROUTE_LN on) |") == 3 and "ERROR" not in routed
+    assert "| (4, 3, 20) | bfloat16 | layer norm, routed (ROUTE_LN on) |" in routed
     if cluster:
         text = (tmp_path / "gpu_cluster.md").read_text()
         assert "## Forward against float64" in text

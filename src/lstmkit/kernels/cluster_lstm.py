@@ -2369,41 +2369,52 @@ def _check(gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor) -> None:
                          "GPU use the Triton kernels (lstmkit.kernels.triton_lstm) or impl='auto'")
 
 
+def _variant_switches(var: dict | None, w_ch: Tensor | None, gx: Tensor, lnw: Tensor | None = None) -> tuple[str, ...]:
+    """The kernels' switches for ``var`` and ``lnw`` (:func:`_variant_args`), every mask's and parameter's shape
+    checked against ``gx``'s (T, B, 4H); no tensor work (a padded call asks this at the layer's own size)."""
+    if not var and lnw is None:  # the plain LSTM (w_ch only counts with var's peephole)
+        return ()
+    var = var or {}
+    T, B, G = gx.shape
+    shapes = dict(rec=((B, G // 4),), zh=((T, B, G // 4),), zc=((T, B, G // 4),), valid=((T, B), (T, B, 1)))
+    for name, ok in shapes.items():
+        t = var.get(name)
+        if t is not None and tuple(t.shape) not in ok:
+            raise ValueError(f"mask {name!r} has shape {tuple(t.shape)}, expected {ok[0]} (T, B, H as the layer's)")
+    peep, clip = bool(var.get("peephole")), var.get("clip")
+    if peep and w_ch is None:
+        raise ValueError("peephole needs w_ch (3H)")
+    if peep and tuple(w_ch.shape) != (3 * (G // 4),):
+        raise ValueError(f"w_ch has shape {tuple(w_ch.shape)}, expected ({3 * (G // 4)},): w_ci, w_cf, w_co")
+    if lnw is not None and tuple(lnw.shape) != (6 * (G // 4),):
+        raise ValueError(f"lnw has shape {tuple(lnw.shape)}, expected ({6 * (G // 4)},): g_hh (4H), g_c (H), b_c (H)")
+    return tuple(f for f, on in (("PEEP", peep), ("CIFG", bool(var.get("cifg"))), ("CLIP", clip is not None),
+                                 ("RDROP", var.get("rec") is not None), ("ZONE_H", var.get("zh") is not None),
+                                 ("ZONE_C", var.get("zc") is not None), ("VALID", var.get("valid") is not None),
+                                 ("LN", lnw is not None)) if on)  # fmt: skip
+
+
 def _variant_args(var: dict | None, w_ch: Tensor | None, gx: Tensor,
                   lnw: Tensor | None = None) -> tuple[tuple[str, ...], list]:  # fmt: skip
     """The kernels' switches and their arguments (rec, zh, zc, valid, wch, clip, lnw, eps) for ``var``
     (``peephole``, ``cifg``, ``clip``, ``eps``, masks ``rec`` (B, H), ``zh`` / ``zc`` (T, B, H), ``valid``
     (T, B[, 1]): 1 where t < the row's length) and ``lnw`` (6H: layer norm's gains g_hh (4H), g_c (H), bias b_c
     (H), or None), on ``gx``'s device, the masks in its dtype (the kernels read them through raw pointers:
-    shapes are checked here)."""
-    if not var and lnw is None:  # the plain LSTM (w_ch only counts with var's peephole): no work on the host
-        return (), list(_NO_VARIANTS)
-    var = dict(var or {})
-    T, B, G = gx.shape
-    if var.get("valid") is not None and tuple(var["valid"].shape) == (T, B, 1):
-        var["valid"] = var["valid"].reshape(T, B)
+    shapes are checked here, :func:`_variant_switches`)."""
+    flags = _variant_switches(var, w_ch, gx, lnw)
+    if not var and lnw is None:  # the plain LSTM: no work on the host
+        return flags, list(_NO_VARIANTS)
+    var = var or {}
+    T, B, _ = gx.shape
 
-    def c(name: str, shape: tuple) -> Tensor | None:
+    def c(name: str) -> Tensor | None:
         t = var.get(name)
-        if t is None:
-            return None
-        if tuple(t.shape) != shape:
-            raise ValueError(f"mask {name!r} has shape {tuple(t.shape)}, expected {shape} (T, B, H as the layer's)")
-        return t.to(device=gx.device, dtype=gx.dtype).contiguous()
+        t = t.reshape(T, B) if name == "valid" and t is not None and t.dim() == 3 else t  # (T, B, 1), as nn's
+        return None if t is None else t.to(device=gx.device, dtype=gx.dtype).contiguous()
 
-    rec, zh, zc = c("rec", (B, G // 4)), c("zh", (T, B, G // 4)), c("zc", (T, B, G // 4))
-    valid = c("valid", (T, B))
-    peep, clip = bool(var.get("peephole")), var.get("clip")
-    if peep and w_ch is None:
-        raise ValueError("peephole needs w_ch (3H)")
-    flags = tuple(f for f, on in (("PEEP", peep), ("CIFG", bool(var.get("cifg"))), ("CLIP", clip is not None),
-                                  ("RDROP", rec is not None), ("ZONE_H", zh is not None), ("ZONE_C", zc is not None),
-                                  ("VALID", valid is not None), ("LN", lnw is not None)) if on)  # fmt: skip
-    if peep and tuple(w_ch.shape) != (3 * (G // 4),):
-        raise ValueError(f"w_ch has shape {tuple(w_ch.shape)}, expected ({3 * (G // 4)},): w_ci, w_cf, w_co")
-    if lnw is not None and tuple(lnw.shape) != (6 * (G // 4),):
-        raise ValueError(f"lnw has shape {tuple(lnw.shape)}, expected ({6 * (G // 4)},): g_hh (4H), g_c (H), b_c (H)")
-    wch = w_ch.detach().to(device=gx.device, dtype=torch.float32).contiguous() if peep else None
+    rec, zh, zc, valid = c("rec"), c("zh"), c("zc"), c("valid")
+    clip = var.get("clip")
+    wch = w_ch.detach().to(device=gx.device, dtype=torch.float32).contiguous() if "PEEP" in flags else None
     lnw = lnw.detach().to(device=gx.device, dtype=torch.float32).contiguous() if lnw is not None else None
     return flags, [rec, zh, zc, valid, wch, float(clip) if clip is not None else 0.0, lnw, float(var.get("eps", 1e-5))]
 
@@ -2551,7 +2562,7 @@ def _recurrence(gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_ch: Tensor |
     _check(gx, h0, c0, w_hh)
     B, H = gx.shape[1], w_hh.shape[1]
     explicit = any(kw.get(k) is not None for k in ("kr", "rs", "krb"))
-    flags = () if explicit else _variant_args(var, w_ch, gx, lnw)[0]  # (checks the masks at the layer's own size)
+    flags = () if explicit else _variant_switches(var, w_ch, gx, lnw)  # (checks the masks at the layer's own size)
     grad = kw.get("grad", True) and torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (gx, h0, c0, w_hh, w_ch, lnw))  # fmt: skip
     n = H if explicit else kernel_units(B, H, gx.dtype, kw.get("cluster"), flags, kw.get("exchange", "barrier"), grad)
