@@ -36,9 +36,12 @@ from gpu_cluster import LN_HH_SCALE  # noqa: E402  (layer norm's recurrent gains
 
 SHAPES = [(1024, 8, 256), (256, 16, 768), (100, 1, 512)]
 DRY_SHAPES = [(4, 2, 16)]
-#: first, layer norm in bf16 at (35, 20, 650), goal 2's other small-batch shape: routed since ROUTE_LN_MAX_BATCH (20
-#: rows, 650 units padded to 768), not yet timed there; beside it the Triton kernels' layer norm (run 6: 1.51x /
-#: 1.32x cuDNN bf16's plain forward / training)
+#: first, (35, 20, 650), the small-batch shape outside ROUTE_MAX_BATCH: layer norm in bf16, routed since
+#: ROUTE_LN_MAX_BATCH (20 rows, 650 units padded to 768), not yet timed there, beside the Triton kernels' layer norm
+#: (run 6: 1.51x / 1.32x cuDNN bf16's plain forward / training); and the plain LSTM on the cluster kernels with the
+#: routing's limits lifted (bf16 beside impl="auto"'s Triton kernels; fp16 beside cuDNN, whose timings every row
+#: has), which decides ROUTE_MAX_BATCH and ROUTE_FP16_MAX_H there (run 7 timed the layer alone once: fp16 1.52x /
+#: 1.15x cuDNN fp16)
 LN_FIRST = [(35, 20, 650)]
 DRY_LN_FIRST = [(4, 3, 20)]
 SIX = dict(peephole=True, coupled_input_forget=True, cell_clip=3.0, recurrent_dropout=0.25, zoneout=(0.1, 0.05),
@@ -47,9 +50,15 @@ TOL = {torch.bfloat16: 1e-2, torch.float16: 1e-2}
 LN = dict(layer_norm=True)
 #: (T, B, H, dtype, device) -> cuDNN's (forward, forward+backward) ms, measured once per shape and dtype
 _CUDNN: dict = {}
-#: the module option sets, each a row: (name, options, cluster_lstm.ROUTE_LN for the row)
-MODULES = [("plain", {}, False), ("six element-wise", SIX, False),
-           ("layer norm, routed (ROUTE_LN on)", LN, True), ("layer norm, Triton (ROUTE_LN off)", LN, False)]
+#: the module option sets, each a row: (name, options, cluster_lstm's routing settings for the row)
+PLAIN = ("plain", {}, {})
+LN_ROUTED = ("layer norm, routed (ROUTE_LN on)", LN, {"ROUTE_LN": True})
+LN_TRITON = ("layer norm, Triton (ROUTE_LN off)", LN, {"ROUTE_LN": False})
+LIFTED = ("plain, routed past the limits (32 rows, 768 units)", {}, {"ROUTE_MAX_BATCH": 32, "ROUTE_FP16_MAX_H": 768})
+MODULES = [PLAIN, ("six element-wise", SIX, {}), LN_ROUTED, LN_TRITON]
+#: the rows at LN_FIRST's shapes: (dtype, module)
+FIRST = [(torch.bfloat16, LN_ROUTED), (torch.bfloat16, LN_TRITON), (torch.bfloat16, PLAIN),
+         (torch.bfloat16, LIFTED), (torch.float16, LIFTED)]
 
 
 def _grads(m, x, masks):
@@ -67,14 +76,17 @@ def _worst(got, want) -> float:
                for a, b in zip(got, want))  # fmt: skip
 
 
-def case(T: int, B: int, H: int, dtype: torch.dtype, name: str, opts: dict, route_ln: bool, device: str, warmup: int,
+def case(T: int, B: int, H: int, dtype: torch.dtype, name: str, opts: dict, routing: dict, device: str, warmup: int,
          iters: int) -> dict:  # fmt: skip
-    before = cl.ROUTE_LN
-    cl.ROUTE_LN = route_ln
+    """One row: the module with ``opts`` under cluster_lstm's routing settings ``routing`` (restored after)."""
+    before = {k: getattr(cl, k) for k in routing}
+    for k, v in routing.items():
+        setattr(cl, k, v)
     try:
         return _case(T, B, H, dtype, name, opts, device, warmup, iters)
     finally:
-        cl.ROUTE_LN = before
+        for k, v in before.items():
+            setattr(cl, k, v)
 
 
 def _case(T: int, B: int, H: int, dtype: torch.dtype, name: str, opts: dict, device: str, warmup: int,
@@ -169,27 +181,25 @@ def main(argv=None) -> int:
              "| vs cuDNN fp16 fwd / fwd+bwd |", "|" + "---|" * 14]  # fmt: skip
     rows = []
     shapes = DRY_SHAPES if args.dry_run else SHAPES
-    first = [(s, (torch.bfloat16,), [m for m in MODULES if m[1] is LN]) for s in (DRY_LN_FIRST if args.dry_run
-                                                                                  else LN_FIRST)]  # fmt: skip
-    for (T, B, H), dtypes, modules in first + [(s, (torch.bfloat16, torch.float16), MODULES) for s in shapes]:
-        for dtype in dtypes:
-            for name, opts, route_ln in modules:
-                try:
-                    r = case(T, B, H, dtype, name, opts, route_ln, device, args.warmup, args.iters)
-                except Exception as e:  # a failing case is a row, not the end of the run
-                    r = dict(shape=(T, B, H), dtype=str(dtype), module=name, error=str(e)[:200])
-                rows.append(r)
-                if "error" in r:
-                    lines.append(f"| {r['shape']} | {r['dtype']} | {r['module']} | ERROR {r['error']} "
-                                 "| | | | | | | | | | |")  # fmt: skip
-                else:
-                    (cf, cb), (hf, hb) = r["cudnn"], r["cudnn16"]
-                    lines.append(f"| {r['shape']} | {r['dtype']} | {r['module']} | {r['cluster_calls']} "
-                                 f"| {r['err']:.2e} | {r['peer_err']:.2e} | {'yes' if r['ok'] else 'NO'} "
-                                 f"| {r['fwd']:.3g} | {cf:.3g} | {cf / r['fwd']:.2f}x | {r['fb']:.3g} | {cb:.3g} "
-                                 f"| {cb / r['fb']:.2f}x | {hf / r['fwd']:.2f}x / {hb / r['fb']:.2f}x |")  # fmt: skip
-                args.out.write_text("\n".join(lines) + "\n")
-                print(lines[-1], flush=True)
+    rows_todo = [(s, dtype, m) for s in (DRY_LN_FIRST if args.dry_run else LN_FIRST) for dtype, m in FIRST]
+    rows_todo += [(s, dtype, m) for s in shapes for dtype in (torch.bfloat16, torch.float16) for m in MODULES]
+    for (T, B, H), dtype, (name, opts, routing) in rows_todo:
+        try:
+            r = case(T, B, H, dtype, name, opts, routing, device, args.warmup, args.iters)
+        except Exception as e:  # a failing case is a row, not the end of the run
+            r = dict(shape=(T, B, H), dtype=str(dtype), module=name, error=str(e)[:200])
+        rows.append(r)
+        if "error" in r:
+            lines.append(f"| {r['shape']} | {r['dtype']} | {r['module']} | ERROR {r['error']} "
+                         "| | | | | | | | | | |")  # fmt: skip
+        else:
+            (cf, cb), (hf, hb) = r["cudnn"], r["cudnn16"]
+            lines.append(f"| {r['shape']} | {r['dtype']} | {r['module']} | {r['cluster_calls']} "
+                         f"| {r['err']:.2e} | {r['peer_err']:.2e} | {'yes' if r['ok'] else 'NO'} "
+                         f"| {r['fwd']:.3g} | {cf:.3g} | {cf / r['fwd']:.2f}x | {r['fb']:.3g} | {cb:.3g} "
+                         f"| {cb / r['fb']:.2f}x | {hf / r['fwd']:.2f}x / {hb / r['fb']:.2f}x |")  # fmt: skip
+        args.out.write_text("\n".join(lines) + "\n")
+        print(lines[-1], flush=True)
     # a dry run's 16-bit rows at 16 units: too few values for the bound (plumbing); errors still fail it
     return 0 if all(("error" not in r) and (r["ok"] or args.dry_run) for r in rows) else 1
 

@@ -307,6 +307,9 @@ def test_kernel_units():
     assert cl.config(20, 768, bf16, real=650).key() == cl.config(20, 768, bf16).key()  # (nothing to leave out)
     with pytest.raises(ValueError, match="1 <= real < H"):
         cl.config(5, 48, bf16, flags=("LN",), real=60)
+    with pytest.raises(ValueError, match="layer norm over 8 units"):  # (too few to pad: LN_MIN_UNITS)
+        cl.kernel_units(5, 8, bf16, flags=("LN",))
+    assert cl.kernel_units(5, 8, bf16) == 16
     with pytest.raises(ValueError, match="384, 512, 640 or 768"):
         cl.kernel_units(5, 1000, bf16)
 
@@ -318,6 +321,8 @@ def test_kernel_units():
     (("ln",), "barrier", torch.bfloat16, 42, (3, 5, 40)),
     (("ln", "peephole", "cifg", "clip", "rec", "zh", "zc", "valid"), "mbarrier", torch.float16, 43, (3, 5, 40)),
     (("ln",), "mbarrier", torch.bfloat16, 44, (2, 3, 300)),  # (384 units: W_hh partly in shared memory, RS backward)
+    (("ln",), "barrier", torch.bfloat16, 45, (3, 5, 20)),  # (32 units: the warp of units 16-23 has 4 real ones)
+    (("ln", "peephole", "zh", "valid"), "mbarrier", torch.float16, 46, (3, 5, 20)),
 ])  # fmt: skip
 def test_padded_variants(on, exchange, dtype, seed, shape):
     """Every variant at H = 40, which runs padded (to 48 units with the barrier exchange, to 64 in a cluster of 2
@@ -329,7 +334,27 @@ def test_padded_variants(on, exchange, dtype, seed, shape):
 
 
 @emulated
-@pytest.mark.parametrize("exchange,H,C", [("barrier", 64, 2), ("mbarrier", 64, 2), ("mbarrier", 384, 8)])
+def test_padded_layer_norm_gradients_stay_finite_where_the_padding_normalises_past_float16():
+    """A padded unit's LN(r) is -mean(r) / std(r) of its row. With every gate row of W_hh alike, r is the same over
+    the row (std about 0) and that is past float16's range, LN(r)'s saved form. The padding's gains are 0, so it
+    must not reach any gradient (it did: inf times a zero gain was NaN in every dr of the step; found in review)."""
+    T, B, H = 2, 3, 20  # (run as 32 units)
+    g = torch.Generator().manual_seed(7)
+    gx = torch.randn(T, B, 4 * H, generator=g).bfloat16().requires_grad_()
+    w = (torch.rand(H, generator=g) * 100).expand(4 * H, H).clone().bfloat16().requires_grad_()
+    h0 = (torch.rand(B, H, generator=g) * 0.5 + 0.4).bfloat16().requires_grad_()
+    c0 = torch.randn(B, H, generator=g).requires_grad_()
+    lnw = torch.cat([torch.ones(5 * H), torch.zeros(H)]).requires_grad_()
+    y, hT, cT = cl._recurrence(gx, h0, c0, w, None, lnw, dict(eps=1e-5), dict(exchange="barrier", grad=True))
+    (y.float().sum() + cT.float().sum()).backward()
+    assert torch.isfinite(y.float()).all()
+    for name, t in dict(gx=gx, w=w, h0=h0, c0=c0, lnw=lnw).items():
+        assert torch.isfinite(t.grad.float()).all(), name
+
+
+@emulated
+@pytest.mark.parametrize("exchange,H,C", [("barrier", 64, 2), ("mbarrier", 64, 2), ("mbarrier", 384, 8),
+                                         ("barrier", 384, 8)])
 def test_layer_norm_ablation_runs_to_its_end(exchange, H, C):
     """The "no synchronisation" ablation with layer norm (benchmarks/gpu_cluster.py times it: what the statistics'
     exchanges cost; wrong numbers by design) runs forward and backward to their end, emulated, in both exchanges
