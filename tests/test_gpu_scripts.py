@@ -91,3 +91,16 @@ def test_gpu_py_counts_its_plans():
     assert res.returncode == 0, res.stderr[-3000:]
     n = int(res.stdout.split()[0])
     assert n > 100, res.stdout  # every tuning candidate at five shapes and three dtypes (177 when written)
+
+
+def test_the_gpu_session_fits_one_device_call():
+    """The session script's time limits (its six scripts' and the two version probes') sum to at most 580 s, what
+    its header promises: one device call may run 600 s (timeout_s), and ``timeout -k 5`` gives a script that
+    ignores its signal 5 s more. A limit raised without another lowered fails here, not on a lent GPU."""
+    import re
+
+    text = (ROOT / "benchmarks" / "gpu_session.sh").read_text()
+    steps = [int(n) for n in re.findall(r"^step (\d+) ", text, re.M)]
+    probes = [int(n) for n in re.findall(r"^\$T (\d+) ", text, re.M)]
+    assert len(steps) == 6 and len(probes) == 2, (steps, probes)
+    assert sum(steps) + sum(probes) <= 580, (steps, probes)
