@@ -137,6 +137,9 @@ def precompile(shapes, arch: int, workers: int = 16) -> float:
                     for ablate in (0, 1) if "LN" in flags else (0,):  # (layer norm's timings: its ablation too)
                         cfg = cl.config(B, H, dtype, ablate=ablate, exchange=exchange, flags=flags)
                         cfgs[cfg.key()] = cfg
+                if _merges(B, H, dtype, exchange, "layer norm"):  # (and its merged forward)
+                    cfg = cl.config(B, H, dtype, exchange=exchange, flags=("LN",), merge=True)
+                    cfgs[cfg.key()] = cfg
     start = time.monotonic()
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(lambda c: cl.compile_cubin(c, arch), cfgs.values()))
@@ -365,9 +368,11 @@ VARIANT_ERRS = ("y", "gx", "h_0", "c_0", "W_hh", "w_ch", "LN gains")
 
 
 def _variants_one(T: int, B: int, H: int, dtype, device: str, exchange: str, vset: str) -> dict:
-    """Forward and gradients of a variant set against the NumPy spec (float64, on the CPU)."""
+    """Forward and gradients of a variant set against the NumPy spec (float64, on the CPU). ``exchange``
+    "mbarrier+merge": layer norm's forward with (c'_t, o_t) exchanged instead of h_t (config(merge=True))."""
     from lstmkit import reference as ref
 
+    exchange, merge = exchange.removesuffix("+merge"), exchange.endswith("+merge")
     elementwise, ln = VARIANT_SETS[vset]
     m, x, h0, c0 = _case(T, B, H, device)
     var, w_ch, wd, lnp = _variant_case(T, B, H, dtype, device, vset)
@@ -385,7 +390,7 @@ def _variants_one(T: int, B: int, H: int, dtype, device: str, exchange: str, vse
     leaves = {k: v.clone().requires_grad_() for k, v in leaves.items()}
     gx_in, lnw = _variant_inputs(leaves, bias, lnp)
     y, hT, cT = cl._Recurrence.apply(gx_in, leaves["h_0"], leaves["c_0"], leaves["W_hh"], leaves.get("w_ch"), lnw,
-                                     var, dict(exchange=exchange))  # fmt: skip
+                                     var, dict(exchange=exchange, merge=merge))  # fmt: skip
     y.backward(dy)
     f64 = lambda t: t.detach().double().cpu().numpy()  # noqa: E731
     p = dict(weight_ih=np.eye(4 * H), weight_hh=f64(leaves["W_hh"]))
@@ -506,7 +511,9 @@ def check_modules(report: Report, device: str) -> None:
 def check_variants(report: Report, shapes, device: str, deadline: float) -> None:
     for T, B, H in shapes:
         for vset in VARIANT_SETS:
-            for exchange in cl.EXCHANGES:
+            merged = ("mbarrier+merge",) if vset == "layer norm" and _merges(B, H, torch.bfloat16, "mbarrier",
+                                                                             vset) else ()  # fmt: skip
+            for exchange in cl.EXCHANGES + merged:
                 for dname, dtype in DTYPES.items():
                     if time.monotonic() > deadline:
                         report.note(f"time budget spent: variant checks from {(T, B, H)} {vset} on skipped")
@@ -527,11 +534,12 @@ def _time_variants(T: int, B: int, H: int, dtype, device: str, exchange: str, vs
     xd, h0d, c0d = x.to(dtype), h0.to(dtype), c0.to(dtype)
     gy = torch.randn(T, B, H, device=device, dtype=dtype)
 
-    def step(train: bool):
+    def step(train: bool, merge: bool = False):
         leaves["gx"] = torch.nn.functional.linear(xd, w_ih, None if lnp is not None else b_ih + b_hh)
         gx, lnw = _variant_inputs(leaves, b_ih + b_hh, lnp)
         w = w_hh * wd.to(dtype) if wd is not None else w_hh
-        y, _, _ = cl._Recurrence.apply(gx, h0d, c0d, w, w_ch, lnw, var, dict(exchange=exchange, grad=train))
+        kw = dict(exchange=exchange, grad=train, merge=merge)
+        y, _, _ = cl._Recurrence.apply(gx, h0d, c0d, w, w_ch, lnw, var, kw)
         if train:
             y.backward(gy)
 
@@ -539,6 +547,12 @@ def _time_variants(T: int, B: int, H: int, dtype, device: str, exchange: str, vs
         fwd = time_ms(partial(step, False), device, warmup, iters)
     with torch.enable_grad():
         fb = time_ms(partial(step, True), device, warmup, iters)
+    merged = None
+    if lnp is not None and _merges(B, H, dtype, exchange, vset):  # layer norm's forward with one exchange fewer
+        with torch.no_grad():
+            mf = time_ms(partial(step, False, True), device, warmup, iters)
+        with torch.enable_grad():
+            merged = (mf, time_ms(partial(step, True, True), device, warmup, iters))
     steps = {}
     if lnp is not None:  # the forward kernel alone, us a step: full, and without any synchronisation (ablation 1:
         # wrong numbers; what layer norm's two exchanges a step cost beside the plain step's, whose ablation the
@@ -552,7 +566,20 @@ def _time_variants(T: int, B: int, H: int, dtype, device: str, exchange: str, vs
                 cfg = cl.config(B, H, dtype, None, a, True, exchange, flags)
                 run = partial(cl._forward, cfg, gx.contiguous(), w, h0d, c0.float().contiguous(), False, vargs)
                 steps[a] = time_ms(run, device, warmup, iters) * 1e3 / T
-    return dict(fwd=fwd, fb=fb, steps=steps, ok=True)
+            if merged is not None:
+                cfg = cl.config(B, H, dtype, None, 0, True, exchange, flags, merge=True)
+                run = partial(cl._forward, cfg, gx.contiguous(), w, h0d, c0.float().contiguous(), False, vargs)
+                steps["merge"] = time_ms(run, device, warmup, iters) * 1e3 / T
+    return dict(fwd=fwd, fb=fb, steps=steps, merged=merged, ok=True)
+
+
+def _merges(B: int, H: int, dtype, exchange: str, vset: str) -> bool:
+    """Whether config(merge=True) covers this variant row (layer norm alone, mbarrier, up to 512 units)."""
+    try:
+        cl.config(B, H, dtype, exchange=exchange, flags=("LN",) if vset == "layer norm" else cl.FLAGS, merge=True)
+        return True
+    except ValueError:
+        return False
 
 
 def bench_variants(report: Report, shapes, device: str, warmup: int, iters: int, deadline: float) -> None:
@@ -717,18 +744,22 @@ def render_variants(checks: list[dict], times: list[dict], modules: list[dict] =
         out += ["", "## Variants, one layer, ms: ours / plain cuDNN of the same dtype (goal 2: <= 1.2) and / plain "
                 "cuDNN fp16 (goal 3: <= 1)", "",
                 "| shape | variants | dtype | exchange | ours fwd | / cuDNN | / cuDNN fp16 | ours fwd+bwd | / cuDNN | "
-                "/ cuDNN fp16 | with layer norm: forward kernel, us a step, full / no synchronisation |",
-                "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+                "/ cuDNN fp16 | with layer norm: forward kernel, us a step, full / no synchronisation / (c', o) "
+                "exchanged instead of h | that merged form: fwd / fwd+bwd, ms (/ cuDNN fp16) |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in times:
             head = f"| {r['shape']} | {r['vset']} | {r['dtype']} | {r['exchange']} |"
             if "error" in r:
-                out.append(f"{head} {r['error']} | | | | | | |")
+                out.append(f"{head} {r['error']} | | | | | | | |")
                 continue
             (cf, cfb), (hf, hfb) = r["cudnn"], r["cudnn_fp16"]
             st = r.get("steps") or {}
-            steps = f"{st[0]:.3g} / {st[1]:.3g}" if st else "—"
+            steps = f"{st[0]:.3g} / {st[1]:.3g} / {st['merge']:.3g}" if "merge" in st else (
+                f"{st[0]:.3g} / {st[1]:.3g} / —" if st else "—")  # fmt: skip
+            mg = r.get("merged")
+            merged = f"{mg[0]:.3g} / {mg[1]:.3g} ({mg[0] / hf:.2f} / {mg[1] / hfb:.2f})" if mg else "—"
             out.append(f"{head} {r['fwd']:.3g} | {r['fwd'] / cf:.2f} | {r['fwd'] / hf:.2f} | {r['fb']:.3g} | "
-                       f"{r['fb'] / cfb:.2f} | {r['fb'] / hfb:.2f} | {steps} |")  # fmt: skip
+                       f"{r['fb'] / cfb:.2f} | {r['fb'] / hfb:.2f} | {steps} | {merged} |")  # fmt: skip
     return "\n".join(out) + ("\n" if out else "")
 
 

@@ -334,6 +334,44 @@ def test_padded_variants(on, exchange, dtype, seed, shape):
 
 
 @emulated
+@pytest.mark.parametrize("on,C,dtype,seed,shape", [
+    (("ln",), 2, torch.bfloat16, 20, (4, 5, 64)),
+    (("ln", "peephole", "cifg", "clip"), 4, torch.float16, 21, (4, 5, 64)),
+    (("ln",), 8, torch.bfloat16, 22, (3, 16, 256)),  # (goal 3's configuration: 8 CTAs, 16 rows)
+    (("ln",), 2, torch.bfloat16, 23, (1, 5, 64)),  # (one step: h_T from the epilogue alone)
+    (("ln",), None, torch.float16, 24, (2, 3, 384)),  # (W_hh partly in shared memory; the reduce-scatter backward)
+])  # fmt: skip
+def test_merged_layer_norm_matches_the_reference(on, C, dtype, seed, shape):
+    """config(merge=True): the forward exchanges each unit's (c'_t, o_t) instead of h_t and every CTA takes c'_t's
+    statistics and computes h_t of every unit itself (one exchange a step fewer; docs/gpu.md, session 11). Forward
+    and every gradient (the backward reads what this forward saved) against the NumPy spec, as the two-exchange
+    form is checked."""
+    cfg = cl.config(shape[1], shape[2], dtype, C, exchange="mbarrier", flags=_flags_of(on), merge=True)
+    assert cfg.merge and "#define MERGE 1" in cl.source(cfg)
+    _check_variants(on, C, "mbarrier", dtype, seed, shape, merge=True)
+
+
+def _flags_of(on) -> tuple[str, ...]:
+    names = {"ln": "LN", "peephole": "PEEP", "cifg": "CIFG", "clip": "CLIP"}
+    return tuple(names[f] for f in on)
+
+
+def test_merged_layer_norm_configurations():
+    """What merge=True takes: layer norm with at most the switches that act before c'_t, the mbarrier exchange,
+    no ablation, an unpadded layer, and shared memory for its (c', o) buffers (up to 512 units)."""
+    bf16 = torch.bfloat16
+    cfg = cl.config(8, 512, bf16, exchange="mbarrier", flags=("LN",), merge=True)
+    assert cl.ClusterConfig(*cfg.key()).key() == cfg.key() and "instead of h" in repr(cfg)
+    assert cl._smem_bytes(cfg)[0] > cl._smem_bytes(cl.config(8, 512, bf16, exchange="mbarrier", flags=("LN",)))[0]
+    with pytest.raises(ValueError, match="over 232448"):
+        cl.config(8, 640, bf16, exchange="mbarrier", flags=("LN",), merge=True)
+    for kw in (dict(flags=("LN", "ZONE_H")), dict(flags=()), dict(flags=("LN",), exchange="barrier"),
+               dict(flags=("LN",), real=60)):  # fmt: skip
+        with pytest.raises(ValueError, match="merge"):
+            cl.config(8, 64, bf16, **{"exchange": "mbarrier", **kw}, merge=True)
+
+
+@emulated
 def test_padded_layer_norm_gradients_stay_finite_where_the_padding_normalises_past_float16():
     """A padded unit's LN(r) is -mean(r) / std(r) of its row. With every gate row of W_hh alike, r is the same over
     the row (std about 0) and that is past float16's range, LN(r)'s saved form. The padding's gains are 0, so it
@@ -1087,10 +1125,11 @@ _MUTATIONS = {  # (exchange, what the kernel's text has, without the synchronisa
 }  # fmt: skip
 
 
-def _tsan_races(tmp_path, kernel: str, exchange: str, flags: tuple[str, ...] = (), rs: bool = False) -> int:
+def _tsan_races(tmp_path, kernel: str, exchange: str, flags: tuple[str, ...] = (), rs: bool = False,
+                merge: bool = False) -> int:  # fmt: skip
     # (rs: H = 128 in 4 CTAs, so 4 of its 8 warps are product-only and take part in layer norm's barriers)
     cfg = (cl.config(5, 128, torch.bfloat16, 4, exchange=exchange, flags=flags, rs=True, krb=1) if rs else
-           cl.config(5, 64, torch.bfloat16, 2, exchange=exchange, flags=flags))  # fmt: skip
+           cl.config(5, 64, torch.bfloat16, 2, exchange=exchange, flags=flags, merge=merge))  # fmt: skip
     src = cl._defines(cl._HEAD, cfg) + cl._EMU + kernel + cl._EMU_LAUNCH + _MAIN
     cpp, exe = tmp_path / "k.cpp", tmp_path / "k"
     cpp.write_text(src)
@@ -1128,6 +1167,30 @@ def test_race_check_finds_a_missing_barrier(tmp_path, what):
     assert cl._KERNEL.count(old) == 1
     flags = ("LN",) if "LN:" in what else ()
     assert _tsan_races(tmp_path, cl._KERNEL.replace(old, new), exchange, flags, what.startswith("RS")) > 0
+
+
+#: the merged layer-norm forward's own synchronisation (config(merge=True)), each removed in turn: must race
+_MERGE_MUTATIONS = {
+    "__syncthreads after merge_h": ("      __syncthreads();  // h_{t-1} of every unit in the operand buffer",
+                                    "      //"),
+    "the last step's mbarrier wait": ("  mbar_wait(smem_addr(&sm.mbar[cur]), (parity >> cur) & 1);\n  merge_h(",
+                                      "  merge_h("),
+}
+
+
+@emulated
+def test_merged_layer_norm_has_no_data_race(tmp_path):
+    """The layer-norm forward that exchanges (c'_t, o_t) instead of h_t (config(merge=True)), and the backward
+    after it, under ThreadSanitizer: no data race."""
+    assert _tsan_races(tmp_path, cl._KERNEL, "mbarrier", ("LN",), merge=True) == 0
+
+
+@emulated
+@pytest.mark.parametrize("what", sorted(_MERGE_MUTATIONS))
+def test_race_check_finds_a_missing_barrier_of_the_merged_forward(tmp_path, what):
+    old, new = _MERGE_MUTATIONS[what]
+    assert cl._KERNEL.count(old) == 1
+    assert _tsan_races(tmp_path, cl._KERNEL.replace(old, new), "mbarrier", ("LN",), merge=True) > 0
 
 
 # --- the GPU build, with NVRTC -----------------------------------------------------------------------
@@ -1196,14 +1259,16 @@ def test_split_configurations_compile_for_sm90(tmp_path, H, flags, exchange, kr)
 
 
 @needs_nvrtc
-@pytest.mark.parametrize("H,real,ablate,exchange", [(768, 650, 0, "mbarrier"), (768, 650, 0, "barrier"),
-                                                    (256, 200, 0, "mbarrier"), (768, None, 1, "mbarrier"),
-                                                    (256, None, 1, "barrier")])  # fmt: skip
-def test_layer_norm_padded_and_ablated_build_for_sm90(tmp_path, H, real, ablate, exchange):
+@pytest.mark.parametrize("H,real,ablate,exchange,merge", [
+    (768, 650, 0, "mbarrier", False), (768, 650, 0, "barrier", False), (256, 200, 0, "mbarrier", False),
+    (768, None, 1, "mbarrier", False), (256, None, 1, "barrier", False), (256, None, 0, "mbarrier", True),
+    (512, None, 0, "mbarrier", True)])  # fmt: skip
+def test_layer_norm_padded_and_ablated_build_for_sm90(tmp_path, H, real, ablate, exchange, merge):
     """Layer norm's padded configurations (650 units run as 768: the issue's (35, 20, 650)) and its "no
     synchronisation" ablation (gpu_cluster.py's timing of the statistics' exchanges) build for sm_90 without a
-    spill, and the ablation keeps no wait in the step: only the cluster barriers at the kernels' start and end."""
-    cfg = cl.config(8, H, torch.bfloat16, exchange=exchange, flags=("LN",), real=real, ablate=ablate)
+    spill, and the ablation keeps no wait in the step: only the cluster barriers at the kernels' start and end; so
+    does the merged forward (config(merge=True)) at 256 and 512 units."""
+    cfg = cl.config(8, H, torch.bfloat16, exchange=exchange, flags=("LN",), real=real, ablate=ablate, merge=merge)
     cubin, ptx = cl.compile_cubin(cfg)
     assert f"#define HREAL {real or H}" in cl.source(cfg)
     if ablate:

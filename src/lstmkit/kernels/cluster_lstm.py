@@ -93,6 +93,8 @@ _HEAD = r"""
 #define LN {LN}
 #define HREAL {HREAL}          // LN: the layer's own units; the rest (HREAL .. HID) are zero padding
 #define LNPAD (LN && HREAL < HID)  // ... which LN's statistics and means leave out
+#define MERGE {MERGE}          // LN, mbarrier, forward: (c'_t, o_t) exchanged instead of h_t; every CTA takes c'_t's
+                               // row statistics and computes every unit's h_t itself: one exchange a step fewer
 #define ZONE (ZONE_H || ZONE_C || VALID)
 #define SMEM_F {SMEM_F}
 #define SMEM_B {SMEM_B}
@@ -128,6 +130,10 @@ struct alignas(16) Smem {       // the forward's shared memory
 #if LN
   f2 lst[NLN][2][BT][NP];      // LN: every warp's (mean, M2) of each row: [0] the product's 4 gates, [1] c'_t;
                                // by step parity
+#endif
+#if MERGE
+  f2 cstage[2][BT][UNITS + 2];  // (c'_t, o_t) of this CTA's units, by step parity (rows 16-byte aligned)
+  f2 cobuf[2][BT][HID];         // (c'_t, o_t) of the cluster's rows, every unit, by step parity
 #endif
 };
 static_assert(sizeof(Smem) == SMEM_F, "the host's size of the forward's shared memory is wrong");
@@ -704,6 +710,45 @@ static __device__ __forceinline__ void load_rec(float (&r)[NT][2], const u16* __
     }
 }
 
+#if MERGE
+// MERGE: h_s of every unit of the cluster's rows from the exchanged (c'_s, o_s) into the product's operand buffer
+// `hb`: each warp takes whole rows (c'_s's statistics within the warp, two passes), each lane the units lane,
+// lane + 32, ...; for this CTA's own units also y_s, h_T (last step) and, saved for the backward, LN(c'_s) and the
+// row's 1 / std (CTA 0 writes that)
+static __device__ __forceinline__ void merge_h(const f2 (&cob)[BT][HID], u16 (&hb)[BT][HS],
+                                               const float* __restrict__ lnw, float eps, u16* __restrict__ y,
+                                               u16* __restrict__ hT, float* __restrict__ nh, float* __restrict__ rs,
+                                               int s, bool last,
+                                               int B, int b0, u32 rank, int warp, int lane) {
+  for (int r = warp; r < BT; r += WARPS) {
+    float sum = 0.0f;
+    for (int u = lane; u < HID; u += 32) sum += cob[r][u].x;
+    for (int o = 16; o > 0; o >>= 1) sum += shfl_xor(sum, o);
+    const float mu = sum * (1.0f / HID);
+    float m2 = 0.0f;
+    for (int u = lane; u < HID; u += 32) {
+      const float d = cob[r][u].x - mu;
+      m2 += d * d;
+    }
+    for (int o = 16; o > 0; o >>= 1) m2 += shfl_xor(m2, o);
+    const float rstd = rsqrt_(m2 * (1.0f / HID) + eps);
+    const int b = b0 + r;
+    for (int u = lane; u < HID; u += 32) {
+      const f2 v = cob[r][u];
+      const float n = (v.x - mu) * rstd;
+      const u16 h = from_f32(v.y * tanh_(n * lnw[4 * HID + u] + lnw[5 * HID + u]));
+      hb[r][u] = h;
+      if (b < B && u / UNITS == (int)rank) {
+        y[((long long)s * B + b) * HID + u] = h;
+        if (last) hT[(long long)b * HID + u] = h;
+        if (nh != nullptr) nh[((long long)s * B + b) * HID + u] = n;
+      }
+    }
+    if (lane == 0 && rank == 0 && b < B && rs != nullptr) rs[((long long)s * B + b) * 2 + 1] = rstd;
+  }
+}
+#endif
+
 KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^T + b_ih + b_hh, gates i, f, g, o
                         const u16* __restrict__ w,     // (4 HID, HID): W_hh
                         const u16* __restrict__ h0,    // (B, HID)
@@ -780,8 +825,11 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
 #if EXCH == 1 && ABL != 1
   // buffer b's mbarrier: thread 0's arrival with the bytes the other CTAs push (st.async), and one arrival
   // per warp of this CTA once its lanes have written this CTA's own slice (plain stores)
-  const u32 bytes = (CL - 1) * BT * UNITS * 2;
+  const u32 bytes = (CL - 1) * BT * UNITS * (MERGE ? 8 : 2);  // (MERGE: (c'_t, o_t), two floats a unit)
   if (tid == 0) init_mbarriers(sm.mbar, T, bytes, WARPS, WARPS);  // (h_0 is pushed at step 0)
+#if MERGE  // (c'_t, o_t) is pushed at every step, the last one's too: the first push is buffer 1's even at T = 1
+  if (tid == 0 && T == 1) mbar_expect(smem_addr(&sm.mbar[1]), bytes);
+#endif
   u32 parity = 0;  // bit b: the phase of buffer b's mbarrier to wait for
 #endif
 #if LN
@@ -793,11 +841,18 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
   int cur = 0;
   for (int t = 0; t < T; ++t) {
 #if EXCH == 1 && ABL != 1
-    if (t >= 1) {  // h_{t-1} from every CTA
+    if (t >= 1) {  // h_{t-1} from every CTA (MERGE: (c'_{t-1}, o_{t-1}))
       mbar_wait(smem_addr(&sm.mbar[cur]), (parity >> cur) & 1);
       parity ^= 1u << cur;
     }
-    if (tid == 0 && t + 2 <= T - 1) mbar_expect(smem_addr(&sm.mbar[cur]), bytes);  // h_{t+1}, pushed at step t+1
+    if (tid == 0 && t + 2 <= T - 1 + MERGE) mbar_expect(smem_addr(&sm.mbar[cur]), bytes);  // h_{t+1}, pushed at t+1
+#endif
+#if MERGE
+    if (t >= 1) {
+      merge_h(sm.cobuf[cur], sm.hbuf[cur], lnw, eps, y, hT, gates != nullptr ? nh : nullptr,
+              gates != nullptr ? rs : nullptr, t - 1, false, B, b0, rank, warp, lane);
+      __syncthreads();  // h_{t-1} of every unit in the operand buffer before any warp's product
+    }
 #endif
     u16 (&st)[BT][SR] = sm.stage[t & 1];
     float sv[NT][2][5];  // the gates and c_t saved for the backward, stored after the exchange
@@ -915,7 +970,7 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
         cn[nt][j] = cc;
         sv[nt][j][0] = si; sv[nt][j][1] = sf; sv[nt][j][2] = tg; sv[nt][j][3] = sigm(ao_);
       }
-#if LN  // n_t = LN(c'_t) g_c + b_c, LN over the HID units of a row: statistics through the cluster again
+#if LN && !MERGE  // n_t = LN(c'_t) g_c + b_c, LN over the HID units of a row: statistics through the cluster again
     float nhat[NT][2], rsc[NT][2];
     {
       float pm[NT][2], pv[NT][2], mu[NT][2];
@@ -944,6 +999,17 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
         for (int j = 0; j < 2; ++j) nhat[nt][j] = (cn[nt][j] - mu[nt][j]) * rsc[nt][j];
     }
 #endif
+#if MERGE  // (c'_t, o_t) of this thread's unit staged for every CTA, which computes h_t from it (merge_h)
+    f2 (&cst)[BT][UNITS + 2] = sm.cstage[t & 1];
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        c[nt][j] = cn[nt][j];
+        cst[nt * 8 + 2 * q + j][ul] = f2{cn[nt][j], sv[nt][j][3]};
+        sv[nt][j][4] = c[nt][j];
+      }
+#else
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
@@ -975,6 +1041,7 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
         st[nt * 8 + 2 * q + j][ul] = RDROP ? from_f32(hp[nt][j] * recr[nt][j]) : hb;
         sv[nt][j][4] = c[nt][j];
       }
+#endif
 #else  // the exchange alone: copy this CTA's slice of h_{t-1} forward
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt)
@@ -987,6 +1054,19 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
     // Each warp staged its own 8 units of every row: chunk `warp`, 16 bytes a row, which only it reads; so a
     // warp barrier, not a CTA barrier, before it pushes the chunk into the other buffer of every CTA of the
     // cluster (its own CTA by plain stores); not after the last step, whose h nobody reads
+#if MERGE  // 64 bytes a row of this warp's units, in 16-byte parts, at every step (the last one's h_T too)
+    __syncwarp();
+#pragma unroll
+    for (int i = lane; i < CL * BT * 4; i += 32) {
+      const int dst = i / (BT * 4), r = (i / 4) % BT, part = i % 4;
+      const v4 v = *reinterpret_cast<const v4*>(&cst[r][warp * 8 + 2 * part]);
+      f2* slot = &sm.cobuf[cur ^ 1][r][rank * UNITS + warp * 8 + 2 * part];
+      if (dst == (int)rank) *reinterpret_cast<v4*>(slot) = v;
+      else st_async(map_rank(smem_addr(slot), dst), v, map_rank(smem_addr(&sm.mbar[cur ^ 1]), dst));
+    }
+    __syncwarp();
+    if (lane == 0) mbar_arrive(smem_addr(&sm.mbar[cur ^ 1]));  // this warp's share of the own slice is written
+#else
     __syncwarp();
     if (t + 1 < T) {
 #pragma unroll
@@ -1006,10 +1086,12 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
       if (lane == 0) mbar_arrive(smem_addr(&sm.mbar[cur ^ 1]));  // this warp's share of the own slice is written
 #endif
     }
+#endif
 #if EXCH == 0 && ABL != 1
     cluster_arrive();  // (the stores below need no release: the stage they read is rewritten two steps on)
 #endif
-#if RDROP  // y_t from registers: the stage holds h_t * rec
+#if MERGE  // (y_t: merge_h, at the next step's start)
+#elif RDROP  // y_t from registers: the stage holds h_t * rec
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
@@ -1046,11 +1128,15 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
             const u32 x01 = f2h(xh[nt][j][0]) | ((u32)f2h(xh[nt][j][1]) << 16);
             const u32 x23 = f2h(xh[nt][j][2]) | ((u32)f2h(xh[nt][j][3]) << 16);
             *reinterpret_cast<u2*>(rh + (((long long)t * B + b) * HID + unit) * 4) = u2{x01, x23};  // (8 bytes)
+#if MERGE
+            if (unit == 0) rs[((long long)t * B + b) * 2] = rsh[nt][j];  // (LN(c'_t), its 1 / std: merge_h)
+#else
             nh[((long long)t * B + b) * HID + unit] = nhat[nt][j];
             if (unit == 0) {  // (the same in every thread of the row)
               rs[((long long)t * B + b) * 2] = rsh[nt][j];
               rs[((long long)t * B + b) * 2 + 1] = rsc[nt][j];
             }
+#endif
 #endif
           }
         }
@@ -1069,6 +1155,11 @@ KERNEL lstm_cluster_fwd(const u16* __restrict__ gx,    // (T, B, 4 HID): x W_ih^
 #endif
     cur ^= 1;
   }
+#if MERGE  // h_{T-1}: y, h_T
+  mbar_wait(smem_addr(&sm.mbar[cur]), (parity >> cur) & 1);
+  merge_h(sm.cobuf[cur], sm.hbuf[cur], lnw, eps, y, hT, gates != nullptr ? nh : nullptr,
+          gates != nullptr ? rs : nullptr, T - 1, true, B, b0, rank, warp, lane);
+#endif
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
@@ -1769,13 +1860,16 @@ class ClusterConfig:
     and a CTA has whole 16-unit m-tiles (H <= 256); or with ``rs`` the reduce-scatter form (no "exchange only"
     ablation), :attr:`wb` warps, ``krb`` of each warp's k-tiles in registers (default: all of
     its ``units / 4``), the rest in shared memory. ``real``: under layer norm, the layer's own units where ``H``
-    is padded (its statistics and means leave the padding out; default ``H``)."""
+    is padded (its statistics and means leave the padding out; default ``H``). ``merge``: under layer norm, the
+    forward exchanges (c'_t, o_t) instead of h_t and every CTA computes h_t of every unit (:func:`config`)."""
 
     def __init__(self, H: int, C: int, NT: int, dtype: torch.dtype, ablate: int = 0, fast: bool = True,
                  exchange: str = "barrier", flags: tuple[str, ...] = (), kr: int | None = None,
-                 rs: bool = False, krb: int | None = None, real: int | None = None):  # fmt: skip
+                 rs: bool = False, krb: int | None = None, real: int | None = None,
+                 merge: bool = False):  # fmt: skip
         self.H, self.C, self.NT, self.dtype, self.ablate, self.fast = H, C, NT, dtype, ablate, fast
         self.real = H if real is None else real
+        self.merge = bool(merge)
         self.exchange, self.flags = exchange, tuple(sorted(flags))
         self.kr = H // 16 if kr is None else kr
         self.units = H // C
@@ -1796,8 +1890,8 @@ class ClusterConfig:
         split = () if self.kr == self.H // 16 else (self.kr,)  # (the keys of register-only configurations as before)
         if self.rs:
             split = (self.kr, True, self.krb)
-        if self.real != self.H:  # (all positions: the key rebuilds the configuration, ClusterConfig(*key))
-            split = (self.kr, self.rs, self.krb if self.rs else None, self.real)
+        if self.real != self.H or self.merge:  # (all positions: ClusterConfig(*key) rebuilds the configuration)
+            split = (self.kr, self.rs, self.krb if self.rs else None, self.real) + ((True,) if self.merge else ())
         return (self.H, self.C, self.NT, self.dtype, self.ablate, self.fast, self.exchange, self.flags, *split)
 
     def __repr__(self) -> str:
@@ -1806,6 +1900,8 @@ class ClusterConfig:
         split = "" if self.kr == self.H // 16 else f", {self.kr} of {self.H // 16} k-tiles in registers"
         if self.real != self.H:
             split += f", {self.real} real units"
+        if self.merge:
+            split += ", (c', o) exchanged instead of h"
         if self.rs:
             split += (f", backward reduce-scatter: {self.bthreads} threads, {self.krb} of {self.units // 4} k-tiles "
                       "in registers" if self.trains else ", no backward")  # fmt: skip
@@ -1854,11 +1950,15 @@ def _answer(key: tuple, make):
 def config(B: int, H: int, dtype: torch.dtype, cluster: int | None = None, ablate: int = 0,
            fast: bool = True, exchange: str = "barrier", flags: tuple[str, ...] = (),
            kr: int | None = None, rs: bool | None = None, krb: int | None = None,
-           real: int | None = None) -> ClusterConfig:  # fmt: skip
+           real: int | None = None, merge: bool = False) -> ClusterConfig:  # fmt: skip
     """The configuration for batch ``B``, hidden size ``H``; ``ValueError`` saying why when there is none
     (remembered per arguments: the configuration returned is shared, not to be modified).
     ``real``: a layer of ``real`` units run padded to ``H`` (:func:`kernel_units`); only layer norm, whose row
     statistics and means must leave the padding out, compiles it in (elsewhere the padding needs nothing).
+    ``merge``: layer norm's forward with one exchange a step fewer (c'_t and o_t sent instead of h_t, every CTA
+    taking c'_t's statistics and computing h_t of every unit itself; docs/gpu.md, session 11): layer norm with at
+    most the peephole, coupled-gate and clip switches, the mbarrier exchange, unpadded, where shared memory holds
+    the (c', o) buffers (H <= 512). Not routed: timed against the two-exchange form first (gpu_cluster.py).
     ``kr``: how many k-tiles of W_hh the forward keeps in registers (tests, benchmarks; default: config's choice).
     ``rs``: the backward's reduce-scatter form (default: above H = 256); ``krb``: its k-tiles
     in registers a warp (tests, benchmarks; default: what the registers hold).
@@ -1867,13 +1967,14 @@ def config(B: int, H: int, dtype: torch.dtype, cluster: int | None = None, ablat
     tiles and registers enough; H = 16, 32, 48, 64, 96, 128, 192, 256 have one). H = 384, 512, 640, 768: 8 batch
     rows a cluster, the k-tiles of W_hh the registers cannot hold in shared memory, a cluster of 8 or
     (non-portable) 16, and the backward in its reduce-scatter form (:func:`_split_config`)."""
-    args = (B, H, dtype, cluster, ablate, fast, exchange, tuple(flags), kr, rs, krb, real)
+    args = (B, H, dtype, cluster, ablate, fast, exchange, tuple(flags), kr, rs, krb, real, bool(merge))
     return _answer(("config", *args), lambda: _make_config(*args))
 
 
 def _make_config(
     B: int, H: int, dtype: torch.dtype, cluster: int | None, ablate: int, fast: bool, exchange: str,
     flags: tuple[str, ...], kr: int | None, rs: bool | None, krb: int | None, real: int | None = None,
+    merge: bool = False,
 ) -> ClusterConfig:  # fmt: skip
     if dtype not in (torch.bfloat16, torch.float16):
         raise ValueError(f"the cluster kernel runs bfloat16 or float16, got {dtype}; cast the layer first")
@@ -1912,6 +2013,17 @@ def _make_config(
         if "LN" in flags:
             cfg = ClusterConfig(cfg.H, cfg.C, cfg.NT, dtype, ablate, fast, exchange, flags, kr=cfg.kr, rs=cfg.rs,
                                 krb=cfg.krb if cfg.rs else None, real=real)  # fmt: skip
+    if merge:
+        if "LN" not in flags or set(flags) - {"LN", "PEEP", "CIFG", "CLIP"}:
+            raise ValueError(f"merge: layer norm with at most PEEP, CIFG, CLIP (their work is done before c'_t), got "
+                             f"{flags}")  # fmt: skip
+        if exchange != "mbarrier" or ablate or cfg.real != H:
+            raise ValueError("merge: the mbarrier exchange, no ablation, an unpadded layer")
+        cfg = ClusterConfig(cfg.H, cfg.C, cfg.NT, dtype, ablate, fast, exchange, flags, kr=cfg.kr, rs=cfg.rs,
+                            krb=cfg.krb if cfg.rs else None, merge=True)  # fmt: skip
+        if _smem_bytes(cfg)[0] > MAX_SMEM:
+            raise ValueError(f"merge at H={H}: the forward's (c', o) buffers need {_smem_bytes(cfg)[0]} bytes of "
+                             f"shared memory a CTA, over {MAX_SMEM}")  # fmt: skip
     return cfg
 
 
@@ -2045,7 +2157,8 @@ def _defines(text: str, cfg: ClusterConfig) -> str:
         "{ABLATE}", str(cfg.ablate)).replace("{F16}", str(int(cfg.dtype == torch.float16))).replace(
         "{FAST}", str(int(cfg.fast))).replace("{EXCH}", str(EXCHANGES.index(cfg.exchange))).replace(
         "{KR}", str(cfg.kr)).replace("{TRAINS}", str(int(cfg.trains))).replace("{RS}", str(int(cfg.rs))).replace(
-        "{WB}", str(cfg.wb)).replace("{KRB}", str(cfg.krb)).replace("{HREAL}", str(cfg.real))  # fmt: skip
+        "{WB}", str(cfg.wb)).replace("{KRB}", str(cfg.krb)).replace("{HREAL}", str(cfg.real)).replace(
+        "{MERGE}", str(int(cfg.merge)))  # fmt: skip
     for flag in FLAGS:
         text = text.replace("{" + flag + "}", str(int(flag in cfg.flags)))
     return text
@@ -2207,7 +2320,8 @@ def _smem_bytes(cfg: ClusterConfig) -> tuple[int, int]:
     lst = 2 * 2 * BT * (H // 8) * 8 if ln else 0  # LN: two (row, partial) tables of float pairs, by step parity
     mbar = 8 * (6 if ln else 2)
     wsm = W * 2 * (H // 16 - cfg.kr) * 32 * 16  # the forward's k-tiles in shared memory
-    fwd = r16(mbar + 2 * BT * (H + 8) * 2 + 2 * BT * (U + 8) * 2 + wsm + lst)
+    merge = 2 * BT * (U + 2) * 8 + 2 * BT * H * 8 if cfg.merge else 0  # MERGE: the (c', o) stage and buffer
+    fwd = r16(mbar + 2 * BT * (H + 8) * 2 + 2 * BT * (U + 8) * 2 + wsm + lst + merge)
     red = W * (U // 16) * cfg.NT * 4 * 32 * 4
     bwd = r16(mbar + 2 * BT * (4 * H + 8) * 2 + 2 * BT * (4 * U + 8) * 2 + red + lst) if cfg.trains else 0
     if cfg.rs and cfg.trains:  # partial sums from every CTA, the staged da_t, W_hh's k-tiles in shared memory, LN's
@@ -2490,7 +2604,8 @@ def _recurrence_forward(gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_ch: 
     dtype = gx.dtype
     flags, vargs = _variant_args(var, w_ch, gx, lnw)
     cfg = config(B, G // 4, dtype, kw.get("cluster"), 0, kw.get("fast", True), kw.get("exchange", "barrier"),
-                 flags, kw.get("kr"), kw.get("rs"), kw.get("krb"), kw.get("real"))  # fmt: skip
+                 flags, kw.get("kr"), kw.get("rs"), kw.get("krb"), kw.get("real"),
+                 bool(kw.get("merge")) and "LN" in flags)  # fmt: skip  (merge: layer norm's calls)
     if save and not cfg.trains:
         how = ("above H = 256 the backward is the reduce-scatter form: leave rs alone, or train on the Triton "
                "kernels" if cfg.H > 256 else
