@@ -30,7 +30,9 @@ Design (one cluster per 8 or 16 batch rows; ``C`` CTAs per cluster; each CTA own
 * the variants as compile-time switches (:data:`FLAGS`): peephole, coupled input-forget gate, cell clip,
   recurrent dropout, zoneout of h and c, per-row lengths (the state carried past them), and layer norm (of the
   recurrent product over 4H and of c'_t over H: each row's statistics from every CTA, two more exchanges a step
-  through distributed shared memory and the cluster barrier; LN of the input projection runs in torch).
+  through distributed shared memory and the cluster barrier; LN of the input projection runs in torch). With
+  ``config(merge=True)`` (not routed: not yet timed) layer norm's forward sends each unit's (c'_t, o_t) instead of
+  h_t and every CTA computes h_t of every unit itself: one exchange a step fewer.
 
 Entry points: :func:`layer` (one layer, differentiable), :func:`lstm` (``torch.nn.LSTM``'s interface),
 :func:`variant_layer` (the variant modules' per-layer kernel), :func:`forward` (no autograd),
