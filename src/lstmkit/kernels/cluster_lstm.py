@@ -98,6 +98,9 @@ _HEAD = r"""
 #define MERGE {MERGE}          // LN, mbarrier, forward: (c'_t, o_t) exchanged instead of h_t; every CTA takes c'_t's
                                // row statistics and computes every unit's h_t itself: one exchange a step fewer
 #define ZONE (ZONE_H || ZONE_C || VALID)
+#if MERGE && !(LN && EXCH == 1 && ABL == 0 && !LNPAD && !RDROP && !ZONE)
+#error "MERGE: layer norm, the mbarrier exchange, no ablation, unpadded, no recurrent dropout, zoneout or lengths"
+#endif
 #define SMEM_F {SMEM_F}
 #define SMEM_B {SMEM_B}
 #define UNITS (HID / CL)
