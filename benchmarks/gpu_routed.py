@@ -55,10 +55,15 @@ PLAIN = ("plain", {}, {})
 LN_ROUTED = ("layer norm, routed (ROUTE_LN on)", LN, {"ROUTE_LN": True})
 LN_TRITON = ("layer norm, Triton (ROUTE_LN off)", LN, {"ROUTE_LN": False})
 LIFTED = ("plain, routed past the limits (32 rows, 768 units)", {}, {"ROUTE_MAX_BATCH": 32, "ROUTE_FP16_MAX_H": 768})
+LN_MERGED = ("layer norm, routed, merged forward (ROUTE_LN_MERGE on)", LN, {"ROUTE_LN": True, "ROUTE_LN_MERGE": True})
 MODULES = [PLAIN, ("six element-wise", SIX, {}), LN_ROUTED, LN_TRITON]
 #: the rows at LN_FIRST's shapes: (dtype, module)
 FIRST = [(torch.bfloat16, LN_ROUTED), (torch.bfloat16, LN_TRITON), (torch.bfloat16, PLAIN),
          (torch.bfloat16, LIFTED), (torch.float16, LIFTED)]
+#: next, layer norm through the merged forward (cluster_lstm.ROUTE_LN_MERGE; config(merge=True): up to 512 units),
+#: to set beside the routed layer-norm rows of the same shapes further down
+MERGED = [((1024, 8, 256), torch.bfloat16, LN_MERGED), ((100, 1, 512), torch.bfloat16, LN_MERGED)]
+DRY_MERGED = [((4, 2, 16), torch.bfloat16, LN_MERGED)]
 
 
 def _grads(m, x, masks):
@@ -182,6 +187,7 @@ def main(argv=None) -> int:
     rows = []
     shapes = DRY_SHAPES if args.dry_run else SHAPES
     rows_todo = [(s, dtype, m) for s in (DRY_LN_FIRST if args.dry_run else LN_FIRST) for dtype, m in FIRST]
+    rows_todo += DRY_MERGED if args.dry_run else MERGED
     rows_todo += [(s, dtype, m) for s in shapes for dtype in (torch.bfloat16, torch.float16) for m in MODULES]
     for (T, B, H), dtype, (name, opts, routing) in rows_todo:
         try:

@@ -780,6 +780,41 @@ def test_variant_module_on_the_cluster_kernels(monkeypatch, lengths):
 
 
 @emulated
+def test_routed_layer_norm_with_the_merged_forward(monkeypatch):
+    """cluster_lstm.ROUTE_LN_MERGE: routed layer-norm calls run the merged forward where config takes it (layer norm
+    alone, the mbarrier exchange) and the two-exchange one where it does not (zoneout on), with the same numbers as
+    with it off, outputs and every gradient, within bf16's bound (the two forwards round differently)."""
+    from lstmkit.nn import LSTM
+
+    monkeypatch.setattr(cl, "_variant_reason", lambda *a: None)
+    seen = []
+    real = cl._forward
+    monkeypatch.setattr(cl, "_forward", lambda cfg, *a, **k: seen.append(cfg.merge) or real(cfg, *a, **k))
+    x = torch.randn(4, 3, 8).bfloat16()
+
+    def run(merge: bool, **opts):
+        monkeypatch.setattr(cl, "ROUTE_LN_MERGE", merge)
+        torch.manual_seed(5)
+        m = LSTM(8, 64, layer_norm=True, dtype=torch.bfloat16, **opts).train()
+        xl = x.clone().requires_grad_()
+        masks = m.sample_masks(3, 4, like=xl) if opts else None
+        hx = (torch.zeros(1, 3, 64).bfloat16(), torch.zeros(1, 3, 64).bfloat16())
+        out, h, c = m._forward_loop(xl, hx, None, cl.variant_layer, masks or {})
+        (out.float().square().sum() + h.float().sum() - c.float().sum()).backward()
+        return [out, h, c, xl.grad] + [p.grad for p in m.parameters()]
+
+    rel = lambda a, b: float((a.detach().float() - b.detach().float()).norm() / b.detach().float().norm())  # noqa: E731
+    off = run(False)
+    assert seen == [False]
+    on = run(True)
+    assert seen == [False, True]
+    for a, b in zip(on, off):
+        assert rel(a, b) < 1e-2
+    run(True, zoneout=0.2)  # (zoneout: the two-exchange forward)
+    assert seen[-1] is False
+
+
+@emulated
 def test_variant_layer_under_autocast_and_bad_masks(monkeypatch):
     """Float32 master parameters with a bf16 input projection (autocast): the bias does not turn gx into float32;
     masks of the wrong shape are refused before any kernel reads them."""

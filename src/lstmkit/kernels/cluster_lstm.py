@@ -2608,9 +2608,15 @@ def _recurrence_forward(gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_ch: 
     T, B, G = gx.shape
     dtype = gx.dtype
     flags, vargs = _variant_args(var, w_ch, gx, lnw)
-    cfg = config(B, G // 4, dtype, kw.get("cluster"), 0, kw.get("fast", True), kw.get("exchange", "barrier"),
-                 flags, kw.get("kr"), kw.get("rs"), kw.get("krb"), kw.get("real"),
-                 bool(kw.get("merge")) and "LN" in flags)  # fmt: skip  (merge: layer norm's calls)
+    args = (B, G // 4, dtype, kw.get("cluster"), 0, kw.get("fast", True), kw.get("exchange", "barrier"), flags,
+            kw.get("kr"), kw.get("rs"), kw.get("krb"), kw.get("real"))  # fmt: skip
+    merge = kw.get("merge") if "LN" in flags else False  # (layer norm's calls; "auto": where config takes it)
+    try:
+        cfg = config(*args, merge=bool(merge))
+    except ValueError:
+        if merge != "auto":
+            raise
+        cfg = config(*args)
     if save and not cfg.trains:
         how = ("above H = 256 the backward is the reduce-scatter form: leave rs alone, or train on the Triton "
                "kernels" if cfg.H > 256 else
@@ -2777,6 +2783,10 @@ ROUTE_MAX_BATCH = 16
 #: run 6 (1.51x / 1.32x cuDNN bf16's plain forward / training) and which runs padded to 768 units (the statistics
 #: leave the padding out); not yet timed there on a GPU (benchmarks/gpu_routed.py's first rows).
 ROUTE_LN_MAX_BATCH = 32
+#: Whether routed layer-norm calls run the merged forward (config(merge=True): (c'_t, o_t) exchanged instead of h_t,
+#: one exchange a step fewer) where it covers them. Off: checked emulated (tests/test_cluster_lstm.py), not yet on a
+#: GPU; gpu_cluster.py checks and times it, and gpu_routed.py times routed calls with it on beside it off.
+ROUTE_LN_MERGE = False
 #: float16 is routed (else it runs on cuDNN, whose fp16 kernel is persistent) only up to this many kernel units:
 #: run 6 measured the cluster kernels 1.03-3.59x cuDNN fp16 at H = 128-512, 0.78-0.89x at 768, and at 650 (padded
 #: to 768) 1.11x forward but 0.97x training.
@@ -2981,7 +2991,8 @@ def _variant_layer(gx, h0, c0, w_hh, v, p: dict, masks: dict, valid, eps: float,
     w_ch = p.get("weight_ch") if v.peephole else None
     ln = ("layernorm_hh_weight", "layernorm_c_weight", "layernorm_c_bias")
     lnw = torch.cat([p[n] for n in ln]) if v.layer_norm else None  # (one input: autograd splits its gradient)
-    return _recurrence(gx, h0, c0, w_hh, w_ch, lnw, var, {**kw, "grad": torch.is_grad_enabled()})
+    merge = "auto" if v.layer_norm and ROUTE_LN_MERGE else False  # (where config takes it: _recurrence_forward)
+    return _recurrence(gx, h0, c0, w_hh, w_ch, lnw, var, {**kw, "grad": torch.is_grad_enabled(), "merge": merge})
 
 
 variant_layer.per_layer = True  # type: ignore[attr-defined]  # the module's loop over layers/directions calls it
