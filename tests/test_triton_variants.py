@@ -447,6 +447,29 @@ def test_layer_norm_tunes_its_plan_on_its_own_kernels(monkeypatch):
     assert all(len(tk.TUNE_LOG[k]) == tk.LN_TUNE_TOP and tk._TUNED[k]["ln_sync"] for k in synced)
 
 
+def test_layer_norm_tuning_candidates_add_16_warps_on_wide_tiles(monkeypatch):
+    """Layer norm's tuning candidates: each shortlisted plan with each statistics exchange, and where the tile has
+    8 warps, with 16 too (its backward spills at 8 warps at (128, 256, 1024): docs/gpu.md, session 11); the
+    16-warp plan keeps its warps through _plan_kwargs, builds for sm_90, and other warp counts are refused."""
+    monkeypatch.setattr(tk, "_sm_count", lambda device: 132)
+    dev, bf16 = torch.device("cuda"), torch.bfloat16
+    ways = [{}, {"ln_sync": True}]
+    ranked = [dict(mode="persistent", tiles=(64, 32)), dict(mode="persistent", tiles=(128, 32))]
+    cands = tk._ln_candidates(256, 1024, bf16, dev, ranked, ways)
+    assert [(c["tiles"], c.get("ln_sync"), c.get("warps")) for c in cands] == [
+        ((64, 32), None, None), ((64, 32), None, 16), ((64, 32), True, None), ((64, 32), True, 16),
+        ((128, 32), None, None), ((128, 32), None, 16), ((128, 32), True, None), ((128, 32), True, 16)]
+    small = tk._ln_candidates(16, 256, bf16, dev, [dict(mode="persistent", tiles=(16, 8))], ways)
+    assert len(small) == 2 and all("warps" not in c for c in small)  # (4 warps: nothing to widen)
+    p = tk.Plan(256, 1024, bf16, dev, **cands[1])
+    assert p.num_warps == 16 and "warps=16" in repr(p) and tk._plan_kwargs(p)["warps"] == 16
+    assert "warps" not in tk._plan_kwargs(tk.Plan(256, 1024, bf16, dev, **cands[0]))
+    with pytest.raises(ValueError, match="warps must be"):
+        tk.Plan(256, 1024, bf16, dev, mode="persistent", tiles=(64, 32), warps=12)
+    kernels = tk.compile_ahead(4, 256, 1024, bf16, variants=("LN",), mode="persistent", tiles=(64, 32), warps=16)
+    assert all(len(k.asm["cubin"]) > 0 and k.metadata.num_warps == 16 for k in kernels.values())
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_layer_norm_statistics_behind_counters(monkeypatch, dtype):
     """ln_sync: each statistics exchange waits on a counter and reads plain values (float32 on a GPU) instead of

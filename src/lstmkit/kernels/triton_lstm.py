@@ -1020,7 +1020,7 @@ class Plan:
         self, B: int, H: int, dtype: torch.dtype, device: torch.device, mode: str = "auto",
         tiles: tuple[int, ...] | None = None, resident: bool | None = None, sm_count: int | None = None,
         poll: int | None = None, ll: bool | None = None, ln_sync: bool | None = None, fuse: bool | None = None,
-        precision: str | None = None, stages: int | None = None,
+        precision: str | None = None, stages: int | None = None, warps: int | None = None,
     ):  # fmt: skip
         if mode not in ("auto", "persistent", "stepwise"):
             raise ValueError(f"mode must be 'auto', 'persistent' or 'stepwise', got {mode!r}")
@@ -1080,7 +1080,11 @@ class Plan:
                 "cannot give (interpreter: more than one hidden tile; GPU: more programs than SMs); use mode='auto'"
             )
         self.persistent = can_persist if mode == "auto" else mode == "persistent"
-        self.num_warps = 4 if self.BLOCK_B * self.BLOCK_H <= 1024 else 8
+        self.default_warps = 4 if self.BLOCK_B * self.BLOCK_H <= 1024 else 8
+        if warps is not None and warps not in (4, 8, 16):
+            raise ValueError(f"warps must be 4, 8 or 16 (a program's threads / 32), got {warps!r}")
+        # (16: layer norm's wide tiles, whose backward spills at 8 warps: a tuning candidate, see _ln_candidates)
+        self.num_warps = self.default_warps if warps is None else warps
         self.poll = (0 if self.interpret else GPU_POLL) if poll is None else poll
         if self.poll not in (0, 1, 2) or (self.poll == 2 and not HAVE_POLL) or (self.poll == 1 and self.interpret):
             raise ValueError(f"poll must be 0, 1 (GPU only) or 2 (triton >= 3.9), got {self.poll}")
@@ -1851,7 +1855,7 @@ def _plan_for(kind: str, B: int, H: int, dtype: torch.dtype, dev: torch.device, 
         lkey = (*key, "LN", ln_sync)  # layer norm's own kernels on the fastest persistent plain plans
         if lkey not in _TUNED:  # each shortlisted plan with either exchange of the row statistics (or the given)
             ways = [{}, {"ln_sync": True}] if ln_sync is None else [sync]
-            cands = [{**kw, **w} for kw in _ln_shortlist(B, H, dtype, dev, _PERSISTENT_RANKED[key]) for w in ways]
+            cands = _ln_candidates(B, H, dtype, dev, _PERSISTENT_RANKED[key], ways)
             t0 = time.perf_counter()
             _TUNED[lkey] = _tune(kind, B, H, dtype, dev, cands, lkey, ln=True)
             log.info("triton LSTM %s layer norm (B=%d, H=%d, %s): timed %d persistent plans in %.1f s, chose %r",
@@ -1897,11 +1901,29 @@ def _ln_shortlist(B: int, H: int, dtype: torch.dtype, dev: torch.device, ranked:
     return list(tilings.values())[:LN_TUNE_TOP]
 
 
+def _ln_candidates(B: int, H: int, dtype: torch.dtype, dev: torch.device, ranked: list[dict],
+                   ways: list[dict]) -> list[dict]:  # fmt: skip
+    """Layer norm's tuning candidates: each plan of :func:`_ln_shortlist` with each way of exchanging its row
+    statistics (``ways``), and, where the tile has 8 warps (over 1024 elements), with 16 as well. At
+    (128, 256, 1024) bf16 the layer-norm backward's 64 x 32 tile spills 888-912 bytes of registers at 8 warps (the
+    plain backward none) and 544 at 16, and the forward's 24 bytes none (sm_90 compile, triton 3.6; docs/gpu.md,
+    session 11): whether that pays, only a GPU can say, so tuning times both."""
+    out = []
+    for kw in _ln_shortlist(B, H, dtype, dev, ranked):
+        wide = Plan(B, H, dtype, dev, **kw).default_warps == 8
+        for w in ways:
+            out.append({**kw, **w})
+            if wide and "warps" not in kw:
+                out.append({**kw, **w, "warps": 16})
+    return out
+
+
 def _plan_kwargs(p: Plan) -> dict:
     """Keywords that rebuild plan ``p`` (its tiling and launch; not layer norm's exchange)."""
     return dict(mode="persistent" if p.persistent else "stepwise", tiles=(p.BLOCK_B, p.BLOCK_H, p.BLOCK_K),
                 resident=p.resident, poll=p.poll, ll=p.ll, fuse=p.fuse,
-                precision=p.precision if p.precision in FP32_CHOICES else None, stages=p.stages)  # fmt: skip
+                precision=p.precision if p.precision in FP32_CHOICES else None, stages=p.stages,
+                **({"warps": p.num_warps} if p.num_warps != p.default_warps else {}))  # fmt: skip
 
 
 def _ln_kwargs(
