@@ -443,7 +443,8 @@ def tune_all(shapes, dtypes, device: str = "cuda") -> dict:
 
 def tune_layer_norm(shapes, dtypes, workers: int, device: str = "cuda") -> dict:
     """Layer norm's plans: its kernels compiled (in ``workers`` processes) and timed on the fastest persistent
-    plain plans (tk.LN_TUNE_TOP of them, after tune_all); {(B, H, dname, "LN"): (fwd kw, bwd kw)}."""
+    plain plans (tk.LN_TUNE_TOP of them, after tune_all, with 16 warps too where a tile has 8: tk._ln_candidates);
+    {(B, H, dname, "LN"): (fwd kw, bwd kw)}."""
     dev = torch.device(device)
     if workers > 0 and tk.TUNE and dev.type == "cuda":
         tasks = []
@@ -452,8 +453,9 @@ def tune_layer_norm(shapes, dtypes, workers: int, device: str = "cuda") -> dict:
                 KH = tk.kernel_units(H, dev)
                 for k in ("fwd", "bwd"):  # each kernel on its own shortlist, with both statistics exchanges
                     ranked = tk._PERSISTENT_RANKED.get(tk.tune_key(k, B, KH, DTYPES[d], dev), [])
-                    short = tk._ln_shortlist(B, KH, DTYPES[d], dev, ranked)
-                    kws = [{**kw, **w} for kw in short or [{"mode": "persistent"}] for w in ({}, {"ln_sync": True})]
+                    ways = [{}, {"ln_sync": True}]  # (and 16 warps on 8-warp tiles: tk._ln_candidates)
+                    kws = (tk._ln_candidates(B, KH, DTYPES[d], dev, ranked, ways) if ranked else
+                           [{"mode": "persistent", **w} for w in ways])  # fmt: skip
                     tasks += [(T, B, H, d, [{**kw, "which": (k,)}], ("LN",), False) for kw in kws]
         _compile_in_workers(tasks, workers, "layer-norm candidates")
     out = {}
