@@ -658,19 +658,21 @@ def render_variants(checks: list[dict], rows: list[dict]) -> str:
 COMPILE_FLAGSETS = [(), ("LN",), tuple(tk.VARIANT_FLAGS)]
 
 
-def compile_report(shapes, dtypes, arch: int = 90, sm_count: int = 132, flagsets=((),)) -> list[dict]:
+def compile_report(shapes, dtypes, arch: int = 90, sm_count: int = 132, flagsets=((),), warps: int | None = None
+                   ) -> list[dict]:  # fmt: skip
     """Compile the kernels each shape's GPU plan launches, for sm_``arch``, with each set of variant switches in
-    ``flagsets``; registers, spills, shared memory."""
+    ``flagsets``; registers, spills, shared memory. ``warps``: the plans with that many warps instead."""
     rows = []
     for (T, B, H), dname, flags in [(s, d, f) for s in shapes for d in dtypes for f in flagsets]:
-        p = tk.plan(B, tk.kernel_units(H, "cuda"), DTYPES[dname], "cuda", sm_count=sm_count)
+        pw = {} if warps is None else {"warps": warps}
+        p = tk.plan(B, tk.kernel_units(H, "cuda"), DTYPES[dname], "cuda", sm_count=sm_count, **pw)
         t0 = time.perf_counter()
         what = "+".join(flags) or "plain"
         try:
-            kernels = tk.compile_ahead(T, B, H, DTYPES[dname], arch=arch, sm_count=sm_count, variants=flags)
+            kernels = tk.compile_ahead(T, B, H, DTYPES[dname], arch=arch, sm_count=sm_count, variants=flags, **pw)
             if not flags:  # and the forward that a call under torch.no_grad() launches
                 kernels["fwd (no saving)"] = tk.compile_ahead(T, B, H, DTYPES[dname], arch=arch, sm_count=sm_count,
-                                                              constants={"SAVE": False}, which=("fwd",))["fwd"]
+                                                              constants={"SAVE": False}, which=("fwd",), **pw)["fwd"]
         except Exception as e:
             rows.append(dict(shape=(T, B, H), dtype=dname, kernel=f"{what} fwd+bwd", plan=repr(p),
                              error=f"{type(e).__name__}: {e}"[:300]))  # fmt: skip
@@ -859,6 +861,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--budget-s", type=float, default=450.0, help="stop timing after this many seconds in all")
     ap.add_argument("--skip-check", action="store_true")
+    ap.add_argument("--warps", type=int, choices=(4, 8, 16), default=None,
+                    help="--compile-only: the plans with this many warps (layer norm's 16-warp tuning candidates)")
     ap.add_argument("--no-variants", action="store_true", help="plain LSTM only (no lstmkit.nn variant modules)")
     ap.add_argument("--no-ablation", action="store_true", help="skip the forward step ablation (tk.step_ablation)")
     ap.add_argument("--ll", action="store_true", help="also check the LL exchange (ll=True, opt-in; compile time)")
@@ -897,7 +901,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.out.write_text(text)
         return 0 if all("error" not in r for r in rows) else 1  # (a plan over the limit: tuning drops it)
     if args.compile_only:
-        compiled = compile_report(shapes, dtypes, flagsets=[()] if args.no_variants else COMPILE_FLAGSETS)
+        compiled = compile_report(shapes, dtypes, flagsets=[()] if args.no_variants else COMPILE_FLAGSETS,
+                                  warps=args.warps)  # fmt: skip
         text = render("ahead-of-time compile, no GPU", cmd, [], [], compiled,
                       "Compile check only: nothing here was run on a GPU.")  # fmt: skip
         print(text)

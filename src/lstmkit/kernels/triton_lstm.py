@@ -1905,9 +1905,9 @@ def _ln_candidates(B: int, H: int, dtype: torch.dtype, dev: torch.device, ranked
                    ways: list[dict]) -> list[dict]:  # fmt: skip
     """Layer norm's tuning candidates: each plan of :func:`_ln_shortlist` with each way of exchanging its row
     statistics (``ways``), and, where the tile has 8 warps (over 1024 elements), with 16 as well. At
-    (128, 256, 1024) bf16 the layer-norm backward's 64 x 32 tile spills 888-912 bytes of registers at 8 warps (the
-    plain backward none) and 544 at 16, and the forward's 24 bytes none (sm_90 compile, triton 3.6; docs/gpu.md,
-    session 11): whether that pays, only a GPU can say, so tuning times both."""
+    (128, 256, 1024) bf16 the layer-norm backward's 64 x 32 tile spills 888 bytes of registers at 8 warps (the
+    plain backward none) and 576 at 16, the forward none at 8 and 72 bytes at 16 (sm_90 compile, triton 3.6;
+    docs/gpu.md, session 11): which is faster, only a GPU can say, so tuning times both."""
     out = []
     for kw in _ln_shortlist(B, H, dtype, dev, ranked):
         wide = Plan(B, H, dtype, dev, **kw).default_warps == 8
