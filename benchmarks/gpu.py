@@ -50,6 +50,7 @@ import numpy as np
 import torch
 
 from lstmkit import reference as ref
+from lstmkit.kernels import gemm
 from lstmkit.kernels import triton_lstm as tk
 
 log = logging.getLogger("benchmarks.gpu")
@@ -178,8 +179,13 @@ def _warm(task) -> tuple[str, int, float, str]:
         return what, 0, time.perf_counter() - t0, f"{type(e).__name__}: {e}"[:200]
 
 
+def _warm_task(task) -> tuple[str, int, float, str]:
+    """:func:`_warm_gemm` for a task tagged "gemm", else :func:`_warm`."""
+    return _warm_gemm(task[1:]) if task[0] == "gemm" else _warm(task)
+
+
 def _compile_in_workers(tasks: list, workers: int, name: str) -> None:
-    """Run :func:`_warm` over ``tasks`` in ``workers`` spawned processes (Triton's disk cache hands the
+    """Run :func:`_warm_task` over ``tasks`` in ``workers`` spawned processes (Triton's disk cache hands the
     kernels to this one); a task that fails is compiled by the run itself, later."""
     import concurrent.futures as cf
     import multiprocessing as mp
@@ -187,7 +193,7 @@ def _compile_in_workers(tasks: list, workers: int, name: str) -> None:
     t0 = time.perf_counter()
     n_all = 0
     with cf.ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=mp.get_context("spawn")) as ex:
-        for what, n, sec, err in ex.map(_warm, tasks):
+        for what, n, sec, err in ex.map(_warm_task, tasks):
             n_all += n
             if err:
                 log.warning("precompile %s failed (%s); the run will compile it itself", what, err)
@@ -211,6 +217,33 @@ def plans_to_compile(shapes, T: int, B: int, H: int, d: str, sm_count: int | Non
     return list({repr(tk.plan(B, KH, DTYPES[d], "cuda", sm_count=sm_count, **kw)): kw for kw in kws}.values())
 
 
+def _warm_gemm(task) -> tuple[str, int, float, str]:
+    """One worker's compile of the float32 GEMM kernel at one shape and tiling: the operands of a layer's GEMMs
+    with the strides the layer gives them (what Triton specialises on), launched once each on the GPU."""
+    T, B, H, cfg, dev = task
+    what = f"gemm {(T, B, H)} {cfg}"
+    t0 = time.perf_counter()
+    try:
+        n, M = tk.kernel_units(H, dev), T * B
+        x, dgx = torch.randn(M, H, device=dev), torch.randn(M, 4 * n, device=dev)
+        w, b, h = torch.randn(4 * n, H, device=dev), torch.randn(4 * n, device=dev), torch.randn(M, n, device=dev)
+        # x W_ih^T (+ b: the plain layer; without: the variant modules'), dgx W_ih, dgx^T x, da^T h
+        for a_, b_, bias in ((x, w.t(), b), (x, w.t(), None), (dgx, w, None), (dgx.t(), x, None), (dgx.t(), h, None)):
+            gemm.matmul(a_, b_, bias, cfg)
+        if dev == "cuda":
+            torch.cuda.synchronize()
+        return what, 5, time.perf_counter() - t0, ""
+    except Exception as e:
+        return what, 0, time.perf_counter() - t0, f"{type(e).__name__}: {e}"[:200]
+
+
+def _gemm_shapes(shapes, dtypes) -> list[tuple]:
+    """The shapes whose float32 layer GEMMs :func:`gemm.mm` considers (at least gemm.MIN_MNK multiply-adds)."""
+    if "fp32" not in dtypes or not gemm.HAVE_TRITON:
+        return []
+    return [(T, B, H) for T, B, H in shapes if T * B * 4 * tk.kernel_units(H, "cuda") * H >= gemm.MIN_MNK]
+
+
 def precompile(shapes, dtypes, workers: int, inference: bool = True) -> None:
     """Compile every kernel the run will launch (each tuning candidate's, the checks'), one task per plan;
     ``inference``: also each plan's forward without saving (else precompile_variants compiles the tuned
@@ -218,7 +251,9 @@ def precompile(shapes, dtypes, workers: int, inference: bool = True) -> None:
     tasks = [(T, B, H, d, [kw], (), inference) for T, B, H in shapes for d in dtypes
              for kw in plans_to_compile(shapes, T, B, H, d)]  # fmt: skip
     tasks.sort(key=lambda t: -t[2])  # large H first: they compile longest
-    _compile_in_workers(tasks, workers, "plans")
+    # and the float32 GEMMs' tilings, which the first float32 call per shape tunes (in the same pool)
+    tasks += [("gemm", *shape, cfg, "cuda") for shape in _gemm_shapes(shapes, dtypes) for cfg in gemm.CONFIGS]
+    _compile_in_workers(tasks, workers, "plans and float32 GEMMs")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -387,6 +422,24 @@ def tuning_table() -> str:
             us = "refused / timed out" if ms is None else f"{ms * 1e3 / tk.TUNE_STEPS:.2f}"
             mark = "yes" if plan == best else ""
             lines.append(f"| {kind} | {B} | {H} | {names.get(dtype, dtype)} | {plan} | {us} | {mark} |")
+    return "\n".join(lines) + "\n"
+
+
+def gemm_table() -> str:
+    """What the float32 GEMMs' tuning measured (gemm.TUNED): cuBLAS (fp32 FMA, TF32 off) against each tf32x3
+    tiling of lstmkit's kernel, per GEMM the run's float32 calls made."""
+    if not gemm.TUNED:
+        return "\n## Float32 GEMMs (gemm.mm)\n\nNo GEMM was large enough, float32 and on a GPU: none tuned.\n"
+    names = {"rr": "a b (dgx W_ih)", "rc": "a b^T (x W_ih^T)", "cr": "a^T b (dgx^T x, da^T h)"}
+    lines = ["", "## Float32 GEMMs (gemm.mm): cuBLAS fp32 against the tf32x3 kernel's tilings, ms (median of 3)", "",
+             "| M | N | K | operands | bias | cuBLAS | " + " | ".join(map(str, gemm.CONFIGS))
+             + " | chosen | cuBLAS / chosen |",
+             "|---|---|---|---|---|---|" + "---|" * len(gemm.CONFIGS) + "---|---|"]  # fmt: skip
+    for (M, N, K, la, lb, bias, _), (choice, times) in gemm.TUNED.items():
+        cells = " | ".join(f"{times.get(c, float('nan')):.3f}" for c in ("torch", *gemm.CONFIGS))
+        speed = times["torch"] / times[choice]
+        lines.append(f"| {M} | {N} | {K} | {names.get(la + lb, la + lb)} | {'yes' if bias else ''} | {cells} | "
+                     f"{'cuBLAS' if choice == 'torch' else choice} | {speed:.2f}x |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -917,6 +970,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.backends.cudnn.allow_tf32 = False
     if args.device == "cuda" and args.workers > 0:
         precompile(shapes, dtypes, args.workers, inference=args.no_variants)
+    if args.dry_run:  # the float32 GEMMs tuned (the table) and then run on the kernel (the interpreter, which
+        # tuning never picks) in the checks and timings, whatever their size
+        gemm._considered = lambda t, other, *size: t.dtype == other.dtype == torch.float32
+        tuned_choice = gemm._choice
+        gemm._choice = lambda a, b, bias: (tuned_choice(a, b, bias), gemm.CONFIGS[0])[1]
     variants = not args.no_variants  # (a dry run times the CPU paths of the variant modules: plumbing only)
     if variants and args.device == "cpu":  # a dry run goes through the tuning path too, in the interpreter
         tk._tunes = lambda device: True
@@ -951,7 +1009,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(times) < len(shapes) * len(dtypes):
         note += f" Time budget ({args.budget_s:.0f} s) spent: only {len(times)} of {len(shapes) * len(dtypes)} timed."
     text = render(_machine(args.device), cmd, checks, times, [], note) + render_variants(vchecks, vtimes)
-    text += tuning_table()
+    text += tuning_table() + gemm_table()
     print(text)
     args.out.write_text(text + "\n")
     log.info("wrote %s in %.0f s", args.out, time.monotonic() - start)

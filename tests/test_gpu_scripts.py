@@ -54,6 +54,7 @@ def test_the_gpu_session_dry_run(tmp_path):
         assert table in gpu, f"{table!r} missing from gpu.py's report"
     assert "ERROR" not in gpu and "_error:" not in gpu  # (exit 0 judged the checks; these are the timings')
     assert "DRY RUN" in gpu  # (and it says its times mean nothing)
+    assert "## Float32 GEMMs (gemm.mm)" in gpu and "| a b^T (x W_ih^T) | yes |" in gpu  # (tuned, then the kernel)
     user = (tmp_path / "gpu_user_path.md").read_text()
     assert user.count("| yes |") + user.count("| NO |") == 6 and "ERROR" not in user
     # the case for ln_case_replay.py, which runs it through Triton's interpreter
@@ -84,6 +85,18 @@ def test_gpu_profile_dry_run(tmp_path):
     assert "| Triton kernel, 2 arguments |" in profile and "ERROR" not in profile
     for call in ("ours fwd", "cuDNN fwd", "ours fwd, with grad", "cuDNN fwd, with grad", "ours fwd+bwd"):
         assert f"| {call} |" in profile, call
+
+
+def test_gpu_py_precompiles_the_float32_gemms_anywhere():
+    """gpu.py's workers compile the GEMM kernel's tilings with a layer's operand strides (on the GPU; here the
+    same code in the interpreter): every GEMM of the layer launches, and the task is tagged apart from plans."""
+    code = ("import sys; sys.path.insert(0, 'benchmarks'); import gpu\n"
+            "print(gpu._warm_task(('gemm', 2, 3, 8, (16, 16, 16, 4, 1), 'cpu')))")  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    what, n, _, err = eval(res.stdout.strip().splitlines()[-1])  # noqa: S307 - the tuple it printed
+    assert n == 5 and err == "" and what.startswith("gemm (2, 3, 8)")
 
 
 def test_gpu_py_counts_its_plans():

@@ -19,6 +19,9 @@ loop. Today's kernels:
   in run 6 (docs/gpu.md): 1.31-2.73x cuDNN's fp16 persistent kernel at (1024, 8, 256) and (100, 1, 512).
   ``impl="auto"`` runs small-batch (<= 16 rows) bfloat16 calls, float16 ones up to 512 units, and variant
   modules without layer norm on them (``cluster_lstm.ROUTE``, on; ``LSTMKIT_CLUSTER=0`` turns it off).
+* ``gemm``: the float32 GEMMs around the recurrence (input projection, its gradients, dW_hh) as three TF32
+  tensor-core products (tf32x3, about float32's accuracy) in Triton, where TF32 is off and tuning measures it
+  faster than cuBLAS's fp32 FMA; torch's GEMM everywhere else.
 * ``cpu_fused``: one layer and direction of an LSTM with variants (layer norm, peepholes, CIFG,
   cell clip, recurrent dropout, zoneout, weight drop; ``lengths``) on the CPU, float32/float64, no
   projection: the time loop forward and backward in C++ (ATen), JIT-compiled once and cached. It

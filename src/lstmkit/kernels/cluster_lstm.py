@@ -70,6 +70,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import gemm
 from .stack import pad_dim, pad_gates, pad_recurrent
 
 __all__ = ["ClusterConfig", "EXCHANGES", "FLAGS", "ROUTE", "config", "source", "emulation_source", "compile_cubin",
@@ -2996,5 +2997,5 @@ def _variant_layer(gx, h0, c0, w_hh, v, p: dict, masks: dict, valid, eps: float,
 
 
 variant_layer.per_layer = True  # type: ignore[attr-defined]  # the module's loop over layers/directions calls it
-variant_layer.linear = None  # type: ignore[attr-defined]  # input projection: torch's GEMM
+variant_layer.linear = gemm.linear  # type: ignore[attr-defined]  # input projection: F.linear (float32: gemm.mm)
 variant_layer.fuses_input_norm = True  # type: ignore[attr-defined]  # gx without bias and LN: added here

@@ -62,9 +62,11 @@ Precision: ``h`` and the weights are in the input dtype (float32, bfloat16 or fl
 accumulated in float32 (``tl.dot``), gates and the cell state are float32, and the saved activations
 for the backward pass are float32. In float32 the recurrent product is ``tf32x3`` (three TF32
 tensor-core products, close to fp32; :data:`FP32_PRECISION`) or ``ieee`` (exact fp32 FMA, no tensor
-cores), whichever tuning measures faster (:class:`Plan`'s ``precision``), and plain TF32 when
-``torch.backends.cuda.matmul.allow_tf32`` is on. Float64 runs only under the
-interpreter (tests).
+cores), whichever tuning measures faster (:class:`Plan`'s ``precision``), and plain TF32 when TF32 is on
+(``torch.backends.cuda.matmul.fp32_precision = "tf32"`` or the legacy ``allow_tf32``: :func:`gemm.tf32_allowed`).
+The layer's GEMMs around the recurrence (input projection, its gradients, dW_hh) go through :mod:`.gemm`:
+in float32 without TF32 a tf32x3 Triton GEMM where tuning measures it faster than cuBLAS's fp32 FMA, else
+torch's. Float64 runs only under the interpreter (tests).
 
 Measured on an NVIDIA H200 (docs/gpu.md): about 2.8 us per step at small batch whatever the tiling (the
 chain barrier -> read h -> product -> write h is L2 latency, not arithmetic); bfloat16 is 1-5x cuDNN's
@@ -92,9 +94,9 @@ import time
 import types
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from . import gemm
 from .stack import pad_dim as _pad_dim  # (zero padding of the hidden units, shared with cluster_lstm)
 from .stack import pad_gates as _pad_gates
 from .stack import pad_recurrent as _pad_recurrent
@@ -1204,8 +1206,7 @@ def tune_key(kind: str, B: int, H: int, dtype: torch.dtype, device: torch.device
 
 def _precision(dtype: torch.dtype) -> str:
     """tl.dot's input precision: matters for float32 only (bf16/fp16 products are exact in fp32)."""
-    allow_tf32 = torch.backends.cuda.matmul.allow_tf32
-    return FP32_PRECISION if dtype == torch.float32 and not allow_tf32 else "tf32"
+    return FP32_PRECISION if dtype == torch.float32 and not gemm.tf32_allowed() else "tf32"
 _TUNED_PERSISTENT: dict[tuple, tuple[float, dict]] = {}
 #: the persistent candidates of each plain tuning, fastest first: key -> [plan keywords]
 _PERSISTENT_RANKED: dict[tuple, list[dict]] = {}
@@ -1813,7 +1814,7 @@ class _Recurrence(torch.autograd.Function):
         if ctx.needs_input_grad[3]:
             # dW_hh = sum_t da_t^T (h_{t-1} * rec): (4H, T*B) @ (T*B, H) -> (4H, H), one GEMM
             h_in = hs[:T] * rec if rec is not None else hs[:T]
-            dw_hh = da_t.reshape(T * B, 4 * H).t() @ h_in.reshape(T * B, H)
+            dw_hh = gemm.mm(da_t.reshape(T * B, 4 * H).t(), h_in.reshape(T * B, H))  # (float32: tf32x3 if faster)
         if w_ch is not None and ctx.needs_input_grad[4] and T > 0:
             # peepholes: sum over t, b of da_i c_{t-1}, da_f c_{t-1}, da_o c'_t (c'_t recomputed from the gates)
             i_t, f_t, g_t, _ = gates.view(T, B, 4, H).unbind(2)
@@ -2058,7 +2059,7 @@ def layer(
     H, n = w_hh.shape[1], kernel_units(w_hh.shape[1], x.device)
     if n != H:  # gx comes out of the GEMM padded (see ALIGN_UNITS)
         w_ih, b = _pad_gates(w_ih, 0, H, n), None if b is None else _pad_gates(b, 0, H, n)
-    gx = F.linear(x, w_ih, b)  # (T, B, I) -> (T, B, 4H), one GEMM for all steps
+    gx = gemm.linear(x, w_ih, b)  # (T, B, I) -> (T, B, 4H), one GEMM for all steps (F.linear but in float32)
     plan_kw = dict(mode=mode, tiles=tiles, resident=resident, poll=poll, ll=ll, fuse=fuse, precision=precision)
     return _recurrence(gx, h0, c0, w_hh, None, [None] * 3, plan_kw, {})
 
@@ -2131,7 +2132,7 @@ def _layer_norm_can_run(B: int, H: int, dtype: torch.dtype, dev: torch.device, p
 
 
 variant_layer.per_layer = True  # type: ignore[attr-defined]  # the module's loop over layers/directions calls it
-variant_layer.linear = None  # type: ignore[attr-defined]  # input projection: torch's GEMM
+variant_layer.linear = gemm.linear  # type: ignore[attr-defined]  # input projection: F.linear (float32: gemm.mm)
 variant_layer.fuses_input_norm = True  # type: ignore[attr-defined]  # gx without bias: added here
 
 
