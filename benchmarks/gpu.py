@@ -241,7 +241,8 @@ def _gemm_shapes(shapes, dtypes) -> list[tuple]:
     """The shapes whose float32 layer GEMMs :func:`gemm.mm` considers (at least gemm.MIN_MNK multiply-adds)."""
     if "fp32" not in dtypes or not gemm.HAVE_TRITON:
         return []
-    return [(T, B, H) for T, B, H in shapes if T * B * 4 * tk.kernel_units(H, "cuda") * H >= gemm.MIN_MNK]
+    least = 0 if DRY_GEMMS else gemm.MIN_MNK
+    return [(T, B, H) for T, B, H in shapes if T * B * 4 * tk.kernel_units(H, "cuda") * H >= least]
 
 
 def precompile(shapes, dtypes, workers: int, inference: bool = True) -> None:
@@ -259,6 +260,12 @@ def precompile(shapes, dtypes, workers: int, inference: bool = True) -> None:
 # ---------------------------------------------------------------------------------------------
 # 1. Correctness
 # ---------------------------------------------------------------------------------------------
+
+
+#: the check row of a float32 layer whose GEMMs all run on gemm.py's kernel (gemm.MODE "triton")
+GEMM_CHECK = "GEMMs on the tf32x3 kernel"
+#: a dry run sends every float32 GEMM through the kernel, whatever its size
+DRY_GEMMS = False
 
 
 def check(shapes, dtypes, device: str) -> list[dict]:
@@ -283,9 +290,13 @@ def check(shapes, dtypes, device: str) -> list[dict]:
             except Exception as e:  # e.g. a dtype the CPU's LSTM lacks in a dry run
                 log.warning("torch.nn.LSTM in %s: %s", dname, e)
                 e_cudnn = float("nan")
-            for vname, kw in variants + (fma if _fma_check_here(B, H, dname, device) else []):
+            # float32: the layer's GEMMs on the tf32x3 kernel whatever tuning chose (it may keep cuBLAS)
+            kernel_gemms = [(GEMM_CHECK, {})] if dname == "fp32" and (T, B, H) in _gemm_shapes(shapes, dtypes) else []
+            for vname, kw in variants + (fma if _fma_check_here(B, H, dname, device) else []) + kernel_gemms:
                 if not _valid(B, H, dname, kw, device):
                     continue
+                gemm_mode = gemm.MODE
+                gemm.MODE = "triton" if vname == GEMM_CHECK else gemm_mode
                 try:
                     e_np = rel_errors(run_ours(m._flat_weights, x[:Tr], h0, c0, gy[:Tr], DTYPES[dname], **kw), want_np)
                     e_t = rel_errors(run_ours(m._flat_weights, x, h0, c0, gy, DTYPES[dname], **kw), want_t)
@@ -302,6 +313,8 @@ def check(shapes, dtypes, device: str) -> list[dict]:
                     why = f"{type(e).__name__}: {e}"[:200]
                     rows.append(dict(shape=(T, B, H), dtype=dname, variant=vname, plan="", ref_numpy=nan,
                                      ref_full=nan, cudnn=e_cudnn, worst_field=why, ok=False, error=why))  # fmt: skip
+                finally:
+                    gemm.MODE = gemm_mode
                 log.info("check %s", rows[-1])
     return rows
 
@@ -975,6 +988,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         gemm._considered = lambda t, other, *size: t.dtype == other.dtype == torch.float32
         tuned_choice = gemm._choice
         gemm._choice = lambda a, b, bias: (tuned_choice(a, b, bias), gemm.CONFIGS[0])[1]
+        global DRY_GEMMS
+        DRY_GEMMS = True
     variants = not args.no_variants  # (a dry run times the CPU paths of the variant modules: plumbing only)
     if variants and args.device == "cpu":  # a dry run goes through the tuning path too, in the interpreter
         tk._tunes = lambda device: True

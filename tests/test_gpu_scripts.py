@@ -55,6 +55,7 @@ def test_the_gpu_session_dry_run(tmp_path):
     assert "ERROR" not in gpu and "_error:" not in gpu  # (exit 0 judged the checks; these are the timings')
     assert "DRY RUN" in gpu  # (and it says its times mean nothing)
     assert "## Float32 GEMMs (gemm.mm)" in gpu and "| a b^T (x W_ih^T) | yes |" in gpu  # (tuned, then the kernel)
+    assert "| fp32 | GEMMs on the tf32x3 kernel |" in gpu
     user = (tmp_path / "gpu_user_path.md").read_text()
     assert user.count("| yes |") + user.count("| NO |") == 6 and "ERROR" not in user
     # the case for ln_case_replay.py, which runs it through Triton's interpreter
