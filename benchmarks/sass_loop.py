@@ -78,8 +78,23 @@ CASES = [
 ]
 
 
+#: layer norm at (128, 256, 1024) bf16 (goal 2 there: run 6's Triton layer norm 2.0-2.2x cuDNN), its tuned plans
+#: forward and backward (statistics behind a counter) beside the plain kernels of the same tiling, and the
+#: backward with 16 warps (session 11's tuning candidate against its spills): ``--layer-norm``
+LN_CASES = [
+    (128, 256, 1024, torch.bfloat16, "fwd", dict(tiles=(64, 32), resident=False), ()),
+    (128, 256, 1024, torch.bfloat16, "fwd", dict(tiles=(64, 32), resident=False, ln_sync=True), ("LN",)),
+    (128, 256, 1024, torch.bfloat16, "bwd", dict(tiles=(64, 32, 128), resident=False, stages=4), ()),
+    (128, 256, 1024, torch.bfloat16, "bwd", dict(tiles=(64, 32, 128), resident=False, stages=4, ln_sync=True),
+     ("LN",)),
+    (128, 256, 1024, torch.bfloat16, "bwd",
+     dict(tiles=(64, 32, 128), resident=False, stages=4, ln_sync=True, warps=16), ("LN",)),
+]  # fmt: skip
+
+
 def loop_counts(kernel) -> dict:
-    """Counts in the time loop: the backward branch that spans the most code."""
+    """Counts in the time loop: the backward branch that spans the most code; ``inner``: the instructions of the
+    longest loop inside it (a streamed plan's K loop), ``local``: its local-memory loads and stores (spills)."""
     sass = cuobjdump(kernel, "-sass")
     rows = [(int(m.group(1), 16), m.group(2).strip()) for m in re.finditer(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;", sass)]
     lo, hi = 0, -1
@@ -88,40 +103,51 @@ def loop_counts(kernel) -> dict:
         if m and int(m.group(1), 16) < addr and addr - int(m.group(1), 16) > hi - lo:
             lo, hi = int(m.group(1), 16), addr
     body = [re.sub(r"^@!?U?P\w+\s+", "", ins).split()[0] for addr, ins in rows if lo <= addr <= hi]
+    inner = 0
+    for addr, ins in rows:  # the longest backward branch strictly inside the time loop
+        m = re.search(r"\bBRA\s+(?:!?U?P\w+,\s*)?0x([0-9a-f]+)", ins)
+        if m and lo < int(m.group(1), 16) < addr < hi:
+            inner = max(inner, sum(1 for a, _ in rows if int(m.group(1), 16) <= a <= addr))
     ops = collections.Counter(body)
     ir = kernel.asm["ttgir"]
     loop_ir = ir[ir.index("scf.for") :]
     return dict(instr=len(body), bar=ops["BAR.SYNC.DEFER_BLOCKING"] + ops["BAR.SYNC"],
                 hmma=sum(v for k, v in ops.items() if k.startswith(("HMMA", "HGMMA"))),
                 membar=sum(v for k, v in ops.items() if k.startswith("MEMBAR")),
-                convert=loop_ir.count("ttg.convert_layout"))  # fmt: skip
+                convert=loop_ir.count("ttg.convert_layout"), inner=inner,
+                local=sum(v for k, v in ops.items() if k.startswith(("STL", "LDL"))))  # fmt: skip
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--layer-norm", action="store_true", help="LN_CASES: layer norm beside plain at batch 256")
     args = ap.parse_args(argv)
     lines = [
         "# One time step of the Triton LSTM kernels in sm_90 machine code (ahead of time, no GPU)", "",
-        "Command: `python benchmarks/sass_loop.py --out docs/gpu_runs/sass-loop-DATE.md`  ",
+        f"Command: `python benchmarks/sass_loop.py{' --layer-norm' if args.layer_norm else ''} --out "
+        "docs/gpu_runs/sass-loop-DATE.md`  ",
         f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, triton {triton.__version__}; "
         "run 5's tuned plans and, since session 8, the fp32 FMA and 16-bit deeper-K tuning candidates; "
         "static counts of the time loop (an inner K loop of a streamed plan counted once)",
         "",
-        "| shape (T, B, H) | dtype | kernel | plan | loop instructions | BAR.SYNC (CTA barriers) "
-        "| HMMA + HGMMA (tensor core) | MEMBAR | layout conversions in the loop (TTGIR) | stack bytes (spills) "
-        "| shared memory bytes |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| shape (T, B, H) | dtype | kernel | variants | plan | loop instructions | of which the inner K loop "
+        "| BAR.SYNC (CTA barriers) | HMMA + HGMMA (tensor core) | MEMBAR | layout conversions in the loop (TTGIR) "
+        "| local loads / stores in the loop (spills) | stack bytes (spills) | shared memory bytes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
-    for T, B, H, dtype, kind, kw in CASES:
+    for T, B, H, dtype, kind, kw, *var in LN_CASES if args.layer_norm else CASES:
+        variants = var[0] if var else ()
         # the kernel as it runs (FUSE where Plan fuses by default) and the other way, as tuning times it
         default = tk.plan(B, tk.kernel_units(H, "cuda"), dtype, "cuda", sm_count=132, mode="persistent", **kw).fuse
         for fuse in (default, not default):
             p = tk.plan(B, tk.kernel_units(H, "cuda"), dtype, "cuda", sm_count=132, mode="persistent", fuse=fuse, **kw)
-            k = tk.compile_ahead(T, B, H, dtype, mode="persistent", which=(kind,), fuse=fuse, **kw)[kind]
+            k = tk.compile_ahead(T, B, H, dtype, mode="persistent", which=(kind,), fuse=fuse, variants=variants,
+                                 **kw)[kind]  # fmt: skip
             c = loop_counts(k)
-            lines.append(f"| ({T}, {B}, {H}) | {str(dtype)[6:]} | {kind} | {p!r} | {c['instr']} | {c['bar']} | "
-                         f"{c['hmma']} | {c['membar']} | {c['convert']} | {sass_counts(k)['stack']} | "
+            lines.append(f"| ({T}, {B}, {H}) | {str(dtype)[6:]} | {kind} | {' '.join(variants) or 'plain'} | "
+                         f"{p!r} | {c['instr']} | {c['inner']} | {c['bar']} | {c['hmma']} | {c['membar']} | "
+                         f"{c['convert']} | {c['local']} | {sass_counts(k)['stack']} | "
                          f"{k.metadata.shared} |")  # fmt: skip
             print(lines[-1], flush=True)
     text = "\n".join(lines) + "\n"
