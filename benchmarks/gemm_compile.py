@@ -37,16 +37,20 @@ def main() -> int:
     configs = [tuple(map(int, c.split(","))) for c in args.configs] if args.configs else [*gemm.CONFIGS, *OTHERS]
     lines = [f"# The float32 GEMM kernel's sm_90 builds (triton {triton.__version__}), no GPU", "",
              "Command: `PYTHONPATH=src python benchmarks/gemm_compile.py`  ", f"Date: {datetime.date.today()}", "",
-             "| GEMM | operands | tiling (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) | in CONFIGS | registers | "
-             "stack bytes (spills) | shared bytes | tf32 wgmma per K tile |",
-             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "Strides: aligned (multiples of 16, K a multiple of BLOCK_K: the issue's shapes but one) or not "
+             "(rows of 650 values, K = 650 or 700: (35, 20, 650)); CONFIGS are built both ways, the others aligned.",
+             "", "| GEMM | operands | tiling (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) | in CONFIGS | strides | "
+             "registers | stack bytes (spills) | shared bytes | tf32 wgmma per K tile |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for la, lb, bias, what in LAYOUTS:
         for cfg in configs:
-            k = gemm.compile_ahead(la, lb, bias, cfg)
-            r = _resources(k)
-            ptx = k.asm["ptx"]
-            lines.append(f"| {what} | {la}{lb} | {cfg} | {'yes' if cfg in gemm.CONFIGS else ''} | {r['reg']} | "
-                         f"{r['stack']} | {r['shared_bytes']} | {ptx.count('wgmma.mma_async')} |")  # fmt: skip
+            for aligned in (True, False) if cfg in gemm.CONFIGS else (True,):
+                k = gemm.compile_ahead(la, lb, bias, cfg, aligned=aligned, even_k=aligned)
+                r = _resources(k)
+                ptx = k.asm["ptx"]
+                lines.append(f"| {what} | {la}{lb} | {cfg} | {'yes' if cfg in gemm.CONFIGS else ''} | "
+                             f"{'aligned' if aligned else 'unaligned, K masked'} | {r['reg']} | {r['stack']} | "
+                             f"{r['shared_bytes']} | {ptx.count('wgmma.mma_async')} |")  # fmt: skip
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

@@ -444,15 +444,19 @@ def gemm_table() -> str:
     if not gemm.TUNED:
         return "\n## Float32 GEMMs (gemm.mm)\n\nNo GEMM was large enough, float32 and on a GPU: none tuned.\n"
     names = {"rr": "a b (dgx W_ih)", "rc": "a b^T (x W_ih^T)", "cr": "a^T b (dgx^T x, da^T h)"}
-    lines = ["", "## Float32 GEMMs (gemm.mm): cuBLAS fp32 against the tf32x3 kernel's tilings, ms (median of 3)", "",
+    lines = ["", "## Float32 GEMMs (gemm.mm): cuBLAS fp32 against the tf32x3 kernel's tilings, ms a call (median "
+             f"of 3 samples of {gemm.TUNE_CALLS} calls; inf: refused), and each tiling's relative error against "
+             "cuBLAS's result", "", "Sizes are the tuning keys' power-of-two buckets (the first call's sizes were "
+             "timed).", "",
              "| M | N | K | operands | bias | cuBLAS | " + " | ".join(map(str, gemm.CONFIGS))
-             + " | chosen | cuBLAS / chosen |",
-             "|---|---|---|---|---|---|" + "---|" * len(gemm.CONFIGS) + "---|---|"]  # fmt: skip
-    for (M, N, K, la, lb, bias, _), (choice, times) in gemm.TUNED.items():
+             + " | chosen | cuBLAS / chosen | worst error against cuBLAS |",
+             "|---|---|---|---|---|---|" + "---|" * len(gemm.CONFIGS) + "---|---|---|"]  # fmt: skip
+    for (M, N, K, la, lb, bias, _), (choice, times, errors) in gemm.TUNED.items():
         cells = " | ".join(f"{times.get(c, float('nan')):.3f}" for c in ("torch", *gemm.CONFIGS))
         speed = times["torch"] / times[choice]
+        worst = max(errors.values(), default=float("nan"))
         lines.append(f"| {M} | {N} | {K} | {names.get(la + lb, la + lb)} | {'yes' if bias else ''} | {cells} | "
-                     f"{'cuBLAS' if choice == 'torch' else choice} | {speed:.2f}x |")  # fmt: skip
+                     f"{'cuBLAS' if choice == 'torch' else choice} | {speed:.2f}x | {worst:.1e} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

@@ -56,6 +56,14 @@ def test_matmul_even_k_and_one_tile():
         assert torch.allclose(gemm.matmul(a, b, None, cfg), a @ b, rtol=1e-12, atol=1e-12)
 
 
+def test_matmul_reads_a_strided_or_broadcast_bias():
+    g = torch.Generator().manual_seed(6)
+    a, b = torch.randn(9, 5, generator=g, dtype=torch.float64), torch.randn(5, 12, generator=g, dtype=torch.float64)
+    wide = torch.randn(24, generator=g, dtype=torch.float64)
+    for bias in (wide[::2], wide[:1].expand(12)):  # stride 2, stride 0
+        assert torch.allclose(gemm.matmul(a, b, bias, SMALL), a @ b + bias, rtol=1e-12, atol=1e-12)
+
+
 def test_matmul_edge_sizes_and_errors():
     a, b = torch.randn(0, 5, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
     assert gemm.matmul(a, b, None, SMALL).shape == (0, 3)
@@ -64,10 +72,12 @@ def test_matmul_edge_sizes_and_errors():
     assert torch.equal(out, bias.expand(2, 3))  # K = 0: the bias alone
     with pytest.raises(ValueError, match="a's columns must equal b's rows"):
         gemm.matmul(torch.randn(2, 4), torch.randn(5, 3), None, SMALL)
-    with pytest.raises(ValueError, match="one dtype and the bias shape"):
+    with pytest.raises(ValueError, match="need one dtype"):
         gemm.matmul(torch.randn(2, 4), torch.randn(4, 3, dtype=torch.float64), None, SMALL)
-    with pytest.raises(ValueError, match=r"the bias shape \(3,\)"):
+    with pytest.raises(ValueError, match=r"the shape \(3,\)"):
         gemm.matmul(torch.randn(2, 4), torch.randn(4, 3), torch.randn(4), SMALL)
+    with pytest.raises(ValueError, match="need one dtype"):
+        gemm.matmul(torch.randn(2, 4), torch.randn(4, 3), torch.randn(3, dtype=torch.float64), SMALL)
 
 
 @pytest.fixture
@@ -104,6 +114,24 @@ def test_linear_and_its_gradients_through_the_kernel(kernel_gemms):
     y = gemm.linear(x.detach(), w, None)  # no bias, no input gradient
     (dw,) = torch.autograd.grad((y * gy).sum(), (w,))
     assert torch.allclose(dw, torch.einsum("tbn,tbk->nk", gy, x.detach()), rtol=1e-12, atol=1e-12)
+    y = gemm.linear(x, w, b)  # a second derivative: said so, not silently wrong
+    (dx,) = torch.autograd.grad((y * gy).sum(), (x,), create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
+        torch.autograd.grad(dx.sum(), (w,))
+    kernel_gemms.clear()  # a bias of another dtype or shape: F.linear's own rules (here: its error)
+    with pytest.raises(RuntimeError):
+        gemm.linear(x, w, b.float())
+    assert kernel_gemms == []
+
+
+def test_mm_keeps_autograd_where_an_operand_needs_it(kernel_gemms):
+    """:func:`gemm.mm` is for backward passes (no graph): with an operand that requires grad it is torch's."""
+    a = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    out = gemm.mm(a, torch.randn(3, 5, dtype=torch.float64))
+    assert out.grad_fn is not None and kernel_gemms == []
+    with torch.no_grad():
+        gemm.mm(a, torch.randn(3, 5, dtype=torch.float64))
+    assert kernel_gemms == [(4, 5, 3)]
 
 
 @pytest.mark.parametrize("T,B,I,H", [(3, 2, 3, 5), (2, 3, 6, 12)])
@@ -136,13 +164,15 @@ def test_tuning_times_cublas_and_each_tiling_once_and_keeps_the_fastest(monkeypa
     a, b = torch.randn(20, 30, generator=g), torch.randn(30, 10, generator=g)
     out = gemm.mm(a, b)
     assert len(timed) == 4 and torch.allclose(out, a @ b, rtol=1e-5, atol=1e-5)
-    ((key, (choice, times)),) = gemm.TUNED.items()
-    assert choice == (32, 16, 16, 4, 1) and times["torch"] == 5.0 and key[:5] == (20, 10, 30, "r", "r")
+    ((key, (choice, times, errors)),) = gemm.TUNED.items()
+    assert choice == (32, 16, 16, 4, 1) and times["torch"] == 5.0 and key[:5] == (32, 16, 32, "r", "r")
+    assert set(errors) == set(gemm.CONFIGS) and max(errors.values()) < 1e-6  # each checked against cuBLAS
     gemm.mm(a, b)  # the same key: not timed again
+    gemm.mm(torch.randn(25, 30, generator=g), b)  # nor a size in the same power-of-two bucket
     assert len(timed) == 4
     out = gemm.mm(a.t().contiguous().t(), b)  # another layout is another key, timed on its own
     assert len(timed) == 8 and len(gemm.TUNED) == 2 and torch.equal(out, a @ b)
-    assert [c for c, _ in gemm.TUNED.values()] == [(32, 16, 16, 4, 1), "torch"]
+    assert [v[0] for v in gemm.TUNED.values()] == [(32, 16, 16, 4, 1), "torch"]
 
 
 def test_tuning_keeps_cublas_when_no_tiling_runs(monkeypatch):
@@ -155,8 +185,52 @@ def test_tuning_keeps_cublas_when_no_tiling_runs(monkeypatch):
     monkeypatch.setattr(gemm, "matmul", refuse)
     a, b = torch.randn(8, 6), torch.randn(6, 4)
     assert torch.allclose(gemm.mm(a, b), a @ b)
-    (choice, times), = gemm.TUNED.values()
-    assert choice == "torch" and all(t == float("inf") for k, t in times.items() if k != "torch")
+    ((choice, times, errors),) = gemm.TUNED.values()
+    assert choice == "torch" and all(t == float("inf") for k, t in times.items() if k != "torch") and not errors
+
+
+def test_tuning_never_chooses_a_tiling_that_gets_it_wrong(monkeypatch):
+    """The fastest tiling here returns a wrong product (as a miscompiled one would): it is refused."""
+    monkeypatch.setattr(gemm, "TUNED", {})
+    monkeypatch.setattr(gemm, "_considered", lambda *a: True)
+    bad, good = (16, 16, 16, 4, 1), (32, 16, 16, 4, 1)
+    monkeypatch.setattr(gemm, "CONFIGS", (bad, good))
+    real = gemm.matmul
+    monkeypatch.setattr(gemm, "matmul", lambda a, b, bias=None, config=bad, interpret=None: (
+        real(a, b, bias, config) * (1.001 if config == bad else 1.0)))  # fmt: skip
+    order = iter([5.0, 2.0])  # torch, then the good tiling (the bad one is never timed)
+    monkeypatch.setattr(gemm, "_time", lambda fn, device, reps=3: next(order))
+    a, b = torch.randn(20, 30), torch.randn(30, 10)
+    gemm.mm(a, b)
+    ((choice, times, errors),) = gemm.TUNED.values()
+    assert choice == good and times[bad] == float("inf") and errors[bad] > gemm.TUNE_TOL > errors[good]
+
+
+def test_considered_only_for_large_float32_cuda_gemms_without_tf32_or_autocast(monkeypatch):
+    """The gate itself, on stand-ins for CUDA tensors (this machine has none)."""
+    from types import SimpleNamespace
+
+    def fake(shape, stride=None, dtype=torch.float32, cuda=True):
+        stride = stride or (shape[1], 1)
+        return SimpleNamespace(shape=shape, stride=lambda: stride, dtype=dtype, is_cuda=cuda)
+
+    monkeypatch.setattr(gemm, "tf32_allowed", lambda: False)
+    monkeypatch.setattr(gemm, "_autocast_on", lambda: False)
+    M, N, K = 4096, 1024, 1024  # 2^32 multiply-adds
+    a, b = fake((M, K)), fake((K, N))
+    assert gemm._considered(a, b, M, N, K)
+    assert not gemm._considered(fake((M, K), cuda=False), b, M, N, K)
+    assert not gemm._considered(fake((M, K), dtype=torch.bfloat16), fake((K, N), dtype=torch.bfloat16), M, N, K)
+    assert not gemm._considered(fake((64, 64)), fake((64, 64)), 64, 64, 64)  # under MIN_MNK: cuBLAS
+    assert not gemm._considered(fake((M, K), (2**20, 1)), b, M, N, K)  # a view whose rows reach past int32
+    monkeypatch.setattr(gemm, "MODE", "torch")
+    assert not gemm._considered(a, b, M, N, K)
+    monkeypatch.setattr(gemm, "MODE", "auto")
+    monkeypatch.setattr(gemm, "tf32_allowed", lambda: True)  # the user asked for one TF32 product: cuBLAS's
+    assert not gemm._considered(a, b, M, N, K)
+    monkeypatch.setattr(gemm, "tf32_allowed", lambda: False)
+    monkeypatch.setattr(gemm, "_autocast_on", lambda: True)  # autocast casts torch's GEMM, not the kernel's
+    assert not gemm._considered(a, b, M, N, K)
 
 
 def test_off_the_gpu_linear_and_mm_are_torch_exactly():
@@ -186,6 +260,8 @@ def test_tf32_allowed_reads_the_new_and_the_legacy_api():
             f"{setting}\nassert gemm.tf32_allowed() is {want}\n"
             f"assert tk._precision(torch.float32) == {precision}\n"
             "tk.plan(4, 16, torch.float32, 'cpu')\n"
+            "try:\n    tk.plan(4, 16, torch.float32, 'cpu', precision='ieee')\n"  # (with TF32 on: refused, said why)
+            "except ValueError as e:\n    assert 'TF32 on' in str(e), e\n"
         )  # fmt: skip
         env = {**os.environ, "PYTHONWARNINGS": "ignore"}
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
@@ -196,20 +272,25 @@ def test_tf32_allowed_reads_the_new_and_the_legacy_api():
 @pytest.mark.parametrize("la,lb,bias", [("r", "c", True), ("r", "r", False), ("c", "r", False)])
 def test_the_tilings_build_for_sm_90_with_tf32x3_products_and_spill_at_most_a_little(la, lb, bias, tmp_path):
     """The three GEMMs' layouts (x W^T + b; dgx W; dgx^T x) at every tuning candidate: wgmma on TF32 operands,
-    three products per K step of 8, registers spilled by none or (A transposed, triton >= 3.9) a few words
+    three products per K step of 8, with strides aligned or not; registers spilled by none (triton 3.6) or a few words
     (cuobjdump, Triton's copy)."""
+    import triton
+
     from test_cluster_lstm import _resources
 
+    # triton 3.6 (the GPU image's) spills nothing at any of these; 3.9 spills 8-24 bytes at BLOCK_K = 32 with an
+    # operand transposed on chip (tf32 wgmma wants K-major operands) or rows not known to be aligned
+    allowed = 0 if tuple(int(v) for v in triton.__version__.split(".")[:2]) < (3, 9) else 32
     for cfg in gemm.CONFIGS:
-        k = gemm.compile_ahead(la, lb, bias, cfg)
-        ptx = k.asm["ptx"]
-        assert "wgmma.mma_async" in ptx and ".tf32" in ptx, cfg
-        assert ptx.count("wgmma.mma_async") == 3 * cfg[2] // 8, cfg  # hi*hi + hi*lo + lo*hi per k-step of 8
-        res = _resources(k.asm["cubin"], tmp_path)
-        if not res:
-            pytest.skip("cuobjdump (Triton's copy) not found: no register report")
-        ((regs, stack, local),) = res.values()
-        # triton 3.6 (the GPU image's) spills nothing at any of these; 3.9 spills 8-24 bytes with A transposed
-        # (dgx^T x) at BLOCK_K = 32, where tf32 wgmma wants K-major operands and A is transposed on chip
-        assert stack <= (32 if la == "c" else 0) and local == 0, (cfg, regs, stack)
-        assert k.metadata.shared <= 232448, cfg  # an H100 / H200 block's shared memory
+        # strides multiples of 16 and K of BLOCK_K (the issue's shapes but one), and neither ((35, 20, 650))
+        for aligned in (True, False):
+            k = gemm.compile_ahead(la, lb, bias, cfg, aligned=aligned, even_k=aligned)
+            ptx = k.asm["ptx"]
+            assert "wgmma.mma_async" in ptx and ".tf32" in ptx, cfg
+            assert ptx.count("wgmma.mma_async") == 3 * cfg[2] // 8, cfg  # hi*hi + hi*lo + lo*hi per k-step of 8
+            res = _resources(k.asm["cubin"], tmp_path)
+            if not res:
+                pytest.skip("cuobjdump (Triton's copy) not found: no register report")
+            ((regs, stack, local),) = res.values()
+            assert stack <= allowed and local == 0, (cfg, aligned, regs, stack)
+            assert k.metadata.shared <= 232448, cfg  # an H100 / H200 block's shared memory

@@ -25,11 +25,14 @@ close to float32's own rounding (the recurrence kernels' float32 mode already us
 ``LSTMKIT_GEMM=torch`` turns it off, ``=triton`` takes the first config without timing (checks).
 
 TF32 on (``torch.backends.cuda.matmul.fp32_precision = "tf32"``, or the legacy ``allow_tf32``) means the user
-asked for one TF32 product: cuBLAS's is faster, and :func:`tf32_allowed` reads either API.
+asked for one TF32 product: cuBLAS's is faster, and :func:`tf32_allowed` reads either API. Under autocast
+torch's GEMM runs (autocast casts its operands; the kernel would keep float32). Tuning checks each tiling's
+result against cuBLAS's before it may be chosen (:data:`TUNE_TOL`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -38,6 +41,7 @@ import types
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 try:
     import triton
@@ -60,8 +64,8 @@ MIN_MNK = 2**30
 #: register at any of the three operand layouts in their sm_90 builds (triton 3.6, the GPU image's:
 #: ``python benchmarks/gemm_compile.py``, docs/gpu_runs/gemm-compile-2026-11-28.md): the tf32x3 split keeps a
 #: high and a low part of each operand tile in registers, so 128 x 256 tiles (296-880 bytes), 64 x 128 at 4 warps
-#: (up to 104) and BLOCK_K = 64 (up to 304) spill; 128 x 128 at 8 warps does not (177-255 registers; triton 3.9 spills
-#: 8-24 bytes with A transposed at BLOCK_K = 32: tf32 wgmma takes K-major operands, others are transposed on chip).
+#: (up to 104) and BLOCK_K = 64 (up to 304) spill; 128 x 128 at 8 warps does not, strides aligned or not
+#: (177-255 registers; triton 3.9 spills 8-24 bytes at BLOCK_K = 32 with A transposed or rows not aligned).
 CONFIGS = ((128, 128, 32, 8, 3), (128, 128, 32, 8, 4), (128, 128, 16, 8, 4))
 #: "auto" (time and choose), "torch" (never the kernel), "triton" (the kernel with CONFIGS[0], untimed)
 MODE = os.environ.get("LSTMKIT_GEMM", "auto")
@@ -69,6 +73,12 @@ MODE = os.environ.get("LSTMKIT_GEMM", "auto")
 TUNED: dict[tuple, tuple] = {}
 #: rows of M swizzled together so that consecutive programs share B's column tiles in L2
 GROUP_M = 8
+#: a tiling whose result is further than this from cuBLAS's fp32 GEMM (||c - c_cublas|| / ||c_cublas||) when
+#: tuning times it is never chosen (tf32x3 is about 1e-6 there; the issue's float32 bound is 1e-5)
+TUNE_TOL = 1e-5
+#: calls per timed sample in tuning: one would count the kernel's Python launch (tens of us) against cuBLAS's
+#: lighter one at GEMMs of tens of microseconds
+TUNE_CALLS = 3
 
 
 def tf32_allowed() -> bool:
@@ -77,6 +87,14 @@ def tf32_allowed() -> bool:
     m = torch.backends.cuda.matmul
     p = getattr(m, "fp32_precision", None)
     return bool(m.allow_tf32) if p is None else p == "tf32"
+
+
+def _autocast_on() -> bool:
+    """Whether CUDA autocast is on (torch < 2.4 takes no device type and means CUDA)."""
+    try:
+        return torch.is_autocast_enabled("cuda")
+    except TypeError:  # pragma: no cover - older torch
+        return torch.is_autocast_enabled()
 
 
 def _mm_kernel(a_ptr, b_ptr, c_ptr, bias_ptr, M, N, K, s_am, s_ak, s_bk, s_bn, s_cm, s_cn,
@@ -140,9 +158,11 @@ def matmul(a: Tensor, b: Tensor, bias: Tensor | None = None, config: tuple = CON
     (M, K), (K2, N) = a.shape, b.shape
     if K2 != K:
         raise ValueError(f"matmul: a is {tuple(a.shape)} and b {tuple(b.shape)}; a's columns must equal b's rows")
-    if a.dtype != b.dtype or (bias is not None and bias.shape != (N,)):
-        raise ValueError(f"matmul: a {a.dtype}, b {b.dtype}, bias {None if bias is None else tuple(bias.shape)}: "
-                         f"a and b need one dtype and the bias shape ({N},)")  # fmt: skip
+    if a.dtype != b.dtype or (bias is not None and (bias.shape != (N,) or bias.dtype != a.dtype)):
+        raise ValueError(f"matmul: a {a.dtype}, b {b.dtype}, bias "
+                         f"{None if bias is None else (tuple(bias.shape), bias.dtype)}: a, b and the bias need one "
+                         f"dtype, and the bias the shape ({N},)")  # fmt: skip
+    bias = None if bias is None else bias.contiguous()  # (the kernel reads it with stride 1)
     interpret = a.device.type == "cpu" if interpret is None else interpret
     bm, bn, bk, warps, stages = config
     c = torch.empty(M, N, dtype=a.dtype, device=a.device)
@@ -154,19 +174,22 @@ def matmul(a: Tensor, b: Tensor, bias: Tensor | None = None, config: tuple = CON
     precision = "ieee" if interpret or a.dtype != torch.float32 else "tf32x3"
     grid = (triton.cdiv(M, bm) * triton.cdiv(N, bn),)
     opts = {} if interpret else {"num_warps": warps, "num_stages": stages}
-    _kernel(interpret)[grid](
-        a, b, c, c if bias is None else bias, M, N, K, a.stride(0), a.stride(1), b.stride(0), b.stride(1),
-        c.stride(0), c.stride(1), HAS_BIAS=bias is not None, EVEN_K=K % bk == 0, PRECISION=precision, ACC=acc,
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP=GROUP_M, **opts,
-    )  # fmt: skip
+    with torch.cuda.device(a.device) if a.is_cuda else contextlib.nullcontext():  # (Triton: the current device)
+        _kernel(interpret)[grid](
+            a, b, c, c if bias is None else bias, M, N, K, a.stride(0), a.stride(1), b.stride(0), b.stride(1),
+            c.stride(0), c.stride(1), HAS_BIAS=bias is not None, EVEN_K=K % bk == 0, PRECISION=precision, ACC=acc,
+            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP=GROUP_M, **opts,
+        )  # fmt: skip
     return c
 
 
 def compile_ahead(a_layout: str = "r", b_layout: str = "r", bias: bool = False, config: tuple = CONFIGS[0],
-                  arch: int = 90, even_k: bool = True):  # fmt: skip
+                  arch: int = 90, even_k: bool = True, aligned: bool = True):  # fmt: skip
     """Compile the float32 kernel for sm_``arch`` without a GPU, specialised as a launch with these operand
-    layouts ("r" row-major, "c" a transposed view) and sizes that are multiples of 16 would be: the check that
-    it builds, and its registers, spills and shared memory (``.n_regs``, ``.n_spills``, ``.metadata.shared``)."""
+    layouts ("r" row-major, "c" a transposed view) would be: with strides that are multiples of 16 (``aligned``,
+    Triton's JIT then knows it) or not (e.g. 650 input features), and K a multiple of BLOCK_K (``even_k``) or
+    not. The check that it builds, and what it asks of registers and shared memory (``.asm["cubin"]``,
+    ``.metadata.shared``)."""
     from triton.backends.compiler import GPUTarget
     from triton.backends.nvidia.compiler import CUDABackend
     from triton.compiler import ASTSource
@@ -182,7 +205,8 @@ def compile_ahead(a_layout: str = "r", b_layout: str = "r", bias: bool = False, 
         consts["bias_ptr"] = None
     sig = {a: "constexpr" if a in consts else "*fp32" if a.endswith("_ptr") else "i32" for a in jf.arg_names}
     attrs = {(jf.arg_names.index(a),): CUDABackend.parse_attr("D")  # aligned pointers, strides divisible by 16
-             for a, kind in sig.items() if kind != "constexpr" and a not in ("M", "N", "K")}  # fmt: skip
+             for a, kind in sig.items()
+             if kind != "constexpr" and a not in ("M", "N", "K") and (aligned or kind.startswith("*"))}  # fmt: skip
     cx = {(jf.arg_names.index(k),): v for k, v in consts.items()}
     src = ASTSource(fn=jf, signature=sig, constexprs=cx, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps, "num_stages": stages})
@@ -193,12 +217,19 @@ def _layout(t: Tensor) -> str:
     return "r" if t.stride(1) == 1 else "c" if t.stride(0) == 1 else "s"
 
 
+def _span(t: Tensor) -> int:
+    """The largest element offset a 2-D view reaches from its first element (its strides, not its size)."""
+    return sum((n - 1) * abs(st) for n, st in zip(t.shape, t.stride(), strict=True))
+
+
 def _considered(t: Tensor, other: Tensor, M: int, N: int, K: int) -> bool:
     """Whether an (M, N, K) GEMM of ``t`` and ``other`` may run on the kernel at all (then tuning decides):
-    CUDA, float32 both, TF32 off, at least :data:`MIN_MNK`, offsets within int32."""
+    CUDA, float32 both, TF32 off, no autocast, at least :data:`MIN_MNK`, every offset within int32 (``t`` and
+    ``other`` as the kernel reads them: 2-D; the output is M x N)."""
     return (
         MODE != "torch" and HAVE_TRITON and t.is_cuda and t.dtype == other.dtype == torch.float32
-        and M * N * K >= MIN_MNK and max(M * K, K * N, M * N) < 2**31 and not tf32_allowed()
+        and M * N * K >= MIN_MNK and not tf32_allowed() and not _autocast_on()
+        and M * N < 2**31 and _span(t) < 2**31 and _span(other) < 2**31
     )  # fmt: skip
 
 
@@ -207,40 +238,57 @@ def _torch_mm(a: Tensor, b: Tensor, bias: Tensor | None) -> Tensor:
 
 
 def _time(fn, device: torch.device, reps: int = 3) -> float:
-    """Median milliseconds of ``fn`` after one untimed call (compile, warm-up): CUDA events on a GPU."""
+    """Median milliseconds of one call of ``fn`` after one untimed call (compile, warm-up), each sample
+    :data:`TUNE_CALLS` calls back to back: CUDA events on a GPU."""
     fn()
     times = []
     for _ in range(reps):
         if device.type != "cuda":  # (the tests' interpreter runs)
             t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
+            for _ in range(TUNE_CALLS):
+                fn()
+            times.append((time.perf_counter() - t0) * 1e3 / TUNE_CALLS)
             continue
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        fn()
+        for _ in range(TUNE_CALLS):
+            fn()
         end.record()
         end.synchronize()
-        times.append(start.elapsed_time(end))
+        times.append(start.elapsed_time(end) / TUNE_CALLS)
     return sorted(times)[len(times) // 2]
 
 
+def _bucket(n: int) -> int:
+    """The power of two at or above ``n``: GEMMs whose sizes fall in one bucket share a tuning (a language
+    model's last, shorter batch does not tune again)."""
+    return 1 << max(n - 1, 0).bit_length()
+
+
 def _choice(a: Tensor, b: Tensor, bias: Tensor | None):
-    """"torch" or the CONFIGS entry this GEMM runs with: measured once per key on this device."""
+    """"torch" or the CONFIGS entry this GEMM runs with: measured once per key on this device, each tiling's
+    result checked against cuBLAS's (a tiling that fails to build or run, or misses :data:`TUNE_TOL`, is no
+    choice). The key: the sizes' power-of-two buckets, the operand layouts, the bias, the device."""
     if MODE == "triton":
         return CONFIGS[0]
     M, K = a.shape
-    key = (M, b.shape[1], K, _layout(a), _layout(b), bias is not None, a.device.index)
+    key = (_bucket(M), _bucket(b.shape[1]), _bucket(K), _layout(a), _layout(b), bias is not None, a.device.index)
     if key not in TUNED:
-        times = {"torch": _time(lambda: _torch_mm(a, b, bias), a.device)}
+        ref = _torch_mm(a, b, bias)
+        scale = ref.norm().item()
+        times, errors = {"torch": _time(lambda: _torch_mm(a, b, bias), a.device)}, {}
         for cfg in CONFIGS:
             try:
+                err = (matmul(a, b, bias, cfg) - ref).norm().item() / max(scale, 1e-30)
+                errors[cfg] = err
+                if not err <= TUNE_TOL:  # (NaN too)
+                    raise ArithmeticError(f"relative error {err:.2e} against cuBLAS, bound {TUNE_TOL:.0e}")
                 times[cfg] = _time(lambda cfg=cfg: matmul(a, b, bias, cfg), a.device)
-            except Exception as e:  # a tiling this device cannot compile or launch is no choice
+            except Exception as e:  # a tiling this device cannot compile, launch or get right is no choice
                 times[cfg] = float("inf")
-                log.info("gemm: %s refused at %s: %s: %s", cfg, key, type(e).__name__, e)
-        TUNED[key] = (min(times, key=times.get), times)
-        log.info("gemm %s: %s (ms: %s)", key, TUNED[key][0], times)
+                log.warning("gemm: tiling %s refused at %s: %s: %s", cfg, key, type(e).__name__, e)
+        TUNED[key] = (min(times, key=times.get), times, errors)
+        log.info("gemm %s: %s (ms: %s; errors against cuBLAS: %s)", key, TUNED[key][0], times, errors)
     return TUNED[key][0]
 
 
@@ -248,6 +296,8 @@ def mm(a: Tensor, b: Tensor, bias: Tensor | None = None) -> Tensor:
     """``a @ b`` (+ ``bias``) for 2-D tensors: the tf32x3 kernel where :func:`_considered` and tuning say it is
     faster, else torch's GEMM."""
     (M, K), N = a.shape, b.shape[1]
+    if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad or (bias is not None and bias.requires_grad)):
+        return _torch_mm(a, b, bias)  # (no autograd here: :func:`linear` is the differentiable entry)
     if _considered(a, b, M, N, K):
         choice = _choice(a, b, bias)
         if choice != "torch":
@@ -265,6 +315,7 @@ class _Linear(torch.autograd.Function):
         return mm(x, w.t(), b)  # (M, K) @ (K, N) -> (M, N)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dy: Tensor):
         x, w = ctx.saved_tensors
         dx = mm(dy, w) if ctx.needs_input_grad[0] else None  # (M, N) @ (N, K) -> (M, K)
@@ -277,7 +328,10 @@ def linear(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
     """``F.linear(x, w, b)``, x (..., K) -> (..., N), with its GEMMs through :func:`mm` where that can matter
     (CUDA, float32, TF32 off, at least :data:`MIN_MNK`); exactly ``F.linear`` elsewhere."""
     M = x.numel() // max(x.shape[-1], 1)
-    if x.dim() < 2 or not _considered(x, w, M, w.shape[0], w.shape[1]):
+    if x.dim() < 2 or (b is not None and (b.dtype != x.dtype or b.shape != (w.shape[0],))):
+        return F.linear(x, w, b)  # (torch's own rules and errors for anything unusual)
+    x2 = x.reshape(M, x.shape[-1])  # (M, K), a view where x allows it
+    if not _considered(x2, w, M, w.shape[0], w.shape[1]):
         return F.linear(x, w, b)
-    y = _Linear.apply(x.reshape(M, x.shape[-1]), w, b)  # (M, K) -> (M, N)
+    y = _Linear.apply(x2, w, b)  # (M, K) -> (M, N)
     return y.view(*x.shape[:-1], w.shape[0])

@@ -1041,7 +1041,7 @@ class Plan:
                 raise ValueError(
                     f"precision={precision!r}: the float32 products can be {' or '.join(map(repr, FP32_CHOICES))}, "
                     f"and only for float32 without TF32 (this call's are {self.precision!r}: {dtype}, "
-                    f"allow_tf32={torch.backends.cuda.matmul.allow_tf32}); leave precision=None"
+                    f"TF32 {'on' if gemm.tf32_allowed() else 'off'}); leave precision=None"
                 )  # fmt: skip
             self.precision = precision
         self._split = self.precision == "tf32x3"
