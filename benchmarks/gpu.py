@@ -179,9 +179,27 @@ def _warm(task) -> tuple[str, int, float, str]:
         return what, 0, time.perf_counter() - t0, f"{type(e).__name__}: {e}"[:200]
 
 
+def _warm_input_norm(task) -> tuple[str, int, float, str]:
+    """One worker's compile of the fused input norm's forward and backward for rows of N values in one dtype
+    (what a layer-norm module of that dtype launches: its gain and bias in the same dtype)."""
+    from lstmkit.kernels import layer_norm
+
+    N, dname, dev = task
+    t0 = time.perf_counter()
+    try:
+        gx = torch.randn(4, N, device=dev, dtype=DTYPES[dname], requires_grad=True)
+        w, b = torch.ones(N, device=dev, dtype=DTYPES[dname]), torch.zeros(N, device=dev, dtype=DTYPES[dname])
+        layer_norm.input_norm(gx, w, b, interpret=dev == "cpu").float().sum().backward()
+        return f"input norm {N} {dname}", 2, time.perf_counter() - t0, ""
+    except Exception as e:
+        return f"input norm {N} {dname}", 0, time.perf_counter() - t0, f"{type(e).__name__}: {e}"[:200]
+
+
 def _warm_task(task) -> tuple[str, int, float, str]:
-    """:func:`_warm_gemm` for a task tagged "gemm", else :func:`_warm`."""
-    return _warm_gemm(task[1:]) if task[0] == "gemm" else _warm(task)
+    """:func:`_warm_gemm` for a task tagged "gemm", :func:`_warm_input_norm` for "input_norm", else :func:`_warm`."""
+    if task[0] == "gemm":
+        return _warm_gemm(task[1:])
+    return _warm_input_norm(task[1:]) if task[0] == "input_norm" else _warm(task)
 
 
 def _compile_in_workers(tasks: list, workers: int, name: str) -> None:
@@ -566,7 +584,10 @@ def precompile_variants(shapes, dtypes, tuned: dict, workers: int) -> None:
                + [{**tuned[(B, H, "bf16")][0], "fuse": f, "which": ("fwd",)} for f in (True, False)],
                (), False)
               for T, B, H in shapes if B <= 16 and "bf16" in dtypes]  # fmt: skip
-    _compile_in_workers(tasks, workers, "variants and ablation")
+    # the layer-norm modules' fused input norm (kernels/layer_norm.py): 4H per row, the module's dtype throughout
+    tasks += [("input_norm", 4 * H, d, "cuda") for H in sorted({H for _, _, H in shapes}) for d in dtypes
+              if any("LN" in f for f in flagsets)]  # fmt: skip
+    _compile_in_workers(tasks, workers, "variants, ablation and the input norm")
 
 
 def _variant_module(H: int, opts: dict, dtype, device: str, impl: str | None = None):

@@ -11,7 +11,10 @@ the GPU does differently (not the interpreter) is at fault. Prints, per output a
     PYTHONPATH=src python benchmarks/ln_case_replay.py ln_case.pt [--out replay.md]    # CPU, about 10 s
 
 The kernels run with one hidden tile (the GPU's plans, 14 programs of 8 units or one of 128, gave identical
-errors in run 7); the interpreter runs programs one after another.
+errors in run 7); the interpreter runs programs one after another. Triton's interpreter rounds float32 to
+bfloat16 toward zero where the GPU rounds to nearest (``lstmkit.kernels.interpreter``); the replay rounds as the
+GPU does unless ``--interpreter-rounding toward-zero`` (what the replays before session 12 did). The input
+projection's layer norm is torch's, as run 7's code computed it (session 12 fused it: ``kernels.layer_norm``).
 """
 
 from __future__ import annotations
@@ -27,11 +30,20 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # (before triton is imported)
 import torch  # noqa: E402
 
 from lstmkit import kernels  # noqa: E402
+from lstmkit.kernels import interpreter  # noqa: E402
 from lstmkit.kernels import triton_lstm as tk  # noqa: E402
 from lstmkit.nn import LSTM  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from gpu_ln_diag import compare, run_case  # noqa: E402
+
+
+def _run7_input_norm(gx, weight, bias, eps, out_dtype, interpret=False):
+    """The input projection's layer norm and bias as run 7's code computed them (torch, two roundings)."""
+    from lstmkit.nn.variants import input_norm
+
+    y = input_norm(gx, weight, eps)
+    return (y if bias is None else y + bias).to(out_dtype)
 
 
 def replay(case: dict, dtype=torch.bfloat16) -> tuple[dict, dict]:
@@ -50,12 +62,13 @@ def replay(case: dict, dtype=torch.bfloat16) -> tuple[dict, dict]:
     want = run_case(ref, x, ln, masks, w)
     kern = functools.partial(tk.variant_layer, tiles=(8, 128))  # (all units in one program)
     kern.per_layer, kern.linear, kern.fuses_input_norm = True, None, True
-    real = kernels.select_lstm
+    real, real_norm = kernels.select_lstm, tk.input_norm
     kernels.select_lstm = lambda *a, **k: kern  # (the module's forward asks at each call)
+    tk.input_norm = _run7_input_norm
     try:
         ours = compare(run_case(mods[0], x.to(dtype), ln, mk, w), want)
     finally:
-        kernels.select_lstm = real
+        kernels.select_lstm, tk.input_norm = real, real_norm
     loop = compare(run_case(mods[1], x.to(dtype), ln, mk, w), want)
     return ours, loop
 
@@ -64,13 +77,22 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("case", type=Path, help="the file gpu_ln_diag.py --save wrote")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--interpreter-rounding", choices=("nearest", "toward-zero"), default="nearest",
+                    help="float32 -> bfloat16 in the interpreter: as the GPU (nearest), or Triton's own")
     args = ap.parse_args(argv)
+    if args.interpreter_rounding == "nearest":
+        assert interpreter.install(), "could not make Triton's interpreter round to nearest (see the warning)"
+    else:  # (our kernels install the rounding when they build an interpreted kernel: mark it done, not done)
+        interpreter._STATE["ok"] = False
     case = torch.load(args.case, weights_only=False)
     ours, loop = replay(case)
     gpu = case["ours"]
     worst = max(gpu, key=gpu.get)
     lines = [f"# A layer-norm case from {case['where']} replayed in Triton's interpreter (CPU), bf16", "",
-             f"Command: `python benchmarks/ln_case_replay.py {args.case.name}`", "",
+             f"Command: `python benchmarks/ln_case_replay.py {args.case.name} --interpreter-rounding "
+             f"{args.interpreter_rounding}` (float32 -> bfloat16 in the interpreter: "
+             f"{'to nearest, as the GPU' if args.interpreter_rounding == 'nearest' else 'toward zero'})",
+             "",
              f"Worst on the GPU: {gpu[worst]:.3g} ({worst}); here: {max(ours.values()):.3g} "
              f"({max(ours, key=ours.get)}); torch's bf16 loop: {max(loop.values()):.3g} (GPU: "
              f"{max(case['loop'].values()):.3g})", "",

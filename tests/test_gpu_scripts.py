@@ -88,9 +88,9 @@ def test_gpu_profile_dry_run(tmp_path):
         assert f"| {call} |" in profile, call
 
 
-def test_gpu_py_precompiles_the_float32_gemms_anywhere():
-    """gpu.py's workers compile the GEMM kernel's tilings with a layer's operand strides (on the GPU; here the
-    same code in the interpreter): every GEMM of the layer launches, and the task is tagged apart from plans."""
+def test_gpu_py_precompiles_the_float32_gemms_and_the_input_norm_anywhere():
+    """gpu.py's workers compile the GEMM kernel's tilings with a layer's operand strides, and the fused input
+    norm (on the GPU; here the same code in the interpreter): every kernel launches, each task tagged apart."""
     code = ("import sys; sys.path.insert(0, 'benchmarks'); import gpu\n"
             "print(gpu._warm_task(('gemm', 2, 3, 8, (16, 16, 16, 4, 1), 'cpu')))")  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
@@ -98,6 +98,11 @@ def test_gpu_py_precompiles_the_float32_gemms_anywhere():
     assert res.returncode == 0, res.stderr[-2000:]
     what, n, _, err = eval(res.stdout.strip().splitlines()[-1])  # noqa: S307 - the tuple it printed
     assert n == 5 and err == "" and what.startswith("gemm (2, 3, 8)")
+    code = code.replace("('gemm', 2, 3, 8, (16, 16, 16, 4, 1), 'cpu')", "('input_norm', 40, 'bf16', 'cpu')")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    what, n, _, err = eval(res.stdout.strip().splitlines()[-1])  # noqa: S307
+    assert n == 2 and err == "" and what == "input norm 40 bf16"
 
 
 def test_gpu_py_counts_its_plans():

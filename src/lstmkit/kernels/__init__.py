@@ -22,6 +22,10 @@ loop. Today's kernels:
 * ``gemm``: the float32 GEMMs around the recurrence (input projection, its gradients, dW_hh) as three TF32
   tensor-core products (tf32x3, about float32's accuracy) in Triton, where TF32 is off and tuning measures it
   faster than cuBLAS's fp32 FMA; torch's GEMM everywhere else.
+* ``layer_norm``: the layer-norm modules' input norm, LN(x W_ih^T) g_ih + b over the 4H gates, one Triton kernel
+  each way on a GPU (torch's CUDA layer norm takes no bf16 input with a float32 gain: four passes otherwise).
+* ``interpreter``: Triton's interpreter (the kernels' CPU tests) made to round float32 to bfloat16 to nearest,
+  as the GPU does (it rounds toward zero on its own).
 * ``cpu_fused``: one layer and direction of an LSTM with variants (layer norm, peepholes, CIFG,
   cell clip, recurrent dropout, zoneout, weight drop; ``lengths``) on the CPU, float32/float64, no
   projection: the time loop forward and backward in C++ (ATen), JIT-compiled once and cached. It

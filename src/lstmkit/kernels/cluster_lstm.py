@@ -71,6 +71,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import gemm
+from .layer_norm import input_norm
 from .stack import pad_dim, pad_gates, pad_recurrent
 
 __all__ = ["ClusterConfig", "EXCHANGES", "FLAGS", "ROUTE", "config", "source", "emulation_source", "compile_cubin",
@@ -2959,8 +2960,8 @@ def variant_layer(
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     """One layer and direction with variants, ``triton_lstm.variant_layer``'s interface, on the cluster kernels
     where they cover the call (sm_90, bf16 / fp16, :func:`config`'s sizes; ``valid`` masks carry the state past
-    each row's length, as the Triton kernels do; layer norm of the input projection runs in torch, over all steps
-    at once, by ``nn.variants.input_norm``, the recurrent one and the cell's in the kernels),
+    each row's length, as the Triton kernels do; layer norm of the input projection, with the bias, over all steps
+    at once by ``layer_norm.input_norm`` (one Triton kernel), the recurrent one and the cell's in the kernels),
     else on the Triton kernels (which raise ``kernels.Unsupported`` for what they cannot run either).
     ``kw``: cluster, fast, exchange. What ``impl="auto"`` runs for variants on a GPU when :data:`ROUTE`."""
     from . import triton_lstm
@@ -2981,12 +2982,11 @@ def variant_layer(
 
 def _variant_layer(gx, h0, c0, w_hh, v, p: dict, masks: dict, valid, eps: float, kw: dict):
     """:func:`variant_layer` on the cluster kernels (the call is known to be covered)."""
-    if v.layer_norm:  # LN of the input projection (all steps at once, in torch), before the bias
-        from ..nn.variants import input_norm
-
-        gx = input_norm(gx, p["layernorm_ih_weight"], eps)
-    if p.get("bias") is not None:
-        gx = gx + p["bias"].to(gx.dtype)  # (float32 master parameters under autocast: gx stays bf16)
+    bias = p.get("bias")
+    if v.layer_norm:  # LN of the input projection and the bias, all steps at once, one kernel (layer_norm.py)
+        gx = input_norm(gx, p["layernorm_ih_weight"], bias, eps, gx.dtype, interpret=not gx.is_cuda)
+    elif bias is not None:
+        gx = gx + bias.to(gx.dtype)  # (float32 master parameters under autocast: gx stays bf16)
     var = dict(peephole=v.peephole, cifg=v.coupled_input_forget, clip=v.cell_clip, rec=masks.get("recurrent"),
                zh=masks.get("zoneout_h"), zc=masks.get("zoneout_c"), valid=valid, eps=eps)  # fmt: skip
     w_ch = p.get("weight_ch") if v.peephole else None

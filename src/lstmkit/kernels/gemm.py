@@ -142,6 +142,9 @@ def _kernel(interpret: bool):
     if interpret not in _KERNELS:
         fn = _mm_kernel
         if interpret:
+            from . import interpreter
+
+            interpreter.install()  # (bfloat16 rounded to nearest, as on the GPU)
             _KERNELS[True] = InterpretedFunction(types.FunctionType(fn.__code__, fn.__globals__, fn.__name__))
         else:  # sizes change from call to call; one compiled kernel per layout, not per size
             _KERNELS[False] = triton.jit(fn, do_not_specialize=["M", "N", "K"])

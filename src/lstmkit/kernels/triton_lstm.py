@@ -96,7 +96,8 @@ import types
 import torch
 from torch import Tensor
 
-from . import gemm
+from . import gemm, interpreter
+from .layer_norm import input_norm
 from .stack import pad_dim as _pad_dim  # (zero padding of the hidden units, shared with cluster_lstm)
 from .stack import pad_gates as _pad_gates
 from .stack import pad_recurrent as _pad_recurrent
@@ -979,6 +980,7 @@ def _compiled(name: str, interpret: bool):
     """The kernel ``name`` for the GPU (``triton.jit``) or the CPU interpreter."""
     fn = {"fwd": _fwd_kernel, "bwd": _bwd_kernel}[name]
     if interpret:  # the same code, with the helpers it calls interpreted too (and they each other)
+        interpreter.install()  # (bfloat16 stores rounded to nearest, as on the GPU)
         g = dict(fn.__globals__)
         for k, f in _HELPERS.items():
             g[k] = InterpretedFunction(types.FunctionType(f.__code__, g, f.__name__, f.__defaults__))
@@ -2089,12 +2091,12 @@ def variant_layer(
 
         raise Unsupported(f"(T + 1) * B * 4H = {(T + 1) * B * width} is too large for the kernels' int32 indexing")
     plan_kw = {k: plan_kw.get(k) for k in ("mode", "tiles", "resident", "poll", "ll", "ln_sync", "fuse", "precision")}
-    if v.layer_norm:  # LN of the input projection (all steps at once, in torch), before the bias
-        from ..nn.variants import input_norm
-
-        gx = input_norm(gx, p["layernorm_ih_weight"], eps)
-    if p.get("bias") is not None:
-        gx = gx + p["bias"]
+    bias = p.get("bias")
+    if v.layer_norm:  # LN of the input projection and the bias, all steps at once, one kernel (layer_norm.py)
+        out = gx.dtype if bias is None else torch.promote_types(gx.dtype, bias.dtype)  # (as gx + bias would)
+        gx = input_norm(gx, p["layernorm_ih_weight"], bias, eps, out, interpret=not gx.is_cuda)
+    elif bias is not None:
+        gx = gx + bias
     var = _variant_args(
         peephole=v.peephole, coupled_input_forget=v.coupled_input_forget, cell_clip=v.cell_clip,
         recurrent=masks.get("recurrent"), zoneout_h=masks.get("zoneout_h"), zoneout_c=masks.get("zoneout_c"),
