@@ -190,7 +190,8 @@ def _warm_input_norm(task) -> tuple[str, int, float, str]:
         gx = torch.randn(4, N, device=dev, dtype=DTYPES[dname], requires_grad=True)
         w, b = torch.ones(N, device=dev, dtype=DTYPES[dname]), torch.zeros(N, device=dev, dtype=DTYPES[dname])
         layer_norm.input_norm(gx, w, b, interpret=dev == "cpu").float().sum().backward()
-        return f"input norm {N} {dname}", 2, time.perf_counter() - t0, ""
+        fused = N <= layer_norm.MAX_N  # (longer rows run torch's composite: nothing to compile)
+        return f"input norm {N} {dname}", 2 if fused else 0, time.perf_counter() - t0, ""
     except Exception as e:
         return f"input norm {N} {dname}", 0, time.perf_counter() - t0, f"{type(e).__name__}: {e}"[:200]
 

@@ -90,7 +90,8 @@ def errors(opts: dict, layers: int, bidir: bool, T: int, lengths: bool, scale: f
         cpu = lambda d: {k: v.detach().cpu() for k, v in d.items()}  # noqa: E731
         torch.save(dict(opts=kw | {"device": "cpu"}, H=H, state=cpu(ref.state_dict()), x=x.cpu(), lengths=ln,
                         masks={k: cpu(v) for k, v in masks.items()}, w=w.cpu(), ours=found[0], loop=found[1],
-                        where=torch.cuda.get_device_name() if device == "cuda" else "cpu"), save)  # fmt: skip
+                        where=torch.cuda.get_device_name() if device == "cuda" else "cpu",
+                        input_norm="fused"), save)  # fmt: skip (kernels/layer_norm.py since session 12)
     return found
 
 

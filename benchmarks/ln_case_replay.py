@@ -14,7 +14,8 @@ The kernels run with one hidden tile (the GPU's plans, 14 programs of 8 units or
 errors in run 7); the interpreter runs programs one after another. Triton's interpreter rounds float32 to
 bfloat16 toward zero where the GPU rounds to nearest (``lstmkit.kernels.interpreter``); the replay rounds as the
 GPU does unless ``--interpreter-rounding toward-zero`` (what the replays before session 12 did). The input
-projection's layer norm is torch's, as run 7's code computed it (session 12 fused it: ``kernels.layer_norm``).
+projection's layer norm is computed as the saved case's code did: torch's for cases saved before session 12
+(run 7's), the fused kernel (``kernels.layer_norm``) for later ones.
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ def replay(case: dict, dtype=torch.bfloat16) -> tuple[dict, dict]:
     kern.per_layer, kern.linear, kern.fuses_input_norm = True, None, True
     real, real_norm = kernels.select_lstm, tk.input_norm
     kernels.select_lstm = lambda *a, **k: kern  # (the module's forward asks at each call)
-    tk.input_norm = _run7_input_norm
+    if case.get("input_norm") != "fused":  # a case saved before session 12 (run 7's): its input norm as then
+        tk.input_norm = _run7_input_norm
     try:
         ours = compare(run_case(mods[0], x.to(dtype), ln, mk, w), want)
     finally:
@@ -82,8 +84,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.interpreter_rounding == "nearest":
         assert interpreter.install(), "could not make Triton's interpreter round to nearest (see the warning)"
-    else:  # (our kernels install the rounding when they build an interpreted kernel: mark it done, not done)
-        interpreter._STATE["ok"] = False
+    else:  # Triton's own rounding, for the rest of this process (our kernels' install() then leaves it)
+        interpreter.uninstall()
     case = torch.load(args.case, weights_only=False)
     ours, loop = replay(case)
     gpu = case["ours"]

@@ -8,6 +8,7 @@ bias, with rows that do not fill the block and more rows than one backward progr
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 import torch
@@ -103,8 +104,35 @@ def test_shapes_edges_and_a_second_derivative():
     assert torch.equal(dw, torch.zeros_like(w))
     y = ln.input_norm(x, w, b, interpret=True)
     (dx,) = torch.autograd.grad((y * gy).sum(), (x,), create_graph=True)
-    with pytest.raises(RuntimeError):  # once differentiable: said so, not silently wrong
+    with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):  # said so, not wrong
         torch.autograd.grad(dx.sum(), (w,))
+
+
+def test_row_offsets_are_64_bit():
+    """T * B * 4H may pass 2^31 (e.g. 32 rows of 768 units over 22,000 steps): the row's first element is
+    computed in int64 in both kernels (their sm_90 code, not a 16 GB test tensor)."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("TRITON_INTERPRET=1 turns triton.jit off")
+    for name, k in ln.compile_ahead(3072, torch.bfloat16).items():
+        assert re.search(r"arith\.muli [^\n]*: i64", k.asm["ttir"]), name  # (row * N, widened first)
+
+
+def test_the_variant_layers_keep_their_dtype_rules(monkeypatch):
+    """Triton's variant layer: gx' in the dtype gx + bias had (autocast: float32 bias, bf16 gx -> float32), the
+    cluster kernels': gx's own dtype."""
+    from lstmkit.kernels import triton_lstm as tk
+    from lstmkit.nn.variants import Variants
+
+    seen = []
+    monkeypatch.setattr(tk, "_recurrence", lambda gx, *a, **k: seen.append(gx.dtype) or (gx, gx, gx))
+    v = Variants(layer_norm=True)
+    gx = torch.randn(2, 3, 16, dtype=torch.bfloat16)
+    p = {"layernorm_ih_weight": torch.ones(16), "bias": torch.zeros(16), "layernorm_hh_weight": torch.ones(16),
+         "layernorm_c_weight": torch.ones(4), "layernorm_c_bias": torch.zeros(4)}  # fmt: skip
+    tk.variant_layer(gx, torch.zeros(3, 4), torch.zeros(3, 4), torch.zeros(16, 4), v, p, {}, None)
+    p16 = {k: t.to(torch.bfloat16) for k, t in p.items()}
+    tk.variant_layer(gx, torch.zeros(3, 4), torch.zeros(3, 4), torch.zeros(16, 4), v, p16, {}, None)
+    assert seen == [torch.float32, torch.bfloat16]
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="TRITON_INTERPRET=1 turns triton.jit off")

@@ -3,12 +3,13 @@
 On an NVIDIA GPU, Triton converts float32 to bfloat16 rounding to nearest, ties to even (``cvt.rn.bf16.f32``),
 as torch's ``.to(torch.bfloat16)`` does. Triton's interpreter (3.6 and 3.9, ``InterpreterBuilder.cast_impl``)
 cuts the low 16 bits instead: rounding toward zero, for every store of a float32 value to a bfloat16 tensor and
-every ``.to(tl.bfloat16)``, explicit rounding mode or not. Toward zero is twice the error of nearest and
-always in one direction, so over a recurrence the interpreter's bf16 runs drift from what the GPU computes
-(at 2.6048: the interpreter stores 2.59375, the GPU 2.609375). :func:`install` replaces that conversion, for this
-process's interpreter runs only, with round-to-nearest-even; our kernels call it before they build an
-interpreted kernel. It checks itself on known values and leaves the interpreter as it was (with a warning)
-where its internals differ from what it expects. float16 was right already (numpy rounds to nearest).
+every ``.to(tl.bfloat16)`` with the default or the "rtne" rounding mode ("rtz" asks for toward zero: kept).
+Toward zero is twice the error of nearest and always in one direction, so over a recurrence the interpreter's
+bf16 runs drift from what the GPU computes (at 2.6048: the interpreter stores 2.59375, the GPU 2.609375).
+:func:`install` replaces that conversion, for this process's interpreter runs only, with round-to-nearest-even
+(float64 to bfloat16 too, by way of float32, where Triton's own gives NaN); our kernels call it before they
+build an interpreted kernel. It checks itself on known values and leaves the interpreter as it was (with a
+warning) where its internals differ from what it expects. float16 was right already (numpy rounds to nearest).
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ import logging
 
 import numpy as np
 
-__all__ = ["install", "rtne_bf16_bits"]
+__all__ = ["install", "rtne_bf16_bits", "uninstall"]
 
 log = logging.getLogger(__name__)
 
-_STATE: dict[str, bool] = {}
+_STATE: dict = {}
 
 
 def rtne_bf16_bits(x: np.ndarray) -> np.ndarray:
@@ -47,14 +48,17 @@ def install() -> bool:
         original = builder.cast_impl
 
         def cast_impl(self, src, dst_type):
-            if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
-                data = rtne_bf16_bits(src.data).reshape(np.shape(src.data))
+            if src.dtype.scalar in (tl.float32, tl.float64) and dst_type.scalar == tl.bfloat16:
+                # (float64: once to float32, nearest, then to bfloat16; Triton's own cast gives NaN from it)
+                data = rtne_bf16_bits(np.asarray(src.data, dtype=np.float32)).reshape(np.shape(src.data))
                 return ti.TensorHandle(data.view(ti._get_np_dtype(dst_type)), dst_type.scalar)
             return original(self, src, dst_type)
 
         builder.cast_impl = cast_impl
+        _STATE["original"] = original
         probe = np.array([2.6048, -1.8188, 1.00390625, 1.01171875], dtype=np.float32)  # (the last two: ties)
-        got = cast_impl(None, ti.TensorHandle(probe, tl.float32), tl.bfloat16).data
+        # through the builder's own float truncation (what a store or .to(tl.bfloat16) calls), on an instance
+        got = builder.__new__(builder).create_fp_trunc(ti.TensorHandle(probe, tl.float32), tl.bfloat16).data
         want = np.array([0x4027, 0xBFE9, 0x3F80, 0x3F82], dtype=np.uint16)  # 2.609375, -1.8203125, 1.0, 1.015625
         if not np.array_equal(got.view(np.uint16), want):
             builder.cast_impl = original
@@ -64,3 +68,14 @@ def install() -> bool:
         log.warning("Triton's interpreter keeps rounding bfloat16 toward zero (%s: %s)", type(e).__name__, e)
         _STATE["ok"] = False
     return _STATE["ok"]
+
+
+def uninstall() -> None:
+    """Triton's own rounding back, for the rest of this process (later :func:`install` calls leave it so): a
+    replay that shows what the interpreter computed before (``ln_case_replay.py --interpreter-rounding``)."""
+    original = _STATE.pop("original", None)
+    if original is not None:
+        from triton.runtime import interpreter as ti
+
+        ti.InterpreterBuilder.cast_impl = original
+    _STATE["ok"] = False

@@ -57,16 +57,17 @@ def _fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, N, eps, HAS_BIAS
     """One row: y = (x - mean) * rstd * w (+ b) in ACC (float32; float64 in the tests), stored in y's dtype;
     mean and rstd kept."""
     row = tl.program_id(0)
+    start = row.to(tl.int64) * N  # (int64: T * B * 4H may pass 2^31)
     cols = tl.arange(0, BLOCK_N)
     m = cols < N
-    x = tl.load(x_ptr + row * N + cols, mask=m, other=0.0).to(ACC)  # (BLOCK_N,)
+    x = tl.load(x_ptr + start + cols, mask=m, other=0.0).to(ACC)  # (BLOCK_N,)
     mean = tl.reduce(x, 0, _add) / N
     d = tl.where(m, x - mean, 0.0)
     rstd = 1.0 / tl.sqrt(tl.reduce(d * d, 0, _add) / N + eps)
     y = d * rstd * tl.load(w_ptr + cols, mask=m, other=0.0).to(ACC)
     if HAS_BIAS:
         y += tl.load(b_ptr + cols, mask=m, other=0.0).to(ACC)
-    tl.store(y_ptr + row * N + cols, y.to(y_ptr.dtype.element_ty), mask=m)
+    tl.store(y_ptr + start + cols, y.to(y_ptr.dtype.element_ty), mask=m)
     tl.store(mean_ptr + row, mean)
     tl.store(rstd_ptr + row, rstd)
 
@@ -84,15 +85,16 @@ def _bwd_kernel(dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_ptr, db_ptr
     for r in range(ROWS):
         row = pid * ROWS + r
         if row < M:
-            x = tl.load(x_ptr + row * N + cols, mask=m, other=0.0).to(ACC)
-            dy = tl.load(dy_ptr + row * N + cols, mask=m, other=0.0).to(ACC)
+            start = row.to(tl.int64) * N  # (int64: T * B * 4H may pass 2^31)
+            x = tl.load(x_ptr + start + cols, mask=m, other=0.0).to(ACC)
+            dy = tl.load(dy_ptr + start + cols, mask=m, other=0.0).to(ACC)
             rstd = tl.load(rstd_ptr + row)
             xhat = tl.where(m, (x - tl.load(mean_ptr + row)) * rstd, 0.0)
             wdy = w * dy
             c1 = tl.reduce(xhat * wdy, 0, _add) / N
             c2 = tl.reduce(wdy, 0, _add) / N
             dx = (wdy - (xhat * c1 + c2)) * rstd
-            tl.store(dx_ptr + row * N + cols, dx.to(dx_ptr.dtype.element_ty), mask=m)
+            tl.store(dx_ptr + start + cols, dx.to(dx_ptr.dtype.element_ty), mask=m)
             dw += dy * xhat
             db += dy
     tl.store(dw_ptr + pid * N + cols, dw, mask=m)
