@@ -108,6 +108,15 @@ def test_shapes_edges_and_a_second_derivative():
         torch.autograd.grad(dx.sum(), (w,))
 
 
+def test_backward_programs_fill_the_gpu(monkeypatch):
+    """A short call's rows spread over PROGRAMS_PER_SM programs a multiprocessor, a long one's 64 rows each."""
+    monkeypatch.setattr(ln, "_sm_count", lambda index: 132)
+    dev = torch.device("cuda", 0)
+    assert ln._rows_per_program(700, dev) == 3  # (35, 20, 650): 234 programs, not 11 of 64 rows
+    assert ln._rows_per_program(32768, dev) == ln.ROWS_PER_PROGRAM  # (128, 256, 1024): 512 programs
+    assert ln._rows_per_program(1, dev) == 1 and ln._rows_per_program(0, dev) == 1
+
+
 def test_row_offsets_are_64_bit():
     """T * B * 4H may pass 2^31 (e.g. 32 rows of 768 units over 22,000 steps): the row's first element is
     computed in int64 in both kernels (their sm_90 code, not a 16 GB test tensor)."""

@@ -17,6 +17,7 @@ with ``interpret=True``); elsewhere, or for rows over :data:`MAX_N` values, torc
 
 from __future__ import annotations
 
+import functools
 import types
 
 import torch
@@ -40,8 +41,11 @@ __all__ = ["MAX_N", "input_norm"]
 #: The sm_90 builds (triton 3.6) spill nothing up to here (the backward at 8 warps: 220-244 registers) and
 #: 200-240 bytes at 16384 (16 warps, 128 registers each).
 MAX_N = 8192
-#: rows each backward program handles (its gain and bias partials are summed over them before one store)
+#: the most rows one backward program handles (its gain and bias partials are summed over them before one
+#: store): fewer where that leaves under PROGRAMS_PER_SM programs a multiprocessor (a short call's 700 rows
+#: would otherwise be 11 programs, each 64 rows after one another)
 ROWS_PER_PROGRAM = 64
+PROGRAMS_PER_SM = 2
 
 
 def _add(a, b):  # tl.reduce's combine function (tl.sum is a jit function Triton's interpreter cannot call)
@@ -72,9 +76,9 @@ def _fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, N, eps, HAS_BIAS
     tl.store(rstd_ptr + row, rstd)
 
 
-def _bwd_kernel(dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_ptr, db_ptr, M, N, ROWS: tl.constexpr,
+def _bwd_kernel(dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_ptr, db_ptr, M, N, rows,
                 ACC: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
-    """ROWS rows: dx = (w dy - (xhat mean(xhat w dy) + mean(w dy))) rstd; this program's partial sums of
+    """``rows`` rows: dx = (w dy - (xhat mean(xhat w dy) + mean(w dy))) rstd; this program's partial sums of
     dy xhat (the gain's gradient) and dy (the bias') over its rows, one row of dw_ptr / db_ptr each."""
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK_N)
@@ -82,8 +86,8 @@ def _bwd_kernel(dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_ptr, db_ptr
     w = tl.load(w_ptr + cols, mask=m, other=0.0).to(ACC)
     dw = tl.full([BLOCK_N], 0.0, ACC)
     db = tl.full([BLOCK_N], 0.0, ACC)
-    for r in range(ROWS):
-        row = pid * ROWS + r
+    for r in range(rows):
+        row = pid * rows + r
         if row < M:
             start = row.to(tl.int64) * N  # (int64: T * B * 4H may pass 2^31)
             x = tl.load(x_ptr + start + cols, mask=m, other=0.0).to(ACC)
@@ -115,8 +119,8 @@ def _kernel(name: str, interpret: bool):
 
             interpreter.install()  # (bfloat16 stores rounded to nearest, as on the GPU)
             k = InterpretedFunction(types.FunctionType(fn.__code__, fn.__globals__, fn.__name__))
-        else:  # row counts change from call to call
-            k = triton.jit(fn, do_not_specialize=["M"] if name == "bwd" else [])
+        else:  # row counts change from call to call (1 would be a constant: another compile)
+            k = triton.jit(fn, do_not_specialize=["M", "rows"] if name == "bwd" else [])
         _KERNELS[(name, interpret)] = k
     return _KERNELS[(name, interpret)]
 
@@ -134,7 +138,7 @@ def compile_ahead(N: int, dtype: torch.dtype = torch.bfloat16, bias: bool = True
              "mean_ptr": "*fp32", "rstd_ptr": "*fp32", "dw_ptr": "*fp32", "db_ptr": "*fp32", "eps": "fp32"}  # fmt: skip
     out = {}
     for name, consts in (("fwd", dict(HAS_BIAS=bias, ACC=tl.float32, BLOCK_N=block)),
-                         ("bwd", dict(ROWS=ROWS_PER_PROGRAM, ACC=tl.float32, BLOCK_N=block))):  # fmt: skip
+                         ("bwd", dict(ACC=tl.float32, BLOCK_N=block))):  # fmt: skip
         jf = _kernel(name, False)
         if name == "fwd" and not bias:
             consts["b_ptr"] = None
@@ -145,6 +149,19 @@ def compile_ahead(N: int, dtype: torch.dtype = torch.bfloat16, bias: bool = True
                         attrs=attrs)  # fmt: skip
         out[name] = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": _warps(block)})
     return out
+
+
+def _rows_per_program(M: int, device: torch.device) -> int:
+    """Rows per backward program: at most ROWS_PER_PROGRAM, and few enough for PROGRAMS_PER_SM programs on every
+    multiprocessor (the interpreter: as if 4)."""
+    sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device()) \
+        if device.type == "cuda" else 4
+    return max(1, min(ROWS_PER_PROGRAM, -(-M // (PROGRAMS_PER_SM * sms))))
+
+
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def _warps(block_n: int) -> int:
@@ -180,14 +197,15 @@ class _InputNorm(torch.autograd.Function):
         M, N = x.shape
         dy = dy.contiguous()
         dx = torch.empty_like(x)
-        n_prog = triton.cdiv(M, ROWS_PER_PROGRAM)
+        rows = _rows_per_program(M, x.device)
+        n_prog = triton.cdiv(M, rows)
         dw = torch.empty(max(n_prog, 1), N, dtype=mean.dtype, device=x.device)
         db = torch.empty_like(dw)
         block = triton.next_power_of_2(N)
         opts = {} if ctx.interpret else {"num_warps": _warps(block)}
         if M:
             with torch.cuda.device(x.device) if x.is_cuda else _nothing():
-                _kernel("bwd", ctx.interpret)[(n_prog,)](dy, x, w, mean, rstd, dx, dw, db, M, N, ROWS=ROWS_PER_PROGRAM,
+                _kernel("bwd", ctx.interpret)[(n_prog,)](dy, x, w, mean, rstd, dx, dw, db, M, N, rows,
                                                          ACC=_ACC[mean.dtype], BLOCK_N=block, **opts)  # fmt: skip
         else:
             dw.zero_()
