@@ -585,6 +585,10 @@ def precompile_variants(shapes, dtypes, tuned: dict, workers: int) -> None:
                + [{**tuned[(B, H, "bf16")][0], "fuse": f, "which": ("fwd",)} for f in (True, False)],
                (), False)
               for T, B, H in shapes if B <= 16 and "bf16" in dtypes]  # fmt: skip
+    # layer norm's forward ablation (ln_ablation_table) above the cluster kernels' 32 rows
+    tasks += [(T, B, H, "bf16", [{**tuned[(B, H, "bf16", "LN")][0], "constants": {"ABLATE": k}, "which": ("fwd",)}
+                                 for k in (3, 4)], ("LN",), False)
+              for T, B, H in shapes if B > 32 and "bf16" in dtypes and (B, H, "bf16", "LN") in tuned]  # fmt: skip
     # the layer-norm modules' fused input norm (kernels/layer_norm.py): 4H per row, the module's dtype throughout
     tasks += [("input_norm", 4 * H, d, "cuda") for H in sorted({H for _, _, H in shapes}) for d in dtypes
               if any("LN" in f for f in flagsets)]  # fmt: skip
@@ -714,6 +718,35 @@ def ablation_table(shapes, dtypes, deadline: float, device: str) -> str:
         lines.append(f"| {(T, B, H)} | {r['plan']} | {_f(r.get('full'))} | {_f(r.get('no barrier'))} "
                      f"| {_f(r.get('no barrier, no h read'))} | {other} |")  # fmt: skip
         log.info("ablation %s", lines[-1])
+    return "\n".join(lines) + "\n"
+
+
+def ln_ablation_table(shapes, dtypes, deadline: float, device: str) -> str:
+    """Where layer norm's forward step goes on the Triton kernels, bf16, at the batch sizes they run it (above
+    the cluster kernels' 32 rows; goal 2 at (128, 256, 1024)): tk.ln_step_ablation, until ``deadline``."""
+    lines = ["", "## Layer-norm forward step ablation, bf16, Triton kernels: microseconds per step (256 steps, "
+             "median of 3)", "",
+             "Timing only (wrong numbers by design): the layer-norm forward on its tuned plan as it is, without its "
+             "two statistic exchanges a step, and without those and the grid barrier; and the plain forward on its "
+             "own tuned plan. full - no exchanges: what the exchanges cost; no exchanges - plain: layer norm's own "
+             "work.", "",
+             "| shape | layer-norm plan | full | no statistic exchanges | no exchanges, no barrier | plain, its plan |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for T, B, H in shapes:
+        if "bf16" not in dtypes or (B <= 32 and device == "cuda"):  # (the dry run: plumbing, at its small shapes)
+            continue
+        if time.monotonic() > deadline:
+            lines.append(f"| {(T, B, H)} | time budget spent | | | | |")
+            continue
+        try:
+            steps = 256 if device == "cuda" else 3
+            r = tk.ln_step_ablation(B, tk.kernel_units(H, device), torch.bfloat16, device, T=steps)
+        except Exception as e:
+            lines.append(f"| {(T, B, H)} | ERROR {type(e).__name__}: {e}"[:200] + " | | | | |")
+            continue
+        lines.append(f"| {(T, B, H)} | {r['plan']} | {_f(r.get('full'))} | {_f(r.get('no statistic exchanges'))} "
+                     f"| {_f(r.get('no statistic exchanges, no barrier'))} | {_f(r.get('plain full'))} |")  # fmt: skip
+        log.info("layer-norm ablation %s", lines[-1])
     return "\n".join(lines) + "\n"
 
 
@@ -1055,6 +1088,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.write_text(text + "\n")
     log.info("wrote %s in %.0f s", args.out, time.monotonic() - start)
     if not args.no_ablation:  # written first: a run killed in this last, optional part keeps its results
+        # (layer norm's first: runs 5-7 measured the plain one)
+        text += ln_ablation_table(shapes, dtypes, deadline + 15, args.device)
+        args.out.write_text(text + "\n")
         text += ablation_table(shapes, dtypes, deadline + 25, args.device)
         args.out.write_text(text + "\n")
         log.info("added the step ablation, %.0f s in all", time.monotonic() - start)

@@ -50,7 +50,8 @@ def test_the_gpu_session_dry_run(tmp_path):
             continue
         assert f"STATUS {script}: exit 0" in status, f"{script} failed:\n{res.stdout[-2000:]}\n{logs}"
     gpu = (tmp_path / "gpu_results.md").read_text()
-    for table in ("## Correctness", "## Time, ms", "## Variants: time", "## Plan tuning", "## Forward step ablation"):
+    for table in ("## Correctness", "## Time, ms", "## Variants: time", "## Plan tuning", "## Forward step ablation",
+                  "## Layer-norm forward step ablation"):
         assert table in gpu, f"{table!r} missing from gpu.py's report"
     assert "ERROR" not in gpu and "_error:" not in gpu  # (exit 0 judged the checks; these are the timings')
     assert "DRY RUN" in gpu  # (and it says its times mean nothing)

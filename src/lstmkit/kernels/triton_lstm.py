@@ -116,6 +116,7 @@ except ImportError:  # pragma: no cover - exercised only where triton is absent
 __all__ = [
     "HAVE_TRITON", "lstm", "lstm_or_native", "layer", "is_supported", "unsupported_reason", "why_not", "plan", "Plan",
     "warmup", "compile_ahead", "candidates", "tuned_plan", "tune_key", "kernel_units", "step_ablation",
+    "ln_step_ablation",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -362,7 +363,9 @@ def _fwd_kernel(
     ZONE_H: tl.constexpr = False,
     ZONE_C: tl.constexpr = False,
     VALID: tl.constexpr = False,
-    # timing diagnostics only (step_ablation), wrong numbers: 1 drops the grid barrier, 2 also re-reads no h
+    # timing diagnostics only (step_ablation, ln_step_ablation), wrong numbers: 1 drops the grid barrier, 2 also
+    # re-reads no h; with layer norm 3 drops its two statistic exchanges (each program its own tile's statistics),
+    # 4 those and the grid barrier
     ABLATE: tl.constexpr = 0,
     # the four gates' products as one (BLOCK_B, H) @ (H, 4 BLOCK_H) product, split afterwards (_gates4): in the
     # sm_90 code a step has a third of the CTA barriers and layout conversions of four separate products,
@@ -526,10 +529,13 @@ def _fwd_kernel(
             d_g = tl.where(mj_ln[None, :], a_g - m_loc[:, None], 0.0)
             d_o = tl.where(mj_ln[None, :], a_o - m_loc[:, None], 0.0)
             m2_loc = tl.reduce(d_i * d_i + d_f * d_f + d_g * d_g + d_o * d_o, 1, _add)
-            mu, m2, wait_ns, wait_spins = _exchange_sums(
-                st_ptr, (t * 2 + 0) * n_htiles * B * 2, pid_h, offs_b, mb, m_st, st_rd, m_loc, m2_loc, B, wait_ns,
-                wait_spins, err_ptr, 4 * cnt, 4 * ln_units, stc_ptr, (pid_b * T + t) * 2 + 0, n_htiles, ACC, ST_RAW,
-                LL_SPIN, True, ST_SYNC, POLL)  # fmt: skip
+            if ABLATE == 3 or ABLATE == 4:  # (timing only: my tile's statistics, scaled as if they were the row's)
+                mu, m2 = m_loc, m2_loc * n_htiles
+            else:
+                mu, m2, wait_ns, wait_spins = _exchange_sums(
+                    st_ptr, (t * 2 + 0) * n_htiles * B * 2, pid_h, offs_b, mb, m_st, st_rd, m_loc, m2_loc, B,
+                    wait_ns, wait_spins, err_ptr, 4 * cnt, 4 * ln_units, stc_ptr, (pid_b * T + t) * 2 + 0, n_htiles,
+                    ACC, ST_RAW, LL_SPIN, True, ST_SYNC, POLL)  # fmt: skip
             rstd = 1.0 / tl.sqrt(m2 / (4 * ln_units) + eps)
             r_i = (a_i - mu[:, None]) * rstd[:, None]
             r_f = (a_f - mu[:, None]) * rstd[:, None]
@@ -567,10 +573,13 @@ def _fwd_kernel(
         if LN:  # n_t = LN(c'_t) g_c + b_c over the H units of a row, again through the exchange
             m_loc = tl.reduce(tl.where(mb[:, None] & mj_ln[None, :], c_new, 0.0), 1, _add) / n_div
             d_c = tl.where(mj_ln[None, :], c_new - m_loc[:, None], 0.0)
-            mu_c, m2, wait_ns, wait_spins = _exchange_sums(
-                st_ptr, (t * 2 + 1) * n_htiles * B * 2, pid_h, offs_b, mb, m_st, st_rd, m_loc,
-                tl.reduce(d_c * d_c, 1, _add), B, wait_ns, wait_spins, err_ptr, cnt, ln_units, stc_ptr,
-                (pid_b * T + t) * 2 + 1, n_htiles, ACC, ST_RAW, LL_SPIN, True, ST_SYNC, POLL)  # fmt: skip
+            if ABLATE == 3 or ABLATE == 4:  # (timing only, as above)
+                mu_c, m2 = m_loc, tl.reduce(d_c * d_c, 1, _add) * n_htiles
+            else:
+                mu_c, m2, wait_ns, wait_spins = _exchange_sums(
+                    st_ptr, (t * 2 + 1) * n_htiles * B * 2, pid_h, offs_b, mb, m_st, st_rd, m_loc,
+                    tl.reduce(d_c * d_c, 1, _add), B, wait_ns, wait_spins, err_ptr, cnt, ln_units, stc_ptr,
+                    (pid_b * T + t) * 2 + 1, n_htiles, ACC, ST_RAW, LL_SPIN, True, ST_SYNC, POLL)  # fmt: skip
             rstd_c = 1.0 / tl.sqrt(m2 / ln_units + eps)
             n_t = (c_new - mu_c[:, None]) * rstd_c[:, None] * g_c + b_c
             if SAVE:
@@ -607,7 +616,7 @@ def _fwd_kernel(
         tl.store(hs_ptr + (t + 1) * B * H + bh, h_st, mask=m_bj)
         if RDROP and not LL:  # what the others read: h_t * rec, rounded once to the input dtype (as torch's)
             tl.store(hm_ptr + (t + 1) * B * H + bh, (h_st.to(ACC) * rec_own).to(hm_ptr.dtype.element_ty), mask=m_bj)
-        if PERSIST and ABLATE == 0:  # h_t is out: arrive now, wait after this step's own remaining work
+        if PERSIST and (ABLATE == 0 or ABLATE == 3):  # h_t is out: arrive now, wait after this step's own work
             _grid_arrive(sync_ptr + pid_b * T + t)
         if SAVE:  # what the backward pass needs: c_t and the gates of every step
             tl.store(cs_ptr + (t + 1) * B * H + bh, c, mask=m_bj)
@@ -622,7 +631,7 @@ def _fwd_kernel(
         else:
             gx_i, gx_f, gx_g, gx_o = _gate_tiles(gx_ptr + tl.minimum(t + 1, T - 1) * B * 4 * H, b4h, m_bj, b4h, m_bj,
                                                  H, False, BLOCK_B, BLOCK_H)  # fmt: skip
-        if PERSIST and ABLATE == 0:  # every hidden tile of this batch tile has stored its h_t
+        if PERSIST and (ABLATE == 0 or ABLATE == 3):  # every hidden tile of this batch tile has stored its h_t
             wait_ns, wait_spins = _grid_wait(sync_ptr + pid_b * T + t, n_htiles, err_ptr, wait_ns, wait_spins, POLL)
     tl.store(cs_ptr + (t_start + n_steps) * B * H + bh, c, mask=m_bj)  # the carried (or final) cell state
 
@@ -1498,6 +1507,27 @@ def step_ablation(B: int, H: int, dtype: torch.dtype, device: torch.device | str
     other = _with_fuse(p, B, H, dtype, device, not p.fuse)
     run, _, prep = _random_launch("fwd", other, T, B, H, dtype, device, gen)
     out["gate products the other way"] = _time_launch(run, device, prep=prep) * 1e3 / T
+    return out
+
+
+def ln_step_ablation(B: int, H: int, dtype: torch.dtype, device: torch.device | str = "cuda", T: int = 256,
+                     **plan_kw) -> dict:  # fmt: skip
+    """Where layer norm's forward step goes on these kernels (a GPU diagnostic; wrong numbers by design):
+    microseconds per step of the layer-norm forward on its tuned plan as it is, without its two statistic
+    exchanges a step (each program normalises with its own tile's statistics), and without those and the grid
+    barrier; and the plain forward on its own tuned plan. full - "no statistic exchanges" is what the
+    exchanges cost; what is left over the plain step is layer norm's own work."""
+    device = torch.device(device)
+    p = _plan_for("fwd", B, H, dtype, device, {k: plan_kw.get(k) for k in ("mode", "tiles", "resident")}, True)
+    out = {"plan": repr(p)}
+    gen = torch.Generator(device=device).manual_seed(0)
+    for k, name in ((0, "full"), (3, "no statistic exchanges"), (4, "no statistic exchanges, no barrier")):
+        run, _, prep = _random_launch("fwd", p, T, B, H, dtype, device, gen, ln=True, ABLATE=k)
+        out[name] = _time_launch(run, device, prep=prep) * 1e3 / T
+    plain = tuned_plan("fwd", B, H, dtype, device)
+    out["plain plan"] = repr(plain)
+    run, _, prep = _random_launch("fwd", plain, T, B, H, dtype, device, gen)
+    out["plain full"] = _time_launch(run, device, prep=prep) * 1e3 / T
     return out
 
 
