@@ -479,10 +479,15 @@ def gemm_table() -> str:
     return "\n".join(lines) + "\n"
 
 
-def bench(shapes, dtypes, device: str, warmup: int, iters: int, deadline: float) -> list[dict]:
+def bench(shapes, dtypes, device: str, warmup: int, iters: int, deadline: float, done=()) -> list[dict]:
+    """Every shape and dtype (but ``done``'s rows, timed already: kept in their place) until ``deadline``."""
     rows = []
     for T, B, H in shapes:
         for dname in dtypes:
+            early = [r for r in done if r["shape"] == (T, B, H) and r["dtype"] == dname]
+            if early:
+                rows += early
+                continue
             if time.monotonic() > deadline:
                 log.warning("time budget spent: %s %s and later not timed", (T, B, H), dname)
                 return rows
@@ -995,6 +1000,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="tl.dot precision of the float32 kernels (default: the module's, tf32x3)")
     ap.add_argument("--workers", type=int, default=min(15, os.cpu_count() or 1),
                     help="processes that compile the kernels first (0: compile on first use)")
+    ap.add_argument("--first", default=None,
+                    help="INDEX:DTYPE,... rows to time right after the plans' precompile, before the checks (the "
+                         "session's budget reaches the regular timings late): INDEX into the shapes, clamped")
     ap.add_argument("--out", type=Path, default=Path("gpu_results.md"))
     args = ap.parse_args(argv)
     tk.SYNC_CHECK = True  # a plan whose barrier times out fails its row, not the whole CUDA context
@@ -1042,6 +1050,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.backends.cudnn.allow_tf32 = False
     if args.device == "cuda" and args.workers > 0:
         precompile(shapes, dtypes, args.workers, inference=args.no_variants)
+    early = []  # (--first) rows timed now, before the variants' tuning and the checks take the budget
+    for spec in filter(None, (args.first or "").split(",")):
+        idx, dname = spec.split(":")
+        T, B, H = shapes[min(int(idx), len(shapes) - 1)]  # (clamped: a dry run's shapes are fewer)
+        if dname not in dtypes:
+            continue
+        sync, tk.SYNC_CHECK = tk.SYNC_CHECK, False  # (timed as the later rows are: see below)
+        try:
+            early.append(bench_one(T, B, H, dname, args.device, args.warmup, args.iters, stepwise=False))
+        finally:
+            tk.SYNC_CHECK = sync
+        log.info("timed first (--first %s): %s", spec, early[-1])
     if args.dry_run:  # the float32 GEMMs tuned (the table) and then run on the kernel (the interpreter, which
         # tuning never picks) in the checks and timings, whatever their size
         gemm._considered = lambda t, other, *size: t.dtype == other.dtype == torch.float32
@@ -1074,9 +1094,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # timed as a user runs them: SYNC_CHECK (above, for tuning and the checks) reads the barrier-timeout flag
     # with a host synchronisation after every kernel; runs 1-5 timed with it on, so each call waited for its
     # kernels and the host work around them (GEMM, padding, copies) could not overlap them. Every plan timed
-    # here was checked above; a failure now is a device-side assert.
+    # here was checked above (but --first's rows, timed before the checks: theirs are in the same table); a
+    # failure now is a device-side assert.
     tk.SYNC_CHECK = False
-    times = bench(shapes, dtypes, args.device, args.warmup, args.iters, plain_until)
+    times = bench(shapes, dtypes, args.device, args.warmup, args.iters, plain_until, done=early)
     vtimes = bench_variants(shapes, dtypes, args.device, args.warmup, args.iters, deadline, times) if variants else []
     note = ("DRY RUN on the CPU interpreter: the times are NOT GPU timings and mean nothing."
             if args.device == "cpu" else "fp32 with TF32 off (torch and cuDNN).")  # fmt: skip

@@ -45,6 +45,6 @@ step 60 gpu_user_path.py --out "$OUT/gpu_user_path.md"
 step 40 gpu_ln_diag.py --out "$OUT/gpu_ln_diag.md" --save "$OUT/ln_case.pt"
 step 150 gpu_routed.py --out "$OUT/gpu_routed.md"
 step 50 gpu_module_gap.py --out "$OUT/gpu_module_gap.md"
-step 130 gpu.py --out "$OUT/gpu_results.md" --budget-s 100
+step 130 gpu.py --out "$OUT/gpu_results.md" --budget-s 100 --first 3:fp32  # (128, 256, 1024) fp32 first: session 12
 head -n 2 "$L"
 grep "^STATUS" "$L"

@@ -57,6 +57,7 @@ def test_the_gpu_session_dry_run(tmp_path):
     assert "DRY RUN" in gpu  # (and it says its times mean nothing)
     assert "## Float32 GEMMs (gemm.mm)" in gpu and "| a b^T (x W_ih^T) | yes |" in gpu  # (tuned, then the kernel)
     assert "| fp32 | GEMMs on the tf32x3 kernel |" in gpu
+    assert "timed first (--first 3:fp32)" in status  # (the session's fp32 row, before the checks take the budget)
     user = (tmp_path / "gpu_user_path.md").read_text()
     assert user.count("| yes |") + user.count("| NO |") == 6 and "ERROR" not in user
     # the case for ln_case_replay.py, which runs it through Triton's interpreter
