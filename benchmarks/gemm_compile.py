@@ -1,5 +1,6 @@
 """The float32 GEMM kernel's sm_90 builds (``lstmkit.kernels.gemm``), without a GPU: registers, spills, shared
-memory and tf32 wgmma count of each tiling at the three operand layouts of a layer's GEMMs.
+memory and tf32 wgmma count of each tiling at the three operand layouts of a layer's GEMMs; and the fused input
+norm's (``lstmkit.kernels.layer_norm``), at the row lengths that decide its :data:`MAX_N`.
 
 Why the kernel's :data:`gemm.CONFIGS` are what they are: the tf32x3 split keeps a high and a low part of each
 operand tile in registers, and the wider tiles spill. Run it with the triton the GPU image has (3.6) to see
@@ -16,6 +17,7 @@ import datetime
 import sys
 from pathlib import Path
 
+import torch
 import triton
 
 from lstmkit.kernels import gemm
@@ -51,6 +53,17 @@ def main() -> int:
                 lines.append(f"| {what} | {la}{lb} | {cfg} | {'yes' if cfg in gemm.CONFIGS else ''} | "
                              f"{'aligned' if aligned else 'unaligned, K masked'} | {r['reg']} | {r['stack']} | "
                              f"{r['shared_bytes']} | {ptx.count('wgmma.mma_async')} |")  # fmt: skip
+    # the fused input norm (kernels/layer_norm.py), forward and backward: 4H of the issue's shapes and its cap
+    from lstmkit.kernels import layer_norm
+
+    lines += ["", "## The fused input norm (kernels/layer_norm.py), float32 statistics", "",
+              "| 4H | dtype | kernel | warps | registers | stack bytes (spills) |", "|---|---|---|---|---|---|"]
+    for N in (1024, 2600, 3072, 4096, layer_norm.MAX_N, 2 * layer_norm.MAX_N):
+        for dtype in (torch.bfloat16, torch.float32):
+            for name, k in layer_norm.compile_ahead(N, dtype).items():
+                r = _resources(k)
+                lines.append(f"| {N} | {str(dtype)[6:]} | {name} | {k.metadata.num_warps} | {r['reg']} | "
+                             f"{r['stack']} |")  # fmt: skip
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

@@ -86,12 +86,16 @@ def test_the_interpreter_rounds_bfloat16_to_nearest_as_the_gpu_does():
 
     assert interpreter.install()
     g = torch.Generator().manual_seed(8)
-    x = torch.randn(4000, generator=g) * torch.logspace(-20, 20, 4000)
+    x = torch.randn(100_000, generator=g) * torch.logspace(-30, 30, 100_000)  # (and subnormals, overflow to inf)
+    x = torch.cat([x, torch.tensor([1e-40, -3e-39, 3.4e38, float("inf"), float("-inf"), 0.0, -0.0])])
     got = torch.from_numpy(interpreter.rtne_bf16_bits(x.numpy()).view("int16")).view(torch.bfloat16)
     assert torch.equal(got, x.to(torch.bfloat16))
     # through a kernel: a constant row's LN is 0, so LN * 1 + bias is the bias, stored in bfloat16
+    x = x[:4000].clone()
     y = ln.input_norm(torch.zeros(1, 4000), torch.ones(4000), x, out_dtype=torch.bfloat16, interpret=True)
     assert torch.equal(y[0], x.to(torch.bfloat16))
+    nan = torch.from_numpy(interpreter.rtne_bf16_bits(torch.tensor([float("nan")]).numpy()).view("int16"))
+    assert torch.isnan(nan.view(torch.bfloat16)).all()
 
 
 def test_shapes_edges_and_a_second_derivative():
@@ -110,7 +114,9 @@ def test_shapes_edges_and_a_second_derivative():
 
 def test_backward_programs_fill_the_gpu(monkeypatch):
     """A short call's rows spread over PROGRAMS_PER_SM programs a multiprocessor, a long one's 64 rows each."""
-    monkeypatch.setattr(ln, "_sm_count", lambda index: 132)
+    from lstmkit.kernels import triton_lstm
+
+    monkeypatch.setattr(triton_lstm, "_sm_count", lambda device: 132)
     dev = torch.device("cuda", 0)
     assert ln._rows_per_program(700, dev) == 3  # (35, 20, 650): 234 programs, not 11 of 64 rows
     assert ln._rows_per_program(32768, dev) == ln.ROWS_PER_PROGRAM  # (128, 256, 1024): 512 programs

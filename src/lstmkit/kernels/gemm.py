@@ -35,8 +35,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import time
-import types
 
 import torch
 import torch.nn.functional as F
@@ -46,11 +44,10 @@ from torch.autograd.function import once_differentiable
 try:
     import triton
     import triton.language as tl
-    from triton.runtime.interpreter import InterpretedFunction
 
     HAVE_TRITON = True
 except ImportError:  # pragma: no cover - exercised only where triton is absent
-    triton = tl = InterpretedFunction = None
+    triton = tl = None
     HAVE_TRITON = False
 
 __all__ = ["CONFIGS", "MIN_MNK", "TUNED", "compile_ahead", "linear", "matmul", "mm", "tf32_allowed"]
@@ -142,10 +139,9 @@ def _kernel(interpret: bool):
     if interpret not in _KERNELS:
         fn = _mm_kernel
         if interpret:
-            from . import interpreter
+            from .interpreter import interpreted
 
-            interpreter.install()  # (bfloat16 rounded to nearest, as on the GPU)
-            _KERNELS[True] = InterpretedFunction(types.FunctionType(fn.__code__, fn.__globals__, fn.__name__))
+            _KERNELS[True] = interpreted(fn)
         else:  # sizes change from call to call; one compiled kernel per layout, not per size
             _KERNELS[False] = triton.jit(fn, do_not_specialize=["M", "N", "K"])
     return _KERNELS[interpret]
@@ -240,26 +236,12 @@ def _torch_mm(a: Tensor, b: Tensor, bias: Tensor | None) -> Tensor:
     return a @ b if bias is None else torch.addmm(bias, a, b)
 
 
-def _time(fn, device: torch.device, reps: int = 3) -> float:
-    """Median milliseconds of one call of ``fn`` after one untimed call (compile, warm-up), each sample
-    :data:`TUNE_CALLS` calls back to back: CUDA events on a GPU."""
-    fn()
-    times = []
-    for _ in range(reps):
-        if device.type != "cuda":  # (the tests' interpreter runs)
-            t0 = time.perf_counter()
-            for _ in range(TUNE_CALLS):
-                fn()
-            times.append((time.perf_counter() - t0) * 1e3 / TUNE_CALLS)
-            continue
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(TUNE_CALLS):
-            fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / TUNE_CALLS)
-    return sorted(times)[len(times) // 2]
+def _time(fn, device: torch.device) -> float:
+    """Milliseconds of one call of ``fn``: the recurrence tuning's median (CUDA events on a GPU, after an untimed
+    call), each sample :data:`TUNE_CALLS` calls back to back."""
+    from .triton_lstm import _time_launch  # (triton_lstm imports this module)
+
+    return _time_launch(lambda: [fn() for _ in range(TUNE_CALLS)], device) / TUNE_CALLS
 
 
 def _bucket(n: int) -> int:

@@ -18,7 +18,7 @@ import logging
 
 import numpy as np
 
-__all__ = ["install", "rtne_bf16_bits", "uninstall"]
+__all__ = ["install", "interpreted", "rtne_bf16_bits", "uninstall"]
 
 log = logging.getLogger(__name__)
 
@@ -79,3 +79,13 @@ def uninstall() -> None:
 
         ti.InterpreterBuilder.cast_impl = original
     _STATE["ok"] = False
+
+
+def interpreted(fn):
+    """``fn`` (a kernel's plain Python function) for Triton's interpreter, rounding bfloat16 as the GPU does."""
+    import types
+
+    from triton.runtime.interpreter import InterpretedFunction
+
+    install()
+    return InterpretedFunction(types.FunctionType(fn.__code__, fn.__globals__, fn.__name__))

@@ -17,8 +17,7 @@ with ``interpret=True``); elsewhere, or for rows over :data:`MAX_N` values, torc
 
 from __future__ import annotations
 
-import functools
-import types
+import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -28,18 +27,17 @@ from torch.autograd.function import once_differentiable
 try:
     import triton
     import triton.language as tl
-    from triton.runtime.interpreter import InterpretedFunction
 
     HAVE_TRITON = True
 except ImportError:  # pragma: no cover - exercised only where triton is absent
-    triton = tl = InterpretedFunction = None
+    triton = tl = None
     HAVE_TRITON = False
 
-__all__ = ["MAX_N", "input_norm"]
+__all__ = ["MAX_N", "float32_layer_norm", "input_norm"]
 
 #: the longest row one program holds in registers (4H = 8192: H up to 2048); longer rows run torch's composite.
 #: The sm_90 builds (triton 3.6) spill nothing up to here (the backward at 8 warps: 220-244 registers) and
-#: 200-240 bytes at 16384 (16 warps, 128 registers each).
+#: 256-1224 bytes at 16384 (16 warps, 128 registers each; ``benchmarks/gemm_compile.py``).
 MAX_N = 8192
 #: the most rows one backward program handles (its gain and bias partials are summed over them before one
 #: store): fewer where that leaves under PROGRAMS_PER_SM programs a multiprocessor (a short call's 700 rows
@@ -115,10 +113,9 @@ def _kernel(name: str, interpret: bool):
     if (name, interpret) not in _KERNELS:
         fn = {"fwd": _fwd_kernel, "bwd": _bwd_kernel}[name]
         if interpret:
-            from . import interpreter
+            from .interpreter import interpreted
 
-            interpreter.install()  # (bfloat16 stores rounded to nearest, as on the GPU)
-            k = InterpretedFunction(types.FunctionType(fn.__code__, fn.__globals__, fn.__name__))
+            k = interpreted(fn)
         else:  # row counts change from call to call (1 would be a constant: another compile)
             k = triton.jit(fn, do_not_specialize=["M", "rows"] if name == "bwd" else [])
         _KERNELS[(name, interpret)] = k
@@ -154,14 +151,13 @@ def compile_ahead(N: int, dtype: torch.dtype = torch.bfloat16, bias: bool = True
 def _rows_per_program(M: int, device: torch.device) -> int:
     """Rows per backward program: at most ROWS_PER_PROGRAM, and few enough for PROGRAMS_PER_SM programs on every
     multiprocessor (the interpreter: as if 4)."""
-    sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device()) \
-        if device.type == "cuda" else 4
+    if device.type == "cuda":
+        from .triton_lstm import _sm_count  # (triton_lstm imports this module)
+
+        sms = _sm_count(device)
+    else:
+        sms = 4
     return max(1, min(ROWS_PER_PROGRAM, -(-M // (PROGRAMS_PER_SM * sms))))
-
-
-@functools.cache
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def _warps(block_n: int) -> int:
@@ -181,7 +177,7 @@ class _InputNorm(torch.autograd.Function):
         block = triton.next_power_of_2(N)
         opts = {} if interpret else {"num_warps": _warps(block)}
         if M:
-            with torch.cuda.device(x.device) if x.is_cuda else _nothing():
+            with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
                 _kernel("fwd", interpret)[(M,)](x, w, y if b is None else b, y, mean, rstd, N, eps,
                                                 HAS_BIAS=b is not None, ACC=_ACC[acc], BLOCK_N=block,
                                                 **opts)  # fmt: skip
@@ -204,7 +200,7 @@ class _InputNorm(torch.autograd.Function):
         block = triton.next_power_of_2(N)
         opts = {} if ctx.interpret else {"num_warps": _warps(block)}
         if M:
-            with torch.cuda.device(x.device) if x.is_cuda else _nothing():
+            with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
                 _kernel("bwd", ctx.interpret)[(n_prog,)](dy, x, w, mean, rstd, dx, dw, db, M, N, rows,
                                                          ACC=_ACC[mean.dtype], BLOCK_N=block, **opts)  # fmt: skip
         else:
@@ -215,16 +211,16 @@ class _InputNorm(torch.autograd.Function):
         return dx, d_w, d_b, None, None, None
 
 
-def _nothing():
-    import contextlib
-
-    return contextlib.nullcontext()
+def float32_layer_norm(gx: Tensor, weight: Tensor, eps: float = 1e-5) -> Tensor:
+    """LN(gx) * weight over the last dimension in torch, computed in float32 at least, returned in gx's dtype:
+    what ``nn.variants.input_norm`` (the pure-torch loop's input norm) is."""
+    acc = torch.promote_types(gx.dtype, torch.float32)
+    return F.layer_norm(gx.to(acc), (gx.shape[-1],), weight=weight.to(acc), eps=eps).to(gx.dtype)
 
 
 def _composite(gx: Tensor, weight: Tensor, bias: Tensor | None, eps: float, out_dtype: torch.dtype) -> Tensor:
-    """torch's way, float32 at least: ``nn.variants.input_norm`` and then the bias (the spec's numbers)."""
-    acc = torch.promote_types(gx.dtype, torch.float32)
-    y = F.layer_norm(gx.to(acc), (gx.shape[-1],), weight=weight.to(acc), eps=eps).to(gx.dtype)
+    """torch's way: :func:`float32_layer_norm` and then the bias (the pure-torch loop's numbers)."""
+    y = float32_layer_norm(gx, weight, eps)
     return (y if bias is None else y + bias).to(out_dtype)
 
 

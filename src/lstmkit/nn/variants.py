@@ -42,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..kernels.layer_norm import float32_layer_norm
+
 __all__ = ["Variants", "LN_EPS", "input_norm", "variant_step", "sample_masks", "add_variant_params",
            "init_variant_params"]
 
@@ -180,9 +182,9 @@ def sample_masks(
 def input_norm(gx: Tensor, weight: Tensor, eps: float = LN_EPS) -> Tensor:
     """LN(x W_ih^T) g_ih over the gates, all steps at once, computed in float32 at least (as autocast runs layer
     norm: the gain's gradient sums T x B rows), returned in gx's dtype. The torch loop and the kernels' paths
-    (which take gx without it) all normalise the input projection here."""
-    acc = torch.promote_types(gx.dtype, torch.float32)
-    return F.layer_norm(gx.to(acc), (gx.shape[-1],), weight=weight.to(acc), eps=eps).to(gx.dtype)
+    (which take gx without it) all normalise the input projection so (kernels.layer_norm holds it, and fuses it
+    with the bias for the kernels)."""
+    return float32_layer_norm(gx, weight, eps)
 
 
 def input_projection(
