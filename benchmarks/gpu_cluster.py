@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from lstmkit.kernels import cluster_lstm as cl
+from lstmkit.kernels import route
 from lstmkit.nn.variants import input_norm
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -859,6 +860,7 @@ def compile_report(shapes) -> str:
 
 
 def main(argv=None) -> int:
+    route.TUNE = False  # (impl="auto"'s fixed policy, which this script measures; the timed routing: gpu_route.py)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--dry-run", action="store_true",

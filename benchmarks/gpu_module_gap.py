@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from lstmkit.kernels import cluster_lstm as cl
+from lstmkit.kernels import route
 from lstmkit.nn import LSTM
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -154,6 +155,7 @@ def host_parts(T: int, B: int, H: int, device: str) -> list[str]:
 
 
 def main(argv=None) -> int:
+    route.TUNE = False  # (impl="auto"'s fixed policy, which this script measures; the timed routing: gpu_route.py)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("gpu_module_gap.md"))
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny: the plumbing (the emulation is not timed)")

@@ -28,6 +28,7 @@ os.environ.setdefault("LSTMKIT_TRITON_TUNE", "0")  # (before lstmkit's kernels a
 import torch  # noqa: E402
 
 from lstmkit.kernels import cluster_lstm as cl  # noqa: E402
+from lstmkit.kernels import route  # noqa: E402
 from lstmkit.nn import LSTM  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -165,6 +166,7 @@ def _case(T: int, B: int, H: int, dtype: torch.dtype, name: str, opts: dict, dev
 
 
 def main(argv=None) -> int:
+    route.TUNE = False  # (impl="auto"'s fixed policy, which this script measures; the timed routing: gpu_route.py)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("gpu_routed.md"))
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny, the CPU's kernels: proves the script runs")

@@ -31,6 +31,7 @@ import torch
 
 from lstmkit import kernels
 from lstmkit.kernels import cluster_lstm as cl
+from lstmkit.kernels import route
 from lstmkit.kernels import triton_lstm as tk
 from lstmkit.nn import LSTM
 
@@ -92,6 +93,7 @@ def case(
 
 
 def main(argv=None) -> int:
+    route.TUNE = False  # (impl="auto"'s fixed policy, which this script measures; the timed routing: gpu_route.py)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("gpu_user_path.md"))
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny, the CPU's kernels: proves the script runs")

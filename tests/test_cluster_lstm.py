@@ -608,11 +608,12 @@ def test_dispatch(monkeypatch):
     from types import SimpleNamespace
 
     from lstmkit import kernels
-    from lstmkit.kernels import triton_lstm
+    from lstmkit.kernels import route, triton_lstm
 
     pytest.importorskip("triton")
     gpu = SimpleNamespace(is_cuda=True, dtype=torch.bfloat16, device=torch.device("cuda"))
     fp16 = SimpleNamespace(is_cuda=True, dtype=torch.float16, device=torch.device("cuda"))
+    monkeypatch.setattr(route, "TUNE", False)  # (the fixed policy; with timing on, tests/test_route.py)
     monkeypatch.setattr(cl, "ROUTE", False)
     assert kernels.select_lstm("auto", (), like=gpu) is triton_lstm.lstm_or_native
     assert kernels.select_lstm("auto", ("peephole",), like=gpu) is triton_lstm.variant_layer
@@ -670,8 +671,11 @@ def test_routing_policy():
 
 def test_routing_only_on_hopper_and_falls_back_when_a_launch_fails(monkeypatch):
     """Routing sends calls to the cluster kernels only on sm_90 (the chip measured); a routed call whose launch
-    fails (NVRTC, module load, launch) warns once and runs on the next path, and so do later calls like it."""
-    from lstmkit.kernels import triton_lstm
+    fails (NVRTC, module load, launch) warns once and runs on the next path, and so do later calls like it. (The
+    fixed policy: impl="auto"'s timing of the paths is tests/test_route.py's.)"""
+    from lstmkit.kernels import route, triton_lstm
+
+    monkeypatch.setattr(route, "TUNE", False)
 
     class FakeCuda(torch.Tensor):  # (a CPU tensor that says it is on a GPU, for the policy check only)
         @property

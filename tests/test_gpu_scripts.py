@@ -45,7 +45,7 @@ def test_the_gpu_session_dry_run(tmp_path):
     assert len(list(tmp_path.iterdir())) <= 8, sorted(f.name for f in tmp_path.iterdir())
     cluster = _emulation_builds()
     for script in ("gpu_cluster.py", "gpu_user_path.py", "gpu_ln_diag.py", "gpu_routed.py", "gpu_module_gap.py",
-                   "gpu.py"):  # fmt: skip
+                   "gpu.py", "gpu_route.py"):  # fmt: skip
         if script == "gpu_cluster.py" and not cluster:  # (its emulation needs g++ >= 12)
             continue
         assert f"STATUS {script}: exit 0" in status, f"{script} failed:\n{res.stdout[-2000:]}\n{logs}"
@@ -70,6 +70,10 @@ def test_the_gpu_session_dry_run(tmp_path):
     # (bf16 and fp16 at the dry shape, and first bf16 at DRY_LN_FIRST: layer norm padded, more rows)
     assert routed.count("| layer norm, routed (ROUTE_LN on) |") == 3 and "ERROR" not in routed
     assert "| (4, 3, 20) | bfloat16 | layer norm, routed (ROUTE_LN on) |" in routed
+    # then gpu_route.py's timed routing, appended (the device tool brings back at most 8 files)
+    assert routed.startswith("# impl='auto' with the cluster kernels routed")
+    assert "# impl='auto' timed routing" in routed
+    assert "| (3, 2, 8) | fp32 | fwd+bwd |" in routed and "| (3, 2, 8) | bf16 | fwd |" in routed
     if cluster:
         text = (tmp_path / "gpu_cluster.md").read_text()
         assert "## Forward against float64" in text
@@ -115,7 +119,7 @@ def test_gpu_py_counts_its_plans():
 
 
 def test_the_gpu_session_fits_one_device_call():
-    """The session script's time limits (its six scripts' and the two version probes') sum to at most 580 s, what
+    """The session script's time limits (its seven scripts' and the two version probes') sum to at most 580 s, what
     its header promises: one device call may run 600 s (timeout_s), and ``timeout -k 5`` gives a script that
     ignores its signal 5 s more. A limit raised without another lowered fails here, not on a lent GPU."""
     import re
@@ -123,5 +127,5 @@ def test_the_gpu_session_fits_one_device_call():
     text = (ROOT / "benchmarks" / "gpu_session.sh").read_text()
     steps = [int(n) for n in re.findall(r"^step (\d+) ", text, re.M)]
     probes = [int(n) for n in re.findall(r"^\$T (\d+) ", text, re.M)]
-    assert len(steps) == 6 and len(probes) == 2, (steps, probes)
+    assert len(steps) == 7 and len(probes) == 2, (steps, probes)
     assert sum(steps) + sum(probes) <= 580, (steps, probes)

@@ -571,9 +571,10 @@ def test_dispatcher_routes_gpu_calls_to_the_triton_kernels(monkeypatch):
     from types import SimpleNamespace
 
     from lstmkit import kernels
-    from lstmkit.kernels import cluster_lstm
+    from lstmkit.kernels import cluster_lstm, route
 
     monkeypatch.setattr(cluster_lstm, "ROUTE", False)
+    monkeypatch.setattr(route, "TUNE", False)  # (the fixed policy; with timing on, tests/test_route.py)
 
     gpu = lambda dt: SimpleNamespace(is_cuda=True, dtype=dt, device=torch.device("cuda"))  # noqa: E731
     assert kernels.select_lstm("auto", (), like=gpu(torch.bfloat16)) is tk.lstm_or_native

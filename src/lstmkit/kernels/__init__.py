@@ -13,6 +13,10 @@ loop. Today's kernels:
   ``impl="auto"`` runs them on a GPU, one layer and direction per call (``variant_layer``), layer norm
   included (2.1-35x faster than the pure-torch loop, run 5 on an H200, docs/gpu.md). The launch plan
   is tuned on the first call per shape (seconds, once).
+* ``route``: what ``impl="auto"`` runs for a plain LSTM on a GPU: of the paths that cover a call (the cluster
+  kernels, the Triton kernels, cuDNN), the fastest, timed on the first call of each kind (its shape, dtype and
+  whether it trains) as ``torch.backends.cudnn.benchmark`` times convolutions; ``LSTMKIT_ROUTE_TUNE=0`` keeps
+  the fixed policy below (``route.static``), measured on one H200.
 * ``cluster_lstm``: an LSTM layer's forward and backward (plain, or with the variants, layer norm too) as
   CUDA C++ kernels for Hopper thread-block clusters (NVRTC at run time), h_t exchanged through distributed
   shared memory instead of a barrier in global memory; tested on the CPU by emulation and measured on an H200
@@ -56,6 +60,10 @@ class Unsupported(ValueError):
 #: fused operator covers it), ``loop`` (always the readable pure-torch path) or ``triton`` (the
 #: persistent GPU kernels of ``triton_lstm``; CUDA only; see docs/gpu.md for the measured speed).
 IMPLS = ("auto", "native", "loop", "triton")
+
+
+#: the dtypes a plain GPU call may run on our kernels in (float64 always runs on torch's operator)
+_GPU_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def _check_impl(impl: str) -> None:
@@ -107,6 +115,11 @@ def select_lstm(
     if not variants:  # plain: torch's operator, unless a ragged CPU batch is cheaper masked
         if ragged and like is not None and not cpu_fused.why_not(proj_size, like):
             return cpu_fused.layer
+        if like is not None and like.is_cuda and like.dtype in _GPU_DTYPES and not proj_size:
+            from . import route
+
+            if route.TUNE:  # the fastest path for each kind of call, timed on its first (kernels/route.py)
+                return route.lstm
         if like is not None and like.is_cuda and like.dtype == torch.bfloat16 and not proj_size:
             # bfloat16 on a GPU: cuDNN has no persistent kernel there; run 6 (H200, docs/gpu.md) measured the
             # Triton kernels 1.28-5.87x cuDNN bf16 at the five shapes, forward and training, and the cluster

@@ -2881,15 +2881,26 @@ def _policy_reason(x: Tensor, B: int, H: int, flags: tuple[str, ...] = (), fp16_
     limit = ROUTE_LN_MAX_BATCH if "LN" in flags else ROUTE_MAX_BATCH
     if B > limit:
         return f"batch {B} > {limit}: faster elsewhere or not timed (run 6)"
-    grad = torch.is_grad_enabled()
     try:
-        units = kernel_units(B, H, x.dtype, None, flags, ROUTE_EXCHANGE, grad)
+        units = kernel_units(B, H, x.dtype, None, flags, ROUTE_EXCHANGE, torch.is_grad_enabled())
     except ValueError as e:
         return str(e)
     if fp16_cap and x.dtype == torch.float16 and units > ROUTE_FP16_MAX_H:
         return f"float16 at {units} units: cuDNN's persistent fp16 kernel was faster there (run 6)"
-    if (B, units, x.dtype, flags, grad) in _FAILED:
-        return "its launch failed before in this process"
+    return _runnable_reason(x, B, H, flags)
+
+
+def _runnable_reason(x: Tensor, B: int, H: int, flags: tuple[str, ...] = ()) -> str | None:
+    """The part of :func:`_policy_reason` that timing does not replace (``kernels.route``, which times the
+    paths instead of the batch and float16 limits): only Hopper, and not a configuration whose launch failed
+    before (:data:`_FAILED`)."""
+    if x.is_cuda and _capability(x.device)[0] != 9:
+        return "measured on Hopper (sm_90) only"
+    try:
+        if _key(x, B, H, flags) in _FAILED:
+            return "its launch failed before in this process"
+    except ValueError as e:
+        return str(e)
     return None
 
 
@@ -2899,12 +2910,17 @@ def _routed(fn, key: tuple, fallback):
     try:
         return fn()
     except (RuntimeError, OSError) as e:
-        if key not in _FAILED:
-            _FAILED.add(key)
-            warnings.warn(f"cluster LSTM kernels failed for {key[:4]} ({type(e).__name__}: {str(e)[:200]}); this "
-                          "process runs such calls on the next path (LSTMKIT_CLUSTER=0 skips the cluster kernels)",
-                          RuntimeWarning, stacklevel=3)  # fmt: skip
+        _fail(key, e, stacklevel=4)
         return fallback()
+
+
+def _fail(key: tuple, e: Exception, stacklevel: int = 5) -> None:
+    """A launch for ``key`` failed: remembered in :data:`_FAILED`, with one warning."""
+    if key not in _FAILED:
+        _FAILED.add(key)
+        warnings.warn(f"cluster LSTM kernels failed for {key[:4]} ({type(e).__name__}: {str(e)[:200]}); this "
+                      "process runs such calls on the next path (LSTMKIT_CLUSTER=0 skips the cluster kernels)",
+                      RuntimeWarning, stacklevel=stacklevel)  # fmt: skip
 
 
 def _key(x: Tensor, B: int, H: int, flags: tuple[str, ...] = ()) -> tuple:
@@ -2964,20 +2980,31 @@ def variant_layer(
     at once by ``layer_norm.input_norm`` (one Triton kernel), the recurrent one and the cell's in the kernels),
     else on the Triton kernels (which raise ``kernels.Unsupported`` for what they cannot run either).
     ``kw``: cluster, fast, exchange. What ``impl="auto"`` runs for variants on a GPU when :data:`ROUTE`."""
-    from . import triton_lstm
+    from . import route, triton_lstm
 
-    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (gx, h0, c0, w_hh, *p.values()))
+    leaves = [t for t in (gx, h0, c0, w_hh, *p.values()) if t is not None and t.requires_grad]
+    grad = torch.is_grad_enabled() and bool(leaves)
     kw.setdefault("exchange", ROUTE_EXCHANGE)
     B, H = gx.shape[1], gx.shape[2] // 4
     flags = _variant_flags(v, valid is not None)  # (also the key a failed launch is remembered under)
-    if _policy_reason(gx, B, H, flags, fp16_cap=False) is not None or _variant_reason(
-            gx, v, grad, valid is not None, kw["exchange"]) is not None:  # fmt: skip
-        return triton_lstm.variant_layer(gx, h0, c0, w_hh, v, p, masks, valid, eps)
+    cluster = partial(_variant_layer, gx, h0, c0, w_hh, v, p, masks, valid, eps, kw)
+    triton = partial(triton_lstm.variant_layer, gx, h0, c0, w_hh, v, p, masks, valid, eps)
+    covered = _variant_reason(gx, v, grad, valid is not None, kw["exchange"]) is None
+    policy = _policy_reason(gx, B, H, flags, fp16_cap=False)
+    if covered and route.may_time(gx) and _runnable_reason(gx, B, H, flags) is None:  # (may_time: a CUDA tensor)
+        # impl="auto" times the two paths on the first call of each kind (kernels/route.py) instead of the limits
+        k = route.variant_key(gx, v, valid is not None, grad, kw["exchange"])
+        name = route.chosen(k)
+        if name is None:
+            name = route.choose(k, {"cluster": cluster, "triton": triton}, leaves if grad else [],
+                                "cluster" if policy is None else "triton", gx.device, route.variant_fields(k),
+                                required="triton", on_fail=lambda n, e: _fail(_key(gx, B, H, flags), e))  # fmt: skip
+        return _routed(cluster, _key(gx, B, H, flags), triton) if name == "cluster" else triton()
+    if policy is not None or not covered:
+        return triton()
     if gx.is_cuda:
-        return _routed(lambda: _variant_layer(gx, h0, c0, w_hh, v, p, masks, valid, eps, kw),
-                       _key(gx, B, H, flags),
-                       lambda: triton_lstm.variant_layer(gx, h0, c0, w_hh, v, p, masks, valid, eps))  # fmt: skip
-    return _variant_layer(gx, h0, c0, w_hh, v, p, masks, valid, eps, kw)
+        return _routed(cluster, _key(gx, B, H, flags), triton)
+    return cluster()
 
 
 def _variant_layer(gx, h0, c0, w_hh, v, p: dict, masks: dict, valid, eps: float, kw: dict):

@@ -1,0 +1,339 @@
+"""impl="auto" on a GPU: the plain call runs on the fastest path that covers it, timed on the first call of each kind
+(kernels/route.py). No GPU here: the timing logic runs on CPU tensors, with scripted clocks where the choice is
+asserted (never a timed assertion) and the host's clock where only what the timing leaves behind is checked."""
+
+from __future__ import annotations
+
+import warnings
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from lstmkit import kernels
+from lstmkit.kernels import cluster_lstm as cl
+from lstmkit.kernels import native, route
+from lstmkit.kernels import triton_lstm as tk
+
+KW = dict(bias=True, num_layers=1, dropout=0.0, training=False, bidirectional=False, batch_first=False)
+
+
+@pytest.fixture(autouse=True)
+def _fresh(monkeypatch):
+    route.reset()
+    monkeypatch.setattr(route, "TUNE", True)
+    yield
+    route.reset()
+
+
+def _call(T=5, B=3, I=4, H=6, layers=1, dirs=1, grad=False, seed=0, **kw):
+    g = torch.Generator().manual_seed(seed)
+    m = torch.nn.LSTM(I, H, num_layers=layers, bidirectional=dirs == 2, **({"dropout": kw["dropout"]} if kw.get(
+        "dropout") else {}))  # fmt: skip
+    for p in m.parameters():
+        with torch.no_grad():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+        p.requires_grad_(grad)
+    x = torch.randn(T, B, I, generator=g)
+    hx = (torch.randn(layers * dirs, B, H, generator=g), torch.randn(layers * dirs, B, H, generator=g))
+    args = {**KW, "num_layers": layers, "bidirectional": dirs == 2, **kw}
+    return m, x, hx, args
+
+
+class _Script:
+    """Candidates whose "times" are scripted: each call records its name; ``_sample`` returns the script's time
+    for the candidate that ran in it."""
+
+    def __init__(self, times, monkeypatch, fail=()):
+        self.times, self.calls, self.fail = times, [], set(fail)
+        self.last = None
+        for name in ("cluster", "triton", "native"):
+            monkeypatch.setattr(route, f"_{name}", self._fn(name))
+        monkeypatch.setattr(route, "_sample", self._sample)
+
+    def _fn(self, name):
+        def fn(input, hx, weights, **kw):
+            self.calls.append(name)
+            self.last = name
+            if name in self.fail:
+                raise RuntimeError(f"{name}: launch failed")
+            return native.lstm(input, hx, weights, **kw)
+
+        return fn
+
+    def _sample(self, fn, device):
+        fn()
+        return self.times[self.last]
+
+    def cands(self, *names):
+        return {n: getattr(route, f"_{n}") for n in names}
+
+
+def test_impl_auto_sends_plain_gpu_calls_to_the_router_and_keeps_the_fixed_policy_without_it(monkeypatch):
+    """With timing on (the default), every plain float32 / bfloat16 / float16 GPU module without projections goes
+    through route.lstm; LSTMKIT_ROUTE_TUNE=0 keeps run 6's fixed policy; variants, projections, float64 and the CPU
+    are untouched."""
+    pytest.importorskip("triton")
+    gpu = lambda dt: SimpleNamespace(is_cuda=True, dtype=dt, device=torch.device("cuda"))  # noqa: E731
+    for dt in (torch.float32, torch.bfloat16, torch.float16):
+        assert kernels.select_lstm("auto", (), like=gpu(dt)) is route.lstm
+    assert kernels.select_lstm("auto", (), like=gpu(torch.float64)) is native.lstm
+    assert kernels.select_lstm("auto", (), proj_size=2, like=gpu(torch.bfloat16)) is native.lstm
+    assert kernels.select_lstm("auto", ("peephole",), like=gpu(torch.bfloat16)) in (cl.variant_layer,
+                                                                                       tk.variant_layer)  # fmt: skip
+    assert kernels.select_lstm("auto", (), like=torch.zeros(1)) is native.lstm
+    assert kernels.select_lstm("triton", (), like=gpu(torch.float32)) is tk.lstm_or_native
+    monkeypatch.setattr(route, "TUNE", False)
+    monkeypatch.setattr(cl, "ROUTE", True)
+    assert kernels.select_lstm("auto", (), like=gpu(torch.float32)) is native.lstm
+    assert kernels.select_lstm("auto", (), like=gpu(torch.bfloat16)) is cl.lstm_or_next
+    assert kernels.select_lstm("auto", (), like=gpu(torch.float16)) is cl.lstm_or_native
+
+
+def test_the_static_policy_is_run_6s(monkeypatch):
+    """route.static (timing off, or a call that may not be timed) is what impl="auto" did before: bf16 -> the
+    cluster routing (then Triton, then cuDNN), fp16 -> the cluster routing or cuDNN, fp32 -> cuDNN."""
+    _, x, hx, kw = _call()
+    w = [torch.zeros(24, 4), torch.zeros(24, 6)]
+    monkeypatch.setattr(cl, "ROUTE", True)
+    assert route.static(x, hx, [t.bfloat16() for t in w], kw) is cl.lstm_or_next
+    assert route.static(x, hx, [t.half() for t in w], kw) is cl.lstm_or_native
+    assert route.static(x, hx, w, kw) is native.lstm
+    monkeypatch.setattr(cl, "ROUTE", False)
+    assert route.static(x, hx, [t.bfloat16() for t in w], kw) is tk.lstm_or_native
+    assert route.static(x, hx, [t.half() for t in w], kw) is native.lstm
+
+
+def test_nothing_is_timed_off_the_gpu_with_timing_off_or_under_autocast(monkeypatch):
+    """A CPU call, or any call with LSTMKIT_ROUTE_TUNE=0, runs the static policy, with torch's numbers."""
+    m, x, hx, kw = _call()
+    assert not route.may_time(x)
+    monkeypatch.setattr(route, "tune", lambda *a, **k: pytest.fail("timed a call that may not be"))
+    out, h, c = route.lstm(x, hx, m._flat_weights, **kw)
+    want, (hw, cw) = m(x, hx)
+    assert torch.equal(out, want) and torch.equal(h, hw) and torch.equal(c, cw)
+    fake = SimpleNamespace(is_cuda=True)
+    monkeypatch.setattr(route, "_capturing", lambda: False)
+    assert route.may_time(fake)
+    monkeypatch.setattr(route, "TUNE", False)
+    assert not route.may_time(fake)
+    monkeypatch.setattr(route, "TUNE", True)
+    monkeypatch.setattr(route, "_autocast_on", lambda: True)
+    assert not route.may_time(fake)
+    monkeypatch.setattr(route, "_autocast_on", lambda: False)
+    monkeypatch.setattr(route, "_capturing", lambda: True)
+    assert not route.may_time(fake)
+    with torch.autocast("cpu"):  # (CPU autocast is not CUDA's)
+        assert not route._autocast_on()
+
+
+def test_the_fastest_candidate_is_chosen_once_per_kind_and_remembered(monkeypatch, caplog):
+    """Each candidate runs once untimed, then REPEATS times interleaved; the fastest median wins; the next call of
+    the same kind (a length in the same power-of-two bucket) runs it without timing; another kind is timed."""
+    s = _Script({"cluster": 3.0, "triton": 1.0, "native": 2.0}, monkeypatch)
+    m, x, hx, kw = _call(T=35)
+    k = route.key(x, hx, m._flat_weights, kw)
+    with caplog.at_level("INFO", logger="lstmkit.kernels.route"):
+        chosen = route.tune(k, s.cands("cluster", "triton", "native"), x, hx, m._flat_weights, kw)
+    assert chosen == "triton"
+    assert s.calls == ["cluster"] * 2 + ["triton"] * 2 + ["native"] * 2 + ["cluster", "triton", "native"] * (
+        route.REPEATS - 1)  # fmt: skip
+    assert "triton 1.000 ms" in caplog.text and "-> triton" in caplog.text
+    (row,) = route.decisions()
+    assert row["chosen"] == "triton" and row["ms"] == {"cluster": 3.0, "triton": 1.0, "native": 2.0}
+    assert row["T_max"] == 64 and row["batch"] == 3 and row["hidden_size"] == 6 and row["static"] == "native"
+    # the router now runs triton for that kind without timing, for T = 33..64
+    monkeypatch.setattr(route, "may_time", lambda x: True)
+    monkeypatch.setattr(route, "_covers", lambda name, *a: True)
+    monkeypatch.setattr(route, "tune", lambda *a, **k: pytest.fail("timed a kind already timed"))
+    s.calls.clear()
+    m2, x2, hx2, _ = _call(T=64)
+    out, h, c = route.lstm(x2, hx2, m._flat_weights, **kw)
+    assert s.calls == ["triton"] and torch.equal(out, native.lstm(x2, hx2, m._flat_weights, **kw)[0])
+    assert route.key(x2, hx2, m._flat_weights, kw) == k
+    assert route.key(_call(T=65)[1], hx, m._flat_weights, kw) != k
+    assert route.key(_call(T=32)[1], hx, m._flat_weights, kw) != k
+    assert route.key(x.transpose(0, 1), hx, m._flat_weights, {**kw, "batch_first": True}) != k  # (its own kind)
+
+
+def test_the_static_choice_is_kept_unless_another_is_margin_faster(monkeypatch):
+    """No switch on noise: the static policy's own choice (fp32: cuDNN) stays unless another candidate is at least
+    MARGIN faster."""
+    m, x, hx, kw = _call()
+    k = route.key(x, hx, m._flat_weights, kw)
+    s = _Script({"triton": 0.97, "native": 1.0}, monkeypatch)
+    assert route.tune(k, s.cands("triton", "native"), x, hx, m._flat_weights, kw) == "native"
+    route.reset()
+    s = _Script({"triton": 0.90, "native": 1.0}, monkeypatch)
+    assert route.tune(k, s.cands("triton", "native"), x, hx, m._flat_weights, kw) == "triton"
+    route.reset()
+    s = _Script({"triton": 1.5, "native": 1.0}, monkeypatch)
+    assert route.tune(k, s.cands("triton", "native"), x, hx, m._flat_weights, kw) == "native"
+
+
+def test_the_static_choice_for_bfloat16_is_the_triton_kernels_outside_the_cluster_policy(monkeypatch):
+    """bf16 past the cluster routing's limits: the static choice (the one the margin protects) is the Triton
+    kernels, and the cluster kernels must be MARGIN faster to take the call."""
+    m, x, hx, kw = _call(B=20)
+    w = [t.detach().bfloat16() for t in m._flat_weights]
+    monkeypatch.setattr(cl, "_route_reason", lambda *a: "batch 20 > 16")
+    cands = {"cluster": None, "triton": None, "native": None}
+    assert route._static_name(x, hx, w, kw, cands) == "triton"
+    monkeypatch.setattr(cl, "_route_reason", lambda *a: None)
+    assert route._static_name(x, hx, w, kw, cands) == "cluster"
+    assert route._static_name(x, hx, [t.float() for t in w], kw, {"triton": None, "native": None}) == "native"
+
+
+def test_a_candidate_that_fails_while_timed_is_left_out_with_a_warning(monkeypatch):
+    m, x, hx, kw = _call()
+    x, hx, w = x.bfloat16(), (hx[0].bfloat16(), hx[1].bfloat16()), [t.detach().bfloat16() for t in m._flat_weights]
+    k = route.key(x, hx, w, kw)
+    s = _Script({"cluster": 0.1, "triton": 1.0, "native": 2.0}, monkeypatch, fail=("cluster",))
+    monkeypatch.setattr(cl, "_FAILED", set())
+    monkeypatch.setattr(cl, "_route_reason", lambda *a: None)  # (the static choice would be the cluster kernels)
+    with pytest.warns(RuntimeWarning, match="cluster kernels failed.*launch failed"):
+        assert route.tune(k, s.cands("cluster", "triton", "native"), x, hx, w, kw) == "triton"
+    assert "cluster" not in route.decisions()[0]["ms"]
+    assert len(cl._FAILED) == 1  # (the static policy will not try that configuration either)
+    route.reset()
+    s = _Script({"triton": 1.0, "native": 2.0}, monkeypatch, fail=("native",))
+    with pytest.raises(RuntimeError, match="native: launch failed"):  # (torch's own error is the user's)
+        route.tune(k, s.cands("triton", "native"), x, hx, w, kw)
+    assert route.decisions() == []
+
+
+def test_a_chosen_kernel_that_fails_later_falls_back_to_the_static_policy(monkeypatch):
+    m, x, hx, kw = _call()
+    s = _Script({"triton": 1.0, "native": 2.0}, monkeypatch)
+    monkeypatch.setattr(route, "may_time", lambda x: True)
+    monkeypatch.setattr(route, "_covers", lambda name, *a: name != "cluster")
+    monkeypatch.setattr(route, "candidates", lambda *a: s.cands("triton", "native"))
+    route.lstm(x, hx, m._flat_weights, **kw)
+    assert route.decisions()[0]["chosen"] == "triton"
+    s.fail.add("triton")
+    with pytest.warns(RuntimeWarning, match="triton kernels failed"):
+        out, _, _ = route.lstm(x, hx, m._flat_weights, **kw)
+    assert torch.equal(out, m(x, hx)[0])  # (static: fp32 -> torch's operator)
+    assert route._CHOICE == {}
+    # the next call of that kind is timed again, without the failed kernel (one candidate left: not timed at all)
+    monkeypatch.setattr(route, "candidates", lambda *a: s.cands("triton", "native"))
+    s.calls.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out, _, _ = route.lstm(x, hx, m._flat_weights, **kw)
+    assert s.calls == ["native"] and torch.equal(out, m(x, hx)[0])
+
+
+def test_a_single_candidate_is_not_timed_and_lengths_go_to_torch(monkeypatch):
+    m, x, hx, kw = _call()
+    monkeypatch.setattr(route, "may_time", lambda x: True)
+    monkeypatch.setattr(route, "tune", lambda *a, **k: pytest.fail("timed a call only one path covers"))
+    monkeypatch.setattr(route, "_covers", lambda name, *a: name == "native")
+    out, _, _ = route.lstm(x, hx, m._flat_weights, **kw)
+    assert torch.equal(out, m(x, hx)[0])
+    lengths = torch.tensor([5, 3, 2])
+    out, _, _ = route.lstm(x, hx, m._flat_weights, **kw, lengths=lengths)
+    assert torch.equal(out, native.lstm(x, hx, m._flat_weights, **kw, lengths=lengths)[0])
+
+
+def test_timing_a_training_call_leaves_no_gradient_and_draws_the_same_dropout(monkeypatch):
+    """Timing runs the backward too where the call will be differentiated (torch.autograd.grad: no parameter's
+    .grad is touched) and restores the random number generators, so dropout between layers draws what it would
+    have drawn without the timing."""
+    m, x, hx, kw = _call(T=4, B=2, layers=2, grad=True, dropout=0.5, training=True)
+    x.requires_grad_(True)
+    backward = []
+
+    class Count(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, t):
+            return t.view_as(t)
+
+        @staticmethod
+        def backward(ctx, g):
+            backward.append(1)
+            return g
+
+    def slow(input, hx, weights, **kw):
+        out, h, c = native.lstm(input, hx, weights, **kw)
+        return Count.apply(out), h, c
+
+    k = route.key(x, hx, m._flat_weights, kw)
+    assert k[10] and k[11]  # (grad, dropout)
+    torch.manual_seed(7)
+    want = native.lstm(x, hx, m._flat_weights, **kw)[0]
+    torch.manual_seed(7)
+    route.tune(k, {"triton": slow, "native": native.lstm}, x, hx, m._flat_weights, kw)
+    got = native.lstm(x, hx, m._flat_weights, **kw)[0]
+    assert torch.equal(got, want)
+    assert len(backward) == 1 + route.REPEATS  # (every call of the candidate was differentiated)
+    assert all(p.grad is None for p in m.parameters()) and x.grad is None
+    with torch.no_grad():
+        assert not route.key(x, hx, m._flat_weights, kw)[10]
+
+
+def test_long_calls_are_timed_fewer_times():
+    assert route._repeats(0.5) == route.REPEATS
+    assert route._repeats(400.0) == 2
+    assert route._repeats(5000.0) == 1
+
+
+def test_variant_layers_time_the_cluster_kernels_against_the_triton_kernels(monkeypatch):
+    """A variant layer (cluster_lstm.variant_layer, what impl="auto" runs per layer for variants on a GPU) that both
+    kernels cover is timed once per kind, in place of the cluster routing's batch limits; the Triton kernels'
+    own error is the caller's (the module then runs its loop); a failed cluster launch is left out and
+    remembered as the fixed policy remembers it."""
+    from lstmkit.nn.variants import Variants
+
+    calls = []
+    times = {"cluster": 2.0, "triton": 1.0}
+
+    def fake(name):
+        def fn(gx, *a, **k):
+            calls.append(name)
+            if name in fail:
+                raise RuntimeError(f"{name} failed")
+            return gx[..., : gx.shape[-1] // 4] * 2, None, None
+
+        return fn
+
+    fail = set()
+    last = {}
+    monkeypatch.setattr(cl, "_variant_layer", lambda *a, **k: (last.update(n="cluster"), fake("cluster")(*a))[1])
+    monkeypatch.setattr(tk, "variant_layer", lambda *a, **k: (last.update(n="triton"), fake("triton")(*a))[1])
+    monkeypatch.setattr(route, "_sample", lambda fn, device: (fn(), times[last["n"]])[1])
+    monkeypatch.setattr(route, "may_time", lambda x: True)
+    monkeypatch.setattr(cl, "_variant_reason", lambda *a: None)
+    monkeypatch.setattr(cl, "_runnable_reason", lambda *a: None)
+    monkeypatch.setattr(cl, "_FAILED", set())
+    v = Variants.build(peephole=True)
+    gx = torch.randn(5, 20, 4 * 16, dtype=torch.bfloat16, requires_grad=True)
+    z = torch.zeros(20, 16, dtype=torch.bfloat16)
+    w = torch.zeros(64, 16, dtype=torch.bfloat16, requires_grad=True)
+    y, _, _ = cl.variant_layer(gx, z, z, w, v, {}, {}, None)
+    assert calls == ["cluster", "cluster", "triton", "triton"] + ["cluster", "triton"] * (route.REPEATS - 1) + [
+        "triton"]  # fmt: skip
+    (row,) = route.decisions()
+    assert row["kind"] == "variant layer" and row["static"] == "triton" and row["chosen"] == "triton"  # (20 > 16)
+    assert row["grad"] and row["variants"] == v and gx.grad is None and w.grad is None
+    calls.clear()
+    cl.variant_layer(gx, z, z, w, v, {}, {}, None)
+    assert calls == ["triton"]  # (remembered)
+    # the cluster kernels faster by more than the margin: chosen, for another kind (a shorter length)
+    route.reset()
+    times.update(cluster=0.5)
+    cl.variant_layer(gx[:2], z, z, w, v, {}, {}, None)
+    assert route.decisions()[0]["chosen"] == "cluster" and route.decisions()[0]["T_max"] == 2
+    # a cluster launch that fails while timed: left out, remembered in cluster_lstm._FAILED, one warning
+    route.reset()
+    fail.add("cluster")
+    with pytest.warns(RuntimeWarning, match="cluster LSTM kernels failed"):
+        cl.variant_layer(gx, z, z, w, v, {}, {}, None)
+    assert route.decisions()[0]["ms"].keys() == {"triton"} and len(cl._FAILED) == 1
+    # the Triton kernels' own error (e.g. kernels.Unsupported) reaches the caller
+    route.reset()
+    fail.add("triton")
+    monkeypatch.setattr(cl, "_FAILED", set())
+    with pytest.raises(RuntimeError, match="triton failed"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cl.variant_layer(gx, z, z, w, v, {}, {}, None)
