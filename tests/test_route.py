@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from torch import _VF
 
 from lstmkit import kernels
 from lstmkit.kernels import cluster_lstm as cl
@@ -337,3 +338,51 @@ def test_variant_layers_time_the_cluster_kernels_against_the_triton_kernels(monk
     with pytest.raises(RuntimeError, match="triton failed"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cl.variant_layer(gx, z, z, w, v, {}, {}, None)
+
+
+def test_the_router_runs_the_chosen_kernel_with_the_calls_own_arguments(monkeypatch):
+    """End to end on CPU tensors (the Triton kernels in the interpreter, float64): a two-layer bidirectional
+    batch-first training call with a given state through route.lstm, timed and then run on whichever path won,
+    gives torch's numbers and gradients, and the timing left no gradient behind."""
+    pytest.importorskip("triton")
+    monkeypatch.setattr(route, "may_time", lambda x: True)
+    monkeypatch.setattr(route, "REPEATS", 2)
+    real_covers = route._covers
+    monkeypatch.setattr(route, "_covers", lambda name, *a: name != "cluster" and (name != "triton" or tk.HAVE_TRITON))
+    m, x, hx, kw = _call(T=3, B=2, I=5, H=4, layers=2, dirs=2, grad=True, batch_first=True)
+    m = m.double()
+    x = x.double().transpose(0, 1).contiguous().requires_grad_()
+    hx = tuple(h.double().requires_grad_() for h in hx)
+    w = m._flat_weights
+    for chosen in ("triton", "native"):
+        route.reset()
+        last = [None]
+        monkeypatch.setattr(route, "_sample", lambda fn, device, c=chosen, last=last: (fn(), 1.0 if c == last[0]
+                                                                                        else 2.0)[1])  # fmt: skip
+        for name in ("triton", "native"):
+            monkeypatch.setattr(route, f"_{name}", _tagged(getattr(route, f"_{name}"), name, last))
+        out, h, c = route.lstm(x, hx, w, **kw)
+        assert route.decisions()[0]["chosen"] == chosen and route.decisions()[0]["batch_first"]
+        assert x.grad is None and all(p.grad is None for p in m.parameters())
+        want, hw, cw = _VF.lstm(x, hx, w, True, 2, 0.0, True, True, True)  # (torch.nn.LSTM's own call)
+        for a, b in ((out, want), (h, hw), (c, cw)):
+            assert torch.allclose(a, b, atol=1e-10, rtol=0)
+        g = [torch.autograd.grad((t * (i + 1)).sum(), [x, *hx, *w], retain_graph=True) for i, t in enumerate(
+            (out, h, c))]  # fmt: skip
+        gw = [torch.autograd.grad((t * (i + 1)).sum(), [x, *hx, *w], retain_graph=True) for i, t in enumerate(
+            (want, hw, cw))]  # fmt: skip
+        for ga, gb in zip(g, gw):
+            for a, b in zip(ga, gb):
+                assert torch.allclose(a, b, atol=1e-10, rtol=0)
+        monkeypatch.setattr(route, "_triton", route.__dict__["_triton"].inner)
+        monkeypatch.setattr(route, "_native", route.__dict__["_native"].inner)
+    assert real_covers("cluster", x, hx, w, kw) is False  # (the CPU: the cluster kernels never cover a call)
+
+
+def _tagged(fn, name, last):
+    def tagged(*a, **k):
+        last[0] = name
+        return fn(*a, **k)
+
+    tagged.inner = fn
+    return tagged
