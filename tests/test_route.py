@@ -45,8 +45,8 @@ class _Script:
     """Candidates whose "times" are scripted: each call records its name; ``_sample`` returns the script's time
     for the candidate that ran in it."""
 
-    def __init__(self, times, monkeypatch, fail=()):
-        self.times, self.calls, self.fail = times, [], set(fail)
+    def __init__(self, times, monkeypatch, fail=(), exc=RuntimeError):
+        self.times, self.calls, self.fail, self.exc = times, [], set(fail), exc
         self.last = None
         for name in ("cluster", "triton", "native"):
             monkeypatch.setattr(route, f"_{name}", self._fn(name))
@@ -57,7 +57,7 @@ class _Script:
             self.calls.append(name)
             self.last = name
             if name in self.fail:
-                raise RuntimeError(f"{name}: launch failed")
+                raise self.exc(f"{name}: launch failed")
             return native.lstm(input, hx, weights, **kw)
 
         return fn
@@ -203,7 +203,8 @@ def test_a_candidate_that_fails_while_timed_is_left_out_with_a_warning(monkeypat
     assert route.decisions() == []
 
 
-def test_a_chosen_kernel_that_fails_later_falls_back_to_the_static_policy(monkeypatch):
+def test_a_chosen_kernel_that_fails_later_falls_back_to_cudnn(monkeypatch):
+    """... not to the static policy, which for bf16 would send the call to the Triton kernels that just failed."""
     m, x, hx, kw = _call()
     s = _Script({"triton": 1.0, "native": 2.0}, monkeypatch)
     monkeypatch.setattr(route, "may_time", lambda x: True)
@@ -212,9 +213,10 @@ def test_a_chosen_kernel_that_fails_later_falls_back_to_the_static_policy(monkey
     route.lstm(x, hx, m._flat_weights, **kw)
     assert route.decisions()[0]["chosen"] == "triton"
     s.fail.add("triton")
+    s.calls.clear()
     with pytest.warns(RuntimeWarning, match="triton kernels failed"):
         out, _, _ = route.lstm(x, hx, m._flat_weights, **kw)
-    assert torch.equal(out, m(x, hx)[0])  # (static: fp32 -> torch's operator)
+    assert s.calls == ["triton", "native"] and torch.equal(out, m(x, hx)[0])
     assert route._CHOICE == {}
     # the next call of that kind is timed again, without the failed kernel (one candidate left: not timed at all)
     monkeypatch.setattr(route, "candidates", lambda *a: s.cands("triton", "native"))
@@ -232,15 +234,16 @@ def test_a_single_candidate_is_not_timed_and_lengths_go_to_torch(monkeypatch):
     monkeypatch.setattr(route, "_covers", lambda name, *a: name == "native")
     out, _, _ = route.lstm(x, hx, m._flat_weights, **kw)
     assert torch.equal(out, m(x, hx)[0])
+    assert route._CHOICE == {route.key(x, hx, m._flat_weights, kw): "native"}  # (not asked again)
     lengths = torch.tensor([5, 3, 2])
     out, _, _ = route.lstm(x, hx, m._flat_weights, **kw, lengths=lengths)
     assert torch.equal(out, native.lstm(x, hx, m._flat_weights, **kw, lengths=lengths)[0])
 
 
 def test_timing_a_training_call_leaves_no_gradient_and_draws_the_same_dropout(monkeypatch):
-    """Timing runs the backward too where the call will be differentiated (torch.autograd.grad: no parameter's
-    .grad is touched) and restores the random number generators, so dropout between layers draws what it would
-    have drawn without the timing."""
+    """Timing runs the backward too where the call trains (torch.autograd.grad: no parameter's .grad is touched),
+    and without dropout: no random number is drawn, so dropout between layers draws what it would have drawn
+    without the timing (on a GPU, cuDNN's dropout state is not reseeded either: the generators are not set)."""
     m, x, hx, kw = _call(T=4, B=2, layers=2, grad=True, dropout=0.5, training=True)
     x.requires_grad_(True)
     backward = []
@@ -255,9 +258,15 @@ def test_timing_a_training_call_leaves_no_gradient_and_draws_the_same_dropout(mo
             backward.append(1)
             return g
 
+    seen = []
+
     def slow(input, hx, weights, **kw):
+        seen.append(kw["dropout"])
         out, h, c = native.lstm(input, hx, weights, **kw)
         return Count.apply(out), h, c
+
+    set_calls = []
+    monkeypatch.setattr(torch, "set_rng_state", lambda *a: set_calls.append(a))
 
     k = route.key(x, hx, m._flat_weights, kw)
     assert k[10] and k[11]  # (grad, dropout)
@@ -268,6 +277,7 @@ def test_timing_a_training_call_leaves_no_gradient_and_draws_the_same_dropout(mo
     got = native.lstm(x, hx, m._flat_weights, **kw)[0]
     assert torch.equal(got, want)
     assert len(backward) == 1 + route.REPEATS  # (every call of the candidate was differentiated)
+    assert seen == [0.0] * (1 + route.REPEATS) and set_calls == []  # (no dropout, no generator set)
     assert all(p.grad is None for p in m.parameters()) and x.grad is None
     with torch.no_grad():
         assert not route.key(x, hx, m._flat_weights, kw)[10]
@@ -349,7 +359,7 @@ def test_the_router_runs_the_chosen_kernel_with_the_calls_own_arguments(monkeypa
     monkeypatch.setattr(route, "REPEATS", 2)
     real_covers = route._covers
     monkeypatch.setattr(route, "_covers", lambda name, *a: name != "cluster" and (name != "triton" or tk.HAVE_TRITON))
-    m, x, hx, kw = _call(T=3, B=2, I=5, H=4, layers=2, dirs=2, grad=True, batch_first=True)
+    m, x, hx, kw = _call(T=3, B=2, I=5, H=4, layers=2, dirs=2, grad=True, batch_first=True, training=True)
     m = m.double()
     x = x.double().transpose(0, 1).contiguous().requires_grad_()
     hx = tuple(h.double().requires_grad_() for h in hx)
@@ -364,7 +374,7 @@ def test_the_router_runs_the_chosen_kernel_with_the_calls_own_arguments(monkeypa
         out, h, c = route.lstm(x, hx, w, **kw)
         assert route.decisions()[0]["chosen"] == chosen and route.decisions()[0]["batch_first"]
         assert x.grad is None and all(p.grad is None for p in m.parameters())
-        want, hw, cw = _VF.lstm(x, hx, w, True, 2, 0.0, True, True, True)  # (torch.nn.LSTM's own call)
+        want, hw, cw = _VF.lstm(x, hx, w, True, 2, 0.0, True, True, True)  # (torch.nn.LSTM's own call, training)
         for a, b in ((out, want), (h, hw), (c, cw)):
             assert torch.allclose(a, b, atol=1e-10, rtol=0)
         g = [torch.autograd.grad((t * (i + 1)).sum(), [x, *hx, *w], retain_graph=True) for i, t in enumerate(
@@ -386,3 +396,97 @@ def _tagged(fn, name, last):
 
     tagged.inner = fn
     return tagged
+
+
+def test_timing_touches_no_hook_gradient_or_graph_of_the_callers():
+    """The timed calls run on detached aliases of the call's tensors: a non-leaf input that retains its gradient
+    gets none, no tensor or parameter hook fires, no parameter's .grad is set."""
+    m, x0, hx, kw = _call(grad=True, training=True)
+    x0.requires_grad_(True)
+    x = x0 * 1.0  # (a non-leaf, as an embedding's output is)
+    x.retain_grad()
+    fired = []
+    x.register_hook(lambda g: fired.append("input"))
+    for p in m.parameters():
+        p.register_hook(lambda g: fired.append("parameter"))
+    k = route.key(x, hx, m._flat_weights, kw)
+    route.tune(k, {"triton": native.lstm, "native": native.lstm}, x, hx, m._flat_weights, kw)
+    assert fired == [] and x.grad is None and x0.grad is None and all(p.grad is None for p in m.parameters())
+
+
+def test_evaluation_with_gradients_on_is_not_timed(monkeypatch):
+    """model.eval() without torch.no_grad(): cuDNN has no backward in evaluation mode, our kernels have, so timing
+    a forward only could choose a path the caller's backward then fails on: the static policy runs instead."""
+    m, x, hx, kw = _call(grad=True)
+    assert not kw["training"]
+    monkeypatch.setattr(route, "may_time", lambda x: True)
+    monkeypatch.setattr(route, "tune", lambda *a, **k: pytest.fail("timed an evaluation call with gradients"))
+    out, _, _ = route.lstm(x, hx, m._flat_weights, **kw)
+    assert torch.equal(out, m(x, hx)[0]) and route._CHOICE == {}
+
+
+def test_nothing_is_timed_under_compiler_tracing_or_deterministic_algorithms(monkeypatch):
+    fake = SimpleNamespace(is_cuda=True)
+    monkeypatch.setattr(route, "_capturing", lambda: pytest.fail("asked about capture while compiling"))
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert not route.may_time(fake)  # (asked first: the capture query breaks a fullgraph trace)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: False)
+    monkeypatch.setattr(route, "_capturing", lambda: False)
+    assert route.may_time(fake)
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    assert not route.may_time(fake)
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
+    assert not route.may_time(fake)
+
+
+def test_a_candidate_raising_any_exception_is_left_out(monkeypatch):
+    """Triton's compile errors (OutOfResources, CompilationError) are not RuntimeErrors."""
+
+    class CompilationError(Exception):
+        pass
+
+    m, x, hx, kw = _call()
+    k = route.key(x, hx, m._flat_weights, kw)
+    s = _Script({"triton": 0.5, "native": 1.0}, monkeypatch, fail=("triton",), exc=CompilationError)
+    with pytest.warns(RuntimeWarning, match="triton kernels failed.*CompilationError"):
+        assert route.tune(k, s.cands("triton", "native"), x, hx, m._flat_weights, kw) == "native"
+    # remembered for the kinds of the same batch and size (another length bucket does not try it again)
+    assert ("triton", route._coarse(k)) in route._FAILED
+    assert route._coarse(route.key(_call(T=100)[1], hx, m._flat_weights, kw)) == route._coarse(k)
+
+
+def test_out_of_memory_while_timing_keeps_the_static_choice_untimed(monkeypatch, caplog):
+    m, x, hx, kw = _call()
+    k = route.key(x, hx, m._flat_weights, kw)
+    s = _Script({"triton": 0.5, "native": 1.0}, monkeypatch, fail=("triton",), exc=route._OOM)
+    with caplog.at_level("WARNING", logger="lstmkit.kernels.route"):
+        assert route.tune(k, s.cands("triton", "native"), x, hx, m._flat_weights, kw) == "native"
+    assert "out of memory" in caplog.text and route._CHOICE == {k: "native"}
+    assert route._FAILED == set() and route.decisions() == []  # (not a failure of the path: nothing remembered)
+
+
+def test_a_variant_layer_the_triton_kernels_cannot_run_goes_to_the_cluster_kernels(monkeypatch):
+    """Where the Triton kernels raise kernels.Unsupported and the cluster kernels run the call, the cluster kernels
+    take it (the fixed policy would have sent the module to its loop past 16 rows)."""
+    from lstmkit.kernels import Unsupported
+    from lstmkit.nn.variants import Variants
+
+    def triton(*a, **k):
+        raise Unsupported("too large for int32 offsets")
+
+    monkeypatch.setattr(cl, "_variant_layer", lambda gx, *a, **k: (gx[..., :16] * 3, None, None))
+    monkeypatch.setattr(tk, "variant_layer", triton)
+    monkeypatch.setattr(route, "may_time", lambda x: True)
+    monkeypatch.setattr(cl, "_variant_reason", lambda *a: None)
+    monkeypatch.setattr(cl, "_runnable_reason", lambda *a: None)
+    monkeypatch.setattr(cl, "_FAILED", set())
+    gx = torch.randn(5, 20, 64, dtype=torch.bfloat16)
+    z = torch.zeros(20, 16, dtype=torch.bfloat16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (no warning: the Triton kernels' refusal is not a failure)
+        y, _, _ = cl.variant_layer(gx, z, z, torch.zeros(64, 16, dtype=torch.bfloat16), Variants.build(peephole=True),
+                                   {}, {}, None)  # fmt: skip
+    assert torch.equal(y, gx[..., :16] * 3)
+    (row,) = route.decisions()
+    assert row["chosen"] == "cluster" and row["ms"].keys() == {"cluster"} and row["static"] == "triton"

@@ -2982,8 +2982,7 @@ def variant_layer(
     ``kw``: cluster, fast, exchange. What ``impl="auto"`` runs for variants on a GPU when :data:`ROUTE`."""
     from . import route, triton_lstm
 
-    leaves = [t for t in (gx, h0, c0, w_hh, *p.values()) if t is not None and t.requires_grad]
-    grad = torch.is_grad_enabled() and bool(leaves)
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (gx, h0, c0, w_hh, *p.values()))
     kw.setdefault("exchange", ROUTE_EXCHANGE)
     B, H = gx.shape[1], gx.shape[2] // 4
     flags = _variant_flags(v, valid is not None)  # (also the key a failed launch is remembered under)
@@ -2995,10 +2994,17 @@ def variant_layer(
         # impl="auto" times the two paths on the first call of each kind (kernels/route.py) instead of the limits
         k = route.variant_key(gx, v, valid is not None, grad, kw["exchange"])
         name = route.chosen(k)
-        if name is None:
-            name = route.choose(k, {"cluster": cluster, "triton": triton}, leaves if grad else [],
-                                "cluster" if policy is None else "triton", gx.device, route.variant_fields(k),
-                                required="triton", on_fail=lambda n, e: _fail(_key(gx, B, H, flags), e))  # fmt: skip
+        if name is None:  # (timed on aliases of the call's tensors: the caller's graph, hooks and .grad untouched)
+            a = [route.alias(t, grad) for t in (gx, h0, c0, w_hh)]
+            ap = {n: route.alias(t, grad) for n, t in p.items()}
+            thunks = {"cluster": partial(_variant_layer, *a, v, ap, masks, valid, eps, kw),
+                      "triton": partial(triton_lstm.variant_layer, *a, v, ap, masks, valid, eps)}  # fmt: skip
+            diff = [t for t in (*a, *ap.values()) if t is not None and t.requires_grad] if grad else []
+            # neither is required: where the Triton kernels cannot run the call (kernels.Unsupported) the cluster
+            # kernels still may; where neither can, the Triton kernels' error is the module's (its loop runs)
+            name = route.choose(k, thunks, diff, "cluster" if policy is None else "triton", gx.device,
+                                route.variant_fields(k), on_fail=lambda n, e: n == "cluster" and _fail(
+                                    _key(gx, B, H, flags), e))  # fmt: skip
         return _routed(cluster, _key(gx, B, H, flags), triton) if name == "cluster" else triton()
     if policy is not None or not covered:
         return triton()

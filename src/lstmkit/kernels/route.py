@@ -13,22 +13,28 @@ bf16 forward at (35, 20, 650) 1.88x cuDNN's on one machine, 0.88x on one with a 
 call of each kind, as ``torch.backends.cudnn.benchmark`` does for convolutions, and runs the fastest from then on:
 
 * the kind (:func:`key`) is the device, the dtypes, the batch, the sizes, the layers and directions, the layout,
-  whether a backward will follow, and the length rounded up to a power of two (a shorter last batch of a
-  similar length reuses the choice);
+  whether a backward will follow, training or evaluation, dropout, float32's TF32 settings, and the length
+  rounded up to a power of two (a shorter last batch of a similar length reuses the choice);
 * each candidate runs once untimed (its compiles, Triton's plan tuning, cuDNN's own choice), then
-  :data:`REPEATS` times, interleaved, on the call's own tensors: the forward, and where the call will be
-  differentiated the backward too (``torch.autograd.grad`` on a fixed output gradient: no ``.grad`` is
-  touched), timed from an idle GPU with CUDA events, so a call bound by its host work is timed as the user
-  sees it;
+  :data:`REPEATS` times, interleaved, on the call's own values: the forward, and where the call trains the
+  backward too (``torch.autograd.grad`` on a fixed output gradient, through detached aliases of the call's
+  tensors: no ``.grad``, hook or graph of the caller's is touched), timed from an idle GPU with CUDA events on
+  the input's device, so a call bound by its host work is timed as the user sees it (latency, not the
+  throughput of calls queued behind other work);
 * the fastest median wins, but the static policy's own choice is kept unless another is at least
-  :data:`MARGIN` faster (no switch on noise); a candidate that raises while timed is left out, with a warning;
-* the random number generators are restored after timing, so dropout between layers draws what it would have.
+  :data:`MARGIN` faster (no switch on noise); a candidate that raises while timed is left out, with a warning
+  (out of memory: the timing stops and the static choice is kept);
+* the timed calls run without dropout, so no random number is drawn: dropout's masks and generators (cuDNN's
+  dropout state too) are what they would have been without the timing.
 
-Nothing is timed under autocast (torch's operator follows autocast's casts, the kernels would not), while a
-CUDA graph is captured or under ``torch.compile``'s tracing; those calls take the static policy (or the choice
-already made, in a capture). ``LSTMKIT_ROUTE_TUNE=0`` (read at import: :data:`TUNE`) turns timing off and
-keeps the static policy everywhere. :func:`decisions` lists what was timed and chosen; each choice is logged
-at INFO on the ``lstmkit.kernels.route`` logger.
+Nothing is timed (the static policy runs) under autocast (torch's operator follows autocast's casts, the kernels
+would not), while a CUDA graph is captured, under ``torch.compile``'s tracing, with deterministic algorithms
+asked for (``torch.use_deterministic_algorithms`` or ``cudnn.deterministic``: the path would depend on timing
+noise), or in evaluation mode with gradients on (cuDNN has no backward there, the kernels have).
+``LSTMKIT_ROUTE_TUNE=0`` (read at import: :data:`TUNE`) turns timing off and keeps the static policy
+everywhere; set it where a run must be reproducible bit for bit across processes, since the chosen path (and
+so the rounding) may differ between machines and runs. :func:`decisions` lists what was timed and chosen; each
+choice is logged at INFO on the ``lstmkit.kernels.route`` logger.
 """
 
 from __future__ import annotations
@@ -44,8 +50,8 @@ from functools import partial
 import torch
 from torch import Tensor
 
-__all__ = ["MARGIN", "REPEATS", "TUNE", "candidates", "choose", "chosen", "decisions", "key", "lstm", "may_time",
-           "reset", "static", "tune", "variant_fields", "variant_key"]  # fmt: skip
+__all__ = ["MARGIN", "REPEATS", "TUNE", "alias", "candidates", "choose", "chosen", "decisions", "key", "lstm",
+           "may_time", "reset", "static", "tune", "variant_fields", "variant_key"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +102,32 @@ def key(input: Tensor, hx: tuple[Tensor, Tensor], weights: list[Tensor], kw: dic
     T, B = _batch_time(input, kw)
     return (input.device, (input.dtype, hx[0].dtype, weights[0].dtype), 1 << max(T - 1, 0).bit_length(), B,
             input.shape[-1], weights[1].shape[1], kw["num_layers"], kw["bidirectional"], bool(kw.get("batch_first")),
-            kw["bias"], _grad(input, hx, weights), bool(kw["training"] and kw["dropout"] > 0))  # fmt: skip
+            kw["bias"], _grad(input, hx, weights), bool(kw["training"]), bool(kw["training"] and kw["dropout"] > 0),
+            _fp32_settings() if input.dtype == torch.float32 else None)  # fmt: skip
+
+
+#: :func:`key`'s fields by name (:func:`decisions`)
+_KEY_FIELDS = ("device", "dtype", "T_max", "batch", "input_size", "hidden_size", "num_layers", "bidirectional",
+               "batch_first", "bias", "grad", "training", "dropout", "fp32_settings")  # fmt: skip
+
+
+def _fp32_settings() -> tuple:
+    """The float32 settings the paths' speed depends on: TF32 in matmuls and in cuDNN, by either of torch's APIs
+    (torch >= 2.9 raises when the legacy flag is read after the new one was set: that reads as None)."""
+    out = []
+    for get in (lambda: torch.backends.cuda.matmul.fp32_precision, lambda: torch.backends.cuda.matmul.allow_tf32,
+                lambda: torch.backends.cudnn.fp32_precision, lambda: torch.backends.cudnn.allow_tf32):  # fmt: skip
+        try:
+            out.append(get())
+        except (AttributeError, RuntimeError):
+            out.append(None)
+    return tuple(out)
+
+
+def _coarse(k: tuple) -> tuple:
+    """What a failed path is remembered under (:data:`_FAILED`): device, dtypes, batch, hidden size, a backward
+    or not (a path that failed there fails at another length or layout too)."""
+    return (k[0], k[1], k[3], k[5], k[10]) if k[0] != "variant layer" else k[:3] + k[4:6] + k[8:9]
 
 
 def variant_key(gx: Tensor, v, lengths: bool, grad: bool, exchange: str) -> tuple:
@@ -189,15 +220,16 @@ def _static_name(input: Tensor, hx: tuple[Tensor, Tensor], weights: list[Tensor]
 
 
 def may_time(input: Tensor) -> bool:
-    """Whether this call may be timed (a CUDA tensor, no autocast, no graph capture, no compiler tracing)."""
+    """Whether this call may be timed: a CUDA tensor, and no compiler tracing (asked first: the other questions
+    would break a ``fullgraph`` trace), autocast, deterministic algorithms or graph capture."""
     if not (TUNE and input.is_cuda):
         return False
-    if _autocast_on():
-        return False
-    if _capturing():
-        return False
     compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
-    return not (compiling is not None and compiling())
+    if compiling is not None and compiling():
+        return False
+    if _autocast_on() or torch.are_deterministic_algorithms_enabled() or torch.backends.cudnn.deterministic:
+        return False
+    return not _capturing()
 
 
 def _capturing() -> bool:
@@ -216,19 +248,15 @@ def _autocast_on() -> bool:
 def lstm(input: Tensor, hx: tuple[Tensor, Tensor], weights: list[Tensor], **kw):
     """``native.lstm``'s interface: the call on the path chosen for its kind (:func:`key`), timing the candidates
     the first time; what ``impl="auto"`` runs for a plain LSTM on a GPU (see the module docstring)."""
-    if not isinstance(input, Tensor) or input.dim() != 3 or kw.get("lengths") is not None:
-        return static(input, hx, weights, kw)(input, hx, weights, **kw)  # (only native covers these)
-    if not may_time(input):  # (in a graph capture, a choice made before still holds)
-        capturing = input.is_cuda and TUNE and _capturing()
-        chosen = _CHOICE.get(key(input, hx, weights, kw)) if capturing else None
-        if chosen is not None and _covers(chosen, input, hx, weights, kw):
-            return _run(chosen, None, input, hx, weights, kw)
+    if (not isinstance(input, Tensor) or input.dim() != 3 or kw.get("lengths") is not None or not may_time(input)
+            or (not kw["training"] and _grad(input, hx, weights))):  # fmt: skip
         return static(input, hx, weights, kw)(input, hx, weights, **kw)
     k = key(input, hx, weights, kw)
     chosen = _CHOICE.get(k)
     if chosen is None:
-        cands = {n: fn for n, fn in candidates(input, hx, weights, kw).items() if (n, k) not in _FAILED}
+        cands = {n: fn for n, fn in candidates(input, hx, weights, kw).items() if (n, _coarse(k)) not in _FAILED}
         if len(cands) == 1:
+            _CHOICE[k] = "native"  # (remembered: the candidates are not asked again)
             return _native(input, hx, weights, **kw)
         chosen = tune(k, cands, input, hx, weights, kw)
     elif not _covers(chosen, input, hx, weights, kw):  # (the kind matched, this call does not: e.g. int32 bound)
@@ -236,29 +264,34 @@ def lstm(input: Tensor, hx: tuple[Tensor, Tensor], weights: list[Tensor], **kw):
     return _run(chosen, k, input, hx, weights, kw)
 
 
-def _run(name: str, k: tuple | None, input: Tensor, hx: tuple[Tensor, Tensor], weights: list[Tensor], kw: dict):
-    """The call on candidate ``name``; where a kernel's launch fails, :func:`_forget` and the static policy runs
-    the call."""
-    fn = {"cluster": _cluster, "triton": _triton, "native": _native}[name]
+def _run(name: str, k: tuple, input: Tensor, hx: tuple[Tensor, Tensor], weights: list[Tensor], kw: dict):
+    """The call on candidate ``name``; where a kernel's launch fails, :func:`_forget` and cuDNN runs the call (the
+    static policy might send it to the path that just failed). Out of memory is the caller's error."""
     if name == "native":
-        return fn(input, hx, weights, **kw)
+        return _native(input, hx, weights, **kw)
     try:
-        return fn(input, hx, weights, **kw)
+        return {"cluster": _cluster, "triton": _triton}[name](input, hx, weights, **kw)
+    except _OOM:
+        raise
     except (RuntimeError, OSError) as e:
-        _forget(name, k if k is not None else key(input, hx, weights, kw), input, weights, kw, e)
-        return static(input, hx, weights, kw)(input, hx, weights, **kw)
+        _forget(name, k, input, weights, kw, e)
+        return _native(input, hx, weights, **kw)
 
 
-def _forget(name: str, k: tuple, input: Tensor, weights: list[Tensor], kw: dict, e: Exception) -> None:
-    """Candidate ``name`` failed on kind ``k``: a warning; never timed or chosen for that kind again in this process
-    (the next call of it is timed without it); a cluster launch is remembered as ``cluster_lstm`` remembers its own,
-    so the static policy does not try it again either."""
+#: torch's out-of-memory error (a RuntimeError; torch < 2.5 has it under torch.cuda only)
+_OOM = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+
+
+def _forget(name: str, k: tuple, input: Tensor, weights: list[Tensor], kw: dict, e: BaseException) -> None:
+    """Candidate ``name`` failed on kind ``k``: a warning; never timed or chosen again in this process for the kinds
+    :func:`_coarse` groups with ``k``; a cluster launch is remembered as ``cluster_lstm`` remembers its own, so the
+    static policy does not try it again either."""
     warnings.warn(f"impl='auto': the {name} kernels failed ({type(e).__name__}: {str(e)[:200]}); this process runs "
                   "such calls on the other paths (LSTMKIT_ROUTE_TUNE=0 skips the timing)", RuntimeWarning,
                   stacklevel=4)  # fmt: skip
-    _FAILED.add((name, k))
-    if _CHOICE.get(k) == name:
-        del _CHOICE[k]
+    _FAILED.add((name, _coarse(k)))
+    for kk in [kk for kk, v in _CHOICE.items() if v == name and _coarse(kk) == _coarse(k)]:
+        del _CHOICE[kk]
     if name == "cluster":
         from . import cluster_lstm as cl
 
@@ -277,55 +310,79 @@ def tune(k: tuple, cands: dict[str, Callable], input: Tensor, hx: tuple[Tensor, 
          kw: dict) -> str:  # fmt: skip
     """Time ``cands`` on this plain call (see the module docstring), remember and return the fastest's name. CPU
     tensors are timed with the host's clock (tests)."""
-    diff = [t for t in (input, *hx, *weights) if t.requires_grad] if _grad(input, hx, weights) else []
-    names = ("device", "dtype", "T_max", "batch", "input_size", "hidden_size", "num_layers", "bidirectional",
-             "batch_first", "bias", "grad", "dropout")  # fmt: skip
-    fields = dict(zip(names, k))
+    backward = _grad(input, hx, weights) and kw["training"]
+    x, h, w = alias(input, backward), tuple(alias(t, backward) for t in hx), [alias(t, backward) for t in weights]
+    tkw = {**kw, "dropout": 0.0}  # (no random number drawn: see the module docstring)
+    fields = dict(zip(_KEY_FIELDS, k))
     fields["dtype"] = k[1][0]
-    return choose(k, {name: partial(fn, input, hx, weights, **kw) for name, fn in cands.items()}, diff,
+    return choose(k, {name: partial(fn, x, h, w, **tkw) for name, fn in cands.items()},
+                  [t for t in (x, *h, *w) if t.requires_grad] if backward else [],
                   _static_name(input, hx, weights, kw, cands), input.device, fields, required="native",
                   on_fail=lambda name, e: _forget(name, k, input, weights, kw, e))  # fmt: skip
+
+
+def alias(t: Tensor | None, grad: bool) -> Tensor | None:
+    """``t``'s values as a leaf of its own (the same storage): timing differentiates it without touching the
+    caller's graph, hooks or ``.grad``."""
+    if t is None:
+        return None
+    return t.detach().requires_grad_(grad and t.requires_grad)
 
 
 def choose(k: tuple, thunks: dict[str, Callable[[], tuple]], diff: list[Tensor], stat: str, device: torch.device,
            fields: dict, required: str | None = None, on_fail: Callable | None = None) -> str:  # fmt: skip
     """Time ``thunks`` (each runs the call on one path and returns its outputs, the first differentiated with
-    respect to ``diff`` where that is not empty), remember the choice for ``k`` and return its name: the fastest
-    median, or ``stat`` (the static policy's) unless another is :data:`MARGIN` faster. A thunk that raises is left
-    out (``on_fail(name, error)``), except ``required``'s, whose error is the caller's. ``fields`` describe the kind
-    (:func:`decisions`, the log). The random number generators are restored afterwards."""
+    respect to ``diff`` where that is not empty: leaves of the timing's own, :func:`alias`), remember the choice
+    for ``k`` and return its name: the fastest median, or ``stat`` (the static policy's) unless another is
+    :data:`MARGIN` faster. A thunk that raises is left out (``on_fail(name, error)``), except ``required``'s, whose
+    error is the caller's, as is the last error when every thunk raised. Out of memory stops the timing: ``stat``
+    is kept untimed. ``fields`` describe the kind (:func:`decisions`, the log)."""
     cuda = device.type == "cuda"
-    states = (torch.get_rng_state(), torch.cuda.get_rng_state(device) if cuda else None)
+    rng = (torch.get_rng_state(), torch.cuda.get_rng_state(device) if cuda else None)
     grad_out = []
 
     def call(thunk):
+        if not diff:
+            with torch.no_grad():
+                thunk()
+            return
         out = thunk()[0]
-        if diff:
-            if not grad_out:  # (one fixed output gradient for every candidate)
-                gen = torch.Generator(device=device).manual_seed(0)
-                grad_out.append(torch.randn(out.shape, generator=gen, device=device, dtype=out.dtype))
-            torch.autograd.grad(out, diff, grad_out[0], allow_unused=True)
+        if not grad_out:  # (one fixed output gradient for every candidate)
+            gen = torch.Generator(device=device).manual_seed(0)
+            grad_out.append(torch.randn(out.shape, generator=gen, device=device, dtype=out.dtype))
+        torch.autograd.grad(out, diff, grad_out[0], allow_unused=True)
 
     samples: dict[str, list[float]] = {}
-    try:
-        for name, thunk in thunks.items():  # untimed first calls: compiles, plan tuning, cuDNN's choice
-            try:
-                call(thunk)
-                samples[name] = [_sample(partial(call, thunk), device)]
-            except (RuntimeError, OSError, ValueError) as e:
-                if name == required or on_fail is None:
-                    raise
-                on_fail(name, e)
-        if not samples:
-            raise RuntimeError(f"every path failed for {fields}")
-        reps = _repeats(max(s[0] for s in samples.values()))
-        for _ in range(reps - 1):  # interleaved, so a drift of the clocks charges every candidate alike
-            for name in samples:
-                samples[name].append(_sample(partial(call, thunks[name]), device))
-    finally:
-        torch.set_rng_state(states[0])
-        if cuda:
-            torch.cuda.set_rng_state(states[1], device)
+    last_error = None
+    with torch.cuda.device(device) if cuda else _nothing():
+        try:
+            for name, thunk in thunks.items():  # untimed first calls: compiles, plan tuning, cuDNN's choice
+                try:
+                    call(thunk)
+                    samples[name] = [_sample(partial(call, thunk), device)]
+                except _OOM:
+                    samples = None
+                    break
+                except Exception as e:  # (Triton's compile errors are not RuntimeErrors)
+                    if name == required:
+                        raise
+                    last_error = e
+                    if on_fail is not None:
+                        on_fail(name, e)
+            if samples:
+                reps = _repeats(max(v[0] for v in samples.values()))
+                for _ in range(reps - 1):  # interleaved, so a drift of the clocks charges every candidate alike
+                    for name in samples:
+                        samples[name].append(_sample(partial(call, thunks[name]), device))
+        finally:
+            grad_out.clear()
+            _restore_rng(rng, device)
+    if samples is None:
+        log.warning("impl='auto': out of memory while timing the paths for %s; keeping %s untimed", fields, stat)
+        _CHOICE[k] = stat
+        return stat
+    if not samples:
+        raise last_error
     times = {name: statistics.median(v) for name, v in samples.items()}
     best = min(times, key=times.get)
     chosen = stat if stat in times and times[best] > (1.0 - MARGIN) * times[stat] else best
@@ -333,6 +390,23 @@ def choose(k: tuple, thunks: dict[str, Callable[[], tuple]], diff: list[Tensor],
     log.info("impl='auto' timed %s: %s -> %s", ", ".join(f"{a}={b}" for a, b in fields.items()),
              ", ".join(f"{n} {t:.3f} ms" for n, t in times.items()), chosen)  # fmt: skip
     return chosen
+
+
+class _nothing:  # noqa: N801  (a context manager that does nothing: contextlib.nullcontext's role, cheaper)
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _restore_rng(rng: tuple, device: torch.device) -> None:
+    """Put the generators back only where a path drew from them (none should: the timed calls have no dropout);
+    setting CUDA's unchanged state would reset cuDNN's dropout state (``set_rng_state`` reseeds it)."""
+    if not torch.equal(torch.get_rng_state(), rng[0]):
+        torch.set_rng_state(rng[0])
+    if rng[1] is not None and not torch.equal(torch.cuda.get_rng_state(device), rng[1]):
+        torch.cuda.set_rng_state(rng[1], device)
 
 
 def _sample(fn: Callable[[], None], device: torch.device) -> float:
