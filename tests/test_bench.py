@@ -52,3 +52,29 @@ def test_bad_arguments_exit_2(bad):
 def test_no_shape_is_a_clear_error(capsys):
     assert bench.main(["--no-default-shapes"]) == 2
     assert "no shapes" in capsys.readouterr().err
+
+
+def test_the_router_s_choices_are_reported_on_a_gpu(monkeypatch):
+    """On a GPU the report says which path impl="auto" timed and chose for each kind of call (kernels/route.py):
+    as plain JSON values, and as lines under the table."""
+    import json
+
+    import torch
+
+    from lstmkit.kernels import route
+
+    route.reset()
+    k = ("variant layer", torch.device("cuda", 0), torch.bfloat16, 64, 20, 650, None, False, True, "mbarrier")
+    route._CHOICE[k] = "cluster"
+    route._TIMES[k] = ({"cluster": 0.5, "triton": 0.75}, "triton", route.variant_fields(k))
+    try:
+        rows = bench.routes()
+    finally:
+        route.reset()
+    assert json.loads(json.dumps(rows)) == rows
+    assert rows[0]["device"] == "cuda:0" and rows[0]["dtype"] == "bfloat16" and rows[0]["chosen"] == "cluster"
+    result = {"rows": [], "meta": {"date": "d", "machine": "m", "cpu_count": 1, "threads": 1, "torch": "t",
+                                   "config": {"repeats": 1, "warmup": 0}, "routes": rows}}  # fmt: skip
+    text = bench.format_table(result)
+    assert "kind=variant layer, dtype=bfloat16, T_max=64, batch=20, hidden_size=650" in text
+    assert "cluster 0.500, triton 0.750 -> **cluster** (fixed policy: triton)" in text

@@ -62,6 +62,26 @@ def test_resume_mid_epoch_equals_uninterrupted(corpus, tmp_path, sampling):
     assert [r["lr"] for r in read_metrics(Path(part.out) / "metrics.jsonl") if r["kind"] == "valid"][-1] == 0.5
 
 
+def test_a_resumed_run_keeps_the_gpu_paths_impl_auto_chose(corpus, tmp_path):
+    """impl="auto" times the GPU paths on a process's first call of each kind (kernels/route.py); the checkpoint
+    keeps the choices, so a resumed run runs on the paths (and with the rounding) of the run it continues."""
+    from lstmkit.kernels import route
+
+    route.reset()
+    fake_kind = ("cuda:0", "a kind timed before the checkpoint")
+    route._CHOICE[fake_kind] = "triton"
+    try:
+        part = tiny(corpus, tmp_path, out=str(tmp_path / "part"), max_steps=3)
+        lm.train(part)
+        assert torch.load(Path(part.out) / "last.pt", weights_only=False)["route"] == {
+            "choices": {fake_kind: "triton"}}  # fmt: skip
+        route.reset()  # (a new process)
+        lm.train(replace(part, max_steps=4), resume=True)
+        assert route.chosen(fake_kind) == "triton"
+    finally:
+        route.reset()
+
+
 def test_paper_loss_scale_equivalence():
     """lr 1 and clip 5 on the time-summed, batch-averaged loss == lr T and clip 5/T on the per-token mean."""
     torch.manual_seed(0)

@@ -35,7 +35,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-__all__ = ["SHAPES", "VARIANTS", "BenchConfig", "run_bench", "format_table", "peak_memory", "register", "main"]
+__all__ = ["SHAPES", "VARIANTS", "BenchConfig", "run_bench", "format_table", "peak_memory", "register", "main",
+           "routes"]
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +235,25 @@ def run_bench(cfg: BenchConfig) -> dict:
         "torch": torch.__version__,
         "config": asdict(cfg),
     }
+    if cfg.device != "cpu":  # which path impl="auto" timed and chose for each kind of call (kernels/route.py)
+        meta["routes"] = routes()
     return {"meta": meta, "rows": rows}
+
+
+def routes() -> list[dict]:
+    """``kernels.route.decisions()`` as plain JSON values: what impl="auto" timed on the GPU and chose."""
+    from lstmkit.kernels import route
+
+    def plain(v):
+        if isinstance(v, (bool, int, float, str)) or v is None:
+            return v
+        if isinstance(v, dict):
+            return {str(a): plain(b) for a, b in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(b) for b in v]
+        return str(v).replace("torch.", "")
+
+    return [plain(d) for d in route.decisions()]
 
 
 def format_table(result: dict) -> str:
@@ -261,6 +280,13 @@ def format_table(result: dict) -> str:
                 cells += ["", "", ""]
         lines.append("| " + " | ".join(cells) + " |")
     m = result["meta"]
+    if m.get("routes"):
+        lines += ["", "impl='auto' timed these kinds of call on their first call (ms, median) and chose:", ""]
+        for d in m["routes"]:
+            what = ", ".join(f"{k}={d[k]}" for k in ("kind", "dtype", "T_max", "batch", "hidden_size", "num_layers",
+                                                     "grad") if k in d)  # fmt: skip
+            times = ", ".join(f"{n} {t:.3f}" for n, t in d["ms"].items())
+            lines.append(f"- {what}: {times} -> **{d['chosen']}** (fixed policy: {d['static']})")
     header = (
         f"Date: {m['date']}  \nMachine: {m['machine']}, {m['cpu_count']} CPUs, {m['threads']} torch threads, "
         f"torch {m['torch']}  \nMedians of {m['config']['repeats']} alternating repeats after "

@@ -32,6 +32,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from lstmkit.kernels import route
+
 __all__ = [
     "save_checkpoint",
     "load_checkpoint",
@@ -340,6 +342,7 @@ def fit(
         sched.load_state_dict(ck["schedule"])
         task.load_state_dict(ck["task"])
         set_rng_state(ck["rng"])
+        route.load_state_dict(ck.get("route", {}))  # (the GPU paths impl="auto" timed and chose: the same again)
         epoch, step, gstep, best = ck["epoch"], ck["step_in_epoch"], ck["global_step"], ck["best_loss"]
         metrics.truncate_after(gstep)
         say("resumed from %s at epoch %d, step %d", last, epoch + 1, step)
@@ -365,6 +368,7 @@ def fit(
                 "schedule": sched.state_dict(),
                 "task": task_state,
                 "rng": rng_state(),
+                "route": route.state_dict(),
                 "epoch": epoch_,
                 "step_in_epoch": step_,
                 "global_step": gstep,

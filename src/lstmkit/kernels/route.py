@@ -50,8 +50,9 @@ from functools import partial
 import torch
 from torch import Tensor
 
-__all__ = ["MARGIN", "REPEATS", "TUNE", "alias", "candidates", "choose", "chosen", "decisions", "key", "lstm",
-           "may_time", "reset", "static", "tune", "variant_fields", "variant_key"]  # fmt: skip
+__all__ = ["MARGIN", "REPEATS", "TUNE", "alias", "candidates", "choose", "chosen", "decisions", "key",
+           "load_state_dict", "lstm", "may_time", "reset", "state_dict", "static", "tune", "variant_fields",
+           "variant_key"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,18 @@ def reset() -> None:
     _CHOICE.clear()
     _TIMES.clear()
     _FAILED.clear()
+
+
+def state_dict() -> dict:
+    """The choices made in this process, for a checkpoint: a resumed run then keeps the paths (and so the rounding
+    and the dropout draws) of the run it continues instead of timing again (``lstmkit.train`` saves it)."""
+    return {"choices": dict(_CHOICE)}
+
+
+def load_state_dict(state: dict) -> None:
+    """Take the choices of :func:`state_dict` (a kind whose path cannot run here, e.g. on another GPU, still falls
+    back per call: :func:`lstm` checks the chosen path's coverage at every call)."""
+    _CHOICE.update(state.get("choices", {}))
 
 
 def chosen(k: tuple) -> str | None:
