@@ -585,6 +585,15 @@ def _merges(B: int, H: int, dtype, exchange: str, vset: str) -> bool:
         return False
 
 
+def _inference(m: torch.nn.LSTM) -> torch.nn.LSTM:
+    """An evaluation-mode copy of ``m`` for timing cuDNN's forward as inference: in training mode cuDNN runs its
+    training forward even under no_grad (the reserve space a backward would read; torch's _cudnn_rnn takes the
+    module's mode as the proxy for a gradient), as runs 1-7 timed it (found in session 13)."""
+    e = type(m)(m.input_size, m.hidden_size).to(m.weight_ih_l0.device, m.weight_ih_l0.dtype).eval()
+    e.load_state_dict(m.state_dict())
+    return e
+
+
 def bench_variants(report: Report, shapes, device: str, warmup: int, iters: int, deadline: float) -> None:
     for T, B, H in shapes:
         m, x, h0, c0 = _case(T, B, H, device)
@@ -593,8 +602,8 @@ def bench_variants(report: Report, shapes, device: str, warmup: int, iters: int,
             mc = torch.nn.LSTM(H, H).to(device, dtype)
             mc.load_state_dict(m.state_dict())
             xd, hc = x.to(dtype), (h0[None].to(dtype), c0[None].to(dtype))
-            with torch.no_grad():
-                fwd = time_ms(partial(mc, xd, hc), device, warmup, iters)
+            with torch.no_grad():  # (inference: evaluation mode, else cuDNN runs its training forward; session 13)
+                fwd = time_ms(partial(_inference(mc), xd, hc), device, warmup, iters)
             gy = torch.randn(T, B, H, device=device, dtype=dtype)
             peers[dname] = (fwd, time_ms(partial(_cudnn_train_step, mc, xd, hc, gy), device, warmup, iters))
         for vset in VARIANT_SETS:
@@ -618,7 +627,7 @@ def bench(report: Report, shapes, device: str, warmup: int, iters: int, deadline
                 mc = torch.nn.LSTM(H, H).to(device, dtype)
                 mc.load_state_dict(m.state_dict())
                 xd, hc = x.to(dtype), (h0[None].to(dtype), c0[None].to(dtype))
-                peers[dname] = time_ms(partial(mc, xd, hc), device, warmup, iters)
+                peers[dname] = time_ms(partial(_inference(mc), xd, hc), device, warmup, iters)
                 with torch.enable_grad():
                     gy = torch.randn(T, B, H, device=device, dtype=dtype)
                     peers_fb[dname] = time_ms(partial(_cudnn_train_step, mc, xd, hc, gy), device, warmup, iters)

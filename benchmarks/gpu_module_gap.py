@@ -48,7 +48,7 @@ def one(T: int, B: int, H: int, device: str, iters: int) -> list[str]:
         "lstmkit.nn.LSTM, no grad": lambda: m(x),
     }  # fmt: skip
     for dname, cdt in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
-        c = torch.nn.LSTM(H, H, device=device, dtype=cdt)
+        c = torch.nn.LSTM(H, H, device=device, dtype=cdt).eval()  # (inference: cuDNN's training forward otherwise)
         xc = x.to(cdt)
         calls[f"cuDNN {dname}"] = lambda c=c, xc=xc: c(xc)
     lines = []

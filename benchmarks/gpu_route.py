@@ -77,7 +77,8 @@ def case(T: int, B: int, H: int, dtype: torch.dtype, device: str, warmup: int, i
     (y64 * g64).sum().backward()
     err = max([_rel(y, y64), _rel(xg.grad, x64g.grad)] + [_rel(p.grad, q.grad) for p, q in
                                                            zip(m.parameters(), ref.parameters())])  # fmt: skip
-    # the forward kind
+    # the forward kind: inference (evaluation mode, no gradient), as gpu.py times cuDNN's forward
+    m.eval()
     t0 = time.perf_counter()
     with torch.no_grad():
         m(x)
@@ -94,8 +95,13 @@ def case(T: int, B: int, H: int, dtype: torch.dtype, device: str, warmup: int, i
         y, _ = mod(xg)
         y.sum().backward()
 
-    times = {name: (time_ms(partial(fwd, mod), device, warmup, iters), time_ms(partial(fb, mod), device, warmup, iters))
-             for name, mod in (("auto", m), ("cudnn", peer))}  # fmt: skip
+    mods = (("auto", m), ("cudnn", peer))
+    for _, mod in mods:  # inference in evaluation mode (else cuDNN runs its training forward even under no_grad)
+        mod.eval()
+    t_fwd = {name: time_ms(partial(fwd, mod), device, warmup, iters) for name, mod in mods}
+    for _, mod in mods:
+        mod.train()
+    times = {name: (t_fwd[name], time_ms(partial(fb, mod), device, warmup, iters)) for name, mod in mods}
     return dict(shape=(T, B, H), dtype=_NAMES[dtype], err=err, ok=err <= TOL[_NAMES[dtype]],
                 first=(first_fwd, first_fb), decisions=rows, times=times)  # fmt: skip
 

@@ -146,10 +146,12 @@ def _case(T: int, B: int, H: int, dtype: torch.dtype, name: str, opts: dict, dev
             cudnn[dt] = _CUDNN[T, B, H, dt, device]
             continue
         base = torch.nn.LSTM(H, H, device=device, dtype=dt)
+        base_inf = torch.nn.LSTM(H, H, device=device, dtype=dt).eval()  # (inference: else cuDNN's training forward)
+        base_inf.load_state_dict(base.state_dict())
         xb = torch.randn(T, B, H, device=device, dtype=dt)
         xbg = xb.clone().requires_grad_()
 
-        def bf(base=base, xb=xb):
+        def bf(base=base_inf, xb=xb):
             with torch.no_grad():
                 return base(xb)
 
