@@ -50,7 +50,7 @@ def host_us(T: int = 2, B: int = 16, H: int = 64, reps: int = 5, calls: int = 50
     return out
 
 
-def route_us(reps: int = 5, calls: int = 2000) -> list[float]:
+def route_us(dt: torch.dtype = torch.bfloat16, reps: int = 5, calls: int = 2000) -> list[float]:
     """Median microseconds that ``kernels.route.lstm`` (impl="auto" for a plain GPU call, session 13) adds to a
     call once its kind's choice is made: whether it may time (autocast, capture, compiling), the kind's key, the
     chosen path's coverage (cuDNN's: none to check) and the dispatch; the path itself is stubbed. The inputs say
@@ -67,7 +67,6 @@ def route_us(reps: int = 5, calls: int = 2000) -> list[float]:
     route._capturing = lambda: False  # (a CUDA query: about a microsecond on a GPU machine, not here)
     route.TUNE = True
     route._native = lambda *a, **k: None
-    dt = torch.bfloat16
     x = torch.zeros(2, 16, 64, dtype=dt).as_subclass(FakeCuda)
     h0 = torch.zeros(1, 16, 64, dtype=dt)
     w = [torch.zeros(256, 64, dtype=dt), torch.zeros(256, 64, dtype=dt)]
@@ -94,9 +93,10 @@ def main(argv=None) -> int:
     print(f"cluster_lstm.lstm, no grad, (2, 16, 64) bf16, launch stubbed ({cl.__file__}): median "
           f"{statistics.median(res):.1f} us (5 medians of 500 calls: {', '.join(f'{r:.1f}' for r in res)})")
     if args.route:
-        res = route_us()
-        print(f"kernels.route.lstm's own host time, its choice made, the path stubbed: median "
-              f"{statistics.median(res):.1f} us (5 rounds of 2000 calls: {', '.join(f'{r:.1f}' for r in res)})")
+        for dt in (torch.bfloat16, torch.float32):  # (float32 keys also read the TF32 settings)
+            res = route_us(dt)
+            print(f"kernels.route.lstm's own host time, {dt}, its choice made, the path stubbed: median "
+                  f"{statistics.median(res):.1f} us (5 rounds of 2000 calls: {', '.join(f'{r:.1f}' for r in res)})")
     return 0
 
 

@@ -31,6 +31,7 @@ In one run, per shape and dtype:
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import platform
 import sys
@@ -589,9 +590,7 @@ def _inference(m: torch.nn.LSTM) -> torch.nn.LSTM:
     """An evaluation-mode copy of ``m`` for timing cuDNN's forward as inference: in training mode cuDNN runs its
     training forward even under no_grad (the reserve space a backward would read; torch's _cudnn_rnn takes the
     module's mode as the proxy for a gradient), as runs 1-7 timed it (found in session 13)."""
-    e = type(m)(m.input_size, m.hidden_size).to(m.weight_ih_l0.device, m.weight_ih_l0.dtype).eval()
-    e.load_state_dict(m.state_dict())
-    return e
+    return copy.deepcopy(m).eval()  # (a copy: no draw from the seeded generator)
 
 
 def bench_variants(report: Report, shapes, device: str, warmup: int, iters: int, deadline: float) -> None:

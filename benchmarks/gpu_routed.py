@@ -18,6 +18,7 @@ events. Triton's plan tuning is off (``LSTMKIT_TRITON_TUNE=0``): the routed call
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 import time
@@ -137,7 +138,13 @@ def _case(T: int, B: int, H: int, dtype: torch.dtype, name: str, opts: dict, dev
             y, _ = m(xg)
             y.sum().backward()
 
-        t_fwd, t_fb = time_ms(fwd, device, warmup, iters), time_ms(fb, device, warmup, iters)
+        # the plain module's forward as inference, as cuDNN's is timed (evaluation mode: the fixed policy sends some
+        # plain calls to cuDNN itself); a variant module's stays in training mode, its masks drawn and applied
+        # (stricter than inference, where dropout and zoneout are off)
+        m.train(bool(opts))
+        t_fwd = time_ms(fwd, device, warmup, iters)
+        m.train()
+        t_fb = time_ms(fb, device, warmup, iters)
     finally:
         cl._recurrence = real
     cudnn = {}
@@ -146,8 +153,7 @@ def _case(T: int, B: int, H: int, dtype: torch.dtype, name: str, opts: dict, dev
             cudnn[dt] = _CUDNN[T, B, H, dt, device]
             continue
         base = torch.nn.LSTM(H, H, device=device, dtype=dt)
-        base_inf = torch.nn.LSTM(H, H, device=device, dtype=dt).eval()  # (inference: else cuDNN's training forward)
-        base_inf.load_state_dict(base.state_dict())
+        base_inf = copy.deepcopy(base).eval()  # (inference: else cuDNN's training forward even under no_grad)
         xb = torch.randn(T, B, H, device=device, dtype=dt)
         xbg = xb.clone().requires_grad_()
 

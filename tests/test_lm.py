@@ -68,13 +68,16 @@ def test_a_resumed_run_keeps_the_gpu_paths_impl_auto_chose(corpus, tmp_path):
     from lstmkit.kernels import route
 
     route.reset()
-    fake_kind = ("cuda:0", "a kind timed before the checkpoint")
+    m = torch.nn.LSTM(4, 4)
+    x, hx = torch.zeros(3, 2, 4), (torch.zeros(1, 2, 4), torch.zeros(1, 2, 4))
+    fake_kind = route.key(x, hx, m._flat_weights, dict(bias=True, num_layers=1, dropout=0.0, training=True,
+                                                       bidirectional=False, batch_first=False))  # fmt: skip
     route._CHOICE[fake_kind] = "triton"
     try:
         part = tiny(corpus, tmp_path, out=str(tmp_path / "part"), max_steps=3)
         lm.train(part)
         assert torch.load(Path(part.out) / "last.pt", weights_only=False)["route"] == {
-            "choices": {fake_kind: "triton"}}  # fmt: skip
+            "version": route.STATE_VERSION, "choices": {fake_kind: "triton"}}  # fmt: skip
         route.reset()  # (a new process)
         lm.train(replace(part, max_steps=4), resume=True)
         assert route.chosen(fake_kind) == "triton"

@@ -144,7 +144,7 @@ def test_the_fastest_candidate_is_chosen_once_per_kind_and_remembered(monkeypatc
     assert row["chosen"] == "triton" and row["ms"] == {"cluster": 3.0, "triton": 1.0, "native": 2.0}
     assert row["T_max"] == 64 and row["batch"] == 3 and row["hidden_size"] == 6 and row["static"] == "native"
     # the router now runs triton for that kind without timing, for T = 33..64
-    monkeypatch.setattr(route, "may_time", lambda x: True)
+    monkeypatch.setattr(route, "_why_not_time", lambda x: None)
     monkeypatch.setattr(route, "_covers", lambda name, *a: True)
     monkeypatch.setattr(route, "tune", lambda *a, **k: pytest.fail("timed a kind already timed"))
     s.calls.clear()
@@ -207,7 +207,7 @@ def test_a_chosen_kernel_that_fails_later_falls_back_to_cudnn(monkeypatch):
     """... not to the static policy, which for bf16 would send the call to the Triton kernels that just failed."""
     m, x, hx, kw = _call()
     s = _Script({"triton": 1.0, "native": 2.0}, monkeypatch)
-    monkeypatch.setattr(route, "may_time", lambda x: True)
+    monkeypatch.setattr(route, "_why_not_time", lambda x: None)
     monkeypatch.setattr(route, "_covers", lambda name, *a: name != "cluster")
     monkeypatch.setattr(route, "candidates", lambda *a: s.cands("triton", "native"))
     route.lstm(x, hx, m._flat_weights, **kw)
@@ -229,7 +229,7 @@ def test_a_chosen_kernel_that_fails_later_falls_back_to_cudnn(monkeypatch):
 
 def test_a_single_candidate_is_not_timed_and_lengths_go_to_torch(monkeypatch):
     m, x, hx, kw = _call()
-    monkeypatch.setattr(route, "may_time", lambda x: True)
+    monkeypatch.setattr(route, "_why_not_time", lambda x: None)
     monkeypatch.setattr(route, "tune", lambda *a, **k: pytest.fail("timed a call only one path covers"))
     monkeypatch.setattr(route, "_covers", lambda name, *a: name == "native")
     out, _, _ = route.lstm(x, hx, m._flat_weights, **kw)
@@ -313,7 +313,7 @@ def test_variant_layers_time_the_cluster_kernels_against_the_triton_kernels(monk
     monkeypatch.setattr(cl, "_variant_layer", lambda *a, **k: (last.update(n="cluster"), fake("cluster")(*a))[1])
     monkeypatch.setattr(tk, "variant_layer", lambda *a, **k: (last.update(n="triton"), fake("triton")(*a))[1])
     monkeypatch.setattr(route, "_sample", lambda fn, device: (fn(), times[last["n"]])[1])
-    monkeypatch.setattr(route, "may_time", lambda x: True)
+    monkeypatch.setattr(route, "_why_not_time", lambda x: None)
     monkeypatch.setattr(cl, "_variant_reason", lambda *a: None)
     monkeypatch.setattr(cl, "_runnable_reason", lambda *a: None)
     monkeypatch.setattr(cl, "_FAILED", set())
@@ -355,7 +355,7 @@ def test_the_router_runs_the_chosen_kernel_with_the_calls_own_arguments(monkeypa
     batch-first training call with a given state through route.lstm, timed and then run on whichever path won,
     gives torch's numbers and gradients, and the timing left no gradient behind."""
     pytest.importorskip("triton")
-    monkeypatch.setattr(route, "may_time", lambda x: True)
+    monkeypatch.setattr(route, "_why_not_time", lambda x: None)
     monkeypatch.setattr(route, "REPEATS", 2)
     real_covers = route._covers
     monkeypatch.setattr(route, "_covers", lambda name, *a: name != "cluster" and (name != "triton" or tk.HAVE_TRITON))
@@ -419,7 +419,7 @@ def test_evaluation_with_gradients_on_is_not_timed(monkeypatch):
     a forward only could choose a path the caller's backward then fails on: the static policy runs instead."""
     m, x, hx, kw = _call(grad=True)
     assert not kw["training"]
-    monkeypatch.setattr(route, "may_time", lambda x: True)
+    monkeypatch.setattr(route, "_why_not_time", lambda x: None)
     monkeypatch.setattr(route, "tune", lambda *a, **k: pytest.fail("timed an evaluation call with gradients"))
     out, _, _ = route.lstm(x, hx, m._flat_weights, **kw)
     assert torch.equal(out, m(x, hx)[0]) and route._CHOICE == {}
@@ -442,8 +442,9 @@ def test_nothing_is_timed_under_compiler_tracing_or_deterministic_algorithms(mon
 
 def test_a_candidate_raising_any_exception_is_left_out(monkeypatch):
     """Triton's compile errors (OutOfResources, CompilationError) are not RuntimeErrors."""
+    triton_errors = pytest.importorskip("triton.errors")
 
-    class CompilationError(Exception):
+    class CompilationError(triton_errors.TritonError):
         pass
 
     m, x, hx, kw = _call()
@@ -477,7 +478,7 @@ def test_a_variant_layer_the_triton_kernels_cannot_run_goes_to_the_cluster_kerne
 
     monkeypatch.setattr(cl, "_variant_layer", lambda gx, *a, **k: (gx[..., :16] * 3, None, None))
     monkeypatch.setattr(tk, "variant_layer", triton)
-    monkeypatch.setattr(route, "may_time", lambda x: True)
+    monkeypatch.setattr(route, "_why_not_time", lambda x: None)
     monkeypatch.setattr(cl, "_variant_reason", lambda *a: None)
     monkeypatch.setattr(cl, "_runnable_reason", lambda *a: None)
     monkeypatch.setattr(cl, "_FAILED", set())
@@ -490,3 +491,106 @@ def test_a_variant_layer_the_triton_kernels_cannot_run_goes_to_the_cluster_kerne
     assert torch.equal(y, gx[..., :16] * 3)
     (row,) = route.decisions()
     assert row["chosen"] == "cluster" and row["ms"].keys() == {"cluster"} and row["static"] == "triton"
+
+
+def test_timing_under_activation_checkpointing(monkeypatch):
+    """torch.utils.checkpoint (non-reentrant) drops what the forward saves and recomputes it in the backward: the
+    timing's own backward must not trigger that (it would re-enter the call being timed). Gradients are torch's."""
+    from torch.utils.checkpoint import checkpoint
+
+    monkeypatch.setattr(route, "_why_not_time", lambda x: None)
+    monkeypatch.setattr(route, "candidates", lambda *a: {"triton": route._triton, "native": route._native})
+    monkeypatch.setattr(route, "_triton", native.lstm)
+    monkeypatch.setattr(route, "_covers", lambda name, *a: True)
+    m, x, hx, kw = _call(grad=True, training=True)
+    x.requires_grad_(True)
+    w = m._flat_weights
+    out = checkpoint(lambda x_: route.lstm(x_, hx, w, **kw)[0], x, use_reentrant=False)
+    g = torch.autograd.grad(out.sum(), [x, *w])
+    want = torch.autograd.grad(native.lstm(x, hx, w, **kw)[0].sum(), [x, *w])
+    assert len(route.decisions()) == 1 and all(torch.allclose(a, b) for a, b in zip(g, want))
+
+
+def test_a_candidate_failing_in_a_later_sample_is_dropped_and_oom_there_keeps_the_static_choice(monkeypatch):
+    m, x, hx, kw = _call()
+    k = route.key(x, hx, m._flat_weights, kw)
+    for exc, want in ((RuntimeError, "native"), (route._OOM, "native")):
+        route.reset()
+        s = _Script({"triton": 0.5, "native": 1.0}, monkeypatch, exc=exc)
+        real = s._fn("triton")
+        n = {"calls": 0}
+
+        def flaky(*a, real=real, s=s, n=n, exc=exc, **k):
+            n["calls"] += 1
+            if n["calls"] == 3:  # (its untimed call and first sample pass, the second sample fails)
+                s.last = "triton"
+                raise exc("triton: failed in a later sample")
+            return real(*a, **k)
+
+        monkeypatch.setattr(route, "_triton", flaky)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert route.tune(k, s.cands("triton", "native"), x, hx, m._flat_weights, kw) == want
+        if exc is RuntimeError:
+            assert route.decisions()[0]["ms"].keys() == {"native"} and ("triton", route._coarse(k)) in route._FAILED
+        else:  # (out of memory: the static choice, untimed, and nothing remembered as failed)
+            assert route.decisions() == [] and route._CHOICE == {k: "native"} and not route._FAILED
+
+
+def test_a_chosen_kernel_raising_a_triton_error_later_runs_on_cudnn(monkeypatch):
+    triton_errors = pytest.importorskip("triton.errors")
+
+    class CompilationError(triton_errors.TritonError):
+        pass
+
+    m, x, hx, kw = _call()
+    s = _Script({"triton": 1.0, "native": 2.0}, monkeypatch, exc=CompilationError)
+    monkeypatch.setattr(route, "_why_not_time", lambda x: None)
+    monkeypatch.setattr(route, "_covers", lambda name, *a: name != "cluster")
+    monkeypatch.setattr(route, "candidates", lambda *a: s.cands("triton", "native"))
+    route.lstm(x, hx, m._flat_weights, **kw)
+    s.fail.add("triton")
+    with pytest.warns(RuntimeWarning, match="CompilationError"):
+        out, _, _ = route.lstm(x, hx, m._flat_weights, **kw)
+    assert torch.equal(out, m(x, hx)[0])
+
+
+def test_a_graph_capture_runs_the_path_chosen_before_it(monkeypatch):
+    """Under CUDA-graph capture nothing is timed, but a kind chosen in the eager calls before keeps its path (the
+    captured graph rounds as the eager warm-up did); a kind not chosen yet takes the static policy."""
+    s = _Script({"triton": 1.0, "native": 2.0}, monkeypatch)
+    monkeypatch.setattr(route, "_covers", lambda name, *a: True)
+    monkeypatch.setattr(route, "_why_not_time", lambda x: "capturing")
+    m, x, hx, kw = _call()
+    route._CHOICE[route.key(x, hx, m._flat_weights, kw)] = "triton"
+    route.lstm(x, hx, m._flat_weights, **kw)
+    assert s.calls == ["triton"]
+    monkeypatch.setattr(route, "_why_not_time", lambda x: "autocast")  # (any other reason: the static policy)
+    route.lstm(x, hx, m._flat_weights, **kw)
+    assert s.calls == ["triton"]
+
+
+def test_the_float32_settings_are_part_of_the_kind(monkeypatch):
+    m, x, hx, kw = _call()
+    k = route.key(x, hx, m._flat_weights, kw)
+    rnn = torch.backends.cudnn.rnn
+    monkeypatch.setattr(rnn, "fp32_precision", "ieee" if rnn.fp32_precision != "ieee" else "tf32")
+    assert route.key(x, hx, m._flat_weights, kw) != k
+    assert route.key(x.bfloat16(), hx, m._flat_weights, kw)[-1] is None  # (16-bit calls: not read)
+
+
+def test_loading_choices_keeps_valid_keys_and_moves_them_to_the_current_gpu(monkeypatch):
+    m, x, hx, kw = _call()
+    k = route.key(x, hx, m._flat_weights, kw)
+    on_gpu = (torch.device("cuda", 0),) + k[1:]
+    vk = ("variant layer", torch.device("cuda", 0), torch.bfloat16, 8, 20, 16, None, False, True, "mbarrier")
+    state = {"version": route.STATE_VERSION, "choices": {k: "triton", on_gpu: "cluster", vk: "cluster",
+                                                        ("cuda:0", "old layout"): "triton", k[:-1]: "native"}}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    route.load_state_dict(state)
+    here = torch.device("cuda", 3)
+    assert route._CHOICE == {k: "triton", (here,) + k[1:]: "cluster", vk[:1] + (here,) + vk[2:]: "cluster"}
+    route.reset()
+    route.load_state_dict({"choices": {k: "triton"}})  # (no version: another layout, ignored)
+    assert route._CHOICE == {}

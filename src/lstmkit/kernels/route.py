@@ -15,12 +15,13 @@ call of each kind, as ``torch.backends.cudnn.benchmark`` does for convolutions, 
 * the kind (:func:`key`) is the device, the dtypes, the batch, the sizes, the layers and directions, the layout,
   whether a backward will follow, training or evaluation, dropout, float32's TF32 settings, and the length
   rounded up to a power of two (a shorter last batch of a similar length reuses the choice);
-* each candidate runs once untimed (its compiles, Triton's plan tuning, cuDNN's own choice), then
-  :data:`REPEATS` times, interleaved, on the call's own values: the forward, and where the call trains the
-  backward too (``torch.autograd.grad`` on a fixed output gradient, through detached aliases of the call's
-  tensors: no ``.grad``, hook or graph of the caller's is touched), timed from an idle GPU with CUDA events on
-  the input's device, so a call bound by its host work is timed as the user sees it (latency, not the
-  throughput of calls queued behind other work);
+* each candidate runs once untimed (its compiles, Triton's plan tuning, cuDNN's own choice), then :data:`REPEATS`
+  times (the first right after it, the rest in interleaved rounds) on the call's own values: the forward, and where
+  the call trains the backward too (``torch.autograd.grad`` on a fixed output gradient, through detached aliases of
+  the call's tensors: no ``.grad``, hook or graph of the caller's is touched), timed from an idle GPU with CUDA
+  events on the input's device, so a call bound by its host work is timed as the user sees it (latency, not the
+  throughput of calls queued behind other work), inside identity saved-tensor hooks (activation checkpointing's
+  hooks would otherwise recompute inside the call being timed);
 * the fastest median wins, but the static policy's own choice is kept unless another is at least
   :data:`MARGIN` faster (no switch on noise); a candidate that raises while timed is left out, with a warning
   (out of memory: the timing stops and the static choice is kept);
@@ -28,7 +29,8 @@ call of each kind, as ``torch.backends.cudnn.benchmark`` does for convolutions, 
   dropout state too) are what they would have been without the timing.
 
 Nothing is timed (the static policy runs) under autocast (torch's operator follows autocast's casts, the kernels
-would not), while a CUDA graph is captured, under ``torch.compile``'s tracing, with deterministic algorithms
+would not), while a CUDA graph is captured (a kind chosen by the eager calls before keeps its path: the graph
+rounds as they did), under ``torch.compile``'s tracing, with deterministic algorithms
 asked for (``torch.use_deterministic_algorithms`` or ``cudnn.deterministic``: the path would depend on timing
 noise), or in evaluation mode with gradients on (cuDNN has no backward there, the kernels have).
 ``LSTMKIT_ROUTE_TUNE=0`` (read at import: :data:`TUNE`) turns timing off and keeps the static policy
@@ -39,6 +41,7 @@ choice is logged at INFO on the ``lstmkit.kernels.route`` logger.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import statistics
@@ -78,16 +81,32 @@ def reset() -> None:
     _FAILED.clear()
 
 
+#: the layout of :func:`state_dict` (its keys are :func:`key`'s and :func:`variant_key`'s tuples)
+STATE_VERSION = 1
+
+
 def state_dict() -> dict:
     """The choices made in this process, for a checkpoint: a resumed run then keeps the paths (and so the rounding
     and the dropout draws) of the run it continues instead of timing again (``lstmkit.train`` saves it)."""
-    return {"choices": dict(_CHOICE)}
+    return {"version": STATE_VERSION, "choices": dict(_CHOICE)}
 
 
 def load_state_dict(state: dict) -> None:
-    """Take the choices of :func:`state_dict` (a kind whose path cannot run here, e.g. on another GPU, still falls
-    back per call: :func:`lstm` checks the chosen path's coverage at every call)."""
-    _CHOICE.update(state.get("choices", {}))
+    """Take the choices of :func:`state_dict`. A CUDA device in a key becomes the current device (each rank of a
+    resumed DDP run takes rank 0's choices for its own GPU); another layout's keys are ignored (timed again). A kind
+    whose path cannot run here, e.g. on another GPU, still falls back per call (:func:`lstm` checks coverage)."""
+    if state.get("version") != STATE_VERSION:
+        return
+    here = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else None
+    for k, name in state.get("choices", {}).items():
+        if not isinstance(k, tuple) or name not in ("cluster", "triton", "native"):
+            continue
+        at = 1 if k[:1] == ("variant layer",) else 0
+        if len(k) != (10 if at else len(_KEY_FIELDS)) or not isinstance(k[at], torch.device):
+            continue
+        if here is not None and k[at].type == "cuda":
+            k = k[:at] + (here,) + k[at + 1:]
+        _CHOICE[k] = name
 
 
 def chosen(k: tuple) -> str | None:
@@ -125,16 +144,19 @@ _KEY_FIELDS = ("device", "dtype", "T_max", "batch", "input_size", "hidden_size",
 
 
 def _fp32_settings() -> tuple:
-    """The float32 settings the paths' speed depends on: TF32 in matmuls and in cuDNN, by either of torch's APIs
-    (torch >= 2.9 raises when the legacy flag is read after the new one was set: that reads as None)."""
-    out = []
-    for get in (lambda: torch.backends.cuda.matmul.fp32_precision, lambda: torch.backends.cuda.matmul.allow_tf32,
-                lambda: torch.backends.cudnn.fp32_precision, lambda: torch.backends.cudnn.allow_tf32):  # fmt: skip
-        try:
-            out.append(get())
-        except (AttributeError, RuntimeError):
-            out.append(None)
-    return tuple(out)
+    """The float32 settings the paths' speed depends on: TF32 in matmuls, in cuDNN and in cuDNN's RNNs. torch >= 2.9
+    has them as ``fp32_precision`` (and raises when a legacy ``allow_tf32`` is read after the new API was used, so
+    the legacy flags are read only where the new API is missing)."""
+    if _NEW_TF32_API:
+        return (_MATMUL.fp32_precision, getattr(_CUDNN, "fp32_precision", None),
+                getattr(_CUDNN_RNN, "fp32_precision", None))  # fmt: skip
+    return (_MATMUL.allow_tf32, _CUDNN.allow_tf32)  # pragma: no cover - torch < 2.9
+
+
+# (looked up once: each lookup through torch.backends costs about a microsecond a call)
+_MATMUL, _CUDNN = torch.backends.cuda.matmul, torch.backends.cudnn
+_CUDNN_RNN = getattr(_CUDNN, "rnn", None)
+_NEW_TF32_API = hasattr(_MATMUL, "fp32_precision")
 
 
 def _coarse(k: tuple) -> tuple:
@@ -233,16 +255,23 @@ def _static_name(input: Tensor, hx: tuple[Tensor, Tensor], weights: list[Tensor]
 
 
 def may_time(input: Tensor) -> bool:
-    """Whether this call may be timed: a CUDA tensor, and no compiler tracing (asked first: the other questions
-    would break a ``fullgraph`` trace), autocast, deterministic algorithms or graph capture."""
+    """Whether this call may be timed (:func:`_why_not_time`)."""
+    return _why_not_time(input) is None
+
+
+def _why_not_time(input: Tensor) -> str | None:
+    """Why this call may not be timed, or None: not a CUDA tensor or timing off, compiler tracing (asked first: the
+    other questions would break a ``fullgraph`` trace), autocast, deterministic algorithms, graph capture."""
     if not (TUNE and input.is_cuda):
-        return False
+        return "off"
     compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
     if compiling is not None and compiling():
-        return False
-    if _autocast_on() or torch.are_deterministic_algorithms_enabled() or torch.backends.cudnn.deterministic:
-        return False
-    return not _capturing()
+        return "compiling"
+    if _autocast_on():
+        return "autocast"
+    if torch.are_deterministic_algorithms_enabled() or torch.backends.cudnn.deterministic:
+        return "deterministic"
+    return "capturing" if _capturing() else None
 
 
 def _capturing() -> bool:
@@ -261,8 +290,15 @@ def _autocast_on() -> bool:
 def lstm(input: Tensor, hx: tuple[Tensor, Tensor], weights: list[Tensor], **kw):
     """``native.lstm``'s interface: the call on the path chosen for its kind (:func:`key`), timing the candidates
     the first time; what ``impl="auto"`` runs for a plain LSTM on a GPU (see the module docstring)."""
-    if (not isinstance(input, Tensor) or input.dim() != 3 or kw.get("lengths") is not None or not may_time(input)
+    if (not isinstance(input, Tensor) or input.dim() != 3 or kw.get("lengths") is not None
             or (not kw["training"] and _grad(input, hx, weights))):  # fmt: skip
+        return static(input, hx, weights, kw)(input, hx, weights, **kw)
+    why = _why_not_time(input)
+    if why is not None:  # (a graph captures the path the eager calls before it were timed on and ran: same rounding)
+        k = key(input, hx, weights, kw) if why == "capturing" else None
+        chosen = _CHOICE.get(k) if k is not None else None
+        if chosen is not None and _covers(chosen, input, hx, weights, kw):
+            return _run(chosen, k, input, hx, weights, kw)
         return static(input, hx, weights, kw)(input, hx, weights, **kw)
     k = key(input, hx, weights, kw)
     chosen = _CHOICE.get(k)
@@ -286,9 +322,21 @@ def _run(name: str, k: tuple, input: Tensor, hx: tuple[Tensor, Tensor], weights:
         return {"cluster": _cluster, "triton": _triton}[name](input, hx, weights, **kw)
     except _OOM:
         raise
-    except (RuntimeError, OSError) as e:
+    except _failures() as e:  # (a new Triton specialisation compiles here: its errors are not RuntimeErrors)
         _forget(name, k, input, weights, kw, e)
         return _native(input, hx, weights, **kw)
+
+
+@functools.cache
+def _failures() -> tuple[type[BaseException], ...]:
+    """What a path's failure raises: torch's and the driver's RuntimeError, OSError (libraries), ValueError
+    (``kernels.Unsupported``) and Triton's own errors (``TritonError``: compile errors, out of resources). Not
+    any Exception: activation checkpointing stops its recomputation with an exception of its own, which must pass."""
+    try:
+        from triton.errors import TritonError
+    except ImportError:  # (no triton, or one without triton.errors)
+        return (RuntimeError, OSError, ValueError)
+    return (RuntimeError, OSError, ValueError, TritonError)
 
 
 #: torch's out-of-memory error (a RuntimeError; torch < 2.5 has it under torch.cuda only)
@@ -365,9 +413,19 @@ def choose(k: tuple, thunks: dict[str, Callable[[], tuple]], diff: list[Tensor],
             grad_out.append(torch.randn(out.shape, generator=gen, device=device, dtype=out.dtype))
         torch.autograd.grad(out, diff, grad_out[0], allow_unused=True)
 
-    samples: dict[str, list[float]] = {}
+    samples: dict[str, list[float]] | None = {}
     last_error = None
-    with torch.cuda.device(device) if cuda else _nothing():
+
+    def failed(name: str, e: Exception) -> None:
+        nonlocal last_error
+        if name == required or on_fail is None:
+            raise e
+        last_error = e
+        on_fail(name, e)
+
+    # the caller's saved-tensor hooks (activation checkpointing's, which drop what a forward saves and recompute it
+    # in the backward, re-entering this call) must not see the timing's own forward and backward: identity hooks
+    with torch.cuda.device(device) if cuda else _nothing(), torch.autograd.graph.saved_tensors_hooks(_same, _same):
         try:
             for name, thunk in thunks.items():  # untimed first calls: compiles, plan tuning, cuDNN's choice
                 try:
@@ -376,17 +434,21 @@ def choose(k: tuple, thunks: dict[str, Callable[[], tuple]], diff: list[Tensor],
                 except _OOM:
                     samples = None
                     break
-                except Exception as e:  # (Triton's compile errors are not RuntimeErrors)
-                    if name == required:
-                        raise
-                    last_error = e
-                    if on_fail is not None:
-                        on_fail(name, e)
-            if samples:
-                reps = _repeats(max(v[0] for v in samples.values()))
-                for _ in range(reps - 1):  # interleaved, so a drift of the clocks charges every candidate alike
-                    for name in samples:
+                except _failures() as e:
+                    failed(name, e)
+            reps = _repeats(max(v[0] for v in samples.values())) if samples else 0
+            for _ in range(reps - 1):  # interleaved, so a drift of the clocks charges every candidate alike
+                for name in list(samples):
+                    try:
                         samples[name].append(_sample(partial(call, thunks[name]), device))
+                    except _OOM:
+                        samples = None
+                        break
+                    except _failures() as e:
+                        del samples[name]
+                        failed(name, e)
+                if samples is None:
+                    break
         finally:
             grad_out.clear()
             _restore_rng(rng, device)
@@ -403,6 +465,10 @@ def choose(k: tuple, thunks: dict[str, Callable[[], tuple]], diff: list[Tensor],
     log.info("impl='auto' timed %s: %s -> %s", ", ".join(f"{a}={b}" for a, b in fields.items()),
              ", ".join(f"{n} {t:.3f} ms" for n, t in times.items()), chosen)  # fmt: skip
     return chosen
+
+
+def _same(t):
+    return t
 
 
 class _nothing:  # noqa: N801  (a context manager that does nothing: contextlib.nullcontext's role, cheaper)
