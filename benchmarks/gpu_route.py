@@ -116,17 +116,18 @@ def _cell(ms: dict, name: str) -> str:
 
 def render_row(r: dict) -> list[str]:
     if "error" in r:
-        return [f"| {r['shape']} | {r['dtype']} | | ERROR {r['error']} | | | | | | | | | |"]
+        return [f"| {r['shape']} | {r['dtype']} | | ERROR {r['error']} | | | | | | | | | | |"]
     out = []
     for kind, grad, i in (("fwd", False, 0), ("fwd+bwd", True, 1)):
         d = _decision(r["decisions"], grad)
         ms = d["ms"] if d else {}
         cell = partial(_cell, ms)
         auto, cudnn = r["times"]["auto"][i], r["times"]["cudnn"][i]
+        agree = ", ".join(f"{n} {v:.1e}" for n, v in (d or {}).get("rel_diff", {}).items()) or "-"
         out.append(f"| {r['shape']} | {r['dtype']} | {kind} | {cell('cluster')} | {cell('triton')} "
                    f"| {cell('native')} | {d['static'] if d else '(not timed)'} | {d['chosen'] if d else 'native'} "
                    f"| {r['first'][i]:.0f} | {auto:.3g} | {cudnn:.3g} | {cudnn / auto:.2f}x "
-                   f"| {r['err']:.2e} {'yes' if r['ok'] else 'NO'} |")  # fmt: skip
+                   f"| {agree} | {r['err']:.2e} {'yes' if r['ok'] else 'NO'} |")  # fmt: skip
     return out
 
 
@@ -158,15 +159,16 @@ def main(argv=None) -> int:
              f"Command: `{cmd}`  ", f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. One layer, input "
              "size = H. cluster / triton / cuDNN: the router's medians of its first call (ms); first call: its wall "
              "time (ms); module and cuDNN: medians of 10 after 3 warm-ups (ms); speed-up = cuDNN / module; error: "
-             "worst over output and gradients against float64 cuDNN.", "",
+             "worst over output and gradients against float64 cuDNN; vs cuDNN: how far each path's output (and "
+             "gradients) landed from cuDNN's in the router's own check (a path past its bound is never chosen).", "",
              "| shape | dtype | kind | cluster | triton | cuDNN | static choice | chosen | first call | module "
-             "| torch.nn.LSTM | speed-up | error, ok |", "|" + "---|" * 13]  # fmt: skip
+             "| torch.nn.LSTM | speed-up | vs cuDNN | error, ok |", "|" + "---|" * 14]  # fmt: skip
     head = args.out.read_text() + "\n" if args.append and args.out.exists() else ""
     results = []
     for T, B, H, dtype in DRY_ROWS if args.dry_run else ROWS:
         if time.monotonic() - start > args.budget_s:
             lines.append(f"| {(T, B, H)} | {_NAMES[dtype]} | time budget ({args.budget_s:.0f} s) spent: this row "
-                         "and later not timed | | | | | | | | | | |")  # fmt: skip
+                         "and later not timed | | | | | | | | | | | |")  # fmt: skip
             break
         try:
             r = case(T, B, H, dtype, device, args.warmup, args.iters)

@@ -137,7 +137,8 @@ def test_the_fastest_candidate_is_chosen_once_per_kind_and_remembered(monkeypatc
     with caplog.at_level("INFO", logger="lstmkit.kernels.route"):
         chosen = route.tune(k, s.cands("cluster", "triton", "native"), x, hx, m._flat_weights, kw)
     assert chosen == "triton"
-    assert s.calls == ["cluster"] * 2 + ["triton"] * 2 + ["native"] * 2 + ["cluster", "triton", "native"] * (
+    # (cuDNN first: the reference every other path's output is compared with)
+    assert s.calls == ["native"] * 2 + ["cluster"] * 2 + ["triton"] * 2 + ["native", "cluster", "triton"] * (
         route.REPEATS - 1)  # fmt: skip
     assert "triton 1.000 ms" in caplog.text and "-> triton" in caplog.text
     (row,) = route.decisions()
@@ -322,7 +323,8 @@ def test_variant_layers_time_the_cluster_kernels_against_the_triton_kernels(monk
     z = torch.zeros(20, 16, dtype=torch.bfloat16)
     w = torch.zeros(64, 16, dtype=torch.bfloat16, requires_grad=True)
     y, _, _ = cl.variant_layer(gx, z, z, w, v, {}, {}, None)
-    assert calls == ["cluster", "cluster", "triton", "triton"] + ["cluster", "triton"] * (route.REPEATS - 1) + [
+    # (the Triton kernels first: the reference the cluster kernels' output is compared with)
+    assert calls == ["triton", "triton", "cluster", "cluster"] + ["triton", "cluster"] * (route.REPEATS - 1) + [
         "triton"]  # fmt: skip
     (row,) = route.decisions()
     assert row["kind"] == "variant layer" and row["static"] == "triton" and row["chosen"] == "triton"  # (20 > 16)
@@ -594,3 +596,52 @@ def test_loading_choices_keeps_valid_keys_and_moves_them_to_the_current_gpu(monk
     route.reset()
     route.load_state_dict({"choices": {k: "triton"}})  # (no version: another layout, ignored)
     assert route._CHOICE == {}
+
+
+def test_a_path_whose_output_disagrees_with_the_reference_is_never_chosen(monkeypatch, caplog):
+    """The router compares each path's first output with the reference path's (cuDNN; for variant layers the
+    Triton kernels) on the call being timed: a kernel wrong on this machine is left out however fast, with a
+    warning; paths that agree record how far they landed (decisions()'s rel_diff)."""
+    m, x, hx, kw = _call()
+    k = route.key(x, hx, m._flat_weights, kw)
+    s = _Script({"cluster": 0.1, "triton": 0.5, "native": 1.0}, monkeypatch)
+    wrong = s._fn("cluster")
+    monkeypatch.setattr(route, "_cluster", lambda *a, **k_: tuple(t * 1.5 for t in wrong(*a, **k_)))
+    noisy = s._fn("triton")
+    monkeypatch.setattr(route, "_triton", lambda *a, **k_: tuple(t * (1 + 1e-3) for t in noisy(*a, **k_)))
+    with pytest.warns(RuntimeWarning, match="cluster kernels failed.*differ from the native path's by 0.5"):
+        assert route.tune(k, s.cands("cluster", "triton", "native"), x, hx, m._flat_weights, kw) == "triton"
+    (row,) = route.decisions()
+    assert row["ms"].keys() == {"triton", "native"} and row["rel_diff"]["cluster"] == pytest.approx(0.5)
+    assert row["rel_diff"]["triton"] == pytest.approx(1e-3, rel=1e-2)
+    assert ("cluster", route._coarse(k)) in route._FAILED  # (never tried again for this size)
+    # not finite where the reference is: left out too
+    route.reset()
+    monkeypatch.setattr(route, "_triton", lambda *a, **k_: tuple(t * float("nan") for t in noisy(*a, **k_)))
+    with pytest.warns(RuntimeWarning, match="triton kernels failed"):
+        assert route.tune(k, s.cands("triton", "native"), x, hx, m._flat_weights, kw) == "native"
+
+
+def test_a_path_whose_gradients_disagree_is_never_chosen(monkeypatch):
+    """A training call's timing compares the gradients too: a path with a right forward and a wrong backward is
+    left out."""
+
+    class WrongBackward(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, t):
+            return t.view_as(t)
+
+        @staticmethod
+        def backward(ctx, g):
+            return g * 3
+
+    def bad(input, hx, weights, **kw):
+        out, h, c = native.lstm(input, hx, weights, **kw)
+        return WrongBackward.apply(out), h, c
+
+    m, x, hx, kw = _call(grad=True, training=True)
+    k = route.key(x, hx, m._flat_weights, kw)
+    monkeypatch.setattr(route, "_sample", lambda fn, device: (fn(), 1.0)[1])
+    with pytest.warns(RuntimeWarning, match="triton kernels failed.*gradients differ"):
+        assert route.tune(k, {"triton": bad, "native": native.lstm}, x, hx, m._flat_weights, kw) == "native"
+    assert route.decisions()[0]["rel_diff"]["triton"] == pytest.approx(2.0, rel=1e-6)

@@ -3004,7 +3004,7 @@ def variant_layer(
             # kernels still may; where neither can, the Triton kernels' error is the module's (its loop runs)
             name = route.choose(k, thunks, diff, "cluster" if policy is None else "triton", gx.device,
                                 route.variant_fields(k), on_fail=lambda n, e: n == "cluster" and _fail(
-                                    _key(gx, B, H, flags), e))  # fmt: skip
+                                    _key(gx, B, H, flags), e), reference="triton")  # fmt: skip
         return _routed(cluster, _key(gx, B, H, flags), triton) if name == "cluster" else triton()
     if policy is not None or not covered:
         return triton()

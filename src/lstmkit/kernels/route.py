@@ -379,7 +379,7 @@ def tune(k: tuple, cands: dict[str, Callable], input: Tensor, hx: tuple[Tensor, 
     return choose(k, {name: partial(fn, x, h, w, **tkw) for name, fn in cands.items()},
                   [t for t in (x, *h, *w) if t.requires_grad] if backward else [],
                   _static_name(input, hx, weights, kw, cands), input.device, fields, required="native",
-                  on_fail=lambda name, e: _forget(name, k, input, weights, kw, e))  # fmt: skip
+                  on_fail=lambda name, e: _forget(name, k, input, weights, kw, e), reference="native")  # fmt: skip
 
 
 def alias(t: Tensor | None, grad: bool) -> Tensor | None:
@@ -391,36 +391,43 @@ def alias(t: Tensor | None, grad: bool) -> Tensor | None:
 
 
 def choose(k: tuple, thunks: dict[str, Callable[[], tuple]], diff: list[Tensor], stat: str, device: torch.device,
-           fields: dict, required: str | None = None, on_fail: Callable | None = None) -> str:  # fmt: skip
-    """Time ``thunks`` (each runs the call on one path and returns its outputs, the first differentiated with
-    respect to ``diff`` where that is not empty: leaves of the timing's own, :func:`alias`), remember the choice
-    for ``k`` and return its name: the fastest median, or ``stat`` (the static policy's) unless another is
-    :data:`MARGIN` faster. A thunk that raises is left out (``on_fail(name, error)``), except ``required``'s, whose
-    error is the caller's, as is the last error when every thunk raised. Out of memory stops the timing: ``stat``
-    is kept untimed. ``fields`` describe the kind (:func:`decisions`, the log)."""
+           fields: dict, required: str | None = None, on_fail: Callable | None = None,
+           reference: str | None = None) -> str:  # fmt: skip
+    """Time ``thunks`` (each runs the call on one path and returns its outputs, the first differentiated with respect to
+    ``diff`` where that is not empty: leaves of the timing's own, :func:`alias`), remember the choice for ``k`` and
+    return its name: the fastest median, or ``stat`` (the static policy's) unless another is :data:`MARGIN` faster.
+    A thunk that raises is left out (``on_fail(name, error)``), except ``required``'s, whose error is the caller's,
+    as is the reference's (else the last) error when every thunk raised. So is a thunk whose first output differs
+    from ``reference``'s (run first) by more than :data:`AGREE` (a kernel the compiler or driver got wrong on this
+    machine must not win on speed). Out of memory stops the timing: ``stat`` is kept untimed. ``fields`` describe
+    the kind (:func:`decisions`, the log; the differences from the reference are added as ``rel_diff``)."""
     cuda = device.type == "cuda"
     rng = (torch.get_rng_state(), torch.cuda.get_rng_state(device) if cuda else None)
     grad_out = []
+    if reference in thunks:  # (first: every other path is compared with its output)
+        thunks = {reference: thunks[reference], **{n: t for n, t in thunks.items() if n != reference}}
+    ref_out: list[Tensor] = []
+    rel_diff: dict[str, float] = {}
 
-    def call(thunk):
-        if not diff:
-            with torch.no_grad():
-                thunk()
-            return
-        out = thunk()[0]
-        if not grad_out:  # (one fixed output gradient for every candidate)
-            gen = torch.Generator(device=device).manual_seed(0)
-            grad_out.append(torch.randn(out.shape, generator=gen, device=device, dtype=out.dtype))
-        torch.autograd.grad(out, diff, grad_out[0], allow_unused=True)
+    def call(thunk, check: str | None = None):
+        with torch.enable_grad() if diff else torch.no_grad():
+            out = thunk()[0]
+        grads = ()
+        if diff:
+            if not grad_out:  # (one fixed output gradient for every candidate)
+                gen = torch.Generator(device=device).manual_seed(0)
+                grad_out.append(torch.randn(out.shape, generator=gen, device=device, dtype=out.dtype))
+            grads = torch.autograd.grad(out, diff, grad_out[0], allow_unused=True)
+        if check is not None:  # (the output and, where timed, every gradient)
+            _agree(check, [out, *grads], reference, ref_out, rel_diff)
 
     samples: dict[str, list[float]] | None = {}
-    last_error = None
+    errors: dict[str, Exception] = {}
 
     def failed(name: str, e: Exception) -> None:
-        nonlocal last_error
         if name == required or on_fail is None:
             raise e
-        last_error = e
+        errors[name] = e
         on_fail(name, e)
 
     # the caller's saved-tensor hooks (activation checkpointing's, which drop what a forward saves and recompute it
@@ -429,7 +436,7 @@ def choose(k: tuple, thunks: dict[str, Callable[[], tuple]], diff: list[Tensor],
         try:
             for name, thunk in thunks.items():  # untimed first calls: compiles, plan tuning, cuDNN's choice
                 try:
-                    call(thunk)
+                    call(thunk, check=name if reference is not None else None)
                     samples[name] = [_sample(partial(call, thunk), device)]
                 except _OOM:
                     samples = None
@@ -451,20 +458,56 @@ def choose(k: tuple, thunks: dict[str, Callable[[], tuple]], diff: list[Tensor],
                     break
         finally:
             grad_out.clear()
+            ref_out.clear()
             _restore_rng(rng, device)
     if samples is None:
         log.warning("impl='auto': out of memory while timing the paths for %s; keeping %s untimed", fields, stat)
         _CHOICE[k] = stat
         return stat
-    if not samples:
-        raise last_error
+    if not samples:  # (the reference's error where it failed: kernels.Unsupported sends a module to its loop)
+        raise errors.get(reference) or next(reversed(errors.values()))
     times = {name: statistics.median(v) for name, v in samples.items()}
     best = min(times, key=times.get)
     chosen = stat if stat in times and times[best] > (1.0 - MARGIN) * times[stat] else best
+    if rel_diff:
+        fields = {**fields, "rel_diff": rel_diff}
     _CHOICE[k], _TIMES[k] = chosen, (times, stat, fields)
     log.info("impl='auto' timed %s: %s -> %s", ", ".join(f"{a}={b}" for a, b in fields.items()),
              ", ".join(f"{n} {t:.3f} ms" for n, t in times.items()), chosen)  # fmt: skip
     return chosen
+
+
+#: how far (||out - ref|| / ||ref||, the first output) a path may land from the reference path on the call being
+#: timed and still be chosen: two correct paths differ by their roundings (runs 5-7: within 1e-2 of float64 in
+#: 16 bits, 1e-5 in float32; cuDNN's float32 RNN may use TF32, 1e-3), so these bounds catch a wrong kernel (a
+#: miscompiled or unsupported configuration lands O(1) away), not rounding; a long chaotic layer-norm module can
+#: exceed them where two correct paths round apart (run 7: torch's own float32 loop 25% from float64 over 256
+#: steps at gains 1): the path is then left out (a warning), never a wrong result
+AGREE = {torch.float64: 1e-6, torch.float32: 2e-2, torch.bfloat16: 0.25, torch.float16: 0.25}
+
+
+def _agree(name: str, got: list, reference: str | None, ref_out: list, rel_diff: dict) -> None:
+    """The reference's output and gradients are kept; another path's are compared with them, each on its own: a
+    ValueError (the path is left out) where one is past :data:`AGREE`, or not finite where the reference's is."""
+    got = [None if t is None else t.detach() for t in got]
+    if name == reference:
+        ref_out.extend(got)
+        return
+    if not ref_out:
+        return  # (the reference itself failed: nothing to compare with)
+    worst, bound = 0.0, AGREE.get(got[0].dtype, 0.25)
+    for t, ref in zip(got, ref_out):
+        if t is None or ref is None:
+            continue
+        ref = ref.float()
+        if not bool(torch.isfinite(ref).all()):
+            continue  # (beyond the dtype's range on the reference path too: nothing to hold the other to)
+        d = float((t.float() - ref).norm() / ref.norm().clamp_min(1e-30))
+        worst = max(worst, d) if d == d else float("inf")  # (NaN: not finite)
+    rel_diff[name] = worst
+    if worst > bound:
+        raise ValueError(f"its output or gradients differ from the {reference} path's by {worst:.3g} (relative; "
+                         f"bound {bound}): a kernel wrong on this machine is never chosen")
 
 
 def _same(t):
