@@ -645,3 +645,15 @@ def test_a_path_whose_gradients_disagree_is_never_chosen(monkeypatch):
     with pytest.warns(RuntimeWarning, match="triton kernels failed.*gradients differ"):
         assert route.tune(k, {"triton": bad, "native": native.lstm}, x, hx, m._flat_weights, kw) == "native"
     assert route.decisions()[0]["rel_diff"]["triton"] == pytest.approx(2.0, rel=1e-6)
+
+
+def test_the_agreement_check_skips_what_has_no_scale():
+    """A reference tensor that is exactly zero (no scale to be relative to) or not finite (beyond the dtype's range
+    on the reference path too) holds the other path to nothing; a finite reference holds it to finite values."""
+    ref = [torch.ones(4), torch.zeros(3), torch.full((2,), float("inf"))]
+    rel: dict = {}
+    route._agree("native", ref, "native", kept := [], rel)
+    route._agree("triton", [torch.ones(4), torch.full((3,), 1e-8), torch.zeros(2)], "native", kept, rel)
+    assert rel == {"triton": 0.0}
+    with pytest.raises(ValueError, match="differ from the native path's by inf"):
+        route._agree("cluster", [torch.full((4,), float("nan")), torch.zeros(3), torch.zeros(2)], "native", kept, rel)
