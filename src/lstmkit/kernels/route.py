@@ -303,7 +303,8 @@ def lstm(input: Tensor, hx: tuple[Tensor, Tensor], weights: list[Tensor], **kw):
     k = key(input, hx, weights, kw)
     chosen = _CHOICE.get(k)
     if chosen is None:
-        cands = {n: fn for n, fn in candidates(input, hx, weights, kw).items() if (n, _coarse(k)) not in _FAILED}
+        cands = {n: fn for n, fn in candidates(input, hx, weights, kw).items()
+                 if (n, _coarse(k)) not in _FAILED and (n, k) not in _FAILED}  # fmt: skip
         if len(cands) == 1:
             _CHOICE[k] = "native"  # (remembered: the candidates are not asked again)
             return _native(input, hx, weights, **kw)
@@ -350,6 +351,11 @@ def _forget(name: str, k: tuple, input: Tensor, weights: list[Tensor], kw: dict,
     warnings.warn(f"impl='auto': the {name} kernels failed ({type(e).__name__}: {str(e)[:200]}); this process runs "
                   "such calls on the other paths (LSTMKIT_ROUTE_TUNE=0 skips the timing)", RuntimeWarning,
                   stacklevel=4)  # fmt: skip
+    if isinstance(e, Disagreement):  # (rounding apart depends on the length and the weights: this kind only, and
+        _FAILED.add((name, k))  # not cluster_lstm's record, which is for launches that fail)
+        if _CHOICE.get(k) == name:
+            del _CHOICE[k]
+        return
     _FAILED.add((name, _coarse(k)))
     for kk in [kk for kk, v in _CHOICE.items() if v == name and _coarse(kk) == _coarse(k)]:
         del _CHOICE[kk]
@@ -443,6 +449,7 @@ def choose(k: tuple, thunks: dict[str, Callable[[], tuple]], diff: list[Tensor],
                     break
                 except _failures() as e:
                     failed(name, e)
+            ref_out.clear()  # (compared: not needed through the timed rounds)
             reps = _repeats(max(v[0] for v in samples.values())) if samples else 0
             for _ in range(reps - 1):  # interleaved, so a drift of the clocks charges every candidate alike
                 for name in list(samples):
@@ -460,10 +467,11 @@ def choose(k: tuple, thunks: dict[str, Callable[[], tuple]], diff: list[Tensor],
             grad_out.clear()
             ref_out.clear()
             _restore_rng(rng, device)
-    if samples is None:
-        log.warning("impl='auto': out of memory while timing the paths for %s; keeping %s untimed", fields, stat)
-        _CHOICE[k] = stat
-        return stat
+    if samples is None:  # (the static choice, unless it failed or disagreed before the memory ran out)
+        keep = next((n for n in (stat, reference, required) if n is not None and n in thunks and n not in errors), stat)
+        log.warning("impl='auto': out of memory while timing the paths for %s; keeping %s untimed", fields, keep)
+        _CHOICE[k] = keep
+        return keep
     if not samples:  # (the reference's error where it failed: kernels.Unsupported sends a module to its loop)
         raise errors.get(reference) or next(reversed(errors.values()))
     times = {name: statistics.median(v) for name, v in samples.items()}
@@ -486,6 +494,10 @@ def choose(k: tuple, thunks: dict[str, Callable[[], tuple]], diff: list[Tensor],
 AGREE = {torch.float64: 1e-6, torch.float32: 2e-2, torch.bfloat16: 0.25, torch.float16: 0.25}
 
 
+class Disagreement(ValueError):
+    """A path's output or gradients are past :data:`AGREE` from the reference path's on the call being timed."""
+
+
 def _agree(name: str, got: list, reference: str | None, ref_out: list, rel_diff: dict) -> None:
     """The reference's output and gradients are kept; another path's are compared with them, each on its own: a
     ValueError (the path is left out) where one is past :data:`AGREE`, or not finite where the reference's is."""
@@ -495,19 +507,25 @@ def _agree(name: str, got: list, reference: str | None, ref_out: list, rel_diff:
         return
     if not ref_out:
         return  # (the reference itself failed: nothing to compare with)
-    worst, bound = 0.0, AGREE.get(got[0].dtype, 0.25)
+    worst, bound = 0.0, AGREE.get(ref_out[0].dtype, 0.25)
     for t, ref in zip(got, ref_out):
-        if t is None or ref is None:
+        if t is None or ref is None:  # (a gradient one path gives and the other does not: wrong where it is not 0)
+            other = ref if t is None else t
+            if other is not None and float(other.float().norm()) != 0.0:
+                worst = max(worst, 1.0)
             continue
         ref = ref.float()
         scale = float(ref.norm())
-        if scale != scale or scale in (0.0, float("inf")):
-            continue  # (beyond the dtype's range on the reference path too, or exactly zero: no scale to hold to)
+        if scale == 0.0:  # (no scale to be relative to: only finiteness is asked)
+            worst = worst if bool(torch.isfinite(t).all()) else float("inf")
+            continue
+        if scale != scale or scale == float("inf"):
+            continue  # (beyond the dtype's range on the reference path too: nothing to hold the other to)
         d = float((t.float() - ref).norm()) / scale
         worst = max(worst, d) if d == d else float("inf")  # (NaN: not finite)
     rel_diff[name] = worst
     if worst > bound:
-        raise ValueError(f"its output or gradients differ from the {reference} path's by {worst:.3g} (relative; "
+        raise Disagreement(f"its output or gradients differ from the {reference} path's by {worst:.3g} (relative; "
                          f"bound {bound}): a kernel wrong on this machine is never chosen")
 
 
