@@ -41,6 +41,21 @@ def _call(T=5, B=3, I=4, H=6, layers=1, dirs=1, grad=False, seed=0, **kw):
     return m, x, hx, args
 
 
+def _on_backward(t: torch.Tensor, fn):
+    """``t`` unchanged, its gradient passed through ``fn`` on the way back (a counter, or a wrong backward)."""
+
+    class OnBackward(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.view_as(x)
+
+        @staticmethod
+        def backward(ctx, g):
+            return fn(g)
+
+    return OnBackward.apply(t)
+
+
 class _Script:
     """Candidates whose "times" are scripted: each call records its name; ``_sample`` returns the script's time
     for the candidate that ran in it."""
@@ -249,22 +264,12 @@ def test_timing_a_training_call_leaves_no_gradient_and_draws_the_same_dropout(mo
     x.requires_grad_(True)
     backward = []
 
-    class Count(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, t):
-            return t.view_as(t)
-
-        @staticmethod
-        def backward(ctx, g):
-            backward.append(1)
-            return g
-
     seen = []
 
     def slow(input, hx, weights, **kw):
         seen.append(kw["dropout"])
         out, h, c = native.lstm(input, hx, weights, **kw)
-        return Count.apply(out), h, c
+        return _on_backward(out, lambda g: backward.append(1) or g), h, c
 
     set_calls = []
     monkeypatch.setattr(torch, "set_rng_state", lambda *a: set_calls.append(a))
@@ -628,18 +633,9 @@ def test_a_path_whose_gradients_disagree_is_never_chosen(monkeypatch):
     """A training call's timing compares the gradients too: a path with a right forward and a wrong backward is
     left out."""
 
-    class WrongBackward(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, t):
-            return t.view_as(t)
-
-        @staticmethod
-        def backward(ctx, g):
-            return g * 3
-
     def bad(input, hx, weights, **kw):
         out, h, c = native.lstm(input, hx, weights, **kw)
-        return WrongBackward.apply(out), h, c
+        return _on_backward(out, lambda g: g * 3), h, c
 
     m, x, hx, kw = _call(grad=True, training=True)
     k = route.key(x, hx, m._flat_weights, kw)

@@ -66,6 +66,15 @@ IMPLS = ("auto", "native", "loop", "triton")
 _GPU_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
+def cuda_autocast_on() -> bool:
+    """Whether CUDA autocast is on (torch < 2.4 takes no device type and means CUDA): the kernels that would not
+    follow autocast's casts leave such calls to torch (``gemm.mm``, ``route.lstm``)."""
+    try:
+        return torch.is_autocast_enabled("cuda")
+    except TypeError:  # pragma: no cover - older torch
+        return torch.is_autocast_enabled()
+
+
 def _check_impl(impl: str) -> None:
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")

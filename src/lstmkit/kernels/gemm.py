@@ -41,6 +41,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from . import cuda_autocast_on as _autocast_on
+
 try:
     import triton
     import triton.language as tl
@@ -84,14 +86,6 @@ def tf32_allowed() -> bool:
     m = torch.backends.cuda.matmul
     p = getattr(m, "fp32_precision", None)
     return bool(m.allow_tf32) if p is None else p == "tf32"
-
-
-def _autocast_on() -> bool:
-    """Whether CUDA autocast is on (torch < 2.4 takes no device type and means CUDA)."""
-    try:
-        return torch.is_autocast_enabled("cuda")
-    except TypeError:  # pragma: no cover - older torch
-        return torch.is_autocast_enabled()
 
 
 def _mm_kernel(a_ptr, b_ptr, c_ptr, bias_ptr, M, N, K, s_am, s_ak, s_bk, s_bn, s_cm, s_cn,

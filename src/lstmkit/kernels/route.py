@@ -48,10 +48,13 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable
+from contextlib import nullcontext
 from functools import partial
 
 import torch
 from torch import Tensor
+
+from . import cuda_autocast_on as _autocast_on
 
 __all__ = ["MARGIN", "REPEATS", "TUNE", "alias", "candidates", "choose", "chosen", "decisions", "key",
            "load_state_dict", "lstm", "may_time", "reset", "state_dict", "static", "tune", "variant_fields",
@@ -70,7 +73,8 @@ MARGIN = 0.05
 _CHOICE: dict[tuple, str] = {}
 #: key -> ({name: median ms}, the static policy's name, the kind's fields) (for :func:`decisions`)
 _TIMES: dict[tuple, tuple[dict[str, float], str, dict]] = {}
-#: (name, key): a candidate that failed on that kind of call in this process (never timed or chosen again)
+#: (name, kind): a candidate that failed in this process, never timed or chosen again there: a launch failure under
+#: :func:`_coarse`'s kind (every length and layout), a disagreement with the reference under the exact kind
 _FAILED: set[tuple[str, tuple]] = set()
 
 
@@ -279,14 +283,6 @@ def _capturing() -> bool:
     return torch.cuda.is_current_stream_capturing()
 
 
-def _autocast_on() -> bool:
-    """Whether CUDA autocast is on (torch < 2.4 takes no device type and means CUDA)."""
-    try:
-        return torch.is_autocast_enabled("cuda")
-    except TypeError:  # pragma: no cover - older torch
-        return torch.is_autocast_enabled()
-
-
 def lstm(input: Tensor, hx: tuple[Tensor, Tensor], weights: list[Tensor], **kw):
     """``native.lstm``'s interface: the call on the path chosen for its kind (:func:`key`), timing the candidates
     the first time; what ``impl="auto"`` runs for a plain LSTM on a GPU (see the module docstring)."""
@@ -438,7 +434,7 @@ def choose(k: tuple, thunks: dict[str, Callable[[], tuple]], diff: list[Tensor],
 
     # the caller's saved-tensor hooks (activation checkpointing's, which drop what a forward saves and recompute it
     # in the backward, re-entering this call) must not see the timing's own forward and backward: identity hooks
-    with torch.cuda.device(device) if cuda else _nothing(), torch.autograd.graph.saved_tensors_hooks(_same, _same):
+    with torch.cuda.device(device) if cuda else nullcontext(), torch.autograd.graph.saved_tensors_hooks(_same, _same):
         try:
             for name, thunk in thunks.items():  # untimed first calls: compiles, plan tuning, cuDNN's choice
                 try:
@@ -531,14 +527,6 @@ def _agree(name: str, got: list, reference: str | None, ref_out: list, rel_diff:
 
 def _same(t):
     return t
-
-
-class _nothing:  # noqa: N801  (a context manager that does nothing: contextlib.nullcontext's role, cheaper)
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _restore_rng(rng: tuple, device: torch.device) -> None:
