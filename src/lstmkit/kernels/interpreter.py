@@ -81,11 +81,14 @@ def uninstall() -> None:
     _STATE["ok"] = False
 
 
-def interpreted(fn):
-    """``fn`` (a kernel's plain Python function) for Triton's interpreter, rounding bfloat16 as the GPU does."""
+def interpreted(fn, names: dict | None = None):
+    """``fn`` (a kernel's plain Python function) for Triton's interpreter, rounding bfloat16 as the GPU does.
+    ``names``: the globals its body sees (default: its module's; ``triton_lstm`` gives a copy whose jit helpers
+    are interpreted too)."""
     import types
 
     from triton.runtime.interpreter import InterpretedFunction
 
     install()
-    return InterpretedFunction(types.FunctionType(fn.__code__, fn.__globals__, fn.__name__))
+    g = fn.__globals__ if names is None else names
+    return InterpretedFunction(types.FunctionType(fn.__code__, g, fn.__name__, fn.__defaults__))

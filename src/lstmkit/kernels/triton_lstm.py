@@ -91,7 +91,6 @@ import logging
 import math
 import os
 import time
-import types
 
 import torch
 from torch import Tensor
@@ -105,7 +104,6 @@ from .stack import pad_recurrent as _pad_recurrent
 try:  # Triton is optional: without it the dispatcher never selects this module.
     import triton
     import triton.language as tl
-    from triton.runtime.interpreter import InterpretedFunction
 
     HAVE_TRITON = True
 except ImportError:  # pragma: no cover - exercised only where triton is absent
@@ -151,7 +149,7 @@ def _next_pow2(n: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# Kernels. Plain Python functions, wrapped below by triton.jit (GPU) or InterpretedFunction (CPU).
+# Kernels. Plain Python functions, wrapped below by triton.jit (GPU) or interpreter.interpreted (CPU).
 # They call no other @triton.jit function (tl.sigmoid etc. are jit functions the interpreter could
 # not call when it is chosen per call rather than by TRITON_INTERPRET), so sigma and tanh are
 # written with tl.exp.
@@ -989,11 +987,10 @@ def _compiled(name: str, interpret: bool):
     """The kernel ``name`` for the GPU (``triton.jit``) or the CPU interpreter."""
     fn = {"fwd": _fwd_kernel, "bwd": _bwd_kernel}[name]
     if interpret:  # the same code, with the helpers it calls interpreted too (and they each other)
-        interpreter.install()  # (bfloat16 stores rounded to nearest, as on the GPU)
-        g = dict(fn.__globals__)
+        g = dict(fn.__globals__)  # (bfloat16 stores rounded to nearest, as on the GPU: interpreter.install)
         for k, f in _HELPERS.items():
-            g[k] = InterpretedFunction(types.FunctionType(f.__code__, g, f.__name__, f.__defaults__))
-        return InterpretedFunction(types.FunctionType(fn.__code__, g, fn.__name__, fn.__defaults__))
+            g[k] = interpreter.interpreted(f, g)
+        return interpreter.interpreted(fn, g)
     # step indices and counts change from launch to launch: specialising on them (== 1, % 16) would compile
     # the same kernel up to three times (and layer norm's unit count only scales its statistics)
     return triton.jit(fn, do_not_specialize=["t_start", "n_steps", "T", "n_htiles", "ln_units"])
